@@ -1,0 +1,1 @@
+"""The diffusion engine: requests, page pool, batched sampling and the step loop."""

@@ -1,0 +1,56 @@
+"""What the engine hands back: one update per request per iteration, and the final result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RequestOutput:
+    """The finished generation of one request.
+
+    ``token_ids`` is the whole generated canvas (``gen_length`` tokens, the trailing EOS fill
+    included) so that applying every step update in order reproduces it; ``text`` is the answer
+    decoded up to the first EOS/EOT with special tokens skipped.
+    """
+
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # "stop" (an EOS/EOT ended the answer), "length", or "abort"
+    num_steps: int
+    num_forward_passes: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "request_id": self.request_id,
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "prompt_token_ids": self.prompt_token_ids,
+            "finish_reason": self.finish_reason,
+            "num_steps": self.num_steps,
+            "num_forward_passes": self.num_forward_passes,
+            **self.metrics,
+        }
+
+
+@dataclass
+class StepUpdate:
+    """What one denoising step of one request committed.
+
+    ``positions`` are offsets into the generated canvas (0 .. gen_length-1), ``token_ids`` the
+    tokens committed there this step. The last update of a request has ``finished=True`` and
+    carries ``output``; an early stop at EOS commits the rest of the canvas (the EOS fill) in it.
+    """
+
+    request_id: str
+    step: int  # 1-based count of steps this request has run
+    total_steps: int  # the planned number of steps (an upper bound with threshold / stop_at_eos)
+    block_index: int
+    positions: list[int]
+    token_ids: list[int]
+    masked_left: int
+    finished: bool = False
+    output: RequestOutput | None = None

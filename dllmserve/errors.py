@@ -1,0 +1,24 @@
+"""Errors a caller can act on: each names the offending field and what would be valid."""
+
+from __future__ import annotations
+
+
+class ValidationError(ValueError):
+    """A request parameter is out of range; `field` names it (e.g. ``sampling_params.steps``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+class CapacityError(RuntimeError):
+    """A request can never fit this engine (pages or tokens per iteration), however long it waits."""
+
+
+class UnsupportedModelError(ValueError):
+    """A checkpoint needs an architecture or option this project does not implement."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint's files are missing, malformed, or hold tensors of the wrong name or shape."""

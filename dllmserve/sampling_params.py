@@ -1,0 +1,92 @@
+"""Sampling parameters of one generation request (the official LLaDA sampler plus Dream's modes)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from dllmserve.errors import ValidationError
+
+LLADA_REMASKING = ("low_confidence", "random")
+DREAM_REMASKING = ("maskgit_plus", "topk_margin", "entropy", "origin")
+REMASKING_MODES = LLADA_REMASKING + DREAM_REMASKING
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to denoise one request.
+
+    ``block_length=None`` means the sparse config's ``default_block_len`` for a sparse request and
+    ``gen_length`` (one block, the official default) for a dense one. With ``threshold`` set, every
+    masked token whose confidence exceeds it is committed (at least one per step) and a block ends
+    when it has no masks left, so ``steps`` becomes an upper bound.
+    """
+
+    temperature: float = 0.0
+    gen_length: int = 128
+    steps: int = 128
+    block_length: int | None = None
+    cfg_scale: float = 0.0
+    remasking: str = "low_confidence"
+    threshold: float | None = None
+    seed: int | None = None
+    stop_at_eos: bool = True
+    logits_eos_inf: bool = False
+    confidence_eos_eot_inf: bool = False
+    top_p: float | None = None
+    top_k: int | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check each field alone; limits that depend on the model or block come later."""
+        f = "sampling_params."
+        _check_int(f + "gen_length", self.gen_length, 1)
+        _check_int(f + "steps", self.steps, 1)
+        if self.steps > self.gen_length:
+            raise ValidationError(
+                f + "steps",
+                f"must be in [1, gen_length={self.gen_length}], got {self.steps}",
+            )
+        if self.block_length is not None:
+            _check_int(f + "block_length", self.block_length, 1)
+            if self.block_length > self.gen_length:
+                raise ValidationError(
+                    f + "block_length",
+                    f"must be in [1, gen_length={self.gen_length}], got {self.block_length}",
+                )
+        _check_float(f + "temperature", self.temperature, 0.0, math.inf, "[0, inf)")
+        _check_float(f + "cfg_scale", self.cfg_scale, 0.0, math.inf, "[0, inf)")
+        if self.remasking not in REMASKING_MODES:
+            raise ValidationError(
+                f + "remasking", f"must be one of {list(REMASKING_MODES)}, got {self.remasking!r}"
+            )
+        if self.threshold is not None:
+            _check_float(f + "threshold", self.threshold, 0.0, 1.0, "[0, 1]")
+        if self.top_p is not None:
+            _check_float(f + "top_p", self.top_p, 0.0, 1.0, "(0, 1]")
+            if self.top_p <= 0.0:
+                raise ValidationError(f + "top_p", f"must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None:
+            _check_int(f + "top_k", self.top_k, 1)
+        if self.seed is not None:
+            _check_int(f + "seed", self.seed, 0, 2**63 - 1)
+        for name in ("stop_at_eos", "logits_eos_inf", "confidence_eos_eot_inf"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValidationError(f + name, f"must be a bool, got {getattr(self, name)!r}")
+
+
+def _check_int(field: str, value: object, lo: int, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(field, f"must be an integer, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValidationError(field, f"must be {rng}, got {value}")
+
+
+def _check_float(field: str, value: object, lo: float, hi: float, rng: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValidationError(field, f"must be a number in {rng}, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValidationError(field, f"must be in {rng}, got {value}")

@@ -1,0 +1,1 @@
+"""Head-level sparse attention: configuration and the per-request state machine."""

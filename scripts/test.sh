@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One command for the whole test suite on a fresh machine: makes .venv, installs the project
+# with its test extras (CPU PyTorch), then runs ruff and pytest. Fails when no test ran.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# The CPU build of torch: a plain `pip install torch` would pull several GB of CUDA wheels.
+python -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
+  || python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[test]"
+ruff check .
+ruff format --check .
+set +e
+python -m pytest -q -p no:cacheprovider "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "no test ran" >&2
+  exit 1
+fi
+exit "$rc"
