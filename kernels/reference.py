@@ -1,0 +1,145 @@
+"""Plain-PyTorch versions of the attention and selection kernels.
+
+They are the engine's CPU path and the oracle the Triton kernels are tested against, so they
+favour clarity over speed: one loop iteration per request, fp32 math, no host-sync concerns.
+Layouts and semantics are those of ``dllmserve.kernels`` (see its module docstring).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Bidirectional GQA attention of q [M,H,D] over k,v [N,Hkv,D] in fp32, result [M,H,D] fp32."""
+    group = q.shape[1] // k.shape[1]
+    k = k.float().repeat_interleave(group, dim=1)
+    v = v.float().repeat_interleave(group, dim=1)
+    s = torch.einsum("mhd,nhd->hmn", q.float(), k) * scale
+    return torch.einsum("hmn,nhd->mhd", torch.softmax(s, dim=-1), v)
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    scale: float,
+) -> torch.Tensor:
+    """Bidirectional attention inside each packed segment [cu[s], cu[s+1]) of q [T,H,D]."""
+    out = torch.empty_like(q)
+    cu = cu_seqlens.tolist()
+    for a, b in zip(cu[:-1], cu[1:], strict=True):
+        if b > a:
+            out[a:b] = _attend(q[a:b], k[a:b], v[a:b], scale).to(q.dtype)
+    return out
+
+
+def gather_kept(pool: torch.Tensor, page_table: torch.Tensor, r: int, n: int) -> torch.Tensor:
+    """Entries 0..n-1 of request r from a paged pool [pages, page_size, Hkv, D] as [n, Hkv, D]."""
+    page_size = pool.shape[1]
+    j = torch.arange(n, device=pool.device)
+    pages = page_table[r, j // page_size].long()
+    return pool[pages, j % page_size]
+
+
+def reuse_attention(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    cu_q: torch.Tensor,
+    max_q: int,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    page_table: torch.Tensor,
+    kept_len: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Each request's queries attend to its kept (paged) K/V followed by its own fresh K/V."""
+    out = torch.empty_like(q)
+    cu = cu_q.tolist()
+    kept = kept_len.tolist()
+    for r, (a, b) in enumerate(zip(cu[:-1], cu[1:], strict=True)):
+        if b == a:
+            continue
+        k = torch.cat([gather_kept(k_pool, page_table, r, kept[r]), k_new[a:b]])
+        v = torch.cat([gather_kept(v_pool, page_table, r, kept[r]), v_new[a:b]])
+        out[a:b] = _attend(q[a:b], k, v, scale).to(q.dtype)
+    return out
+
+
+def candidate_positions(seq_len: int, win_start: int, win_len: int, device=None) -> torch.Tensor:
+    """Sequence positions of the candidates (everything outside the window), in order."""
+    c = torch.arange(seq_len - win_len, device=device)
+    return torch.where(c < win_start, c, c + win_len)
+
+
+def selection_scores(
+    q_win: torch.Tensor, k_cand: torch.Tensor, head_select: bool, scale: float
+) -> torch.Tensor:
+    """Scores [Hkv, N_c] of candidate keys k_cand [N_c,Hkv,D] against the window's mean query."""
+    hkv = k_cand.shape[1]
+    group = q_win.shape[1] // hkv
+    qbar = q_win.float().mean(dim=0)  # [H, D]
+    k = k_cand.float().repeat_interleave(group, dim=1)  # [N_c, H, D]
+    s = torch.einsum("hd,nhd->hn", qbar, k) * scale  # [H, N_c]
+    if head_select:
+        return s.view(hkv, group, -1).amax(dim=1)
+    return s.sum(dim=0, keepdim=True).expand(hkv, -1)
+
+
+def max_pool(scores: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Stride-1 max-pool along the last dim, same length, windows clipped at the ends."""
+    w = kernel // 2
+    return F.max_pool1d(scores[:, None], kernel, stride=1, padding=w)[:, 0]
+
+
+def top_k_sorted(pooled: torch.Tensor, n: int) -> torch.Tensor:
+    """Per row, the indices of the n largest values (ties: lower index first), ascending."""
+    order = torch.sort(pooled, dim=-1, descending=True, stable=True).indices
+    return order[:, :n].sort(dim=-1).values
+
+
+def select_and_store(
+    q_win: torch.Tensor,
+    cu_win: torch.Tensor,
+    k_seq: torch.Tensor,
+    v_seq: torch.Tensor,
+    cu_seq: torch.Tensor,
+    win_start: torch.Tensor,
+    win_len: torch.Tensor,
+    n_keep: torch.Tensor,
+    head_select: torch.Tensor,
+    pool_kernel: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    page_table: torch.Tensor,
+    scale: float,
+    max_keep: int,
+) -> torch.Tensor:
+    """Pick each KV head's best candidates, store their K/V in the pages, return the positions."""
+    n_req = cu_seq.numel() - 1
+    hkv = k_seq.shape[1]
+    page_size = k_pool.shape[1]
+    kept = torch.full((n_req, hkv, max_keep), -1, dtype=torch.int64, device=k_seq.device)
+    cw, cs = cu_win.tolist(), cu_seq.tolist()
+    ws, wl, nk = win_start.tolist(), win_len.tolist(), n_keep.tolist()
+    hs, pk = head_select.tolist(), pool_kernel.tolist()
+    for r in range(n_req):
+        if nk[r] == 0:
+            continue
+        pos = candidate_positions(cs[r + 1] - cs[r], ws[r], wl[r], k_seq.device)
+        k_r, v_r = k_seq[cs[r] : cs[r + 1]], v_seq[cs[r] : cs[r + 1]]
+        scores = selection_scores(q_win[cw[r] : cw[r + 1]], k_r[pos], hs[r], scale)
+        idx = top_k_sorted(max_pool(scores, pk[r]), nk[r])  # [Hkv, n]
+        p = pos[idx]
+        kept[r, :, : nk[r]] = p
+        j = torch.arange(nk[r], device=k_seq.device)
+        pages = page_table[r, j // page_size].long()[None].expand(hkv, -1)
+        slots = (j % page_size)[None].expand(hkv, -1)
+        heads = torch.arange(hkv, device=k_seq.device)[:, None].expand(-1, nk[r])
+        k_pool[pages, slots, heads] = k_r[p, heads]
+        v_pool[pages, slots, heads] = v_r[p, heads]
+    return kept
