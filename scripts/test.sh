@@ -9,9 +9,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-# The CPU build of torch: a plain `pip install torch` would pull several GB of CUDA wheels.
-python -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
-  || python -m pip install -q "torch==2.13.0"
+# The CPU build of torch that this machine kind keeps on disk; an unpinned `torch` would pull
+# several GB of CUDA wheels from the registry.
+python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[test]"
 ruff check .
 ruff format --check .

@@ -36,12 +36,7 @@ def uniform64(
     seed: torch.Tensor, step: torch.Tensor, position: torch.Tensor, vocab_id: torch.Tensor
 ) -> torch.Tensor:
     """Uniform float64 in (0, 1) for broadcastable int64 coordinates."""
-    x = (
-        seed * _i64(_K1)
-        + step * _i64(_K2)
-        + position * _i64(_K3)
-        + vocab_id * _i64(_K4)
-    )
+    x = seed * _i64(_K1) + step * _i64(_K2) + position * _i64(_K3) + vocab_id * _i64(_K4)
     x = (x ^ _shr(x, 30)) * _i64(_M1)
     x = (x ^ _shr(x, 27)) * _i64(_M2)
     x = x ^ _shr(x, 31)

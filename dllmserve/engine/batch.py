@@ -1,0 +1,176 @@
+"""Build one iteration's packed inputs from the running requests.
+
+All per-request work here is host-side list building; what reaches the device is a handful of
+tensors copied once (token ids, positions, index tensors), so the forward and the sampler run
+over the whole batch at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dllmserve.engine.attention import BatchAttention
+from dllmserve.engine.page_pool import PagePool
+from dllmserve.engine.request import Request
+from dllmserve.engine.sampler import MODE_ID, SamplingBatch
+from dllmserve.sparse.state import Phase
+
+
+@dataclass
+class IterationBatch:
+    input_ids: torch.Tensor  # [T] packed tokens
+    positions: torch.Tensor  # [T]
+    attention: BatchAttention
+    logit_rows: torch.Tensor  # [R, B] packed rows whose hidden state predicts each block position
+    uncond_rows: torch.Tensor | None  # [R, B] rows of the cfg lane (own rows where no cfg)
+    cfg_scale: torch.Tensor | None  # [R] model dtype, 0 where no cfg
+    sampling: SamplingBatch
+    block_width: int  # B
+
+
+def _i32(x: list, device: torch.device) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.int32).to(device, non_blocking=True)
+
+
+def _page_tables(lanes: list[tuple[Request, int]], n_layers: int) -> torch.Tensor:
+    """int32 [layers, lanes, max_pages], unused slots 0 (never read: kept counts bound them)."""
+    width = max((len(r.pages[ln][i]) for r, ln in lanes for i in range(n_layers)), default=0)
+    t = torch.zeros((n_layers, len(lanes), max(width, 1)), dtype=torch.int32)
+    for j, (r, ln) in enumerate(lanes):
+        for i in range(n_layers):
+            pages = r.pages[ln][i]
+            if pages:
+                t[i, j, : len(pages)] = torch.tensor(pages, dtype=torch.int32)
+    return t
+
+
+def build_iteration(
+    reqs: list[Request],
+    pool: PagePool | None,
+    n_layers: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> IterationBatch:
+    select: list[tuple[Request, int]] = []
+    full: list[tuple[Request, int]] = []
+    reuse: list[tuple[Request, int]] = []
+    for r in reqs:
+        ph = r.phase
+        bucket = select if ph == Phase.SELECT else full if ph == Phase.FULL else reuse
+        bucket.extend((r, lane) for lane in range(r.lanes))
+
+    ids: list[torch.Tensor] = []
+    pos: list[torch.Tensor] = []
+    offset: dict[tuple[str, int], int] = {}  # (request, lane) -> packed row of position `base`
+    base: dict[str, int] = {}
+    t = 0
+    cu_dense, cu_reuse = [0], [0]
+    for r, lane in select + full:
+        ids.append(r.lane_tokens(lane))
+        pos.append(torch.arange(r.L))
+        offset[(r.request_id, lane)] = t
+        base[r.request_id] = 0
+        t += r.L
+        cu_dense.append(t)
+    n_dense = t
+    for r, lane in reuse:
+        ws, we = r.window()
+        ids.append(r.lane_tokens(lane)[ws:we])
+        pos.append(torch.arange(ws, we))
+        offset[(r.request_id, lane)] = t
+        base[r.request_id] = ws
+        t += we - ws
+        cu_reuse.append(t - n_dense)
+
+    # SELECT metadata
+    q_rows: list[torch.Tensor] = []
+    cu_win, win_start, win_len = [0], [], []
+    for r, lane in select:
+        ws, we = r.window()
+        q_rows.append(torch.arange(ws, we) + offset[(r.request_id, lane)])
+        win_start.append(ws)
+        win_len.append(we - ws)
+        cu_win.append(cu_win[-1] + we - ws)
+    n_keep = [[r.kept_counts()[i] for r, _ in select] for i in range(n_layers)]
+    kept_len = [[r.kept_counts()[i] for r, _ in reuse] for i in range(n_layers)]
+    sparse_sel = [r.sparse for r, _ in select]
+    attention = BatchAttention(
+        pool=pool,
+        scale=head_dim**-0.5,
+        n_dense_tokens=n_dense,
+        cu_dense=_i32(cu_dense, device),
+        max_dense=max((r.L for r, _ in select + full), default=0),
+        n_select=len(select),
+        n_select_tokens=cu_dense[len(select)],
+        select_q_rows=(torch.cat(q_rows) if q_rows else torch.zeros(0, dtype=torch.long)).to(
+            device
+        ),
+        cu_win=_i32(cu_win, device),
+        win_start=_i32(win_start, device),
+        win_len=_i32(win_len, device),
+        n_keep=_i32(n_keep, device).view(n_layers, len(select)),
+        max_keep=[max(row, default=0) for row in n_keep],
+        head_select=torch.tensor([s.head_select for s in sparse_sel], dtype=torch.bool).to(device),
+        pool_kernel=_i32([s.pool_kernel for s in sparse_sel], device),
+        select_pages=_page_tables(select, n_layers).to(device),
+        n_reuse=len(reuse),
+        cu_reuse=_i32(cu_reuse, device),
+        max_reuse=max((b - a for a, b in zip(cu_reuse, cu_reuse[1:], strict=False)), default=0),
+        kept_len=_i32(kept_len, device).view(n_layers, len(reuse)),
+        reuse_pages=_page_tables(reuse, n_layers).to(device),
+    )
+
+    # LM-head rows and sampling settings, one row per request
+    width = max(r.block_span[1] - r.block_span[0] for r in reqs)
+    R = len(reqs)
+    rows = torch.zeros((R, width), dtype=torch.long)
+    un_rows = torch.zeros((R, width), dtype=torch.long)
+    gen_pos = torch.zeros((R, width), dtype=torch.long)
+    eligible = torch.zeros((R, width), dtype=torch.bool)
+    for i, r in enumerate(reqs):
+        bs, be = r.block_span
+        n = be - bs
+        p = torch.arange(bs, be)
+        src = p - int(r.shifted) - base[r.request_id]  # shifted: position p reads row p-1
+        rows[i, :n] = src + offset[(r.request_id, 0)]
+        un_rows[i, :n] = src + offset[(r.request_id, r.lanes - 1)]
+        gen_pos[i, :n] = p - r.P
+        eligible[i, :n] = r.canvas[bs:be] == r.mask_id
+    any_cfg = any(r.lanes == 2 for r in reqs)
+    params = [r.params for r in reqs]
+    modes = frozenset(MODE_ID[p.remasking] for p in params)
+    sampling = SamplingBatch(
+        temperature=torch.tensor([p.temperature for p in params], dtype=torch.float64).to(device),
+        seed=torch.tensor([r.seed for r in reqs], dtype=torch.long).to(device),
+        step=torch.tensor([r.global_step for r in reqs], dtype=torch.long).to(device),
+        positions=gen_pos.to(device),
+        eligible=eligible.to(device),
+        k=torch.tensor([r.scheduled_transfer() for r in reqs], dtype=torch.long).to(device),
+        threshold=torch.tensor(
+            [float("nan") if p.threshold is None else p.threshold for p in params]
+        ).to(device),
+        mode=torch.tensor([MODE_ID[p.remasking] for p in params], dtype=torch.long).to(device),
+        top_k=torch.tensor([p.top_k or 0 for p in params], dtype=torch.long).to(device),
+        top_p=torch.tensor([1.0 if p.top_p is None else p.top_p for p in params]).to(device),
+        logits_eos_inf=torch.tensor([p.logits_eos_inf for p in params]).to(device),
+        conf_eos_eot_inf=torch.tensor([p.confidence_eos_eot_inf for p in params]).to(device),
+        modes=modes,
+        any_noise=any(p.temperature > 0 for p in params),
+        any_threshold=any(p.threshold is not None for p in params),
+        any_filter=any(p.top_k is not None or p.top_p is not None for p in params),
+    )
+    return IterationBatch(
+        input_ids=torch.cat(ids).to(device, non_blocking=True),
+        positions=torch.cat(pos).to(device, non_blocking=True),
+        attention=attention,
+        logit_rows=rows.to(device),
+        uncond_rows=un_rows.to(device) if any_cfg else None,
+        cfg_scale=torch.tensor([p.cfg_scale for p in params], dtype=dtype).to(device)
+        if any_cfg
+        else None,
+        sampling=sampling,
+        block_width=width,
+    )

@@ -1,0 +1,1 @@
+"""Model definitions (LLaDA, Dream) and the Hugging Face checkpoint loader."""

@@ -1,0 +1,65 @@
+"""Numerics shared by the models: RMSNorm, rotary embeddings and the linear layer.
+
+They follow MODELS.md to the rounding step, since exact parity with the official checkpoints
+is decided here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# On the CPU a GEMM's rounding depends on how many rows it has (the BLAS picks its kernel by
+# shape), so a request's result would depend on its batch. Feeding the GEMM fixed-size row
+# chunks makes every row see the same kernel: tokens depend only on the request itself.
+_CPU_ROW_CHUNK = 32
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    if x.device.type != "cpu":
+        return F.linear(x, w, b)
+    n = x.shape[0]
+    pad = (-n) % _CPU_ROW_CHUNK
+    if pad:
+        x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
+    out = torch.cat([F.linear(c, w, b) for c in x.split(_CPU_ROW_CHUNK)])
+    return out[:n]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """In fp32, cast back to the model dtype, then scale (LLaDA and Qwen2 agree on this order)."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+class Rotary:
+    """Rotate-half (NeoX) RoPE over the full head dim with fp32 cos/sin tables."""
+
+    def __init__(
+        self, head_dim: int, theta: float, max_len: int, device: torch.device, in_fp32: bool
+    ) -> None:
+        inv_freq = 1.0 / (
+            theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
+        )
+        pos = torch.arange(max_len, dtype=torch.float32)
+        freqs = torch.outer(pos, inv_freq)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        self.cos = emb.cos().to(device)
+        self.sin = emb.sin().to(device)
+        self.in_fp32 = in_fp32
+
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: [T, heads, D]; positions: [T] (int64)."""
+        cos = self.cos[positions].unsqueeze(1)
+        sin = self.sin[positions].unsqueeze(1)
+        if self.in_fp32:  # LLaDA: rotate in fp32, cast back
+            xf = x.float()
+            return (xf * cos + _rotate_half(xf) * sin).to(x.dtype)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # Dream: fp32 tables applied in model dtype
+        return x * cos + _rotate_half(x) * sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)

@@ -1,0 +1,85 @@
+"""The bidirectional transformer that LLaDA and Dream share, over packed (varlen) tokens.
+
+Both are Llama-style pre-norm stacks with SwiGLU MLPs; they differ only in parameter names
+(handled by the loader), q/k/v biases, RoPE precision and logit shifting (`ModelConfig`).
+Attention is delegated to a per-iteration callable so the dense, sparse and Triton paths
+share this one forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from dllmserve.models.config import ModelConfig
+from dllmserve.models.layers import Rotary, linear, rms_norm
+
+
+class Attention(Protocol):
+    """Attention of one iteration's packed tokens; q is [T, H, D], k/v [T, Hkv, D], post-RoPE."""
+
+    def __call__(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor: ...
+
+    def select(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keep what later steps need of this layer's K/V (sparse SELECT); may do nothing."""
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: torch.Tensor
+    qkv: torch.Tensor  # [(H + 2 Hkv) * D, d]: q, k and v fused into one GEMM
+    qkv_bias: torch.Tensor | None
+    o: torch.Tensor
+    mlp_norm: torch.Tensor
+    gate_up: torch.Tensor  # [2 * mlp, d]: gate (silu side) then up
+    down: torch.Tensor
+
+
+@dataclass
+class ModelWeights:
+    embed: torch.Tensor
+    layers: list[LayerWeights]
+    final_norm: torch.Tensor
+    lm_head: torch.Tensor
+
+
+class DiffusionTransformer:
+    def __init__(self, cfg: ModelConfig, weights: ModelWeights, device: torch.device) -> None:
+        self.cfg = cfg
+        self.w = weights
+        self.device = device
+        self.dtype = weights.embed.dtype
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_len, device, cfg.rope_in_fp32)
+
+    @torch.inference_mode()
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, attention: Attention
+    ) -> torch.Tensor:
+        """Final-normed hidden states [T, d] of the packed tokens."""
+        cfg = self.cfg
+        hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+        x = self.w.embed[input_ids]
+        for i, lw in enumerate(self.w.layers):
+            h = rms_norm(x, lw.attn_norm, cfg.rms_eps)
+            qkv = linear(h, lw.qkv, lw.qkv_bias)
+            q, k, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+            q = self.rotary(q.view(-1, nh, hd), positions)
+            k = self.rotary(k.view(-1, nkv, hd), positions)
+            v = v.reshape(-1, nkv, hd)
+            attention.select(i, q, k, v)
+            att = attention(i, q, k, v)
+            x = x + linear(att.reshape(-1, nh * hd), lw.o)
+            h = rms_norm(x, lw.mlp_norm, cfg.rms_eps)
+            gate, up = linear(h, lw.gate_up).chunk(2, dim=-1)
+            x = x + linear(F.silu(gate) * up, lw.down)
+        return rms_norm(x, self.w.final_norm, cfg.rms_eps)
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head on the given rows only (the positions being decided)."""
+        return linear(hidden, self.w.lm_head)

@@ -1,0 +1,1 @@
+"""Helpers that build small real-layout checkpoints for tests, demos and benchmarks."""

@@ -1,0 +1,242 @@
+"""Write tiny LLaDA / Dream checkpoints in the real Hugging Face layouts.
+
+The files are what a user's checkpoint holds (config.json, sharded safetensors with
+model.safetensors.index.json, tokenizer.json and tokenizer_config.json with the chat template),
+with the real parameter names, so they go through the same loader as LLaDA-8B. The tokenizer
+is byte-level (any text encodes) plus the model's special tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+LLADA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+DREAM_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+LLADA_SPECIALS = [
+    "<|startoftext|>",
+    "<|endoftext|>",
+    "<|mdm_mask|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+]
+DREAM_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>"]
+
+
+def build_byte_tokenizer(specials: list[str]) -> tuple[Tokenizer, dict[str, int]]:
+    """A byte-level tokenizer: 256 byte tokens, then the special tokens in order."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(specials)
+    ids = {s: tok.token_to_id(s) for s in specials}
+    return tok, ids
+
+
+def _save_sharded(tensors: dict[str, torch.Tensor], out: Path, num_shards: int) -> None:
+    names = list(tensors)
+    per = math.ceil(len(names) / num_shards)
+    weight_map: dict[str, str] = {}
+    total = 0
+    for s in range(num_shards):
+        chunk = names[s * per : (s + 1) * per]
+        if not chunk:
+            continue
+        fname = f"model-{s + 1:05d}-of-{num_shards:05d}.safetensors"
+        save_file({n: tensors[n].contiguous() for n in chunk}, str(out / fname))
+        for n in chunk:
+            weight_map[n] = fname
+            total += tensors[n].numel() * tensors[n].element_size()
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def _init(shape: tuple[int, ...], gen: torch.Generator, scale: float) -> torch.Tensor:
+    fan_in = shape[-1]
+    return torch.randn(shape, generator=gen) * (scale / math.sqrt(fan_in))
+
+
+def write_tiny_checkpoint(
+    path: str | Path,
+    arch: str = "llada",
+    *,
+    seed: int = 0,
+    d_model: int = 64,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    n_kv_heads: int | None = None,
+    mlp_hidden: int = 128,
+    max_len: int = 512,
+    num_shards: int = 2,
+    logit_scale: float = 6.0,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a random tiny checkpoint of ``arch`` ("llada" or "dream") into ``path``.
+
+    Weights are scaled so that logits are peaked (``logit_scale``): a near-uniform random model
+    would make confidences tie and hide sampling bugs behind rounding noise.
+    """
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    n_kv = n_kv_heads or n_heads
+    hd = d_model // n_heads
+    specials = LLADA_SPECIALS if arch == "llada" else DREAM_SPECIALS
+    tok, ids = build_byte_tokenizer(specials)
+    vocab = tok.get_vocab_size()
+    emb_rows = ((vocab + 63) // 64) * 64  # padded like the real checkpoints' embedding_size
+
+    layer: dict[str, tuple[int, ...]]
+    if arch == "llada":
+        prefix = "model.transformer.blocks.{i}."
+        layer = {
+            "attn_norm.weight": (d_model,),
+            "q_proj.weight": (n_heads * hd, d_model),
+            "k_proj.weight": (n_kv * hd, d_model),
+            "v_proj.weight": (n_kv * hd, d_model),
+            "attn_out.weight": (d_model, n_heads * hd),
+            "ff_norm.weight": (d_model,),
+            "ff_proj.weight": (mlp_hidden, d_model),
+            "up_proj.weight": (mlp_hidden, d_model),
+            "ff_out.weight": (d_model, mlp_hidden),
+        }
+        top = {
+            "model.transformer.wte.weight": (emb_rows, d_model),
+            "model.transformer.ln_f.weight": (d_model,),
+            "model.transformer.ff_out.weight": (emb_rows, d_model),
+        }
+    elif arch == "dream":
+        prefix = "model.layers.{i}."
+        layer = {
+            "input_layernorm.weight": (d_model,),
+            "self_attn.q_proj.weight": (n_heads * hd, d_model),
+            "self_attn.q_proj.bias": (n_heads * hd,),
+            "self_attn.k_proj.weight": (n_kv * hd, d_model),
+            "self_attn.k_proj.bias": (n_kv * hd,),
+            "self_attn.v_proj.weight": (n_kv * hd, d_model),
+            "self_attn.v_proj.bias": (n_kv * hd,),
+            "self_attn.o_proj.weight": (d_model, n_heads * hd),
+            "post_attention_layernorm.weight": (d_model,),
+            "mlp.gate_proj.weight": (mlp_hidden, d_model),
+            "mlp.up_proj.weight": (mlp_hidden, d_model),
+            "mlp.down_proj.weight": (d_model, mlp_hidden),
+        }
+        top = {
+            "model.embed_tokens.weight": (emb_rows, d_model),
+            "model.norm.weight": (d_model,),
+            "lm_head.weight": (emb_rows, d_model),
+        }
+    else:
+        raise ValueError(f"arch must be 'llada' or 'dream', got {arch!r}")
+
+    tensors: dict[str, torch.Tensor] = {}
+    for name, shape in top.items():
+        if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+            tensors[name] = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        elif "wte" in name or "embed_tokens" in name:
+            tensors[name] = torch.randn(shape, generator=gen)
+        else:
+            tensors[name] = _init(shape, gen, logit_scale)
+    for i in range(n_layers):
+        for name, shape in layer.items():
+            if "norm" in name:
+                t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+            elif name.endswith("bias"):
+                t = 0.1 * torch.randn(shape, generator=gen)
+            else:
+                t = _init(shape, gen, 1.0)
+            tensors[prefix.format(i=i) + name] = t
+    _save_sharded({k: v.to(dtype) for k, v in tensors.items()}, out, num_shards)
+
+    if arch == "llada":
+        config = {
+            "architectures": ["LLaDAModelLM"],
+            "model_type": "llada",
+            "d_model": d_model,
+            "n_layers": n_layers,
+            "n_heads": n_heads,
+            "n_kv_heads": n_kv,
+            "mlp_hidden_size": mlp_hidden,
+            "vocab_size": vocab,
+            "embedding_size": emb_rows,
+            "mask_token_id": ids["<|mdm_mask|>"],
+            "eos_token_id": ids["<|endoftext|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+            "rope_theta": 500000.0,
+            "rms_norm_eps": 1e-5,
+            "max_sequence_length": max_len,
+            "activation_type": "silu",
+            "block_type": "llama",
+            "include_bias": False,
+            "include_qkv_bias": False,
+            "weight_tying": False,
+            "scale_logits": False,
+            "input_emb_norm": False,
+            "attention_layer_norm": False,
+            "rope": True,
+            "alibi": False,
+            "multi_query_attention": None,
+            "torch_dtype": "float32" if dtype == torch.float32 else "bfloat16",
+        }
+        tok_cfg = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": "<|startoftext|>",
+            "eos_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>",
+            "chat_template": LLADA_CHAT_TEMPLATE,
+            "model_max_length": max_len,
+        }
+    else:
+        config = {
+            "architectures": ["DreamModel"],
+            "model_type": "Dream",
+            "hidden_size": d_model,
+            "intermediate_size": mlp_hidden,
+            "num_hidden_layers": n_layers,
+            "num_attention_heads": n_heads,
+            "num_key_value_heads": n_kv,
+            "vocab_size": emb_rows,
+            "rope_theta": 1000000.0,
+            "rms_norm_eps": 1e-6,
+            "max_position_embeddings": max_len,
+            "mask_token_id": ids["<|mask|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|endoftext|>"],
+            "tie_word_embeddings": False,
+            "hidden_act": "silu",
+            "torch_dtype": "float32" if dtype == torch.float32 else "bfloat16",
+        }
+        tok_cfg = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": None,
+            "eos_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>",
+            "mask_token": "<|mask|>",
+            "chat_template": DREAM_CHAT_TEMPLATE,
+            "model_max_length": max_len,
+        }
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
+    return out

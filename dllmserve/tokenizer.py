@@ -1,0 +1,18 @@
+"""Load a checkpoint's fast tokenizer (tokenizer.json + tokenizer_config.json) offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dllmserve.errors import CheckpointError
+
+
+def load_tokenizer(model_dir: str | Path):
+    """A Hugging Face fast tokenizer with the checkpoint's chat template."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if not (Path(model_dir) / "tokenizer.json").is_file():
+        raise CheckpointError(f"{model_dir} has no tokenizer.json")
+    hf_logging.set_verbosity_error()  # config model types unknown to transformers are expected
+    return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)

@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny checkpoints in the real Hugging Face layouts, built once per session."""
+
+from __future__ import annotations
+
+import pytest
+
+from dllmserve.testing.tiny_models import write_tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
+def llada_dir(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("llada"), "llada", seed=1)
+
+
+@pytest.fixture(scope="session")
+def llada_gqa_dir(tmp_path_factory):
+    return write_tiny_checkpoint(
+        tmp_path_factory.mktemp("llada_gqa"), "llada", seed=2, n_heads=4, n_kv_heads=2
+    )
+
+
+@pytest.fixture(scope="session")
+def dream_dir(tmp_path_factory):
+    """Dream's real head layout in miniature: 7 query heads per KV head."""
+    return write_tiny_checkpoint(
+        tmp_path_factory.mktemp("dream"), "dream", seed=3, d_model=56, n_heads=7, n_kv_heads=1
+    )
