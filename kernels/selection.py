@@ -1,0 +1,316 @@
+"""SELECT-step retention: score the candidates, max-pool, top-k per KV head, store into pages.
+
+Four launches, none of which syncs with the host (grids come from static shapes; programs
+past a request's real length exit at once):
+1. scores: one pass over the sequence's keys against the window's mean query per head;
+2. max-pool along the candidates, clipped at each request's ends;
+3. top-k per (request, KV head): the n-th largest pooled score is found by a 4-bit radix
+   search over order-preserving integer keys (8 passes over scores that stay in L2), then one
+   ordered compaction pass keeps everything above it plus the lowest-index ties, so the kept
+   positions come out sorted without a sort;
+4. the K/V copy of the kept positions into the request's pages, with a wide grid.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _scores(
+    QBAR,
+    K,
+    CU,
+    WS,
+    WL,
+    HS,
+    SC,
+    scale,
+    n_kv,
+    stride_kt,
+    stride_kh,
+    stride_sg,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    r = tl.program_id(1)
+    base = tl.load(CU + r).to(tl.int64)
+    ws = tl.load(WS + r)
+    wl = tl.load(WL + r)
+    n_c = tl.load(CU + r + 1) - base - wl
+    if tile * BLOCK_C >= n_c:
+        return
+    head_select = tl.load(HS + r) != 0
+    c = tile * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < n_c
+    pos = tl.where(c < ws, c, c + wl)
+    d = tl.arange(0, HEAD_DIM)
+    total = tl.zeros([BLOCK_C], tl.float32)
+    for g in range(n_kv):
+        k = tl.load(
+            K + (base + pos)[:, None] * stride_kt + g * stride_kh + d[None, :],
+            mask=c_ok[:, None],
+            other=0.0,
+        ).to(tl.float32)
+        best = tl.full([BLOCK_C], float("-inf"), tl.float32)
+        for i in tl.static_range(GROUP):
+            qh = tl.load(QBAR + ((r * n_kv + g) * GROUP + i) * HEAD_DIM + d)
+            s = tl.sum(k * qh[None, :], 1) * scale
+            best = tl.maximum(best, s)
+            total += s
+        if head_select:
+            tl.store(SC + g * stride_sg + base + c, best, mask=c_ok)
+    if not head_select:
+        for g in range(n_kv):
+            tl.store(SC + g * stride_sg + base + c, total, mask=c_ok)
+
+
+@triton.jit
+def _pool(
+    SC,
+    PO,
+    CU,
+    WL,
+    PK,
+    stride_sg,
+    BLOCK_C: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    r = tl.program_id(1)
+    g = tl.program_id(2)
+    base = tl.load(CU + r).to(tl.int64)
+    n_c = tl.load(CU + r + 1) - base - tl.load(WL + r)
+    if tile * BLOCK_C >= n_c:
+        return
+    w = tl.load(PK + r) // 2
+    c = tile * BLOCK_C + tl.arange(0, BLOCK_C)
+    row = SC + g * stride_sg + base
+    best = tl.full([BLOCK_C], float("-inf"), tl.float32)
+    for o in range(-w, w + 1):
+        j = c + o
+        best = tl.maximum(best, tl.load(row + j, mask=(j >= 0) & (j < n_c), other=float("-inf")))
+    tl.store(PO + g * stride_sg + base + c, best, mask=c < n_c)
+
+
+@triton.jit
+def _order_key(x):
+    """int64 in [0, 2^32) with the order of the fp32 values (-0.0 counted as +0.0)."""
+    b = (x + 0.0).to(tl.int32, bitcast=True)
+    b = tl.where(b < 0, b ^ 0x7FFFFFFF, b)
+    return b.to(tl.int64) + 2147483648
+
+
+@triton.jit
+def _top_k(
+    PO,
+    CU,
+    WS,
+    WL,
+    NK,
+    OUT,
+    stride_sg,
+    stride_or,
+    stride_og,
+    BLOCK: tl.constexpr,
+):
+    r = tl.program_id(0)
+    g = tl.program_id(1)
+    n = tl.load(NK + r)
+    if n == 0:
+        return
+    base = tl.load(CU + r).to(tl.int64)
+    ws = tl.load(WS + r)
+    wl = tl.load(WL + r)
+    n_c = tl.load(CU + r + 1) - base - wl
+    row = PO + g * stride_sg + base
+    digit = tl.arange(0, 16).to(tl.int64)
+    # Invariant: at least n keys are >= prefix. Fix 4 bits per pass, most significant first.
+    prefix = tl.zeros([], tl.int64)
+    for p in range(8):
+        cand = prefix + (digit << (28 - 4 * p))
+        cnt = tl.zeros([16], tl.int32)
+        for start in range(0, n_c, BLOCK):
+            c = start + tl.arange(0, BLOCK)
+            key = tl.where(c < n_c, _order_key(tl.load(row + c, mask=c < n_c, other=0.0)), -1)
+            cnt += tl.sum((key[:, None] >= cand[None, :]).to(tl.int32), 0)
+        best = tl.sum((cnt >= n).to(tl.int64)) - 1
+        prefix = prefix + (best << (28 - 4 * p))
+    n_gt = tl.zeros([], tl.int32)
+    for start in range(0, n_c, BLOCK):
+        c = start + tl.arange(0, BLOCK)
+        key = tl.where(c < n_c, _order_key(tl.load(row + c, mask=c < n_c, other=0.0)), -1)
+        n_gt += tl.sum((key > prefix).to(tl.int32))
+    eq_left = n - n_gt
+    taken = tl.zeros([], tl.int32)
+    for start in range(0, n_c, BLOCK):
+        c = start + tl.arange(0, BLOCK)
+        key = tl.where(c < n_c, _order_key(tl.load(row + c, mask=c < n_c, other=0.0)), -1)
+        eq = (key == prefix).to(tl.int32)
+        eq_rank = tl.cumsum(eq, 0) - eq
+        keep = ((key > prefix) | ((eq != 0) & (eq_rank < eq_left))).to(tl.int32)
+        idx = taken + tl.cumsum(keep, 0) - keep
+        pos = tl.where(c < ws, c, c + wl).to(tl.int64)
+        tl.store(OUT + r * stride_or + g * stride_og + idx, pos, mask=keep != 0)
+        taken += tl.sum(keep)
+        eq_left -= tl.sum(eq)
+
+
+@triton.jit
+def _store(
+    OUT,
+    NK,
+    CU,
+    K,
+    V,
+    KP,
+    VP,
+    PT,
+    stride_or,
+    stride_og,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_kpp,
+    stride_kps,
+    stride_kph,
+    stride_vpp,
+    stride_vps,
+    stride_vph,
+    stride_pt,
+    PAGE_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    g = tl.program_id(1)
+    r = tl.program_id(2)
+    n = tl.load(NK + r)
+    if tile * BLOCK_J >= n:
+        return
+    j = tile * BLOCK_J + tl.arange(0, BLOCK_J)
+    j_ok = j < n
+    tok = tl.load(CU + r).to(tl.int64) + tl.load(
+        OUT + r * stride_or + g * stride_og + j, mask=j_ok, other=0
+    )
+    page = tl.load(PT + r * stride_pt + j // PAGE_SIZE, mask=j_ok, other=0).to(tl.int64)
+    slot = j % PAGE_SIZE
+    d = tl.arange(0, HEAD_DIM)
+    k = tl.load(K + tok[:, None] * stride_kt + g * stride_kh + d[None, :], mask=j_ok[:, None])
+    tl.store(
+        KP + page[:, None] * stride_kpp + slot[:, None] * stride_kps + g * stride_kph + d[None, :],
+        k,
+        mask=j_ok[:, None],
+    )
+    v = tl.load(V + tok[:, None] * stride_vt + g * stride_vh + d[None, :], mask=j_ok[:, None])
+    tl.store(
+        VP + page[:, None] * stride_vpp + slot[:, None] * stride_vps + g * stride_vph + d[None, :],
+        v,
+        mask=j_ok[:, None],
+    )
+
+
+def window_mean(q_win: torch.Tensor, cu_win: torch.Tensor) -> torch.Tensor:
+    """Mean query per request and head [R, H, D] fp32, without a host sync."""
+    n_req = cu_win.numel() - 1
+    counts = (cu_win[1:] - cu_win[:-1]).long()
+    seg = torch.repeat_interleave(
+        torch.arange(n_req, device=q_win.device), counts, output_size=q_win.shape[0]
+    )
+    qsum = torch.zeros((n_req,) + q_win.shape[1:], device=q_win.device, dtype=torch.float32)
+    qsum.index_add_(0, seg, q_win.float())
+    return qsum / counts.clamp(min=1)[:, None, None]
+
+
+def select_and_store(
+    q_win: torch.Tensor,
+    cu_win: torch.Tensor,
+    k_seq: torch.Tensor,
+    v_seq: torch.Tensor,
+    cu_seq: torch.Tensor,
+    win_start: torch.Tensor,
+    win_len: torch.Tensor,
+    n_keep: torch.Tensor,
+    head_select: torch.Tensor,
+    pool_kernel: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    page_table: torch.Tensor,
+    scale: float,
+    max_keep: int,
+) -> torch.Tensor:
+    """Triton selection; same contract as ``reference.select_and_store``."""
+    n_req = cu_seq.numel() - 1
+    t_k, n_kv, head_dim = k_seq.shape
+    group = q_win.shape[1] // n_kv
+    dev = k_seq.device
+    kept = torch.full((n_req, n_kv, max_keep), -1, dtype=torch.int64, device=dev)
+    if n_req == 0 or t_k == 0 or max_keep == 0:
+        return kept
+    qbar = window_mean(q_win, cu_win)
+    scores = torch.empty((n_kv, t_k), device=dev, dtype=torch.float32)
+    pooled = torch.empty_like(scores)
+    hs = head_select.to(torch.int32)
+    block_c = 64
+    grid = (triton.cdiv(t_k, block_c), n_req)
+    _scores[grid](
+        qbar,
+        k_seq,
+        cu_seq,
+        win_start,
+        win_len,
+        hs,
+        scores,
+        scale,
+        n_kv,
+        k_seq.stride(0),
+        k_seq.stride(1),
+        scores.stride(0),
+        GROUP=group,
+        HEAD_DIM=head_dim,
+        BLOCK_C=block_c,
+    )
+    _pool[(triton.cdiv(t_k, 256), n_req, n_kv)](
+        scores, pooled, cu_seq, win_len, pool_kernel, scores.stride(0), BLOCK_C=256
+    )
+    _top_k[(n_req, n_kv)](
+        pooled,
+        cu_seq,
+        win_start,
+        win_len,
+        n_keep,
+        kept,
+        pooled.stride(0),
+        kept.stride(0),
+        kept.stride(1),
+        BLOCK=512,
+        num_warps=8,
+    )
+    block_j = 32
+    _store[(triton.cdiv(max_keep, block_j), n_kv, n_req)](
+        kept,
+        n_keep,
+        cu_seq,
+        k_seq,
+        v_seq,
+        k_pool,
+        v_pool,
+        page_table,
+        kept.stride(0),
+        kept.stride(1),
+        k_seq.stride(0),
+        k_seq.stride(1),
+        v_seq.stride(0),
+        v_seq.stride(1),
+        *k_pool.stride()[:3],
+        *v_pool.stride()[:3],
+        page_table.stride(0),
+        PAGE_SIZE=k_pool.shape[1],
+        HEAD_DIM=head_dim,
+        BLOCK_J=block_j,
+    )
+    return kept
