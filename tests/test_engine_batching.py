@@ -1,0 +1,176 @@
+"""Continuous batching through the step-level interface the service's worker drives."""
+
+from __future__ import annotations
+
+import pytest
+
+from dllmserve import LLM, SamplingParams, SparseConfig
+from dllmserve.engine.engine import Engine
+from dllmserve.errors import CapacityError
+
+SPARSE = SparseConfig(retention_ratio=0.5, delay_step=1, default_block_len=8)
+
+
+def params(seed: int, **kw) -> SamplingParams:
+    base = dict(gen_length=16, steps=16, temperature=0.5, seed=seed, stop_at_eos=False)
+    return SamplingParams(**{**base, **kw})
+
+
+def run_alone(path, prompt, p, sparse=SPARSE):
+    return LLM(path).generate([prompt], p, sparse_configs=sparse, use_tqdm=False)[0]["token_ids"]
+
+
+def drain(engine: Engine, updates: dict) -> None:
+    while engine.has_unfinished():
+        for u in engine.step():
+            updates.setdefault(u.request_id, []).append(u)
+
+
+def canvas_from(updates, gen_length: int, mask: int) -> list[int]:
+    canvas = [mask] * gen_length
+    for u in updates:
+        for pos, tok in zip(u.positions, u.token_ids, strict=True):
+            assert canvas[pos] == mask, "a position was committed twice"
+            canvas[pos] = tok
+    return canvas
+
+
+def test_requests_join_mid_flight(llada_dir):
+    engine = Engine.from_pretrained(llada_dir)
+    prompts = {"a": [1, 2, 3, 4], "b": list(range(20, 40)), "c": [9, 9, 8]}
+    engine.add_request("a", prompts["a"], params(1), SPARSE)
+    updates: dict = {}
+    for _ in range(3):
+        for u in engine.step():
+            updates.setdefault(u.request_id, []).append(u)
+    engine.add_request("b", prompts["b"], params(2), SPARSE)
+    for _ in range(5):
+        for u in engine.step():
+            updates.setdefault(u.request_id, []).append(u)
+    engine.add_request("c", prompts["c"], params(3, gen_length=8, steps=4), None)
+    drain(engine, updates)
+    for rid, seed in (("a", 1), ("b", 2)):
+        final = updates[rid][-1]
+        assert final.finished and final.output.token_ids == run_alone(
+            llada_dir, prompts[rid], params(seed)
+        )
+        assert [u.step for u in updates[rid]] == list(range(1, 17))
+        assert canvas_from(updates[rid], 16, engine.mask_token_id) == final.output.token_ids
+    assert updates["c"][-1].output.token_ids == run_alone(
+        llada_dir, prompts["c"], params(3, gen_length=8, steps=4), None
+    )
+    assert engine.pool.num_free == engine.pool.num_pages
+
+
+def test_abort_frees_pages_at_once(llada_dir):
+    engine = Engine.from_pretrained(llada_dir)
+    engine.add_request("x", list(range(1, 60)), params(1), SPARSE)
+    engine.add_request("y", [4, 5, 6], params(2), SPARSE)
+    engine.step()
+    engine.step()
+    assert engine.pool.num_free < engine.pool.num_pages
+    before = engine.pool.num_free
+    assert engine.abort("x")
+    assert engine.pool.num_free > before
+    assert not engine.abort("x")
+    updates: dict = {}
+    drain(engine, updates)
+    assert "x" not in updates
+    assert updates["y"][-1].output.token_ids == run_alone(llada_dir, [4, 5, 6], params(2))
+    assert engine.pool.num_free == engine.pool.num_pages
+
+
+def test_more_requests_than_fit_wait_and_finish(llada_dir):
+    prompt = list(range(1, 41))
+    probe = Engine.from_pretrained(llada_dir)
+    need = probe._pages_needed(probe.make_request("p", prompt, params(0), SPARSE))
+    engine = Engine.from_pretrained(llada_dir, num_cache_pages=2 * need + 1)
+    for i in range(5):
+        engine.add_request(f"r{i}", prompt, params(i), SPARSE)
+    engine.step()
+    assert engine.stats()["running"] == 2 and engine.stats()["waiting"] == 3
+    updates: dict = {}
+    drain(engine, updates)
+    for i in range(5):
+        assert updates[f"r{i}"][-1].output.token_ids == run_alone(llada_dir, prompt, params(i))
+    assert engine.pool.num_free == engine.pool.num_pages
+
+
+def test_request_that_can_never_fit_is_refused(llada_dir):
+    engine = Engine.from_pretrained(llada_dir, num_cache_pages=2, max_num_batched_tokens=64)
+    with pytest.raises(CapacityError, match="cache pages"):
+        engine.add_request("big", list(range(1, 40)), params(0), SPARSE)
+    with pytest.raises(CapacityError, match="max_num_batched_tokens"):
+        engine.add_request("long", list(range(1, 60)), params(0), None)
+    assert not engine.has_unfinished()
+
+
+def test_token_budget_limits_concurrency(llada_dir):
+    engine = Engine.from_pretrained(llada_dir, max_num_batched_tokens=48)
+    for i in range(3):
+        engine.add_request(f"r{i}", [1, 2, 3, 4, 5, 6, 7, 8], params(i), None)  # 24 tokens each
+    engine.step()
+    assert engine.stats()["running"] == 2
+    updates: dict = {}
+    drain(engine, updates)
+    assert len(updates) == 3 and all(u[-1].finished for u in updates.values())
+
+
+def test_threshold_and_stop_at_eos(llada_dir):
+    llm = LLM(llada_dir)
+    out = llm.generate(
+        [[1, 2, 3]],
+        SamplingParams(gen_length=16, steps=16, block_length=8, threshold=0.5, stop_at_eos=False),
+        use_tqdm=False,
+    )[0]
+    assert 2 <= out["num_steps"] <= 16 and llm.engine.mask_token_id not in out["token_ids"]
+    strict = llm.generate(
+        [[1, 2, 3]],
+        SamplingParams(gen_length=16, steps=16, block_length=8, threshold=1.0, stop_at_eos=False),
+        use_tqdm=False,
+    )[0]
+    assert strict["num_steps"] == 16  # nothing beats 1.0: one token per step
+
+
+def test_stop_at_eos_fills_the_rest(llada_dir, monkeypatch):
+    """Once a block ends with the answer finished, the rest is EOS and the request stops."""
+    llm = LLM(llada_dir)
+    engine = llm.engine
+    eos = engine.eos_token_id
+    real = engine.model.logits
+
+    def eos_after_four(hidden):
+        logits = real(hidden)
+        logits[..., eos] = logits.max() + 10  # every position prefers EOS ...
+        return logits
+
+    monkeypatch.setattr(engine.model, "logits", eos_after_four)
+    p = SamplingParams(gen_length=24, steps=24, block_length=8)
+    out = llm.generate([[5, 6, 7]], p, use_tqdm=False)[0]
+    assert out["finish_reason"] == "stop"
+    assert out["num_steps"] == 8  # one block, then the early stop
+    assert out["token_ids"] == [eos] * 24 and out["text"] == ""
+    longer = llm.generate(
+        [[5, 6, 7]],
+        SamplingParams(gen_length=24, steps=24, block_length=8, stop_at_eos=False),
+        use_tqdm=False,
+    )[0]
+    assert longer["num_steps"] == 24
+
+
+def test_dream_confidence_modes_and_top_p(dream_dir):
+    llm = LLM(dream_dir)
+    for mode in ("maskgit_plus", "topk_margin", "entropy", "origin"):
+        p = SamplingParams(
+            gen_length=16,
+            steps=8,
+            remasking=mode,
+            temperature=0.2,
+            top_p=0.95,
+            top_k=50,
+            seed=1,
+            stop_at_eos=False,
+        )
+        a = llm.generate([[3, 4, 5]], p, use_tqdm=False)[0]
+        b = llm.generate([[3, 4, 5]], p, use_tqdm=False)[0]
+        assert a["token_ids"] == b["token_ids"] and llm.engine.mask_token_id not in a["token_ids"]

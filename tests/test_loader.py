@@ -1,0 +1,101 @@
+"""The loader reads real-layout checkpoints and names what is wrong with a bad one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from dllmserve import LLM
+from dllmserve.errors import CheckpointError, UnsupportedModelError
+from dllmserve.models.config import load_config
+from dllmserve.models.loader import expected_tensors, load_model
+
+
+def test_sharded_checkpoints_load(llada_dir, dream_dir):
+    for path, arch, n in (
+        (llada_dir, "llada", 2 + 9 * 2 + 1),
+        (dream_dir, "dream", 2 + 12 * 2 + 1),
+    ):
+        index = json.loads((path / "model.safetensors.index.json").read_text())
+        assert len(set(index["weight_map"].values())) == 2
+        cfg = load_config(path)
+        assert cfg.arch == arch and len(expected_tensors(cfg)) == n
+        model = load_model(path, torch.float32, torch.device("cpu"))
+        assert model.w.lm_head.shape == (cfg.vocab_size, cfg.d_model)
+    assert load_config(dream_dir).shifted_logits and not load_config(llada_dir).shifted_logits
+
+
+def _copy(src, tmp_path):
+    dst = tmp_path / "ckpt"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_tensor(ckpt, name, new):
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    shard = ckpt / index["weight_map"][name]
+    tensors = load_file(str(shard))
+    if new is None:
+        del tensors[name]
+    else:
+        tensors[name] = new
+    save_file(tensors, str(shard))
+
+
+def test_missing_tensor_is_named(llada_dir, tmp_path):
+    ckpt = _copy(llada_dir, tmp_path)
+    name = "model.transformer.blocks.1.up_proj.weight"
+    _edit_tensor(ckpt, name, None)
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    del index["weight_map"][name]
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=f"lacks tensor {name}"):
+        LLM(ckpt)
+
+
+def test_misshaped_tensor_is_named(dream_dir, tmp_path):
+    ckpt = _copy(dream_dir, tmp_path)
+    name = "model.layers.0.self_attn.k_proj.weight"
+    _edit_tensor(ckpt, name, torch.zeros(3, 56))
+    with pytest.raises(CheckpointError, match=rf"{name} has shape \[3, 56\], expected \[8, 56\]"):
+        LLM(ckpt)
+
+
+def test_missing_shard_and_config(llada_dir, tmp_path):
+    ckpt = _copy(llada_dir, tmp_path)
+    (ckpt / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="shard model-00002-of-00002.safetensors"):
+        LLM(ckpt)
+    with pytest.raises(CheckpointError, match="config.json not found"):
+        LLM(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    "patch,match",
+    [
+        ({"alibi": True}, "alibi"),
+        ({"block_type": "sequential"}, "block_type"),
+        ({"block_group_size": 2}, "block_group_size"),
+        ({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}, "unsupported architecture"),
+    ],
+)
+def test_unsupported_options_are_named(llada_dir, tmp_path, patch, match):
+    ckpt = _copy(llada_dir, tmp_path)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg.update(patch)
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UnsupportedModelError, match=match):
+        LLM(ckpt)
+
+
+def test_mask_id_comes_from_config(llada_dir, tmp_path):
+    ckpt = _copy(llada_dir, tmp_path)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["mask_token_id"] = 5  # as iLLaDA does
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    llm = LLM(ckpt)
+    assert llm.engine.mask_token_id == 5

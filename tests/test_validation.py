@@ -1,0 +1,128 @@
+"""Bad input is refused with the field named and the valid range, before it joins a batch."""
+
+from __future__ import annotations
+
+import pytest
+
+from dllmserve import LLM, SamplingParams, SparseConfig, ValidationError
+
+PARAM_CASES = [
+    (dict(gen_length=0), "sampling_params.gen_length", ">= 1"),
+    (dict(gen_length=-3), "sampling_params.gen_length", ">= 1"),
+    (dict(gen_length=8, steps=9), "sampling_params.steps", "[1, gen_length=8]"),
+    (dict(steps=0), "sampling_params.steps", ">= 1"),
+    (dict(gen_length=8, steps=8, block_length=9), "sampling_params.block_length", "[1, gen"),
+    (dict(temperature=-0.1), "sampling_params.temperature", "[0, inf)"),
+    (dict(temperature=float("nan")), "sampling_params.temperature", "[0, inf)"),
+    (dict(cfg_scale=-1.0), "sampling_params.cfg_scale", "[0, inf)"),
+    (dict(remasking="greedy"), "sampling_params.remasking", "low_confidence"),
+    (dict(threshold=1.5), "sampling_params.threshold", "[0, 1]"),
+    (dict(top_p=0.0), "sampling_params.top_p", "(0, 1]"),
+    (dict(top_k=0), "sampling_params.top_k", ">= 1"),
+    (dict(seed=-1), "sampling_params.seed", "[0, "),
+    (dict(steps=2.5), "sampling_params.steps", "integer"),
+    (dict(stop_at_eos="yes"), "sampling_params.stop_at_eos", "bool"),
+]
+
+SPARSE_CASES = [
+    (dict(retention_ratio=0.0), "sparse_config.retention_ratio", "(0, 1]"),
+    (dict(retention_ratio=1.2), "sparse_config.retention_ratio", "(0, 1]"),
+    (dict(delay_step=-1), "sparse_config.delay_step", ">= 0"),
+    (dict(default_block_len=0), "sparse_config.default_block_len", ">= 1"),
+    (dict(pool_kernel=2), "sparse_config.pool_kernel", "odd"),
+    (dict(layer_ratios=[0.5, 0.5]), "sparse_config.layer_ratios", "layer_wise=True"),
+    (dict(layer_wise=True, layer_ratios=[0.5, 0.0]), "sparse_config.layer_ratios[1]", "(0, 1]"),
+]
+
+
+@pytest.mark.parametrize("kw,field,rng", PARAM_CASES)
+def test_sampling_params(kw, field, rng):
+    with pytest.raises(ValidationError) as e:
+        SamplingParams(**kw)
+    assert e.value.field == field and rng in str(e.value)
+
+
+@pytest.mark.parametrize("kw,field,rng", SPARSE_CASES)
+def test_sparse_config(kw, field, rng):
+    with pytest.raises(ValidationError) as e:
+        SparseConfig(**kw)
+    assert e.value.field == field and rng in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def llm(llada_dir):
+    return LLM(llada_dir)
+
+
+ENGINE_CASES = [
+    # (prompt, params, sparse, field, text)
+    (
+        [1, 2],
+        dict(gen_length=16, block_length=4, steps=3),
+        None,
+        "sampling_params.steps",
+        "[4, 16]",
+    ),
+    (
+        [1, 2],
+        dict(gen_length=16, steps=16),
+        SparseConfig(delay_step=8, default_block_len=8),
+        "sparse_config.delay_step",
+        "[0, 7]",
+    ),
+    ([1] * 500, dict(gen_length=64, steps=64), None, "sampling_params.gen_length", "512"),
+    ([], dict(gen_length=8, steps=8), None, "prompt", "at least one token"),
+    ([1, 99999], dict(gen_length=8, steps=8), None, "prompt", "outside [0,"),
+    (
+        [1, 2],
+        dict(gen_length=16, steps=16),
+        SparseConfig(layer_wise=True, layer_ratios=[0.5, 0.5, 0.5]),
+        "sparse_config.layer_ratios",
+        "one ratio per layer (2)",
+    ),
+]
+
+
+@pytest.mark.parametrize("prompt,kw,sparse,field,text", ENGINE_CASES)
+def test_engine_limits(llm, prompt, kw, sparse, field, text):
+    with pytest.raises(ValidationError) as e:
+        llm.generate([prompt], SamplingParams(**kw), sparse_configs=sparse, use_tqdm=False)
+    assert e.value.field == field and text in str(e.value)
+
+
+def test_mask_token_in_prompt(llm):
+    with pytest.raises(ValidationError, match="mask token"):
+        llm.generate([[1, llm.engine.mask_token_id]], SamplingParams(gen_length=8, steps=8))
+
+
+def test_bad_request_never_disturbs_the_batch(llm):
+    good = SamplingParams(gen_length=8, steps=8, seed=1, stop_at_eos=False)
+    want = llm.generate([[1, 2, 3]], good, use_tqdm=False)[0]["token_ids"]
+    engine = llm.engine
+    engine.add_request("good", [1, 2, 3], good)
+    engine.step()
+    with pytest.raises(ValidationError):
+        engine.add_request(
+            "bad",
+            [1, 2, 3],
+            SamplingParams(
+                gen_length=8,
+                steps=8,
+                block_length=2,
+            ),
+            SparseConfig(delay_step=3),
+        )
+    with pytest.raises(ValidationError, match="already in use"):
+        engine.add_request("good", [1, 2, 3], good)
+    final = None
+    while engine.has_unfinished():
+        for u in engine.step():
+            final = u
+    assert final.request_id == "good" and final.output.token_ids == want
+
+
+def test_generate_argument_errors(llm):
+    with pytest.raises(ValidationError, match="one per prompt"):
+        llm.generate(["a", "b"], [SamplingParams(gen_length=8, steps=8)] * 3)
+    with pytest.raises(ValidationError, match="tensor_parallel_size"):
+        LLM("unused", tensor_parallel_size=2)
