@@ -22,3 +22,8 @@ def num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def rows(t: torch.Tensor) -> torch.Tensor:
+    """The kernels index the last dim with unit stride; copy the rare tensor that differs."""
+    return t if t.stride(-1) == 1 else t.contiguous()

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import dot_precision, num_sms
+from ._common import dot_precision, num_sms, rows
 
 
 @triton.jit
@@ -234,9 +234,14 @@ def reuse_attention(
     kept_len: torch.Tensor,
     scale: float,
     splits: int | None = None,
-    block_n: int = 64,
+    block_n: int | None = None,
 ) -> torch.Tensor:
     """Triton REUSE attention; ``splits``/``block_n`` override the heuristics (benchmarks)."""
+    wide = q.dtype == torch.float32  # fp32 tiles take twice the shared memory
+    if block_n is None:
+        block_n = 32 if wide else 64
+    q, k_new, v_new, page_table = rows(q), rows(k_new), rows(v_new), rows(page_table)
+    assert k_pool.stride(-1) == 1 and v_pool.stride(-1) == 1
     t_q, n_heads, head_dim = q.shape
     n_kv = k_new.shape[1]
     group = n_heads // n_kv
@@ -294,7 +299,7 @@ def reuse_attention(
         BLOCK_N=block_n,
         PREC=dot_precision(q.dtype),
         num_warps=4,
-        num_stages=3,
+        num_stages=2 if wide else 3,
     )
     if splits > 1:
         block_h = min(16, triton.next_power_of_2(n_heads))

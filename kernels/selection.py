@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import rows
+
 
 @triton.jit
 def _scores(
@@ -44,7 +46,7 @@ def _scores(
     n_c = tl.load(CU + r + 1) - base - wl
     if tile * BLOCK_C >= n_c:
         return
-    head_select = tl.load(HS + r) != 0
+    head_select = tl.load(HS + r)
     c = tile * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < n_c
     pos = tl.where(c < ws, c, c + wl)
@@ -62,9 +64,9 @@ def _scores(
             s = tl.sum(k * qh[None, :], 1) * scale
             best = tl.maximum(best, s)
             total += s
-        if head_select:
+        if head_select != 0:
             tl.store(SC + g * stride_sg + base + c, best, mask=c_ok)
-    if not head_select:
+    if head_select == 0:
         for g in range(n_kv):
             tl.store(SC + g * stride_sg + base + c, total, mask=c_ok)
 
@@ -244,6 +246,8 @@ def select_and_store(
     max_keep: int,
 ) -> torch.Tensor:
     """Triton selection; same contract as ``reference.select_and_store``."""
+    k_seq, v_seq, page_table = rows(k_seq), rows(v_seq), rows(page_table)
+    assert k_pool.stride(-1) == 1 and v_pool.stride(-1) == 1
     n_req = cu_seq.numel() - 1
     t_k, n_kv, head_dim = k_seq.shape
     group = q_win.shape[1] // n_kv
