@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of protos/dllmserve/v1 (regenerate with scripts/gen_protos.sh)."""

@@ -1,0 +1,279 @@
+"""The dispatcher: pending requests -> batches of matching SparseConfig -> live workers.
+
+Only the scheduler replica holding the Redis lease dispatches; the others stand by and take
+over within one lease TTL. The leader reads `dllm:pending` through the consumer group
+`dispatch`, so the entries it has read but not yet handed out stay in the group's pending list
+and a new leader claims them (XAUTOCLAIM) instead of losing them. It also reaps workers whose
+heartbeat expired: their inbox entries are taken back and queued again (attempt + 1 for the
+requests they had started; dead-lettered after `max_attempts`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from dllmserve.scheduler import queue as q
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DispatcherConfig:
+    lease_ttl_ms: int = 3000
+    max_batch: int = 32
+    max_attempts: int = 3
+    result_ttl_s: int = 3600
+    reap_interval_s: float = 0.5
+    read_block_ms: int = 100
+
+
+@dataclass
+class _Entry:
+    entry_id: str
+    request_id: str
+
+
+@dataclass
+class _Worker:
+    worker_id: str
+    model: str
+    free: int
+
+
+@dataclass
+class DispatcherState:
+    leader: bool = False
+    dispatched: int = 0
+    reclaimed: int = 0
+    dead_lettered: int = 0
+    reaped_workers: list[str] = field(default_factory=list)
+
+
+class Dispatcher:
+    def __init__(
+        self, client: aioredis.Redis, scheduler_id: str, cfg: DispatcherConfig | None = None
+    ) -> None:
+        self._r = client
+        self._id = scheduler_id
+        self.cfg = cfg or DispatcherConfig()
+        self._scripts = q.register_scripts(client)
+        self._buffer: dict[str, _Entry] = {}
+        self._last_reap = 0.0
+        self.state = DispatcherState()
+        self._stopping = False
+
+    @property
+    def is_leader(self) -> bool:
+        return self.state.leader
+
+    async def run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._tick()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+                log.warning("dispatcher: redis unavailable (%s); retrying", e)
+                self._lose_lease()
+                await asyncio.sleep(0.5)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatcher tick failed")
+                await asyncio.sleep(0.5)
+
+    async def stop(self) -> None:
+        """Hand the lease to another replica (graceful drain)."""
+        self._stopping = True
+        if self.state.leader:
+            try:
+                await self._scripts.lease_release(keys=[q.LEASE], args=[self._id])
+            except redis.exceptions.RedisError:
+                pass
+        self._lose_lease()
+
+    def _lose_lease(self) -> None:
+        self.state.leader = False
+        self._buffer.clear()
+
+    async def _tick(self) -> None:
+        held = await self._scripts.lease_acquire(
+            keys=[q.LEASE], args=[self._id, self.cfg.lease_ttl_ms]
+        )
+        if not held:
+            self._lose_lease()
+            await asyncio.sleep(self.cfg.lease_ttl_ms / 3000)
+            return
+        if not self.state.leader:
+            self.state.leader = True
+            await self._ensure_group()
+            await self._claim_orphans()
+            log.info("scheduler %s is now the dispatcher", self._id)
+        now = time.monotonic()
+        if now - self._last_reap >= self.cfg.reap_interval_s:
+            self._last_reap = now
+            await self.reap_dead_workers()
+        await self._read_new(block_ms=self.cfg.read_block_ms if not self._buffer else 20)
+        await self._dispatch()
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self._r.xgroup_create(q.PENDING, q.DISPATCH_GROUP, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def _claim_orphans(self) -> None:
+        """Take over the entries a previous leader had read but not handed out."""
+        self._buffer.clear()
+        cursor = "0-0"
+        for _ in range(10_000):
+            reply = await self._r.xautoclaim(
+                q.PENDING, q.DISPATCH_GROUP, self._id, min_idle_time=0, start_id=cursor, count=500
+            )
+            cursor, entries = q.s(reply[0]), reply[1]
+            for entry_id, fields in entries:
+                self._add(entry_id, fields)
+            if cursor == "0-0":
+                break
+
+    async def _read_new(self, block_ms: int) -> None:
+        try:
+            reply = await self._r.xreadgroup(
+                q.DISPATCH_GROUP, self._id, {q.PENDING: ">"}, count=512, block=block_ms
+            )
+        except redis.exceptions.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            await self._ensure_group()  # the stream was lost (Redis without persistence)
+            return
+        for _key, entries in reply or []:
+            for entry_id, fields in entries:
+                self._add(entry_id, fields)
+
+    def _add(self, entry_id: bytes, fields: dict | None) -> None:
+        eid = q.s(entry_id)
+        rid = q.s((fields or {}).get(b"id"))
+        self._buffer[eid] = _Entry(eid, rid)
+
+    async def _dispatch(self) -> None:
+        if not self._buffer:
+            return
+        entries = list(self._buffer.values())
+        pipe = self._r.pipeline(transaction=False)
+        for e in entries:
+            pipe.hmget(q.req_key(e.request_id), "status", "group", "priority", "deadline", "model")
+        metas = await pipe.execute()
+        now = time.time()
+        groups: dict[str, list[tuple[int, _Entry]]] = defaultdict(list)
+        group_model: dict[str, str] = {}
+        for e, (status, group, prio, deadline, model) in zip(entries, metas, strict=True):
+            st, dl = q.s(status), float(q.s(deadline) or 0)
+            if st != q.QUEUED:  # cancelled while queued, expired keys, a stale entry
+                await self._drop(e, q.CANCELLED, "CANCELLED", "cancelled")
+            elif dl and now > dl:
+                await self._drop(e, q.EXPIRED, "DEADLINE_EXCEEDED", "deadline exceeded in queue")
+            else:
+                g = q.s(group)
+                groups[g].append((-int(q.s(prio) or 0), e))
+                group_model[g] = q.s(model)
+        if not groups:
+            return
+        workers = await self.live_workers()
+        # Highest priority first, then oldest (stream ids grow with time).
+        ordered = sorted(groups.items(), key=lambda kv: min((p, _id(e.entry_id)) for p, e in kv[1]))
+        for g, members in ordered:
+            members.sort(key=lambda pe: (pe[0], _id(pe[1].entry_id)))
+            todo = [e for _, e in members]
+            model = group_model[g]
+            while todo:
+                fit = [w for w in workers if w.free > 0 and (not model or w.model == model)]
+                if not fit:
+                    break
+                w = max(fit, key=lambda w: w.free)
+                n = min(w.free, self.cfg.max_batch, len(todo))
+                batch, todo = todo[:n], todo[n:]
+                await self._assign(w, batch)
+                w.free -= n
+
+    async def _assign(self, w: _Worker, batch: list[_Entry]) -> None:
+        args: list[str] = [w.worker_id, repr(time.time())]
+        for e in batch:
+            args += [e.entry_id, e.request_id]
+        ids = await self._scripts.assign(
+            keys=[q.inbox_key(w.worker_id), q.load_key(w.worker_id), q.PENDING], args=args
+        )
+        for e in batch:
+            self._buffer.pop(e.entry_id, None)
+        self.state.dispatched += len(ids)
+
+    async def _drop(self, e: _Entry, status: str, code: str, msg: str) -> None:
+        await self._scripts.drop_queued(
+            keys=[q.PENDING],
+            args=[e.entry_id, e.request_id, status, code, msg, repr(time.time()),
+                  self.cfg.result_ttl_s],
+        )  # fmt: skip
+        self._buffer.pop(e.entry_id, None)
+
+    async def live_workers(self) -> list[_Worker]:
+        ids = sorted(q.s(w) for w in await self._r.smembers(q.WORKERS))
+        if not ids:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for w in ids:
+            pipe.hmget(q.worker_key(w), "model", "slots", "state")
+            pipe.get(q.load_key(w))
+        replies = await pipe.execute()
+        out = []
+        for i, w in enumerate(ids):
+            (model, slots, state), load = replies[2 * i], replies[2 * i + 1]
+            if slots is None or q.s(state) != "ready":
+                continue
+            out.append(_Worker(w, q.s(model), int(q.s(slots)) - int(q.s(load) or 0)))
+        return out
+
+    async def reap_dead_workers(self) -> None:
+        """Queue again the work of every registered worker whose heartbeat expired."""
+        for w in [q.s(x) for x in await self._r.smembers(q.WORKERS)]:
+            if await self._r.exists(q.worker_key(w)):
+                continue
+            await self.reclaim_worker(w, count_attempt=True)
+
+    async def reclaim_worker(self, worker_id: str, count_attempt: bool) -> None:
+        inbox = q.inbox_key(worker_id)
+        entries = await self._r.xrange(inbox, "-", "+")
+        for _eid, fields in entries:
+            for rid in q.s(fields.get(b"ids")).split(","):
+                if not rid:
+                    continue
+                res = q.s(
+                    await self._scripts.reclaim(
+                        keys=[q.req_key(rid), q.PENDING],
+                        args=[
+                            worker_id,
+                            self.cfg.max_attempts,
+                            repr(time.time()),
+                            self.cfg.result_ttl_s,
+                            rid,
+                            "1" if count_attempt else "0",
+                        ],
+                    )  # fmt: skip
+                )
+                if res == "requeued":
+                    self.state.reclaimed += 1
+                elif res == "dead":
+                    self.state.dead_lettered += 1
+        await self._r.delete(inbox, q.load_key(worker_id), q.ctl_key(worker_id))
+        await self._r.srem(q.WORKERS, worker_id)
+        self.state.reaped_workers.append(worker_id)
+        log.warning("reaped worker %s (%d inbox entries)", worker_id, len(entries))
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

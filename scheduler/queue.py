@@ -1,0 +1,276 @@
+"""Redis keys, request states and the Lua scripts that move a request between them.
+
+Every state change that two processes could race on (enqueue vs. dedupe, dispatch vs. cancel,
+finish vs. reclaim) is one Lua script, so it is atomic on the Redis server. The scripts touch
+keys derived from the request id (standalone Redis, not Cluster). The same module serves the
+asyncio scheduler and the synchronous worker: `register_scripts` works with either client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PENDING = "dllm:pending"  # stream of {id}: requests waiting for dispatch
+DISPATCH_GROUP = "dispatch"
+INBOX_GROUP = "worker"
+WORKERS = "dllm:workers"  # set of worker ids that have registered
+MODELS = "dllm:models"  # hash model name -> last time a worker served it
+DEAD = "dllm:dead"  # dead-letter stream
+LEASE = "dllm:dispatcher"  # the dispatcher lease: value = scheduler id
+
+QUEUED, DISPATCHED, RUNNING = "queued", "dispatched", "running"
+DONE, FAILED, CANCELLED, EXPIRED, DEAD_STATUS = "done", "failed", "cancelled", "expired", "dead"
+TERMINAL = frozenset({DONE, FAILED, CANCELLED, EXPIRED, DEAD_STATUS})
+
+# Result-stream record kinds (field "k"); every record has the attempt in field "a".
+REC_STEP, REC_COMPLETED, REC_ERROR = "s", "c", "e"
+
+
+def req_key(request_id: str) -> str:
+    return f"dllm:req:{request_id}"
+
+
+def res_key(request_id: str) -> str:
+    return f"dllm:res:{request_id}"
+
+
+def inbox_key(worker_id: str) -> str:
+    return f"dllm:inbox:{worker_id}"
+
+
+def worker_key(worker_id: str) -> str:
+    return f"dllm:worker:{worker_id}"
+
+
+def load_key(worker_id: str) -> str:
+    """Requests handed to a worker and not yet finished (the dispatcher's view of its load)."""
+    return f"dllm:load:{worker_id}"
+
+
+def ctl_key(worker_id: str) -> str:
+    """Control messages (cancellations) for one worker."""
+    return f"dllm:ctl:{worker_id}"
+
+
+_LUA_HELPERS = """
+local function is_terminal(s)
+  return s == 'done' or s == 'failed' or s == 'cancelled' or s == 'expired' or s == 'dead'
+end
+local function publish_error(rid, attempt, code, msg, now, ttl)
+  local res = 'dllm:res:' .. rid
+  redis.call('XADD', res, '*', 'a', attempt, 'k', 'e', 'code', code, 'msg', msg)
+  redis.call('EXPIRE', res, ttl)
+  redis.call('EXPIRE', 'dllm:req:' .. rid, ttl)
+end
+"""
+
+# KEYS: req, pending. ARGV: id, body, max_queue, now, group, priority, deadline, model, opts.
+# Returns {1, position} queued, {0, status} duplicate, {-1, length} full, {-2, status} conflict.
+ENQUEUE = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st then
+  if redis.call('HGET', KEYS[1], 'body') ~= ARGV[2] then return {-2, st} end
+  return {0, st}
+end
+local n = redis.call('XLEN', KEYS[2])
+if n >= tonumber(ARGV[3]) then return {-1, tostring(n)} end
+redis.call('HSET', KEYS[1], 'body', ARGV[2], 'status', 'queued', 'attempt', '1',
+  't_enq', ARGV[4], 'group', ARGV[5], 'priority', ARGV[6], 'deadline', ARGV[7],
+  'model', ARGV[8], 'opts', ARGV[9], 'cancel', '0', 'worker', '')
+redis.call('XADD', KEYS[2], '*', 'id', ARGV[1])
+return {1, tostring(n + 1)}
+"""
+
+# KEYS: inbox, load, pending. ARGV: worker, now, then (entry id, request id) pairs.
+# Hands every still-queued request of the pairs to the worker in one inbox entry; acks all.
+ASSIGN = """
+local ids = {}
+for i = 3, #ARGV, 2 do
+  local eid, rid = ARGV[i], ARGV[i + 1]
+  local rk = 'dllm:req:' .. rid
+  if redis.call('HGET', rk, 'status') == 'queued' then
+    redis.call('HSET', rk, 'status', 'dispatched', 'worker', ARGV[1], 't_disp', ARGV[2])
+    ids[#ids + 1] = rid
+  end
+  redis.call('XACK', KEYS[3], 'dispatch', eid)
+  redis.call('XDEL', KEYS[3], eid)
+end
+if #ids > 0 then
+  redis.call('XADD', KEYS[1], '*', 'ids', table.concat(ids, ','))
+  redis.call('INCRBY', KEYS[2], #ids)
+end
+return ids
+"""
+
+# KEYS: pending. ARGV: entry id, request id, status, code, msg, now, ttl.
+# Ends a queued request without running it (expired deadline, cancelled, stale entry).
+DROP_QUEUED = (
+    _LUA_HELPERS
+    + """
+local rk = 'dllm:req:' .. ARGV[2]
+local h = redis.call('HMGET', rk, 'status', 'attempt')
+redis.call('XACK', KEYS[1], 'dispatch', ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+if h[1] ~= 'queued' then return 0 end
+redis.call('HSET', rk, 'status', ARGV[3], 't_done', ARGV[6])
+publish_error(ARGV[2], h[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+return 1
+"""
+)
+
+# KEYS: req, load. ARGV: worker, now, ttl, request id.
+# The worker takes a dispatched request: returns {attempt, body, t_enq, deadline, opts} or nil.
+START = (
+    _LUA_HELPERS
+    + """
+local h = redis.call('HMGET', KEYS[1], 'status', 'worker', 'cancel', 'attempt', 'body',
+  't_enq', 'deadline', 'opts')
+if h[1] ~= 'dispatched' or h[2] ~= ARGV[1] then return false end
+if h[3] == '1' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 't_done', ARGV[2])
+  publish_error(ARGV[4], h[4], 'CANCELLED', 'cancelled', ARGV[2], ARGV[3])
+  redis.call('DECR', KEYS[2])
+  return false
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 't_start', ARGV[2])
+return {h[4], h[5], h[6], h[7], h[8]}
+"""
+)
+
+# KEYS: req, res, load. ARGV: worker, attempt, status, now, ttl, then record field/value pairs.
+# Publishes the terminal record, fenced: only the worker that owns this attempt may finish it.
+FINISH = """
+local h = redis.call('HMGET', KEYS[1], 'worker', 'attempt', 'status')
+if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] or (h[3] ~= 'running' and h[3] ~= 'dispatched') then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 't_done', ARGV[4])
+local rec = {'a', ARGV[2]}
+for i = 6, #ARGV do rec[#rec + 1] = ARGV[i] end
+redis.call('XADD', KEYS[2], '*', unpack(rec))
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('DECR', KEYS[3])
+return 1
+"""
+
+# KEYS: req. ARGV: request id, code, msg, now, ttl.
+# Returns "notfound", the terminal status it already had, "cancelled" or "cancelling".
+CANCEL = (
+    _LUA_HELPERS
+    + """
+local h = redis.call('HMGET', KEYS[1], 'status', 'worker', 'attempt')
+if not h[1] then return 'notfound' end
+if is_terminal(h[1]) then return h[1] end
+redis.call('HSET', KEYS[1], 'cancel', '1')
+if h[1] == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 't_done', ARGV[4])
+  publish_error(ARGV[1], h[3], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+  return 'cancelled'
+end
+redis.call('XADD', 'dllm:ctl:' .. h[2], 'MAXLEN', '~', '10000', '*', 'id', ARGV[1],
+  'code', ARGV[2], 'msg', ARGV[3])
+return 'cancelling'
+"""
+)
+
+# KEYS: req, pending. ARGV: dead worker, max_attempts, now, ttl, request id, count_attempt.
+# Takes a request back from a worker that died (or handed it back while draining): a request
+# it never started is queued again as is; a running one is queued with attempt + 1, or, when
+# count_attempt is "1" (the worker died) and it already ran max_attempts times, dead-lettered.
+RECLAIM = (
+    _LUA_HELPERS
+    + """
+local h = redis.call('HMGET', KEYS[1], 'status', 'worker', 'attempt', 'cancel')
+if h[2] ~= ARGV[1] then return 'skip' end
+if h[1] ~= 'dispatched' and h[1] ~= 'running' then return 'skip' end
+if h[4] == '1' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 't_done', ARGV[3])
+  publish_error(ARGV[5], h[3], 'CANCELLED', 'cancelled', ARGV[3], ARGV[4])
+  return 'cancelled'
+end
+if h[1] == 'running' then
+  local a = tonumber(h[3])
+  if ARGV[6] == '1' and a >= tonumber(ARGV[2]) then
+    redis.call('HSET', KEYS[1], 'status', 'dead', 't_done', ARGV[3])
+    redis.call('XADD', 'dllm:dead', 'MAXLEN', '~', '100000', '*', 'id', ARGV[5],
+      'attempts', h[3], 'worker', ARGV[1], 't', ARGV[3])
+    publish_error(ARGV[5], h[3], 'ABORTED',
+      'the request failed on ' .. h[3] .. ' workers and was moved to the dead-letter stream',
+      ARGV[3], ARGV[4])
+    return 'dead'
+  end
+  redis.call('HSET', KEYS[1], 'attempt', tostring(a + 1))
+end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'worker', '')
+redis.call('XADD', KEYS[2], '*', 'id', ARGV[5])
+return 'requeued'
+"""
+)
+
+# KEYS: lease. ARGV: holder, ttl_ms. Takes or renews the lease; returns 1 when held.
+LEASE_ACQUIRE = """
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: lease. ARGV: holder.
+LEASE_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+# KEYS: req. ARGV: delta. Counts the streams following a request (never creates the hash).
+WATCHERS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HINCRBY', KEYS[1], 'watchers', ARGV[1])
+end
+return 0
+"""
+
+
+@dataclass
+class Scripts:
+    """The registered scripts of one Redis client (sync or asyncio)."""
+
+    enqueue: object
+    assign: object
+    drop_queued: object
+    start: object
+    finish: object
+    cancel: object
+    reclaim: object
+    lease_acquire: object
+    lease_release: object
+    watchers: object
+
+
+def register_scripts(client) -> Scripts:
+    return Scripts(
+        enqueue=client.register_script(ENQUEUE),
+        assign=client.register_script(ASSIGN),
+        drop_queued=client.register_script(DROP_QUEUED),
+        start=client.register_script(START),
+        finish=client.register_script(FINISH),
+        cancel=client.register_script(CANCEL),
+        reclaim=client.register_script(RECLAIM),
+        lease_acquire=client.register_script(LEASE_ACQUIRE),
+        lease_release=client.register_script(LEASE_RELEASE),
+        watchers=client.register_script(WATCHERS),
+    )
+
+
+def s(value: bytes | str | None) -> str:
+    """Redis replies are bytes (the clients keep binary request bodies intact)."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)

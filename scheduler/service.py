@@ -1,0 +1,250 @@
+"""The DllmService handlers: validate, enqueue, relay; Attach, Cancel, GetServerInfo."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import grpc.aio
+import redis.asyncio as aioredis
+
+from dllmserve.errors import ValidationError
+from dllmserve.scheduler import errors
+from dllmserve.scheduler import queue as q
+from dllmserve.scheduler.config import SchedulerConfig
+from dllmserve.scheduler.dispatcher import Dispatcher
+from dllmserve.scheduler.relay import RelayError, ResultHub, follow
+from dllmserve.scheduler.validation import check_stream_options, group_key, to_engine_args
+from dllmserve.v1 import dllm_pb2 as pb
+from dllmserve.v1 import dllm_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+try:
+    from importlib.metadata import version as _pkg_version
+
+    VERSION = _pkg_version("dllmserve")
+except Exception:  # pragma: no cover - not installed
+    VERSION = "0.0.0"
+
+
+class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        hub: ResultHub,
+        dispatcher: Dispatcher,
+        cfg: SchedulerConfig,
+        scheduler_id: str,
+    ) -> None:
+        self._r = client
+        self._hub = hub
+        self._dispatcher = dispatcher
+        self._cfg = cfg
+        self._id = scheduler_id
+        self._scripts = q.register_scripts(client)
+        self._background: set[asyncio.Task] = set()
+        self.draining = False
+        self.streams = 0  # open Generate/Attach streams
+
+    # --- RPCs -------------------------------------------------------------------------------
+
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        try:
+            async for ev in self._generate(request, context):
+                yield ev
+        except errors.RpcError as e:
+            await context.abort_with_status(e.status)
+
+    async def Attach(self, request: pb.AttachRequest, context: grpc.aio.ServicerContext):
+        try:
+            async for ev in self._attach(request):
+                yield ev
+        except errors.RpcError as e:
+            await context.abort_with_status(e.status)
+
+    async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext):
+        status = await self._cancel(request.request_id, "CANCELLED", "cancelled by the client")
+        if status == "notfound":
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no request {request.request_id!r}")
+        return pb.CancelResponse(status=status)
+
+    async def GetServerInfo(self, request, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
+        info = pb.ServerInfo(
+            version=VERSION,
+            scheduler_id=self._id,
+            dispatcher_leader=self._dispatcher.is_leader,
+            queue_length=await self._r.xlen(q.PENDING),
+            max_queue=self._cfg.max_queue,
+        )
+        counts: dict[str, int] = {}
+        for w in sorted(q.s(x) for x in await self._r.smembers(q.WORKERS)):
+            h = {q.s(k): q.s(v) for k, v in (await self._r.hgetall(q.worker_key(w))).items()}
+            if not h:
+                continue
+            load = int(q.s(await self._r.get(q.load_key(w))) or 0)
+            wi = pb.WorkerInfo(
+                worker_id=w,
+                model=h.get("model", ""),
+                device=h.get("device", ""),
+                state=h.get("state", ""),
+                running=int(h.get("running", 0)),
+                waiting=int(h.get("waiting", 0)),
+                assigned=load,
+                slots=int(h.get("slots", 0)),
+                free_pages=int(h.get("free_pages", 0)),
+                total_pages=int(h.get("total_pages", 0)),
+                max_num_seqs=int(h.get("max_num_seqs", 0)),
+            )
+            info.workers.append(wi)
+            counts[wi.model] = counts.get(wi.model, 0) + 1
+            if wi.state == "ready":
+                info.free_slots += max(0, wi.slots - load)
+        for name in sorted(set(counts) | set(await self._known_models())):
+            info.models.append(pb.ModelInfo(name=name, workers=counts.get(name, 0)))
+        return info
+
+    # --- internals -------------------------------------------------------------------------
+
+    async def _generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateEvent]:
+        if self.draining:
+            raise errors.simple(grpc.StatusCode.UNAVAILABLE, "scheduler is draining; retry")
+        try:
+            args = to_engine_args(request, self._cfg.limits)
+        except ValidationError as e:
+            raise errors.invalid_argument(e.field, e.reason) from None
+        model = await self._resolve_model(request.model)
+        rid = request.request_id or uuid.uuid4().hex
+        stored = pb.GenerateRequest()
+        stored.CopyFrom(request)
+        stored.request_id, stored.model = rid, model
+        stored.ClearField("stream_options")
+        stored.cancel_on_disconnect = False
+        remaining = context.time_remaining()
+        deadline = time.time() + remaining if remaining is not None else 0.0
+        res = await self._scripts.enqueue(
+            keys=[q.req_key(rid), q.PENDING],
+            args=[
+                rid,
+                stored.SerializeToString(deterministic=True),
+                self._cfg.max_queue,
+                repr(time.time()),
+                group_key(model, args.sparse_config),
+                request.priority,
+                repr(deadline),
+                model,
+                request.stream_options.SerializeToString(),
+            ],
+        )
+        code, value = int(res[0]), q.s(res[1])
+        if code == -1:
+            raise errors.resource_exhausted(
+                f"the queue is full ({value} requests waiting); retry later",
+                self._cfg.retry_after_s,
+            )
+        if code == -2:
+            raise errors.simple(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"request_id {rid!r} is already used by a different request",
+            )
+        created = code == 1
+        yield pb.GenerateEvent(
+            accepted=pb.Accepted(
+                request_id=rid,
+                queue_position=int(value) if created else 0,
+                duplicate=not created,
+                status=q.QUEUED if created else value,
+            )
+        )
+        on_disconnect = 0.0 if (created and request.cancel_on_disconnect) else None
+        async for ev in self._relay(rid, request.stream_options, 0, 0, on_disconnect):
+            yield ev
+
+    async def _attach(self, request: pb.AttachRequest) -> AsyncIterator[pb.GenerateEvent]:
+        rid = request.request_id
+        status, opts_raw = await self._r.hmget(q.req_key(rid), "status", "opts")
+        if status is None:
+            raise errors.simple(grpc.StatusCode.NOT_FOUND, f"no request {rid!r} (or it expired)")
+        if request.HasField("stream_options"):
+            try:
+                check_stream_options(request.stream_options)
+            except ValidationError as e:
+                raise errors.invalid_argument(e.field, e.reason) from None
+            opts = request.stream_options
+        else:
+            opts = pb.StreamOptions.FromString(opts_raw or b"")
+        yield pb.GenerateEvent(accepted=pb.Accepted(request_id=rid, status=q.s(status)))
+        async for ev in self._relay(rid, opts, request.after_step, request.attempt, None):
+            yield ev
+
+    async def _relay(
+        self,
+        rid: str,
+        opts: pb.StreamOptions,
+        after_step: int,
+        after_attempt: int,
+        cancel_after_s: float | None,
+    ) -> AsyncIterator[pb.GenerateEvent]:
+        """Relay the result stream; when the client goes away first, maybe cancel the request."""
+        finished = False
+        self.streams += 1
+        await self._scripts.watchers(keys=[q.req_key(rid)], args=[1])
+        try:
+            async for ev in follow(self._hub, self._r, rid, opts, after_step, after_attempt):
+                yield ev
+            finished = True
+        except RelayError as e:
+            finished = True
+            raise errors.from_code(e.code, e.message, e.field) from None
+        finally:
+            self.streams -= 1
+            grace = self._cfg.orphan_grace_s if cancel_after_s is None else cancel_after_s
+            self._spawn(self._left(rid, None if finished else grace))
+
+    async def _left(self, rid: str, cancel_after_s: float | None) -> None:
+        await self._scripts.watchers(keys=[q.req_key(rid)], args=[-1])
+        if cancel_after_s is None or cancel_after_s < 0:
+            return
+        await asyncio.sleep(cancel_after_s)
+        watchers = int(q.s(await self._r.hget(q.req_key(rid), "watchers")) or 0)
+        if watchers <= 0:
+            await self._cancel(rid, "CANCELLED", "the client went away")
+
+    async def _cancel(self, rid: str, code: str, msg: str) -> str:
+        return q.s(
+            await self._scripts.cancel(
+                keys=[q.req_key(rid)],
+                args=[rid, code, msg, repr(time.time()), self._cfg.result_ttl_s],
+            )
+        )
+
+    async def _known_models(self) -> list[str]:
+        now = time.time()
+        seen = await self._r.hgetall(q.MODELS)
+        return [q.s(m) for m, t in seen.items() if now - float(q.s(t)) < self._cfg.model_memory_s]
+
+    async def _resolve_model(self, name: str) -> str:
+        known = await self._known_models()
+        if name:
+            if name not in known:
+                raise errors.simple(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"model {name!r} is not served here; served models: {sorted(known)}",
+                )
+            return name
+        if len(known) > 1:
+            raise errors.invalid_argument(
+                "model", f"required: several models are served ({sorted(known)})"
+            )
+        return known[0] if known else ""
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

@@ -1,0 +1,141 @@
+"""Request validation: the same checks (and messages) as the offline API, plus the wire-only ones.
+
+Sampling and sparse fields are validated by constructing `SamplingParams` / `SparseConfig`
+themselves, so a bad field gets the identical `ValidationError` (naming the field) whether it
+arrives through `LLM.generate` or gRPC. The worker calls `to_engine_args` again on the stored
+request, so both sides always agree on what a request means.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from dllmserve.errors import ValidationError
+from dllmserve.sampling_params import SamplingParams
+from dllmserve.sparse.state import SparseConfig
+from dllmserve.v1 import dllm_pb2 as pb
+
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+CHAT_ROLES = ("system", "user", "assistant")
+_SP_FIELDS = [f.name for f in pb.SamplingParams.DESCRIPTOR.fields]
+_SC_SCALARS = [f.name for f in pb.SparseConfig.DESCRIPTOR.fields if f.name != "layer_ratios"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Wire-level limits; the model-dependent ones (context length, vocabulary) are the worker's."""
+
+    max_prompt_chars: int = 200_000
+    max_prompt_tokens: int = 32_768
+    max_gen_length: int = 8192
+    max_messages: int = 256
+
+
+@dataclass(frozen=True)
+class EngineArgs:
+    prompt: str | list[int] | list[dict]
+    sampling_params: SamplingParams
+    sparse_config: SparseConfig | None
+
+
+def to_sampling_params(msg: pb.SamplingParams) -> SamplingParams:
+    kwargs = {name: getattr(msg, name) for name in _SP_FIELDS if msg.HasField(name)}
+    return SamplingParams(**kwargs)
+
+
+def to_sparse_config(msg: pb.SparseConfig) -> SparseConfig:
+    kwargs = {name: getattr(msg, name) for name in _SC_SCALARS if msg.HasField(name)}
+    if len(msg.layer_ratios):
+        kwargs["layer_ratios"] = list(msg.layer_ratios)
+    return SparseConfig(**kwargs)
+
+
+def group_key(model: str, sparse: SparseConfig | None) -> str:
+    """Requests with equal keys may share a batch: same model and same `SparseConfig.match_key`."""
+    key = sparse.match_key() if sparse is not None else (False,)
+    return f"{model}|{key!r}"
+
+
+def prompt_of(req: pb.GenerateRequest) -> str | list[int] | list[dict]:
+    kind = req.WhichOneof("prompt")
+    if kind == "text":
+        return req.text
+    if kind == "token_ids":
+        return list(req.token_ids.ids)
+    if kind == "messages":
+        return [{"role": m.role, "content": m.content} for m in req.messages.messages]
+    raise ValidationError("prompt", "one of text, token_ids or messages is required")
+
+
+def to_engine_args(req: pb.GenerateRequest, limits: Limits = Limits()) -> EngineArgs:
+    """Validate a request; raises ValidationError naming the first bad field."""
+    if req.request_id and not REQUEST_ID_RE.match(req.request_id):
+        raise ValidationError(
+            "request_id", "must be 1-128 characters of [A-Za-z0-9._:-] (or empty for a new id)"
+        )
+    prompt = prompt_of(req)
+    _check_prompt(req, prompt, limits)
+    sp = to_sampling_params(req.sampling_params)
+    if sp.gen_length > limits.max_gen_length:
+        raise ValidationError(
+            "sampling_params.gen_length",
+            f"must be in [1, {limits.max_gen_length}] on this server, got {sp.gen_length}",
+        )
+    sc = to_sparse_config(req.sparse_config) if req.HasField("sparse_config") else None
+    if not -100 <= req.priority <= 100:
+        raise ValidationError("priority", f"must be in [-100, 100], got {req.priority}")
+    check_stream_options(req.stream_options)
+    return EngineArgs(prompt=prompt, sampling_params=sp, sparse_config=sc)
+
+
+def check_stream_options(opts: pb.StreamOptions, field: str = "stream_options") -> None:
+    if opts.mode not in pb.StreamMode.values():
+        raise ValidationError(f"{field}.mode", f"unknown stream mode {opts.mode}")
+    if opts.mode == pb.STREAM_MODE_EVERY_K_STEPS and opts.every_k < 1:
+        raise ValidationError(f"{field}.every_k", "must be >= 1 with STREAM_MODE_EVERY_K_STEPS")
+    if opts.every_k < 0:
+        raise ValidationError(f"{field}.every_k", f"must be >= 0, got {opts.every_k}")
+    if len(opts.mask_placeholder) > 16:
+        raise ValidationError(f"{field}.mask_placeholder", "must be at most 16 characters")
+
+
+def _check_prompt(req: pb.GenerateRequest, prompt: object, limits: Limits) -> None:
+    kind = req.WhichOneof("prompt")
+    if kind == "text":
+        if not prompt:
+            raise ValidationError("text", "must not be empty")
+        if len(prompt) > limits.max_prompt_chars:
+            raise ValidationError(
+                "text", f"must be at most {limits.max_prompt_chars} characters, got {len(prompt)}"
+            )
+    elif kind == "token_ids":
+        if not prompt:
+            raise ValidationError("token_ids.ids", "must not be empty")
+        if len(prompt) > limits.max_prompt_tokens:
+            raise ValidationError(
+                "token_ids.ids", f"must hold at most {limits.max_prompt_tokens} tokens"
+            )
+        for i, t in enumerate(prompt):
+            if t < 0:
+                raise ValidationError(f"token_ids.ids[{i}]", f"must be >= 0, got {t}")
+    else:
+        msgs = req.messages.messages
+        if not msgs:
+            raise ValidationError("messages.messages", "must hold at least one message")
+        if len(msgs) > limits.max_messages:
+            raise ValidationError(
+                "messages.messages", f"must hold at most {limits.max_messages} messages"
+            )
+        total = 0
+        for i, m in enumerate(msgs):
+            if m.role not in CHAT_ROLES:
+                raise ValidationError(
+                    f"messages.messages[{i}].role",
+                    f"must be one of {list(CHAT_ROLES)}, got {m.role!r}",
+                )
+            total += len(m.content)
+        if total > limits.max_prompt_chars:
+            raise ValidationError(
+                "messages.messages", f"must hold at most {limits.max_prompt_chars} characters"
+            )

@@ -1,0 +1,26 @@
+"""Worker settings (command-line flags map onto these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class WorkerConfig:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    model: str = ""  # checkpoint directory
+    model_name: str = ""  # the name clients ask for; empty: the directory's name
+    device: str | None = None  # None: cuda when available, else cpu
+    dtype: str | None = None
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int | None = None
+    num_cache_pages: int | None = None
+    gpu_memory_utilization: float = 0.9
+    seed: int = 0
+    worker_id: str = ""  # empty: host-pid-random (a fresh id per process)
+    slots: int = 0  # requests it accepts at once; 0: 2 * max_num_seqs
+    heartbeat_interval_s: float = 1.0
+    heartbeat_ttl_s: float = 5.0  # missing for this long: the worker is dead, its work reclaimed
+    idle_block_ms: int = 200
+    result_ttl_s: int = 3600
+    drain_timeout_s: float = 60.0

@@ -1,0 +1,68 @@
+"""The heartbeat: a thread that advertises the worker's capacity while the loop computes.
+
+It runs beside the engine loop so that a long step never makes a live worker look dead. It
+also notices when the dispatcher has reaped the worker (it missed heartbeats, e.g. a frozen
+process) and tells the loop to drop the work that was taken back.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+import redis
+import redis.exceptions
+
+from dllmserve.scheduler import queue as q
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat(threading.Thread):
+    def __init__(self, loop, client: redis.Redis, device: str, slots: int) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.loop = loop
+        self.r = client
+        self.device = device
+        self.slots = slots
+        self.halt = threading.Event()
+        self._registered = False
+
+    def beat(self) -> None:
+        lp = self.loop
+        st = lp.snapshot
+        key = q.worker_key(lp.id)
+        if self._registered and not self.r.sismember(q.WORKERS, lp.id):
+            lp.reaped.set()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(
+            key,
+            mapping={
+                "model": lp.model_name,
+                "device": self.device,
+                "host": socket.gethostname(),
+                "slots": self.slots,
+                "state": "draining" if lp.stop.is_set() else "ready",
+                "running": st.get("running", 0),
+                "waiting": st.get("waiting", 0),
+                "free_pages": st.get("free_pages", 0),
+                "total_pages": st.get("total_pages", 0),
+                "max_num_seqs": st.get("max_num_seqs", 0),
+                "steps": lp.steps,
+                "t": repr(time.time()),
+            },
+        )
+        pipe.pexpire(key, int(lp.cfg.heartbeat_ttl_s * 1000))
+        pipe.sadd(q.WORKERS, lp.id)
+        pipe.hset(q.MODELS, lp.model_name, repr(time.time()))
+        pipe.execute()
+        self._registered = True
+
+    def run(self) -> None:
+        while not self.halt.wait(self.loop.cfg.heartbeat_interval_s):
+            try:
+                self.beat()
+            except redis.exceptions.RedisError as e:
+                log.warning("heartbeat failed: %s", e)

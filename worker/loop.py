@@ -1,0 +1,349 @@
+"""The worker loop: inbox -> engine -> result streams, one engine iteration at a time.
+
+Each pass: apply cancellations, take new batches from the inbox (without blocking while the
+engine has work), end requests past their deadline, run one `engine.step()`, and publish every
+StepUpdate of that step to its request's result stream in one pipelined round trip. An inbox
+entry (a batch) is acknowledged and deleted when all its requests are finished; what is left in
+the inbox of a dead worker is therefore exactly the work the dispatcher must take back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+import redis.exceptions
+
+from dllmserve.engine.outputs import StepUpdate
+from dllmserve.errors import CapacityError, ValidationError
+from dllmserve.scheduler import queue as q
+from dllmserve.scheduler.validation import to_engine_args
+from dllmserve.v1 import dllm_pb2 as pb
+from dllmserve.worker.config import WorkerConfig
+from dllmserve.worker.render import TextTracker
+
+log = logging.getLogger(__name__)
+
+# Fault injection for the service's fault tests: a request whose prompt text contains this
+# string makes the worker process exit at once, like a request that crashes its worker.
+CRASH_ENV = "DLLMSERVE_FAULT_CRASH_ON_TEXT"
+
+_FINISH_REASON = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "abort": pb.FINISH_REASON_ABORT,
+}
+
+
+@dataclass
+class Active:
+    request_id: str
+    attempt: str
+    entry_id: str
+    t_enq: float
+    t_start: float
+    deadline: float
+    block_length: int
+    tracker: TextTracker
+    t_first: float = 0.0
+
+
+class WorkerLoop:
+    def __init__(self, engine, client: redis.Redis, cfg: WorkerConfig, worker_id: str) -> None:
+        self.engine = engine
+        self.r = client
+        self.cfg = cfg
+        self.id = worker_id
+        self.model_name = cfg.model_name or engine.model_name
+        self.scripts = q.register_scripts(client)
+        self.active: dict[str, Active] = {}
+        self.batches: dict[str, set[str]] = {}  # inbox entry id -> its unfinished request ids
+        self.stop = threading.Event()  # set by SIGTERM: drain
+        self.reaped = threading.Event()  # set by the heartbeat when the dispatcher reaped us
+        self.snapshot: dict = {}
+        self._ctl_last = "0-0"
+        self._crash_on = os.environ.get(CRASH_ENV, "")
+        self.steps = 0
+        self.before_leave = None  # called before the worker deregisters (stops the heartbeat)
+
+    # ---- setup and main loop -------------------------------------------------------------
+    def ensure_group(self) -> None:
+        try:
+            self.r.xgroup_create(q.inbox_key(self.id), q.INBOX_GROUP, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    def run(self) -> None:
+        self.ensure_group()
+        self.update_snapshot()
+        while not self.stop.is_set():
+            try:
+                self.iterate()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+                log.warning("worker %s: redis unavailable (%s); retrying", self.id, e)
+                time.sleep(0.5)
+        self.drain()
+
+    def iterate(self) -> None:
+        if self.reaped.is_set():
+            self._forget_all()
+            self.reaped.clear()
+        self._read_ctl()
+        busy = self.engine.has_unfinished()
+        self._read_inbox(block_ms=None if busy else self.cfg.idle_block_ms)
+        self._check_deadlines()
+        if self.engine.has_unfinished():
+            updates = self.engine.step()
+            self.steps += 1
+            self._publish(updates)
+        self.update_snapshot()
+
+    def update_snapshot(self) -> None:
+        st = self.engine.stats()
+        st["active"] = len(self.active)
+        self.snapshot = st
+
+    # ---- inbox ---------------------------------------------------------------------------
+    def _read_inbox(self, block_ms: int | None) -> None:
+        try:
+            reply = self.r.xreadgroup(
+                q.INBOX_GROUP, self.id, {q.inbox_key(self.id): ">"}, count=16, block=block_ms
+            )
+        except redis.exceptions.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            self.ensure_group()
+            return
+        for _key, entries in reply or []:
+            for entry_id, fields in entries:
+                eid = q.s(entry_id)
+                ids = [x for x in q.s(fields.get(b"ids")).split(",") if x]
+                self.batches[eid] = set()
+                for rid in ids:
+                    self._admit(eid, rid)
+                self._maybe_ack(eid)
+
+    def _admit(self, eid: str, rid: str) -> None:
+        now = time.time()
+        got = self.scripts.start(
+            keys=[q.req_key(rid), q.load_key(self.id)],
+            args=[self.id, repr(now), self.cfg.result_ttl_s, rid],
+        )
+        if not got:
+            return  # cancelled meanwhile, or no longer ours
+        attempt, body, t_enq, deadline, opts_raw = (
+            q.s(got[0]),
+            got[1],
+            float(q.s(got[2]) or now),
+            float(q.s(got[3]) or 0),
+            got[4] or b"",
+        )
+        self.batches[eid].add(rid)
+        req = pb.GenerateRequest.FromString(body)
+        opts = pb.StreamOptions.FromString(opts_raw)
+        if self._crash_on and req.WhichOneof("prompt") == "text" and self._crash_on in req.text:
+            log.error("fault injection: crashing on request %s", rid)
+            os._exit(17)
+        try:
+            args = to_engine_args(req)
+            prompt = args.prompt
+            if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
+                prompt = self.engine.tokenizer.apply_chat_template(
+                    prompt, tokenize=False, add_generation_prompt=True
+                )
+            if rid in self.engine.running or any(r.request_id == rid for r in self.engine.waiting):
+                self.engine.abort(rid)  # a stale attempt of this request still ran here
+            self.engine.add_request(rid, prompt, args.sampling_params, args.sparse_config)
+        except ValidationError as e:
+            self._fail(rid, eid, attempt, q.FAILED, "INVALID_ARGUMENT", e.reason, e.field)
+            return
+        except CapacityError as e:
+            self._fail(rid, eid, attempt, q.FAILED, "RESOURCE_EXHAUSTED", str(e))
+            return
+        except Exception as e:  # a bug must not take the worker down with every request
+            log.exception("admitting %s failed", rid)
+            self._fail(rid, eid, attempt, q.FAILED, "INTERNAL", f"admission failed: {e}")
+            return
+        sp, sc = args.sampling_params, args.sparse_config
+        block = sp.block_length or (
+            min(sc.default_block_len, sp.gen_length) if sc and sc.enabled else sp.gen_length
+        )
+        tracker = TextTracker(
+            self.engine.tokenizer,
+            sp.gen_length,
+            set(self.engine.stop_ids),
+            opts.mask_placeholder,
+            opts.include_canvas,
+        )
+        self.active[rid] = Active(rid, attempt, eid, t_enq, now, deadline, block, tracker)
+
+    def _maybe_ack(self, eid: str) -> None:
+        if eid in self.batches and not self.batches[eid]:
+            del self.batches[eid]
+            pipe = self.r.pipeline(transaction=False)
+            pipe.xack(q.inbox_key(self.id), q.INBOX_GROUP, eid)
+            pipe.xdel(q.inbox_key(self.id), eid)
+            pipe.execute()
+
+    def _done(self, rid: str, eid: str) -> None:
+        self.active.pop(rid, None)
+        if eid in self.batches:
+            self.batches[eid].discard(rid)
+            self._maybe_ack(eid)
+
+    # ---- cancellation and deadlines --------------------------------------------------------
+    def _read_ctl(self) -> None:
+        reply = self.r.xread({q.ctl_key(self.id): self._ctl_last}, count=256)
+        for _key, entries in reply or []:
+            for entry_id, fields in entries:
+                self._ctl_last = q.s(entry_id)
+                rid = q.s(fields.get(b"id"))
+                a = self.active.get(rid)
+                if a is None:
+                    continue
+                self.engine.abort(rid)
+                code = q.s(fields.get(b"code")) or "CANCELLED"
+                msg = q.s(fields.get(b"msg")) or "cancelled"
+                self._fail(rid, a.entry_id, a.attempt, q.CANCELLED, code, msg)
+
+    def _check_deadlines(self) -> None:
+        now = time.time()
+        for a in [a for a in self.active.values() if a.deadline and now > a.deadline]:
+            self.engine.abort(a.request_id)
+            self._fail(
+                a.request_id, a.entry_id, a.attempt, q.EXPIRED, "DEADLINE_EXCEEDED",
+                "deadline exceeded",
+            )  # fmt: skip
+
+    def _fail(
+        self, rid: str, eid: str, attempt: str, status: str, code: str, msg: str, field: str = ""
+    ) -> None:
+        self.scripts.finish(
+            keys=[q.req_key(rid), q.res_key(rid), q.load_key(self.id)],
+            args=[self.id, attempt, status, repr(time.time()), self.cfg.result_ttl_s,
+                  "k", q.REC_ERROR, "code", code, "msg", msg, "field", field],
+        )  # fmt: skip
+        self._done(rid, eid)
+
+    # ---- results ---------------------------------------------------------------------------
+    def _publish(self, updates: list[StepUpdate]) -> None:
+        if not updates:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        finished: list[Active] = []
+        now = time.time()
+        for u in updates:
+            a = self.active.get(u.request_id)
+            if a is None:
+                continue  # aborted in this pass
+            delta, canvas = a.tracker.apply(u.positions, u.token_ids)
+            # The block this step committed into (the engine reports the block it moves on to).
+            blocks = {p // a.block_length for p in u.positions}
+            block = min(blocks) if blocks else u.block_index
+            msg = pb.StepUpdate(
+                step=u.step,
+                total_steps=u.total_steps,
+                block_index=block,
+                positions=u.positions,
+                token_ids=u.token_ids,
+                masked_left=u.masked_left,
+                text_delta=delta,
+                canvas=canvas,
+                attempt=int(a.attempt),
+            )
+            bd = "1" if any(a.tracker.block_done(b, a.block_length) for b in blocks) else "0"
+            key = q.res_key(u.request_id)
+            pipe.xadd(
+                key, {"a": a.attempt, "k": q.REC_STEP, "p": msg.SerializeToString(), "bd": bd}
+            )
+            if not a.t_first:
+                a.t_first = now
+                pipe.expire(key, max(86400, self.cfg.result_ttl_s))
+                pipe.hsetnx(q.req_key(u.request_id), "t_first", repr(now))
+            if u.finished and u.output is not None:
+                done = self._completed(a, u, now)
+                self.scripts.finish(
+                    keys=[q.req_key(u.request_id), key, q.load_key(self.id)],
+                    args=[self.id, a.attempt, q.DONE, repr(now), self.cfg.result_ttl_s,
+                          "k", q.REC_COMPLETED, "p", done.SerializeToString()],
+                    client=pipe,
+                )  # fmt: skip
+                finished.append(a)
+        pipe.execute()
+        for a in finished:
+            self._done(a.request_id, a.entry_id)
+
+    def _completed(self, a: Active, u: StepUpdate, now: float) -> pb.Completed:
+        out = u.output
+        stop = set(self.engine.stop_ids)
+        answer = next((i for i, t in enumerate(out.token_ids) if t in stop), len(out.token_ids))
+        return pb.Completed(
+            request_id=a.request_id,
+            text=out.text,
+            token_ids=out.token_ids,
+            finish_reason=_FINISH_REASON.get(out.finish_reason, pb.FINISH_REASON_UNSPECIFIED),
+            usage=pb.Usage(
+                prompt_tokens=len(out.prompt_token_ids),
+                generated_tokens=answer,
+                steps=out.num_steps,
+                forward_passes=out.num_forward_passes,
+            ),
+            timings=pb.Timings(
+                queued_ms=max(0.0, (a.t_start - a.t_enq) * 1000),
+                first_update_ms=max(0.0, (a.t_first - a.t_enq) * 1000),
+                total_ms=max(0.0, (now - a.t_enq) * 1000),
+            ),
+            attempt=int(a.attempt),
+            worker_id=self.id,
+        )
+
+    # ---- leaving ---------------------------------------------------------------------------
+    def _forget_all(self) -> None:
+        """The dispatcher took our work back (we missed heartbeats): drop it locally."""
+        log.warning("worker %s was reaped; dropping %d requests", self.id, len(self.active))
+        for rid in list(self.active):
+            self.engine.abort(rid)
+        self.active.clear()
+        self.batches.clear()
+        self.ensure_group()
+
+    def drain(self) -> None:
+        """Stop taking work, hand back what never started, finish the rest (bounded)."""
+        log.info("worker %s draining", self.id)
+        self.snapshot = {**self.snapshot, "state": "draining"}
+        while True:  # unread batches go back to the queue untouched
+            reply = self.r.xreadgroup(q.INBOX_GROUP, self.id, {q.inbox_key(self.id): ">"}, count=64)
+            if not reply or not reply[0][1]:
+                break
+            for entry_id, fields in reply[0][1]:
+                self.batches[q.s(entry_id)] = set()
+                for rid in [x for x in q.s(fields.get(b"ids")).split(",") if x]:
+                    self._handback(rid)
+        deadline = time.monotonic() + self.cfg.drain_timeout_s
+        while self.engine.has_unfinished() and time.monotonic() < deadline:
+            self._read_ctl()
+            self._check_deadlines()
+            self._publish(self.engine.step())
+        for rid in list(self.active):  # out of time: another worker runs them again
+            self.engine.abort(rid)
+            self._handback(rid)
+        self.active.clear()
+        if self.before_leave is not None:
+            self.before_leave()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.delete(q.worker_key(self.id), q.inbox_key(self.id), q.load_key(self.id))
+        pipe.delete(q.ctl_key(self.id))
+        pipe.srem(q.WORKERS, self.id)
+        pipe.execute()
+
+    def _handback(self, rid: str) -> None:
+        self.scripts.reclaim(
+            keys=[q.req_key(rid), q.PENDING],
+            args=[self.id, 0, repr(time.time()), self.cfg.result_ttl_s, rid, "0"],
+        )
+        self.r.decr(q.load_key(self.id))

@@ -1,0 +1,63 @@
+"""The worker process: load the model once, register, run the loop until SIGTERM drains it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import uuid
+
+import redis
+
+from dllmserve.worker.config import WorkerConfig
+from dllmserve.worker.heartbeat import Heartbeat
+from dllmserve.worker.loop import WorkerLoop
+
+log = logging.getLogger(__name__)
+READY_LINE = "DLLMSERVE_WORKER_READY"
+
+
+def build_engine(cfg: WorkerConfig):
+    from dllmserve.engine.engine import Engine
+
+    kwargs = {"max_num_seqs": cfg.max_num_seqs, "seed": cfg.seed}
+    if cfg.max_num_batched_tokens:
+        kwargs["max_num_batched_tokens"] = cfg.max_num_batched_tokens
+    if cfg.num_cache_pages:
+        kwargs["num_cache_pages"] = cfg.num_cache_pages
+    if cfg.gpu_memory_utilization:
+        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    return Engine.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, **kwargs)
+
+
+def run(cfg: WorkerConfig, engine=None) -> None:
+    engine = engine if engine is not None else build_engine(cfg)
+    worker_id = cfg.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    client = redis.Redis.from_url(cfg.redis_url, health_check_interval=10)
+    loop = WorkerLoop(engine, client, cfg, worker_id)
+    loop.ensure_group()
+    loop.update_snapshot()
+    slots = cfg.slots or 2 * engine.max_num_seqs
+    hb = Heartbeat(loop, client, str(engine.device), slots)
+    hb.beat()
+    hb.start()
+
+    def stop_heartbeat() -> None:
+        hb.halt.set()
+        hb.join(timeout=10)
+
+    loop.before_leave = stop_heartbeat
+
+    def on_term(signum, frame):
+        loop.stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    log.info("worker %s serving %s on %s", worker_id, loop.model_name, engine.device)
+    print(f"{READY_LINE} id={worker_id} model={loop.model_name}", flush=True)
+    try:
+        loop.run()
+    finally:
+        hb.halt.set()
+        log.info("worker %s stopped", worker_id)
