@@ -48,7 +48,6 @@ class LLM:
             raise ValidationError("max_num_seqs", f"must be >= 1, got {max_num_seqs}")
         dev = torch.device(device) if device is not None else default_device()
         dt = resolve_dtype(dtype, dev)
-        self.enforce_eager = enforce_eager
         self.engine = Engine(
             load_model(model, dt, dev),
             load_tokenizer(model),
@@ -59,6 +58,7 @@ class LLM:
             num_cache_pages=num_cache_pages,
             gpu_memory_utilization=gpu_memory_utilization,
             seed=seed,
+            enforce_eager=enforce_eager,
         )
         self._ids = itertools.count()
 

@@ -28,6 +28,7 @@ class IterationBatch:
     cfg_scale: torch.Tensor | None  # [R] model dtype, 0 where no cfg
     sampling: SamplingBatch
     block_width: int  # B
+    reuse_window: int | None  # W when every REUSE lane forwards W tokens (a graphable shape)
 
 
 def _i32(x: list, device: torch.device) -> torch.Tensor:
@@ -85,6 +86,8 @@ def build_iteration(
         t += we - ws
         cu_reuse.append(t - n_dense)
 
+    reuse_widths = {b - a for a, b in zip(cu_reuse, cu_reuse[1:], strict=False)}
+
     # SELECT metadata
     q_rows: list[torch.Tensor] = []
     cu_win, win_start, win_len = [0], [], []
@@ -94,8 +97,10 @@ def build_iteration(
         win_start.append(ws)
         win_len.append(we - ws)
         cu_win.append(cu_win[-1] + we - ws)
-    n_keep = [[r.kept_counts()[i] for r, _ in select] for i in range(n_layers)]
-    kept_len = [[r.kept_counts()[i] for r, _ in reuse] for i in range(n_layers)]
+    sel_kept = [r.kept_counts() for r, _ in select]
+    reuse_kept = [r.kept_counts() for r, _ in reuse]
+    n_keep = [[k[i] for k in sel_kept] for i in range(n_layers)]
+    kept_len = [[k[i] for k in reuse_kept] for i in range(n_layers)]
     sparse_sel = [r.sparse for r, _ in select]
     attention = BatchAttention(
         pool=pool,
@@ -118,7 +123,7 @@ def build_iteration(
         select_pages=_page_tables(select, n_layers).to(device),
         n_reuse=len(reuse),
         cu_reuse=_i32(cu_reuse, device),
-        max_reuse=max((b - a for a, b in zip(cu_reuse, cu_reuse[1:], strict=False)), default=0),
+        max_reuse=max(reuse_widths, default=0),
         kept_len=_i32(kept_len, device).view(n_layers, len(reuse)),
         reuse_pages=_page_tables(reuse, n_layers).to(device),
     )
@@ -173,4 +178,5 @@ def build_iteration(
         else None,
         sampling=sampling,
         block_width=width,
+        reuse_window=reuse_widths.pop() if len(reuse_widths) == 1 else None,
     )

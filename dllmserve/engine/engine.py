@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from dllmserve.engine.batch import build_iteration
+from dllmserve.engine.cuda_graphs import ReuseGraphs
 from dllmserve.engine.outputs import RequestOutput, StepUpdate
 from dllmserve.engine.page_pool import PagePool
 from dllmserve.engine.request import Request
@@ -57,6 +58,8 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
 
 
 class Engine:
+    """Step-level diffusion engine. ``tokenizer=None`` serves token ids only (benchmarks)."""
+
     def __init__(
         self,
         model: DiffusionTransformer,
@@ -69,6 +72,7 @@ class Engine:
         num_cache_pages: int | None = None,
         gpu_memory_utilization: float = 0.9,
         seed: int = 0,
+        enforce_eager: bool = False,
     ) -> None:
         self.model = model
         self.cfg = model.cfg
@@ -82,9 +86,8 @@ class Engine:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.mask_token_id = self.cfg.mask_token_id
         self.eos_token_id = self.cfg.eos_token_id
-        self.eot_token_id = _special_id(
-            tokenizer, "<|eot_id|>" if self.cfg.arch == "llada" else "<|im_end|>"
-        )
+        eot = "<|eot_id|>" if self.cfg.arch == "llada" else "<|im_end|>"
+        self.eot_token_id = _special_id(tokenizer, eot) if tokenizer is not None else None
         self.stop_ids = {self.eos_token_id} | (
             {self.eot_token_id} if self.eot_token_id is not None else set()
         )
@@ -94,6 +97,11 @@ class Engine:
             num_cache_pages = self._auto_pages(gpu_memory_utilization)
         self.pool = PagePool(
             num_cache_pages, page_size, cfg.n_kv_heads, cfg.head_dim, self.dtype, self.device
+        )
+        self.graphs = (
+            ReuseGraphs(model, self.pool, max_num_seqs * 2)
+            if self.device.type == "cuda" and not enforce_eager
+            else None
         )
         self._rng = random.Random(seed)
         self.waiting: deque[Request] = deque()
@@ -136,6 +144,8 @@ class Engine:
     # ---- requests --------------------------------------------------------------------------
     def tokenize(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValidationError("prompt", "must be token ids: this engine has no tokenizer")
             return list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         return list(prompt)
 
@@ -301,7 +311,11 @@ class Engine:
         batch = build_iteration(
             reqs, self.pool, cfg.n_layers, cfg.head_dim, self.dtype, self.device
         )
-        hidden = self.model.forward(batch.input_ids, batch.positions, batch.attention)
+        key = self.graphs.key(batch) if self.graphs is not None else None
+        if key is not None:
+            hidden = self.graphs.forward(batch, key)
+        else:
+            hidden = self.model.forward(batch.input_ids, batch.positions, batch.attention)
         R, B = batch.logit_rows.shape
         logits = self.model.logits(hidden[batch.logit_rows.view(-1)]).view(R, B, -1)
         if batch.uncond_rows is not None:
@@ -373,7 +387,11 @@ class Engine:
     def _output(self, req: Request, now: float) -> RequestOutput:
         gen = req.canvas[req.P :].tolist()
         end = next((i for i, t in enumerate(gen) if t in self.stop_ids), len(gen))
-        text = self.tokenizer.decode(gen[:end], skip_special_tokens=True)
+        text = (
+            self.tokenizer.decode(gen[:end], skip_special_tokens=True)
+            if self.tokenizer is not None
+            else ""
+        )
         kv_pages = self._pages_needed(req)
         return RequestOutput(
             request_id=req.request_id,

@@ -1,0 +1,259 @@
+"""Offline engine benchmark: tokens/s, step time by phase, memory, against the §6 ceiling.
+
+Runs the engine on random weights of a named shape (speed depends only on shapes):
+
+    python benchmarks/offline.py --shape llada-8b --json results.json
+    python benchmarks/offline.py --shape tiny --device cpu --smoke        # CI smoke run
+
+For every (prompt length, batch, mode) it reports tokens/s, mean step time per phase
+(FULL / SELECT / REUSE), peak GPU memory, cache pages in use, the DESIGN.md §6 ceiling and,
+for the naive baseline (a full forward every step: the official sampler, batched), tokens/s
+measured over its first `--baseline-iters` steps (its cost per step is constant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dllmserve import SamplingParams, SparseConfig  # noqa: E402
+from dllmserve.engine.engine import Engine  # noqa: E402
+from dllmserve.models.shapes import SHAPES, random_model  # noqa: E402
+from dllmserve.sparse.state import Phase  # noqa: E402
+
+# Card ceilings used by the performance model (H100, measured: DESIGN.md §6)
+COPY_TBS = 3.0
+MATMUL_TFLOPS = 690.0
+
+
+@dataclass
+class Result:
+    shape: str
+    prompt: int
+    batch: int
+    mode: str  # "dense" or "r=<ratio>"
+    tokens_per_s: float
+    elapsed_s: float
+    iterations: int
+    committed_tokens: int
+    step_ms: dict[str, float] = field(default_factory=dict)
+    peak_gpu_gib: float = 0.0
+    max_pages_used: int = 0
+    ceiling_tokens_per_s: float | None = None
+
+
+def ceiling(cfg, batch: int, prompt: int, gen: int, steps: int, block: int, delay: int) -> float:
+    """DESIGN.md §6: each forward costs max(weights / copy BW, tokens * F / matmul peak)."""
+    n_params = 2 * cfg.vocab_size * cfg.d_model + cfg.n_layers * (
+        cfg.d_model * (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
+        + cfg.d_model * cfg.n_heads * cfg.head_dim
+        + 3 * cfg.d_model * cfg.mlp_hidden
+    )
+    w_bytes, flop = 2 * n_params, 2 * n_params
+
+    def fwd(tokens: int) -> float:
+        return max(w_bytes / (COPY_TBS * 1e12), tokens * flop / (MATMUL_TFLOPS * 1e12))
+
+    n_blocks = gen // block
+    s = steps // n_blocks
+    per_block = (delay + 1) * fwd(batch * (prompt + gen)) + (s - delay - 1) * fwd(batch * block)
+    return batch * gen / (n_blocks * per_block)
+
+
+def run_one(
+    engine: Engine,
+    shape: str,
+    prompt_len: int,
+    batch: int,
+    sparse: SparseConfig | None,
+    gen: int,
+    steps: int,
+    block: int,
+    max_iters: int | None,
+    seed: int,
+) -> Result:
+    rng = random.Random(seed)
+    vocab = engine.cfg.vocab_size
+    mask = engine.mask_token_id
+    params = SamplingParams(gen_length=gen, steps=steps, block_length=block, stop_at_eos=False)
+    for i in range(batch):
+        ids = [rng.randrange(vocab) for _ in range(prompt_len)]
+        ids = [t if t != mask else t - 1 for t in ids]
+        engine.add_request(f"b{i}", ids, params, sparse)
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    phase_time: dict[str, list[float]] = {p.name: [] for p in Phase}
+    iters = committed = max_pages = 0
+    start = time.perf_counter()
+    while engine.has_unfinished() and (max_iters is None or iters < max_iters):
+        engine._admit()
+        phases = {r.phase for r in engine.running.values()}
+        t0 = time.perf_counter()
+        updates = engine.step()  # ends with the one device-to-host copy: a sync point
+        dt = time.perf_counter() - t0
+        if len(phases) == 1:
+            phase_time[phases.pop().name].append(dt)
+        committed += sum(len(u.positions) for u in updates)
+        max_pages = max(max_pages, engine.pool.num_pages - engine.pool.num_free)
+        iters += 1
+    elapsed = time.perf_counter() - start
+    for rid in list(engine.running) + [r.request_id for r in engine.waiting]:
+        engine.abort(rid)
+    mode = "dense" if sparse is None else f"r={sparse.retention_ratio}"
+    delay = sparse.delay_step if sparse is not None else 0
+    ceil = ceiling(engine.cfg, batch, prompt_len, gen, steps, block, delay) if sparse else None
+    return Result(
+        shape=shape,
+        prompt=prompt_len,
+        batch=batch,
+        mode=mode,
+        tokens_per_s=committed / elapsed,
+        elapsed_s=elapsed,
+        iterations=iters,
+        committed_tokens=committed,
+        step_ms={k: 1000 * sum(v) / len(v) for k, v in phase_time.items() if v},
+        peak_gpu_gib=torch.cuda.max_memory_allocated() / 2**30
+        if engine.device.type == "cuda"
+        else 0,
+        max_pages_used=max_pages,
+        ceiling_tokens_per_s=ceil,
+    )
+
+
+def capacity(engine: Engine, prompt_len: int, gen: int, block: int, ratio: float, n: int) -> int:
+    """How many prompt-`prompt_len` requests the pool actually runs at once at this ratio."""
+    sparse = SparseConfig(retention_ratio=ratio, delay_step=1, default_block_len=block)
+    params = SamplingParams(gen_length=gen, steps=gen, stop_at_eos=False)
+    for i in range(n):
+        engine.add_request(f"c{i}", [1 + (i + j) % 1000 for j in range(prompt_len)], params, sparse)
+    engine.step()
+    running = len(engine.running)
+    for rid in list(engine.running) + [r.request_id for r in engine.waiting]:
+        engine.abort(rid)
+    return running
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--shape", default="llada-8b", choices=sorted(SHAPES))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
+    ap.add_argument("--prompts", type=int, nargs="+", default=[128, 2048])
+    ap.add_argument(
+        "--long-prompt-batches",
+        type=int,
+        nargs="+",
+        default=[1, 8],
+        help="batches run at prompts >= 1024 (their FULL steps are long)",
+    )
+    ap.add_argument("--ratios", type=float, nargs="+", default=[1.0, 0.5, 0.3])
+    ap.add_argument("--gen", type=int, default=256)
+    ap.add_argument("--block", type=int, default=32)
+    ap.add_argument("--delay", type=int, default=1)
+    ap.add_argument("--baseline-iters", type=int, default=16)
+    ap.add_argument("--eager", action="store_true", help="no CUDA graphs")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes for a quick CPU check")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    if a.smoke:
+        a.batches, a.prompts, a.gen, a.block, a.long_prompt_batches = [1, 4], [16], 32, 8, [1]
+        a.baseline_iters = 4
+    dev = torch.device(a.device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    cfg = SHAPES[a.shape]
+    print(f"building random {a.shape} on {dev} ...", flush=True)
+    model = random_model(cfg, dtype, dev)
+    max_batch = max(a.batches)
+    engine = Engine(
+        model,
+        None,
+        model_name=a.shape,
+        max_num_seqs=max_batch,
+        max_num_batched_tokens=max_batch * (max(a.prompts) + a.gen),
+        enforce_eager=a.eager,
+        num_cache_pages=None if dev.type == "cuda" else 4096,
+    )
+    results: list[Result] = []
+    for prompt in a.prompts:
+        batches = (
+            a.batches if prompt < 1024 else [b for b in a.batches if b in a.long_prompt_batches]
+        )
+        for b in batches:
+            modes = [None] + [
+                SparseConfig(retention_ratio=r, delay_step=a.delay, default_block_len=a.block)
+                for r in a.ratios
+            ]
+            for sp in modes:
+                iters = a.baseline_iters if sp is None else None
+                res = run_one(engine, a.shape, prompt, b, sp, a.gen, a.gen, a.block, iters, seed=b)
+                results.append(res)
+                print(json.dumps(asdict(res)), flush=True)
+    cap = {}
+    if dev.type == "cuda" and 2048 in a.prompts:
+        probe = engine.make_request(
+            "probe",
+            [1] * 2048,
+            SamplingParams(gen_length=a.gen, steps=a.gen),
+            SparseConfig(retention_ratio=1.0, default_block_len=a.block),
+        )
+        pool_pages = 8 * engine._pages_needed(probe)  # a pool that holds 8 dual-cache requests
+        small = Engine(
+            model,
+            None,
+            max_num_seqs=64,
+            max_num_batched_tokens=64 * (2048 + a.gen),
+            num_cache_pages=pool_pages,
+            enforce_eager=True,
+        )
+        cap = {str(r): capacity(small, 2048, a.gen, a.block, r, 40) for r in (1.0, 0.5, 0.3)}
+        print("concurrent prompt-2048 requests in a pool of", pool_pages, "pages:", cap, flush=True)
+    print_table(results)
+    if a.json:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        card = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
+        a.json.write_text(
+            json.dumps(
+                {
+                    "card": card,
+                    "commit": commit,
+                    "args": vars(a) | {"json": str(a.json)},
+                    "results": [asdict(r) for r in results],
+                    "capacity": cap,
+                },
+                indent=1,
+            )
+        )
+
+
+def print_table(results: list[Result]) -> None:
+    base = {(r.prompt, r.batch): r.tokens_per_s for r in results if r.mode == "dense"}
+    print(
+        f"\n{'prompt':>6} {'batch':>5} {'mode':>7} {'tok/s':>9} {'x naive':>7} {'ceiling':>8} "
+        f"{'FULL ms':>8} {'SELECT ms':>9} {'REUSE ms':>8} {'peak GiB':>8} {'pages':>7}"
+    )
+    for r in results:
+        ratio = r.tokens_per_s / base[(r.prompt, r.batch)] if (r.prompt, r.batch) in base else 0
+        ceil = f"{r.ceiling_tokens_per_s:.0f}" if r.ceiling_tokens_per_s else "-"
+        ms = [f"{r.step_ms.get(p, 0):.2f}" for p in ("FULL", "SELECT", "REUSE")]
+        print(
+            f"{r.prompt:>6} {r.batch:>5} {r.mode:>7} {r.tokens_per_s:>9.1f} {ratio:>7.2f} "
+            f"{ceil:>8} {ms[0]:>8} {ms[1]:>9} {ms[2]:>8} {r.peak_gpu_gib:>8.1f} "
+            f"{r.max_pages_used:>7}"
+        )
+
+
+if __name__ == "__main__":
+    main()
