@@ -1,0 +1,176 @@
+"""Faults with real processes: kill -9 a worker, kill a scheduler, restart Redis, poison."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import grpc
+import pytest
+from svc_util import wait_for
+
+from dllmserve.client import Canvas, Client
+from dllmserve.scheduler import queue as q
+
+LONG = {"gen_length": 256, "steps": 256, "block_length": 32, "seed": 7, "stop_at_eos": False}
+SHORT = {"gen_length": 16, "steps": 8, "seed": 2}
+
+
+class Stream(threading.Thread):
+    """One client stream in the background; keeps every event (or the error)."""
+
+    def __init__(self, target, request_id: str, sp: dict, prompt: str = "fault", **kw) -> None:
+        super().__init__(daemon=True)
+        self.args = (target, request_id, sp, prompt, kw)
+        self.events: list = []
+        self.error: grpc.RpcError | None = None
+
+    def run(self) -> None:
+        target, rid, sp, prompt, kw = self.args
+        try:
+            with Client(target) as c:
+                for ev in c.generate(prompt, request_id=rid, sampling_params=sp,
+                                     sparse_config={}, timeout=300, **kw):  # fmt: skip
+                    self.events.append(ev)
+        except grpc.RpcError as e:
+            self.error = e
+
+    def steps(self):
+        return [e.step for e in self.events if e.WhichOneof("event") == "step"]
+
+    def completed(self):
+        done = [e.completed for e in self.events if e.WhichOneof("event") == "completed"]
+        return done[0] if done else None
+
+
+def check_unbroken(stream: Stream, gen_length: int) -> None:
+    """Within each attempt, steps run 1, 2, 3, ... with no gap or duplicate; the last attempt
+    rebuilds the final tokens."""
+    assert stream.error is None, stream.error
+    done = stream.completed()
+    assert done is not None
+    by_attempt: dict[int, list[int]] = {}
+    for s in stream.steps():
+        by_attempt.setdefault(s.attempt, []).append(s.step)
+    assert sorted(by_attempt) == list(by_attempt), "attempts must only go up"
+    for steps in by_attempt.values():
+        assert steps == list(range(1, len(steps) + 1))
+    assert max(by_attempt) == done.attempt
+    canvas = Canvas()
+    for s in stream.steps():
+        canvas.apply(s)
+    assert canvas.token_ids(gen_length) == list(done.token_ids)
+    assert canvas.text == done.text
+
+
+def test_kill_9_worker_mid_generation(make_cluster):
+    c = make_cluster()
+    c.add_scheduler()
+    w1, w2 = c.add_worker(wait=False), c.add_worker(wait=False)
+    c.wait_worker(w1)
+    c.wait_worker(w2)
+    streams = [Stream(c.target, f"k{i}", LONG, prompt=f"kill {i}") for i in range(4)]
+    for s in streams:
+        s.start()
+    wait_for(lambda: all(s.steps() for s in streams), what="every request running")
+    owners = {s.args[1]: c.req(s.args[1])["worker"] for s in streams}
+    victim = w1 if list(owners.values()).count(w1.worker_id) >= 2 else w2
+    survivor = w2 if victim is w1 else w1
+    c.kill(victim, signal.SIGKILL)
+    for s in streams:
+        s.join(240)
+        check_unbroken(s, 256)
+    moved = [s for s in streams if owners[s.args[1]] == victim.worker_id]
+    assert moved, "the killed worker ran some of the requests"
+    for s in moved:
+        done = s.completed()
+        assert done.attempt == 2 and done.worker_id == survivor.worker_id
+        assert {st.attempt for st in s.steps()} == {1, 2}
+    # Same seed, same prompt: the re-run gives what an undisturbed run gives.
+    with Client(c.target) as cl:
+        ref = cl.generate_text(moved[0].args[3], sampling_params=LONG, sparse_config={})
+    assert list(ref.token_ids) == list(moved[0].completed().token_ids)
+    assert not c.client.exists(q.inbox_key(victim.worker_id))
+    assert not c.client.sismember(q.WORKERS, victim.worker_id)
+
+
+def test_kill_scheduler_clients_reattach_through_another(make_cluster):
+    c = make_cluster()
+    port_a = c.add_scheduler()
+    port_b = c.add_scheduler()
+    c.add_worker()
+    targets = [f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"]
+    streams = [Stream(targets, f"s{i}", LONG, prompt=f"sched {i}") for i in range(3)]
+    for s in streams:
+        s.start()
+    wait_for(lambda: all(len(s.steps()) >= 2 for s in streams), what="streams flowing")
+    c.kill(c.schedulers[0][0], signal.SIGKILL)
+    for s in streams:
+        s.join(240)
+        check_unbroken(s, 256)
+        assert {st.attempt for st in s.steps()} == {1}
+    # The surviving replica took the dispatcher lease and serves new requests.
+    with Client(targets[1]) as cl:
+        assert len(cl.generate_text("after", sampling_params=SHORT).token_ids) == 16
+        assert cl.server_info().dispatcher_leader
+
+
+def test_redis_restart_keeps_queued_requests(make_cluster):
+    c = make_cluster()
+    c.add_scheduler()
+    streams = [Stream(c.target, f"r{i}", SHORT, prompt=f"persist {i}") for i in range(3)]
+    for s in streams:
+        s.start()
+    wait_for(lambda: c.client.xlen(q.PENDING) == 3, what="three queued")
+    c.client.close()
+    c.redis.stop()  # SIGTERM: Redis flushes its AOF and exits
+    c.redis.start()  # same port, same directory: replays the AOF
+    import redis
+
+    c.client = redis.Redis.from_url(c.url)
+    assert c.client.xlen(q.PENDING) == 3
+    assert all(c.req(f"r{i}")["status"] == q.QUEUED for i in range(3))
+    c.add_worker()
+    for s in streams:
+        s.join(240)
+        check_unbroken(s, 16)
+
+
+def test_poison_request_is_dead_lettered_and_aborted(make_cluster):
+    c = make_cluster()
+    c.add_scheduler("--max-attempts", "2")
+    env = {"DLLMSERVE_FAULT_CRASH_ON_TEXT": "POISON"}
+    w1, w2 = c.add_worker(env=env, wait=False), c.add_worker(env=env, wait=False)
+    c.wait_worker(w1)
+    c.wait_worker(w2)
+    s = Stream(c.target, "poison-1", SHORT, prompt="this is POISON")
+    s.start()
+    s.join(240)
+    assert s.error is not None and s.error.code() == grpc.StatusCode.ABORTED
+    assert "dead-letter" in s.error.details()
+    wait_for(lambda: w1.poll() is not None and w2.poll() is not None, what="both crashed")
+    (entry,) = c.client.xrange(q.DEAD)
+    fields = {q.s(k): q.s(v) for k, v in entry[1].items()}
+    assert fields["id"] == "poison-1" and fields["attempts"] == "2"
+    assert c.req("poison-1")["status"] == q.DEAD_STATUS
+    # A healthy worker still serves everything else.
+    c.add_worker()
+    with Client(c.target) as cl:
+        assert len(cl.generate_text("fine", sampling_params=SHORT).token_ids) == 16
+        with pytest.raises(grpc.RpcError) as e:  # re-attaching to the poison gives ABORTED again
+            list(cl.attach("poison-1"))
+        assert e.value.code() == grpc.StatusCode.ABORTED
+
+
+def test_worker_sigterm_drains_and_hands_back(make_cluster):
+    c = make_cluster()
+    c.add_scheduler()
+    w1 = c.add_worker()
+    s = Stream(c.target, "drain-1", LONG, prompt="drain")
+    s.start()
+    wait_for(lambda: s.steps(), what="running")
+    c.kill(w1, signal.SIGTERM)  # drains: finishes what runs, then deregisters
+    assert w1.returncode == 0
+    s.join(240)
+    check_unbroken(s, 256)
+    assert not c.client.sismember(q.WORKERS, w1.worker_id)
