@@ -121,8 +121,8 @@ def _reuse_fwd(
         m_i = m_new
 
     if split == NUM_SPLITS - 1:
-        for start in range(0, nq, BLOCK_N):
-            j = start + tl.arange(0, BLOCK_N)
+        for f0 in range(0, nq, BLOCK_N):
+            j = f0 + tl.arange(0, BLOCK_N)
             j_ok = j < nq
             k = tl.load(
                 KN + (q0 + j)[:, None] * stride_knt + g * stride_knh + d[None, :],
