@@ -13,7 +13,8 @@ class ValidationError(ValueError):
 
 
 class CapacityError(RuntimeError):
-    """A request can never fit this engine (pages or tokens per iteration), however long it waits."""
+    """A request can never fit this engine (cache pages or tokens per iteration), however long
+    it waits."""
 
 
 class UnsupportedModelError(ValueError):
