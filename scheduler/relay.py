@@ -166,7 +166,8 @@ async def follow(
     poll_s: float = 2.0,
 ) -> AsyncIterator[pb.GenerateEvent]:
     """Yield the request's StepUpdates and Completed; raise RelayError on a terminal error."""
-    floor = int(q.s(await client.hget(q.req_key(request_id), "attempt")) or 0)
+    # Older attempts than the request's current one, or than the client already saw, are moot.
+    floor = max(after_attempt, int(q.s(await client.hget(q.req_key(request_id), "attempt")) or 0))
     f = hub.follow(q.res_key(request_id))
     coalescer = Coalescer(opts)
     current = 0

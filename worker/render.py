@@ -48,7 +48,7 @@ class TextTracker:
             return ""
         self._stable = end
         text = self._tok.decode(self.canvas[:end], skip_special_tokens=True)
-        if text.endswith("\ufffd") and not self._ended:
+        if text.endswith("\ufffd") and not self._ended and end < len(self.canvas):
             return ""  # an incomplete multi-byte character: wait for its other bytes
         if not text.startswith(self.sent):
             return ""

@@ -148,3 +148,9 @@ def cluster(tmp_path_factory, tiny_model):
         yield c
     finally:
         c.close()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "load: the 200-stream load test (runs in CI; deselect with -m 'not load')"
+    )

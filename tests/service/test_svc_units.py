@@ -1,0 +1,192 @@
+"""The pieces on their own, against a real redis-server: the Lua state changes, fencing of a
+stale attempt, the relay's attempt rule and coalescing, and the worker's text tracking."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from dllmserve.scheduler import queue as q
+from dllmserve.scheduler.local_redis import LocalRedis
+from dllmserve.scheduler.relay import Coalescer, RelayError, ResultHub, follow
+from dllmserve.v1 import dllm_pb2 as pb
+from dllmserve.worker.render import TextTracker
+
+
+@pytest.fixture(scope="module")
+def rserver(tmp_path_factory):
+    srv = LocalRedis(tmp_path_factory.mktemp("units-redis")).start()
+    yield srv
+    srv.stop(kill=True)
+
+
+@pytest.fixture
+def r(rserver):
+    c = redis.Redis.from_url(rserver.url)
+    c.flushall()
+    c.xgroup_create(q.PENDING, q.DISPATCH_GROUP, id="0", mkstream=True)
+    yield c
+    c.close()
+
+
+def _enqueue(sc, rid, body=b"body", max_queue=10):
+    res = sc.enqueue(
+        keys=[q.req_key(rid), q.PENDING],
+        args=[rid, body, max_queue, time.time(), "g", 0, 0, "m", b""],
+    )
+    return int(res[0]), q.s(res[1])
+
+
+def _assign(r, sc, worker, rids):
+    entries = r.xrange(q.PENDING)
+    args = [worker, time.time()]
+    for eid, f in entries:
+        if q.s(f[b"id"]) in rids:
+            args += [q.s(eid), q.s(f[b"id"])]
+    return [q.s(x) for x in sc.assign(keys=[q.inbox_key(worker), q.load_key(worker), q.PENDING],
+                                      args=args)]  # fmt: skip
+
+
+def test_enqueue_is_idempotent_and_bounded(r):
+    sc = q.register_scripts(r)
+    assert _enqueue(sc, "a") == (1, "1")
+    assert _enqueue(sc, "a") == (0, q.QUEUED)  # the same request again: a duplicate
+    assert _enqueue(sc, "a", body=b"other")[0] == -2  # the same id, another request
+    assert _enqueue(sc, "b", max_queue=2) == (1, "2")
+    assert _enqueue(sc, "c", max_queue=2) == (-1, "2")  # full
+    assert r.xlen(q.PENDING) == 2 and not r.exists(q.req_key("c"))
+
+
+def test_cancel_races_with_dispatch_and_stale_attempts_are_fenced(r):
+    sc = q.register_scripts(r)
+    for rid in ("x", "y"):
+        _enqueue(sc, rid)
+    # Cancelled while queued: ends at once; the dispatcher skips it.
+    assert q.s(sc.cancel(keys=[q.req_key("x")], args=["x", "CANCELLED", "bye", 0, 60])) == (
+        q.CANCELLED
+    )
+    assert _assign(r, sc, "w1", {"x", "y"}) == ["y"]
+    assert int(r.get(q.load_key("w1"))) == 1
+    got = sc.start(keys=[q.req_key("y"), q.load_key("w1")], args=["w1", time.time(), 60, "y"])
+    assert q.s(got[0]) == "1"
+    # w1 dies; the request is retried as attempt 2 on w2.
+    assert q.s(sc.reclaim(keys=[q.req_key("y"), q.PENDING],
+                          args=["w1", 3, time.time(), 60, "y", "1"])) == "requeued"  # fmt: skip
+    assert r.hget(q.req_key("y"), "attempt") == b"2"
+    assert _assign(r, sc, "w2", {"y"}) == ["y"]
+    sc.start(keys=[q.req_key("y"), q.load_key("w2")], args=["w2", time.time(), 60, "y"])
+    # The zombie w1 may not finish attempt 1; w2 finishes attempt 2.
+    fin = [q.DONE, time.time(), 60, "k", q.REC_COMPLETED, "p", b""]
+    keys = [q.req_key("y"), q.res_key("y")]
+    assert sc.finish(keys=keys + [q.load_key("w1")], args=["w1", "1", *fin]) == 0
+    assert sc.finish(keys=keys + [q.load_key("w2")], args=["w2", "2", *fin]) == 1
+    assert r.hget(q.req_key("y"), "status") == b"done" and r.get(q.load_key("w2")) == b"0"
+    assert r.ttl(q.req_key("y")) > 0 and r.ttl(q.res_key("y")) > 0
+
+
+def test_reclaim_dead_letters_after_max_attempts(r):
+    sc = q.register_scripts(r)
+    _enqueue(sc, "p")
+    _assign(r, sc, "w1", {"p"})
+    sc.start(keys=[q.req_key("p"), q.load_key("w1")], args=["w1", time.time(), 60, "p"])
+    out = sc.reclaim(keys=[q.req_key("p"), q.PENDING], args=["w1", 1, time.time(), 60, "p", "1"])
+    assert q.s(out) == "dead"
+    assert q.s(r.xrange(q.DEAD)[0][1][b"id"]) == "p"
+    rec = r.xrange(q.res_key("p"))[-1][1]
+    assert rec[b"k"] == b"e" and rec[b"code"] == b"ABORTED"
+
+
+def _step(step, positions, tokens, attempt=1, delta=""):
+    return pb.StepUpdate(step=step, total_steps=4, positions=positions, token_ids=tokens,
+                         attempt=attempt, text_delta=delta)  # fmt: skip
+
+
+def test_relay_follows_the_latest_attempt_and_resumes_after_a_step(rserver, r):
+    r.hset(q.req_key("z"), mapping={"status": "running", "attempt": "1"})
+
+    def add(attempt, kind, payload=b"", **extra):
+        r.xadd(q.res_key("z"), {"a": attempt, "k": kind, "p": payload, **extra})
+
+    add(1, q.REC_STEP, _step(1, [0], [5]).SerializeToString())
+    add(1, q.REC_STEP, _step(2, [1], [6]).SerializeToString())
+    add(2, q.REC_STEP, _step(1, [1], [7], attempt=2).SerializeToString())  # a retry began
+    add(1, q.REC_STEP, _step(3, [2], [8]).SerializeToString())  # a zombie of attempt 1: dropped
+    add(2, q.REC_STEP, _step(2, [0, 2, 3], [1, 2, 3], attempt=2).SerializeToString())
+    add(2, q.REC_COMPLETED, pb.Completed(token_ids=[1, 7, 2, 3], attempt=2).SerializeToString())
+
+    async def collect(after_step=0, attempt=0, opts=None):
+        client = aioredis.Redis.from_url(rserver.url)
+        hub = ResultHub(client, block_ms=50)
+        task = asyncio.create_task(hub.run())
+        try:
+            return [ev async for ev in follow(hub, client, "z", opts or pb.StreamOptions(),
+                                              after_step, attempt)]  # fmt: skip
+        finally:
+            task.cancel()
+            await client.aclose()
+
+    evs = asyncio.run(collect())
+    seen = [(e.step.attempt, e.step.step) for e in evs if e.WhichOneof("event") == "step"]
+    assert seen == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    # Attach after step 1 of attempt 2: only step 2 is left.
+    evs = asyncio.run(collect(after_step=1, attempt=2))
+    assert [e.step.step for e in evs if e.WhichOneof("event") == "step"] == [2]
+    # Once the request is known to be on attempt 2, attempt 1's records are skipped entirely.
+    r.hset(q.req_key("z"), "attempt", "2")
+    evs = asyncio.run(collect())
+    assert [(e.step.attempt, e.step.step) for e in evs if e.step.step] == [(2, 1), (2, 2)]
+    # An error record ends the stream with its code.
+    r.xadd(q.res_key("e"), {"a": 1, "k": q.REC_ERROR, "code": "CANCELLED", "msg": "bye"})
+    r.hset(q.req_key("e"), "attempt", "1")
+
+    async def err():
+        client = aioredis.Redis.from_url(rserver.url)
+        hub = ResultHub(client, block_ms=50)
+        task = asyncio.create_task(hub.run())
+        try:
+            async for _ in follow(hub, client, "e", pb.StreamOptions()):
+                pass
+        finally:
+            task.cancel()
+            await client.aclose()
+
+    with pytest.raises(RelayError) as e:
+        asyncio.run(err())
+    assert e.value.code == "CANCELLED"
+
+
+def test_coalescer_merges_in_order():
+    c = Coalescer(pb.StreamOptions(mode=pb.STREAM_MODE_EVERY_K_STEPS, every_k=2))
+    assert c.add(_step(1, [0], [5], delta="a"), False) is None
+    merged = c.add(_step(2, [3], [6], delta="b"), False)
+    assert list(merged.positions) == [0, 3] and list(merged.token_ids) == [5, 6]
+    assert merged.step == 2 and merged.text_delta == "ab"
+    assert c.add(_step(3, [1], [7]), False) is None
+    assert c.flush().step == 3 and c.flush() is None
+    b = Coalescer(pb.StreamOptions(mode=pb.STREAM_MODE_BLOCKS))
+    assert b.add(_step(1, [0], [5]), False) is None
+    assert list(b.add(_step(2, [1], [6]), True).positions) == [0, 1]
+    f = Coalescer(pb.StreamOptions(mode=pb.STREAM_MODE_FINAL_ONLY))
+    assert f.add(_step(1, [0], [5]), True) is None and f.flush() is None
+
+
+class _ByteTok:
+    """Decodes ids as UTF-8 bytes, like a byte-level tokenizer; 0 is EOS."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(i for i in ids if i != 0).decode("utf-8", errors="replace")
+
+
+def test_text_tracker_streams_the_stable_prefix():
+    e_acute = list("é".encode())  # two bytes
+    t = TextTracker(_ByteTok(), 6, {0}, placeholder="?", include_canvas=True)
+    assert t.apply([1], [ord("b")]) == ("", "?b????")  # nothing stable before a mask
+    assert t.apply([0], [ord("a")])[0] == "ab"
+    assert t.apply([2], [e_acute[0]])[0] == ""  # half a character: held back
+    assert t.apply([3], [e_acute[1]])[0] == "é"
+    assert t.apply([5, 4], [ord("z"), 0])[0] == ""  # EOS ends the text
+    assert t.sent == "abé" and t.block_done(0, 3) and t.block_done(1, 3)
