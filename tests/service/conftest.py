@@ -135,7 +135,7 @@ def make_cluster(tmp_path, tiny_model):
         c.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster(tmp_path_factory, tiny_model):
     """A shared service: one scheduler and two CPU workers, for the end-to-end tests."""
     c = Cluster(tmp_path_factory.mktemp("cluster"), tiny_model)

@@ -1,0 +1,26 @@
+"""`python -m dllmserve.scheduler.healthcheck [host:port]`: exit 0 when the gRPC health service
+says SERVING (for container health checks that have no grpc_health_probe binary)."""
+
+from __future__ import annotations
+
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def main(argv: list[str]) -> int:
+    target = argv[1] if len(argv) > 1 else "localhost:50051"
+    try:
+        with grpc.insecure_channel(target) as ch:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=3)
+    except grpc.RpcError as e:
+        print(f"unhealthy: {e.code().name}", file=sys.stderr)
+        return 1
+    ok = resp.status == health_pb2.HealthCheckResponse.SERVING
+    print(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

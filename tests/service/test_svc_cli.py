@@ -1,0 +1,51 @@
+"""The command line: `serve` all in one on a fresh machine, `generate` against a service."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from dllmserve.scheduler.local_redis import INSTALL_HINT
+
+
+def _cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dllmserve.cli", "--log-level", "WARNING", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
+
+
+def test_serve_starts_everything_and_streams_the_demo(tmp_path):
+    # No --redis-url: a private redis-server; no --model: the built-in demo model.
+    out = _cli("serve", "--listen", "127.0.0.1:0", "--demo", "--exit-after-demo",
+               "--max-num-seqs", "4", env={"DLLMSERVE_CACHE": str(tmp_path)})  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "private redis-server" in out.stdout and "ready" in out.stdout
+    assert "accepted" in out.stderr and "16 steps" in out.stderr
+    assert (tmp_path / "demo-llada" / "config.json").is_file()
+
+
+def test_serve_without_redis_server_prints_an_install_hint(tmp_path):
+    out = _cli("serve", "--listen", "127.0.0.1:0", env={"PATH": str(tmp_path)}, timeout=120)
+    assert out.returncode == 2
+    assert INSTALL_HINT in out.stderr
+
+
+def test_generate_prints_the_answer_and_json(cluster):
+    out = _cli("generate", "--target", cluster.target, "--gen-length", "16", "--steps", "8",
+               "--no-live", "Hi there")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "accepted" in out.stderr and "8 steps" in out.stderr
+    out = _cli("generate", "--target", cluster.target, "--gen-length", "16", "--steps", "8",
+               "--json", "--sparse", "--block-length", "8", "Hi")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    done = json.loads(out.stdout)
+    assert len(done["tokenIds"]) == 16 and done["usage"]["steps"] == 8
+    bad = _cli("generate", "--target", cluster.target, "--steps", "0", "Hi")
+    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+    assert "sampling_params.steps" in bad.stderr
