@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -53,7 +53,7 @@ class DispatcherState:
     dispatched: int = 0
     reclaimed: int = 0
     dead_lettered: int = 0
-    reaped_workers: list[str] = field(default_factory=list)
+    reaped_workers: deque = field(default_factory=lambda: deque(maxlen=100))
 
 
 class Dispatcher:
@@ -66,6 +66,7 @@ class Dispatcher:
         self._scripts = q.register_scripts(client)
         self._buffer: dict[str, _Entry] = {}
         self._last_reap = 0.0
+        self._last_sweep = 0.0
         self.state = DispatcherState()
         self._stopping = False
 
@@ -164,6 +165,11 @@ class Dispatcher:
     async def _dispatch(self) -> None:
         if not self._buffer:
             return
+        workers = await self.live_workers()
+        now_m = time.monotonic()
+        if not any(w.free > 0 for w in workers) and now_m - self._last_sweep < 1.0:
+            return  # nothing can be handed out: sweep cancelled/expired entries once a second
+        self._last_sweep = now_m
         entries = list(self._buffer.values())
         pipe = self._r.pipeline(transaction=False)
         for e in entries:
@@ -184,7 +190,6 @@ class Dispatcher:
                 group_model[g] = q.s(model)
         if not groups:
             return
-        workers = await self.live_workers()
         # Highest priority first, then oldest (stream ids grow with time).
         ordered = sorted(groups.items(), key=lambda kv: min((p, _id(e.entry_id)) for p, e in kv[1]))
         for g, members in ordered:

@@ -174,3 +174,21 @@ def test_worker_sigterm_drains_and_hands_back(make_cluster):
     s.join(240)
     check_unbroken(s, 256)
     assert not c.client.sismember(q.WORKERS, w1.worker_id)
+
+
+def test_scheduler_sigterm_drains_open_streams(make_cluster):
+    c = make_cluster()
+    port_a = c.add_scheduler("--drain-grace", "120")
+    port_b = c.add_scheduler()
+    c.add_worker()
+    sched_a = c.schedulers[0][0]
+    s = Stream(f"127.0.0.1:{port_a}", "drain-s", LONG, prompt="drain sched", reattach=False)
+    s.start()
+    wait_for(lambda: s.steps(), what="streaming")
+    sched_a.send_signal(signal.SIGTERM)
+    s.join(240)
+    check_unbroken(s, 256)  # the open stream finished on the draining replica
+    assert sched_a.wait(60) == 0
+    with Client(f"127.0.0.1:{port_b}") as cl:  # the other replica serves (and dispatches)
+        assert len(cl.generate_text("after drain", sampling_params=SHORT).token_ids) == 16
+        assert cl.server_info().dispatcher_leader

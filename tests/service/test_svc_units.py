@@ -190,3 +190,46 @@ def test_text_tracker_streams_the_stable_prefix():
     assert t.apply([3], [e_acute[1]])[0] == "é"
     assert t.apply([5, 4], [ord("z"), 0])[0] == ""  # EOS ends the text
     assert t.sent == "abé" and t.block_done(0, 3) and t.block_done(1, 3)
+
+
+def test_dispatcher_batches_by_sparse_config_model_and_capacity(rserver, r):
+    """One dispatcher pass over a real Redis: batches hold one SparseConfig each, go only to
+    workers of the requested model, never beyond a worker's free slots, highest priority first."""
+    from dllmserve.scheduler.dispatcher import Dispatcher
+    from dllmserve.scheduler.validation import group_key
+    from dllmserve.sparse.state import SparseConfig
+
+    sc = q.register_scripts(r)
+    dense, sparse = group_key("m", None), group_key("m", SparseConfig(retention_ratio=0.25))
+    plan = [("d1", dense, 0), ("s1", sparse, 0), ("d2", dense, 0), ("s2", sparse, 5),
+            ("d3", dense, 0), ("o1", group_key("other", None), 0)]  # fmt: skip
+    for rid, g, prio in plan:
+        model = g.split("|")[0]
+        sc.enqueue(keys=[q.req_key(rid), q.PENDING],
+                   args=[rid, rid.encode(), 100, time.time(), g, prio, 0, model, b""])  # fmt: skip
+    for wid, slots in (("wa", 3), ("wb", 2)):
+        r.hset(q.worker_key(wid), mapping={"model": "m", "slots": slots, "state": "ready"})
+        r.sadd(q.WORKERS, wid)
+
+    async def one_pass():
+        client = aioredis.Redis.from_url(rserver.url)
+        d = Dispatcher(client, "sched-test")
+        try:
+            await d._tick()
+            return d.is_leader
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(one_pass())
+    batches = {}
+    for wid in ("wa", "wb"):
+        batches[wid] = [q.s(f[b"ids"]).split(",") for _, f in r.xrange(q.inbox_key(wid))]
+    # The sparse group holds the highest-priority request, so it goes first, to the worker
+    # with the most free slots (wa: 3); the dense group then fills the most free first (wb: 2).
+    assert batches["wa"] == [["s2", "s1"], ["d3"]]
+    assert batches["wb"] == [["d1", "d2"]]
+    assert int(r.get(q.load_key("wa"))) == 3 and int(r.get(q.load_key("wb"))) == 2
+    # No worker serves "other": it waits in the queue; the others left the pending stream.
+    assert r.hget(q.req_key("o1"), "status") == b"queued"
+    assert [q.s(f[b"id"]) for _, f in r.xrange(q.PENDING)] == ["o1"]
+    assert r.get(q.LEASE) == b"sched-test"
