@@ -1,4 +1,4 @@
-"""Attention and selection kernels of dLLM-Serve, with a PyTorch fallback.
+"""Attention, selection and sampling kernels of dLLM-Serve, with a PyTorch fallback.
 
 Layouts: tensors are packed ("varlen") along dim 0; index tensors are int32 on the tensors'
 device; GQA query head h reads KV head h // (H // Hkv); outputs have q's dtype and are
@@ -107,4 +107,43 @@ def select_and_store(
     )
 
 
-__all__ = ["force_triton", "reference", "reuse_attention", "select_and_store", "varlen_attention"]
+def sample_tokens(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    seed: torch.Tensor,
+    step: torch.Tensor,
+    positions: torch.Tensor,
+    logits_eos_inf: torch.Tensor,
+    conf_eos_eot_inf: torch.Tensor,
+    mask_id: int,
+    eos_id: int,
+    eot_id: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x0 [R,B] int64 and low-confidence score [R,B] float64 for logits [R,B,V]: the engine
+    sampler's results without top-k/top-p filters (see ``reference.sample_tokens``)."""
+    if _use_triton(logits):
+        from .sampling import sample_tokens as impl
+    else:
+        impl = reference.sample_tokens
+    return impl(
+        logits,
+        temperature,
+        seed,
+        step,
+        positions,
+        logits_eos_inf,
+        conf_eos_eot_inf,
+        mask_id,
+        eos_id,
+        eot_id,
+    )
+
+
+__all__ = [
+    "force_triton",
+    "reference",
+    "reuse_attention",
+    "sample_tokens",
+    "select_and_store",
+    "varlen_attention",
+]

@@ -143,3 +143,43 @@ def select_and_store(
         k_pool[pages, slots, heads] = k_r[p, heads]
         v_pool[pages, slots, heads] = v_r[p, heads]
     return kept
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    seed: torch.Tensor,
+    step: torch.Tensor,
+    positions: torch.Tensor,
+    logits_eos_inf: torch.Tensor,
+    conf_eos_eot_inf: torch.Tensor,
+    mask_id: int,
+    eos_id: int,
+    eot_id: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token x0 [R,B] int64 and low-confidence score [R,B] float64 of logits [R,B,V], exactly
+    as dllmserve/engine/sampler.py computes them when no top-k/top-p filter is set.
+
+    temperature [R] float64 (0: argmax, else float64 Gumbel-max with noise.uniform64 drawn at
+    (seed [R], step [R], positions [R,B], vocab id)); logits_eos_inf / conf_eos_eot_inf [R]
+    bool as in the official sampler.
+    """
+    from dllmserve.engine.noise import uniform64
+
+    n_req, block, n_vocab = logits.shape
+    logits = logits.clone()
+    logits[..., mask_id] = -torch.inf
+    rows = logits_eos_inf[:, None].expand(n_req, block)
+    logits[..., eos_id] = torch.where(rows, -torch.inf, logits[..., eos_id])
+    t64 = temperature.to(torch.float64)[:, None, None]
+    vocab = torch.arange(n_vocab, device=logits.device)
+    u = uniform64(seed[:, None, None], step[:, None, None], positions[..., None], vocab)
+    noisy = logits.to(torch.float64).exp() / (-torch.log(u)) ** t64
+    x0 = torch.where(t64 > 0, noisy, logits.to(torch.float64)).argmax(dim=-1)
+    if eot_id is not None:
+        off = conf_eos_eot_inf[:, None].expand(n_req, block)
+        logits[..., eot_id] = torch.where(off, -torch.inf, logits[..., eot_id])
+        off0 = (conf_eos_eot_inf & (temperature == 0))[:, None].expand(n_req, block)
+        logits[..., eos_id] = torch.where(off0, -torch.inf, logits[..., eos_id])
+    p = torch.softmax(logits.float(), dim=-1).to(logits.dtype)
+    return x0, p.gather(-1, x0[..., None])[..., 0].to(torch.float64)
