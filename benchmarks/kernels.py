@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -29,7 +30,9 @@ if SMOKE:
 import triton  # noqa: E402
 import triton.testing  # noqa: E402
 
+from dllmserve.kernels import reference  # noqa: E402
 from dllmserve.kernels.reuse_kernel import reuse_attention  # noqa: E402
+from dllmserve.kernels.sampling import sample_tokens  # noqa: E402
 from dllmserve.kernels.selection import select_and_store  # noqa: E402
 from dllmserve.kernels.varlen_kernel import varlen_attention  # noqa: E402
 
@@ -49,10 +52,45 @@ def bench(fn: Callable[[], object]) -> float:
     return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
 
 
-def try_bench(fn: Callable[[], object]) -> float | None:
-    """Times a library baseline; None (and a note) when it does not support the case."""
+def graph_bench(fns: list[Callable[[], object]]) -> float:
+    """Median ms per call of CUDA-graph replays that cycle through fns (one per copy of the
+    inputs, so that small working sets are not served from L2). This is kernel time without
+    Python launch cost, as in the engine's graph-captured REUSE steps."""
+    if DEV.type != "cuda":
+        return bench(fns[0])
+    for fn in fns:
+        fn()
+    reps = len(fns) * max(1, 20 // len(fns))
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(reps):
+            fns[i % len(fns)]()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(7):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / reps)
+    return statistics.median(times)
+
+
+def copies_for(nbytes: int) -> int:
+    """Input copies whose total is about 4x the L2 cache (capped at 32)."""
+    if DEV.type != "cuda":
+        return 1
+    l2 = torch.cuda.get_device_properties(DEV).L2_cache_size
+    return int(min(32, max(1, math.ceil(4 * l2 / max(1, nbytes)))))
+
+
+def try_bench(fn: Callable[[], object], graph: list[Callable[[], object]] | None = None):
+    """Times a library baseline (in a graph when given); None and a note when it fails."""
     try:
-        return bench(fn)
+        return graph_bench(graph) if graph else bench(fn)
     except Exception as e:  # a baseline missing on this torch build is reported, not fatal
         print(f"    baseline failed: {type(e).__name__}: {str(e)[:120]}", flush=True)
         return None
@@ -131,27 +169,33 @@ def reuse_case(copy_bw, flex, model, batch, ctx, ret):
     h, hkv, d = MODELS[model]
     block = 32
     kept = int((ctx - block) * ret)
-    args = make_reuse(h, hkv, d, batch, block, kept)
-    ms = bench(lambda a=args: reuse_attention(*a))
     el = 2  # bytes per bf16 element
     nbytes = el * d * (2 * batch * hkv * (kept + block) + 2 * batch * block * h)
     flops = 4 * batch * h * block * (kept + block) * d
+    sets = [make_reuse(h, hkv, d, batch, block, kept) for _ in range(copies_for(nbytes))]
+    ms = graph_bench([lambda a=a: reuse_attention(*a) for a in sets])
     row = dict(model=model, batch=batch, ctx=ctx, retention=ret, kept=kept, triton_ms=ms)
+    row["triton_eager_ms"] = bench(lambda: reuse_attention(*sets[0]))
     row["tbps"] = nbytes / ms / 1e9
     row["pct_copy"] = 100 * row["tbps"] / copy_bw
     row["tflops"] = flops / ms / 1e9
     # Library baselines get the kept K/V already gathered and padded: a lower bound on them.
     if DEV.type == "cuda":
-        q = args[0].view(batch, block, h, d).transpose(1, 2)
-        kk = torch.randn(batch, hkv, kept + block, d, device=DEV, dtype=DT)
-        vv = torch.randn_like(kk)
-        row["sdpa_flash_ms"] = try_bench(lambda: sdpa_flash(q, kk, vv, d**-0.5))
+        base = []
+        for a in sets:
+            q = a[0].view(batch, block, h, d).transpose(1, 2)
+            kk = torch.randn(batch, hkv, kept + block, d, device=DEV, dtype=DT)
+            base.append((q, kk, torch.randn_like(kk)))
+        row["sdpa_flash_ms"] = try_bench(None, [lambda b=b: sdpa_flash(*b, d**-0.5) for b in base])
         if flex is not None and batch == 8 and ret == 0.5 and ctx >= 2048:
             fa, _ = flex
-            row["flex_ms"] = try_bench(lambda: fa(q, kk, vv, scale=d**-0.5, enable_gqa=h != hkv))
-        del kk, vv
+            row["flex_ms"] = try_bench(
+                None,
+                [lambda b=b: fa(*b, scale=d**-0.5, enable_gqa=h != hkv) for b in base],
+            )
+        if row["sdpa_flash_ms"]:
+            row["speedup_vs_sdpa"] = row["sdpa_flash_ms"] / ms
     record("reuse", **row)
-    del args
 
 
 def run_reuse_sweep(shapes):
@@ -159,19 +203,29 @@ def run_reuse_sweep(shapes):
     for model, batch, ctx, ret in shapes:
         h, hkv, d = MODELS[model]
         args = make_reuse(h, hkv, d, batch, 32, int((ctx - 32) * ret))
-        for block_n in (32, 64, 128):
-            for splits in (None, 1, 2, 4, 8, 16):
-                ms = bench(lambda a=args, s=splits, b=block_n: reuse_attention(*a, s, b))
-                record(
-                    "reuse_sweep",
-                    model=model,
-                    batch=batch,
-                    ctx=ctx,
-                    retention=ret,
-                    block_n=block_n,
-                    splits=splits or "auto",
-                    ms=ms,
-                )
+        tiles = [(None, None)] + ([(64, 4), (128, 8), (128, 4)] if model == "dream" else [])
+        for block_m, warps in tiles:
+            for block_n in (32, 64, 128):
+                for splits in (None, 1, 2, 4, 8):
+                    ms = graph_bench(
+                        [
+                            lambda a=args, c=(splits, block_n, block_m, warps): reuse_attention(
+                                *a, *c
+                            )
+                        ]
+                    )
+                    record(
+                        "reuse_sweep",
+                        model=model,
+                        batch=batch,
+                        ctx=ctx,
+                        retention=ret,
+                        block_m=block_m or "auto",
+                        warps=warps or "auto",
+                        block_n=block_n,
+                        splits=splits or "auto",
+                        ms=ms,
+                    )
 
 
 def varlen_lib():
@@ -270,9 +324,7 @@ def run_full_sweep(model, lens):
     ]:
         try:
             ms = bench(
-                lambda a=bm, b=bn, c=w, e=s: varlen_attention(
-                    q, k, v, cu, max(lens), d**-0.5, a, b, c, e
-                )
+                lambda t=(bm, bn, w, s): varlen_attention(q, k, v, cu, max(lens), d**-0.5, t)
             )
         except Exception as e:  # a config can run out of shared memory
             print(f"    config {(bm, bn, w, s)} failed: {type(e).__name__}", flush=True)
@@ -299,13 +351,13 @@ def itertools_acc(xs: list[int]) -> list[int]:
     return out
 
 
-def run_selection(full_rows, mm_peak, cases):
+def run_selection(full_rows, mm_peak, copy_bw, cases):
     print("== selection", flush=True)
     for case in cases:
-        selection_case(full_rows, mm_peak, *case)
+        selection_case(full_rows, mm_peak, copy_bw, *case)
 
 
-def selection_case(full_rows, mm_peak, model, batch, length, ret):
+def selection_case(full_rows, mm_peak, copy_bw, model, batch, length, ret):
     h, hkv, d = MODELS[model]
     block = 32
     lens = [length] * batch
@@ -327,17 +379,57 @@ def selection_case(full_rows, mm_peak, model, batch, length, ret):
     vp = torch.empty_like(kp)
     table = torch.arange(batch * pages, **i32).view(batch, pages)
     args = (qw, cu_win, k, v, cu_seq, ws, wl, n_keep, hs, pk, kp, vp, table, d**-0.5, nk)
-    ms = bench(lambda: select_and_store(*args))
-    # One layer of a SELECT step: its matmuls (about 2 * 16e9 / 32 FLOP per token at the
-    # measured matmul rate) plus its FULL attention over the same sequences.
-    layer_mm_ms = 2 * 0.5e9 * tk / (mm_peak * 1e9)
+    eager = bench(lambda: select_and_store(*args))
+    ms = graph_bench([lambda: select_and_store(*args)])
+    # One layer of a SELECT step: its matmuls (16 GFLOP per token / 32 layers at the measured
+    # matmul rate, or the layer's 0.5 GB of weights at copy speed) plus its FULL attention.
+    layer_mm_ms = max(0.5e9 * tk / (mm_peak * 1e9), 0.5e9 / (copy_bw * 1e9))
     attn = [r["triton_ms"] for r in full_rows if r["model"] == model and r["lens"] == lens]
-    row = dict(model=model, batch=batch, length=length, retention=ret, ms=ms)
+    row = dict(model=model, batch=batch, length=length, retention=ret, ms=ms, eager_ms=eager)
     row["kv_read_tbps"] = 2 * k.numel() * 2 / ms / 1e9
     if attn:
         row["select_layer_ms"] = layer_mm_ms + attn[0]
         row["pct_of_select_step"] = 100 * ms / row["select_layer_ms"]
+        row["pct_eager"] = 100 * eager / row["select_layer_ms"]
     record("selection", **row)
+
+
+def run_sampling(mm_peak, copy_bw, cases):
+    print("== sampling", flush=True)
+    for batch, block, vocab, temp in cases:
+        gen = torch.Generator().manual_seed(0)
+        x = dict(
+            logits=(torch.randn(batch, block, vocab, generator=gen) * 3).to(DEV, DT),
+            temperature=torch.full((batch,), temp, dtype=torch.float64, device=DEV),
+            seed=torch.arange(batch, device=DEV),
+            step=torch.full((batch,), 7, device=DEV),
+            positions=torch.arange(block, device=DEV).expand(batch, block).contiguous(),
+            logits_eos_inf=torch.zeros(batch, dtype=torch.bool, device=DEV),
+            conf_eos_eot_inf=torch.ones(batch, dtype=torch.bool, device=DEV),
+            mask_id=vocab - 1,
+            eos_id=1,
+            eot_id=2,
+        )
+        ms = bench(lambda x=x: sample_tokens(**x))
+        ref = bench(lambda x=x: reference.sample_tokens(**x))
+        got, want = sample_tokens(**x), reference.sample_tokens(**x)
+        # A REUSE step at this batch: every block token through the model (16 GFLOP each) at
+        # the matmul rate, or the 16 GB of weights at copy speed, whichever is longer.
+        step_ms = max(batch * block * 16e9 / (mm_peak * 1e9), 16e9 / (copy_bw * 1e9))
+        record(
+            "sampling",
+            batch=batch,
+            block=block,
+            vocab=vocab,
+            temperature=temp,
+            triton_ms=ms,
+            torch_reference_ms=ref,
+            logits_tbps=x["logits"].numel() * 2 / ms / 1e9,
+            reuse_step_ms=step_ms,
+            pct_of_reuse_step=100 * ms / step_ms,
+            same_tokens=bool(torch.equal(got[0], want[0])),
+            max_conf_diff=float((got[1] - want[1]).abs().max()),
+        )
 
 
 def git_commit() -> str:
@@ -365,6 +457,7 @@ def main() -> None:
         reuse = [("llada", 2, 96, 0.5), ("dream", 1, 64, 1.0)]
         full = [("llada", [40, 9]), ("dream", [33])]
         sel = [("llada", 2, 96, 0.5), ("dream", 1, 64, 0.3)]
+        samp = [(2, 4, 3000, 1.0)]
     else:
         reuse = [
             (m, b, c, r)
@@ -380,8 +473,10 @@ def main() -> None:
             for m in MODELS
             for b, n in ((1, 512), (1, 2048), (1, 8192), (8, 512), (8, 2048))
         ]
+        samp = [(32, 32, 126464, 1.0), (32, 32, 126464, 0.0), (8, 32, 126464, 1.0)]
     if args.sweep and not SMOKE:
-        run_full_sweep("llada", [4096])
+        for lens in ([4096], [1024], [512] * 8):
+            run_full_sweep("llada", lens)
         run_full_sweep("dream", [4096])
         run_reuse_sweep(
             [
@@ -397,7 +492,8 @@ def main() -> None:
     if DEV.type == "cuda":
         torch.cuda.empty_cache()
     run_full(mm_peak, flex, full)
-    run_selection([r for r in RESULTS if r["kind"] == "full"], mm_peak, sel)
+    run_selection([r for r in RESULTS if r["kind"] == "full"], mm_peak, copy_bw, sel)
+    run_sampling(mm_peak, copy_bw, samp)
     meta = dict(
         card=card,
         torch=torch.__version__,

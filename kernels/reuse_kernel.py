@@ -211,9 +211,13 @@ def _combine(
     )
 
 
-def _tiles(rows: int) -> int:
-    """Row-tile height: the block's query rows of one group, at least the dot's minimum of 16."""
-    return min(64, max(16, triton.next_power_of_2(rows)))
+def _tiles(rows: int, wide: bool) -> tuple[int, int]:
+    """Row tile and warps: a block's query rows of one KV group (x7 for Dream) make the dot's
+    M; 128-row tiles with 8 warps keep GQA compute-bound shapes on the tensor cores, fp32
+    inputs stay at 64 rows to fit shared memory, and the dot needs at least 16."""
+    if rows >= 128 and not wide:
+        return 128, 8
+    return min(64, max(16, triton.next_power_of_2(rows))), 4
 
 
 def num_splits(n_programs: int, max_ctx: int, device: torch.device) -> int:
@@ -235,8 +239,10 @@ def reuse_attention(
     scale: float,
     splits: int | None = None,
     block_n: int | None = None,
+    block_m: int | None = None,
+    num_warps: int | None = None,
 ) -> torch.Tensor:
-    """Triton REUSE attention; ``splits``/``block_n`` override the heuristics (benchmarks)."""
+    """Triton REUSE attention; the keyword tails override the tile heuristics (benchmarks)."""
     wide = q.dtype == torch.float32  # fp32 tiles take twice the shared memory
     if block_n is None:
         block_n = 32 if wide else 64
@@ -250,7 +256,9 @@ def reuse_attention(
     if t_q == 0 or n_req == 0:
         return out
     page_size = k_pool.shape[1]
-    block_m = _tiles(max_q * group)
+    tile_m, warps = _tiles(max_q * group, wide)
+    block_m = block_m or tile_m
+    num_warps = num_warps or warps
     m_tiles = triton.cdiv(max(1, max_q) * group, block_m)
     max_ctx = min(page_table.shape[1] * page_size, k_pool.shape[0] * page_size)
     if splits is None:
@@ -298,7 +306,7 @@ def reuse_attention(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         PREC=dot_precision(q.dtype),
-        num_warps=4,
+        num_warps=num_warps,
         num_stages=2 if wide else 3,
     )
     if splits > 1:

@@ -124,19 +124,20 @@ def varlen_attention(
     cu_seqlens: torch.Tensor,
     max_seqlen: int,
     scale: float,
-    block_m: int | None = None,
-    block_n: int = 64,
-    num_warps: int = 8,
-    num_stages: int = 3,
+    tiles: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
-    """Triton packed attention; the tile arguments exist for the benchmark's sweep.
-
-    fp32 inputs (tests, tiny models) get half-size tiles to fit in shared memory.
-    """
-    if block_m is None:
-        block_m, block_n, num_warps, num_stages = (
-            (64, 32, 4, 2) if q.dtype == torch.float32 else (128, block_n, num_warps, num_stages)
-        )
+    """Triton packed attention; ``tiles`` = (block_m, block_n, warps, stages) overrides the
+    choice measured on H100/H200 (benchmarks/RESULTS.md): 128x128 tiles with 8 warps for
+    long segments, 64x64 with 4 warps for short ones (more programs), and half-size tiles
+    for fp32 inputs (tests, tiny models) to fit in shared memory."""
+    if tiles is None:
+        if q.dtype == torch.float32:
+            tiles = (64, 32, 4, 2)
+        elif max_seqlen >= 2048:
+            tiles = (128, 128, 8, 3)
+        else:
+            tiles = (64, 64, 4, 3)
+    block_m, block_n, num_warps, num_stages = tiles
     q, k, v = rows(q), rows(k), rows(v)
     t, n_heads, head_dim = q.shape
     out = torch.empty_like(q)
