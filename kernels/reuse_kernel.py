@@ -221,9 +221,9 @@ def _tiles(rows: int, wide: bool) -> tuple[int, int]:
 
 
 def num_splits(n_programs: int, max_ctx: int, device: torch.device) -> int:
-    """Split count that gives about two waves of programs, each split keeping >= 512 entries."""
+    """Split count that gives about two waves of programs, each split keeping >= 256 entries."""
     want = math.ceil(2 * num_sms(device) / max(1, n_programs))
-    return max(1, min(want, max_ctx // 512, 16))
+    return max(1, min(want, max_ctx // 256, 16))
 
 
 def reuse_attention(
@@ -244,8 +244,6 @@ def reuse_attention(
 ) -> torch.Tensor:
     """Triton REUSE attention; the keyword tails override the tile heuristics (benchmarks)."""
     wide = q.dtype == torch.float32  # fp32 tiles take twice the shared memory
-    if block_n is None:
-        block_n = 32 if wide else 64
     q, k_new, v_new, page_table = rows(q), rows(k_new), rows(v_new), rows(page_table)
     assert k_pool.stride(-1) == 1 and v_pool.stride(-1) == 1
     t_q, n_heads, head_dim = q.shape
@@ -259,6 +257,8 @@ def reuse_attention(
     tile_m, warps = _tiles(max_q * group, wide)
     block_m = block_m or tile_m
     num_warps = num_warps or warps
+    if block_n is None:  # measured: 128-key tiles pay only with 128-row (GQA) tiles
+        block_n = 32 if wide else (128 if block_m == 128 else 64)
     m_tiles = triton.cdiv(max(1, max_q) * group, block_m)
     max_ctx = min(page_table.shape[1] * page_size, k_pool.shape[0] * page_size)
     if splits is None:

@@ -11,7 +11,7 @@ from dllmserve.engine.sampler import LOW_CONFIDENCE, SamplingBatch, sample
 from dllmserve.kernels import reference
 
 DTYPES = [torch.bfloat16, torch.float32] if ON_GPU else [torch.float32, torch.float16]
-SHAPES = [(3, 4, 3000), (1, 1, 1024), (2, 5, 77)]
+SHAPES = [(3, 4, 3000), (1, 1, 1024), (2, 5, 77), (2, 3, 20000)]
 if ON_GPU:
     SHAPES += [(8, 32, 126464), (4, 32, 152064)]
 MASK, EOS, EOT = 5, 2, 3
@@ -49,6 +49,21 @@ def test_sample_tokens_matches_reference(r, b, v, dtype, eot):
     x = inputs(r, b, v, dtype)
     got = K.sample_tokens(**x, mask_id=MASK, eos_id=EOS, eot_id=eot)
     want = reference.sample_tokens(**x, mask_id=MASK, eos_id=EOS, eot_id=eot)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], **conf_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sample_tokens_peaked_rows(dtype):
+    """One dominant token per row: most chunks are skipped by the fp32 estimate, the rest
+    must still give the float64 Gumbel-max winner."""
+    x = inputs(3, 4, 9000, dtype, seed=5)
+    hot = torch.randint(0, 9000, (3, 4), generator=torch.Generator().manual_seed(1))
+    x["logits"].scatter_add_(
+        -1, hot.to(DEVICE)[..., None], torch.full_like(x["logits"][..., :1], 6)
+    )
+    got = K.sample_tokens(**x, mask_id=MASK, eos_id=EOS, eot_id=EOT)
+    want = reference.sample_tokens(**x, mask_id=MASK, eos_id=EOS, eot_id=EOT)
     assert torch.equal(got[0], want[0])
     torch.testing.assert_close(got[1], want[1], **conf_tol(dtype))
 
