@@ -144,6 +144,22 @@ def capacity(engine: Engine, prompt_len: int, gen: int, block: int, ratio: float
     return running
 
 
+def profile(engine: Engine, prompt_len: int, batch: int, sparse: SparseConfig, a) -> None:
+    """The top kernels and host ops of one block (FULL, SELECT and REUSE steps)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run_one(engine, a.shape, prompt_len, batch, sparse, a.block, a.block, a.block, None, 1)
+    print(f"--- profile: prompt {prompt_len}, batch {batch}, r={sparse.retention_ratio}")
+    print(
+        prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60)
+    )
+    print(
+        prof.key_averages().table(sort_by="cpu_time_total", row_limit=8, max_name_column_width=60)
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--shape", default="llada-8b", choices=sorted(SHAPES))
@@ -163,6 +179,7 @@ def main() -> None:
     ap.add_argument("--delay", type=int, default=1)
     ap.add_argument("--baseline-iters", type=int, default=16)
     ap.add_argument("--eager", action="store_true", help="no CUDA graphs")
+    ap.add_argument("--profile", action="store_true", help="print a kernel profile per config")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes for a quick CPU check")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
@@ -196,6 +213,10 @@ def main() -> None:
             ]
             for sp in modes:
                 iters = a.baseline_iters if sp is None else None
+                # warm-up: one block compiles the Triton kernels and captures this batch's graphs
+                run_one(engine, a.shape, prompt, b, sp, a.block, a.block, a.block, 3 * a.block, 0)
+                if a.profile and sp is not None:
+                    profile(engine, prompt, b, sp, a)
                 res = run_one(engine, a.shape, prompt, b, sp, a.gen, a.gen, a.block, iters, seed=b)
                 results.append(res)
                 print(json.dumps(asdict(res)), flush=True)

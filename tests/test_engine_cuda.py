@@ -21,7 +21,7 @@ PARAMS = SamplingParams(gen_length=32, steps=32, temperature=0.5, seed=7, stop_a
 
 
 def generate(path, **kw):
-    llm = LLM(path, device="cuda", dtype=torch.float32, **kw)
+    llm = LLM(path, device="cuda", dtype=torch.float32, num_cache_pages=4096, **kw)
     return [o["token_ids"] for o in llm.generate(PROMPTS, PARAMS, CONFIGS, use_tqdm=False)]
 
 
@@ -38,7 +38,7 @@ def test_cuda_graphs_equal_eager(llada_dir, dream_dir):
 
 
 def test_uniform_batch_uses_graphs(llada_dir):
-    llm = LLM(llada_dir, device="cuda", dtype=torch.float32)
+    llm = LLM(llada_dir, device="cuda", dtype=torch.float32, num_cache_pages=4096)
     sparse = SparseConfig(retention_ratio=0.5, delay_step=1, default_block_len=8)
     llm.generate([[1, 2, 3]] * 4, PARAMS, sparse, use_tqdm=False)
     assert llm.engine.graphs is not None and llm.engine.graphs.graphs

@@ -22,8 +22,9 @@ class PagePool:
         device: torch.device,
     ) -> None:
         shape = (num_pages, page_size, n_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # never read before written: kept counts bound every read of a page
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
         self.page_size = page_size
         self.num_pages = num_pages
         self._free = list(range(num_pages - 1, -1, -1))
