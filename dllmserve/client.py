@@ -211,6 +211,9 @@ class Client:
                     if resume.see(ev):
                         yield ev
                 return
+            except GeneratorExit:
+                call.cancel()  # the caller stopped reading: end the RPC now, not at GC time
+                raise
             except grpc.RpcError as e:
                 if not reattach or e.code() not in RETRYABLE or tries >= self.max_reattach:
                     raise

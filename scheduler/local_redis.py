@@ -43,15 +43,19 @@ def free_port() -> int:
 
 
 class LocalRedis:
-    def __init__(self, data_dir: str | Path, port: int | None = None, aof: bool = True) -> None:
+    def __init__(
+        self, data_dir: str | Path, port: int | None = None, aof: bool = True, password: str = ""
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.aof = aof
+        self.password = password
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 20.0) -> LocalRedis:
         exe = find_redis_server()
@@ -65,6 +69,8 @@ class LocalRedis:
         ]  # fmt: skip
         if self.aof:
             args += ["--appendonly", "yes", "--appendfsync", "everysec"]
+        if self.password:
+            args += ["--requirepass", self.password]
         log = open(self.data_dir / "redis.log", "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -74,7 +80,9 @@ class LocalRedis:
     def _wait(self, timeout_s: float) -> None:
         import redis
 
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(
+            port=self.port, password=self.password or None, socket_connect_timeout=0.5
+        )
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             if self.proc is not None and self.proc.poll() is not None:

@@ -36,10 +36,10 @@ def tiny_model(tmp_path_factory) -> Path:
 class Cluster:
     """Processes of one test service: redis, schedulers, workers (all killed at teardown)."""
 
-    def __init__(self, root: Path, model: Path) -> None:
+    def __init__(self, root: Path, model: Path, redis_password: str = "") -> None:
         self.root = root
         self.model = model
-        self.redis = LocalRedis(root / "redis").start()
+        self.redis = LocalRedis(root / "redis", password=redis_password).start()
         self.url = self.redis.url
         self.client = redis.Redis.from_url(self.url)
         self.schedulers: list[tuple[subprocess.Popen, int]] = []

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from dllmserve.scheduler.local_redis import INSTALL_HINT
 
@@ -27,7 +28,8 @@ def test_serve_starts_everything_and_streams_the_demo(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "private redis-server" in out.stdout and "ready" in out.stdout
     assert "accepted" in out.stderr and "16 steps" in out.stderr
-    assert (tmp_path / "demo-llada" / "config.json").is_file()
+    model = out.stdout.split(" model ", 1)[1].split()[0]  # "... 1 worker(s), model DIR"
+    assert (Path(model) / "config.json").is_file()
 
 
 def test_serve_without_redis_server_prints_an_install_hint(tmp_path):

@@ -1,4 +1,5 @@
-"""Two models behind one scheduler (LLaDA and Dream workers): routing by model name."""
+"""Two models behind one scheduler (LLaDA and Dream workers): routing by model name. This
+service's Redis wants a password (given in the Redis URL of the scheduler and workers)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def two_models(tmp_path_factory, tiny_model):
 
     root = tmp_path_factory.mktemp("models2")
     dream = write_tiny_checkpoint(root / "tiny-dream", arch="dream", seed=3)
-    c = Cluster(root / "svc", tiny_model)
+    c = Cluster(root / "svc", tiny_model, redis_password="pa55word")
+    assert c.url.startswith("redis://:pa55word@")
     try:
         c.add_scheduler()
         c.llada = c.add_worker("--model-name", "llada-tiny", wait=False)
@@ -54,3 +56,7 @@ def test_requests_go_to_the_workers_of_their_model(two_models):
             cl.generate_text("Hi", sampling_params=SP, reattach=False)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert e.value.details().startswith("model:")
+    import redis
+
+    with pytest.raises(redis.exceptions.AuthenticationError):  # the password is enforced
+        redis.Redis(port=c.redis.port).ping()

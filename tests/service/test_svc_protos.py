@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,11 @@ STUBS = ["dllm_pb2.py", "dllm_pb2.pyi", "dllm_pb2_grpc.py"]
 
 
 def test_committed_stubs_match_a_fresh_generation(tmp_path):
-    subprocess.run(["bash", str(ROOT / "scripts" / "gen_protos.sh"), str(tmp_path)], check=True)
+    subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gen_protos.sh"), str(tmp_path)],
+        check=True,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     for name in STUBS:
         fresh = (tmp_path / "dllmserve" / "v1" / name).read_bytes()
         committed = (ROOT / "dllmserve" / "v1" / name).read_bytes()
