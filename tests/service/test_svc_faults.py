@@ -43,6 +43,15 @@ class Stream(threading.Thread):
         return done[0] if done else None
 
 
+def _health(target: str) -> str:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        resp = stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+
 def check_unbroken(stream: Stream, gen_length: int) -> None:
     """Within each attempt, steps run 1, 2, 3, ... with no gap or duplicate; the last attempt
     rebuilds the final tokens."""
@@ -124,7 +133,9 @@ def test_redis_restart_keeps_queued_requests(make_cluster):
     wait_for(lambda: c.client.xlen(q.PENDING) == 3, what="three queued")
     c.client.close()
     c.redis.stop()  # SIGTERM: Redis flushes its AOF and exits
+    wait_for(lambda: _health(c.target) == "NOT_SERVING", what="health follows Redis down")
     c.redis.start()  # same port, same directory: replays the AOF
+    wait_for(lambda: _health(c.target) == "SERVING", what="health follows Redis up")
     import redis
 
     c.client = redis.Redis.from_url(c.url)
