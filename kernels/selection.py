@@ -1,13 +1,14 @@
 """SELECT-step retention: score the candidates, max-pool, top-k per KV head, store into pages.
 
-Four launches, none of which syncs with the host (grids come from static shapes; programs
+Five launches, none of which syncs with the host (grids come from static shapes; programs
 past a request's real length exit at once):
-1. scores: one pass over the sequence's keys against the window's mean query per head;
+0. the window's mean query per request and head;
+1. scores: one pass over the sequence's keys against those means;
 2. max-pool along the candidates, clipped at each request's ends;
 3. top-k per (request, KV head): the n-th largest pooled score is found by a 4-bit radix
    search over order-preserving integer keys (8 passes over scores that stay in L2), then one
    ordered compaction pass keeps everything above it plus the lowest-index ties, so the kept
-   positions come out sorted without a sort;
+   positions come out sorted without a sort (and pads the rest with -1);
 4. the K/V copy of the kept positions into the request's pages, with a wide grid.
 """
 
@@ -18,6 +19,37 @@ import triton
 import triton.language as tl
 
 from ._common import rows
+
+
+@triton.jit
+def _window_mean(
+    Q,
+    CU_W,
+    QBAR,
+    n_heads,
+    stride_qt,
+    stride_qh,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    r = tl.program_id(0)
+    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    h_ok = h < n_heads
+    d = tl.arange(0, HEAD_DIM)
+    start = tl.load(CU_W + r).to(tl.int64)
+    n = tl.load(CU_W + r + 1) - start
+    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+    for i in range(0, n):
+        acc += tl.load(
+            Q + (start + i) * stride_qt + h[:, None] * stride_qh + d[None, :],
+            mask=h_ok[:, None],
+            other=0.0,
+        ).to(tl.float32)
+    tl.store(
+        QBAR + (r * n_heads + h[:, None]) * HEAD_DIM + d[None, :],
+        acc / tl.maximum(n, 1).to(tl.float32),
+        mask=h_ok[:, None],
+    )
 
 
 @triton.jit
@@ -46,7 +78,7 @@ def _scores(
     n_c = tl.load(CU + r + 1) - base - wl
     if tile * BLOCK_C >= n_c:
         return
-    head_select = tl.load(HS + r)
+    head_select = tl.load(HS + r).to(tl.int32)
     c = tile * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < n_c
     pos = tl.where(c < ws, c, c + wl)
@@ -114,6 +146,7 @@ def _top_k(
     WL,
     NK,
     OUT,
+    max_keep,
     stride_sg,
     stride_or,
     stride_og,
@@ -122,6 +155,10 @@ def _top_k(
     r = tl.program_id(0)
     g = tl.program_id(1)
     n = tl.load(NK + r)
+    out = OUT + r * stride_or + g * stride_og
+    for j0 in range(n, max_keep, BLOCK):
+        j = j0 + tl.arange(0, BLOCK)
+        tl.store(out + j, tl.full([BLOCK], -1, tl.int64), mask=j < max_keep)
     if n == 0:
         return
     base = tl.load(CU + r).to(tl.int64)
@@ -156,7 +193,7 @@ def _top_k(
         keep = ((key > prefix) | ((eq != 0) & (eq_rank < eq_left))).to(tl.int32)
         idx = taken + tl.cumsum(keep, 0) - keep
         pos = tl.where(c < ws, c, c + wl).to(tl.int64)
-        tl.store(OUT + r * stride_or + g * stride_og + idx, pos, mask=keep != 0)
+        tl.store(out + idx, pos, mask=keep != 0)
         taken += tl.sum(keep)
         eq_left -= tl.sum(eq)
 
@@ -216,18 +253,6 @@ def _store(
     )
 
 
-def window_mean(q_win: torch.Tensor, cu_win: torch.Tensor) -> torch.Tensor:
-    """Mean query per request and head [R, H, D] fp32, without a host sync."""
-    n_req = cu_win.numel() - 1
-    counts = (cu_win[1:] - cu_win[:-1]).long()
-    seg = torch.repeat_interleave(
-        torch.arange(n_req, device=q_win.device), counts, output_size=q_win.shape[0]
-    )
-    qsum = torch.zeros((n_req,) + q_win.shape[1:], device=q_win.device, dtype=torch.float32)
-    qsum.index_add_(0, seg, q_win.float())
-    return qsum / counts.clamp(min=1)[:, None, None]
-
-
 def select_and_store(
     q_win: torch.Tensor,
     cu_win: torch.Tensor,
@@ -246,28 +271,40 @@ def select_and_store(
     max_keep: int,
 ) -> torch.Tensor:
     """Triton selection; same contract as ``reference.select_and_store``."""
-    k_seq, v_seq, page_table = rows(k_seq), rows(v_seq), rows(page_table)
+    q_win, k_seq, v_seq = rows(q_win), rows(k_seq), rows(v_seq)
+    page_table = rows(page_table)
     assert k_pool.stride(-1) == 1 and v_pool.stride(-1) == 1
     n_req = cu_seq.numel() - 1
     t_k, n_kv, head_dim = k_seq.shape
     group = q_win.shape[1] // n_kv
     dev = k_seq.device
-    kept = torch.full((n_req, n_kv, max_keep), -1, dtype=torch.int64, device=dev)
-    if n_req == 0 or t_k == 0 or max_keep == 0:
+    kept = torch.empty((n_req, n_kv, max_keep), dtype=torch.int64, device=dev)
+    if n_req == 0 or max_keep == 0:
         return kept
-    qbar = window_mean(q_win, cu_win)
+    n_heads = q_win.shape[1]
+    qbar = torch.empty((n_req, n_heads, head_dim), device=dev, dtype=torch.float32)
+    block_h = min(8, triton.next_power_of_2(n_heads))
+    _window_mean[(n_req, triton.cdiv(n_heads, block_h))](
+        q_win,
+        cu_win,
+        qbar,
+        n_heads,
+        q_win.stride(0),
+        q_win.stride(1),
+        HEAD_DIM=head_dim,
+        BLOCK_H=block_h,
+    )
     scores = torch.empty((n_kv, t_k), device=dev, dtype=torch.float32)
     pooled = torch.empty_like(scores)
-    hs = head_select.to(torch.int32)
     block_c = 64
-    grid = (triton.cdiv(t_k, block_c), n_req)
+    grid = (max(1, triton.cdiv(t_k, block_c)), n_req)
     _scores[grid](
         qbar,
         k_seq,
         cu_seq,
         win_start,
         win_len,
-        hs,
+        head_select,
         scores,
         scale,
         n_kv,
@@ -278,7 +315,7 @@ def select_and_store(
         HEAD_DIM=head_dim,
         BLOCK_C=block_c,
     )
-    _pool[(triton.cdiv(t_k, 256), n_req, n_kv)](
+    _pool[(max(1, triton.cdiv(t_k, 256)), n_req, n_kv)](
         scores, pooled, cu_seq, win_len, pool_kernel, scores.stride(0), BLOCK_C=256
     )
     _top_k[(n_req, n_kv)](
@@ -288,6 +325,7 @@ def select_and_store(
         win_len,
         n_keep,
         kept,
+        max_keep,
         pooled.stride(0),
         kept.stride(0),
         kept.stride(1),
