@@ -229,6 +229,20 @@ return 0
 """
 
 
+# ARGV: now, ttl, then (request id, attempt, block done, first, payload) per step record.
+# All step records of one engine iteration in one call: one round trip and little packing.
+PUBLISH_STEPS = """
+for i = 3, #ARGV, 5 do
+  local res = 'dllm:res:' .. ARGV[i]
+  redis.call('XADD', res, '*', 'a', ARGV[i + 1], 'k', 's', 'p', ARGV[i + 4], 'bd', ARGV[i + 2])
+  if ARGV[i + 3] == '1' then
+    redis.call('EXPIRE', res, ARGV[2])
+    redis.call('HSETNX', 'dllm:req:' .. ARGV[i], 't_first', ARGV[1])
+  end
+end
+return 1
+"""
+
 # KEYS: req. ARGV: delta. Counts the streams following a request (never creates the hash).
 WATCHERS = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -252,6 +266,7 @@ class Scripts:
     lease_acquire: object
     lease_release: object
     watchers: object
+    publish_steps: object
 
 
 def register_scripts(client) -> Scripts:
@@ -266,6 +281,7 @@ def register_scripts(client) -> Scripts:
         lease_acquire=client.register_script(LEASE_ACQUIRE),
         lease_release=client.register_script(LEASE_RELEASE),
         watchers=client.register_script(WATCHERS),
+        publish_steps=client.register_script(PUBLISH_STEPS),
     )
 
 

@@ -24,7 +24,7 @@ from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.validation import to_engine_args
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.config import WorkerConfig
-from dllmserve.worker.render import TextTracker
+from dllmserve.worker.render import TextTracker, make_decoder
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class WorkerLoop:
         self._ctl_last = "0-0"
         self._crash_on = os.environ.get(CRASH_ENV, "")
         self.steps = 0
+        self._decode = make_decoder(engine.tokenizer)
         self.before_leave = None  # called before the worker deregisters (stops the heartbeat)
 
     # ---- setup and main loop -------------------------------------------------------------
@@ -174,7 +175,7 @@ class WorkerLoop:
             min(sc.default_block_len, sp.gen_length) if sc and sc.enabled else sp.gen_length
         )
         tracker = TextTracker(
-            self.engine.tokenizer,
+            self._decode,
             sp.gen_length,
             set(self.engine.stop_ids),
             opts.mask_placeholder,
@@ -234,9 +235,9 @@ class WorkerLoop:
     def _publish(self, updates: list[StepUpdate]) -> None:
         if not updates:
             return
-        pipe = self.r.pipeline(transaction=False)
-        finished: list[Active] = []
         now = time.time()
+        steps: list = [repr(now), max(86400, self.cfg.result_ttl_s)]
+        finished: list[tuple[Active, StepUpdate]] = []
         for u in updates:
             a = self.active.get(u.request_id)
             if a is None:
@@ -257,25 +258,24 @@ class WorkerLoop:
                 attempt=int(a.attempt),
             )
             bd = "1" if any(a.tracker.block_done(b, a.block_length) for b in blocks) else "0"
-            key = q.res_key(u.request_id)
-            pipe.xadd(
-                key, {"a": a.attempt, "k": q.REC_STEP, "p": msg.SerializeToString(), "bd": bd}
-            )
-            if not a.t_first:
-                a.t_first = now
-                pipe.expire(key, max(86400, self.cfg.result_ttl_s))
-                pipe.hsetnx(q.req_key(u.request_id), "t_first", repr(now))
+            first = "0" if a.t_first else "1"
+            a.t_first = a.t_first or now
+            steps += [u.request_id, a.attempt, bd, first, msg.SerializeToString()]
             if u.finished and u.output is not None:
-                done = self._completed(a, u, now)
-                self.scripts.finish(
-                    keys=[q.req_key(u.request_id), key, q.load_key(self.id)],
-                    args=[self.id, a.attempt, q.DONE, repr(now), self.cfg.result_ttl_s,
-                          "k", q.REC_COMPLETED, "p", done.SerializeToString()],
-                    client=pipe,
-                )  # fmt: skip
-                finished.append(a)
+                finished.append((a, u))
+        pipe = self.r.pipeline(transaction=False)
+        if len(steps) > 2:
+            self.scripts.publish_steps(keys=[], args=steps, client=pipe)
+        for a, u in finished:  # after its last step record: the same connection keeps order
+            done = self._completed(a, u, now)
+            self.scripts.finish(
+                keys=[q.req_key(a.request_id), q.res_key(a.request_id), q.load_key(self.id)],
+                args=[self.id, a.attempt, q.DONE, repr(now), self.cfg.result_ttl_s,
+                      "k", q.REC_COMPLETED, "p", done.SerializeToString()],
+                client=pipe,
+            )  # fmt: skip
         pipe.execute()
-        for a in finished:
+        for a, _u in finished:
             self._done(a.request_id, a.entry_id)
 
     def _completed(self, a: Active, u: StepUpdate, now: float) -> pb.Completed:

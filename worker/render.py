@@ -8,18 +8,35 @@ step that commits tokens after a mask costs no decode.
 from __future__ import annotations
 
 MASKED = -1
+LOOKBACK = 6  # tokens decoded again before the new ones (covers a split UTF-8 character)
+
+
+def make_decoder(tokenizer):
+    """`tokenizer.decode(ids, skip_special_tokens=True)`, minus the per-call overhead of the
+    Hugging Face wrapper (which walks every id in Python): the fast tokenizer's own decode,
+    plus the same clean-up the wrapper would apply, so the text equals the engine's."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+    cleanup = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
+
+    def decode(ids: list[int]) -> str:
+        text = backend.decode(ids, skip_special_tokens=True)
+        return tokenizer.clean_up_tokenization(text) if cleanup else text
+
+    return decode
 
 
 class TextTracker:
     def __init__(
         self,
-        tokenizer,
+        tokenizer,  # a Hugging Face tokenizer, or a decode function (see make_decoder)
         gen_length: int,
         stop_ids: set[int],
         placeholder: str = "_",
         include_canvas: bool = False,
     ) -> None:
-        self._tok = tokenizer
+        self._decode = make_decoder(tokenizer) if hasattr(tokenizer, "decode") else tokenizer
         self.canvas = [MASKED] * gen_length
         self._stop = stop_ids
         self._placeholder = placeholder or "_"
@@ -46,13 +63,23 @@ class TextTracker:
             end += 1
         if end == self._stable and not self._ended:
             return ""
+        final = self._ended or end == len(self.canvas)
+        if final:
+            # The whole answer is known: decode it all so the deltas add up to the final text
+            # exactly, whatever the tokenizer's clean-up does.
+            text = self._decode(self.canvas[:end])
+            delta = text[len(self.sent) :] if text.startswith(self.sent) else ""
+        else:
+            # Decode only the new tokens, with a few before them for context (a character's
+            # bytes may span tokens), so a step costs O(new tokens), not O(prefix).
+            lo = max(0, self._stable - LOOKBACK)
+            old = self._decode(self.canvas[lo : self._stable]) if lo < self._stable else ""
+            new = self._decode(self.canvas[lo:end])
+            if not new.startswith(old) or new.endswith("\ufffd"):
+                return ""  # an incomplete character: wait for the rest of its bytes
+            delta = new[len(old) :]
         self._stable = end
-        text = self._tok.decode(self.canvas[:end], skip_special_tokens=True)
-        if text.endswith("\ufffd") and not self._ended and end < len(self.canvas):
-            return ""  # an incomplete multi-byte character: wait for its other bytes
-        if not text.startswith(self.sent):
-            return ""
-        delta, self.sent = text[len(self.sent) :], text
+        self.sent += delta
         return delta
 
     def render(self) -> str:
@@ -61,13 +88,13 @@ class TextTracker:
         for t in self.canvas:
             if t == MASKED:
                 if run:
-                    parts.append(self._tok.decode(run, skip_special_tokens=True))
+                    parts.append(self._decode(run))
                     run = []
                 parts.append(self._placeholder)
             else:
                 run.append(t)
         if run:
-            parts.append(self._tok.decode(run, skip_special_tokens=True))
+            parts.append(self._decode(run))
         return "".join(parts)
 
     def block_done(self, block_index: int, block_length: int) -> bool:
