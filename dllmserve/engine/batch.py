@@ -1,8 +1,8 @@
 """Build one iteration's packed inputs from the running requests.
 
-All per-request work here is host-side list building; what reaches the device is a handful of
-tensors copied once (token ids, positions, index tensors), so the forward and the sampler run
-over the whole batch at once.
+All per-request work here is host-side list building; what reaches the device is uploaded in
+two asynchronous copies (`upload`), so the forward and the sampler run over the whole batch at
+once and the host never waits for the GPU before the step's one device-to-host copy.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dllmserve.engine.attention import BatchAttention
 from dllmserve.engine.page_pool import PagePool
 from dllmserve.engine.request import Request
 from dllmserve.engine.sampler import MODE_ID, SamplingBatch
+from dllmserve.engine.upload import upload
 from dllmserve.sparse.state import Phase
 
 
@@ -29,10 +30,6 @@ class IterationBatch:
     sampling: SamplingBatch
     block_width: int  # B
     reuse_window: int | None  # W when every REUSE lane forwards W tokens (a graphable shape)
-
-
-def _i32(x: list, device: torch.device) -> torch.Tensor:
-    return torch.tensor(x, dtype=torch.int32).to(device, non_blocking=True)
 
 
 def _page_tables(lanes: list[tuple[Request, int]], n_layers: int) -> torch.Tensor:
@@ -89,7 +86,7 @@ def build_iteration(
     reuse_widths = {b - a for a, b in zip(cu_reuse, cu_reuse[1:], strict=False)}
 
     # SELECT metadata
-    q_rows: list[torch.Tensor] = []
+    q_rows: list[torch.Tensor] = [torch.zeros(0, dtype=torch.long)]
     cu_win, win_start, win_len = [0], [], []
     for r, lane in select:
         ws, we = r.window()
@@ -102,31 +99,6 @@ def build_iteration(
     n_keep = [[k[i] for k in sel_kept] for i in range(n_layers)]
     kept_len = [[k[i] for k in reuse_kept] for i in range(n_layers)]
     sparse_sel = [r.sparse for r, _ in select]
-    attention = BatchAttention(
-        pool=pool,
-        scale=head_dim**-0.5,
-        n_dense_tokens=n_dense,
-        cu_dense=_i32(cu_dense, device),
-        max_dense=max((r.L for r, _ in select + full), default=0),
-        n_select=len(select),
-        n_select_tokens=cu_dense[len(select)],
-        select_q_rows=(torch.cat(q_rows) if q_rows else torch.zeros(0, dtype=torch.long)).to(
-            device
-        ),
-        cu_win=_i32(cu_win, device),
-        win_start=_i32(win_start, device),
-        win_len=_i32(win_len, device),
-        n_keep=_i32(n_keep, device).view(n_layers, len(select)),
-        max_keep=[max(row, default=0) for row in n_keep],
-        head_select=torch.tensor([s.head_select for s in sparse_sel], dtype=torch.bool).to(device),
-        pool_kernel=_i32([s.pool_kernel for s in sparse_sel], device),
-        select_pages=_page_tables(select, n_layers).to(device),
-        n_reuse=len(reuse),
-        cu_reuse=_i32(cu_reuse, device),
-        max_reuse=max(reuse_widths, default=0),
-        kept_len=_i32(kept_len, device).view(n_layers, len(reuse)),
-        reuse_pages=_page_tables(reuse, n_layers).to(device),
-    )
 
     # LM-head rows and sampling settings, one row per request
     width = max(r.block_span[1] - r.block_span[0] for r in reqs)
@@ -146,36 +118,89 @@ def build_iteration(
         eligible[i, :n] = r.canvas[bs:be] == r.mask_id
     any_cfg = any(r.lanes == 2 for r in reqs)
     params = [r.params for r in reqs]
-    modes = frozenset(MODE_ID[p.remasking] for p in params)
-    sampling = SamplingBatch(
-        temperature=torch.tensor([p.temperature for p in params], dtype=torch.float64).to(device),
-        seed=torch.tensor([r.seed for r in reqs], dtype=torch.long).to(device),
-        step=torch.tensor([r.global_step for r in reqs], dtype=torch.long).to(device),
-        positions=gen_pos.to(device),
-        eligible=eligible.to(device),
-        k=torch.tensor([r.scheduled_transfer() for r in reqs], dtype=torch.long).to(device),
-        threshold=torch.tensor(
+    i32, i64 = torch.int32, torch.long
+    host = {
+        "input_ids": torch.cat(ids),
+        "positions": torch.cat(pos),
+        "cu_dense": torch.tensor(cu_dense, dtype=i32),
+        "select_q_rows": torch.cat(q_rows),
+        "cu_win": torch.tensor(cu_win, dtype=i32),
+        "win_start": torch.tensor(win_start, dtype=i32),
+        "win_len": torch.tensor(win_len, dtype=i32),
+        "n_keep": torch.tensor(n_keep, dtype=i32).view(n_layers, len(select)),
+        "head_select": torch.tensor([s.head_select for s in sparse_sel], dtype=torch.bool),
+        "pool_kernel": torch.tensor([s.pool_kernel for s in sparse_sel], dtype=i32),
+        "select_pages": _page_tables(select, n_layers),
+        "cu_reuse": torch.tensor(cu_reuse, dtype=i32),
+        "kept_len": torch.tensor(kept_len, dtype=i32).view(n_layers, len(reuse)),
+        "reuse_pages": _page_tables(reuse, n_layers),
+        "logit_rows": rows,
+        "uncond_rows": un_rows,
+        "temperature": torch.tensor([p.temperature for p in params], dtype=torch.float64),
+        "seed": torch.tensor([r.seed for r in reqs], dtype=i64),
+        "step": torch.tensor([r.global_step for r in reqs], dtype=i64),
+        "gen_pos": gen_pos,
+        "eligible": eligible,
+        "k": torch.tensor([r.scheduled_transfer() for r in reqs], dtype=i64),
+        "threshold": torch.tensor(
             [float("nan") if p.threshold is None else p.threshold for p in params]
-        ).to(device),
-        mode=torch.tensor([MODE_ID[p.remasking] for p in params], dtype=torch.long).to(device),
-        top_k=torch.tensor([p.top_k or 0 for p in params], dtype=torch.long).to(device),
-        top_p=torch.tensor([1.0 if p.top_p is None else p.top_p for p in params]).to(device),
-        logits_eos_inf=torch.tensor([p.logits_eos_inf for p in params]).to(device),
-        conf_eos_eot_inf=torch.tensor([p.confidence_eos_eot_inf for p in params]).to(device),
-        modes=modes,
+        ),
+        "mode": torch.tensor([MODE_ID[p.remasking] for p in params], dtype=i64),
+        "top_k": torch.tensor([p.top_k or 0 for p in params], dtype=i64),
+        "top_p": torch.tensor([1.0 if p.top_p is None else p.top_p for p in params]),
+        "logits_eos_inf": torch.tensor([p.logits_eos_inf for p in params]),
+        "conf_eos_eot_inf": torch.tensor([p.confidence_eos_eot_inf for p in params]),
+        "cfg_scale": torch.tensor([p.cfg_scale for p in params], dtype=dtype),
+    }
+    d = upload(host, device)
+    attention = BatchAttention(
+        pool=pool,
+        scale=head_dim**-0.5,
+        n_dense_tokens=n_dense,
+        cu_dense=d["cu_dense"],
+        max_dense=max((r.L for r, _ in select + full), default=0),
+        n_select=len(select),
+        n_select_tokens=cu_dense[len(select)],
+        select_q_rows=d["select_q_rows"],
+        cu_win=d["cu_win"],
+        win_start=d["win_start"],
+        win_len=d["win_len"],
+        n_keep=d["n_keep"],
+        max_keep=[max(row, default=0) for row in n_keep],
+        head_select=d["head_select"],
+        pool_kernel=d["pool_kernel"],
+        select_pages=d["select_pages"],
+        n_reuse=len(reuse),
+        cu_reuse=d["cu_reuse"],
+        max_reuse=max(reuse_widths, default=0),
+        kept_len=d["kept_len"],
+        reuse_pages=d["reuse_pages"],
+    )
+    sampling = SamplingBatch(
+        temperature=d["temperature"],
+        seed=d["seed"],
+        step=d["step"],
+        positions=d["gen_pos"],
+        eligible=d["eligible"],
+        k=d["k"],
+        threshold=d["threshold"],
+        mode=d["mode"],
+        top_k=d["top_k"],
+        top_p=d["top_p"],
+        logits_eos_inf=d["logits_eos_inf"],
+        conf_eos_eot_inf=d["conf_eos_eot_inf"],
+        modes=frozenset(MODE_ID[p.remasking] for p in params),
         any_noise=any(p.temperature > 0 for p in params),
         any_threshold=any(p.threshold is not None for p in params),
         any_filter=any(p.top_k is not None or p.top_p is not None for p in params),
     )
     return IterationBatch(
-        input_ids=torch.cat(ids).to(device, non_blocking=True),
-        positions=torch.cat(pos).to(device, non_blocking=True),
+        input_ids=d["input_ids"],
+        positions=d["positions"],
         attention=attention,
-        logit_rows=rows.to(device),
-        uncond_rows=un_rows.to(device) if any_cfg else None,
-        cfg_scale=torch.tensor([p.cfg_scale for p in params], dtype=dtype).to(device)
-        if any_cfg
-        else None,
+        logit_rows=d["logit_rows"],
+        uncond_rows=d["uncond_rows"] if any_cfg else None,
+        cfg_scale=d["cfg_scale"] if any_cfg else None,
         sampling=sampling,
         block_width=width,
         reuse_window=reuse_widths.pop() if len(reuse_widths) == 1 else None,

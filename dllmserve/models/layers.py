@@ -1,7 +1,9 @@
-"""Numerics shared by the models: RMSNorm, rotary embeddings and the linear layer.
+"""Numerics shared by the models: RMSNorm, rotary embeddings, SwiGLU and the linear layer.
 
 They follow MODELS.md to the rounding step, since exact parity with the official checkpoints
-is decided here.
+is decided here. On CUDA the elementwise parts run as fused Triton kernels
+(`dllmserve.kernels.elementwise`) that keep the same rounding steps; these PyTorch versions
+are the CPU path and the kernels' reference.
 """
 
 from __future__ import annotations
@@ -13,6 +15,13 @@ import torch.nn.functional as F
 # shape), so a request's result would depend on its batch. Feeding the GEMM fixed-size row
 # chunks makes every row see the same kernel: tokens depend only on the request itself.
 _CPU_ROW_CHUNK = 32
+
+use_fused_kernels = True
+"""Run the fused Triton kernels on CUDA tensors (tests switch it off to compare)."""
+
+
+def _fused(x: torch.Tensor) -> bool:
+    return x.is_cuda and use_fused_kernels
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
@@ -28,9 +37,35 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> t
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """In fp32, cast back to the model dtype, then scale (LLaDA and Qwen2 agree on this order)."""
+    if _fused(x):
+        from dllmserve.kernels.elementwise import rms_norm as fused
+
+        return fused(x, weight, eps)
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
+
+
+def add_rms_norm(
+    x: torch.Tensor, add: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual update x + add (in the model dtype) and its RMSNorm."""
+    if _fused(x):
+        from dllmserve.kernels.elementwise import add_rms_norm as fused
+
+        return fused(x, add, weight, eps)
+    x = x + add
+    return x, rms_norm(x, weight, eps)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up of a fused [gate | up] projection."""
+    if _fused(gate_up):
+        from dllmserve.kernels.elementwise import silu_mul as fused
+
+        return fused(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
 
 
 class Rotary:
@@ -47,6 +82,7 @@ class Rotary:
         emb = torch.cat([freqs, freqs], dim=-1)
         self.cos = emb.cos().to(device)
         self.sin = emb.sin().to(device)
+        self.head_dim = head_dim
         self.in_fp32 = in_fp32
 
     def __call__(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -58,6 +94,21 @@ class Rotary:
             return (xf * cos + _rotate_half(xf) * sin).to(x.dtype)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # Dream: fp32 tables applied in model dtype
         return x * cos + _rotate_half(x) * sin
+
+    def qk(
+        self, qkv: torch.Tensor, n_heads: int, n_kv_heads: int, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotated q [T, H, D] and k [T, Hkv, D] from the fused projection's leading columns."""
+        hd = self.head_dim
+        if _fused(qkv):
+            from dllmserve.kernels.elementwise import rope_heads
+
+            qk = rope_heads(qkv, n_heads + n_kv_heads, hd, positions, self.cos, self.sin,
+                            self.in_fp32)  # fmt: skip
+            return qk[:, :n_heads], qk[:, n_heads:]
+        q = qkv[:, : n_heads * hd].view(-1, n_heads, hd)
+        k = qkv[:, n_heads * hd : (n_heads + n_kv_heads) * hd].view(-1, n_kv_heads, hd)
+        return self(q, positions), self(k, positions)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
 from dllmserve.models.config import ModelConfig
-from dllmserve.models.layers import Rotary, linear, rms_norm
+from dllmserve.models.layers import Rotary, add_rms_norm, linear, rms_norm, silu_mul
 
 
 class Attention(Protocol):
@@ -63,21 +62,20 @@ class DiffusionTransformer:
         """Final-normed hidden states [T, d] of the packed tokens."""
         cfg = self.cfg
         hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+        layers = self.w.layers
         x = self.w.embed[input_ids]
-        for i, lw in enumerate(self.w.layers):
-            h = rms_norm(x, lw.attn_norm, cfg.rms_eps)
+        h = rms_norm(x, layers[0].attn_norm, cfg.rms_eps)
+        for i, lw in enumerate(layers):
             qkv = linear(h, lw.qkv, lw.qkv_bias)
-            q, k, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
-            q = self.rotary(q.view(-1, nh, hd), positions)
-            k = self.rotary(k.view(-1, nkv, hd), positions)
-            v = v.reshape(-1, nkv, hd)
+            q, k = self.rotary.qk(qkv, nh, nkv, positions)
+            v = qkv[:, (nh + nkv) * hd :].reshape(-1, nkv, hd)
             attention.select(i, q, k, v)
             att = attention(i, q, k, v)
-            x = x + linear(att.reshape(-1, nh * hd), lw.o)
-            h = rms_norm(x, lw.mlp_norm, cfg.rms_eps)
-            gate, up = linear(h, lw.gate_up).chunk(2, dim=-1)
-            x = x + linear(F.silu(gate) * up, lw.down)
-        return rms_norm(x, self.w.final_norm, cfg.rms_eps)
+            x, h = add_rms_norm(x, linear(att.reshape(-1, nh * hd), lw.o), lw.mlp_norm, cfg.rms_eps)
+            mlp = linear(silu_mul(linear(h, lw.gate_up)), lw.down)
+            after = layers[i + 1].attn_norm if i + 1 < len(layers) else self.w.final_norm
+            x, h = add_rms_norm(x, mlp, after, cfg.rms_eps)
+        return h
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,125 @@
+"""Fused elementwise kernels of the transformer layer: RMSNorm (with the residual add), RoPE on
+q and k together, and SiLU-gate times up.
+
+Unfused, each is five to ten tiny PyTorch kernels per layer; at batch 1 those ~40 launches a
+layer cost as much GPU time as the layer's GEMMs. Each kernel keeps the rounding steps of the
+PyTorch formulation in `dllmserve.models.layers` (fp32 math, rounding to the model dtype where
+PyTorch rounds), so results agree to the last bit or within one rounding of the model dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _add_rms_norm_kernel(
+    x_ptr, add_ptr, w_ptr, x_out_ptr, h_ptr, D, eps,
+    HAS_ADD: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    m = cols < D
+    x = tl.load(x_ptr + row * D + cols, mask=m, other=0.0)
+    if HAS_ADD:
+        a = tl.load(add_ptr + row * D + cols, mask=m, other=0.0)
+        x = (x.to(tl.float32) + a.to(tl.float32)).to(x_ptr.dtype.element_ty)
+        tl.store(x_out_ptr + row * D + cols, x, mask=m)
+    xf = x.to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / D + eps)
+    y = (xf * rstd).to(x_ptr.dtype.element_ty)
+    w = tl.load(w_ptr + cols, mask=m, other=0.0)
+    tl.store(h_ptr + row * D + cols, (w.to(tl.float32) * y.to(tl.float32)).to(y.dtype), mask=m)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * (x * rsqrt(mean(x^2) + eps) in fp32, cast to x's dtype); x [T, D] contiguous."""
+    h = torch.empty_like(x)
+    if x.shape[0]:
+        _add_rms_norm_kernel[(x.shape[0],)](
+            x, x, weight, x, h, x.shape[1], eps, HAS_ADD=False,
+            BLOCK=triton.next_power_of_2(x.shape[1]),
+        )  # fmt: skip
+    return h
+
+
+def add_rms_norm(
+    x: torch.Tensor, add: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + add, rms_norm(x + add)): the residual update and the next sublayer's input."""
+    x_out, h = torch.empty_like(x), torch.empty_like(x)
+    if x.shape[0]:
+        _add_rms_norm_kernel[(x.shape[0],)](
+            x, add, weight, x_out, h, x.shape[1], eps, HAS_ADD=True,
+            BLOCK=triton.next_power_of_2(x.shape[1]),
+        )  # fmt: skip
+    return x_out, h
+
+
+@triton.jit
+def _rope_kernel(
+    src_ptr, src_row_stride, pos_ptr, cos_ptr, sin_ptr, out_ptr, n_heads,
+    HALF: tl.constexpr, IN_FP32: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    d = tl.arange(0, HALF)
+    pos = tl.load(pos_ptr + row)
+    base = src_ptr + row * src_row_stride + head * 2 * HALF
+    x1 = tl.load(base + d)
+    x2 = tl.load(base + HALF + d)
+    c1 = tl.load(cos_ptr + pos * 2 * HALF + d)  # cat(freqs, freqs): both halves share angles
+    s1 = tl.load(sin_ptr + pos * 2 * HALF + d)
+    c2 = tl.load(cos_ptr + pos * 2 * HALF + HALF + d)
+    s2 = tl.load(sin_ptr + pos * 2 * HALF + HALF + d)
+    dt = out_ptr.dtype.element_ty
+    if IN_FP32:  # LLaDA: rotate in fp32, round once
+        o1 = x1.to(tl.float32) * c1 - x2.to(tl.float32) * s1
+        o2 = x2.to(tl.float32) * c2 + x1.to(tl.float32) * s2
+    else:  # Dream: cos/sin rounded to the model dtype, each product and the sum rounded
+        c1, s1, c2, s2 = c1.to(dt), s1.to(dt), c2.to(dt), s2.to(dt)
+        o1 = (x1 * c1).to(dt).to(tl.float32) + (-x2 * s1).to(dt).to(tl.float32)
+        o2 = (x2 * c2).to(dt).to(tl.float32) + (x1 * s2).to(dt).to(tl.float32)
+    out = out_ptr + (row * n_heads + head) * 2 * HALF
+    tl.store(out + d, o1.to(dt))
+    tl.store(out + HALF + d, o2.to(dt))
+
+
+def rope_heads(
+    src: torch.Tensor, n_heads: int, head_dim: int, positions: torch.Tensor,
+    cos: torch.Tensor, sin: torch.Tensor, in_fp32: bool,
+) -> torch.Tensor:  # fmt: skip
+    """Rotate the first `n_heads` heads of each row of src [T, >= n_heads * head_dim] (rows may
+    be strided, e.g. the q and k columns of a fused qkv output); returns [T, n_heads, D]."""
+    T = src.shape[0]
+    out = torch.empty((T, n_heads, head_dim), dtype=src.dtype, device=src.device)
+    if T:
+        _rope_kernel[(T, n_heads)](
+            src, src.stride(0), positions, cos, sin, out, n_heads, HALF=head_dim // 2,
+            IN_FP32=in_fp32,
+        )  # fmt: skip
+    return out
+
+
+@triton.jit
+def _silu_mul_kernel(gu_ptr, out_ptr, M, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = cols < M
+    g = tl.load(gu_ptr + row * 2 * M + cols, mask=m, other=0.0).to(tl.float32)
+    u = tl.load(gu_ptr + row * 2 * M + M + cols, mask=m, other=0.0)
+    dt = out_ptr.dtype.element_ty
+    s = (g / (1.0 + tl.exp(-g))).to(dt)
+    tl.store(out_ptr + row * M + cols, (s.to(tl.float32) * u.to(tl.float32)).to(dt), mask=m)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for gate_up [T, 2M] = [gate | up]; returns [T, M]."""
+    T, M = gate_up.shape[0], gate_up.shape[1] // 2
+    out = torch.empty((T, M), dtype=gate_up.dtype, device=gate_up.device)
+    if T:
+        block = min(1024, triton.next_power_of_2(M))
+        _silu_mul_kernel[(T, triton.cdiv(M, block))](gate_up, out, M, BLOCK=block)
+    return out

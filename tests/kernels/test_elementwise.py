@@ -1,0 +1,62 @@
+"""Fused elementwise kernels against the PyTorch formulation of dllmserve.models.layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dllmserve.models.layers as layers
+from dllmserve.kernels import elementwise
+from tests.kernels.kernel_testlib import ATOL, DEVICE, DTYPES, randn
+
+
+@pytest.fixture(autouse=True)
+def _reference_layers(monkeypatch):
+    monkeypatch.setattr(layers, "use_fused_kernels", False)  # layers.* = the PyTorch reference
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,d", [(1, 64), (7, 96), (33, 256)])
+def test_rms_norm_and_residual_add(dtype, rows, d):
+    g = torch.Generator().manual_seed(rows * d)
+    x, a = randn(g, rows, d, dtype=dtype), randn(g, rows, d, dtype=dtype)
+    w = 1 + 0.1 * randn(g, d, dtype=dtype)
+    tol = ATOL[dtype] * 4
+    torch.testing.assert_close(elementwise.rms_norm(x, w, 1e-5), layers.rms_norm(x, w, 1e-5),
+                               atol=tol, rtol=tol)  # fmt: skip
+    x_new, h = elementwise.add_rms_norm(x, a, w, 1e-6)
+    want_x, want_h = layers.add_rms_norm(x, a, w, 1e-6)
+    assert torch.equal(x_new, want_x)  # the residual add rounds exactly as PyTorch does
+    torch.testing.assert_close(h, want_h, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("in_fp32", [True, False])
+@pytest.mark.parametrize("nh,nkv,hd", [(4, 4, 16), (7, 1, 64), (2, 1, 128)])
+def test_rope_on_fused_qkv_columns(dtype, in_fp32, nh, nkv, hd):
+    g = torch.Generator().manual_seed(nh * hd)
+    T = 19
+    qkv = randn(g, T, (nh + 2 * nkv) * hd, dtype=dtype)
+    positions = torch.randint(0, 500, (T,), generator=g).to(DEVICE)
+    rot = layers.Rotary(hd, 10000.0, 512, DEVICE, in_fp32)
+    want_q, want_k = rot.qk(qkv, nh, nkv, positions)
+    qk = elementwise.rope_heads(qkv, nh + nkv, hd, positions, rot.cos, rot.sin, in_fp32)
+    tol = ATOL[dtype] * 4
+    torch.testing.assert_close(qk[:, :nh], want_q, atol=tol, rtol=tol)
+    torch.testing.assert_close(qk[:, nh:], want_k, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,m", [(1, 48), (5, 1500)])
+def test_silu_mul(dtype, rows, m):
+    g = torch.Generator().manual_seed(m)
+    gu = randn(g, rows, 2 * m, dtype=dtype) * 3
+    tol = ATOL[dtype] * 4
+    torch.testing.assert_close(elementwise.silu_mul(gu), layers.silu_mul(gu), atol=tol, rtol=tol)
+
+
+def test_empty_batches():
+    x = torch.zeros(0, 64, device=DEVICE)
+    w = torch.ones(64, device=DEVICE)
+    assert elementwise.rms_norm(x, w, 1e-5).shape == (0, 64)
+    assert elementwise.silu_mul(torch.zeros(0, 32, device=DEVICE)).shape == (0, 16)
