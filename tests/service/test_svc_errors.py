@@ -79,7 +79,7 @@ def test_validation_names_the_field(kw, field):
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory, tiny_model):
     """Two schedulers on one Redis and no worker: one with auth, one with a tiny queue."""
-    from conftest import Cluster
+    from svc_util import Cluster
 
     c = Cluster(tmp_path_factory.mktemp("errors"), tiny_model)
     try:

@@ -13,7 +13,7 @@ SP = {"gen_length": 16, "steps": 8, "seed": 4}
 
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory, tiny_model):
-    from conftest import Cluster
+    from svc_util import Cluster
 
     from dllmserve.testing.tiny_models import write_tiny_checkpoint
 
