@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 
 import torch
+import triton
+import triton.language as tl
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -27,3 +29,18 @@ def num_sms(device: torch.device) -> int:
 def rows(t: torch.Tensor) -> torch.Tensor:
     """The kernels index the last dim with unit stride; copy the rare tensor that differs."""
     return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def block_d(head_dim: int) -> int:
+    """Head-dim tile: a power of two (tl.arange) of at least 16 (tl.dot's K)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+@triton.jit
+def dim_mask(ok, d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """2-D mask from a per-row mask, with the head-dim padding only when there is some, so
+    real shapes (D = 64, 128) keep their vectorised loads."""
+    m = ok[:, None]
+    if BLOCK_D != HEAD_DIM:
+        m = m & (d[None, :] < HEAD_DIM)
+    return m

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import dot_precision, num_sms, rows
+from ._common import block_d, dim_mask, dot_precision, num_sms, rows
 
 
 @triton.jit
@@ -57,6 +57,7 @@ def _reuse_fwd(
     GROUP: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
@@ -74,15 +75,15 @@ def _reuse_fwd(
     row_ok = rows < nq * GROUP
     tok = q0 + rows // GROUP
     head = g * GROUP + rows % GROUP
-    d = tl.arange(0, HEAD_DIM)
+    d = tl.arange(0, BLOCK_D)
     q = tl.load(
         Q + tok[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :],
-        mask=row_ok[:, None],
+        mask=dim_mask(row_ok, d, HEAD_DIM, BLOCK_D),
         other=0.0,
     )
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
     kept = tl.load(KEPT + r)
     chunk = tl.cdiv(tl.cdiv(kept, NUM_SPLITS), BLOCK_N) * BLOCK_N
@@ -99,7 +100,7 @@ def _reuse_fwd(
             + slot[:, None] * stride_kps
             + g * stride_kph
             + d[None, :],
-            mask=j_ok[:, None],
+            mask=dim_mask(j_ok, d, HEAD_DIM, BLOCK_D),
             other=0.0,
         )
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
@@ -114,7 +115,7 @@ def _reuse_fwd(
             + slot[:, None] * stride_vps
             + g * stride_vph
             + d[None, :],
-            mask=j_ok[:, None],
+            mask=dim_mask(j_ok, d, HEAD_DIM, BLOCK_D),
             other=0.0,
         )
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
@@ -126,7 +127,7 @@ def _reuse_fwd(
             j_ok = j < nq
             k = tl.load(
                 KN + (q0 + j)[:, None] * stride_knt + g * stride_knh + d[None, :],
-                mask=j_ok[:, None],
+                mask=dim_mask(j_ok, d, HEAD_DIM, BLOCK_D),
                 other=0.0,
             )
             s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
@@ -137,7 +138,7 @@ def _reuse_fwd(
             l_i = l_i * alpha + tl.sum(p, 1)
             v = tl.load(
                 VN + (q0 + j)[:, None] * stride_vnt + g * stride_vnh + d[None, :],
-                mask=j_ok[:, None],
+                mask=dim_mask(j_ok, d, HEAD_DIM, BLOCK_D),
                 other=0.0,
             )
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
@@ -148,7 +149,7 @@ def _reuse_fwd(
         tl.store(
             Out + tok[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :],
             out.to(Out.dtype.element_ty),
-            mask=row_ok[:, None],
+            mask=dim_mask(row_ok, d, HEAD_DIM, BLOCK_D),
         )
     else:
         tl.store(
@@ -158,7 +159,7 @@ def _reuse_fwd(
             + head[:, None] * stride_poh
             + d[None, :],
             acc,
-            mask=row_ok[:, None],
+            mask=dim_mask(row_ok, d, HEAD_DIM, BLOCK_D),
         )
         ml = PML + split * stride_pms + tok * stride_pmt + head * 2
         tl.store(ml, m_i, mask=row_ok)
@@ -180,26 +181,27 @@ def _combine(
     stride_oh,
     NUM_SPLITS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
     """Merges the splits' partial softmax states of one token (all heads) into the output."""
     t = tl.program_id(0)
     h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     h_ok = h < num_heads
-    d = tl.arange(0, HEAD_DIM)
+    d = tl.arange(0, BLOCK_D)
     m = tl.full([BLOCK_H], float("-inf"), tl.float32)
     for s in tl.static_range(NUM_SPLITS):
         ms = tl.load(PML + s * stride_pms + t * stride_pmt + h * 2, mask=h_ok, other=0.0)
         m = tl.maximum(m, ms)
     l_tot = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
     for s in tl.static_range(NUM_SPLITS):
         base = PML + s * stride_pms + t * stride_pmt + h * 2
         w = tl.exp2(tl.load(base, mask=h_ok, other=0.0) - m)
         l_tot += w * tl.load(base + 1, mask=h_ok, other=1.0)
         po = tl.load(
             PO + s * stride_pos + t * stride_pot + h[:, None] * stride_poh + d[None, :],
-            mask=h_ok[:, None],
+            mask=dim_mask(h_ok, d, HEAD_DIM, BLOCK_D),
             other=0.0,
         )
         acc += w[:, None] * po
@@ -207,7 +209,7 @@ def _combine(
     tl.store(
         Out + t * stride_ot + h[:, None] * stride_oh + d[None, :],
         out.to(Out.dtype.element_ty),
-        mask=h_ok[:, None],
+        mask=dim_mask(h_ok, d, HEAD_DIM, BLOCK_D),
     )
 
 
@@ -303,6 +305,7 @@ def reuse_attention(
         GROUP=group,
         NUM_SPLITS=splits,
         HEAD_DIM=head_dim,
+        BLOCK_D=block_d(head_dim),
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         PREC=dot_precision(q.dtype),
@@ -325,6 +328,7 @@ def reuse_attention(
             out.stride(1),
             NUM_SPLITS=splits,
             HEAD_DIM=head_dim,
+            BLOCK_D=block_d(head_dim),
             BLOCK_H=block_h,
         )
     return out

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import rows
+from ._common import block_d, dim_mask, rows
 
 
 @triton.jit
@@ -30,25 +30,26 @@ def _window_mean(
     stride_qt,
     stride_qh,
     HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
     r = tl.program_id(0)
     h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     h_ok = h < n_heads
-    d = tl.arange(0, HEAD_DIM)
+    d = tl.arange(0, BLOCK_D)
     start = tl.load(CU_W + r).to(tl.int64)
     n = tl.load(CU_W + r + 1) - start
-    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
     for i in range(0, n):
         acc += tl.load(
             Q + (start + i) * stride_qt + h[:, None] * stride_qh + d[None, :],
-            mask=h_ok[:, None],
+            mask=dim_mask(h_ok, d, HEAD_DIM, BLOCK_D),
             other=0.0,
         ).to(tl.float32)
     tl.store(
         QBAR + (r * n_heads + h[:, None]) * HEAD_DIM + d[None, :],
         acc / tl.maximum(n, 1).to(tl.float32),
-        mask=h_ok[:, None],
+        mask=dim_mask(h_ok, d, HEAD_DIM, BLOCK_D),
     )
 
 
@@ -68,6 +69,7 @@ def _scores(
     stride_sg,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
     tile = tl.program_id(0)
@@ -82,17 +84,17 @@ def _scores(
     c = tile * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < n_c
     pos = tl.where(c < ws, c, c + wl)
-    d = tl.arange(0, HEAD_DIM)
+    d = tl.arange(0, BLOCK_D)
     total = tl.zeros([BLOCK_C], tl.float32)
     for g in range(n_kv):
         k = tl.load(
             K + (base + pos)[:, None] * stride_kt + g * stride_kh + d[None, :],
-            mask=c_ok[:, None],
+            mask=dim_mask(c_ok, d, HEAD_DIM, BLOCK_D),
             other=0.0,
         ).to(tl.float32)
         best = tl.full([BLOCK_C], float("-inf"), tl.float32)
         for i in tl.static_range(GROUP):
-            qh = tl.load(QBAR + ((r * n_kv + g) * GROUP + i) * HEAD_DIM + d)
+            qh = tl.load(QBAR + ((r * n_kv + g) * GROUP + i) * HEAD_DIM + d, mask=d < HEAD_DIM)
             s = tl.sum(k * qh[None, :], 1) * scale
             best = tl.maximum(best, s)
             total += s
@@ -223,6 +225,7 @@ def _store(
     stride_pt,
     PAGE_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     BLOCK_J: tl.constexpr,
 ):
     tile = tl.program_id(0)
@@ -238,18 +241,24 @@ def _store(
     )
     page = tl.load(PT + r * stride_pt + j // PAGE_SIZE, mask=j_ok, other=0).to(tl.int64)
     slot = j % PAGE_SIZE
-    d = tl.arange(0, HEAD_DIM)
-    k = tl.load(K + tok[:, None] * stride_kt + g * stride_kh + d[None, :], mask=j_ok[:, None])
+    d = tl.arange(0, BLOCK_D)
+    k = tl.load(
+        K + tok[:, None] * stride_kt + g * stride_kh + d[None, :],
+        mask=dim_mask(j_ok, d, HEAD_DIM, BLOCK_D),
+    )
     tl.store(
         KP + page[:, None] * stride_kpp + slot[:, None] * stride_kps + g * stride_kph + d[None, :],
         k,
-        mask=j_ok[:, None],
+        mask=dim_mask(j_ok, d, HEAD_DIM, BLOCK_D),
     )
-    v = tl.load(V + tok[:, None] * stride_vt + g * stride_vh + d[None, :], mask=j_ok[:, None])
+    v = tl.load(
+        V + tok[:, None] * stride_vt + g * stride_vh + d[None, :],
+        mask=dim_mask(j_ok, d, HEAD_DIM, BLOCK_D),
+    )
     tl.store(
         VP + page[:, None] * stride_vpp + slot[:, None] * stride_vps + g * stride_vph + d[None, :],
         v,
-        mask=j_ok[:, None],
+        mask=dim_mask(j_ok, d, HEAD_DIM, BLOCK_D),
     )
 
 
@@ -292,6 +301,7 @@ def select_and_store(
         q_win.stride(0),
         q_win.stride(1),
         HEAD_DIM=head_dim,
+        BLOCK_D=block_d(head_dim),
         BLOCK_H=block_h,
     )
     scores = torch.empty((n_kv, t_k), device=dev, dtype=torch.float32)
@@ -313,6 +323,7 @@ def select_and_store(
         scores.stride(0),
         GROUP=group,
         HEAD_DIM=head_dim,
+        BLOCK_D=block_d(head_dim),
         BLOCK_C=block_c,
     )
     _pool[(max(1, triton.cdiv(t_k, 256)), n_req, n_kv)](
@@ -353,6 +364,7 @@ def select_and_store(
         page_table.stride(0),
         PAGE_SIZE=k_pool.shape[1],
         HEAD_DIM=head_dim,
+        BLOCK_D=block_d(head_dim),
         BLOCK_J=block_j,
     )
     return kept

@@ -11,16 +11,29 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import dot_precision, rows
+from ._common import block_d, dim_mask, dot_precision, rows
 
 
 @triton.jit
 def _tile(
-    q, k_ptrs, v_ptrs, mask_n, m_i, l_i, acc, qk_scale, PREC: tl.constexpr, MASKED: tl.constexpr
+    q,
+    k_ptrs,
+    v_ptrs,
+    mask_n,
+    d,
+    m_i,
+    l_i,
+    acc,
+    qk_scale,
+    PREC: tl.constexpr,
+    MASKED: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
-    """One online-softmax update with a [BLOCK_N, D] tile of K and V."""
+    """One online-softmax update with a [BLOCK_N, D] tile of K and V (MASKED: some keys or
+    head-dim columns are padding)."""
     if MASKED:
-        k = tl.load(k_ptrs, mask=mask_n[:, None], other=0.0)
+        k = tl.load(k_ptrs, mask=dim_mask(mask_n, d, HEAD_DIM, BLOCK_D), other=0.0)
     else:
         k = tl.load(k_ptrs)
     s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
@@ -31,7 +44,7 @@ def _tile(
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     if MASKED:
-        v = tl.load(v_ptrs, mask=mask_n[:, None], other=0.0)
+        v = tl.load(v_ptrs, mask=dim_mask(mask_n, d, HEAD_DIM, BLOCK_D), other=0.0)
     else:
         v = tl.load(v_ptrs)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
@@ -56,6 +69,7 @@ def _varlen_fwd(
     stride_oh,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
@@ -70,31 +84,34 @@ def _varlen_fwd(
     g = h // GROUP
     rows = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n
-    d = tl.arange(0, HEAD_DIM)
+    d = tl.arange(0, BLOCK_D)
     cols = tl.arange(0, BLOCK_N)
     q = tl.load(
         Q + (start + rows)[:, None] * stride_qt + h * stride_qh + d[None, :],
-        mask=row_ok[:, None],
+        mask=dim_mask(row_ok, d, HEAD_DIM, BLOCK_D),
         other=0.0,
     )
     k_ptrs = K + (start + cols)[:, None] * stride_kt + g * stride_kh + d[None, :]
     v_ptrs = V + (start + cols)[:, None] * stride_vt + g * stride_vh + d[None, :]
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     n_full = (n // BLOCK_N) * BLOCK_N
     for j in range(0, n_full, BLOCK_N):
         m_i, l_i, acc = _tile(
             q,
             k_ptrs + j * stride_kt,
             v_ptrs + j * stride_vt,
-            cols,
+            cols < BLOCK_N,
+            d,
             m_i,
             l_i,
             acc,
             qk_scale,
             PREC,
-            False,
+            BLOCK_D != HEAD_DIM,
+            HEAD_DIM,
+            BLOCK_D,
         )
     if n_full < n:
         m_i, l_i, acc = _tile(
@@ -102,18 +119,21 @@ def _varlen_fwd(
             k_ptrs + n_full * stride_kt,
             v_ptrs + n_full * stride_vt,
             n_full + cols < n,
+            d,
             m_i,
             l_i,
             acc,
             qk_scale,
             PREC,
             True,
+            HEAD_DIM,
+            BLOCK_D,
         )
     out = acc / l_i[:, None]
     tl.store(
         Out + (start + rows)[:, None] * stride_ot + h * stride_oh + d[None, :],
         out.to(Out.dtype.element_ty),
-        mask=row_ok[:, None],
+        mask=dim_mask(row_ok, d, HEAD_DIM, BLOCK_D),
     )
 
 
@@ -161,6 +181,7 @@ def varlen_attention(
         out.stride(1),
         GROUP=n_heads // k.shape[1],
         HEAD_DIM=head_dim,
+        BLOCK_D=block_d(head_dim),
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         PREC=dot_precision(q.dtype),

@@ -16,6 +16,8 @@ CASES = [
     (7, 1, 64, [70, 3]),
     (28, 4, 128, [33]),
     (2, 2, 128, [130, 1, 0]),
+    (7, 1, 8, [20, 5]),  # the tiny Dream test model: head dim below tl.dot's 16
+    (4, 2, 24, [17]),  # head dim not a power of two
 ]
 if ON_GPU:
     CASES += [(32, 32, 128, [512, 2048, 17, 0, 1000]), (28, 4, 128, [4096, 333])]
