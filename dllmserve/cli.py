@@ -204,10 +204,10 @@ def cmd_serve(a: argparse.Namespace) -> int:
             _stream(
                 target,
                 a.auth_token,
-                "Why is the sky blue?",
+                a.demo_prompt,
                 chat=True,
-                gen_length=32,
-                steps=16,
+                gen_length=64,
+                steps=32,
                 block_length=None,
                 sparse=False,
                 live=sys.stdout.isatty(),
@@ -302,11 +302,11 @@ def _stream(
                             f"(attempt {ev.step.attempt}, {ev.step.masked_left} masked)\n"
                             f"{canvas.canvas}"
                         )
-                        if shown_lines:
+                        if shown_lines:  # back to where the last frame began, clear below
                             sys.stdout.write(f"\x1b[{shown_lines}F\x1b[J")
                         sys.stdout.write(text + "\n")
                         sys.stdout.flush()
-                        shown_lines = text.count("\n") + 1
+                        shown_lines = _rows(text)
                 elif kind == "completed":
                     done = ev.completed
                     if as_json:
@@ -325,6 +325,14 @@ def _stream(
             print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
             return 1
     return 0
+
+
+def _rows(text: str) -> int:
+    """Terminal rows a text takes, long lines wrapping at the terminal's width."""
+    import shutil
+
+    cols = max(1, shutil.get_terminal_size().columns)
+    return sum(max(1, -(-len(line) // cols)) for line in text.split("\n"))
 
 
 def pb_finish(reason: int) -> str:
@@ -358,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-num-seqs", type=int, default=64)
     s.add_argument("--auth-token", default=_env("DLLMSERVE_AUTH_TOKEN"))
     s.add_argument("--demo", action="store_true", help="stream a demo generation once ready")
+    s.add_argument("--demo-prompt", default="Why is the sky blue?")
     s.add_argument("--exit-after-demo", action="store_true")
     s.add_argument("--ready-timeout", type=float, default=600.0)
     s.add_argument("--stop-timeout", type=float, default=30.0)

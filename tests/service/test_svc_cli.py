@@ -27,7 +27,7 @@ def test_serve_starts_everything_and_streams_the_demo(tmp_path):
                "--max-num-seqs", "4", env={"DLLMSERVE_CACHE": str(tmp_path)})  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "private redis-server" in out.stdout and "ready" in out.stdout
-    assert "accepted" in out.stderr and "16 steps" in out.stderr
+    assert "accepted" in out.stderr and "32 steps" in out.stderr
     model = out.stdout.split(" model ", 1)[1].split()[0]  # "... 1 worker(s), model DIR"
     assert (Path(model) / "config.json").is_file()
 
