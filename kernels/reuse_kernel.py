@@ -223,9 +223,11 @@ def _tiles(rows: int, wide: bool) -> tuple[int, int]:
 
 
 def num_splits(n_programs: int, max_ctx: int, device: torch.device) -> int:
-    """Split count that gives about two waves of programs, each split keeping >= 256 entries."""
-    want = math.ceil(2 * num_sms(device) / max(1, n_programs))
-    return max(1, min(want, max_ctx // 256, 16))
+    """Splits of the kept range: enough programs for one wave (rounded up to a power of two),
+    each split keeping >= 384 entries. Measured on H200: LLaDA batch 1 / 8 K kept -> 8 splits,
+    Dream batch 8 / 1 K kept -> 2, batch 8 LLaDA (256 programs) and batch 64 -> none."""
+    want = triton.next_power_of_2(math.ceil(num_sms(device) / max(1, n_programs)))
+    return max(1, min(want, max_ctx // 384, 16))
 
 
 def reuse_attention(
@@ -259,12 +261,12 @@ def reuse_attention(
     tile_m, warps = _tiles(max_q * group, wide)
     block_m = block_m or tile_m
     num_warps = num_warps or warps
-    if block_n is None:  # measured: 128-key tiles pay only with 128-row (GQA) tiles
-        block_n = 32 if wide else (128 if block_m == 128 else 64)
     m_tiles = triton.cdiv(max(1, max_q) * group, block_m)
     max_ctx = min(page_table.shape[1] * page_size, k_pool.shape[0] * page_size)
     if splits is None:
         splits = num_splits(n_req * n_kv * m_tiles, max_ctx, q.device)
+    if block_n is None:  # measured: 128-key tiles pay only with unsplit 128-row (GQA) tiles
+        block_n = 32 if wide else (128 if block_m == 128 and splits == 1 else 64)
     if splits > 1:
         po = torch.empty((splits, t_q, n_heads, head_dim), device=q.device, dtype=torch.float32)
         pml = torch.empty((splits, t_q, n_heads, 2), device=q.device, dtype=torch.float32)
