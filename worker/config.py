@@ -24,3 +24,4 @@ class WorkerConfig:
     idle_block_ms: int = 200
     result_ttl_s: int = 3600
     drain_timeout_s: float = 60.0
+    async_publish: bool = True  # publish step records on a thread, overlapping the next step

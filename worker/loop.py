@@ -24,6 +24,7 @@ from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.validation import to_engine_args
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.config import WorkerConfig
+from dllmserve.worker.publisher import InlinePublisher, Publisher
 from dllmserve.worker.render import TextTracker, make_decoder
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,11 @@ class WorkerLoop:
         self.steps = 0
         self._decode = make_decoder(engine.tokenizer)
         self.before_leave = None  # called before the worker deregisters (stops the heartbeat)
+        # `active` belongs to this (the engine's) thread; `batches` is shared with the
+        # publisher, which acknowledges a batch once its last request's record is written.
+        self._lock = threading.Lock()
+        self.pub = Publisher() if cfg.async_publish else InlinePublisher()
+        self.pub.start()
 
     # ---- setup and main loop -------------------------------------------------------------
     def ensure_group(self) -> None:
@@ -124,10 +130,11 @@ class WorkerLoop:
             for entry_id, fields in entries:
                 eid = q.s(entry_id)
                 ids = [x for x in q.s(fields.get(b"ids")).split(",") if x]
-                self.batches[eid] = set()
+                with self._lock:
+                    self.batches[eid] = set()
                 for rid in ids:
                     self._admit(eid, rid)
-                self._maybe_ack(eid)
+                self.pub.submit(lambda eid=eid: self._maybe_ack(eid))
 
     def _admit(self, eid: str, rid: str) -> None:
         now = time.time()
@@ -144,7 +151,8 @@ class WorkerLoop:
             float(q.s(got[3]) or 0),
             got[4] or b"",
         )
-        self.batches[eid].add(rid)
+        with self._lock:
+            self.batches[eid].add(rid)
         req = pb.GenerateRequest.FromString(body)
         opts = pb.StreamOptions.FromString(opts_raw)
         if self._crash_on and req.WhichOneof("prompt") == "text" and self._crash_on in req.text:
@@ -184,18 +192,22 @@ class WorkerLoop:
         self.active[rid] = Active(rid, attempt, eid, t_enq, now, deadline, block, tracker)
 
     def _maybe_ack(self, eid: str) -> None:
-        if eid in self.batches and not self.batches[eid]:
+        """Acknowledge and delete a batch whose requests all ended (publisher thread)."""
+        with self._lock:
+            if eid not in self.batches or self.batches[eid]:
+                return
             del self.batches[eid]
-            pipe = self.r.pipeline(transaction=False)
-            pipe.xack(q.inbox_key(self.id), q.INBOX_GROUP, eid)
-            pipe.xdel(q.inbox_key(self.id), eid)
-            pipe.execute()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xack(q.inbox_key(self.id), q.INBOX_GROUP, eid)
+        pipe.xdel(q.inbox_key(self.id), eid)
+        pipe.execute()
 
     def _done(self, rid: str, eid: str) -> None:
-        self.active.pop(rid, None)
-        if eid in self.batches:
-            self.batches[eid].discard(rid)
-            self._maybe_ack(eid)
+        """A request's terminal record is written (publisher thread)."""
+        with self._lock:
+            if eid in self.batches:
+                self.batches[eid].discard(rid)
+        self._maybe_ack(eid)
 
     # ---- cancellation and deadlines --------------------------------------------------------
     def _read_ctl(self) -> None:
@@ -224,24 +236,37 @@ class WorkerLoop:
     def _fail(
         self, rid: str, eid: str, attempt: str, status: str, code: str, msg: str, field: str = ""
     ) -> None:
-        self.scripts.finish(
-            keys=[q.req_key(rid), q.res_key(rid), q.load_key(self.id)],
-            args=[self.id, attempt, status, repr(time.time()), self.cfg.result_ttl_s,
-                  "k", q.REC_ERROR, "code", code, "msg", msg, "field", field],
-        )  # fmt: skip
-        self._done(rid, eid)
+        self.active.pop(rid, None)
+
+        def job() -> None:
+            self.scripts.finish(
+                keys=[q.req_key(rid), q.res_key(rid), q.load_key(self.id)],
+                args=[self.id, attempt, status, repr(time.time()), self.cfg.result_ttl_s,
+                      "k", q.REC_ERROR, "code", code, "msg", msg, "field", field],
+            )  # fmt: skip
+            self._done(rid, eid)
+
+        self.pub.submit(job)
 
     # ---- results ---------------------------------------------------------------------------
     def _publish(self, updates: list[StepUpdate]) -> None:
-        if not updates:
-            return
-        now = time.time()
-        steps: list = [repr(now), max(86400, self.cfg.result_ttl_s)]
-        finished: list[tuple[Active, StepUpdate]] = []
+        """Hand an iteration's updates to the publisher; finished requests leave `active` now."""
+        items = []
         for u in updates:
             a = self.active.get(u.request_id)
             if a is None:
                 continue  # aborted in this pass
+            if u.finished:
+                del self.active[u.request_id]
+            items.append((a, u))
+        if items:
+            self.pub.submit(lambda: self._write_steps(items))
+
+    def _write_steps(self, items: list[tuple[Active, StepUpdate]]) -> None:
+        now = time.time()
+        steps: list = [repr(now), max(86400, self.cfg.result_ttl_s)]
+        finished: list[tuple[Active, StepUpdate]] = []
+        for a, u in items:
             delta, canvas = a.tracker.apply(u.positions, u.token_ids)
             # The block this step committed into (the engine reports the block it moves on to).
             blocks = {p // a.block_length for p in u.positions}
@@ -306,10 +331,12 @@ class WorkerLoop:
     def _forget_all(self) -> None:
         """The dispatcher took our work back (we missed heartbeats): drop it locally."""
         log.warning("worker %s was reaped; dropping %d requests", self.id, len(self.active))
+        self.pub.flush()
         for rid in list(self.active):
             self.engine.abort(rid)
         self.active.clear()
-        self.batches.clear()
+        with self._lock:
+            self.batches.clear()
         self.ensure_group()
 
     def drain(self) -> None:
@@ -320,8 +347,7 @@ class WorkerLoop:
             reply = self.r.xreadgroup(q.INBOX_GROUP, self.id, {q.inbox_key(self.id): ">"}, count=64)
             if not reply or not reply[0][1]:
                 break
-            for entry_id, fields in reply[0][1]:
-                self.batches[q.s(entry_id)] = set()
+            for _entry_id, fields in reply[0][1]:
                 for rid in [x for x in q.s(fields.get(b"ids")).split(",") if x]:
                     self._handback(rid)
         deadline = time.monotonic() + self.cfg.drain_timeout_s
@@ -329,10 +355,12 @@ class WorkerLoop:
             self._read_ctl()
             self._check_deadlines()
             self._publish(self.engine.step())
+        self.pub.flush()
         for rid in list(self.active):  # out of time: another worker runs them again
             self.engine.abort(rid)
             self._handback(rid)
         self.active.clear()
+        self.pub.close()
         if self.before_leave is not None:
             self.before_leave()
         pipe = self.r.pipeline(transaction=False)
