@@ -7,7 +7,7 @@ once and the host never waits for the GPU before the step's one device-to-host c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -67,7 +67,7 @@ def build_iteration(
     t = 0
     cu_dense, cu_reuse = [0], [0]
     for r, lane in select + full:
-        ids.append(r.lane_tokens(lane))
+        ids.append(torch.from_numpy(r.lane_tokens(lane)))
         pos.append(torch.arange(r.L))
         offset[(r.request_id, lane)] = t
         base[r.request_id] = 0
@@ -76,7 +76,7 @@ def build_iteration(
     n_dense = t
     for r, lane in reuse:
         ws, we = r.window()
-        ids.append(r.lane_tokens(lane)[ws:we])
+        ids.append(torch.from_numpy(r.lane_tokens(lane)[ws:we]))
         pos.append(torch.arange(ws, we))
         offset[(r.request_id, lane)] = t
         base[r.request_id] = ws
@@ -115,7 +115,7 @@ def build_iteration(
         rows[i, :n] = src + offset[(r.request_id, 0)]
         un_rows[i, :n] = src + offset[(r.request_id, r.lanes - 1)]
         gen_pos[i, :n] = p - r.P
-        eligible[i, :n] = r.canvas[bs:be] == r.mask_id
+        eligible[i, :n] = torch.from_numpy(r.canvas[bs:be] == r.mask_id)
     any_cfg = any(r.lanes == 2 for r in reqs)
     params = [r.params for r in reqs]
     i32, i64 = torch.int32, torch.long
@@ -205,3 +205,27 @@ def build_iteration(
         block_width=width,
         reuse_window=reuse_widths.pop() if len(reuse_widths) == 1 else None,
     )
+
+
+def refresh_iteration(
+    prev: IterationBatch, reqs: list[Request], device: torch.device
+) -> IterationBatch:
+    """`prev` for the next step of the same all-REUSE requests: new window tokens, masks,
+    step counters and commit counts; every index tensor stays as it is on the device."""
+    windows = []
+    for r in reqs:
+        ws, we = r.window()
+        windows.extend(torch.from_numpy(r.lane_tokens(lane)[ws:we]) for lane in range(r.lanes))
+    eligible = torch.zeros(prev.logit_rows.shape, dtype=torch.bool)
+    for i, r in enumerate(reqs):
+        bs, be = r.block_span
+        eligible[i, : be - bs] = torch.from_numpy(r.canvas[bs:be] == r.mask_id)
+    host = {
+        "input_ids": torch.cat(windows),
+        "eligible": eligible,
+        "step": torch.tensor([r.global_step for r in reqs], dtype=torch.long),
+        "k": torch.tensor([r.scheduled_transfer() for r in reqs], dtype=torch.long),
+    }
+    d = upload(host, device)
+    sampling = replace(prev.sampling, eligible=d["eligible"], step=d["step"], k=d["k"])
+    return replace(prev, input_ids=d["input_ids"], sampling=sampling)
