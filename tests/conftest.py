@@ -21,7 +21,8 @@ def llada_gqa_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def dream_dir(tmp_path_factory):
-    """Dream's real head layout in miniature: 7 query heads per KV head."""
+    """Dream's real head layout in miniature: 7 query heads per KV head, head dim 16 (the
+    smallest the Triton kernels take)."""
     return write_tiny_checkpoint(
-        tmp_path_factory.mktemp("dream"), "dream", seed=3, d_model=56, n_heads=7, n_kv_heads=1
+        tmp_path_factory.mktemp("dream"), "dream", seed=3, d_model=112, n_heads=7, n_kv_heads=1
     )

@@ -60,8 +60,10 @@ def test_missing_tensor_is_named(llada_dir, tmp_path):
 def test_misshaped_tensor_is_named(dream_dir, tmp_path):
     ckpt = _copy(dream_dir, tmp_path)
     name = "model.layers.0.self_attn.k_proj.weight"
-    _edit_tensor(ckpt, name, torch.zeros(3, 56))
-    with pytest.raises(CheckpointError, match=rf"{name} has shape \[3, 56\], expected \[8, 56\]"):
+    _edit_tensor(ckpt, name, torch.zeros(3, 112))
+    with pytest.raises(
+        CheckpointError, match=rf"{name} has shape \[3, 112\], expected \[16, 112\]"
+    ):
         LLM(ckpt)
 
 
