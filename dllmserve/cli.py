@@ -117,6 +117,9 @@ def _add_worker_args(p: argparse.ArgumentParser, with_model: bool = True) -> Non
     p.add_argument("--heartbeat-ttl", type=float, default=5.0)
     p.add_argument("--worker-id", default="")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--sync-publish", action="store_true", help="publish on the engine's thread (debugging)"
+    )
 
 
 def _worker_config(a: argparse.Namespace):
@@ -137,6 +140,7 @@ def _worker_config(a: argparse.Namespace):
         heartbeat_ttl_s=a.heartbeat_ttl,
         worker_id=a.worker_id,
         seed=a.seed,
+        async_publish=not a.sync_publish,
     )
 
 
