@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import grpc
 import grpc.aio
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from dllmserve.errors import ValidationError
 from dllmserve.scheduler import errors
@@ -23,6 +24,8 @@ from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.v1 import dllm_pb2_grpc
 
 log = logging.getLogger(__name__)
+# Redis is down or restarting: the client should retry (its stream can be re-attached).
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 try:
     from importlib.metadata import version as _pkg_version
@@ -59,6 +62,8 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
                 yield ev
         except errors.RpcError as e:
             await context.abort_with_status(e.status)
+        except REDIS_DOWN as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
 
     async def Attach(self, request: pb.AttachRequest, context: grpc.aio.ServicerContext):
         try:
@@ -66,14 +71,25 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
                 yield ev
         except errors.RpcError as e:
             await context.abort_with_status(e.status)
+        except REDIS_DOWN as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
 
     async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext):
-        status = await self._cancel(request.request_id, "CANCELLED", "cancelled by the client")
+        try:
+            status = await self._cancel(request.request_id, "CANCELLED", "cancelled by the client")
+        except REDIS_DOWN as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
         if status == "notfound":
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no request {request.request_id!r}")
         return pb.CancelResponse(status=status)
 
     async def GetServerInfo(self, request, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
+        try:
+            return await self._server_info()
+        except REDIS_DOWN as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
+
+    async def _server_info(self) -> pb.ServerInfo:
         info = pb.ServerInfo(
             version=VERSION,
             scheduler_id=self._id,

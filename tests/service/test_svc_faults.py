@@ -134,6 +134,10 @@ def test_redis_restart_keeps_queued_requests(make_cluster):
     c.client.close()
     c.redis.stop()  # SIGTERM: Redis flushes its AOF and exits
     wait_for(lambda: _health(c.target) == "NOT_SERVING", what="health follows Redis down")
+    with Client(c.target) as cl:  # new work is refused with a status the client may retry
+        with pytest.raises(grpc.RpcError) as e:
+            cl.generate_text("while down", sampling_params=SHORT, reattach=False, timeout=60)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     c.redis.start()  # same port, same directory: replays the AOF
     wait_for(lambda: _health(c.target) == "SERVING", what="health follows Redis up")
     import redis
