@@ -163,7 +163,7 @@ async def follow(
     opts: pb.StreamOptions,
     after_step: int = 0,
     after_attempt: int = 0,
-    poll_s: float = 2.0,
+    poll_s: float = 10.0,
 ) -> AsyncIterator[pb.GenerateEvent]:
     """Yield the request's StepUpdates and Completed; raise RelayError on a terminal error."""
     # Older attempts than the request's current one, or than the client already saw, are moot.
