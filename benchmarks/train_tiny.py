@@ -1,0 +1,450 @@
+"""Train the shipped tiny LLaDA (dllmserve/assets/tiny-llada) with the LLaDA objective.
+
+    python benchmarks/data/fortunes.py                      # natural-text corpus (Debian)
+    python benchmarks/train_tiny.py --out /tmp/tiny --minutes 9     # on one GPU
+    python benchmarks/train_tiny.py --out /tmp/t --smoke            # seconds, on CPU
+
+Masked diffusion as in LLaDA: per row t ~ U(eps, 1); each target token is replaced by the
+mask with probability t; cross-entropy on the masked positions weighted 1/t, normalised by the
+row's target count. Chat rows (the synthetic tasks of `dllmserve.assets.tasks` and short
+fortunes as answers) mask only the answer region, which is the answer, <|eot_id|>, then
+<|endoftext|> up to a gen length of 32/64/128, as LLaDA Instruct's SFT does, so that
+stop_at_eos works. Pretraining rows (fortune text) mask every position. Attention is
+bidirectional (SDPA, no causal mask; a key mask hides row padding). The parameter names are
+the real checkpoint's, so the state dict is written as it is.
+
+With --steps 0 the step count is set from --minutes after timing the first steps; the card
+records the count, and --steps N with the same seed reproduces the data order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from dllmserve.assets import tasks
+from dllmserve.testing.tiny_models import LLADA_CHAT_TEMPLATE, LLADA_SPECIALS, build_byte_tokenizer
+
+CORPUS = Path(__file__).with_name("data") / "fortunes.txt"
+BUCKETS = (256, 512, 1024, 2048)  # row lengths; recall contexts fill each bucket's range
+GEN_LENGTHS = (32, 64, 128)
+EPS = 1e-3
+CHAT_PROMPTS = (
+    "Tell me something.",
+    "Say something wise.",
+    "Give me a quote.",
+    "Tell me a fortune.",
+    "What do you think?",
+    "Say something about {topic}.",
+    "Tell me something about {topic}.",
+    "What do you know about {topic}?",
+    "Give me a quote about {topic}.",
+    "Any thoughts on {topic}?",
+)
+TOPICS = ("life", "work", "computers", "science", "love", "people", "wisdom", "the world")
+
+
+@dataclass
+class Arch:
+    d_model: int = 256
+    n_layers: int = 8
+    n_heads: int = 8
+    mlp_hidden: int = 704
+    max_len: int = 4096
+    rope_theta: float = 10000.0
+
+
+# ---- tokenizer ---------------------------------------------------------------------------------
+class ByteCodec:
+    """Vectorised ASCII encoding that matches the shipped tokenizer.json id for id."""
+
+    def __init__(self) -> None:
+        self.tok, self.special = build_byte_tokenizer(LLADA_SPECIALS)
+        self.table = np.array([self.tok.encode(chr(b)).ids[0] for b in range(128)], np.int64)
+        probe = "Hello, world!\nabc: 0123 ~{}|"
+        assert self.encode(probe) == self.tok.encode(probe).ids, "byte table != tokenizer"
+
+    @property
+    def vocab(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.table[np.frombuffer(text.encode("ascii"), np.uint8)].tolist()
+
+    def chat(self, question: str) -> list[int]:
+        """Token ids of `tasks.chat_prompt(question)`."""
+        s = self.special
+        return (
+            [s[tasks.BOS], s[tasks.SOH]]
+            + self.encode("user")
+            + [s[tasks.EOH]]
+            + self.encode("\n\n" + question.strip())
+            + [s[tasks.EOT], s[tasks.SOH]]
+            + self.encode("assistant")
+            + [s[tasks.EOH]]
+            + self.encode("\n\n")
+        )
+
+
+# ---- data --------------------------------------------------------------------------------------
+class Rows(torch.utils.data.IterableDataset):
+    """Endless batches: (ids [B, L], target mask [B, L], valid length [B]); one bucket L each."""
+
+    def __init__(self, seed: int, tokens_per_batch: int, fortunes: list[str], smoke: bool):
+        self.seed = seed
+        self.tokens = tokens_per_batch
+        self.fortunes = fortunes
+        self.text = "\n\n".join(fortunes)
+        self.buckets = (256,) if smoke else BUCKETS
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid = info.id if info is not None else 0
+        rng = random.Random(self.seed * 1000 + wid)
+        codec = ByteCodec()
+        while True:
+            L = rng.choices(self.buckets, weights=(4, 2, 2, 2)[: len(self.buckets)])[0]
+            yield self._batch(rng, codec, L, max(1, self.tokens // L))
+
+    def _batch(self, rng: random.Random, codec: ByteCodec, L: int, B: int):
+        ids = torch.full((B, L), codec.special[tasks.EOS], dtype=torch.long)
+        target = torch.zeros((B, L), dtype=torch.bool)
+        length = torch.zeros(B, dtype=torch.long)
+        for r in range(B):
+            row, start = self._row(rng, codec, L)
+            n = len(row)
+            ids[r, :n] = torch.tensor(row)
+            target[r, start:n] = True
+            length[r] = n
+        return ids, target, length
+
+    def _row(self, rng: random.Random, codec: ByteCodec, L: int) -> tuple[list[int], int]:
+        """One row of at most L tokens and where its targets start."""
+        kind = rng.random()
+        if kind < 0.2:  # pretraining: a window of the corpus, every position a target
+            i = rng.randrange(len(self.text) - L)
+            return codec.encode(self.text[i : i + L]), 0
+        if L == self.buckets[0] and kind < 0.55:
+            ex = rng.choice((tasks.copy, tasks.add, self._chat))(rng)
+        else:
+            lo = L // 2 if L > self.buckets[0] else 64
+            ex = tasks.recall(rng, rng.randint(lo, L - 32))
+        prompt = codec.chat(ex.question)
+        answer = codec.encode(ex.answer) + [codec.special[tasks.EOT]]
+        fits = [g for g in GEN_LENGTHS if len(answer) <= g and len(prompt) + g <= L]
+        g = rng.choice(fits[:2])  # the answer's own length class or the next one
+        answer += [codec.special[tasks.EOS]] * (g - len(answer))
+        return prompt + answer, len(prompt)
+
+    def _chat(self, rng: random.Random) -> tasks.Example:
+        q = rng.choice(CHAT_PROMPTS).format(topic=rng.choice(TOPICS))
+        short = [f for f in (rng.choice(self.fortunes) for _ in range(8)) if len(f) <= 120]
+        return tasks.Example("chat", q, short[0] if short else "Nothing is certain.")
+
+
+# ---- model (LLaDA architecture, the real parameter names) --------------------------------------
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class Block(nn.Module):
+    def __init__(self, a: Arch) -> None:
+        super().__init__()
+        d, h = a.d_model, a.mlp_hidden
+        self.n_heads = a.n_heads
+        self.attn_norm, self.ff_norm = RMSNorm(d), RMSNorm(d)
+        self.q_proj, self.k_proj, self.v_proj, self.attn_out = (
+            nn.Linear(d, d, bias=False) for _ in range(4)
+        )
+        self.ff_proj, self.up_proj = nn.Linear(d, h, bias=False), nn.Linear(d, h, bias=False)
+        self.ff_out = nn.Linear(h, d, bias=False)
+
+    def forward(self, x, cos, sin, mask):
+        B, L, d = x.shape
+        h = self.attn_norm(x)
+        q, k, v = (p(h).view(B, L, self.n_heads, -1).transpose(1, 2) for p in self._qkv())
+        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.attn_out(att.transpose(1, 2).reshape(B, L, d))
+        h = self.ff_norm(x)
+        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+
+    def _qkv(self):
+        return self.q_proj, self.k_proj, self.v_proj
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE in fp32, cast back (MODELS.md)."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    return (xf * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
+
+
+class Transformer(nn.Module):
+    def __init__(self, a: Arch, rows: int) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(rows, a.d_model)
+        self.blocks = nn.ModuleList(Block(a) for _ in range(a.n_layers))
+        self.ln_f = RMSNorm(a.d_model)
+        self.ff_out = nn.Linear(a.d_model, rows, bias=False)
+
+
+class TinyLLaDA(nn.Module):
+    def __init__(self, a: Arch, rows: int) -> None:
+        super().__init__()
+        self.arch = a
+        self.model = nn.Module()
+        self.model.transformer = Transformer(a, rows)
+        hd = a.d_model // a.n_heads
+        inv = 1.0 / (a.rope_theta ** (torch.arange(0, hd, 2).float() / hd))
+        freqs = torch.outer(torch.arange(a.max_len).float(), inv)
+        self.register_buffer("cos", torch.cat([freqs, freqs], -1).cos(), persistent=False)
+        self.register_buffer("sin", torch.cat([freqs, freqs], -1).sin(), persistent=False)
+        for name, p in self.named_parameters():  # GPT-2 style: residual outputs scaled down
+            if p.dim() == 2:
+                residual = "blocks" in name and name.endswith(("attn_out.weight", "ff_out.weight"))
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * a.n_layers) if residual else 0.02)
+
+    def forward(self, ids: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        t = self.model.transformer
+        L = ids.shape[1]
+        cos, sin = self.cos[:L], self.sin[:L]
+        keys = torch.arange(L, device=ids.device)[None, :] < length[:, None]
+        mask = keys[:, None, None, :] if bool((length < L).any()) else None
+        x = t.wte(ids)
+        for blk in t.blocks:
+            x = blk(x, cos, sin, mask)
+        return t.ff_out(t.ln_f(x))
+
+
+def diffusion_loss(model, ids, target, length, mask_id, gen: torch.Generator):
+    """LLaDA loss: mask targets w.p. t ~ U(eps, 1), CE on masked / t, per-row mean over targets."""
+    B, L = ids.shape
+    t = EPS + (1 - EPS) * torch.rand(B, 1, device=ids.device, generator=gen)
+    masked = target & (torch.rand(B, L, device=ids.device, generator=gen) < t)
+    x = torch.where(masked, mask_id, ids)
+    logits = model(x, length)
+    ce = F.cross_entropy(logits[masked].float(), ids[masked], reduction="none")
+    w = torch.zeros(B, L, device=ids.device)
+    w[masked] = ce / t.expand(B, L)[masked]
+    return (w.sum(1) / target.sum(1).clamp(min=1)).mean()
+
+
+# ---- export ------------------------------------------------------------------------------------
+def export(model: TinyLLaDA, codec: ByteCodec, out: Path, dtype: torch.dtype) -> None:
+    """config.json + model.safetensors + tokenizer files, in the real LLaDA layout."""
+    a = model.arch
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    s = codec.special
+    rows = model.model.transformer.wte.weight.shape[0]
+    config = {
+        "architectures": ["LLaDAModelLM"],
+        "model_type": "llada",
+        "d_model": a.d_model,
+        "n_layers": a.n_layers,
+        "n_heads": a.n_heads,
+        "n_kv_heads": a.n_heads,
+        "mlp_hidden_size": a.mlp_hidden,
+        "vocab_size": codec.vocab,
+        "embedding_size": rows,
+        "mask_token_id": s[tasks.MASK],
+        "eos_token_id": s[tasks.EOS],
+        "pad_token_id": s[tasks.EOS],
+        "rope_theta": a.rope_theta,
+        "rms_norm_eps": 1e-5,
+        "max_sequence_length": a.max_len,
+        "activation_type": "silu",
+        "block_type": "llama",
+        "include_bias": False,
+        "include_qkv_bias": False,
+        "weight_tying": False,
+        "scale_logits": False,
+        "input_emb_norm": False,
+        "attention_layer_norm": False,
+        "rope": True,
+        "alibi": False,
+        "multi_query_attention": None,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    codec.tok.save(str(out / "tokenizer.json"))
+    tok_cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": tasks.BOS,
+        "eos_token": tasks.EOS,
+        "pad_token": tasks.EOS,
+        "mask_token": tasks.MASK,
+        "chat_template": LLADA_CHAT_TEMPLATE,
+        "model_max_length": a.max_len,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
+
+
+@torch.no_grad()
+def heldout_loss(model, codec, fortunes, device, seed: int = 7) -> dict[str, float]:
+    """Masked-token loss per task on fixed held-out rows (t on a fixed grid, no 1/t weight)."""
+    text = "\n\n".join(fortunes)
+    rng = random.Random(seed)
+    out: dict[str, float] = {}
+    for task in (*tasks.TASKS, "text"):
+        rows: list[tuple[list[int], int]] = []
+        if task == "text":
+            for _ in range(32):
+                j = rng.randrange(len(text) - 256)
+                rows.append((codec.encode(text[j : j + 256]), 0))
+        for ex in tasks.held_out(task, 32, 512, seed) if task != "text" else []:
+            p = codec.chat(ex.question)
+            a = codec.encode(ex.answer) + [codec.special[tasks.EOT]]
+            rows.append((p + a, len(p)))
+        L = max(len(r) for r, _ in rows)
+        ids = torch.full((len(rows), L), codec.special[tasks.EOS], dtype=torch.long)
+        target = torch.zeros_like(ids, dtype=torch.bool)
+        length = torch.tensor([len(r) for r, _ in rows])
+        for i, (r, s) in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            target[i, s : len(r)] = True
+        ids, target, length = ids.to(device), target.to(device), length.to(device)
+        total, count = 0.0, 0
+        g = torch.Generator(device=device).manual_seed(seed)
+        for t in (0.1, 0.3, 0.5, 0.7, 0.9):
+            masked = target & (torch.rand(ids.shape, device=device, generator=g) < t)
+            with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(torch.where(masked, codec.special[tasks.MASK], ids), length)
+            total += F.cross_entropy(logits[masked].float(), ids[masked], reduction="sum").item()
+            count += int(masked.sum())
+        out[task] = total / max(count, 1)
+    return out
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine from 1 to 0.1 over the planned steps (constant until known)."""
+    if step < warmup or not total:
+        return min(1.0, (step + 1) / warmup)
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+# ---- main --------------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=0, help="0: as many as --minutes allows")
+    ap.add_argument("--minutes", type=float, default=9.0)
+    ap.add_argument("--tokens-per-batch", type=int, default=65536)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--workers", type=int, default=12)
+    ap.add_argument("--dtype", default="bfloat16", help="dtype of the saved weights")
+    ap.add_argument("--smoke", action="store_true", help="tiny model, few steps (CPU check)")
+    a = ap.parse_args()
+
+    torch.manual_seed(a.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    arch = Arch(d_model=64, n_layers=2, n_heads=4, mlp_hidden=128) if a.smoke else Arch()
+    codec = ByteCodec()
+    rows = ((codec.vocab + 63) // 64) * 64
+    fortunes = CORPUS.read_text().split("\n%\n")
+    held = set(random.Random(a.seed).sample(range(len(fortunes)), 200))
+    train_f = [f for i, f in enumerate(fortunes) if i not in held]
+    test_f = [f for i, f in enumerate(fortunes) if i in held]
+    model = TinyLLaDA(arch, rows).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"device {device}, {n_params / 1e6:.2f}M parameters, arch {asdict(arch)}", flush=True)
+
+    tokens = 2048 if a.smoke else a.tokens_per_batch
+    data = Rows(a.seed, tokens, train_f, a.smoke)
+    workers = 0 if a.smoke else a.workers
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None, persistent_workers=bool(workers),
+    )  # fmt: skip
+    decay = [p for p in model.parameters() if p.dim() == 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+        lr=a.lr, betas=(0.9, 0.95), fused=device.type == "cuda",
+    )  # fmt: skip
+    gen = torch.Generator(device=device).manual_seed(a.seed)
+    steps = 20 if a.smoke else a.steps
+    budget = a.minutes * 60
+    curve: list[tuple[int, float]] = []
+    start = time.monotonic()
+    ema = None
+    step = 0
+    t20 = start
+    for ids, target, length in loader:
+        if step == 20:
+            t20 = time.monotonic()
+        if steps == 0 and step == 70:  # auto: fill the budget at the steady pace (not start-up's)
+            now = time.monotonic()
+            pace = (now - t20) / 50
+            steps = 70 + int((budget - (now - start)) / pace)
+            print(f"{pace * 1000:.0f} ms/step -> {steps} steps", flush=True)
+        total = steps or 10**9
+        lr = a.lr * lr_factor(step, a.warmup, steps)
+        for gr in opt.param_groups:
+            gr["lr"] = lr
+        ids, target, length = (x.to(device, non_blocking=True) for x in (ids, target, length))
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            loss = diffusion_loss(model, ids, target, length, codec.special[tasks.MASK], gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 25 == 0 or step == total:
+            v = loss.item()
+            ema = v if ema is None else 0.9 * ema + 0.1 * v
+            curve.append((step, round(ema, 4)))
+            if step % 200 == 0 or step == total or a.smoke:
+                el = time.monotonic() - start
+                print(f"step {step}/{total} loss {ema:.4f} lr {lr:.2e} {el:.0f}s", flush=True)
+        if step >= total or time.monotonic() - start > budget * 1.05:
+            break
+    elapsed = time.monotonic() - start
+    model.eval()
+    losses = heldout_loss(model, codec, test_f, device)
+    print(f"held-out masked-token loss: {losses}", flush=True)
+    export(model, codec, a.out, getattr(torch, a.dtype))
+    log = {
+        "seed": a.seed,
+        "steps": step,
+        "planned_steps": steps,
+        "tokens_per_batch": tokens,
+        "tokens_seen": step * tokens,
+        "lr": a.lr,
+        "minutes": round(elapsed / 60, 2),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "parameters": n_params,
+        "arch": asdict(arch),
+        "loss_curve": curve,
+        "heldout_masked_loss": losses,
+        "corpus": {"file": CORPUS.name, "fortunes": len(fortunes), "held_out": len(test_f)},
+    }
+    (a.out / "training.json").write_text(json.dumps(log, indent=1) + "\n")
+    print(f"saved to {a.out} after {step} steps, {elapsed / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
