@@ -247,7 +247,12 @@ class Client:
         req = pb.AttachRequest(request_id=request_id, after_step=after_step, attempt=attempt)
         if stream_options is not None:
             req.stream_options.CopyFrom(stream_options)
-        yield from self._stub().Attach(req, timeout=timeout, metadata=self._metadata)
+        call = self._stub().Attach(req, timeout=timeout, metadata=self._metadata)
+        try:
+            yield from call
+        except GeneratorExit:
+            call.cancel()
+            raise
 
     def cancel(self, request_id: str, timeout: float | None = 10.0) -> str:
         return (

@@ -170,7 +170,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
                 f"request_id {rid!r} is already used by a different request",
             )
         created = code == 1
-        yield pb.GenerateEvent(
+        accepted = pb.GenerateEvent(
             accepted=pb.Accepted(
                 request_id=rid,
                 queue_position=int(value) if created else 0,
@@ -179,7 +179,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
             )
         )
         on_disconnect = 0.0 if (created and request.cancel_on_disconnect) else None
-        async for ev in self._relay(rid, request.stream_options, 0, 0, on_disconnect):
+        async for ev in self._relay(rid, request.stream_options, 0, 0, on_disconnect, accepted):
             yield ev
 
     async def _attach(self, request: pb.AttachRequest) -> AsyncIterator[pb.GenerateEvent]:
@@ -195,8 +195,8 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
             opts = request.stream_options
         else:
             opts = pb.StreamOptions.FromString(opts_raw or b"")
-        yield pb.GenerateEvent(accepted=pb.Accepted(request_id=rid, status=q.s(status)))
-        async for ev in self._relay(rid, opts, request.after_step, request.attempt, None):
+        accepted = pb.GenerateEvent(accepted=pb.Accepted(request_id=rid, status=q.s(status)))
+        async for ev in self._relay(rid, opts, request.after_step, request.attempt, None, accepted):
             yield ev
 
     async def _relay(
@@ -206,12 +206,15 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         after_step: int,
         after_attempt: int,
         cancel_after_s: float | None,
+        first: pb.GenerateEvent,
     ) -> AsyncIterator[pb.GenerateEvent]:
-        """Relay the result stream; when the client goes away first, maybe cancel the request."""
+        """Send `first`, then relay the result stream; when the client goes away before the
+        end (even right after `first`), maybe cancel the request."""
         finished = False
         self.streams += 1
         await self._scripts.watchers(keys=[q.req_key(rid)], args=[1])
         try:
+            yield first
             async for ev in follow(self._hub, self._r, rid, opts, after_step, after_attempt):
                 yield ev
             finished = True
