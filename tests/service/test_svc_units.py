@@ -233,3 +233,22 @@ def test_dispatcher_batches_by_sparse_config_model_and_capacity(rserver, r):
     assert r.hget(q.req_key("o1"), "status") == b"queued"
     assert [q.s(f[b"id"]) for _, f in r.xrange(q.PENDING)] == ["o1"]
     assert r.get(q.LEASE) == b"sched-test"
+
+
+def test_reclaim_of_unstarted_and_handed_back_work(r):
+    """A batch the worker never started goes back as it was; a running request handed back by
+    a draining worker runs again as a new attempt without counting towards the dead letter."""
+    sc = q.register_scripts(r)
+    for rid in ("u", "h"):
+        _enqueue(sc, rid)
+    assert _assign(r, sc, "w1", {"u", "h"}) == ["u", "h"]
+    sc.start(keys=[q.req_key("h"), q.load_key("w1")], args=["w1", time.time(), 60, "h"])
+    args = ["w1", 1, time.time(), 60]  # max_attempts = 1: a counted retry would dead-letter
+    assert q.s(sc.reclaim(keys=[q.req_key("u"), q.PENDING], args=[*args, "u", "1"])) == "requeued"
+    assert r.hget(q.req_key("u"), "attempt") == b"1"  # never started: same attempt
+    assert q.s(sc.reclaim(keys=[q.req_key("h"), q.PENDING], args=[*args, "h", "0"])) == "requeued"
+    assert r.hget(q.req_key("h"), "attempt") == b"2"  # its records of attempt 1 become stale
+    assert {q.s(f[b"id"]) for _, f in r.xrange(q.PENDING)} == {"u", "h"}
+    assert r.hget(q.req_key("h"), "status") == b"queued" and r.xlen(q.DEAD) == 0
+    # A reclaim by a worker that no longer owns the request changes nothing.
+    assert q.s(sc.reclaim(keys=[q.req_key("h"), q.PENDING], args=[*args, "h", "1"])) == "skip"
