@@ -1,8 +1,10 @@
 """Batched sampling of one iteration: which token each masked position gets, and which commit.
 
 One call covers every running request as padded [R, B, V] tensors, with per-request settings as
-[R] tensors, so there is no per-request loop and no host sync. It reproduces the official LLaDA
-sampler (MODELS.md, last section), with these documented generalisations:
+[R] tensors, so there is no per-request loop and no host sync. The token choice and LLaDA's
+confidence come from `kernels.sample_tokens` (one fused Triton pass over the vocabulary on the
+GPU; its PyTorch reference on the CPU). It reproduces the official LLaDA sampler (MODELS.md,
+last section), with these documented generalisations:
 - the Gumbel uniforms come from `noise.uniform64(seed, step, position, vocab_id)`, so a
   request's draws do not depend on its batch;
 - the mask token's own logit is -inf: a committed position never turns back into a mask;
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dllmserve import kernels
 from dllmserve.engine.noise import uniform64
 from dllmserve.sampling_params import REMASKING_MODES
 
@@ -53,36 +56,18 @@ def sample(
     logits: torch.Tensor, b: SamplingBatch, eos_id: int, eot_id: int | None, mask_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (x0 [R, B] int64, commit [R, B] bool) for logits [R, B, V] in the model dtype."""
-    R, B, V = logits.shape
+    R, B, _ = logits.shape
     dev = logits.device
-    logits = logits.clone()
-    logits[..., mask_id] = -torch.inf
-    rows = b.logits_eos_inf[:, None].expand(R, B)
-    logits[..., eos_id] = torch.where(rows, -torch.inf, logits[..., eos_id])
-    temp = b.temperature.to(logits.dtype)[:, None, None]
     if b.any_filter:
-        logits = _filter_top_k_top_p(logits, temp, b.top_k, b.top_p)
-
-    # x0: argmax of the float64 Gumbel-noised logits (official add_gumbel_noise), or plain argmax
-    vocab = torch.arange(V, device=dev)
-    if b.any_noise:
-        t64 = b.temperature[:, None, None]
-        u = uniform64(b.seed[:, None, None], b.step[:, None, None], b.positions[..., None], vocab)
-        noisy = logits.to(torch.float64).exp() / (-torch.log(u)) ** t64
-        noisy = torch.where(t64 > 0, noisy, logits.to(torch.float64))
-        x0 = noisy.argmax(dim=-1)
-    else:
-        x0 = logits.argmax(dim=-1)
-
-    # confidence_eos_eot_inf, as the official code has it (after the argmax): EoT off the
-    # confidence softmax, and EOS too at temperature 0 where noisy and plain logits alias
-    if eot_id is not None:
-        off = b.conf_eos_eot_inf[:, None].expand(R, B)
-        logits[..., eot_id] = torch.where(off, -torch.inf, logits[..., eot_id])
-        off0 = (b.conf_eos_eot_inf & (b.temperature == 0))[:, None].expand(R, B)
-        logits[..., eos_id] = torch.where(off0, -torch.inf, logits[..., eos_id])
-
-    conf = _confidence(logits, x0, b, temp)
+        temp = b.temperature.to(logits.dtype)[:, None, None]
+        logits = _filter_top_k_top_p(_edited(logits, b, mask_id, eos_id), temp, b.top_k, b.top_p)
+    # x0 and the low-confidence score: one fused pass over the vocabulary on the GPU
+    x0, conf = kernels.sample_tokens(
+        logits, b.temperature, b.seed, b.step, b.positions, b.logits_eos_inf,
+        b.conf_eos_eot_inf, mask_id, eos_id, eot_id,
+    )  # fmt: skip
+    if b.modes != {LOW_CONFIDENCE}:
+        conf = _other_confidences(logits, x0, conf, b, mask_id, eos_id, eot_id)
     conf = torch.where(b.eligible, conf, -torch.inf)
 
     n_eligible = b.eligible.sum(dim=-1)
@@ -98,23 +83,42 @@ def sample(
     return x0, commit
 
 
-def _confidence(
-    logits: torch.Tensor, x0: torch.Tensor, b: SamplingBatch, temp: torch.Tensor
-) -> torch.Tensor:
-    """Confidence [R, B] in float64 of each request's remasking mode."""
-    conf = torch.zeros(x0.shape, dtype=torch.float64, device=x0.device)
+def _edited(
+    logits: torch.Tensor, b: SamplingBatch, mask_id: int, eos_id: int,
+    eot_id: int | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """A copy with the mask token and the EOS options' -inf entries, as the official sampler
+    sets them before the argmax (and, with `eot_id`, before its confidence)."""
+    R, B, _ = logits.shape
+    out = logits.clone()
+    out[..., mask_id] = -torch.inf
+    rows = b.logits_eos_inf[:, None].expand(R, B)
+    out[..., eos_id] = torch.where(rows, -torch.inf, out[..., eos_id])
+    if eot_id is not None:  # confidence_eos_eot_inf, applied after the argmax
+        off = b.conf_eos_eot_inf[:, None].expand(R, B)
+        out[..., eot_id] = torch.where(off, -torch.inf, out[..., eot_id])
+        off0 = (b.conf_eos_eot_inf & (b.temperature == 0))[:, None].expand(R, B)
+        out[..., eos_id] = torch.where(off0, -torch.inf, out[..., eos_id])
+    return out
+
+
+def _other_confidences(
+    logits: torch.Tensor, x0: torch.Tensor, low_conf: torch.Tensor, b: SamplingBatch,
+    mask_id: int, eos_id: int, eot_id: int | None,
+) -> torch.Tensor:  # fmt: skip
+    """Confidence [R, B] float64 of each request's remasking mode, given the low-confidence
+    score (softmax of the un-noised logits at x0) for the requests that use it."""
+    conf = low_conf
     mode = b.mode[:, None]
-    if LOW_CONFIDENCE in b.modes:  # softmax of the un-noised logits, in the model dtype
-        p = torch.softmax(logits.float(), dim=-1).to(logits.dtype)
-        c = p.gather(-1, x0[..., None])[..., 0].to(torch.float64)
-        conf = torch.where(mode == LOW_CONFIDENCE, c, conf)
     if b.modes & {RANDOM, ORIGIN}:  # U(0, 1) per position, from the request's own stream
         vocab_sentinel = torch.tensor(logits.shape[-1], device=x0.device)
         u = uniform64(b.seed[:, None], b.step[:, None], b.positions, vocab_sentinel)
         c = u.to(torch.float32).to(torch.float64)
         conf = torch.where((mode == RANDOM) | (mode == ORIGIN), c, conf)
     if b.modes & {MASKGIT_PLUS, TOPK_MARGIN, ENTROPY}:  # Dream: probs of logits / temperature
-        scaled = torch.where(temp > 0, logits / torch.where(temp > 0, temp, 1), logits)
+        edited = _edited(logits, b, mask_id, eos_id, eot_id)
+        temp = b.temperature.to(logits.dtype)[:, None, None]
+        scaled = torch.where(temp > 0, edited / torch.where(temp > 0, temp, 1), edited)
         p = torch.softmax(scaled.float(), dim=-1)
         if MASKGIT_PLUS in b.modes:
             c = p.gather(-1, x0[..., None])[..., 0].to(torch.float64)
