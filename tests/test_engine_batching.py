@@ -174,3 +174,21 @@ def test_dream_confidence_modes_and_top_p(dream_dir):
         a = llm.generate([[3, 4, 5]], p, use_tqdm=False)[0]
         b = llm.generate([[3, 4, 5]], p, use_tqdm=False)[0]
         assert a["token_ids"] == b["token_ids"] and llm.engine.mask_token_id not in a["token_ids"]
+
+
+def test_chained_reuse_steps_and_abort_in_flight(llada_dir):
+    """Inside a block the engine launches the next REUSE step before reading the last one back;
+    the tokens are those of a plain run, and aborting a request in flight drops its results."""
+    engine = Engine.from_pretrained(llada_dir)
+    engine.add_request("keep", [4, 5, 6], params(2), SPARSE)
+    engine.add_request("drop", list(range(1, 30)), params(1), SPARSE)
+    updates: dict = {}
+    while engine._inflight is None:  # FULL, SELECT, then a REUSE step left in flight
+        for u in engine.step():
+            updates.setdefault(u.request_id, []).append(u)
+    assert engine.abort("drop") and engine.has_unfinished()
+    drain(engine, updates)
+    assert [u.step for u in updates["keep"]] == list(range(1, 17))
+    assert updates["keep"][-1].output.token_ids == run_alone(llada_dir, [4, 5, 6], params(2))
+    assert all(u.step <= 2 for u in updates["drop"])
+    assert engine.pool.num_free == engine.pool.num_pages

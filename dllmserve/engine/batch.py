@@ -8,6 +8,7 @@ once and the host never waits for the GPU before the step's one device-to-host c
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,6 +18,9 @@ from dllmserve.engine.request import Request
 from dllmserve.engine.sampler import MODE_ID, SamplingBatch
 from dllmserve.engine.upload import upload
 from dllmserve.sparse.state import Phase
+
+if TYPE_CHECKING:
+    from dllmserve.engine.inflight import InFlight
 
 
 @dataclass
@@ -229,3 +233,28 @@ def refresh_iteration(
     d = upload(host, device)
     sampling = replace(prev.sampling, eligible=d["eligible"], step=d["step"], k=d["k"])
     return replace(prev, input_ids=d["input_ids"], sampling=sampling)
+
+
+def chain_iteration(
+    prev: InFlight, reqs: list[Request], shifted: bool, device: torch.device
+) -> IterationBatch:
+    """The next all-REUSE iteration of `prev`'s requests, built on the device from `prev`'s
+    sampled tokens without reading them back: committed tokens are scattered into the window
+    tokens (of both cfg lanes), committed positions leave `eligible`, steps count up. Only the
+    next commit counts come from the host (the schedule does not depend on tokens)."""
+    b = prev.batch
+    ids = b.input_ids
+    T = ids.numel()
+    buf = torch.cat([ids, ids.new_zeros(1)])  # slot T takes the writes of uncommitted entries
+    for rows in (b.logit_rows, b.uncond_rows):
+        if rows is not None:
+            target = torch.where(prev.commit, rows + int(shifted), T)
+            buf.scatter_(0, target.view(-1), prev.x0.view(-1))
+    k = torch.tensor([r.transfer[r.step_in_block + 1] for r in reqs], dtype=torch.long)
+    sampling = replace(
+        b.sampling,
+        eligible=b.sampling.eligible & ~prev.commit,
+        step=b.sampling.step + 1,
+        k=upload({"k": k}, device)["k"],
+    )
+    return replace(b, input_ids=buf[:T], sampling=sampling)

@@ -17,8 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dllmserve.engine.batch import IterationBatch, build_iteration, refresh_iteration
+from dllmserve.engine.batch import (
+    IterationBatch,
+    build_iteration,
+    chain_iteration,
+    refresh_iteration,
+)
 from dllmserve.engine.cuda_graphs import ReuseGraphs
+from dllmserve.engine.inflight import InFlight
 from dllmserve.engine.outputs import RequestOutput, StepUpdate
 from dllmserve.engine.page_pool import PagePool
 from dllmserve.engine.request import Request
@@ -106,6 +112,7 @@ class Engine:
         )
         self._rng = random.Random(seed)
         self._cached: tuple[tuple, IterationBatch] | None = None
+        self._inflight: InFlight | None = None
         self.waiting: deque[Request] = deque()
         self.running: dict[str, Request] = {}
         self._reserved_tokens = 0
@@ -255,7 +262,7 @@ class Engine:
         return False
 
     def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self._inflight)
 
     def stats(self) -> dict:
         return {
@@ -305,11 +312,37 @@ class Engine:
     # ---- the step --------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[StepUpdate]:
+        """Run one iteration and return the step updates that are ready.
+
+        Inside a block, an all-REUSE iteration that ends no request's block does not decide
+        anything the next iteration needs from the host: the next one is chained on the device
+        (its tokens are scattered in there) and launched before this one's results are read
+        back, so the host's bookkeeping overlaps the GPU's work. Its updates then come out of
+        the following call.
+        """
         self._admit()
+        prev = self._inflight
+        if prev is not None and not self._chainable(prev):
+            self._inflight = None
+            return self._collect(prev)
         if not self.running:
             return []
         reqs = list(self.running.values())
-        batch = self._batch_for(reqs)
+        batch = (
+            chain_iteration(prev, reqs, self.cfg.shifted_logits, self.device)
+            if prev
+            else (self._batch_for(reqs))
+        )
+        cur = self._launch(reqs, batch)
+        updates = self._collect(prev) if prev is not None else []
+        if self._chainable(cur):
+            self._inflight = cur
+            return updates
+        self._inflight = None
+        return updates + self._collect(cur)
+
+    def _launch(self, reqs: list[Request], batch: IterationBatch) -> InFlight:
+        """Queue the forward, the LM head, the sampler and the copy of the results to the host."""
         key = self.graphs.key(batch) if self.graphs is not None else None
         if key is not None:
             hidden = self.graphs.forward(batch, key)
@@ -323,9 +356,42 @@ class Engine:
         x0, commit = sample(
             logits, batch.sampling, self.eos_token_id, self.eot_token_id, self.mask_token_id
         )
-        host = torch.stack([x0, commit.long()]).cpu().numpy()  # the one device-to-host copy
+        return InFlight.start(reqs, batch, x0, commit)
+
+    def _chainable(self, fl: InFlight) -> bool:
+        """Whether the iteration after `fl` can be launched before `fl`'s results are read:
+        the same requests, all in REUSE, none ending its block at `fl`'s step (the host state is
+        the one before that step) and none deciding its block end by threshold."""
+        if fl.batch.reuse_window is None or fl.batch.attention.n_dense_tokens:
+            return False
+        if len(self.running) != len(fl.reqs) or self.waiting and self._could_admit():
+            return False
+        return all(
+            self.running.get(r.request_id) is r
+            and r.phase == Phase.REUSE
+            and r.params.threshold is None
+            and r.step_in_block + 1 < r.block_steps[r.block_idx]
+            for r in fl.reqs
+        )
+
+    def _could_admit(self) -> bool:
+        """A waiting request would be admitted at the next iteration (so do not chain past it)."""
+        req = self.waiting[0]
+        return (
+            len(self.running) < self.max_num_seqs
+            and self._reserved_tokens + req.L * req.lanes <= self.max_num_batched_tokens
+            and self._pages_needed(req) <= self.pool.num_free
+        )
+
+    def _collect(self, fl: InFlight) -> list[StepUpdate]:
+        """Apply an iteration's results on the host; requests aborted meanwhile are skipped."""
+        host = fl.wait()
         now = time.monotonic()
-        return [self._advance(r, host[0, i], host[1, i], now) for i, r in enumerate(reqs)]
+        return [
+            self._advance(r, host[0, i], host[1, i], now)
+            for i, r in enumerate(fl.reqs)
+            if self.running.get(r.request_id) is r
+        ]
 
     def _batch_for(self, reqs: list[Request]):
         """The iteration's inputs. Consecutive all-REUSE iterations of the same requests in
