@@ -52,7 +52,7 @@ async def one(client: AsyncClient, prompt: str, args, delay: float) -> dict:
         prompt, sampling_params=sampling(args), sparse_config=sparse(args)
     ):
         kind = ev.WhichOneof("event")
-        if kind == "step_update" and first is None:
+        if kind == "step" and first is None:
             first = time.perf_counter()
         elif kind == "completed":
             done = ev.completed
