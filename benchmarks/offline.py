@@ -184,7 +184,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     if a.smoke:
-        a.batches, a.prompts, a.gen, a.block, a.long_prompt_batches = [1, 4], [16], 32, 8, [1]
+        a.batches, a.prompts, a.gen, a.block, a.long_prompt_batches = [1, 2], [8], 16, 8, [1]
         a.baseline_iters = 4
     dev = torch.device(a.device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
