@@ -34,6 +34,11 @@ def res_key(request_id: str) -> str:
     return f"dllm:res:{request_id}"
 
 
+def watch_key(request_id: str) -> str:
+    """The set of open client streams following a request (one token per stream)."""
+    return f"dllm:watch:{request_id}"
+
+
 def inbox_key(worker_id: str) -> str:
     return f"dllm:inbox:{worker_id}"
 
@@ -243,14 +248,6 @@ end
 return 1
 """
 
-# KEYS: req. ARGV: delta. Counts the streams following a request (never creates the hash).
-WATCHERS = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return redis.call('HINCRBY', KEYS[1], 'watchers', ARGV[1])
-end
-return 0
-"""
-
 
 @dataclass
 class Scripts:
@@ -265,7 +262,6 @@ class Scripts:
     reclaim: object
     lease_acquire: object
     lease_release: object
-    watchers: object
     publish_steps: object
 
 
@@ -280,7 +276,6 @@ def register_scripts(client) -> Scripts:
         reclaim=client.register_script(RECLAIM),
         lease_acquire=client.register_script(LEASE_ACQUIRE),
         lease_release=client.register_script(LEASE_RELEASE),
-        watchers=client.register_script(WATCHERS),
         publish_steps=client.register_script(PUBLISH_STEPS),
     )
 

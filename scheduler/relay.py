@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -102,6 +102,10 @@ class ResultHub:
                         f.last = eid
 
 
+class ClientGone(Exception):
+    """The gRPC call ended on the client's side while the relay waited."""
+
+
 class RelayError(Exception):
     """A terminal error record of the request: the gRPC stream ends with this status."""
 
@@ -164,21 +168,33 @@ async def follow(
     after_step: int = 0,
     after_attempt: int = 0,
     poll_s: float = 10.0,
+    client_gone: Callable[[], bool] | None = None,
 ) -> AsyncIterator[pb.GenerateEvent]:
-    """Yield the request's StepUpdates and Completed; raise RelayError on a terminal error."""
+    """Yield the request's StepUpdates and Completed; raise RelayError on a terminal error.
+
+    `client_gone` is polled every second while no record comes: a stream whose client left
+    while nothing was being written (a queued request) is not always cancelled by gRPC.
+    """
     # Older attempts than the request's current one, or than the client already saw, are moot.
     floor = max(after_attempt, int(q.s(await client.hget(q.req_key(request_id), "attempt")) or 0))
     f = hub.follow(q.res_key(request_id))
     coalescer = Coalescer(opts)
     current = 0
+    silent = 0.0
     try:
         while True:
             try:
-                fields = await asyncio.wait_for(f.queue.get(), timeout=poll_s)
+                fields = await asyncio.wait_for(f.queue.get(), timeout=1.0)
+                silent = 0.0
             except asyncio.TimeoutError:
+                if client_gone is not None and client_gone():
+                    raise ClientGone() from None
+                silent += 1.0
                 # No record for a while: make sure the request still exists (its keys expire).
-                if not await _exists(client, request_id):
-                    raise RelayError("NOT_FOUND", f"request {request_id!r} expired") from None
+                if silent >= poll_s:
+                    silent = 0.0
+                    if not await _exists(client, request_id):
+                        raise RelayError("NOT_FOUND", f"request {request_id!r} expired") from None
                 continue
             fields = {q.s(k): v for k, v in fields.items()}
             attempt = int(q.s(fields.get("a")) or 0)

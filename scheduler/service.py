@@ -18,7 +18,7 @@ from dllmserve.scheduler import errors
 from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.config import SchedulerConfig
 from dllmserve.scheduler.dispatcher import Dispatcher
-from dllmserve.scheduler.relay import RelayError, ResultHub, follow
+from dllmserve.scheduler.relay import ClientGone, RelayError, ResultHub, follow
 from dllmserve.scheduler.validation import check_stream_options, group_key, to_engine_args
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.v1 import dllm_pb2_grpc
@@ -67,7 +67,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
 
     async def Attach(self, request: pb.AttachRequest, context: grpc.aio.ServicerContext):
         try:
-            async for ev in self._attach(request):
+            async for ev in self._attach(request, context):
                 yield ev
         except errors.RpcError as e:
             await context.abort_with_status(e.status)
@@ -179,10 +179,13 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
             )
         )
         on_disconnect = 0.0 if (created and request.cancel_on_disconnect) else None
-        async for ev in self._relay(rid, request.stream_options, 0, 0, on_disconnect, accepted):
+        relay = self._relay(rid, request.stream_options, 0, 0, on_disconnect, accepted, context)
+        async for ev in relay:
             yield ev
 
-    async def _attach(self, request: pb.AttachRequest) -> AsyncIterator[pb.GenerateEvent]:
+    async def _attach(
+        self, request: pb.AttachRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateEvent]:
         rid = request.request_id
         status, opts_raw = await self._r.hmget(q.req_key(rid), "status", "opts")
         if status is None:
@@ -196,7 +199,8 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         else:
             opts = pb.StreamOptions.FromString(opts_raw or b"")
         accepted = pb.GenerateEvent(accepted=pb.Accepted(request_id=rid, status=q.s(status)))
-        async for ev in self._relay(rid, opts, request.after_step, request.attempt, None, accepted):
+        relay = self._relay(rid, opts, request.after_step, request.attempt, None, accepted, context)
+        async for ev in relay:
             yield ev
 
     async def _relay(
@@ -207,32 +211,57 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         after_attempt: int,
         cancel_after_s: float | None,
         first: pb.GenerateEvent,
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.GenerateEvent]:
         """Send `first`, then relay the result stream; when the client goes away before the
-        end (even right after `first`), maybe cancel the request."""
-        finished = False
+        end (even right after `first`), maybe cancel the request.
+
+        The bookkeeping runs from the call's done-callback rather than a `finally`: gRPC may
+        drop a handler that waits for its next message without ever closing it."""
+        state = {"finished": False}
+        token = uuid.uuid4().hex
+        grace = self._cfg.orphan_grace_s if cancel_after_s is None else cancel_after_s
+
+        def on_done(_ctx) -> None:
+            self.streams -= 1
+            self._spawn(self._left(rid, token, None if state["finished"] else grace))
+
+        # Registered before the watch is recorded, so that a call cancelled in between still
+        # removes it; each stream has its own token, so removals are idempotent.
         self.streams += 1
-        await self._scripts.watchers(keys=[q.req_key(rid)], args=[1])
+        context.add_done_callback(on_done)
+        await asyncio.shield(self._watch(rid, token, True))
         try:
             yield first
-            async for ev in follow(self._hub, self._r, rid, opts, after_step, after_attempt):
+            events = follow(self._hub, self._r, rid, opts, after_step, after_attempt,
+                            client_gone=lambda: context.cancelled() or context.done())  # fmt: skip
+            async for ev in events:
                 yield ev
-            finished = True
+            state["finished"] = True
+        except ClientGone:
+            return
         except RelayError as e:
-            finished = True
+            state["finished"] = True
             raise errors.from_code(e.code, e.message, e.field) from None
-        finally:
-            self.streams -= 1
-            grace = self._cfg.orphan_grace_s if cancel_after_s is None else cancel_after_s
-            self._spawn(self._left(rid, None if finished else grace))
 
-    async def _left(self, rid: str, cancel_after_s: float | None) -> None:
-        await self._scripts.watchers(keys=[q.req_key(rid)], args=[-1])
+    async def _watch(self, rid: str, token: str, add: bool) -> None:
+        key = q.watch_key(rid)
+        pipe = self._r.pipeline(transaction=True)
+        if add:
+            pipe.sadd(key, token)
+        else:
+            pipe.srem(key, token)
+        pipe.expire(key, self._cfg.result_ttl_s + 86400)
+        await pipe.execute()
+
+    async def _left(self, rid: str, token: str, cancel_after_s: float | None) -> None:
+        """A stream of the request ended; without any stream left after the grace period, an
+        unfinished request is cancelled (no client will read it)."""
+        await self._watch(rid, token, False)
         if cancel_after_s is None or cancel_after_s < 0:
             return
         await asyncio.sleep(cancel_after_s)
-        watchers = int(q.s(await self._r.hget(q.req_key(rid), "watchers")) or 0)
-        if watchers <= 0:
+        if await self._r.scard(q.watch_key(rid)) == 0:
             await self._cancel(rid, "CANCELLED", "the client went away")
 
     async def _cancel(self, rid: str, code: str, msg: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import grpc
 import pytest
@@ -242,3 +243,25 @@ def test_engine_side_validation_reaches_the_client(client):
         assert e.value.details().startswith(field), (field, e.value.details())
     t.join(120)
     assert good and len(good[0].token_ids) == 16
+
+
+def test_orphaned_request_is_cancelled_after_the_grace_period(cluster):
+    # A relay-only replica with a short grace period. (gRPC tells a server about a client that
+    # left when the server next writes to it, so the request is running when that happens.)
+    port = cluster.add_scheduler("--orphan-grace", "1", "--no-dispatch")
+    dense_long = {"gen_length": 480, "steps": 480, "stop_at_eos": False}
+    with Client(f"127.0.0.1:{port}") as c:
+        it = c.generate("orphan", request_id="orph-1", sampling_params=dense_long, reattach=False)
+        assert [next(it).WhichOneof("event") for _ in range(2)] == ["accepted", "step"]
+        it.close()  # the client goes away and never comes back
+        wait_for(lambda: cluster.req("orph-1").get("status") == q.CANCELLED, what="cancelled")
+        it = c.generate("orphan", request_id="orph-2", sampling_params=dense_long, reattach=False)
+        assert [next(it).WhichOneof("event") for _ in range(2)] == ["accepted", "step"]
+        it.close()
+        att = c.attach("orph-2")  # back within the grace period: the request is kept
+        assert next(att).accepted.status == q.RUNNING
+        steps = [next(att) for _ in range(3)]
+        time.sleep(1.5)  # the first stream's grace period runs out while the second follows
+        assert cluster.req("orph-2")["status"] == q.RUNNING, steps
+        att.close()
+        wait_for(lambda: cluster.req("orph-2").get("status") == q.CANCELLED, what="cancelled")

@@ -195,25 +195,3 @@ def test_tls(svc, tmp_path):
         with pytest.raises(grpc.RpcError) as e:
             c.server_info(timeout=5)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-
-
-def test_orphaned_request_is_cancelled_after_the_grace_period(svc):
-    import time
-
-    from svc_util import wait_for
-
-    port = svc.add_scheduler("--orphan-grace", "2", "--no-dispatch")
-    with Client(f"127.0.0.1:{port}") as c:
-        it = c.generate("orphan", request_id="orph-1", reattach=False)
-        assert next(it).accepted.request_id == "orph-1"
-        it.close()  # the client goes away and never comes back
-        wait_for(lambda: svc.req("orph-1").get("status") == "cancelled", what="orphan cancelled")
-        it = c.generate("orphan", request_id="orph-2", reattach=False)
-        next(it)
-        it.close()
-        att = c.attach("orph-2")  # back within the grace period: the request is kept
-        assert next(att).accepted.status == "queued"
-        time.sleep(3)  # the first stream's grace period runs out while the second follows
-        assert svc.req("orph-2")["status"] == "queued"
-        att.close()
-        wait_for(lambda: svc.req("orph-2").get("status") == "cancelled", what="then cancelled")
