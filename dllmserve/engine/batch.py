@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from dllmserve.engine.attention import BatchAttention
@@ -38,14 +39,12 @@ class IterationBatch:
 
 def _page_tables(lanes: list[tuple[Request, int]], n_layers: int) -> torch.Tensor:
     """int32 [layers, lanes, max_pages], unused slots 0 (never read: kept counts bound them)."""
-    width = max((len(r.pages[ln][i]) for r, ln in lanes for i in range(n_layers)), default=0)
-    t = torch.zeros((n_layers, len(lanes), max(width, 1)), dtype=torch.int32)
+    width = max((r.page_tables[ln].shape[1] for r, ln in lanes), default=1)
+    t = np.zeros((n_layers, len(lanes), width), dtype=np.int32)
     for j, (r, ln) in enumerate(lanes):
-        for i in range(n_layers):
-            pages = r.pages[ln][i]
-            if pages:
-                t[i, j, : len(pages)] = torch.tensor(pages, dtype=torch.int32)
-    return t
+        table = r.page_tables[ln]
+        t[:, j, : table.shape[1]] = table
+    return torch.from_numpy(t)
 
 
 def build_iteration(

@@ -293,10 +293,12 @@ class Engine:
             if self._pages_needed(req) > self.pool.num_free:
                 return
             if req.sparse is not None:
-                req.pages = [
-                    [self.pool.allocate(self.pool.pages_for(n)) for n in req.max_kept_counts()]
-                    for _ in range(req.lanes)
-                ]
+                req.set_pages(
+                    [
+                        [self.pool.allocate(self.pool.pages_for(n)) for n in req.max_kept_counts()]
+                        for _ in range(req.lanes)
+                    ]
+                )
             self.waiting.popleft()
             self._reserved_tokens += tokens
             req.admit_time = time.monotonic()
@@ -306,7 +308,7 @@ class Engine:
         for lane in req.pages:
             for pages in lane:
                 self.pool.free(pages)
-        req.pages = []
+        req.set_pages([])
         self._reserved_tokens -= req.L * req.lanes
 
     # ---- the step --------------------------------------------------------------------------

@@ -42,6 +42,7 @@ class Request:
         self.global_step = 0
         self.num_forward_passes = 0
         self.pages: list[list[list[int]]] = []  # [lane][layer] -> page ids
+        self.page_tables: list[np.ndarray] = []  # [lane] -> int32 [layers, max pages], 0-padded
         self.admit_time: float | None = None
         self.first_step_time: float | None = None
         self.finish_reason: str | None = None
@@ -88,6 +89,17 @@ class Request:
     def max_kept_counts(self) -> list[int]:
         per_block = [self.kept_counts(b) for b in range(len(self.blocks))]
         return [max(col) for col in zip(*per_block, strict=True)]
+
+    def set_pages(self, pages: list[list[list[int]]]) -> None:
+        """Take the pages reserved at admission ([lane][layer] -> ids) and their tables."""
+        self.pages = pages
+        self.page_tables = []
+        for lane in pages:
+            width = max((len(p) for p in lane), default=0)
+            table = np.zeros((len(lane), max(width, 1)), dtype=np.int32)
+            for i, p in enumerate(lane):
+                table[i, : len(p)] = p
+            self.page_tables.append(table)
 
     # ---- tokens ---------------------------------------------------------------------------
     def lane_tokens(self, lane: int) -> np.ndarray:
