@@ -1,7 +1,10 @@
-"""dLLM-Serve: serving for masked-diffusion language models (LLaDA, Dream)."""
+"""dLLM-Serve: serving for masked-diffusion language models (LLaDA, Dream).
+
+`LLM` is imported on first use, so the scheduler and the clients, which need only the request
+types, do not import torch.
+"""
 
 from dllmserve.errors import CapacityError, CheckpointError, UnsupportedModelError, ValidationError
-from dllmserve.llm import LLM
 from dllmserve.sampling_params import SamplingParams
 from dllmserve.sparse.state import SparseConfig
 
@@ -17,3 +20,11 @@ __all__ = [
     "ValidationError",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name == "LLM":
+        from dllmserve.llm import LLM
+
+        return LLM
+    raise AttributeError(f"module 'dllmserve' has no attribute {name!r}")

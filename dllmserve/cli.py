@@ -25,23 +25,10 @@ def _env(name: str, default: str = "") -> str:
 
 
 def demo_model_dir() -> Path:
-    """The built-in demo checkpoint: the trained tiny LLaDA shipped in the package when it is
-    there, else a tiny random LLaDA written on first use (its answers are gibberish)."""
-    try:
-        from dllmserve.assets import default_model_path
+    """The built-in demo checkpoint: the trained tiny LLaDA shipped in the package."""
+    from dllmserve.assets import default_model_path
 
-        shipped = default_model_path()
-        if (shipped / "config.json").is_file():
-            return shipped
-    except ImportError:
-        pass
-    from dllmserve.testing.tiny_models import write_tiny_checkpoint
-
-    root = Path(_env("DLLMSERVE_CACHE", str(Path.home() / ".cache" / "dllmserve")))
-    path = root / "demo-llada"
-    if not (path / "config.json").is_file():
-        write_tiny_checkpoint(path, arch="llada", seed=0)
-    return path
+    return default_model_path()
 
 
 def _resolve_model(model: str) -> str:

@@ -55,6 +55,7 @@ def test_requests_join_mid_flight(llada_dir):
             llada_dir, prompts[rid], params(seed)
         )
         assert [u.step for u in updates[rid]] == list(range(1, 17))
+        assert all(p // 8 == u.block_index for u in updates[rid] for p in u.positions)
         assert canvas_from(updates[rid], 16, engine.mask_token_id) == final.output.token_ids
     assert updates["c"][-1].output.token_ids == run_alone(
         llada_dir, prompts["c"], params(3, gen_length=8, steps=4), None

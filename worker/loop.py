@@ -165,7 +165,7 @@ class WorkerLoop:
                 prompt = self.engine.tokenizer.apply_chat_template(
                     prompt, tokenize=False, add_generation_prompt=True
                 )
-            if rid in self.engine.running or any(r.request_id == rid for r in self.engine.waiting):
+            if self.engine.has_request(rid):
                 self.engine.abort(rid)  # a stale attempt of this request still ran here
             self.engine.add_request(rid, prompt, args.sampling_params, args.sparse_config)
         except ValidationError as e:
@@ -268,13 +268,11 @@ class WorkerLoop:
         finished: list[tuple[Active, StepUpdate]] = []
         for a, u in items:
             delta, canvas = a.tracker.apply(u.positions, u.token_ids)
-            # The block this step committed into (the engine reports the block it moves on to).
-            blocks = {p // a.block_length for p in u.positions}
-            block = min(blocks) if blocks else u.block_index
+            blocks = {p // a.block_length for p in u.positions}  # an EOS fill spans several
             msg = pb.StepUpdate(
                 step=u.step,
                 total_steps=u.total_steps,
-                block_index=block,
+                block_index=u.block_index,
                 positions=u.positions,
                 token_ids=u.token_ids,
                 masked_left=u.masked_left,

@@ -95,6 +95,7 @@ class Engine:
         self.eos_token_id = self.cfg.eos_token_id
         eot = "<|eot_id|>" if self.cfg.arch == "llada" else "<|im_end|>"
         self.eot_token_id = _special_id(tokenizer, eot) if tokenizer is not None else None
+        # the tokens that end an answer (EOS, and EOT where the tokenizer has one)
         self.stop_ids = {self.eos_token_id} | (
             {self.eot_token_id} if self.eot_token_id is not None else set()
         )
@@ -173,7 +174,7 @@ class Engine:
             if not isinstance(sparse, SparseConfig):
                 raise ValidationError("sparse_config", f"must be SparseConfig, got {sparse!r}")
             sparse.validate()
-        if request_id in self.running or any(r.request_id == request_id for r in self.waiting):
+        if self.has_request(request_id):
             raise ValidationError("request_id", f"{request_id!r} is already in use")
         ids = self.tokenize(prompt)
         cfg = self.cfg
@@ -260,6 +261,10 @@ class Engine:
                 self.waiting.remove(r)
                 return True
         return False
+
+    def has_request(self, request_id: str) -> bool:
+        """Whether the request is waiting or running here."""
+        return request_id in self.running or any(r.request_id == request_id for r in self.waiting)
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running or self._inflight)
@@ -413,6 +418,7 @@ class Engine:
 
     def _advance(self, req: Request, x0: np.ndarray, commit: np.ndarray, now: float) -> StepUpdate:
         bs, be = req.block_span
+        block = req.block_idx
         offs = np.flatnonzero(commit[: be - bs])
         tokens = x0[offs]
         req.canvas[bs + offs] = tokens
@@ -446,7 +452,7 @@ class Engine:
             request_id=req.request_id,
             step=req.global_step,
             total_steps=req.total_steps,
-            block_index=req.block_idx,
+            block_index=block,
             positions=positions,
             token_ids=token_ids,
             masked_left=req.masked_left,

@@ -48,7 +48,7 @@ class StepUpdate:
     request_id: str
     step: int  # 1-based count of steps this request has run
     total_steps: int  # the planned number of steps (an upper bound with threshold / stop_at_eos)
-    block_index: int
+    block_index: int  # the block this step worked on
     positions: list[int]
     token_ids: list[int]
     masked_left: int
