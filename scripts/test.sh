@@ -13,6 +13,11 @@ python -m pip install -q --upgrade pip
 # several GB of CUDA wheels from the registry.
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[test]"
+# The service tests start their own redis-server; install one where the machine lacks it.
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "installing redis-server (the service tests start their own)" >&2
+  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+fi
 ruff check .
 ruff format --check .
 set +e
