@@ -67,7 +67,9 @@ async def one(client: AsyncClient, prompt: str, args, delay: float) -> dict:
 
 
 def sampling(args) -> dict:
-    return {"gen_length": args.gen, "steps": args.steps, "block_length": args.block}
+    # every request runs all its steps, so the service and the offline engine do the same work
+    return {"gen_length": args.gen, "steps": args.steps, "block_length": args.block,
+            "stop_at_eos": False}  # fmt: skip
 
 
 def sparse(args) -> dict | None:
@@ -110,7 +112,7 @@ async def run_rate(target: str, prompts: list[str], rate: float, args) -> dict:
 
 def offline_tokens_per_s(args, prompts: list[str]) -> float:
     llm = LLM(args.model, device=args.device)
-    params = SamplingParams(**sampling(args), stop_at_eos=False)
+    params = SamplingParams(**sampling(args))
     sc = SparseConfig(**sparse(args)) if args.ratio is not None else None
     llm.generate(prompts[:2], params, sc, use_tqdm=False)  # warm-up
     start = time.perf_counter()
