@@ -34,7 +34,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dllmserve.assets import tasks
-from dllmserve.testing.tiny_models import LLADA_CHAT_TEMPLATE, LLADA_SPECIALS, build_byte_tokenizer
+from dllmserve.testing.tiny_models import (
+    LLADA_SPECIALS,
+    build_byte_tokenizer,
+    llada_config,
+    llada_tokenizer_config,
+)
 
 CORPUS = Path(__file__).with_name("data") / "fortunes.txt"
 BUCKETS = (256, 512, 1024, 2048)  # row lengths; recall contexts fill each bucket's range
@@ -258,46 +263,14 @@ def export(model: TinyLLaDA, codec: ByteCodec, out: Path, dtype: torch.dtype) ->
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
     s = codec.special
     rows = model.model.transformer.wte.weight.shape[0]
-    config = {
-        "architectures": ["LLaDAModelLM"],
-        "model_type": "llada",
-        "d_model": a.d_model,
-        "n_layers": a.n_layers,
-        "n_heads": a.n_heads,
-        "n_kv_heads": a.n_heads,
-        "mlp_hidden_size": a.mlp_hidden,
-        "vocab_size": codec.vocab,
-        "embedding_size": rows,
-        "mask_token_id": s[tasks.MASK],
-        "eos_token_id": s[tasks.EOS],
-        "pad_token_id": s[tasks.EOS],
-        "rope_theta": a.rope_theta,
-        "rms_norm_eps": 1e-5,
-        "max_sequence_length": a.max_len,
-        "activation_type": "silu",
-        "block_type": "llama",
-        "include_bias": False,
-        "include_qkv_bias": False,
-        "weight_tying": False,
-        "scale_logits": False,
-        "input_emb_norm": False,
-        "attention_layer_norm": False,
-        "rope": True,
-        "alibi": False,
-        "multi_query_attention": None,
-        "torch_dtype": str(dtype).removeprefix("torch."),
-    }
+    config = llada_config(
+        d_model=a.d_model, n_layers=a.n_layers, n_heads=a.n_heads, n_kv_heads=a.n_heads,
+        mlp_hidden=a.mlp_hidden, vocab=codec.vocab, emb_rows=rows, mask_id=s[tasks.MASK],
+        eos_id=s[tasks.EOS], max_len=a.max_len, rope_theta=a.rope_theta, dtype=dtype,
+    )  # fmt: skip
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     codec.tok.save(str(out / "tokenizer.json"))
-    tok_cfg = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": tasks.BOS,
-        "eos_token": tasks.EOS,
-        "pad_token": tasks.EOS,
-        "mask_token": tasks.MASK,
-        "chat_template": LLADA_CHAT_TEMPLATE,
-        "model_max_length": a.max_len,
-    }
+    tok_cfg = llada_tokenizer_config(a.max_len)
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
 
 

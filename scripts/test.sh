@@ -3,15 +3,7 @@
 # with its test extras (CPU PyTorch), then runs ruff and pytest. Fails when no test ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-. .venv/bin/activate
-python -m pip install -q --upgrade pip
-# The CPU build of torch that this machine kind keeps on disk; an unpinned `torch` would pull
-# several GB of CUDA wheels from the registry.
-python -m pip install -q "torch==2.13.0"
+. scripts/venv.sh
 python -m pip install -q -e ".[test]"
 # The service tests start their own redis-server; install one where the machine lacks it.
 if ! command -v redis-server >/dev/null 2>&1; then

@@ -76,6 +76,56 @@ def _init(shape: tuple[int, ...], gen: torch.Generator, scale: float) -> torch.T
     return torch.randn(shape, generator=gen) * (scale / math.sqrt(fan_in))
 
 
+def llada_config(
+    *, d_model: int, n_layers: int, n_heads: int, n_kv_heads: int, mlp_hidden: int,
+    vocab: int, emb_rows: int, mask_id: int, eos_id: int, max_len: int,
+    rope_theta: float = 500000.0, dtype: torch.dtype = torch.float32,
+) -> dict:  # fmt: skip
+    """config.json of a LLaDA checkpoint: LLaDA-8B's keys and options at the given sizes."""
+    return {
+        "architectures": ["LLaDAModelLM"],
+        "model_type": "llada",
+        "d_model": d_model,
+        "n_layers": n_layers,
+        "n_heads": n_heads,
+        "n_kv_heads": n_kv_heads,
+        "mlp_hidden_size": mlp_hidden,
+        "vocab_size": vocab,
+        "embedding_size": emb_rows,
+        "mask_token_id": mask_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": eos_id,
+        "rope_theta": rope_theta,
+        "rms_norm_eps": 1e-5,
+        "max_sequence_length": max_len,
+        "activation_type": "silu",
+        "block_type": "llama",
+        "include_bias": False,
+        "include_qkv_bias": False,
+        "weight_tying": False,
+        "scale_logits": False,
+        "input_emb_norm": False,
+        "attention_layer_norm": False,
+        "rope": True,
+        "alibi": False,
+        "multi_query_attention": None,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def llada_tokenizer_config(max_len: int) -> dict:
+    """tokenizer_config.json of a LLaDA checkpoint: the fast tokenizer and the chat template."""
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "mask_token": "<|mdm_mask|>",
+        "chat_template": LLADA_CHAT_TEMPLATE,
+        "model_max_length": max_len,
+    }
+
+
 def write_tiny_checkpoint(
     path: str | Path,
     arch: str = "llada",
@@ -169,43 +219,13 @@ def write_tiny_checkpoint(
     _save_sharded({k: v.to(dtype) for k, v in tensors.items()}, out, num_shards)
 
     if arch == "llada":
-        config = {
-            "architectures": ["LLaDAModelLM"],
-            "model_type": "llada",
-            "d_model": d_model,
-            "n_layers": n_layers,
-            "n_heads": n_heads,
-            "n_kv_heads": n_kv,
-            "mlp_hidden_size": mlp_hidden,
-            "vocab_size": vocab,
-            "embedding_size": emb_rows,
-            "mask_token_id": ids["<|mdm_mask|>"],
-            "eos_token_id": ids["<|endoftext|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-            "rope_theta": 500000.0,
-            "rms_norm_eps": 1e-5,
-            "max_sequence_length": max_len,
-            "activation_type": "silu",
-            "block_type": "llama",
-            "include_bias": False,
-            "include_qkv_bias": False,
-            "weight_tying": False,
-            "scale_logits": False,
-            "input_emb_norm": False,
-            "attention_layer_norm": False,
-            "rope": True,
-            "alibi": False,
-            "multi_query_attention": None,
-            "torch_dtype": "float32" if dtype == torch.float32 else "bfloat16",
-        }
-        tok_cfg = {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": "<|startoftext|>",
-            "eos_token": "<|endoftext|>",
-            "pad_token": "<|endoftext|>",
-            "chat_template": LLADA_CHAT_TEMPLATE,
-            "model_max_length": max_len,
-        }
+        config = llada_config(
+            d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
+            mlp_hidden=mlp_hidden, vocab=vocab, emb_rows=emb_rows,
+            mask_id=ids["<|mdm_mask|>"], eos_id=ids["<|endoftext|>"], max_len=max_len,
+            dtype=dtype,
+        )  # fmt: skip
+        tok_cfg = llada_tokenizer_config(max_len)
     else:
         config = {
             "architectures": ["DreamModel"],
