@@ -8,7 +8,7 @@ token budget allow. The service's worker drives it through `add_request` / `step
 
 from __future__ import annotations
 
-import logging
+import gc
 import random
 import time
 from collections import deque
@@ -35,8 +35,6 @@ from dllmserve.models.transformer import DiffusionTransformer
 from dllmserve.sampling_params import SamplingParams
 from dllmserve.sparse.state import Phase, SparseConfig
 from dllmserve.tokenizer import load_tokenizer
-
-log = logging.getLogger(__name__)
 
 CPU_CACHE_BYTES = 1 << 30
 
@@ -138,6 +136,10 @@ class Engine:
         and a worst-case iteration's activations, or a fixed 1 GiB on the CPU."""
         if self.device.type != "cuda":
             return max(1, CPU_CACHE_BYTES // self.page_bytes)
+        # memory an earlier engine of this process left in PyTorch's cache counts as free (the
+        # seed guide builds one LLM per ratio in a loop, dropping the last with `del llm`)
+        gc.collect()
+        torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(self.device)
         cfg = self.cfg
         elem = torch.empty((), dtype=self.dtype).element_size()
