@@ -447,9 +447,7 @@ class Engine:
                 gen = set(req.canvas[req.P :].tolist())
                 finished, req.finish_reason = True, "stop" if gen & self.stop_ids else "length"
             else:
-                req.block_idx += 1
-                req.step_in_block = 0
-                req._plan_block()
+                req.next_block()
         update = StepUpdate(
             request_id=req.request_id,
             step=req.global_step,

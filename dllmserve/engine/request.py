@@ -53,6 +53,11 @@ class Request:
         s, e = self.blocks[self.block_idx]
         self.transfer = transfer_counts(e - s, self.block_steps[self.block_idx])
 
+    def next_block(self) -> None:
+        self.block_idx += 1
+        self.step_in_block = 0
+        self._plan_block()
+
     @property
     def total_steps(self) -> int:
         """Planned steps; with a threshold every step commits at least one token, so G bounds it."""
