@@ -14,7 +14,6 @@ import torch
 
 from dllmserve.engine.attention import BatchAttention
 from dllmserve.engine.batch import IterationBatch
-from dllmserve.engine.page_pool import PagePool
 from dllmserve.models.transformer import DiffusionTransformer
 
 LANE_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -43,9 +42,8 @@ class _Graph:
 class ReuseGraphs:
     """Captures lazily, one graph per (lane bucket, window, page-table width) key."""
 
-    def __init__(self, model: DiffusionTransformer, pool: PagePool, max_lanes: int) -> None:
+    def __init__(self, model: DiffusionTransformer, max_lanes: int) -> None:
         self.model = model
-        self.pool = pool
         self.buckets = tuple(b for b in LANE_BUCKETS if b < max_lanes) + (
             _bucket(max_lanes, LANE_BUCKETS) or max_lanes,
         )

@@ -105,7 +105,7 @@ class Engine:
             num_cache_pages, page_size, cfg.n_kv_heads, cfg.head_dim, self.dtype, self.device
         )
         self.graphs = (
-            ReuseGraphs(model, self.pool, max_num_seqs * 2)
+            ReuseGraphs(model, max_num_seqs * 2)
             if self.device.type == "cuda" and not enforce_eager
             else None
         )
