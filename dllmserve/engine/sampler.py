@@ -118,7 +118,7 @@ def _other_confidences(
     if b.modes & {MASKGIT_PLUS, TOPK_MARGIN, ENTROPY}:  # Dream: probs of logits / temperature
         edited = _edited(logits, b, mask_id, eos_id, eot_id)
         temp = b.temperature.to(logits.dtype)[:, None, None]
-        scaled = torch.where(temp > 0, edited / torch.where(temp > 0, temp, 1), edited)
+        scaled = _over_temperature(edited, temp)
         p = torch.softmax(scaled.float(), dim=-1)
         if MASKGIT_PLUS in b.modes:
             c = p.gather(-1, x0[..., None])[..., 0].to(torch.float64)
@@ -138,7 +138,7 @@ def _filter_top_k_top_p(
 ) -> torch.Tensor:
     """-inf outside each row's top_k tokens and top_p nucleus (of softmax(logits / T))."""
     V = logits.shape[-1]
-    scaled = torch.where(temp > 0, logits / torch.where(temp > 0, temp, 1), logits)
+    scaled = _over_temperature(logits, temp)
     sorted_l, idx = torch.sort(scaled, dim=-1, descending=True, stable=True)
     rank = torch.arange(V, device=logits.device)
     k = torch.where(top_k > 0, top_k, V)[:, None, None]
@@ -149,3 +149,8 @@ def _filter_top_k_top_p(
     remove = remove | beyond
     mask = torch.zeros_like(remove).scatter(-1, idx, remove)
     return logits.masked_fill(mask, -torch.inf)
+
+
+def _over_temperature(logits: torch.Tensor, temp: torch.Tensor) -> torch.Tensor:
+    """logits / T per request, unchanged where T = 0 (greedy requests)."""
+    return torch.where(temp > 0, logits / torch.where(temp > 0, temp, 1), logits)
