@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py --json q.json --markdown q.md           # GPU: the full grid
     python benchmarks/quality.py --quick                                 # CPU: a small grid
+    python benchmarks/quality.py --dense-only --n 32                     # dense accuracy only
 
 For every held-out task (key-value recall at each context length, copy, addition) it runs
 dense generation and every sparse config of the grid (retention 1.0/0.7/0.5/0.3 x delay
@@ -165,6 +166,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64, help="examples per cell")
     ap.add_argument("--contexts", default=",".join(map(str, tasks.CONTEXTS)))
     ap.add_argument("--quick", action="store_true", help="CPU: n=8, contexts 128/512, delay 1")
+    ap.add_argument("--dense-only", action="store_true", help="dense accuracy only (a check)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None)
     ap.add_argument("--record-ci", action="store_true", help="write the model's ci_eval.json")
@@ -178,6 +180,8 @@ def main() -> None:
     configs = grid()
     if a.quick:
         a.n, contexts, configs = 8, (128, 512), grid(delays=(1,))
+    if a.dense_only:
+        configs = [None]
     llm = LLM(a.model, device=a.device)
     dev = llm.engine.device
     t0 = time.monotonic()

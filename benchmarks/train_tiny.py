@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import random
+import string
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +43,8 @@ from dllmserve.testing.tiny_models import (
 )
 
 CORPUS = Path(__file__).with_name("data") / "fortunes.txt"
-BUCKETS = (256, 512, 1024, 2048)  # row lengths; recall contexts fill each bucket's range
+BUCKETS = (128, 256, 512, 1024, 2048)  # row lengths; recall contexts fill each bucket's range
+BUCKET_WEIGHTS = (3, 3, 2, 1.5, 1.5)  # batches per bucket (each batch the same token slots)
 GEN_LENGTHS = (32, 64, 128)
 EPS = 1e-3
 CHAT_PROMPTS = (
@@ -104,22 +106,32 @@ class ByteCodec:
 
 # ---- data --------------------------------------------------------------------------------------
 class Rows(torch.utils.data.IterableDataset):
-    """Endless batches: (ids [B, L], target mask [B, L], valid length [B]); one bucket L each."""
+    """Endless batches: (ids [B, L], target mask [B, L], valid length [B]); one bucket L each.
+
+    Every batch holds about `tokens_per_batch` token slots, so short buckets carry many rows.
+    The mix, by row: 10 % fortune text (pretraining), 30 % recall drills, and for the rest chat
+    rows: in the short buckets copy / addition / fortune answers and short recall, in the long
+    ones recall whose list fills the bucket. The chat recall answer has 4 useful targets in up
+    to 2 000 prompt tokens, too little signal to learn the lookup from; the drills give one
+    target per 3 prompt tokens with the same lookup (find the line whose key matches, copy its
+    value), in episodes of log-uniform size so short lists are learned first.
+    """
 
     def __init__(self, seed: int, tokens_per_batch: int, fortunes: list[str], smoke: bool):
         self.seed = seed
         self.tokens = tokens_per_batch
         self.fortunes = fortunes
         self.text = "\n\n".join(fortunes)
-        self.buckets = (256,) if smoke else BUCKETS
+        self.buckets = BUCKETS[:2] if smoke else BUCKETS
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         wid = info.id if info is not None else 0
         rng = random.Random(self.seed * 1000 + wid)
         codec = ByteCodec()
+        weights = BUCKET_WEIGHTS[: len(self.buckets)]
         while True:
-            L = rng.choices(self.buckets, weights=(4, 2, 2, 2)[: len(self.buckets)])[0]
+            L = rng.choices(self.buckets, weights=weights)[0]
             yield self._batch(rng, codec, L, max(1, self.tokens // L))
 
     def _batch(self, rng: random.Random, codec: ByteCodec, L: int, B: int):
@@ -127,35 +139,80 @@ class Rows(torch.utils.data.IterableDataset):
         target = torch.zeros((B, L), dtype=torch.bool)
         length = torch.zeros(B, dtype=torch.long)
         for r in range(B):
-            row, start = self._row(rng, codec, L)
+            row, targets = self._row(rng, codec, L)
             n = len(row)
             ids[r, :n] = torch.tensor(row)
-            target[r, start:n] = True
+            target[r, :n] = torch.from_numpy(targets)
             length[r] = n
         return ids, target, length
 
-    def _row(self, rng: random.Random, codec: ByteCodec, L: int) -> tuple[list[int], int]:
-        """One row of at most L tokens and where its targets start."""
+    def _row(self, rng: random.Random, codec: ByteCodec, L: int) -> tuple[list[int], np.ndarray]:
+        """One row of at most L tokens and which of its positions are targets."""
         kind = rng.random()
-        if kind < 0.2:  # pretraining: a window of the corpus, every position a target
+        if kind < 0.1:  # pretraining: a window of the corpus, every position a target
             i = rng.randrange(len(self.text) - L)
-            return codec.encode(self.text[i : i + L]), 0
-        if L == self.buckets[0] and kind < 0.55:
-            ex = rng.choice((tasks.copy, tasks.add, self._chat))(rng)
-        else:
-            lo = L // 2 if L > self.buckets[0] else 64
-            ex = tasks.recall(rng, rng.randint(lo, L - 32))
-        prompt = codec.chat(ex.question)
-        answer = codec.encode(ex.answer) + [codec.special[tasks.EOT]]
-        fits = [g for g in GEN_LENGTHS if len(answer) <= g and len(prompt) + g <= L]
-        g = rng.choice(fits[:2])  # the answer's own length class or the next one
-        answer += [codec.special[tasks.EOS]] * (g - len(answer))
-        return prompt + answer, len(prompt)
+            return codec.encode(self.text[i : i + L]), np.ones(L, bool)
+        if kind < 0.4:
+            return recall_drill(rng, codec, L)
+        if L <= 256 and kind < 0.75:
+            ex = rng.choices((tasks.copy, tasks.add, self._chat), weights=(4, 4, 2))[0](rng)
+            row = chat_row(rng, codec, ex, L)
+            if row is not None:
+                return row
+        lo = 48 if L == self.buckets[0] else L // 2 - 32
+        row = chat_row(rng, codec, tasks.recall(rng, rng.randint(lo, L - 32)), L)
+        assert row is not None, "a recall prompt of at most L - 32 tokens fits"
+        return row
 
     def _chat(self, rng: random.Random) -> tasks.Example:
         q = rng.choice(CHAT_PROMPTS).format(topic=rng.choice(TOPICS))
         short = [f for f in (rng.choice(self.fortunes) for _ in range(8)) if len(f) <= 120]
         return tasks.Example("chat", q, short[0] if short else "Nothing is certain.")
+
+
+def chat_row(
+    rng: random.Random, codec: ByteCodec, ex: tasks.Example, L: int
+) -> tuple[list[int], np.ndarray] | None:
+    """Prompt + answer + <|eot_id|> + EOS fill to a gen length; the answer region is the target.
+
+    The gen length is the answer's own class (70 %) or the next one, as long as it fits L;
+    None when the example does not fit at all (a long copy in the 128 bucket).
+    """
+    prompt = codec.chat(ex.question)
+    answer = codec.encode(ex.answer) + [codec.special[tasks.EOT]]
+    fits = [g for g in GEN_LENGTHS if len(answer) <= g and len(prompt) + g <= L]
+    if not fits:
+        return None
+    g = fits[0] if len(fits) == 1 or rng.random() < 0.7 else fits[1]
+    answer += [codec.special[tasks.EOS]] * (g - len(answer))
+    targets = np.zeros(len(prompt) + g, bool)
+    targets[len(prompt) :] = True
+    return prompt + answer, targets
+
+
+def recall_drill(rng: random.Random, codec: ByteCodec, L: int) -> tuple[list[int], np.ndarray]:
+    """Episodes of `key: value` lines, then lines repeating some keys; their values are targets.
+
+    Episode sizes are log-uniform from 2 lines to the whole row, so a model first learns the
+    lookup over a few lines and then over hundreds (the far end of the 2 048-token prompts).
+    """
+    line = 11  # "abcd: 1234\n"
+    row: list[int] = []
+    targets: list[bool] = []
+    while L - len(row) >= 3 * line:
+        room = (L - len(row)) // line
+        lines = max(3, round(math.exp(rng.uniform(math.log(3), math.log(room)))))
+        n_keys = max(2, (2 * lines) // 3)
+        keys = ["".join(rng.choices(string.ascii_lowercase, k=4)) for _ in range(n_keys)]
+        values = [f"{rng.randrange(10_000):04d}" for _ in keys]
+        text = "".join(f"{k}: {v}\n" for k, v in zip(keys, values, strict=True))
+        row += codec.encode(text)
+        targets += [False] * len(text)
+        for _ in range(lines - n_keys):
+            j = rng.randrange(n_keys)
+            row += codec.encode(f"{keys[j]}: {values[j]}\n")
+            targets += [False] * 6 + [True] * 4 + [False]
+    return row, np.array(targets, bool)
 
 
 # ---- model (LLaDA architecture, the real parameter names) --------------------------------------
