@@ -85,6 +85,16 @@ def cmd_scheduler(a: argparse.Namespace) -> int:
 
 
 # ---- worker --------------------------------------------------------------------------------
+def _add_random_shape_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--random-shape",
+        default="",
+        metavar="SHAPE",
+        help="serve random weights of a named shape (llada-8b, dream-7b, tiny) with a byte-level "
+        "tokenizer instead of --model: for benchmarks, whose speed depends only on shapes",
+    )
+
+
 def _add_worker_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     if with_model:
         p.add_argument(
@@ -92,6 +102,7 @@ def _add_worker_args(p: argparse.ArgumentParser, with_model: bool = True) -> Non
             default=_env("DLLMSERVE_MODEL", "demo"),
             help="checkpoint directory, or 'demo' for the built-in tiny model",
         )
+        _add_random_shape_arg(p)
     p.add_argument("--model-name", default="", help="name clients use (default: directory name)")
     p.add_argument("--device", default=_env("DLLMSERVE_DEVICE") or None)
     p.add_argument("--dtype", default=None)
@@ -114,7 +125,8 @@ def _worker_config(a: argparse.Namespace):
 
     return WorkerConfig(
         redis_url=a.redis_url,
-        model=_resolve_model(a.model),
+        model="" if a.random_shape else _resolve_model(a.model),
+        random_shape=a.random_shape,
         model_name=a.model_name,
         device=a.device,
         dtype=a.dtype,
@@ -151,7 +163,8 @@ def _gpu_count() -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     from dllmserve.scheduler.local_redis import LocalRedis, free_port
 
-    model = _resolve_model(a.model)
+    model = f"random-{a.random_shape}" if a.random_shape else _resolve_model(a.model)
+    model_args = ["--random-shape", a.random_shape] if a.random_shape else ["--model", model]
     redis = None
     children: list[subprocess.Popen] = []
     tmp = tempfile.TemporaryDirectory(prefix="dllmserve-")
@@ -173,13 +186,16 @@ def cmd_serve(a: argparse.Namespace) -> int:
             sched += ["--auth-token", a.auth_token]
         children.append(subprocess.Popen(sched))
         gpus = _gpu_count() if a.device in (None, "cuda") else 0
+        # worker i gets the i-th GPU this process sees (of CUDA_VISIBLE_DEVICES when it is set)
+        visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+        gpu_ids = visible[:gpus] if len(visible) >= gpus else [str(g) for g in range(gpus)]
         n = a.workers or max(1, gpus)
         for i in range(n):
             env = dict(os.environ)
-            cmd = base + ["worker", "--redis-url", a.redis_url, "--model", model,
+            cmd = base + ["worker", "--redis-url", a.redis_url, *model_args,
                           "--max-num-seqs", str(a.max_num_seqs)]  # fmt: skip
             if gpus:
-                env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+                env["CUDA_VISIBLE_DEVICES"] = gpu_ids[i % gpus].strip()
             elif a.device:
                 cmd += ["--device", a.device]
             else:
@@ -349,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="all in one: private Redis + scheduler + workers")
     s.add_argument("--model", default=_env("DLLMSERVE_MODEL", "demo"))
+    _add_random_shape_arg(s)
     s.add_argument("--redis-url", default=redis_url, help="default: start a private redis-server")
     s.add_argument("--redis-dir", default="", help="data directory of the private redis-server")
     s.add_argument("--listen", default="0.0.0.0:50051")

@@ -9,7 +9,10 @@ from dataclasses import dataclass
 class WorkerConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
     model: str = ""  # checkpoint directory
-    model_name: str = ""  # the name clients ask for; empty: the directory's name
+    # instead of a checkpoint: random weights of a named shape of dllmserve.models.shapes
+    # ("llada-8b", "dream-7b", "tiny") with a byte-level tokenizer, for benchmarks
+    random_shape: str = ""
+    model_name: str = ""  # the name clients ask for; empty: the directory's name (random-SHAPE)
     device: str | None = None  # None: cuda when available, else cpu
     dtype: str | None = None
     max_num_seqs: int = 64

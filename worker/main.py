@@ -28,6 +28,10 @@ def build_engine(cfg: WorkerConfig):
         kwargs["num_cache_pages"] = cfg.num_cache_pages
     if cfg.gpu_memory_utilization:
         kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    if cfg.random_shape:
+        from dllmserve.models.shapes import random_engine
+
+        return random_engine(cfg.random_shape, device=cfg.device, dtype=cfg.dtype, **kwargs)
     return Engine.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, **kwargs)
 
 

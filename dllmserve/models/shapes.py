@@ -1,6 +1,14 @@
-"""Named model shapes with random weights, for benchmarks (speed depends only on shapes)."""
+"""Named model shapes with random weights, for benchmarks (speed depends only on shapes).
+
+`random_engine("llada-8b")` is an engine on such a model with a byte-level tokenizer: what a
+worker serves with `dllmserve worker --random-shape llada-8b`, no checkpoint needed.
+"""
 
 from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -102,3 +110,76 @@ def random_model(
         lm_head=w(cfg.vocab_size, d),
     )
     return DiffusionTransformer(cfg, weights, device)
+
+
+def shape_tokenizer(cfg: ModelConfig):
+    """A byte-level fast tokenizer (any text encodes, one token per byte) with the special tokens
+    and chat template of `cfg.arch`, for a random-weight model of that shape.
+
+    The 256 byte tokens take ids 0-255; the mask and EOS tokens take the shape's own ids, the
+    other special tokens the next free ids from 256 on. Every other id of the vocabulary decodes
+    to nothing. For "tiny" this is exactly the tokenizer of the tiny test checkpoints.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from dllmserve.testing.tiny_models import (
+        DREAM_CHAT_TEMPLATE,
+        DREAM_SPECIALS,
+        LLADA_CHAT_TEMPLATE,
+        LLADA_SPECIALS,
+    )
+    from dllmserve.tokenizer import load_tokenizer
+
+    llada = cfg.arch == "llada"
+    specials = LLADA_SPECIALS if llada else DREAM_SPECIALS
+    template = LLADA_CHAT_TEMPLATE if llada else DREAM_CHAT_TEMPLATE
+    mask = "<|mdm_mask|>" if llada else "<|mask|>"
+    bos = "<|startoftext|>" if llada else None
+    eos = "<|endoftext|>"
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    wanted = {mask: cfg.mask_token_id, eos: cfg.eos_token_id}
+    taken = {i for name, i in wanted.items() if len(alphabet) <= i < cfg.vocab_size}
+    free = (i for i in range(len(alphabet), cfg.vocab_size) if i not in taken)
+    for name in specials:
+        want = wanted.get(name)
+        vocab[name] = want if want in taken else next(free)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(specials)  # already in the vocabulary: they keep their ids
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": bos,
+        "eos_token": eos,
+        "pad_token": eos,
+        "mask_token": mask,
+        "chat_template": template,
+        "model_max_length": cfg.max_len,
+    }
+    # Loaded the way a checkpoint's tokenizer is (the same code path on every transformers).
+    with tempfile.TemporaryDirectory(prefix="dllmserve-tok-") as d:
+        tok.save(str(Path(d) / "tokenizer.json"))
+        (Path(d) / "tokenizer_config.json").write_text(json.dumps(config))
+        return load_tokenizer(d)
+
+
+def random_engine(
+    shape: str,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    weight_seed: int = 0,
+    **engine_kwargs,
+):
+    """An `Engine` serving random weights of the named shape (built on the device directly) with
+    `shape_tokenizer`; `engine_kwargs` go to `Engine` (max_num_seqs, num_cache_pages, ...)."""
+    from dllmserve.engine.engine import Engine, default_device, resolve_dtype
+    from dllmserve.errors import ValidationError
+
+    if shape not in SHAPES:
+        raise ValidationError("random_shape", f"must be one of {sorted(SHAPES)}, got {shape!r}")
+    cfg = SHAPES[shape]
+    dev = torch.device(device) if device is not None else default_device()
+    model = random_model(cfg, resolve_dtype(dtype, dev), dev, seed=weight_seed)
+    return Engine(model, shape_tokenizer(cfg), model_name=f"random-{shape}", **engine_kwargs)
