@@ -194,17 +194,10 @@ class Dispatcher:
         ordered = sorted(groups.items(), key=lambda kv: min((p, _id(e.entry_id)) for p, e in kv[1]))
         for g, members in ordered:
             members.sort(key=lambda pe: (pe[0], _id(pe[1].entry_id)))
-            todo = [e for _, e in members]
             model = group_model[g]
-            while todo:
-                fit = [w for w in workers if w.free > 0 and (not model or w.model == model)]
-                if not fit:
-                    break
-                w = max(fit, key=lambda w: w.free)
-                n = min(w.free, self.cfg.max_batch, len(todo))
-                batch, todo = todo[:n], todo[n:]
+            fit = [w for w in workers if not model or w.model == model]
+            for w, batch in _spread([e for _, e in members], fit, self.cfg.max_batch):
                 await self._assign(w, batch)
-                w.free -= n
 
     async def _assign(self, w: _Worker, batch: list[_Entry]) -> None:
         args: list[str] = [w.worker_id, repr(time.time())]
@@ -277,6 +270,30 @@ class Dispatcher:
         await self._r.srem(q.WORKERS, worker_id)
         self.state.reaped_workers.append(worker_id)
         log.warning("reaped worker %s (%d inbox entries)", worker_id, len(entries))
+
+
+def _spread(
+    todo: list[_Entry], workers: list[_Worker], max_batch: int
+) -> list[tuple[_Worker, list[_Entry]]]:
+    """Split one group's requests (in priority order) over the workers: each request goes to
+    the worker with the most free slots at that point, a tie to the one already taking part of
+    this group (so a group stays in one batch while that is fair). A burst is thus shared
+    evenly instead of filling the first idle worker up to `max_batch`. Consumes `w.free`;
+    returns the batches (at most `max_batch` requests each), what no slot is free for stays."""
+    plan: dict[str, list[_Entry]] = {}
+    for e in todo:
+        open_ = [w for w in workers if w.free > 0]
+        if not open_:
+            break
+        w = max(open_, key=lambda w: (w.free, w.worker_id in plan))
+        plan.setdefault(w.worker_id, []).append(e)
+        w.free -= 1
+    by_id = {w.worker_id: w for w in workers}
+    return [
+        (by_id[wid], reqs[i : i + max_batch])
+        for wid, reqs in plan.items()
+        for i in range(0, len(reqs), max_batch)
+    ]
 
 
 def _id(entry_id: str) -> tuple[int, int]:

@@ -235,6 +235,61 @@ def test_dispatcher_batches_by_sparse_config_model_and_capacity(rserver, r):
     assert r.get(q.LEASE) == b"sched-test"
 
 
+def _dispatch_once(url: str, max_batch: int = 32) -> None:
+    from dllmserve.scheduler.dispatcher import Dispatcher, DispatcherConfig
+
+    async def one_pass():
+        client = aioredis.Redis.from_url(url)
+        try:
+            d = Dispatcher(client, "sched-test", DispatcherConfig(max_batch=max_batch))
+            await d._tick()
+            assert d.is_leader
+        finally:
+            await client.aclose()
+
+    asyncio.run(one_pass())
+
+
+def test_dispatcher_shares_a_burst_evenly_over_idle_workers(rserver, r):
+    """A burst of one group over two idle workers: each gets half (not max_batch to the first
+    and the rest to the second), in batches of at most max_batch; later requests even out the
+    loads again."""
+    from dllmserve.scheduler.validation import group_key
+
+    sc = q.register_scripts(r)
+    g = group_key("m", None)
+
+    def enqueue(rids):
+        for rid in rids:
+            sc.enqueue(keys=[q.req_key(rid), q.PENDING],
+                       args=[rid, rid.encode(), 1000, time.time(), g, 0, 0, "m", b""])  # fmt: skip
+
+    for wid in ("wa", "wb"):
+        r.hset(q.worker_key(wid), mapping={"model": "m", "slots": 128, "state": "ready"})
+        r.sadd(q.WORKERS, wid)
+
+    def batches(wid):
+        return [q.s(f[b"ids"]).split(",") for _, f in r.xrange(q.inbox_key(wid))]
+
+    burst = [f"r{i:02d}" for i in range(40)]
+    enqueue(burst)
+    _dispatch_once(rserver.url, max_batch=8)
+    got = {w: [rid for b in batches(w) for rid in b] for w in ("wa", "wb")}
+    assert [len(b) for b in batches("wa")] == [8, 8, 4] == [len(b) for b in batches("wb")]
+    assert sorted(got["wa"] + got["wb"]) == burst  # each request handed out exactly once
+    assert got["wa"] == burst[0::2] and got["wb"] == burst[1::2]  # in priority (age) order
+    assert int(r.get(q.load_key("wa"))) == 20 == int(r.get(q.load_key("wb")))
+    assert r.xlen(q.PENDING) == 0
+
+    # wa finished 10 of its requests: the next 20 first fill wa up to wb's load, then alternate.
+    r.set(q.load_key("wa"), 10)
+    enqueue([f"s{i:02d}" for i in range(20)])
+    _dispatch_once(rserver.url)
+    assert [len(b) for b in batches("wa")] == [8, 8, 4, 15]
+    assert [len(b) for b in batches("wb")] == [8, 8, 4, 5]
+    assert int(r.get(q.load_key("wa"))) == 25 == int(r.get(q.load_key("wb")))
+
+
 def test_reclaim_of_unstarted_and_handed_back_work(r):
     """A batch the worker never started goes back as it was; a running request handed back by
     a draining worker runs again as a new attempt without counting towards the dead letter."""
