@@ -1,5 +1,6 @@
 """On a GPU: the engine gives the same tokens with Triton kernels, reference kernels and
-CUDA graphs (tiny fp32 model, so rounding cannot hide a wrong kernel). Skipped without CUDA."""
+CUDA graphs (the all-REUSE graphs and the batch-1 FULL / SELECT ones), on a tiny fp32 model so
+rounding cannot hide a wrong kernel. Skipped without CUDA."""
 
 from __future__ import annotations
 
@@ -45,6 +46,58 @@ def test_uniform_batch_uses_graphs(llada_dir):
     sparse = SparseConfig(retention_ratio=0.5, delay_step=1, default_block_len=8)
     llm.generate([[1, 2, 3]] * 4, PARAMS, sparse, use_tqdm=False)
     assert llm.engine.graphs is not None and llm.engine.graphs.graphs
+
+
+ONE_PROMPT = list(range(3, 40))
+ONE_CONFIGS = {  # config -> (dense-graph keys, batch-1 FULL/SELECT iterations) at 4 blocks of 8
+    "sparse delay 1": (SparseConfig(retention_ratio=0.5, delay_step=1, default_block_len=8), 2, 8),
+    "sparse delay 0": (SparseConfig(retention_ratio=0.3, delay_step=0, default_block_len=8), 1, 4),
+    "no head select": (
+        SparseConfig(retention_ratio=0.5, delay_step=0, default_block_len=8, head_select=False),
+        1,
+        4,
+    ),
+    "dense": (None, 1, 32),
+}
+
+
+def generate_one(path, sparse, max_graphs=None, **kw):
+    llm = LLM(path, device="cuda", dtype=torch.float32, num_cache_pages=4096, **kw)
+    if max_graphs is not None:
+        llm.engine.dense_graphs.max_graphs = max_graphs
+    (out,) = llm.generate([ONE_PROMPT], PARAMS, sparse, use_tqdm=False)
+    return out["token_ids"], llm.engine
+
+
+@pytest.mark.parametrize("name", list(ONE_CONFIGS))
+def test_batch_one_dense_iterations_replay_graphs(llada_dir, dream_dir, name):
+    """One request alone: every FULL and SELECT iteration replays a dense graph (captured once
+    per key, reused block after block) and the tokens are the eager engine's."""
+    sparse, n_keys, n_dense_iters = ONE_CONFIGS[name]
+    for path in (llada_dir, dream_dir):
+        tokens, engine = generate_one(path, sparse)
+        dense = engine.dense_graphs
+        assert (dense.captures, len(dense.graphs)) == (n_keys, n_keys), path
+        assert dense.replays == n_dense_iters, path
+        if sparse is not None:
+            assert engine.graphs.graphs, path  # the REUSE steps still replay their own graphs
+        assert tokens == generate_one(path, sparse, enforce_eager=True)[0], path
+
+
+def test_dense_graph_eviction_keeps_tokens(llada_dir):
+    """With room for one dense graph, FULL and SELECT evict each other every block: each
+    iteration captures anew in the shared pool, and the tokens stay the eager ones."""
+    sparse = ONE_CONFIGS["sparse delay 1"][0]
+    tokens, engine = generate_one(llada_dir, sparse, max_graphs=1)
+    assert engine.dense_graphs.captures == 8 and len(engine.dense_graphs.graphs) == 1
+    assert tokens == generate_one(llada_dir, sparse, enforce_eager=True)[0]
+
+
+def test_batched_iterations_skip_dense_graphs(llada_dir):
+    """Two requests in one FULL iteration are not one lane: they run eagerly."""
+    llm = LLM(llada_dir, device="cuda", dtype=torch.float32, num_cache_pages=4096)
+    llm.generate([ONE_PROMPT, ONE_PROMPT], PARAMS, None, use_tqdm=False)
+    assert llm.engine.dense_graphs.replays == 0
 
 
 def test_upload_round_trips_every_dtype():

@@ -4,10 +4,16 @@ Such an iteration has a fixed shape once the lane count is padded to a bucket: e
 forwards one window of W tokens against its kept K/V. Replaying a captured forward removes the
 launch overhead of ~25 kernels per layer, which at batch 1 costs as much as the forward itself.
 Padding lanes forward dummy tokens with no kept entries; their rows are never read.
+
+`capture` is the capture step shared with `dllmserve.engine.dense_graphs` (the batch-1 FULL and
+SELECT iterations), whose graphs live in the same memory pool. Graphs of one pool may reuse
+each other's scratch memory, so a graph's output is valid only until the next replay of any
+graph of the pool: the engine reads it (LM head rows) before launching the next iteration.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -25,6 +31,26 @@ def _bucket(n: int, buckets: tuple[int, ...]) -> int | None:
 
 def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
+
+
+def capture(
+    graph: torch.cuda.CUDAGraph, mempool: tuple, forward: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """Capture `forward()` (which reads only static buffers) into `graph`; returns its output,
+    which every replay rewrites in place.
+
+    A first run on a side stream compiles the Triton kernels outside the capture (a compile
+    inside it would fail) and is otherwise an ordinary forward: its writes (a SELECT's page
+    stores) are the ones the first replay repeats.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        forward()
+    torch.cuda.current_stream().wait_stream(stream)
+    with torch.cuda.graph(graph, pool=mempool):
+        out = forward()
+    return out
 
 
 class _Graph:
@@ -86,12 +112,10 @@ class ReuseGraphs:
             kept_len=g.kept_len,
             reuse_pages=g.pages,
         )
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm-up compiles the Triton kernels outside capture
-            self.model.forward(g.input_ids, g.positions, attention)
-        torch.cuda.current_stream().wait_stream(stream)
-        with torch.cuda.graph(g.graph, pool=self.mempool):
-            g.hidden = self.model.forward(g.input_ids, g.positions, attention)
+        g.hidden = capture(
+            g.graph,
+            self.mempool,
+            lambda: self.model.forward(g.input_ids, g.positions, attention),
+        )
         self.graphs[key] = g
         return g

@@ -24,6 +24,7 @@ from dllmserve.engine.batch import (
     refresh_iteration,
 )
 from dllmserve.engine.cuda_graphs import ReuseGraphs
+from dllmserve.engine.dense_graphs import DenseGraphs
 from dllmserve.engine.inflight import InFlight
 from dllmserve.engine.outputs import RequestOutput, StepUpdate
 from dllmserve.engine.page_pool import PagePool
@@ -104,11 +105,10 @@ class Engine:
         self.pool = PagePool(
             num_cache_pages, page_size, cfg.n_kv_heads, cfg.head_dim, self.dtype, self.device
         )
-        self.graphs = (
-            ReuseGraphs(model, max_num_seqs * 2)
-            if self.device.type == "cuda" and not enforce_eager
-            else None
-        )
+        # CUDA graphs for all-REUSE iterations and for batch-1 FULL / SELECT ones, in one pool
+        use_graphs = self.device.type == "cuda" and not enforce_eager
+        self.graphs = ReuseGraphs(model, max_num_seqs * 2) if use_graphs else None
+        self.dense_graphs = DenseGraphs(model, self.graphs.mempool) if use_graphs else None
         self._rng = random.Random(seed)
         self._cached: tuple[tuple, IterationBatch] | None = None
         self._inflight: InFlight | None = None
@@ -352,10 +352,13 @@ class Engine:
 
     def _launch(self, reqs: list[Request], batch: IterationBatch) -> InFlight:
         """Queue the forward, the LM head, the sampler and the copy of the results to the host."""
-        key = self.graphs.key(batch) if self.graphs is not None else None
-        if key is not None:
-            hidden = self.graphs.forward(batch, key)
-        else:
+        hidden = None
+        for graphs in (self.graphs, self.dense_graphs):  # a replay where one fits, else eager
+            key = graphs.key(batch) if graphs is not None else None
+            if key is not None:
+                hidden = graphs.forward(batch, key)
+                break
+        if hidden is None:
             hidden = self.model.forward(batch.input_ids, batch.positions, batch.attention)
         R, B = batch.logit_rows.shape
         logits = self.model.logits(hidden[batch.logit_rows.view(-1)]).view(R, B, -1)
