@@ -14,7 +14,9 @@ bidirectional (SDPA, no causal mask; a key mask hides row padding). The paramete
 the real checkpoint's, so the state dict is written as it is.
 
 With --steps 0 the step count is set from --minutes after timing the first steps; the card
-records the count, and --steps N with the same seed reproduces the data order.
+records the count, and --steps N with the same seed reproduces the data order. --init continues
+from an earlier stage's checkpoint (fresh optimizer and schedule; give it another --seed so the
+data differ from the first stage's).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dllmserve.assets import tasks
@@ -387,6 +389,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=12)
     ap.add_argument("--dtype", default="bfloat16", help="dtype of the saved weights")
     ap.add_argument("--smoke", action="store_true", help="tiny model, few steps (CPU check)")
+    ap.add_argument("--init", type=Path, default=None, help="continue from this checkpoint dir")
     a = ap.parse_args()
 
     torch.manual_seed(a.seed)
@@ -398,7 +401,12 @@ def main() -> None:
     held = set(random.Random(a.seed).sample(range(len(fortunes)), 200))
     train_f = [f for i, f in enumerate(fortunes) if i not in held]
     test_f = [f for i, f in enumerate(fortunes) if i in held]
-    model = TinyLLaDA(arch, rows).to(device)
+    model = TinyLLaDA(arch, rows)
+    if a.init is not None:  # a continued run: same arch, weights from the earlier stage
+        state = load_file(str(a.init / "model.safetensors"))
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+        print(f"continuing from {a.init}", flush=True)
+    model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"device {device}, {n_params / 1e6:.2f}M parameters, arch {asdict(arch)}", flush=True)
 
@@ -459,6 +467,7 @@ def main() -> None:
     export(model, codec, a.out, getattr(torch, a.dtype))
     log = {
         "seed": a.seed,
+        "init": str(a.init) if a.init else None,
         "steps": step,
         "planned_steps": steps,
         "tokens_per_batch": tokens,
