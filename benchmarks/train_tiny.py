@@ -46,7 +46,7 @@ from dllmserve.testing.tiny_models import (
 
 CORPUS = Path(__file__).with_name("data") / "fortunes.txt"
 BUCKETS = (128, 256, 512, 1024, 2048)  # row lengths; recall contexts fill each bucket's range
-BUCKET_WEIGHTS = (3, 3, 2, 1.5, 1.5)  # batches per bucket (each batch the same token slots)
+BUCKET_WEIGHTS = "3,3,2,1.5,1.5"  # batches per bucket (each batch the same token slots)
 GEN_LENGTHS = (32, 64, 128)
 EPS = 1e-3
 CHAT_PROMPTS = (
@@ -119,8 +119,16 @@ class Rows(torch.utils.data.IterableDataset):
     value), in episodes of log-uniform size so short lists are learned first.
     """
 
-    def __init__(self, seed: int, tokens_per_batch: int, fortunes: list[str], smoke: bool):
+    def __init__(
+        self,
+        seed: int,
+        tokens_per_batch: int,
+        fortunes: list[str],
+        smoke: bool,
+        bucket_weights: tuple[float, ...],
+    ):
         self.seed = seed
+        self.weights = bucket_weights
         self.tokens = tokens_per_batch
         self.fortunes = fortunes
         self.text = "\n\n".join(fortunes)
@@ -131,7 +139,7 @@ class Rows(torch.utils.data.IterableDataset):
         wid = info.id if info is not None else 0
         rng = random.Random(self.seed * 1000 + wid)
         codec = ByteCodec()
-        weights = BUCKET_WEIGHTS[: len(self.buckets)]
+        weights = self.weights[: len(self.buckets)]
         while True:
             L = rng.choices(self.buckets, weights=weights)[0]
             yield self._batch(rng, codec, L, max(1, self.tokens // L))
@@ -389,6 +397,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=12)
     ap.add_argument("--dtype", default="bfloat16", help="dtype of the saved weights")
     ap.add_argument("--smoke", action="store_true", help="tiny model, few steps (CPU check)")
+    ap.add_argument("--bucket-weights", default=BUCKET_WEIGHTS, help=f"for {BUCKETS}")
     ap.add_argument("--init", type=Path, default=None, help="continue from this checkpoint dir")
     a = ap.parse_args()
 
@@ -411,7 +420,10 @@ def main() -> None:
     print(f"device {device}, {n_params / 1e6:.2f}M parameters, arch {asdict(arch)}", flush=True)
 
     tokens = 2048 if a.smoke else a.tokens_per_batch
-    data = Rows(a.seed, tokens, train_f, a.smoke)
+    weights = tuple(float(w) for w in a.bucket_weights.split(","))
+    if len(weights) != len(BUCKETS):
+        ap.error(f"--bucket-weights: {len(BUCKETS)} weights for {BUCKETS}, got {weights}")
+    data = Rows(a.seed, tokens, train_f, a.smoke, weights)
     workers = 0 if a.smoke else a.workers
     loader = torch.utils.data.DataLoader(
         data, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
@@ -471,6 +483,7 @@ def main() -> None:
         "steps": step,
         "planned_steps": steps,
         "tokens_per_batch": tokens,
+        "bucket_weights": dict(zip(map(str, BUCKETS), weights, strict=True)),
         "tokens_seen": step * tokens,
         "lr": a.lr,
         "minutes": round(elapsed / 60, 2),
