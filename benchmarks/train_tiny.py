@@ -1,6 +1,7 @@
 """Train the shipped tiny LLaDA (dllmserve/assets/tiny-llada) with the LLaDA objective.
 
     python benchmarks/data/fortunes.py                      # natural-text corpus (Debian)
+                                                            # (git-ignored: carry it to a GPU)
     python benchmarks/train_tiny.py --out /tmp/tiny --minutes 9     # on one GPU
     python benchmarks/train_tiny.py --out /tmp/t --smoke            # seconds, on CPU
 
@@ -398,6 +399,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", help="dtype of the saved weights")
     ap.add_argument("--smoke", action="store_true", help="tiny model, few steps (CPU check)")
     ap.add_argument("--bucket-weights", default=BUCKET_WEIGHTS, help=f"for {BUCKETS}")
+    ap.add_argument("--corpus", type=Path, default=CORPUS, help="fortunes, '%%' lines apart")
     ap.add_argument("--init", type=Path, default=None, help="continue from this checkpoint dir")
     a = ap.parse_args()
 
@@ -406,7 +408,9 @@ def main() -> None:
     arch = Arch(d_model=64, n_layers=2, n_heads=4, mlp_hidden=128) if a.smoke else Arch()
     codec = ByteCodec()
     rows = ((codec.vocab + 63) // 64) * 64
-    fortunes = CORPUS.read_text().split("\n%\n")
+    if not a.corpus.is_file():
+        ap.error(f"--corpus: {a.corpus} not found; build it with benchmarks/data/fortunes.py")
+    fortunes = a.corpus.read_text().split("\n%\n")
     held = set(random.Random(a.seed).sample(range(len(fortunes)), 200))
     train_f = [f for i, f in enumerate(fortunes) if i not in held]
     test_f = [f for i, f in enumerate(fortunes) if i in held]
@@ -492,7 +496,7 @@ def main() -> None:
         "arch": asdict(arch),
         "loss_curve": curve,
         "heldout_masked_loss": losses,
-        "corpus": {"file": CORPUS.name, "fortunes": len(fortunes), "held_out": len(test_f)},
+        "corpus": {"file": a.corpus.name, "fortunes": len(fortunes), "held_out": len(test_f)},
     }
     (a.out / "training.json").write_text(json.dumps(log, indent=1) + "\n")
     print(f"saved to {a.out} after {step} steps, {elapsed / 60:.1f} min", flush=True)

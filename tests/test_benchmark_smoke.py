@@ -58,3 +58,32 @@ def test_serving_benchmark_script_smoke(tmp_path):
     logs = {p.name for p in (tmp_path / "logs").iterdir()}
     assert logs == {"offline.log", "service-1w.log", "service-2w.log"}
     assert (tmp_path / "serving.log").is_file() and (tmp_path / "env.txt").is_file()
+
+
+def test_train_tiny_smoke(tmp_path):
+    """benchmarks/train_tiny.py --smoke trains a few steps, continues from its own output
+    (--init) and writes a checkpoint that the engine loads and generates with."""
+    corpus = tmp_path / "fortunes.txt"
+    corpus.write_text(
+        "\n%\n".join(f"Fortune number {i}: patience is a virtue." for i in range(300))
+    )
+    script = str(ROOT / "benchmarks" / "train_tiny.py")
+    first, second = tmp_path / "s1", tmp_path / "s2"
+    base = [sys.executable, script, "--smoke", "--corpus", str(corpus)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for cmd in (base + ["--out", str(first)], base + ["--out", str(second), "--init", str(first)]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    before, log = (json.loads((d / "training.json").read_text()) for d in (first, second))
+    assert log["steps"] == 20 and log["init"] == str(first)
+    assert set(log["heldout_masked_loss"]) == {"recall", "copy", "add", "text"}
+    # the second stage starts from the first one's weights and goes on learning
+    assert log["loss_curve"][-1][1] < before["loss_curve"][-1][1]
+
+    from dllmserve import LLM, SamplingParams
+
+    llm = LLM(str(second), device="cpu")
+    out = llm.generate(
+        ["Repeat exactly: ab"], SamplingParams(gen_length=8, steps=4), use_tqdm=False
+    )
+    assert len(out[0]["token_ids"]) == 8
