@@ -374,7 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-num-seqs", type=int, default=64)
     s.add_argument("--auth-token", default=_env("DLLMSERVE_AUTH_TOKEN"))
     s.add_argument("--demo", action="store_true", help="stream a demo generation once ready")
-    s.add_argument("--demo-prompt", default="Why is the sky blue?")
+    s.add_argument(
+        "--demo-prompt",
+        default="Repeat exactly: serving diffusion models",
+        help="the default suits the tiny demo model, which copies text but answers no questions",
+    )
     s.add_argument("--exit-after-demo", action="store_true")
     s.add_argument("--ready-timeout", type=float, default=600.0)
     s.add_argument("--stop-timeout", type=float, default=30.0)
