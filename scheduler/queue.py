@@ -52,6 +52,11 @@ def load_key(worker_id: str) -> str:
     return f"dllm:load:{worker_id}"
 
 
+def hub_wake_key(hub_id: str) -> str:
+    """A scheduler's relay wake-up stream: an entry makes its blocked XREAD return."""
+    return f"dllm:hub:{hub_id}"
+
+
 def ctl_key(worker_id: str) -> str:
     """Control messages (cancellations) for one worker."""
     return f"dllm:ctl:{worker_id}"

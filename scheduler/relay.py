@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -29,6 +31,9 @@ from dllmserve.v1 import dllm_pb2 as pb
 log = logging.getLogger(__name__)
 
 
+_STEP, _COMPLETED, _ERROR = (k.encode() for k in (q.REC_STEP, q.REC_COMPLETED, q.REC_ERROR))
+
+
 def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
     ms, _, seq = q.s(entry_id).partition("-")
     return int(ms), int(seq or 0)
@@ -39,17 +44,40 @@ class _Follower:
         self.key = key
         self.last = _id_tuple(after)
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=maxsize)
+        self.paused = False  # left out of a read for a full queue: refresh once it has room
 
 
 class ResultHub:
-    """Reads all followed result streams with one blocking XREAD and fans records out."""
+    """Reads all followed result streams with one blocking XREAD and fans records out.
 
-    def __init__(self, client: aioredis.Redis, block_ms: int = 100, queue_size: int = 256) -> None:
+    The XREAD covers the followers of the moment it was sent. A follower that joins while it
+    blocks (a new request, an Attach), or whose full queue got room again, must not wait for
+    the next record of some other stream or for the read's timeout (on an idle service that is
+    the whole `block_ms`): the hub's XREAD also reads a private wake stream
+    (`dllm:hub:{hub id}`), and such a follower has one entry added to it, so the read returns
+    at once and the next one covers it. While nothing is followed the hub waits on an asyncio
+    event instead, without Redis. `block_ms` is thus only a safety net, not a latency.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        block_ms: int = 1000,
+        queue_size: int = 256,
+        hub_id: str = "",
+    ) -> None:
         self._r = client
         self._block_ms = block_ms
         self._queue_size = queue_size
         self._followers: dict[str, list[_Follower]] = {}
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # something to follow again (the hub waits without XREAD)
+        self.wake_key = q.hub_wake_key(hub_id or uuid.uuid4().hex)
+        self._wake_last = "0-0"  # the last wake entry seen: none added meanwhile is missed
+        self._readers: dict[str, list[_Follower]] | None = None  # those of the XREAD in flight
+        self._stale = False  # a follower is not covered by the XREAD in flight
+        self._poke = asyncio.Event()
+        self.pokes = 0  # wake entries added (tests, metrics)
+        self._expire_set = -1e9
 
     @property
     def following(self) -> int:
@@ -58,7 +86,7 @@ class ResultHub:
     def follow(self, key: str, after: str = "0-0") -> _Follower:
         f = _Follower(key, after, self._queue_size)
         self._followers.setdefault(key, []).append(f)
-        self._wake.set()
+        self.refresh(f)
         return f
 
     def unfollow(self, f: _Follower) -> None:
@@ -68,13 +96,35 @@ class ResultHub:
             if not lst:
                 del self._followers[f.key]
 
+    def refresh(self, f: _Follower) -> None:
+        """`f` is new, or its queue has room again: make the hub read its stream now."""
+        if self._readers is None:
+            self._wake.set()  # not reading: the hub is (about to be) waiting for followers
+        elif not any(x is f for x in self._readers.get(f.key, ())):
+            self._stale = True
+            self._poke.set()
+
     async def run(self) -> None:
+        poker = asyncio.get_running_loop().create_task(self._poker())
+        try:
+            await self._read_loop()
+        finally:
+            poker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await poker
+
+    async def _read_loop(self) -> None:
         while True:
             # Only the followers of this snapshot get this read's records: one that joins
             # while XREAD blocks may need older records than the read started from.
             streams, readers = {}, {}
             for key, fs in self._followers.items():
-                ready = [f for f in fs if not f.queue.full()]
+                ready = []
+                for f in fs:
+                    if f.queue.full():
+                        f.paused = True
+                    else:
+                        ready.append(f)
                 if ready:
                     last = min(f.last for f in ready)
                     streams[key] = f"{last[0]}-{last[1]}"
@@ -84,14 +134,23 @@ class ResultHub:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._block_ms / 1000)
                 continue
+            streams[self.wake_key] = self._wake_last
+            self._readers, self._stale = readers, False
             try:
                 reply = await self._r.xread(streams, count=64, block=self._block_ms)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
                 log.warning("result hub: redis unavailable (%s); retrying", e)
+                self._readers = None
                 await asyncio.sleep(0.5)
                 continue
-            for key, entries in reply or []:
-                for f in readers.get(q.s(key), []):
+            self._readers = None
+            for key, entries in _streams(reply):
+                key = q.s(key)
+                if key == self.wake_key:
+                    if entries:
+                        self._wake_last = q.s(entries[-1][0])
+                    continue
+                for f in readers.get(key, []):
                     for entry_id, fields in entries:
                         eid = _id_tuple(entry_id)
                         if eid <= f.last:
@@ -100,6 +159,35 @@ class ResultHub:
                             break
                         f.queue.put_nowait(fields)
                         f.last = eid
+
+    async def _poker(self) -> None:
+        """Adds a wake entry when the XREAD in flight misses a follower (one per read)."""
+        while True:
+            await self._poke.wait()
+            self._poke.clear()
+            if not self._stale:
+                continue  # the hub read again meanwhile, covering everyone
+            self._stale = False  # one entry wakes this read; a later stale read pokes again
+            try:
+                await self._r.xadd(self.wake_key, {"w": 1}, maxlen=16, approximate=False)
+                self.pokes += 1
+                now = time.monotonic()
+                if now - self._expire_set > 60:  # a stopped hub's stream goes away on its own
+                    self._expire_set = now
+                    await self._r.expire(self.wake_key, 3600)
+            except redis.exceptions.RedisError as e:  # the XREAD fails too, then reads again
+                log.warning("result hub: wake-up failed (%s)", e)
+
+    async def close(self) -> None:
+        with contextlib.suppress(redis.exceptions.RedisError):
+            await self._r.delete(self.wake_key)
+
+
+def _streams(reply) -> list:
+    """XREAD's reply as (key, entries) pairs: a list in RESP2, a map in RESP3."""
+    if not reply:
+        return []
+    return list(reply.items()) if isinstance(reply, dict) else reply
 
 
 class ClientGone(Exception):
@@ -169,59 +257,72 @@ async def follow(
     after_attempt: int = 0,
     poll_s: float = 10.0,
     client_gone: Callable[[], bool] | None = None,
+    known_attempt: int = 0,
 ) -> AsyncIterator[pb.GenerateEvent]:
     """Yield the request's StepUpdates and Completed; raise RelayError on a terminal error.
 
     `client_gone` is polled every second while no record comes: a stream whose client left
     while nothing was being written (a queued request) is not always cancelled by gRPC.
+    `known_attempt`: the request's current attempt when the caller knows it (a request it
+    just created: 1), else 0 (looked up).
     """
-    # Older attempts than the request's current one, or than the client already saw, are moot.
-    floor = max(after_attempt, int(q.s(await client.hget(q.req_key(request_id), "attempt")) or 0))
+    # Followed first, so the hub reads the stream while the attempt is looked up.
     f = hub.follow(q.res_key(request_id))
     coalescer = Coalescer(opts)
     current = 0
     silent = 0.0
     try:
+        # Older attempts than the request's current one, or than the client saw, are moot.
+        if not known_attempt:
+            key = q.req_key(request_id)
+            known_attempt = int(q.s(await client.hget(key, "attempt")) or 0)
+        floor = max(after_attempt, known_attempt)
         while True:
             try:
-                fields = await asyncio.wait_for(f.queue.get(), timeout=1.0)
-                silent = 0.0
-            except asyncio.TimeoutError:
-                if client_gone is not None and client_gone():
-                    raise ClientGone() from None
-                silent += 1.0
-                # No record for a while: make sure the request still exists (its keys expire).
-                if silent >= poll_s:
-                    silent = 0.0
-                    if not await _exists(client, request_id):
-                        raise RelayError("NOT_FOUND", f"request {request_id!r} expired") from None
-                continue
-            fields = {q.s(k): v for k, v in fields.items()}
-            attempt = int(q.s(fields.get("a")) or 0)
+                fields = f.queue.get_nowait()  # a burst of records: no timer per record
+            except asyncio.QueueEmpty:
+                try:
+                    fields = await asyncio.wait_for(f.queue.get(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    if client_gone is not None and client_gone():
+                        raise ClientGone() from None
+                    silent += 1.0
+                    # No record for a while: make sure the request still exists (keys expire).
+                    if silent >= poll_s:
+                        silent = 0.0
+                        if not await _exists(client, request_id):
+                            msg = f"request {request_id!r} expired"
+                            raise RelayError("NOT_FOUND", msg) from None
+                    continue
+            silent = 0.0
+            if f.paused:  # the hub left this stream out while its queue was full
+                f.paused = False
+                hub.refresh(f)
+            attempt = int(fields.get(b"a") or 0)  # the hub hands over Redis' bytes as is
             if attempt < max(floor, current):
                 continue
             if attempt > current:
                 current = attempt
                 coalescer.reset()
-            kind = q.s(fields.get("k"))
-            if kind == q.REC_STEP:
-                upd = pb.StepUpdate.FromString(fields["p"])
+            kind = fields.get(b"k")
+            if kind == _STEP:
+                upd = pb.StepUpdate.FromString(fields[b"p"])
                 if attempt == after_attempt and upd.step <= after_step:
                     continue
-                out = coalescer.add(upd, q.s(fields.get("bd")) == "1")
+                out = coalescer.add(upd, fields.get(b"bd") == b"1")
                 if out is not None:
                     yield pb.GenerateEvent(step=out)
-            elif kind == q.REC_COMPLETED:
+            elif kind == _COMPLETED:
                 rest = coalescer.flush()
                 if rest is not None:
                     yield pb.GenerateEvent(step=rest)
-                yield pb.GenerateEvent(completed=pb.Completed.FromString(fields["p"]))
+                yield pb.GenerateEvent(completed=pb.Completed.FromString(fields[b"p"]))
                 return
-            elif kind == q.REC_ERROR:
+            elif kind == _ERROR:
                 raise RelayError(
-                    q.s(fields.get("code")) or "INTERNAL",
-                    q.s(fields.get("msg")),
-                    q.s(fields.get("field")),
+                    q.s(fields.get(b"code")) or "INTERNAL",
+                    q.s(fields.get(b"msg")),
+                    q.s(fields.get(b"field")),
                 )
     finally:
         hub.unfollow(f)

@@ -41,7 +41,7 @@ class Scheduler:
         self.cfg = cfg
         self.id = cfg.scheduler_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.redis = aioredis.from_url(cfg.redis_url, health_check_interval=10)
-        self.hub = ResultHub(self.redis)
+        self.hub = ResultHub(self.redis, hub_id=self.id)
         self.dispatcher = Dispatcher(
             self.redis,
             self.id,
@@ -124,6 +124,7 @@ class Scheduler:
         self._tasks.clear()
         if self.server is not None:
             await self.server.stop(0)
+        await self.hub.close()
         await self.redis.aclose()
         self._stopped.set()
 

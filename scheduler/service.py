@@ -26,6 +26,7 @@ from dllmserve.v1 import dllm_pb2_grpc
 log = logging.getLogger(__name__)
 # Redis is down or restarting: the client should retry (its stream can be re-attached).
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+MODELS_MAX_AGE_S = 1.0  # how stale the served models may be when resolving a request's model
 
 try:
     from importlib.metadata import version as _pkg_version
@@ -53,6 +54,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         self._background: set[asyncio.Task] = set()
         self.draining = False
         self.streams = 0  # open Generate/Attach streams
+        self._models: tuple[float, list[str]] = (-1e9, [])  # (monotonic time read, known models)
 
     # --- RPCs -------------------------------------------------------------------------------
 
@@ -179,7 +181,8 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
             )
         )
         on_disconnect = 0.0 if (created and request.cancel_on_disconnect) else None
-        relay = self._relay(rid, request.stream_options, 0, 0, on_disconnect, accepted, context)
+        relay = self._relay(rid, request.stream_options, 0, 0, on_disconnect, accepted, context,
+                            known_attempt=1 if created else 0)  # fmt: skip
         async for ev in relay:
             yield ev
 
@@ -212,6 +215,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         cancel_after_s: float | None,
         first: pb.GenerateEvent,
         context: grpc.aio.ServicerContext,
+        known_attempt: int = 0,
     ) -> AsyncIterator[pb.GenerateEvent]:
         """Send `first`, then relay the result stream; when the client goes away before the
         end (even right after `first`), maybe cancel the request.
@@ -234,7 +238,8 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         try:
             yield first
             events = follow(self._hub, self._r, rid, opts, after_step, after_attempt,
-                            client_gone=lambda: context.cancelled() or context.done())  # fmt: skip
+                            client_gone=lambda: context.cancelled() or context.done(),
+                            known_attempt=known_attempt)  # fmt: skip
             async for ev in events:
                 yield ev
             state["finished"] = True
@@ -272,13 +277,22 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
             )
         )
 
-    async def _known_models(self) -> list[str]:
+    async def _known_models(self, max_age_s: float = 0.0) -> list[str]:
+        """The models served lately; a list read at most `max_age_s` ago may be reused."""
+        read_at, known = self._models
+        if time.monotonic() - read_at <= max_age_s:
+            return known
         now = time.time()
         seen = await self._r.hgetall(q.MODELS)
-        return [q.s(m) for m, t in seen.items() if now - float(q.s(t)) < self._cfg.model_memory_s]
+        known = [q.s(m) for m, t in seen.items() if now - float(q.s(t)) < self._cfg.model_memory_s]
+        self._models = (time.monotonic(), known)
+        return known
 
     async def _resolve_model(self, name: str) -> str:
-        known = await self._known_models()
+        # A burst of requests reads the models once; a name not seen yet is looked up afresh.
+        known = await self._known_models(max_age_s=MODELS_MAX_AGE_S)
+        if name and name not in known:
+            known = await self._known_models()
         if name:
             if name not in known:
                 raise errors.simple(

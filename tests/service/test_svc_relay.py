@@ -1,0 +1,229 @@
+"""The relay hub's wake-ups and the worker's batched admission, against a real redis-server.
+
+The hub's XREAD blocks for `block_ms` on the streams followed when it was sent. These tests
+give it a block far longer than they wait (10 s), so a record that reached its follower only
+when that read timed out would fail them: a follower that joins while the read blocks, or
+whose full queue gets room again, must be served at once (the wake stream)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from dllmserve.engine.outputs import StepUpdate
+from dllmserve.scheduler import queue as q
+from dllmserve.scheduler.local_redis import LocalRedis
+from dllmserve.scheduler.relay import ResultHub, follow
+from dllmserve.v1 import dllm_pb2 as pb
+from dllmserve.worker.config import WorkerConfig
+from dllmserve.worker.loop import WorkerLoop
+
+BLOCK_MS = 10_000  # the hub's read timeout in these tests: never waited for
+PROMPT = 2.0  # "at once": far below BLOCK_MS, far above any scheduling hiccup
+
+
+@pytest.fixture(scope="module")
+def rserver(tmp_path_factory):
+    srv = LocalRedis(tmp_path_factory.mktemp("relay-redis"), aof=False).start()
+    yield srv
+    srv.stop(kill=True)
+
+
+@pytest.fixture
+def r(rserver):
+    c = redis.Redis.from_url(rserver.url)
+    c.flushall()
+    yield c
+    c.close()
+
+
+def _step(n: int, attempt: int = 1) -> bytes:
+    return pb.StepUpdate(step=n, total_steps=9, positions=[n], token_ids=[n],
+                         attempt=attempt).SerializeToString()  # fmt: skip
+
+
+async def _blocked_on(hub: ResultHub, key: str) -> None:
+    """Wait until the hub's XREAD in flight covers `key` (and nothing new since)."""
+    for _ in range(500):
+        readers = hub._readers
+        if readers is not None and key in readers and not hub._stale:
+            await asyncio.sleep(0.05)  # the XREAD itself has reached Redis and blocks
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the hub never read {key}")
+
+
+def test_a_follower_joining_while_the_hub_blocks_is_served_at_once(rserver, r):
+    async def main():
+        client = aioredis.Redis.from_url(rserver.url)
+        hub = ResultHub(client, block_ms=BLOCK_MS, hub_id="t1")
+        task = asyncio.create_task(hub.run())
+        try:
+            idle = hub.follow(q.res_key("idle"))  # a stream nothing is written to
+            await _blocked_on(hub, q.res_key("idle"))
+            f = hub.follow(q.res_key("new"))
+            t0 = time.monotonic()
+            await client.xadd(q.res_key("new"), {"a": 1, "k": q.REC_STEP, "p": _step(1)})
+            fields = await asyncio.wait_for(f.queue.get(), timeout=PROMPT)
+            waited = time.monotonic() - t0
+            assert fields[b"p"] == _step(1)
+            assert hub.pokes == 1  # one wake entry for that read
+            assert 0 < await client.ttl(hub.wake_key) <= 3600
+            # A record written before its follower joins is served at once as well.
+            await client.xadd(q.res_key("early"), {"a": 1, "k": q.REC_STEP, "p": _step(1)})
+            await _blocked_on(hub, q.res_key("new"))
+            g = hub.follow(q.res_key("early"))
+            assert (await asyncio.wait_for(g.queue.get(), timeout=PROMPT))[b"p"] == _step(1)
+            hub.unfollow(idle)
+        finally:
+            task.cancel()
+            await hub.close()
+            gone = not await client.exists(hub.wake_key)
+            await client.aclose()
+        return waited, gone
+
+    waited, gone = asyncio.run(main())
+    assert waited < PROMPT
+    assert gone  # close() removes the wake stream
+
+
+def test_an_idle_hub_waits_without_redis_and_wakes_on_follow(rserver, r):
+    async def main():
+        client = aioredis.Redis.from_url(rserver.url)
+        hub = ResultHub(client, block_ms=BLOCK_MS)
+        task = asyncio.create_task(hub.run())
+        try:
+            await asyncio.sleep(0.1)  # nothing followed: the hub waits on its event
+            f = hub.follow(q.res_key("a"))
+            await client.xadd(q.res_key("a"), {"a": 1, "k": q.REC_STEP, "p": _step(1)})
+            await asyncio.wait_for(f.queue.get(), timeout=PROMPT)
+            return hub.pokes
+        finally:
+            task.cancel()
+            await client.aclose()
+
+    assert asyncio.run(main()) == 0  # no wake entry was needed
+
+
+def test_a_full_follower_resumes_at_once_and_in_order(rserver, r):
+    """A follower whose queue filled is skipped by the hub; once its reader makes room it is
+    read again at once, not after the blocked read of the other streams times out."""
+    r.hset(q.req_key("z"), mapping={"status": "running", "attempt": "1"})
+    for n in range(1, 8):
+        r.xadd(q.res_key("z"), {"a": 1, "k": q.REC_STEP, "p": _step(n), "bd": "0"})
+    r.xadd(q.res_key("z"), {"a": 1, "k": q.REC_COMPLETED, "p": pb.Completed().SerializeToString()})
+
+    async def main():
+        client = aioredis.Redis.from_url(rserver.url)
+        hub = ResultHub(client, block_ms=BLOCK_MS, queue_size=2)
+        task = asyncio.create_task(hub.run())
+        try:
+            hub.follow(q.res_key("idle"))
+            await _blocked_on(hub, q.res_key("idle"))
+            t0 = time.monotonic()
+            events = []
+
+            async def collect():
+                async for ev in follow(hub, client, "z", pb.StreamOptions()):
+                    events.append(ev)
+
+            await asyncio.wait_for(collect(), timeout=2 * PROMPT)
+            return events, time.monotonic() - t0, hub.pokes
+        finally:
+            task.cancel()
+            await hub.close()
+            await client.aclose()
+
+    events, waited, pokes = asyncio.run(main())
+    assert [e.step.step for e in events if e.WhichOneof("event") == "step"] == list(range(1, 8))
+    assert events[-1].WhichOneof("event") == "completed"
+    assert waited < 2 * PROMPT and pokes >= 3
+
+
+class _Tok:
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(65 + i % 26) for i in ids)
+
+
+class _Engine:
+    """What the worker loop needs of an engine; a step commits one token per request."""
+
+    model_name = "fake"
+    stop_ids = [0]
+    tokenizer = _Tok()
+
+    def __init__(self) -> None:
+        self.running: dict[str, int] = {}
+        self.added: list[str] = []
+
+    def add_request(self, rid, prompt, params, sparse=None) -> None:
+        self.running[rid] = 0
+        self.added.append(rid)
+
+    def has_request(self, rid) -> bool:
+        return rid in self.running
+
+    def abort(self, rid) -> bool:
+        return self.running.pop(rid, None) is not None
+
+    def has_unfinished(self) -> bool:
+        return bool(self.running)
+
+    def stats(self) -> dict:
+        return {"running": len(self.running), "waiting": 0}
+
+    def step(self) -> list[StepUpdate]:
+        out = []
+        for rid in self.running:
+            self.running[rid] += 1
+            n = self.running[rid]
+            out.append(StepUpdate(rid, n, 4, 0, [n - 1], [n], 4 - n))
+        return out
+
+
+def test_worker_takes_a_whole_batch_in_one_round_trip(r):
+    """The worker STARTs every request of the batches it read in one pipeline: the cancelled
+    one ends CANCELLED without reaching the engine, the others run, in batch order."""
+    body = pb.GenerateRequest(token_ids=pb.TokenIds(ids=[5, 6, 7]))
+    body.sampling_params.gen_length, body.sampling_params.steps = 4, 4
+    for rid in ("b1", "b2", "b3", "b4"):
+        r.hset(q.req_key(rid), mapping={"body": body.SerializeToString(), "status": "dispatched",
+                                        "worker": "w", "attempt": "1", "cancel": "0",
+                                        "t_enq": repr(time.time()), "opts": b""})  # fmt: skip
+    r.hset(q.req_key("b3"), "cancel", "1")  # cancelled after dispatch, before the worker took it
+    r.set(q.load_key("w"), 4)
+    engine = _Engine()
+    loop = WorkerLoop(engine, r, WorkerConfig(async_publish=False), "w")
+    loop.ensure_group()
+    r.xadd(q.inbox_key("w"), {"ids": "b1,b2"})
+    r.xadd(q.inbox_key("w"), {"ids": "b3,b4"})
+    calls = []
+    real_pipeline = r.pipeline
+
+    def pipeline(*a, **kw):
+        calls.append(1)
+        return real_pipeline(*a, **kw)
+
+    r.pipeline = pipeline
+    try:
+        loop._read_inbox(block_ms=None)
+    finally:
+        del r.pipeline
+    assert engine.added == ["b1", "b2", "b4"]
+    assert len(calls) == 1  # one pipeline for the four STARTs
+    st = {rid: q.s(r.hget(q.req_key(rid), "status")) for rid in ("b1", "b2", "b3", "b4")}
+    assert st == {"b1": q.RUNNING, "b2": q.RUNNING, "b3": q.CANCELLED, "b4": q.RUNNING}
+    t = {q.s(r.hget(q.req_key(rid), "t_start")) for rid in ("b1", "b2", "b4")}
+    assert len(t) == 1  # admitted together
+    assert r.xrange(q.res_key("b3"))[-1][1][b"code"] == b"CANCELLED"
+    assert int(r.get(q.load_key("w"))) == 3
+    # The first step reaches every running request's stream.
+    loop._publish(engine.step())
+    for rid in ("b1", "b2", "b4"):
+        rec = r.xrange(q.res_key(rid))
+        assert len(rec) == 1 and pb.StepUpdate.FromString(rec[0][1][b"p"]).step == 1
+    loop.pub.close()
