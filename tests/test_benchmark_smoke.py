@@ -54,6 +54,7 @@ def test_serving_benchmark_script_smoke(tmp_path):
     assert s["service_vs_offline"] > 0 and s["scaled_vs_base"] > 0
     for r in doc["results"] + doc["scaled"]:
         assert r["step_p50_s"] > 0 and 0 <= r["within_step_plus_20ms"] <= 1
+        assert 0 < r["accept_p50_s"] <= r["ttfu_p50_s"]
     assert "x one worker" in proc.stdout and "of the offline engine" in proc.stdout
     logs = {p.name for p in (tmp_path / "logs").iterdir()}
     assert logs == {"offline.log", "service-1w.log", "service-2w.log"}
@@ -87,3 +88,26 @@ def test_train_tiny_smoke(tmp_path):
         ["Repeat exactly: ab"], SamplingParams(gen_length=8, steps=4), use_tqdm=False
     )
     assert len(out[0]["token_ids"]) == 8
+
+
+def test_relay_probe_smoke(tmp_path):
+    """benchmarks/relay.py: the service with a fake engine, a rate, then a burst; per request
+    the worker's first record -> client time from the timestamps in Redis."""
+    pytest.importorskip("grpc")
+    pytest.importorskip("redis")
+    from dllmserve.scheduler.local_redis import find_redis_server
+
+    if find_redis_server() is None and not os.environ.get("CI"):
+        pytest.skip("no redis-server")
+    out = tmp_path / "relay.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "relay.py"), "--step-ms", "5",
+           "--steps", "4", "--rates", "20", "--num-requests", "4", "--burst", "4",
+           "--json", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert [(r["rate"], r["requests"]) for r in doc["results"]] == [(20.0, 4), (float("inf"), 4)]
+    for r in doc["results"]:
+        assert 0 < r["relay"]["p50_ms"] <= r["relay"]["max_ms"]
+        assert r["admit_to_first"]["p50_ms"] >= r["worker_first"]["p50_ms"] > 0
+    assert doc["scheduler_cpu_ms_per_request"] > 0
