@@ -204,7 +204,7 @@ def chat_row(
 def recall_drill(rng: random.Random, codec: ByteCodec, L: int) -> tuple[list[int], np.ndarray]:
     """Episodes of `key: value` lines, then lines repeating some keys; their values are targets.
 
-    Episode sizes are log-uniform from 2 lines to the whole row, so a model first learns the
+    Episode sizes are log-uniform from 3 lines to the whole row, so a model first learns the
     lookup over a few lines and then over hundreds (the far end of the 2 048-token prompts).
     """
     line = 11  # "abcd: 1234\n"
