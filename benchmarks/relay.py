@@ -32,59 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dllmserve.engine.outputs import RequestOutput, StepUpdate  # noqa: E402
-
-
-class _Tok:
-    def decode(self, ids, skip_special_tokens=True):
-        return bytes(i % 128 for i in ids if i > 0).decode(errors="replace")
-
-
-class FakeEngine:
-    """The engine interface the worker loop uses; a step sleeps and commits one token each."""
-
-    model_name = "fake"
-    stop_ids = [0]
-    max_num_seqs = 256
-    device = "cpu"
-
-    def __init__(self, step_s: float) -> None:
-        self.step_s = step_s
-        self.tokenizer = _Tok()
-        self.running: dict[str, list] = {}  # id -> [steps done, total, prompt]
-
-    def add_request(self, rid, prompt, params, sparse=None) -> None:
-        self.running[rid] = [0, params.steps, list(prompt) if isinstance(prompt, list) else []]
-        self.gen = params.gen_length
-
-    def has_request(self, rid) -> bool:
-        return rid in self.running
-
-    def abort(self, rid) -> bool:
-        return self.running.pop(rid, None) is not None
-
-    def has_unfinished(self) -> bool:
-        return bool(self.running)
-
-    def stats(self) -> dict:
-        return {"running": len(self.running), "waiting": 0, "free_pages": 1, "total_pages": 1,
-                "max_num_seqs": self.max_num_seqs}  # fmt: skip
-
-    def step(self) -> list[StepUpdate]:
-        time.sleep(self.step_s)
-        out = []
-        for rid, st in list(self.running.items()):
-            st[0] += 1
-            k, total = st[0], st[1]
-            pos = (k - 1) % self.gen
-            done = k >= total
-            u = StepUpdate(rid, k, total, 0, [pos], [65 + pos % 26], total - k, finished=done)
-            if done:
-                del self.running[rid]
-                u.output = RequestOutput(rid, st[2], [65] * self.gen, "A" * self.gen, "length",
-                                         k, k)  # fmt: skip
-            out.append(u)
-        return out
+from dllmserve.testing.fake_engine import FakeEngine  # noqa: E402
 
 
 def fake_worker(url: str, step_ms: float) -> None:

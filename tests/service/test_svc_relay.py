@@ -14,10 +14,10 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from dllmserve.engine.outputs import StepUpdate
 from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.local_redis import LocalRedis
 from dllmserve.scheduler.relay import ResultHub, follow
+from dllmserve.testing.fake_engine import FakeEngine
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.config import WorkerConfig
 from dllmserve.worker.loop import WorkerLoop
@@ -144,47 +144,6 @@ def test_a_full_follower_resumes_at_once_and_in_order(rserver, r):
     assert waited < 2 * PROMPT and pokes >= 3
 
 
-class _Tok:
-    def decode(self, ids, skip_special_tokens=True):
-        return "".join(chr(65 + i % 26) for i in ids)
-
-
-class _Engine:
-    """What the worker loop needs of an engine; a step commits one token per request."""
-
-    model_name = "fake"
-    stop_ids = [0]
-    tokenizer = _Tok()
-
-    def __init__(self) -> None:
-        self.running: dict[str, int] = {}
-        self.added: list[str] = []
-
-    def add_request(self, rid, prompt, params, sparse=None) -> None:
-        self.running[rid] = 0
-        self.added.append(rid)
-
-    def has_request(self, rid) -> bool:
-        return rid in self.running
-
-    def abort(self, rid) -> bool:
-        return self.running.pop(rid, None) is not None
-
-    def has_unfinished(self) -> bool:
-        return bool(self.running)
-
-    def stats(self) -> dict:
-        return {"running": len(self.running), "waiting": 0}
-
-    def step(self) -> list[StepUpdate]:
-        out = []
-        for rid in self.running:
-            self.running[rid] += 1
-            n = self.running[rid]
-            out.append(StepUpdate(rid, n, 4, 0, [n - 1], [n], 4 - n))
-        return out
-
-
 def test_worker_takes_a_whole_batch_in_one_round_trip(r):
     """The worker STARTs every request of the batches it read in one pipeline: the cancelled
     one ends CANCELLED without reaching the engine, the others run, in batch order."""
@@ -196,7 +155,7 @@ def test_worker_takes_a_whole_batch_in_one_round_trip(r):
                                         "t_enq": repr(time.time()), "opts": b""})  # fmt: skip
     r.hset(q.req_key("b3"), "cancel", "1")  # cancelled after dispatch, before the worker took it
     r.set(q.load_key("w"), 4)
-    engine = _Engine()
+    engine = FakeEngine()
     loop = WorkerLoop(engine, r, WorkerConfig(async_publish=False), "w")
     loop.ensure_group()
     r.xadd(q.inbox_key("w"), {"ids": "b1,b2"})
