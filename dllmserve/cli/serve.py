@@ -1,0 +1,162 @@
+"""`dllmserve serve`: the all-in-one mode for a single machine.
+
+A private redis-server (unless --redis-url is given), the scheduler, and one worker per GPU (or
+one CPU worker), all child processes that stop together on Ctrl-C. Without --model it serves a
+small built-in demo model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dllmserve.cli.common import add_random_shape_arg, env, resolve_model
+from dllmserve.cli.generate import stream
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from dllmserve.scheduler.local_redis import LocalRedis, free_port
+
+    model = f"random-{a.random_shape}" if a.random_shape else resolve_model(a.model)
+    model_args = ["--random-shape", a.random_shape] if a.random_shape else ["--model", model]
+    redis = None
+    children: list[subprocess.Popen] = []
+    tmp = tempfile.TemporaryDirectory(prefix="dllmserve-")
+    try:
+        if not a.redis_url:
+            try:
+                redis = LocalRedis(a.redis_dir or Path(tmp.name) / "redis").start()
+            except RuntimeError as e:
+                print(f"dllmserve serve: {e}", file=sys.stderr)
+                return 2
+            a.redis_url = redis.url
+            print(f"redis: private redis-server at {redis.url}", flush=True)
+        host, _, port = a.listen.rpartition(":")
+        if port == "0":
+            a.listen = f"{host}:{free_port()}"
+        base = [sys.executable, "-m", "dllmserve.cli", "--log-level", a.log_level]
+        sched = base + ["scheduler", "--redis-url", a.redis_url, "--listen", a.listen]
+        if a.auth_token:
+            sched += ["--auth-token", a.auth_token]
+        children.append(subprocess.Popen(sched))
+        gpus = _gpu_count() if a.device in (None, "cuda") else 0
+        # worker i gets the i-th GPU this process sees (of CUDA_VISIBLE_DEVICES when it is set)
+        visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+        gpu_ids = visible[:gpus] if len(visible) >= gpus else [str(g) for g in range(gpus)]
+        n = a.workers or max(1, gpus)
+        for i in range(n):
+            env = dict(os.environ)
+            cmd = base + ["worker", "--redis-url", a.redis_url, *model_args,
+                          "--max-num-seqs", str(a.max_num_seqs)]  # fmt: skip
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = gpu_ids[i % gpus].strip()
+            elif a.device:
+                cmd += ["--device", a.device]
+            else:
+                cmd += ["--device", "cpu"]
+            children.append(subprocess.Popen(cmd, env=env))
+        target = "localhost:" + a.listen.rpartition(":")[2]
+        print(f"dllmserve: scheduler on {target}, {n} worker(s), model {model}", flush=True)
+        if not _wait_ready(target, a.auth_token, children, timeout_s=a.ready_timeout):
+            print("dllmserve serve: the service did not become ready", file=sys.stderr)
+            return 1
+        print(f"dllmserve: ready. Try: dllmserve generate --target {target} 'Hello'", flush=True)
+        if a.demo:
+            stream(
+                target,
+                a.auth_token,
+                a.demo_prompt,
+                chat=True,
+                gen_length=64,
+                steps=32,
+                block_length=None,
+                sparse=False,
+                live=sys.stdout.isatty(),
+            )
+            if a.exit_after_demo:
+                return 0
+        stop = {"flag": False}
+
+        def on_sig(signum, frame):
+            stop["flag"] = True
+
+        signal.signal(signal.SIGTERM, on_sig)
+        signal.signal(signal.SIGINT, on_sig)
+        while not stop["flag"]:
+            if any(c.poll() is not None for c in children):
+                print("dllmserve serve: a child process exited; stopping", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signal.SIGTERM)
+        for c in children:
+            try:
+                c.wait(a.stop_timeout)
+            except subprocess.TimeoutExpired:
+                c.kill()
+                c.wait()
+        if redis is not None:
+            redis.stop()
+        tmp.cleanup()
+
+
+def _wait_ready(target: str, token: str, children, timeout_s: float) -> bool:
+    from dllmserve.client import Client
+
+    end = time.monotonic() + timeout_s
+    with Client(target, token=token or None) as c:
+        while time.monotonic() < end:
+            if any(ch.poll() is not None for ch in children):
+                return False
+            try:
+                if any(w.state == "ready" for w in c.server_info(timeout=2).workers):
+                    return True
+            except Exception:
+                pass
+            time.sleep(0.3)
+    return False
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("serve", help="all in one: private Redis + scheduler + workers")
+    s.add_argument("--model", default=env("DLLMSERVE_MODEL", "demo"))
+    add_random_shape_arg(s)
+    s.add_argument(
+        "--redis-url",
+        default=env("DLLMSERVE_REDIS_URL"),
+        help="default: start a private redis-server",
+    )
+    s.add_argument("--redis-dir", default="", help="data directory of the private redis-server")
+    s.add_argument("--listen", default="0.0.0.0:50051")
+    s.add_argument("--workers", type=int, default=0, help="default: one per GPU, or one on CPU")
+    s.add_argument("--device", default=None)
+    s.add_argument("--max-num-seqs", type=int, default=64)
+    s.add_argument("--auth-token", default=env("DLLMSERVE_AUTH_TOKEN"))
+    s.add_argument("--demo", action="store_true", help="stream a demo generation once ready")
+    s.add_argument(
+        "--demo-prompt",
+        default="Repeat exactly: serving diffusion models",
+        help="the default suits the tiny demo model, which copies text but answers no questions",
+    )
+    s.add_argument("--exit-after-demo", action="store_true")
+    s.add_argument("--ready-timeout", type=float, default=600.0)
+    s.add_argument("--stop-timeout", type=float, default=30.0)
+    s.set_defaults(fn=cmd_serve)
