@@ -48,6 +48,12 @@ class SamplingParams:
     def __post_init__(self) -> None:
         self.validate()
 
+    @property
+    def max_steps(self) -> int:
+        """The most steps the request can take: `steps`, or with a threshold `gen_length` (every
+        step commits at least one token)."""
+        return self.gen_length if self.threshold is not None else self.steps
+
     def validate(self) -> None:
         """Check each field alone; limits that depend on the model or block come later."""
         f = "sampling_params."

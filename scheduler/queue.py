@@ -85,7 +85,8 @@ end
 """
 
 # KEYS: req, pending. ARGV: id, body, max_queue, now, group, priority, deadline, model, opts,
-# client, max queued per client (0: no cap), steps, owned ("1": another client's id is hidden).
+# client, max queued per client (0: no cap), its last possible step, owned ("1": another
+# client's id is hidden).
 # Returns {1, position} queued, {0, status} duplicate, {-1, length} full, {-2, status} conflict,
 # {-3, ""} the id belongs to another client, {-4, queued} the client's own cap is reached.
 ENQUEUE = (

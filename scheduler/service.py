@@ -13,7 +13,7 @@ import grpc.aio
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from dllmserve.errors import ValidationError
+from dllmserve.errors import ValidationError, echo
 from dllmserve.scheduler import errors
 from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.auth import client_of
@@ -167,7 +167,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
                 request.stream_options.SerializeToString(),
                 client,
                 self._cfg.max_queue_per_client,
-                args.sampling_params.steps,
+                args.sampling_params.max_steps,
                 "1" if self._authenticated else "0",
             ],
         )
@@ -368,7 +368,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
             if name not in known:
                 raise errors.simple(
                     grpc.StatusCode.NOT_FOUND,
-                    f"model {name!r} is not served here; served models: {sorted(known)}",
+                    f"model {echo(name)} is not served here; served models: {sorted(known)}",
                 )
             return name
         if len(known) > 1:
