@@ -29,7 +29,6 @@ class Leaving:
         self.active.clear()
         with self._lock:
             self.batches.clear()
-        self.ensure_group()
 
     def _leave_stalled(self, ran_s: float, limit_s: float) -> None:
         """(Watchdog thread.) Heartbeat stopped, key deleted: the dispatcher reaps us at once and

@@ -101,6 +101,7 @@ class WorkerLoop(Leaving):
     def iterate(self) -> None:
         if self.reaped.is_set():
             self._forget_all()
+            self.ensure_group()
             self.reaped.clear()
         self._read_ctl()
         busy = self.engine.has_unfinished()
