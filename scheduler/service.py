@@ -333,6 +333,8 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
             raise errors.invalid_argument(e.field, e.reason) from None
         await self._visible(rid, context)
         status = await self._cancel(rid, "CANCELLED", "cancelled by the client")
+        if status == "notfound":  # expired in between
+            raise errors.simple(grpc.StatusCode.NOT_FOUND, f"no request {rid!r} (or it expired)")
         end = time.monotonic() + self._cfg.cancel_wait_s
         while status == "cancelling" and time.monotonic() < end:
             await asyncio.sleep(CANCEL_POLL_S)

@@ -166,3 +166,30 @@ def check_unbroken(stream: Stream, gen_length: int) -> None:
         canvas.apply(s)
     assert canvas.token_ids(gen_length) == list(done.token_ids)
     assert canvas.text == done.text
+
+
+def enqueue(sc, rid, body=b"body", max_queue=10, group="g", prio=0, model="m",
+             client="ip:c", per_client=0, owned="0"):  # fmt: skip
+    res = sc.enqueue(
+        keys=[q.req_key(rid), q.PENDING],
+        args=[rid, body, max_queue, time.time(), group, prio, 0, model, b"", client, per_client,
+              8, owned],
+    )  # fmt: skip
+    return int(res[0]), q.s(res[1])
+
+
+def ready(r, worker, slots=16, model="m"):
+    r.hset(q.worker_key(worker), mapping={"model": model, "slots": slots, "state": "ready"})
+
+
+def lua_assign(r, sc, worker, rids):
+    entries = r.xrange(q.PENDING)
+    args = [worker, time.time()]
+    for eid, f in entries:
+        if q.s(f[b"id"]) in rids:
+            args += [q.s(eid), q.s(f[b"id"])]
+    if not r.exists(q.worker_key(worker)):
+        ready(r, worker)
+    keys = [q.inbox_key(worker), q.load_key(worker), q.PENDING, q.worker_key(worker)]
+    got = sc.assign(keys=keys, args=args)
+    return None if got is None else [q.s(x) for x in got]
