@@ -25,6 +25,14 @@ def add_worker_args(p: argparse.ArgumentParser, with_model: bool = True) -> None
     p.add_argument("--slots", type=int, default=0, help="requests accepted at once (0: 2x seqs)")
     p.add_argument("--heartbeat-interval", type=float, default=1.0)
     p.add_argument("--heartbeat-ttl", type=float, default=5.0)
+    p.add_argument(
+        "--stall-factor",
+        type=float,
+        default=20.0,
+        help="watchdog: an iteration this many times the moving average (and over "
+        "--stall-floor) takes the worker out and its requests are re-run elsewhere",
+    )
+    p.add_argument("--stall-floor", type=float, default=60.0, help="watchdog floor, seconds")
     p.add_argument("--worker-id", default="")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -49,6 +57,8 @@ def worker_config(a: argparse.Namespace):
         slots=a.slots,
         heartbeat_interval_s=a.heartbeat_interval,
         heartbeat_ttl_s=a.heartbeat_ttl,
+        stall_factor=a.stall_factor,
+        stall_floor_s=a.stall_floor,
         worker_id=a.worker_id,
         seed=a.seed,
         async_publish=not a.sync_publish,
