@@ -17,19 +17,16 @@ import argparse
 import json
 import random
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dllmserve import SamplingParams, SparseConfig  # noqa: E402
-from dllmserve.engine.engine import Engine  # noqa: E402
-from dllmserve.models.shapes import SHAPES, random_model  # noqa: E402
-from dllmserve.sparse.state import Phase  # noqa: E402
+from dllmserve import SamplingParams, SparseConfig
+from dllmserve.engine.engine import Engine
+from dllmserve.models.shapes import SHAPES, random_model
+from dllmserve.sparse.state import Phase
 
 # Card ceilings used by the performance model (H100, measured: DESIGN.md §6)
 COPY_TBS = 3.0

@@ -42,11 +42,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from dllmserve.client import AsyncClient, Client
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dllmserve.client import AsyncClient, Client  # noqa: E402
-
 INF = float("inf")
 T0 = time.perf_counter()
 

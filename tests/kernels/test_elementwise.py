@@ -7,7 +7,7 @@ import torch
 
 import dllmserve.models.layers as layers
 from dllmserve.kernels import elementwise
-from tests.kernels.kernel_testlib import ATOL, DEVICE, DTYPES, randn
+from kernel_testlib import ATOL, DEVICE, DTYPES, randn
 
 
 @pytest.fixture(autouse=True)
