@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from dllmserve.engine.noise import uniform64
+from dllmserve.kernels.noise import uniform64
 
 
 class PlainModel:

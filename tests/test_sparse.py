@@ -59,52 +59,20 @@ def test_kept_entries_count_and_brute_force(llada, monkeypatch):
     calls = []
     real = kernels.select_and_store
 
-    def spy(
-        q_win,
-        cu_win,
-        k_seq,
-        v_seq,
-        cu_seq,
-        win_start,
-        win_len,
-        n_keep,
-        head_select,
-        pool_kernel,
-        k_pool,
-        v_pool,
-        page_table,
-        scale,
-        max_keep,
-    ):
-        kept = real(
-            q_win,
-            cu_win,
-            k_seq,
-            v_seq,
-            cu_seq,
-            win_start,
-            win_len,
-            n_keep,
-            head_select,
-            pool_kernel,
-            k_pool,
-            v_pool,
-            page_table,
-            scale,
-            max_keep,
-        )
+    def spy(a):
+        kept = real(a)
         calls.append(
             (
-                q_win.clone(),
-                k_seq.clone(),
-                v_seq.clone(),
-                int(win_start[0]),
-                int(win_len[0]),
-                int(n_keep[0]),
+                a.q_win.clone(),
+                a.k_seq.clone(),
+                a.v_seq.clone(),
+                int(a.win_start[0]),
+                int(a.win_len[0]),
+                int(a.n_keep[0]),
                 kept.clone(),
-                page_table.clone(),
-                k_pool.clone(),
-                v_pool.clone(),
+                a.page_table.clone(),
+                a.k_pool.clone(),
+                a.v_pool.clone(),
             )
         )
         return kept

@@ -73,19 +73,21 @@ class BatchAttention:
             return
         ns = self.n_select_tokens
         kernels.select_and_store(
-            q[self.select_q_rows],
-            self.cu_win,
-            k[:ns],
-            v[:ns],
-            self.cu_dense[: self.n_select + 1],
-            self.win_start,
-            self.win_len,
-            self.n_keep[layer],
-            self.head_select,
-            self.pool_kernel,
-            self.pool.k,
-            self.pool.v,
-            self.select_pages[layer],
-            self.scale,
-            self.max_keep[layer],
+            kernels.SelectionArgs(
+                q_win=q[self.select_q_rows],
+                cu_win=self.cu_win,
+                k_seq=k[:ns],
+                v_seq=v[:ns],
+                cu_seq=self.cu_dense[: self.n_select + 1],
+                win_start=self.win_start,
+                win_len=self.win_len,
+                n_keep=self.n_keep[layer],
+                head_select=self.head_select,
+                pool_kernel=self.pool_kernel,
+                k_pool=self.pool.k,
+                v_pool=self.pool.v,
+                page_table=self.select_pages[layer],
+                scale=self.scale,
+                max_keep=self.max_keep[layer],
+            )
         )

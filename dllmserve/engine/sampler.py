@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from dllmserve import kernels
-from dllmserve.engine.noise import uniform64
+from dllmserve.kernels.noise import uniform64
 from dllmserve.sampling_params import REMASKING_MODES
 
 MODE_ID = {name: i for i, name in enumerate(REMASKING_MODES)}
