@@ -9,5 +9,6 @@ cd "$(dirname "$0")/.."
 OUT=${1:-.whl}
 mkdir -p "$OUT"
 rm -f "$OUT"/dllmserve-*.whl
+rm -rf build  # setuptools' scratch copy: a file deleted here would otherwise stay in the wheel
 "${PYTHON:-python}" -m pip wheel -q --no-deps --no-build-isolation -w "$OUT" .
 ls "$OUT"/dllmserve-*.whl

@@ -83,7 +83,7 @@ def test_kept_entries_count_and_brute_force(llada, monkeypatch):
     llm.generate([PROMPT], params, sparse_configs=cfg, use_tqdm=False)
     n_layers = plain.nl
     assert len(calls) == 2 * n_layers  # one SELECT per block, every layer
-    page = llm.engine.pool.page_size
+    page = llm.engine.limits.page_size
     for q_win, k_seq, v_seq, ws, wl, n, kept, table, kp, vp in calls:
         n_c = len(k_seq) - wl
         assert n == kept_count(n_c, 0.5) == min(max(1, int(n_c * 0.5)), n_c)
@@ -133,7 +133,7 @@ def test_layer_wise_ratios(llada):
     out = llm.generate([PROMPT], params, sparse_configs=explicit, use_tqdm=False)[0]
     assert len(out["token_ids"]) == 16
     n_c = len(PROMPT) + 16 - 8
-    page = llm.engine.pool.page_size
+    page = llm.engine.limits.page_size
     want_pages = -(-kept_count(n_c, 0.9) // page) + -(-kept_count(n_c, 0.2) // page)
     assert out["kv_cache_pages"] == want_pages
 

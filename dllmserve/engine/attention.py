@@ -3,7 +3,8 @@
 Packed order: SELECT lanes, then FULL lanes (both whole sequences, dense varlen attention),
 then REUSE lanes (their window only, against the kept K/V in the page pool). SELECT lanes also
 pick and store each KV head's kept K/V per layer. The kernels behind it are
-`dllmserve.kernels` (Triton on CUDA, PyTorch reference on the CPU).
+`dllmserve.kernels` (Triton on CUDA, PyTorch reference on the CPU); docs/design.md ("FULL,
+SELECT and REUSE") has the algorithm.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from dllmserve import kernels
-from dllmserve.engine.page_pool import PagePool
+from dllmserve.engine.kv_cache import KVCache
 
 
 @dataclass
 class BatchAttention:
-    pool: PagePool | None
+    cache: KVCache
     scale: float
     n_dense_tokens: int  # tokens of SELECT + FULL lanes: the packed prefix
     cu_dense: torch.Tensor  # int32 [n_dense_lanes + 1]
@@ -59,8 +60,8 @@ class BatchAttention:
             v[nd:],
             self.cu_reuse,
             self.max_reuse,
-            self.pool.k,
-            self.pool.v,
+            self.cache.k,
+            self.cache.v,
             self.reuse_pages[layer],
             self.kept_len[layer],
             self.scale,
@@ -84,8 +85,8 @@ class BatchAttention:
                 n_keep=self.n_keep[layer],
                 head_select=self.head_select,
                 pool_kernel=self.pool_kernel,
-                k_pool=self.pool.k,
-                v_pool=self.pool.v,
+                k_pool=self.cache.k,
+                v_pool=self.cache.v,
                 page_table=self.select_pages[layer],
                 scale=self.scale,
                 max_keep=self.max_keep[layer],
