@@ -193,3 +193,29 @@ def test_chained_reuse_steps_and_abort_in_flight(llada_dir):
     assert updates["keep"][-1].output.token_ids == run_alone(llada_dir, [4, 5, 6], params(2))
     assert all(u.step <= 2 for u in updates["drop"])
     assert engine.batcher.pool.num_free == engine.batcher.pool.num_pages
+
+
+def test_step_updates_carry_what_the_engine_decided(llada_dir):
+    """Block ends, the answer's end and the streamed text come with the updates: the deltas add
+    up to the final text, and the answer length is the canvas's first stop token."""
+    engine = Engine.from_pretrained(llada_dir)
+    p = SamplingParams(gen_length=24, steps=12, block_length=8, temperature=0.8, seed=5)
+    engine.add_request("t", "Repeat exactly: ab", p)
+    engine.add_request("s", [7, 8, 9], p, SPARSE)
+    updates: dict = {}
+    drain(engine, updates)
+    stops = engine.tokens.stop
+    for ups in updates.values():
+        final = ups[-1]
+        out = final.output
+        assert "".join(u.text_delta for u in ups) == out.text
+        first = next((i for i, t in enumerate(out.token_ids) if t in stops), None)
+        assert final.answer_length == first
+        assert (
+            final.finish_reason == out.finish_reason == ("stop" if first is not None else "length")
+        )
+        assert all(u.block_length == 8 for u in ups) and final.block_done
+        ends = [u.step for u in ups if u.block_done]
+        assert ends == [4, 8, 12][: len(ends)] and ends[-1] == final.step
+        seen = [u.answer_length for u in ups if u.answer_length is not None]
+        assert len(set(seen)) <= 1  # once known, the answer's end never moves
