@@ -7,30 +7,12 @@ import asyncio
 import time
 
 import pytest
-import redis
 import redis.asyncio as aioredis
 
 from dllmserve.scheduler import queue as q
-from dllmserve.scheduler.local_redis import LocalRedis
 from dllmserve.scheduler.relay import Coalescer, RelayError, ResultHub, follow
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.render import CanvasRenderer
-
-
-@pytest.fixture(scope="module")
-def rserver(tmp_path_factory):
-    srv = LocalRedis(tmp_path_factory.mktemp("units-redis")).start()
-    yield srv
-    srv.stop(kill=True)
-
-
-@pytest.fixture
-def r(rserver):
-    c = redis.Redis.from_url(rserver.url)
-    c.flushall()
-    c.xgroup_create(q.PENDING, q.DISPATCH_GROUP, id="0", mkstream=True)
-    yield c
-    c.close()
 
 
 def _enqueue(sc, rid, body=b"body", max_queue=10):
