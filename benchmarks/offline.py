@@ -1,4 +1,5 @@
-"""Offline engine benchmark: tokens/s, step time by phase, memory, against the §6 ceiling.
+"""Offline engine benchmark: tokens/s, step time by phase, memory, against the ceiling of the
+performance model (docs/design.md §13).
 
 Runs the engine on random weights of a named shape (speed depends only on shapes):
 
@@ -6,7 +7,7 @@ Runs the engine on random weights of a named shape (speed depends only on shapes
     python benchmarks/offline.py --shape tiny --device cpu --smoke        # CI smoke run
 
 For every (prompt length, batch, mode) it reports tokens/s, mean step time per phase
-(FULL / SELECT / REUSE), peak GPU memory, cache pages in use, the DESIGN.md §6 ceiling and,
+(FULL / SELECT / REUSE), peak GPU memory, cache pages in use, the performance model's ceiling and,
 for the naive baseline (a full forward every step: the official sampler, batched), tokens/s
 measured over its first `--baseline-iters` steps (its cost per step is constant).
 """
@@ -29,7 +30,7 @@ from dllmserve.engine.engine import Engine
 from dllmserve.models.shapes import SHAPES, random_model
 from dllmserve.sparse.state import Phase
 
-# Card ceilings used by the performance model (H100, measured: DESIGN.md §6)
+# Card ceilings used by the performance model (H100, measured: docs/design.md §13)
 COPY_TBS = 3.0
 MATMUL_TFLOPS = 690.0
 
@@ -52,7 +53,7 @@ class Result:
 
 
 def ceiling(cfg, batch: int, prompt: int, gen: int, steps: int, block: int, delay: int) -> float:
-    """DESIGN.md §6: each forward costs max(weights / copy BW, tokens * F / matmul peak)."""
+    """docs/design.md §13: each forward costs max(weights / copy BW, tokens * F / matmul peak)."""
     n_params = 2 * cfg.vocab_size * cfg.d_model + cfg.n_layers * (
         cfg.d_model * (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
         + cfg.d_model * cfg.n_heads * cfg.head_dim

@@ -6,7 +6,7 @@ accumulated in fp32. Each function below runs the Triton launcher of its kernel 
 (`varlen_kernel`, `reuse_kernel`, `selection`, `sampling`: each holds its kernel, its launcher
 with the shape and stride checks, and names its reference) for CUDA tensors, and the
 function of the same name in `reference` otherwise. Triton is imported only on that path, so
-the package imports on machines without it. docs/design.md ("Kernels") has the algorithms.
+the package imports on machines without it. docs/design.md §11 has the algorithms.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What one SELECT launch of one layer works on (docs/design.md, "SELECT").
+"""What one SELECT launch of one layer works on (docs/design.md §10).
 
 One keyword-only object instead of fifteen positional arguments: the dispatcher, the Triton
 launcher (`selection.select_and_store`) and the reference (`reference.select_and_store`) take

@@ -3,8 +3,8 @@
 Packed order: SELECT lanes, then FULL lanes (both whole sequences, dense varlen attention),
 then REUSE lanes (their window only, against the kept K/V in the page pool). SELECT lanes also
 pick and store each KV head's kept K/V per layer. The kernels behind it are
-`dllmserve.kernels` (Triton on CUDA, PyTorch reference on the CPU); docs/design.md ("FULL,
-SELECT and REUSE") has the algorithm.
+`dllmserve.kernels` (Triton on CUDA, PyTorch reference on the CPU); docs/design.md §10 has
+the algorithm.
 """
 
 from __future__ import annotations

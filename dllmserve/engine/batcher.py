@@ -1,5 +1,5 @@
 """Which requests run: waiting and running, FIFO admission by slots, token budget and cache
-pages, abort, and the update after an iteration (docs/design.md, "Continuous batching").
+pages, abort, and the update after an iteration (docs/design.md §6).
 
 Model-free and torch-free: tests drive it with plain requests.
 """

@@ -1,4 +1,4 @@
-"""Every engine knob, its default and its valid range, in one place (docs/design.md, "Config").
+"""Every engine knob, its default and its valid range, in one place (docs/design.md §3).
 
 `LLM(model, **options)`, `Engine.from_pretrained`, the worker and the CLI all build this one
 dataclass; the worker's flags and DLLMSERVE_* environment variables are generated from its
@@ -24,7 +24,7 @@ DTYPES = {
 }
 DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 # Tokens per iteration when max_num_batched_tokens is not given: it also sizes the activation
-# memory set aside before the cache pages are counted (docs/design.md, "Memory").
+# memory set aside before the cache pages are counted (docs/design.md §12).
 DEFAULT_BATCHED_TOKENS = {"cuda": 32768, "cpu": 8192}
 
 

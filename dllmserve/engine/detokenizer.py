@@ -1,4 +1,4 @@
-"""The stable prefix's text, as deltas (docs/design.md, "Streaming text").
+"""The stable prefix's text, as deltas (docs/design.md §8).
 
 The stable prefix is the committed tokens before the first mask, cut at the first EOS/EOT
 (`Request.stable_len`, `Request.answer_length`): it can only grow, so its text is streamed as

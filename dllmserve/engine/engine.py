@@ -1,5 +1,5 @@
 """The engine: continuous batching of diffusion requests at step granularity
-(docs/design.md, "The engine").
+(docs/design.md §2, §7).
 
 Each `step()` advances every running request by one denoising step with one packed forward and
 one batched sampling call, then the requests take their results. It composes the parts:

@@ -1,5 +1,4 @@
-"""What a request may ask of one engine, checked once: `resolve_request` (docs/design.md,
-"Admission").
+"""What a request may ask of one engine, checked once: `resolve_request` (docs/design.md §4).
 
 `ModelLimits` holds the facts that bound a request on an engine (the model's length,
 vocabulary and layers, the token budget and the cache). `resolve_request` checks a request

@@ -1,5 +1,5 @@
 """The K/V cache of sparse requests: fixed-size pages allocated once at start
-(docs/design.md, "Memory").
+(docs/design.md §12).
 
 A page holds `page_size` kept entries of one layer for all KV heads ([page_size, Hkv, D]); KV
 heads keep different positions but the same count, so entry j of head g is simply head g's j-th

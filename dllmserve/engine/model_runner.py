@@ -1,4 +1,4 @@
-"""The device side of an iteration (docs/design.md, "The model runner"): the K/V cache, the
+"""The device side of an iteration (docs/design.md §7): the K/V cache, the
 CUDA graphs, building the packed inputs, launching the forward, the LM head and the sampler,
 and the one copy of the results back to the host.
 """

@@ -44,8 +44,8 @@ class StepUpdate:
     tokens committed there this step; an early stop at EOS commits the rest of the canvas (the
     EOS fill) in the same update. ``answer_length`` is the offset of the answer's first stop
     token once the committed prefix reaches it (None before, and at the end when the answer
-    has none); ``text_delta`` is the new text of that prefix (docs/design.md, "Streaming
-    text"). The last update has a ``finish_reason`` and carries ``output``.
+    has none); ``text_delta`` is the new text of that prefix (docs/design.md §8). The last
+    update has a ``finish_reason`` and carries ``output``.
     """
 
     request_id: str

@@ -1,5 +1,5 @@
 """One request's generation state and its transitions: commit a step's tokens, end a block,
-finish (docs/design.md, "The request").
+finish (docs/design.md §5).
 
 The canvas is numpy on the host: the per-step bookkeeping is a few tiny ops per request, where
 numpy costs ~1 us and a torch CPU op ~5 us.

@@ -1,5 +1,5 @@
 """How a request's steps are spread over its blocks and its tokens over its steps
-(docs/design.md, "The schedule").
+(docs/design.md §5).
 
 When the step count divides evenly this is exactly the official LLaDA schedule; otherwise the
 remainder goes to the earliest blocks and steps, the same rule the official code applies to
