@@ -61,7 +61,7 @@ class Engine:
         self.page_bytes = page_bytes(config.page_size, cfg, model.dtype)
         batched_tokens = config.batched_tokens(self.device.type)
         num_pages = config.num_cache_pages or auto_num_pages(
-            cfg, model.dtype, self.device, config.page_size,
+            cfg, model.dtype, self.device, self.page_bytes,
             config.gpu_memory_utilization, batched_tokens,
         )  # fmt: skip
         self.limits = ModelLimits(

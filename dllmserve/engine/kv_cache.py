@@ -29,13 +29,12 @@ def auto_num_pages(
     cfg: ModelConfig,
     dtype: torch.dtype,
     device: torch.device,
-    page_size: int,
+    size: int,
     utilization: float,
     batched_tokens: int,
 ) -> int:
-    """Pages that fit the cache budget: the share of GPU memory left after the weights and a
-    worst-case iteration's activations, or a fixed 1 GiB on the CPU."""
-    size = page_bytes(page_size, cfg, dtype)
+    """Pages of `size` bytes that fit the cache budget: the share of GPU memory left after the
+    weights and a worst-case iteration's activations, or a fixed 1 GiB on the CPU."""
     if device.type != "cuda":
         return max(1, CPU_CACHE_BYTES // size)
     # memory an earlier engine of this process left in PyTorch's cache counts as free (the

@@ -45,6 +45,8 @@ class StepResult:
 
 
 class Request:
+    """One request's generation state, built by the engine from its `ResolvedRequest`."""
+
     def __init__(
         self,
         request_id: str,
