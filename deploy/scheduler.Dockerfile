@@ -3,6 +3,9 @@
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+# `python -m dllmserve...` (the healthcheck) must import the installed package, not the
+# source copy in the working directory (it lacks the kernels/ scheduler/ worker/ it maps in)
+ENV PYTHONSAFEPATH=1
 WORKDIR /opt/dllmserve
 # The package imports torch at top level; the CPU build keeps this image small.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.4"

@@ -3,6 +3,9 @@
 FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+# `python -m dllmserve...` (the healthcheck) must import the installed package, not the
+# source copy in the working directory (it lacks the kernels/ scheduler/ worker/ it maps in)
+ENV PYTHONSAFEPATH=1
 WORKDIR /opt/dllmserve
 COPY pyproject.toml README.md ./
 COPY dllmserve ./dllmserve

@@ -133,7 +133,7 @@ def test_engine_limits(llm, prompt, kw, sparse, field, text):
 
 def test_mask_token_in_prompt(llm):
     with pytest.raises(ValidationError, match="mask token"):
-        llm.generate([[1, llm.engine.mask_token_id]], SamplingParams(gen_length=8, steps=8))
+        llm.generate([[1, llm.engine.tokens.mask]], SamplingParams(gen_length=8, steps=8))
 
 
 def test_bad_request_never_disturbs_the_batch(llm):

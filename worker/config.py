@@ -1,8 +1,10 @@
-"""Worker settings (command-line flags map onto these)."""
+"""Worker settings (command-line flags map onto these; the engine's are one EngineConfig)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from dllmserve.engine.config import EngineConfig
 
 
 @dataclass
@@ -13,13 +15,7 @@ class WorkerConfig:
     # ("llada-8b", "dream-7b", "tiny") with a byte-level tokenizer, for benchmarks
     random_shape: str = ""
     model_name: str = ""  # the name clients ask for; empty: the directory's name (random-SHAPE)
-    device: str | None = None  # None: cuda when available, else cpu
-    dtype: str | None = None
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int | None = None
-    num_cache_pages: int | None = None
-    gpu_memory_utilization: float = 0.9
-    seed: int = 0
+    engine: EngineConfig = field(default_factory=EngineConfig)
     worker_id: str = ""  # empty: host-pid-random (a fresh id per process)
     slots: int = 0  # requests it accepts at once; 0: 2 * max_num_seqs
     heartbeat_interval_s: float = 1.0

@@ -10,6 +10,7 @@ import uuid
 
 import redis
 
+from dllmserve.engine.protocol import StepEngine
 from dllmserve.worker.config import WorkerConfig
 from dllmserve.worker.heartbeat import Heartbeat
 from dllmserve.worker.loop import WorkerLoop
@@ -18,24 +19,16 @@ log = logging.getLogger(__name__)
 READY_LINE = "DLLMSERVE_WORKER_READY"
 
 
-def build_engine(cfg: WorkerConfig):
+def build_engine(cfg: WorkerConfig) -> StepEngine:
+    """The engine the worker serves: a checkpoint, or random weights of a named shape."""
     from dllmserve.engine.engine import Engine
 
-    kwargs = {"max_num_seqs": cfg.max_num_seqs, "seed": cfg.seed}
-    if cfg.max_num_batched_tokens:
-        kwargs["max_num_batched_tokens"] = cfg.max_num_batched_tokens
-    if cfg.num_cache_pages:
-        kwargs["num_cache_pages"] = cfg.num_cache_pages
-    if cfg.gpu_memory_utilization:
-        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
     if cfg.random_shape:
-        from dllmserve.models.shapes import random_engine
-
-        return random_engine(cfg.random_shape, device=cfg.device, dtype=cfg.dtype, **kwargs)
-    return Engine.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, **kwargs)
+        return Engine.from_random_shape(cfg.random_shape, cfg.engine)
+    return Engine.from_pretrained(cfg.model, cfg.engine)
 
 
-def run(cfg: WorkerConfig, engine=None) -> None:
+def run(cfg: WorkerConfig, engine: StepEngine | None = None) -> None:
     engine = engine if engine is not None else build_engine(cfg)
     worker_id = cfg.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     client = redis.Redis.from_url(cfg.redis_url, health_check_interval=10)

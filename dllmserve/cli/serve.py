@@ -21,7 +21,10 @@ import time
 from pathlib import Path
 
 from dllmserve.cli.common import add_random_shape_arg, env, resolve_model
+from dllmserve.cli.config_args import add_config_args, config_from_args, config_to_args
 from dllmserve.cli.generate import stream
+from dllmserve.engine.config import EngineConfig
+from dllmserve.errors import ValidationError
 
 
 def _gpu_count() -> int:
@@ -36,8 +39,14 @@ def _gpu_count() -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     from dllmserve.scheduler.local_redis import LocalRedis, free_port
 
+    try:
+        engine = config_from_args(EngineConfig, a)
+    except ValidationError as e:
+        print(f"dllmserve serve: {e}", file=sys.stderr)
+        return 2
     model = f"random-{a.random_shape}" if a.random_shape else resolve_model(a.model)
     model_args = ["--random-shape", a.random_shape] if a.random_shape else ["--model", model]
+    engine_args = config_to_args(engine, skip=("device",))  # the device is per worker, below
     redis = None
     children: list[subprocess.Popen] = []
     tmp = tempfile.TemporaryDirectory(prefix="dllmserve-")
@@ -60,20 +69,18 @@ def cmd_serve(a: argparse.Namespace) -> int:
             secret_env["DLLMSERVE_AUTH_TOKEN"] = a.auth_token
         sched = base + ["scheduler", "--listen", a.listen]
         children.append(subprocess.Popen(sched, env=secret_env))
-        gpus = _gpu_count() if a.device in (None, "cuda") else 0
+        gpus = _gpu_count() if engine.device in (None, "cuda") else 0
         # worker i gets the i-th GPU this process sees (of CUDA_VISIBLE_DEVICES when it is set)
         visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
         gpu_ids = visible[:gpus] if len(visible) >= gpus else [str(g) for g in range(gpus)]
         n = a.workers or max(1, gpus)
         for i in range(n):
             env = dict(secret_env)
-            cmd = base + ["worker", *model_args, "--max-num-seqs", str(a.max_num_seqs)]
+            cmd = base + ["worker", *model_args, *engine_args]
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpu_ids[i % gpus].strip()
-            elif a.device:
-                cmd += ["--device", a.device]
             else:
-                cmd += ["--device", "cpu"]
+                cmd += ["--device", engine.device or "cpu"]
             children.append(subprocess.Popen(cmd, env=env))
         target = "localhost:" + a.listen.rpartition(":")[2]
         print(f"dllmserve: scheduler on {target}, {n} worker(s), model {model}", flush=True)
@@ -157,8 +164,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the gRPC address (default: this machine only; 0.0.0.0:PORT for every interface)",
     )
     s.add_argument("--workers", type=int, default=0, help="default: one per GPU, or one on CPU")
-    s.add_argument("--device", default=None)
-    s.add_argument("--max-num-seqs", type=int, default=64)
     s.add_argument(
         "--auth-token",
         default=env("DLLMSERVE_AUTH_TOKEN"),
@@ -173,4 +178,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--exit-after-demo", action="store_true")
     s.add_argument("--ready-timeout", type=float, default=600.0)
     s.add_argument("--stop-timeout", type=float, default=30.0)
+    add_config_args(s, EngineConfig)  # passed on to every worker
     s.set_defaults(fn=cmd_serve)

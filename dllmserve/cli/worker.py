@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from dllmserve.cli.common import add_random_shape_arg, env, resolve_model
+from dllmserve.cli.config_args import add_config_args, config_from_args
+from dllmserve.engine.config import EngineConfig
+from dllmserve.errors import ValidationError
 
 
 def add_worker_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
@@ -16,12 +20,6 @@ def add_worker_args(p: argparse.ArgumentParser, with_model: bool = True) -> None
         )
         add_random_shape_arg(p)
     p.add_argument("--model-name", default="", help="name clients use (default: directory name)")
-    p.add_argument("--device", default=env("DLLMSERVE_DEVICE") or None)
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--max-num-seqs", type=int, default=64)
-    p.add_argument("--max-num-batched-tokens", type=int, default=None)
-    p.add_argument("--num-cache-pages", type=int, default=None)
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--slots", type=int, default=0, help="requests accepted at once (0: 2x seqs)")
     p.add_argument("--heartbeat-interval", type=float, default=1.0)
     p.add_argument("--heartbeat-ttl", type=float, default=5.0)
@@ -34,10 +32,10 @@ def add_worker_args(p: argparse.ArgumentParser, with_model: bool = True) -> None
     )
     p.add_argument("--stall-floor", type=float, default=60.0, help="watchdog floor, seconds")
     p.add_argument("--worker-id", default="")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--sync-publish", action="store_true", help="publish on the engine's thread (debugging)"
     )
+    add_config_args(p, EngineConfig)
 
 
 def worker_config(a: argparse.Namespace):
@@ -48,19 +46,13 @@ def worker_config(a: argparse.Namespace):
         model="" if a.random_shape else resolve_model(a.model),
         random_shape=a.random_shape,
         model_name=a.model_name,
-        device=a.device,
-        dtype=a.dtype,
-        max_num_seqs=a.max_num_seqs,
-        max_num_batched_tokens=a.max_num_batched_tokens,
-        num_cache_pages=a.num_cache_pages,
-        gpu_memory_utilization=a.gpu_memory_utilization,
+        engine=config_from_args(EngineConfig, a),
         slots=a.slots,
         heartbeat_interval_s=a.heartbeat_interval,
         heartbeat_ttl_s=a.heartbeat_ttl,
         stall_factor=a.stall_factor,
         stall_floor_s=a.stall_floor,
         worker_id=a.worker_id,
-        seed=a.seed,
         async_publish=not a.sync_publish,
     )
 
@@ -68,7 +60,12 @@ def worker_config(a: argparse.Namespace):
 def cmd_worker(a: argparse.Namespace) -> int:
     from dllmserve.worker.main import run
 
-    run(worker_config(a))
+    try:
+        cfg = worker_config(a)
+    except ValidationError as e:
+        print(f"dllmserve worker: {e}", file=sys.stderr)
+        return 2
+    run(cfg)
     return 0
 
 
