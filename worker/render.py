@@ -35,12 +35,14 @@ class TextTracker:
         stop_ids: set[int],
         placeholder: str = "_",
         include_canvas: bool = False,
+        include_token_texts: bool = False,
     ) -> None:
         self._decode = make_decoder(tokenizer) if hasattr(tokenizer, "decode") else tokenizer
         self.canvas = [MASKED] * gen_length
         self._stop = stop_ids
         self._placeholder = placeholder or "_"
         self._include_canvas = include_canvas
+        self._include_token_texts = include_token_texts
         self._stable = 0  # length of the stable prefix already decoded
         self._ended = False  # the prefix reached a stop token: no more text
         self.sent = ""
@@ -81,6 +83,10 @@ class TextTracker:
         self._stable = end
         self.sent += delta
         return delta
+
+    def token_texts(self, token_ids: list[int]) -> list[str]:
+        """Each token decoded alone (for a page that shows the canvas token by token)."""
+        return [self._decode([t]) for t in token_ids] if self._include_token_texts else []
 
     def render(self) -> str:
         parts: list[str] = []
