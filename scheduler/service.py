@@ -18,6 +18,7 @@ from dllmserve.scheduler import errors
 from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.config import SchedulerConfig
 from dllmserve.scheduler.dispatcher import Dispatcher
+from dllmserve.scheduler.metrics import SchedulerMetrics
 from dllmserve.scheduler.relay import ClientGone, RelayError, ResultHub, follow
 from dllmserve.scheduler.validation import check_stream_options, group_key, to_engine_args
 from dllmserve.v1 import dllm_pb2 as pb
@@ -55,6 +56,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         self.draining = False
         self.streams = 0  # open Generate/Attach streams
         self._models: tuple[float, list[str]] = (-1e9, [])  # (monotonic time read, known models)
+        self.metrics = SchedulerMetrics(cfg, dispatcher, lambda: self.streams)
 
     # --- RPCs -------------------------------------------------------------------------------
 
@@ -63,6 +65,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
             async for ev in self._generate(request, context):
                 yield ev
         except errors.RpcError as e:
+            self.metrics.on_refused(request.request_id, e.status.code, e.status.details)
             await context.abort_with_status(e.status)
         except REDIS_DOWN as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
@@ -172,6 +175,8 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
                 f"request_id {rid!r} is already used by a different request",
             )
         created = code == 1
+        if created:
+            self.metrics.on_accepted(rid, model, int(value), request.priority)
         accepted = pb.GenerateEvent(
             accepted=pb.Accepted(
                 request_id=rid,

@@ -28,13 +28,13 @@ class Heartbeat(threading.Thread):
         self.device = device
         self.slots = slots
         self.halt = threading.Event()
-        self._registered = False
+        self.registered = False
 
     def beat(self) -> None:
         lp = self.loop
         st = lp.snapshot
         key = q.worker_key(lp.id)
-        if self._registered and not self.r.sismember(q.WORKERS, lp.id):
+        if self.registered and not self.r.sismember(q.WORKERS, lp.id):
             lp.reaped.set()
         pipe = self.r.pipeline(transaction=False)
         pipe.hset(
@@ -58,7 +58,7 @@ class Heartbeat(threading.Thread):
         pipe.sadd(q.WORKERS, lp.id)
         pipe.hset(q.MODELS, lp.model_name, repr(time.time()))
         pipe.execute()
-        self._registered = True
+        self.registered = True
 
     def run(self) -> None:
         while not self.halt.wait(self.loop.cfg.heartbeat_interval_s):

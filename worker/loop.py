@@ -24,6 +24,8 @@ from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.validation import to_engine_args
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.config import WorkerConfig
+from dllmserve.worker.metrics import WorkerMetrics
+from dllmserve.worker.observe import Observer, iteration_phase
 from dllmserve.worker.publisher import InlinePublisher, Publisher
 from dllmserve.worker.render import TextTracker, make_decoder
 
@@ -69,6 +71,8 @@ class WorkerLoop:
         self._ctl_last = "0-0"
         self._crash_on = os.environ.get(CRASH_ENV, "")
         self.steps = 0
+        self.last_iteration = time.monotonic()  # read by the /livez probe
+        self.observe = Observer(WorkerMetrics(self.model_name, lambda: self.snapshot), worker_id)
         self._decode = make_decoder(engine.tokenizer)
         self.before_leave = None  # called before the worker deregisters (stops the heartbeat)
         # `active` belongs to this (the engine's) thread; `batches` is shared with the
@@ -97,6 +101,7 @@ class WorkerLoop:
         self.drain()
 
     def iterate(self) -> None:
+        self.last_iteration = time.monotonic()
         if self.reaped.is_set():
             self._forget_all()
             self.reaped.clear()
@@ -105,7 +110,10 @@ class WorkerLoop:
         self._read_inbox(block_ms=None if busy else self.cfg.idle_block_ms)
         self._check_deadlines()
         if self.engine.has_unfinished():
+            phase = iteration_phase(list(getattr(self.engine, "running", {}).values()))
+            t0 = time.perf_counter()
             updates = self.engine.step()
+            self.observe.iteration(time.perf_counter() - t0, phase, [u.request_id for u in updates])
             self.steps += 1
             self._publish(updates)
         self.update_snapshot()
@@ -202,8 +210,10 @@ class WorkerLoop:
             set(self.engine.stop_ids),
             opts.mask_placeholder,
             opts.include_canvas,
+            opts.include_token_texts,
         )
         self.active[rid] = Active(rid, attempt, eid, t_enq, now, deadline, block, tracker)
+        self.observe.admitted(rid, attempt, t_enq, now)
 
     def _maybe_ack(self, eid: str) -> None:
         """Acknowledge and delete a batch whose requests all ended (publisher thread)."""
@@ -251,6 +261,7 @@ class WorkerLoop:
         self, rid: str, eid: str, attempt: str, status: str, code: str, msg: str, field: str = ""
     ) -> None:
         self.active.pop(rid, None)
+        self.observe.ended(rid, attempt, status, code, msg)
 
         def job() -> None:
             self.scripts.finish(
@@ -293,10 +304,13 @@ class WorkerLoop:
                 text_delta=delta,
                 canvas=canvas,
                 attempt=int(a.attempt),
+                token_texts=a.tracker.token_texts(u.token_ids),
             )
             bd = "1" if any(a.tracker.block_done(b, a.block_length) for b in blocks) else "0"
             first = "0" if a.t_first else "1"
-            a.t_first = a.t_first or now
+            if not a.t_first:
+                a.t_first = now
+                self.observe.first_step(a.request_id, a.attempt, a.t_enq, now)
             steps += [u.request_id, a.attempt, bd, first, msg.SerializeToString()]
             if u.finished and u.output is not None:
                 finished.append((a, u))
@@ -305,6 +319,7 @@ class WorkerLoop:
             self.scripts.publish_steps(keys=[], args=steps, client=pipe)
         for a, u in finished:  # after its last step record: the same connection keeps order
             done = self._completed(a, u, now)
+            self.observe.completed(done)
             self.scripts.finish(
                 keys=[q.req_key(a.request_id), q.res_key(a.request_id), q.load_key(self.id)],
                 args=[self.id, a.attempt, q.DONE, repr(now), self.cfg.result_ttl_s,

@@ -30,6 +30,12 @@ def add_worker_args(p: argparse.ArgumentParser, with_model: bool = True) -> None
     p.add_argument(
         "--sync-publish", action="store_true", help="publish on the engine's thread (debugging)"
     )
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=int(env("DLLMSERVE_WORKER_HTTP_PORT", "8081")),
+        help="port of /metrics, /livez and /readyz (env DLLMSERVE_WORKER_HTTP_PORT; 0: none)",
+    )
 
 
 def worker_config(a: argparse.Namespace):
@@ -52,6 +58,7 @@ def worker_config(a: argparse.Namespace):
         worker_id=a.worker_id,
         seed=a.seed,
         async_publish=not a.sync_publish,
+        http_port=a.http_port,
     )
 
 
