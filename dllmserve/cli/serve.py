@@ -49,8 +49,10 @@ def cmd_serve(a: argparse.Namespace) -> int:
         host, _, port = a.listen.rpartition(":")
         if port == "0":
             a.listen = f"{host}:{free_port()}"
-        base = [sys.executable, "-m", "dllmserve.cli", "--log-level", a.log_level]
-        sched = base + ["scheduler", "--redis-url", a.redis_url, "--listen", a.listen]
+        base = [sys.executable, "-m", "dllmserve.cli", "--log-level", a.log_level,
+                "--log-format", a.log_format]  # fmt: skip
+        sched = base + ["scheduler", "--redis-url", a.redis_url, "--listen", a.listen,
+                        "--metrics-port", str(a.metrics_port)]  # fmt: skip
         if a.auth_token:
             sched += ["--auth-token", a.auth_token]
         children.append(subprocess.Popen(sched))
@@ -62,7 +64,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
         for i in range(n):
             env = dict(os.environ)
             cmd = base + ["worker", "--redis-url", a.redis_url, *model_args,
-                          "--max-num-seqs", str(a.max_num_seqs)]  # fmt: skip
+                          "--max-num-seqs", str(a.max_num_seqs),
+                          "--http-port", str(free_port())]  # fmt: skip
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpu_ids[i % gpus].strip()
             elif a.device:
@@ -72,6 +75,14 @@ def cmd_serve(a: argparse.Namespace) -> int:
             children.append(subprocess.Popen(cmd, env=env))
         target = "localhost:" + a.listen.rpartition(":")[2]
         print(f"dllmserve: scheduler on {target}, {n} worker(s), model {model}", flush=True)
+        if not a.no_gateway:
+            http_host, _, http_port = a.http_listen.rpartition(":")
+            if http_port == "0":
+                a.http_listen = f"{http_host}:{free_port()}"
+            gw = base + ["gateway", "--target", target, "--listen", a.http_listen]
+            children.append(subprocess.Popen(gw))
+            url = f"http://localhost:{a.http_listen.rpartition(':')[2]}"
+            print(f"dllmserve: HTTP API (OpenAI-compatible) and playground on {url}", flush=True)
         if not _wait_ready(target, a.auth_token, children, timeout_s=a.ready_timeout):
             print("dllmserve serve: the service did not become ready", file=sys.stderr)
             return 1
@@ -146,6 +157,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--redis-dir", default="", help="data directory of the private redis-server")
     s.add_argument("--listen", default="0.0.0.0:50051")
+    s.add_argument(
+        "--http-listen",
+        default="0.0.0.0:8000",
+        help="the HTTP gateway (OpenAI API, /metrics, playground); port 0: a free one",
+    )
+    s.add_argument("--no-gateway", action="store_true", help="start no HTTP gateway")
+    s.add_argument(
+        "--metrics-port", type=int, default=9090, help="the scheduler's /metrics (0: off)"
+    )
     s.add_argument("--workers", type=int, default=0, help="default: one per GPU, or one on CPU")
     s.add_argument("--device", default=None)
     s.add_argument("--max-num-seqs", type=int, default=64)
