@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -100,6 +100,10 @@ class Gateway:
             for m in info.models
         ]  # fmt: skip
         return JSONResponse({"object": "list", "data": data})
+
+    async def prometheus(self, request: Request) -> Response:
+        body = generate_latest(self.metrics.registry)
+        return Response(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def health(self, request: Request) -> Response:
         """200 while the scheduler's gRPC health check says SERVING (no token needed)."""
@@ -278,7 +282,7 @@ def build_app(cfg: GatewayConfig) -> Starlette:
         Route("/v1/chat/completions", gw.chat_completions, methods=["POST"]),
         Route("/v1/models", gw.models, methods=["GET"]),
         Route("/health", gw.health, methods=["GET"]),
-        Mount("/metrics", make_asgi_app(gw.metrics.registry)),
+        Route("/metrics", gw.prometheus, methods=["GET"]),
         Mount("/", StaticFiles(directory=STATIC, html=True)),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

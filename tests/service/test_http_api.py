@@ -247,3 +247,33 @@ def test_auth_rate_limit_and_draining(tmp_path, tiny_model):
             assert httpx.get(base + "/health").status_code == 503
     finally:
         c.close()
+
+
+def test_serve_starts_the_gateway_and_prints_its_url(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from dllmserve.scheduler.local_redis import free_port
+
+    metrics = free_port()
+    cmd = [sys.executable, "-m", "dllmserve.cli", "--log-level", "WARNING", "serve",
+           "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--metrics-port",
+           str(metrics), "--max-num-seqs", "4"]  # fmt: skip
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as f:
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    try:
+        line = wait_for(lambda: next((x for x in log.read_text().splitlines()
+                                      if "HTTP API" in x), None), 120, what="url")  # fmt: skip
+        url = line.split(" on ")[-1].strip()
+        wait_for(lambda: "ready" in log.read_text(), 300, what="ready")
+        wait_for(lambda: get(url + "/health")[0] == 200, 60, what="gateway")
+        models = httpx.get(url + "/v1/models").json()["data"]
+        assert [m["id"] for m in models] == [default_model_path().name]
+        assert "dllmserve:queue_length" in get(f"http://127.0.0.1:{metrics}/metrics")[1]
+        assert get(url + "/")[1].startswith("<!doctype html>")
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(60) == 0, log.read_text()
