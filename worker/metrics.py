@@ -35,7 +35,7 @@ class WorkerMetrics:
 
         gauge("num_requests_running", "Requests in the engine's running batch.", "running")
         gauge("num_requests_waiting", "Requests on this worker waiting for the batch.", "waiting")
-        gauge("cache_pages_total", "KV-cache pages of the engine's pool.", "total_pages")
+        gauge("cache_pages_capacity", "KV-cache pages of the engine's pool.", "total_pages")
         used = Gauge(PREFIX + "cache_pages_used", "KV-cache pages held by requests.", m, registry=r)
         used.labels(model_name).set_function(
             lambda: float(snapshot().get("total_pages", 0) - snapshot().get("free_pages", 0))

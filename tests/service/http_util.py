@@ -39,6 +39,11 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
     return out
 
 
+def families(url: str) -> set[str]:
+    """The metric families a /metrics page declares (with or without samples yet)."""
+    return {f.name for f in text_string_to_metric_families(get(url)[1])}
+
+
 def total(samples: dict, name: str, **labels: str) -> float:
     """The sum of a metric's samples whose labels include `labels`."""
     return sum(
