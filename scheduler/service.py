@@ -13,6 +13,7 @@ import grpc.aio
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from dllmserve import tracing
 from dllmserve.errors import ValidationError
 from dllmserve.scheduler import errors
 from dllmserve.scheduler import queue as q
@@ -61,14 +62,17 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
     # --- RPCs -------------------------------------------------------------------------------
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        span = tracing.start("dllmserve.generate", model=request.model or None)
         try:
-            async for ev in self._generate(request, context):
+            async for ev in self._generate(request, context, span):
                 yield ev
         except errors.RpcError as e:
             self.metrics.on_refused(request.request_id, e.status.code, e.status.details)
             await context.abort_with_status(e.status)
         except REDIS_DOWN as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
+        finally:
+            tracing.end(span)
 
     async def Attach(self, request: pb.AttachRequest, context: grpc.aio.ServicerContext):
         try:
@@ -132,7 +136,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
     # --- internals -------------------------------------------------------------------------
 
     async def _generate(
-        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, span=None
     ) -> AsyncIterator[pb.GenerateEvent]:
         if self.draining:
             raise errors.simple(grpc.StatusCode.UNAVAILABLE, "scheduler is draining; retry")
@@ -177,6 +181,9 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         created = code == 1
         if created:
             self.metrics.on_accepted(rid, model, int(value), request.priority)
+            if span is not None:  # the worker's span becomes a child of this one
+                span.set_attributes({"dllmserve.request_id": rid, "dllmserve.model": model})
+                await self._r.hset(q.req_key(rid), "tp", tracing.traceparent(span))
         accepted = pb.GenerateEvent(
             accepted=pb.Accepted(
                 request_id=rid,

@@ -72,7 +72,8 @@ class WorkerLoop:
         self._crash_on = os.environ.get(CRASH_ENV, "")
         self.steps = 0
         self.last_iteration = time.monotonic()  # read by the /livez probe
-        self.observe = Observer(WorkerMetrics(self.model_name, lambda: self.snapshot), worker_id)
+        metrics = WorkerMetrics(self.model_name, lambda: self.snapshot)
+        self.observe = Observer(metrics, worker_id, client)
         self._decode = make_decoder(engine.tokenizer)
         self.before_leave = None  # called before the worker deregisters (stops the heartbeat)
         # `active` belongs to this (the engine's) thread; `batches` is shared with the

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from dllmserve import tracing
 from dllmserve.logs import event
+from dllmserve.scheduler import queue as q
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.metrics import WorkerMetrics
 
@@ -32,19 +34,28 @@ def iteration_phase(running: Sequence) -> str:
 
 
 class Observer:
-    def __init__(self, metrics: WorkerMetrics, worker_id: str) -> None:
+    def __init__(self, metrics: WorkerMetrics, worker_id: str, client=None) -> None:
         self.metrics = metrics
         self.worker_id = worker_id
+        self._r = client  # reads a request's traceparent when tracing is on
+        self._spans: dict[str, object] = {}  # request id -> its open `dllmserve.run` span
 
     def admitted(self, rid: str, attempt: str, t_enq: float, now: float) -> None:
         queued = max(0.0, now - t_enq)
         self.metrics.queue_time.observe(queued)
+        if tracing.enabled() and self._r is not None:
+            parent = q.s(self._r.hget(q.req_key(rid), "tp"))
+            self._spans[rid] = tracing.start(
+                "dllmserve.run", parent, **{"dllmserve.request_id": rid,
+                "dllmserve.attempt": int(attempt), "dllmserve.worker": self.worker_id})  # fmt: skip
         event(log, "admitted", request_id=rid, worker=self.worker_id, attempt=int(attempt),
               queued_ms=round(queued * 1000, 3))  # fmt: skip
 
     def first_step(self, rid: str, attempt: str, t_enq: float, now: float) -> None:
         first = max(0.0, now - t_enq)
         self.metrics.time_to_first_step.observe(first)
+        if (span := self._spans.get(rid)) is not None:
+            span.add_event("first_step")
         event(log, "first_step", request_id=rid, worker=self.worker_id, attempt=int(attempt),
               first_update_ms=round(first * 1000, 3))  # fmt: skip
 
@@ -68,6 +79,8 @@ class Observer:
         m.prompt_tokens.inc(done.usage.prompt_tokens)
         m.generation_tokens.inc(done.usage.generated_tokens)
         m.e2e_latency.observe(done.timings.total_ms / 1000)
+        tracing.end(self._spans.pop(done.request_id, None), **{
+            "dllmserve.finish_reason": reason, "dllmserve.steps": done.usage.steps})  # fmt: skip
         event(log, "finished", request_id=done.request_id, worker=self.worker_id,
               attempt=done.attempt, finish_reason=reason, steps=done.usage.steps,
               prompt_tokens=done.usage.prompt_tokens,
@@ -79,6 +92,7 @@ class Observer:
     def ended(self, rid: str, attempt: str, status: str, code: str, message: str) -> None:
         """A request ended without completing: cancelled, past its deadline, or failed."""
         self.metrics.reason(_ENDED_REASON.get(status, "error")).inc()
+        tracing.end(self._spans.pop(rid, None), **{"dllmserve.code": code})
         name = status if status in _ENDED_REASON else "failed"
         level = logging.WARNING if code == "INTERNAL" else logging.INFO
         event(log, name, level=level, request_id=rid, worker=self.worker_id,

@@ -12,6 +12,7 @@ from dllmserve.cli import gateway, generate, scheduler, serve, worker
 from dllmserve.cli.common import env
 from dllmserve.errors import ListenError
 from dllmserve.logs import configure
+from dllmserve.tracing import setup as setup_tracing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     configure(a.log_level, a.log_format)
+    if a.cmd in ("scheduler", "worker", "gateway"):
+        setup_tracing(f"dllmserve-{a.cmd}")
     try:
         return int(a.fn(a) or 0)
     except ListenError as e:  # a port taken or malformed: say which flag, no traceback
