@@ -7,7 +7,7 @@ HTTP and gRPC clients meet exactly the same rules.
 Field map: `max_tokens` (chat also `max_completion_tokens`) -> `gen_length` (and, unless
 `steps` is given, steps = min(gen_length, 128): one token per step); `temperature`,
 `top_p`, `seed` as is; `n` > 1 -> n requests with seeds seed, seed+1, ...; `stop` is applied to
-the text by the gateway (`stop.py`); `user` is logged. dLLM fields at the top level of the body
+the text by the gateway (`stop.py`); `user` is accepted and not used. dLLM fields at the top level of the body
 (the SDKs' `extra_body`): every field of SamplingParams (`steps`, `block_length`, `remasking`,
 `cfg_scale`, `threshold`, `top_k`, ...), `sparse_config` {SparseConfig fields}, `priority`,
 `stream_mode` ("text" | "denoise") and `mask_placeholder`.
@@ -72,7 +72,6 @@ class Plan:
     include_usage: bool = False
     stop: list[str] = field(default_factory=list)
     id: str = ""
-    user: str = ""
     n: int = 1  # choices per prompt (requests are prompt-major)
 
 
@@ -117,9 +116,9 @@ def plan(body: object, chat: bool) -> Plan:
     include_usage = opts.get("include_usage", False)
     if not isinstance(include_usage, bool):
         raise bad_field("stream_options.include_usage", "must be a boolean")
-    user = _opt(body, "user", str) or ""
+    _opt(body, "user", str)  # accepted (OpenAI's end-user id), not used
     return Plan(chat, model, requests, stream, mode == "denoise", include_usage,
-                _stop(body), pid, user, n)  # fmt: skip
+                _stop(body), pid, n)  # fmt: skip
 
 
 def _check_keys(body: dict, chat: bool) -> None:
