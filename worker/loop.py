@@ -24,8 +24,7 @@ from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.validation import to_engine_args
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.config import WorkerConfig
-from dllmserve.worker.metrics import WorkerMetrics
-from dllmserve.worker.observe import Observer, iteration_phase
+from dllmserve.worker.observe import Observer
 from dllmserve.worker.publisher import InlinePublisher, Publisher
 from dllmserve.worker.render import TextTracker, make_decoder
 
@@ -72,8 +71,7 @@ class WorkerLoop:
         self._crash_on = os.environ.get(CRASH_ENV, "")
         self.steps = 0
         self.last_iteration = time.monotonic()  # read by the /livez probe
-        metrics = WorkerMetrics(self.model_name, lambda: self.snapshot)
-        self.observe = Observer(metrics, worker_id, client)
+        self.observe = Observer(self.model_name, lambda: self.snapshot, worker_id, client)
         self._decode = make_decoder(engine.tokenizer)
         self.before_leave = None  # called before the worker deregisters (stops the heartbeat)
         # `active` belongs to this (the engine's) thread; `batches` is shared with the
@@ -111,10 +109,7 @@ class WorkerLoop:
         self._read_inbox(block_ms=None if busy else self.cfg.idle_block_ms)
         self._check_deadlines()
         if self.engine.has_unfinished():
-            phase = iteration_phase(list(getattr(self.engine, "running", {}).values()))
-            t0 = time.perf_counter()
-            updates = self.engine.step()
-            self.observe.iteration(time.perf_counter() - t0, phase, [u.request_id for u in updates])
+            updates = self.observe.step(self.engine)
             self.steps += 1
             self._publish(updates)
         self.update_snapshot()

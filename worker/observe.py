@@ -8,7 +8,8 @@ scheduling and publishing only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from dllmserve import tracing
 from dllmserve.logs import event
@@ -34,8 +35,10 @@ def iteration_phase(running: Sequence) -> str:
 
 
 class Observer:
-    def __init__(self, metrics: WorkerMetrics, worker_id: str, client=None) -> None:
-        self.metrics = metrics
+    def __init__(
+        self, model_name: str, snapshot: Callable[[], dict], worker_id: str, client=None
+    ) -> None:
+        self.metrics = WorkerMetrics(model_name, snapshot)
         self.worker_id = worker_id
         self._r = client  # reads a request's traceparent when tracing is on
         self._spans: dict[str, object] = {}  # request id -> its open `dllmserve.run` span
@@ -58,6 +61,14 @@ class Observer:
             span.add_event("first_step")
         event(log, "first_step", request_id=rid, worker=self.worker_id, attempt=int(attempt),
               first_update_ms=round(first * 1000, 3))  # fmt: skip
+
+    def step(self, engine) -> list:
+        """Run one `engine.step()`, timed and labelled with its phase."""
+        phase = iteration_phase(list(getattr(engine, "running", {}).values()))
+        t0 = time.perf_counter()
+        updates = engine.step()
+        self.iteration(time.perf_counter() - t0, phase, [u.request_id for u in updates])
+        return updates
 
     def iteration(self, seconds: float, phase: str, request_ids: Sequence[str]) -> None:
         """One `engine.step()` call. With chained iterations a call may return the updates of
