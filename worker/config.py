@@ -28,3 +28,4 @@ class WorkerConfig:
     stall_factor: float = 20.0
     stall_floor_s: float = 60.0
     async_publish: bool = True  # publish step records on a thread, overlapping the next step
+    http_port: int = 8081  # /metrics, /livez, /readyz (worker/http.py); 0: no HTTP server

@@ -26,6 +26,7 @@ from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.config import WorkerConfig
 from dllmserve.worker.faults import Faults
 from dllmserve.worker.leaving import Leaving
+from dllmserve.worker.observe import Observer
 from dllmserve.worker.publisher import InlinePublisher, Publisher
 from dllmserve.worker.render import CanvasRenderer
 from dllmserve.worker.watchdog import Watchdog
@@ -48,6 +49,7 @@ class Active:
     t_start: float
     deadline: float
     canvas: CanvasRenderer | None  # with include_canvas
+    token_texts: bool  # with include_token_texts: each committed token's text too
     t_first: float = 0.0
 
 
@@ -71,6 +73,8 @@ class WorkerLoop(Leaving):
         self.faults = Faults()
         self.watchdog = Watchdog(cfg.stall_factor, cfg.stall_floor_s, self._leave_stalled)
         self.steps = 0
+        self.last_iteration = time.monotonic()  # read by the /livez probe
+        self.observe = Observer(self.model_name, lambda: self.snapshot, worker_id, client)
         self.before_leave = None  # called before the worker deregisters (stops the heartbeat)
         # `active` belongs to this (the engine's) thread; `batches` is shared with the
         # publisher, which acknowledges a batch once its last request's record is written.
@@ -100,6 +104,7 @@ class WorkerLoop(Leaving):
         self.watchdog.halt.set()
 
     def iterate(self) -> None:
+        self.last_iteration = time.monotonic()
         if self.reaped.is_set():
             self._forget_all()
             self.ensure_group()
@@ -120,7 +125,7 @@ class WorkerLoop(Leaving):
     def _step(self) -> list[StepUpdate]:
         with self.watchdog.iteration():
             self.faults.before_step()
-            return self.engine.step()
+            return self.observe.step(self.engine)
 
     def update_snapshot(self) -> None:
         st = self.engine.stats()
@@ -203,7 +208,10 @@ class WorkerLoop(Leaving):
             if opts.include_canvas
             else None
         )
-        self.active[rid] = Active(rid, attempt, eid, t_enq, now, deadline, canvas)
+        self.active[rid] = Active(
+            rid, attempt, eid, t_enq, now, deadline, canvas, opts.include_token_texts
+        )
+        self.observe.admitted(rid, attempt, t_enq, now)
 
     def _maybe_ack(self, eid: str) -> None:
         """Acknowledge and delete a batch whose requests all ended (publisher thread)."""
@@ -251,6 +259,7 @@ class WorkerLoop(Leaving):
         self, rid: str, eid: str, attempt: str, status: str, code: str, msg: str, field: str = ""
     ) -> None:
         self.active.pop(rid, None)
+        self.observe.ended(rid, attempt, status, code, msg)
 
         def job() -> None:
             self.scripts.finish(
@@ -292,10 +301,13 @@ class WorkerLoop(Leaving):
                 text_delta=u.text_delta,
                 canvas=canvas,
                 attempt=int(a.attempt),
+                token_texts=[self.engine.decode([t]) for t in u.token_ids] if a.token_texts else [],
             )
             bd = "1" if u.block_done else "0"
             first = "0" if a.t_first else "1"
-            a.t_first = a.t_first or now
+            if not a.t_first:
+                a.t_first = now
+                self.observe.first_step(a.request_id, a.attempt, a.t_enq, now)
             steps += [u.request_id, a.attempt, bd, first, msg.SerializeToString()]
             if u.finished and u.output is not None:
                 finished.append((a, u))
@@ -304,6 +316,7 @@ class WorkerLoop(Leaving):
             self.scripts.publish_steps(keys=[], args=steps, client=pipe)
         for a, u in finished:  # after its last step record: the same connection keeps order
             done = self._completed(a, u, now)
+            self.observe.completed(done)
             self.scripts.finish(
                 keys=[q.req_key(a.request_id), q.res_key(a.request_id), q.load_key(self.id)],
                 args=[self.id, a.attempt, q.DONE, repr(now), self.cfg.result_ttl_s,

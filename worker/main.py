@@ -11,6 +11,7 @@ import uuid
 import redis
 
 from dllmserve.engine.protocol import StepEngine
+from dllmserve.worker import http
 from dllmserve.worker.config import WorkerConfig
 from dllmserve.worker.heartbeat import Heartbeat
 from dllmserve.worker.loop import WorkerLoop
@@ -29,6 +30,10 @@ def build_engine(cfg: WorkerConfig) -> StepEngine:
 
 
 def run(cfg: WorkerConfig, engine: StepEngine | None = None) -> None:
+    probes = http.Probes()
+    server = http.serve(probes, "0.0.0.0", cfg.http_port) if cfg.http_port else None
+    if server is not None:
+        log.info("worker http (/metrics, /livez, /readyz) on port %d", server.server_port)
     engine = engine if engine is not None else build_engine(cfg)
     worker_id = cfg.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     client = redis.Redis.from_url(cfg.redis_url, health_check_interval=10)
@@ -39,6 +44,8 @@ def run(cfg: WorkerConfig, engine: StepEngine | None = None) -> None:
     hb = Heartbeat(loop, client, str(engine.device), slots)
     hb.beat()
     hb.start()
+    probes.registry = loop.observe.metrics.registry
+    probes.loop, probes.heartbeat = loop, hb
 
     def stop_heartbeat() -> None:
         hb.halt.set()
@@ -52,9 +59,12 @@ def run(cfg: WorkerConfig, engine: StepEngine | None = None) -> None:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     log.info("worker %s serving %s on %s", worker_id, loop.model_name, engine.device)
-    print(f"{READY_LINE} id={worker_id} model={loop.model_name}", flush=True)
+    port = server.server_port if server is not None else 0
+    print(f"{READY_LINE} id={worker_id} model={loop.model_name} http_port={port}", flush=True)
     try:
         loop.run()
     finally:
         hb.halt.set()
+        if server is not None:
+            server.shutdown()
         log.info("worker %s stopped", worker_id)

@@ -1,4 +1,4 @@
-"""`dllmserve serve | scheduler | worker | generate`: one module per subcommand.
+"""`dllmserve serve | scheduler | worker | gateway | generate`: one module per subcommand.
 
 Each subcommand module has `register(subparsers)`, which adds its parser and sets `fn`.
 """
@@ -6,11 +6,13 @@ Each subcommand module has `register(subparsers)`, which adds its parser and set
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from dllmserve.cli import generate, scheduler, serve, worker
+from dllmserve.cli import gateway, generate, scheduler, serve, worker
 from dllmserve.cli.common import env
+from dllmserve.errors import ListenError
+from dllmserve.logs import configure
+from dllmserve.tracing import setup as setup_tracing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,19 +21,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="dLLM-Serve: serve masked-diffusion language models (LLaDA, Dream).",
     )
     p.add_argument("--log-level", default=env("DLLMSERVE_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--log-format",
+        default=env("DLLMSERVE_LOG_FORMAT", "text"),
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line (env DLLMSERVE_LOG_FORMAT)",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
-    for module in (serve, scheduler, worker, generate):
+    for module in (serve, scheduler, worker, gateway, generate):
         module.register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(a.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    return int(a.fn(a) or 0)
+    configure(a.log_level, a.log_format)
+    if a.cmd in ("scheduler", "worker", "gateway"):
+        setup_tracing(f"dllmserve-{a.cmd}")
+    try:
+        return int(a.fn(a) or 0)
+    except ListenError as e:  # a port taken or malformed: say which flag, no traceback
+        print(f"dllmserve {a.cmd}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -47,6 +47,12 @@ def add_scheduler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", default=env("DLLMSERVE_TLS_KEY"))
     p.add_argument("--id", default="", help="scheduler id (default: host-pid-random)")
     p.add_argument("--no-dispatch", action="store_true", help="relay only, never dispatch")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env("DLLMSERVE_METRICS_PORT", "9090")),
+        help="port of Prometheus /metrics (env DLLMSERVE_METRICS_PORT; 0: off)",
+    )
 
 
 def scheduler_config(a: argparse.Namespace):
@@ -72,6 +78,7 @@ def scheduler_config(a: argparse.Namespace):
         tls_cert=a.tls_cert,
         tls_key=a.tls_key,
         dispatch=not a.no_dispatch,
+        metrics_port=a.metrics_port,
     )
 
 

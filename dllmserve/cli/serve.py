@@ -63,11 +63,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
         host, _, port = a.listen.rpartition(":")
         if port == "0":
             a.listen = f"{host}:{free_port()}"
-        base = [sys.executable, "-m", "dllmserve.cli", "--log-level", a.log_level]
+        base = [sys.executable, "-m", "dllmserve.cli", "--log-level", a.log_level,
+                "--log-format", a.log_format]  # fmt: skip
         secret_env = {**os.environ, "DLLMSERVE_REDIS_URL": a.redis_url}
         if a.auth_token:
             secret_env["DLLMSERVE_AUTH_TOKEN"] = a.auth_token
-        sched = base + ["scheduler", "--listen", a.listen]
+        sched = base + ["scheduler", "--listen", a.listen, "--metrics-port", str(a.metrics_port)]
         children.append(subprocess.Popen(sched, env=secret_env))
         gpus = _gpu_count() if engine.device in (None, "cuda") else 0
         # worker i gets the i-th GPU this process sees (of CUDA_VISIBLE_DEVICES when it is set)
@@ -76,7 +77,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         n = a.workers or max(1, gpus)
         for i in range(n):
             env = dict(secret_env)
-            cmd = base + ["worker", *model_args, *engine_args]
+            cmd = base + ["worker", *model_args, *engine_args, "--http-port", str(free_port())]
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpu_ids[i % gpus].strip()
             else:
@@ -84,6 +85,14 @@ def cmd_serve(a: argparse.Namespace) -> int:
             children.append(subprocess.Popen(cmd, env=env))
         target = "localhost:" + a.listen.rpartition(":")[2]
         print(f"dllmserve: scheduler on {target}, {n} worker(s), model {model}", flush=True)
+        if not a.no_gateway:
+            http_host, _, http_port = a.http_listen.rpartition(":")
+            if http_port == "0":
+                a.http_listen = f"{http_host}:{free_port()}"
+            gw = base + ["gateway", "--target", target, "--listen", a.http_listen]
+            children.append(subprocess.Popen(gw))
+            url = f"http://localhost:{a.http_listen.rpartition(':')[2]}"
+            print(f"dllmserve: HTTP API (OpenAI-compatible) and playground on {url}", flush=True)
         token = a.auth_token.split(",")[0].strip()  # the first tenant's, for its own checks
         if not _wait_ready(target, token, children, timeout_s=a.ready_timeout):
             print("dllmserve serve: the service did not become ready", file=sys.stderr)
@@ -162,6 +171,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--listen",
         default="127.0.0.1:50051",
         help="the gRPC address (default: this machine only; 0.0.0.0:PORT for every interface)",
+    )
+    s.add_argument(
+        "--http-listen",
+        default="127.0.0.1:8000",
+        help="the HTTP gateway (OpenAI API, /metrics, playground); port 0: a free one "
+        "(default: this machine only)",
+    )
+    s.add_argument("--no-gateway", action="store_true", help="start no HTTP gateway")
+    s.add_argument(
+        "--metrics-port", type=int, default=9090, help="the scheduler's /metrics (0: off)"
     )
     s.add_argument("--workers", type=int, default=0, help="default: one per GPU, or one on CPU")
     s.add_argument(

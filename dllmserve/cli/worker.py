@@ -35,6 +35,12 @@ def add_worker_args(p: argparse.ArgumentParser, with_model: bool = True) -> None
     p.add_argument(
         "--sync-publish", action="store_true", help="publish on the engine's thread (debugging)"
     )
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=int(env("DLLMSERVE_WORKER_HTTP_PORT", "8081")),
+        help="port of /metrics, /livez and /readyz (env DLLMSERVE_WORKER_HTTP_PORT; 0: none)",
+    )
     add_config_args(p, EngineConfig)
 
 
@@ -54,6 +60,7 @@ def worker_config(a: argparse.Namespace):
         stall_floor_s=a.stall_floor,
         worker_id=a.worker_id,
         async_publish=not a.sync_publish,
+        http_port=a.http_port,
     )
 
 

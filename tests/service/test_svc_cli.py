@@ -32,7 +32,8 @@ def _cli(*args: str, env: dict | None = None, timeout: float = 300) -> subproces
 def test_serve_starts_everything_and_streams_the_demo(tmp_path):
     # No --redis-url: a private redis-server; no --model: the built-in demo model.
     out = _cli("serve", "--listen", "127.0.0.1:0", "--demo", "--exit-after-demo",
-               "--max-num-seqs", "4", env={"DLLMSERVE_CACHE": str(tmp_path)})  # fmt: skip
+               "--max-num-seqs", "4", "--http-listen", "127.0.0.1:0", "--metrics-port", "0",
+               env={"DLLMSERVE_CACHE": str(tmp_path)})  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "private redis-server" in out.stdout and "ready" in out.stdout
     assert "accepted" in out.stderr and "32 steps" in out.stderr
