@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from dllmserve import tracing
+from dllmserve.engine.outputs import StepUpdate
 from dllmserve.logs import event
 from dllmserve.scheduler import queue as q
 from dllmserve.v1 import dllm_pb2 as pb
@@ -24,14 +25,9 @@ _PHASE_COST = {"SELECT": 2, "FULL": 1, "REUSE": 0}
 _ENDED_REASON = {"cancelled": "cancelled", "expired": "deadline"}
 
 
-def iteration_phase(running: Sequence) -> str:
-    """The costliest phase among the requests about to step (a dense request is FULL)."""
-    best = "REUSE" if running else "FULL"
-    for r in running:
-        name = getattr(getattr(r, "phase", None), "name", "FULL")
-        if _PHASE_COST.get(name, 1) > _PHASE_COST[best]:
-            best = name
-    return best
+def iteration_phase(updates: Sequence[StepUpdate]) -> str:
+    """The costliest phase the engine ran for these updates (REUSE when there are none)."""
+    return max((u.phase for u in updates), key=_PHASE_COST.__getitem__, default="REUSE")
 
 
 class Observer:
@@ -64,10 +60,10 @@ class Observer:
 
     def step(self, engine) -> list:
         """Run one `engine.step()`, timed and labelled with its phase."""
-        phase = iteration_phase(list(getattr(engine, "running", {}).values()))
         t0 = time.perf_counter()
         updates = engine.step()
-        self.iteration(time.perf_counter() - t0, phase, [u.request_id for u in updates])
+        seconds = time.perf_counter() - t0
+        self.iteration(seconds, iteration_phase(updates), [u.request_id for u in updates])
         return updates
 
     def iteration(self, seconds: float, phase: str, request_ids: Sequence[str]) -> None:

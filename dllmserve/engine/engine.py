@@ -239,6 +239,7 @@ class Engine:
             step=req.global_step,
             total_steps=req.total_steps,
             block_index=res.block_index,
+            phase=res.phase.name,
             block_length=req.spec.block_length,
             positions=res.positions,
             token_ids=res.token_ids,

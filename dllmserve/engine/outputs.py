@@ -52,6 +52,7 @@ class StepUpdate:
     step: int  # 1-based count of steps this request has run
     total_steps: int  # the planned number of steps (an upper bound with threshold / stop_at_eos)
     block_index: int  # the block this step worked on
+    phase: str  # what its forward did: "FULL", "SELECT" or "REUSE" (docs/design.md §10)
     block_length: int
     positions: list[int]
     token_ids: list[int]

@@ -39,6 +39,7 @@ class StepResult:
     """What one step decided for one request."""
 
     block_index: int  # the block the step worked on
+    phase: Phase  # what the step's forward did (FULL, SELECT or REUSE)
     positions: list[int]  # offsets into the generated canvas committed at this step
     token_ids: list[int]
     block_done: bool  # the step ended its block (also the last step, and an early stop)
@@ -168,7 +169,7 @@ class Request:
         """Apply one step's sampled tokens (x0 and the commit mask over the block's positions),
         then end the block, stop early at EOS, or finish, as the step decides."""
         bs, be = self.block_span
-        block = self.block_idx
+        block, phase = self.block_idx, self.phase
         offs = np.flatnonzero(commit[: be - bs])
         tokens = x0[offs]
         self.canvas[bs + offs] = tokens
@@ -196,7 +197,7 @@ class Request:
                 self.finish_reason = "stop" if self.answer_length is not None else "length"
             else:
                 self._start_block(self.block_idx + 1)
-        return StepResult(block, positions, token_ids, block_done)
+        return StepResult(block, phase, positions, token_ids, block_done)
 
     @property
     def finished(self) -> bool:

@@ -68,8 +68,9 @@ class FakeEngine:
             pos = (k - 1) % gen
             done = k >= total
             token = 65 + pos % 26
-            u = StepUpdate(rid, k, total, 0, gen, [pos], [token], total - k, block_done=done,
-                           text_delta=chr(token) if k <= gen else "")  # fmt: skip
+            u = StepUpdate(rid, k, total, block_index=0, phase="FULL", block_length=gen,
+                           positions=[pos], token_ids=[token], masked_left=total - k,
+                           block_done=done, text_delta=chr(token) if k <= gen else "")  # fmt: skip
             if done:
                 del self.running[rid]
                 u.finish_reason = "length"

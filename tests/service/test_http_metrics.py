@@ -40,12 +40,32 @@ def svc(tmp_path_factory):
         c.close()
 
 
+PHASES = ("FULL", "SELECT", "REUSE")
+
+
 def _scrapes(svc) -> tuple[dict, dict, dict]:
     return (
         scrape(f"http://127.0.0.1:{svc.http_port}/metrics"),
         scrape(f"http://127.0.0.1:{svc.metrics_port}/metrics"),
         scrape(svc.base + "/metrics"),
     )
+
+
+def test_step_time_is_labelled_with_the_phase_the_engine_ran(svc):
+    """A sparse request of 2 blocks of 8 steps with delay 1: per block one FULL step, one
+    SELECT and six REUSE (the engine's own StepUpdate.phase, not a guess of the worker's)."""
+    w0 = scrape(f"http://127.0.0.1:{svc.http_port}/metrics")
+    oai = openai.OpenAI(base_url=svc.base + "/v1", api_key="x", max_retries=0)
+    sparse = {"retention_ratio": 0.5, "delay_step": 1, "default_block_len": 8}
+    done = oai.chat.completions.create(
+        model=svc.model.name, messages=MESSAGES, max_tokens=16,
+        extra_body={"steps": 16, "sparse_config": sparse, "stop_at_eos": False},
+    )  # fmt: skip
+    assert done.usage.model_extra["denoising_steps"] == 16
+    w1 = scrape(f"http://127.0.0.1:{svc.http_port}/metrics")
+    name = P + "step_duration_seconds_count"
+    got = {ph: total(w1, name, phase=ph) - total(w0, name, phase=ph) for ph in PHASES}
+    assert got == {"FULL": 2, "SELECT": 2, "REUSE": 12}
 
 
 def test_counters_and_histograms_move_by_the_requests_made(svc):
