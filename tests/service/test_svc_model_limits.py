@@ -120,7 +120,7 @@ def svc(tmp_path_factory, tiny_model):
     c = Cluster(tmp_path_factory.mktemp("limits"), tiny_model)
     try:
         c.add_scheduler()
-        c.add_worker(*WORKER_FLAGS)
+        c.worker = c.add_worker(*WORKER_FLAGS)
         yield c
     finally:
         c.close()
@@ -163,7 +163,7 @@ def _offline(llm: LLM, req) -> tuple[grpc.StatusCode, str, str]:
 
 
 def _worker_saw(c: Cluster, rid: str) -> bool:
-    return any(rid in Path(p.log_path).read_text(errors="replace") for p in c.workers)
+    return rid in Path(c.worker.log_path).read_text(errors="replace")
 
 
 def test_every_model_bound_is_checked_before_queueing(svc, llm):
@@ -198,8 +198,8 @@ def test_every_model_bound_is_checked_before_queueing(svc, llm):
 
 
 def test_the_worker_registers_its_engines_limits(svc, llm):
-    (w,) = svc.workers
-    assert decode_limits(svc.worker_hash(w.worker_id)["limits"]) == llm.engine.limits
+    registered = svc.worker_hash(svc.worker.worker_id)["limits"]
+    assert decode_limits(registered) == llm.engine.limits
 
 
 def test_the_gateway_answers_400_naming_the_field(svc):
@@ -285,7 +285,8 @@ def test_limits_of_a_model_are_its_ready_workers_most_generous_first(rserver, r)
     register("w3", "m", "ready", encode_limits(SMALL))  # the same limits count once
     register("w4", "m", "draining", encode_limits(replace(BIG, num_cache_pages=10**6)))
     register("w5", "m", "ready", "")  # a model-free engine: nothing to check against
-    register("w6", "other", "ready", encode_limits(replace(SMALL, max_len=64)))
+    register("w6", "m", "ready", "{not json")  # unreadable: as if it registered none
+    register("w7", "other", "ready", encode_limits(replace(SMALL, max_len=64)))
     r.sadd(q.WORKERS, "gone")  # its heartbeat key expired
 
     async def read():
