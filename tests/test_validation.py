@@ -121,6 +121,14 @@ ENGINE_CASES = [
         "sparse_config.layer_ratios",
         "one ratio per layer (2)",
     ),
+    ([1, 2], dict(gen_length=8, steps=8, top_k=321), None, "sampling_params.top_k", "[1, 320]"),
+    (
+        [1, 2],
+        dict(gen_length=8, steps=8),
+        SparseConfig(default_block_len=513),
+        "sparse_config.default_block_len",
+        "[1, 512]",
+    ),
 ]
 
 
@@ -129,6 +137,19 @@ def test_engine_limits(llm, prompt, kw, sparse, field, text):
     with pytest.raises(ValidationError) as e:
         llm.generate([prompt], SamplingParams(**kw), sparse_configs=sparse, use_tqdm=False)
     assert e.value.field == field and text in str(e.value)
+
+
+def test_engine_limits_at_their_bounds(llm):
+    """top_k up to the vocabulary, default_block_len up to the model's length, 512 tokens."""
+    assert llm.engine.limits.vocab_size == 320 and llm.engine.limits.max_len == 512
+    params = [
+        SamplingParams(gen_length=8, steps=8, top_k=320, temperature=1.0, seed=1),
+        SamplingParams(gen_length=8, steps=8, seed=1),
+        SamplingParams(gen_length=510, steps=1, seed=1),
+    ]
+    sparse = [None, SparseConfig(default_block_len=512), None]
+    outs = llm.generate([[1, 2]] * 3, params, sparse_configs=sparse, use_tqdm=False)
+    assert [len(o["token_ids"]) for o in outs] == [8, 8, 510]
 
 
 def test_mask_token_in_prompt(llm):

@@ -79,6 +79,11 @@ def resolve_request(
     if prompt_ids is not None:
         _check_prompt_ids(limits, prompt_ids)
         prompt_len = len(prompt_ids)
+    if params.top_k is not None and params.top_k > limits.vocab_size:
+        raise ValidationError(
+            "sampling_params.top_k",
+            f"must be in [1, {limits.vocab_size}] (the vocabulary), got {params.top_k}",
+        )
     known_len = prompt_len
     prompt_len = 1 if prompt_len is None else prompt_len
     gen = params.gen_length
@@ -104,6 +109,12 @@ def resolve_request(
     ratios = (1.0,) * limits.n_layers
     pages: tuple[int, ...] = ()
     if active is not None:
+        if active.default_block_len > limits.max_len:
+            raise ValidationError(
+                "sparse_config.default_block_len",
+                f"must be in [1, {limits.max_len}] (the model's maximum length), "
+                f"got {active.default_block_len}",
+            )
         if active.delay_step >= block:
             raise ValidationError(
                 "sparse_config.delay_step",

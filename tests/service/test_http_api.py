@@ -170,7 +170,7 @@ def test_the_rules_are_the_grpc_ones(svc, oai, grpc_client):
         oai.completions.create(model=svc.model_name, prompt=PROMPT, max_tokens=16,
                                extra_body={"steps": 32})  # fmt: skip
     assert h.value.body["message"] == g.value.details().replace("sampling_params.", "", 1)
-    # Checks that need the model run on the worker and still name the field the caller sent.
+    # Checks that need the model (here its vocabulary) name the field the caller sent too.
     with pytest.raises(openai.BadRequestError) as h:
         oai.completions.create(model=svc.model_name, prompt=[10**6], max_tokens=16,
                                extra_body={"steps": 8})  # fmt: skip
