@@ -67,6 +67,7 @@ def llada_config(
         "eos_token_id": eos_id,
         "pad_token_id": eos_id,
         "rope_theta": rope_theta,
+        "layer_norm_type": "rms",
         "rms_norm_eps": 1e-5,
         "max_sequence_length": max_len,
         "activation_type": "silu",
