@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class SpecialTokens:
     mask: int
-    eos: int  # ends an answer; fills the canvas after an early stop
+    eos: int  # ends an answer; fills the canvas after an early stop (unless forbidden)
     eot: int | None  # ends a chat turn, where the tokenizer has one (<|eot_id|>, <|im_end|>)
 
     @cached_property
@@ -98,6 +98,14 @@ class Request:
     def commits_at(self, step_in_block: int) -> int:
         """Tokens the schedule commits at this step of the current block (0 past its plan)."""
         return self._commits[step_in_block] if step_in_block < len(self._commits) else 0
+
+    @property
+    def fill_token(self) -> int:
+        """What fills the canvas after an early stop: EOS, or the end-of-turn token when the
+        request forbids EOS (`logits_eos_inf`; its answer can then only end with EOT)."""
+        if self.params.logits_eos_inf and self.tokens.eot is not None:
+            return self.tokens.eot
+        return self.tokens.eos
 
     @property
     def total_steps(self) -> int:
@@ -188,9 +196,9 @@ class Request:
         if block_done:
             if self.params.stop_at_eos and self._answer_ended_before(be):
                 rest = np.flatnonzero(self.canvas[be:] == self.tokens.mask) + be
-                self.canvas[rest] = self.tokens.eos
+                self.canvas[rest] = self.fill_token
                 positions += (rest - self.prompt_len).tolist()
-                token_ids += [self.tokens.eos] * len(rest)
+                token_ids += [self.fill_token] * len(rest)
                 self._grow_stable_prefix()
                 self.finish_reason = "stop"
             elif self.block_idx + 1 == len(self.spec.blocks):
