@@ -85,11 +85,11 @@ def test_random_remasking_and_eos_options(llada):
 
 
 def test_gqa_and_dream_match(llada_gqa_dir, dream_dir):
+    """LLaDA's block schedule, also on Dream (whose own schedule is tests/test_dream_parity.py)."""
     for path in (llada_gqa_dir, dream_dir):
         llm, plain = LLM(path), PlainModel(path)
-        params = SamplingParams(
-            gen_length=16, block_length=8, steps=8, temperature=0.3, seed=2, stop_at_eos=False
-        )
+        params = SamplingParams(gen_length=16, block_length=8, steps=8, temperature=0.3, seed=2,
+                                stop_at_eos=False, schedule="blocks")  # fmt: skip
         out = llm.generate([PROMPTS[0]], params, use_tqdm=False)[0]
         assert out["token_ids"] == official_generate(plain, PROMPTS[0], 16, 8, 8, 0.3, seed=2)
 
