@@ -42,10 +42,11 @@ class StepUpdate:
 
     ``positions`` are offsets into the generated canvas (0 .. gen_length-1), ``token_ids`` the
     tokens committed there this step (none at a step the schedule commits nothing); an early
-    stop commits the rest of the canvas (the EOS fill, or EOT's) in the same update. ``answer_length`` is the offset of the answer's first stop
-    token once the committed prefix reaches it (None before, and at the end when the answer
-    has none); ``text_delta`` is the new text of that prefix (docs/design.md §8). The last
-    update has a ``finish_reason`` and carries ``output``.
+    stop commits the rest of the canvas (the EOS fill, or EOT's) in the same update.
+    ``answer_length`` is the offset of the answer's first stop token once the committed prefix
+    reaches it (None before, and at the end when the answer has none); ``text_delta`` is the
+    new text of that prefix (docs/design.md §8). The last update has a ``finish_reason`` and
+    carries ``output``.
     """
 
     request_id: str
