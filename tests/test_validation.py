@@ -30,6 +30,16 @@ PARAM_CASES = [
     (dict(seed=-1), "sampling_params.seed", "[0, "),
     (dict(steps=2.5), "sampling_params.steps", "integer"),
     (dict(stop_at_eos="yes"), "sampling_params.stop_at_eos", "bool"),
+    (dict(schedule="llada"), "sampling_params.schedule", "['blocks', 'dream']"),
+    (dict(schedule=""), "sampling_params.schedule", "['blocks', 'dream']"),
+    (dict(alg_temp=-0.1), "sampling_params.alg_temp", "[0, 10]"),
+    (dict(alg_temp=10.5), "sampling_params.alg_temp", "[0, 10]"),
+    (dict(alg_temp=float("nan")), "sampling_params.alg_temp", "[0, 10]"),
+    (dict(alg_temp=0.5, threshold=0.9), "sampling_params.alg_temp", "0 with a threshold"),
+    (dict(eps=-1e-9), "sampling_params.eps", "[0, 1]"),
+    (dict(eps=1.5), "sampling_params.eps", "[0, 1]"),
+    (dict(eps=float("inf")), "sampling_params.eps", "[0, 1]"),
+    (dict(eps="0.1"), "sampling_params.eps", "[0, 1]"),
 ]
 
 SPARSE_CASES = [
@@ -57,6 +67,8 @@ SPARSE_CASES = [
 AT_BOUNDS = [
     dict(temperature=10.0, cfg_scale=10.0, top_k=1_000_000, seed=2**63 - 1, top_p=1.0),
     dict(temperature=0.0, cfg_scale=0.0, top_k=1, seed=0, threshold=0.0),
+    dict(schedule="dream", alg_temp=10.0, eps=1.0),
+    dict(schedule="blocks", alg_temp=0.0, eps=0.0, threshold=1.0),
 ]
 
 

@@ -15,6 +15,7 @@ from svc_util import Cluster, wait_for
 
 from dllmserve.assets import default_model_path
 from dllmserve.client import Client
+from dllmserve.gateway.requests import plan
 from dllmserve.scheduler import queue as q
 
 PROMPT = "Repeat exactly: serving diffusion models"
@@ -137,6 +138,9 @@ BAD = [
     ({"extra_body": {"steps": 0}}, "steps"),
     ({"temperature": -1.0}, "temperature"),
     ({"extra_body": {"remasking": "sideways"}}, "remasking"),
+    ({"extra_body": {"schedule": "llada"}}, "schedule"),
+    ({"extra_body": {"alg_temp": 20}}, "alg_temp"),
+    ({"extra_body": {"eps": "small"}}, "eps"),
     ({"extra_body": {"sparse_config": {"retention_ratio": 2.0}}}, "sparse_config.retention_ratio"),
     ({"extra_body": {"sparse_config": {"ratio": 0.5}}}, "sparse_config.ratio"),
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
@@ -160,6 +164,14 @@ def test_bad_fields_are_400_naming_them(svc, oai, kw, param):
     assert err["param"] == param, err
     assert err["message"].startswith(param + ":"), err
     assert err["type"] == "invalid_request_error"
+
+
+def test_dream_sampler_fields_reach_the_grpc_request():
+    body = {"prompt": PROMPT, "max_tokens": 16, "schedule": "dream", "remasking": "origin",
+            "alg_temp": 0.25, "eps": 0.5}  # fmt: skip
+    sp = plan(body, chat=False).requests[0].sampling_params
+    assert (sp.schedule, sp.remasking, sp.alg_temp, sp.eps) == ("dream", "origin", 0.25, 0.5)
+    assert not plan({"prompt": PROMPT}, chat=False).requests[0].sampling_params.HasField("schedule")
 
 
 def test_the_rules_are_the_grpc_ones(svc, oai, grpc_client):
