@@ -17,12 +17,13 @@ import redis.asyncio as aioredis
 
 from dllmserve.engine.inputs import ModelLimits
 from dllmserve.errors import echo
+from dllmserve.sampling_params import SCHEDULES
 from dllmserve.scheduler import errors
 from dllmserve.scheduler import queue as q
 
 MAX_AGE_S = 1.0  # how stale the served models and their limits may be when a request arrives
 LIMITS_FIELD = "limits"  # the worker hash's field holding its engine's ModelLimits
-_TYPES = {"int": int, "bool": bool}  # ModelLimits' field types, as its annotations spell them
+_TYPES = {"int": int, "bool": bool, "str": str}  # ModelLimits' field types, as annotated
 
 
 def encode_limits(limits: ModelLimits) -> str:
@@ -44,6 +45,8 @@ def decode_limits(raw: str | bytes | None) -> ModelLimits | None:
         if type(v) is not _TYPES.get(str(f.type)):
             return None
         if type(v) is int and v < (0 if f.name.endswith("_id") else 1):  # ids from 0, counts 1
+            return None
+        if f.name == "default_schedule" and v not in SCHEDULES:
             return None
         values[f.name] = v
     return ModelLimits(**values)

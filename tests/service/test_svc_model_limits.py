@@ -254,8 +254,8 @@ def test_without_a_registered_worker_the_request_is_queued_and_the_worker_checks
 # --- the pieces, against a real redis-server ------------------------------------------------
 
 SMALL = ModelLimits(max_len=512, n_layers=2, vocab_size=320, mask_token_id=258,
-                    shifted_logits=False, max_num_batched_tokens=600, page_size=16,
-                    num_cache_pages=40)  # fmt: skip
+                    shifted_logits=False, default_schedule="blocks", max_num_batched_tokens=600,
+                    page_size=16, num_cache_pages=40)  # fmt: skip
 BIG = replace(SMALL, num_cache_pages=4096)
 
 
@@ -270,7 +270,9 @@ def test_registered_limits_round_trip_and_unreadable_ones_are_none():
                 json.dumps({**good, "n_layers": 2.0}), json.dumps({**good, "n_layers": "2"}),
                 json.dumps({**good, "n_layers": True}), json.dumps({**good, "page_size": 0}),
                 json.dumps({**good, "mask_token_id": -1}),
-                json.dumps({**good, "shifted_logits": 0})]:  # fmt: skip
+                json.dumps({**good, "shifted_logits": 0}),
+                json.dumps({**good, "default_schedule": "fast"}),
+                json.dumps({**good, "default_schedule": 1})]:  # fmt: skip
         assert decode_limits(bad) is None, bad
     assert decode_limits(json.dumps({**good, "mask_token_id": 0})).mask_token_id == 0
 
