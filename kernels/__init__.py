@@ -92,9 +92,19 @@ def sample_tokens(
                 mask_id, eos_id, eot_id)  # fmt: skip
 
 
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token e4m3 quantization of x [M, K]: (q, scale [M, 1] fp32) with x ≈ q * scale."""
+    if _use_triton(x):
+        from .fp8_quant import quantize_rows as impl
+    else:
+        impl = reference.quantize_rows
+    return impl(x)
+
+
 __all__ = [
     "SelectionArgs",
     "force_triton",
+    "quantize_rows",
     "reference",
     "reuse_attention",
     "sample_tokens",

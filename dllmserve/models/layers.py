@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dllmserve.models.fp8 import Fp8Weight, dequantized_operands, fp8_linear
+
 # On the CPU a GEMM's rounding depends on how many rows it has (the BLAS picks its kernel by
 # shape), so a request's result would depend on its batch. Feeding the GEMM fixed-size row
 # chunks makes every row see the same kernel: tokens depend only on the request itself.
@@ -24,7 +26,14 @@ def _fused(x: torch.Tensor) -> bool:
     return x.is_cuda and use_fused_kernels
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+def linear(
+    x: torch.Tensor, w: torch.Tensor | Fp8Weight, b: torch.Tensor | None = None
+) -> torch.Tensor:
+    if isinstance(w, Fp8Weight):
+        if x.device.type != "cpu":
+            return fp8_linear(x, w, b)
+        xd, wd = dequantized_operands(x, w)
+        return linear(xd, wd, None if b is None else b.float()).to(x.dtype)
     if x.device.type != "cpu":
         return F.linear(x, w, b)
     n = x.shape[0]

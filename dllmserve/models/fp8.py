@@ -1,0 +1,70 @@
+"""FP8 (e4m3) weights for the linear layers: half the bytes of bf16, and Hopper's FP8 tensor cores.
+
+Decoding at small batch reads every weight once per step, so its speed is the weights' size over
+the memory bandwidth; FP8 halves that size. Each weight is quantized once, at load time, with one
+scale per output channel (row of W); each activation row (token) is quantized on the fly with its
+own scale, so a token's result does not depend on the other tokens of its batch. The product
+runs on FP8 tensor cores with fp32 accumulation (`torch._scaled_mm`), both scales applied in its
+epilogue. This is an approximation of the bf16 model (docs/design.md, "FP8 weights"); the LM
+head, the embeddings and the norms stay in the model dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dllmserve import kernels
+from dllmserve.errors import ValidationError
+from dllmserve.kernels.reference import E4M3_MAX, FP8_MIN_SCALE
+
+QUANTIZATIONS = ("fp8",)
+
+
+@dataclass(frozen=True)
+class Fp8Weight:
+    """W ≈ data * scale.T: data [N, K] float8_e4m3fn, scale [1, N] fp32 (one per output row)."""
+
+    data: torch.Tensor
+    scale: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.data.shape
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.data.float() * self.scale.t()).to(dtype)
+
+
+def quantize_weight(w: torch.Tensor) -> Fp8Weight:
+    """Per-output-channel e4m3 quantization of a [N, K] weight (round to nearest, ties to even)."""
+    wf = w.float()
+    scale = (wf.abs().amax(dim=1, keepdim=True) / E4M3_MAX).clamp(min=FP8_MIN_SCALE)
+    data = (wf / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return Fp8Weight(data=data.contiguous(), scale=scale.t().contiguous())
+
+
+def check_fp8_support(device: torch.device) -> None:
+    """FP8 tensor cores need compute capability 8.9 (Ada) or 9.0 (Hopper); the CPU simulates."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        name = torch.cuda.get_device_name(device)
+        raise ValidationError(
+            "quantization",
+            f"'fp8' needs a GPU with FP8 tensor cores (compute capability >= 8.9); "
+            f"{name} has {torch.cuda.get_device_capability(device)}",
+        )
+
+
+def fp8_linear(x: torch.Tensor, w: Fp8Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] (CUDA, model dtype) times W.T on FP8 tensor cores; the result in x's dtype."""
+    q, sx = kernels.quantize_rows(x)
+    out = torch._scaled_mm(q, w.data.t(), scale_a=sx, scale_b=w.scale, out_dtype=x.dtype)
+    return out if bias is None else out + bias
+
+
+def dequantized_operands(x: torch.Tensor, w: Fp8Weight) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CPU reference's fp32 operands: x quantized per row exactly as on the GPU, and W, both
+    dequantized; their fp32 product is what the FP8 GEMM computes (up to summation order)."""
+    q, sx = kernels.quantize_rows(x)
+    return q.float() * sx, w.dequantize()
