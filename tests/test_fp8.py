@@ -68,3 +68,33 @@ def test_load_model_quantizes_linear_layers_only(llada_dir):
 def test_unknown_quantization_is_named(llada_dir):
     with pytest.raises(ValidationError, match="quantization: must be one of \\['fp8'\\]"):
         load_model(llada_dir, torch.float32, torch.device("cpu"), quantization="int4")
+
+
+def test_engine_option_is_checked_and_named():
+    from dllmserve.engine.config import EngineConfig
+
+    assert EngineConfig(quantization="fp8").quantization == "fp8"
+    with pytest.raises(ValidationError, match="quantization: must be one of \\['fp8'\\] or None"):
+        EngineConfig(quantization="int8")
+
+
+def test_fp8_greedy_tokens_agree_with_bf16_on_the_shipped_model():
+    """The acceptance bar of the FP8 option: >= 95 % of the generated positions equal."""
+    from dllmserve import LLM, SamplingParams
+    from dllmserve.assets import default_model_path
+
+    path = default_model_path()
+    bf16 = LLM(path, device="cpu", dtype="bfloat16")
+    chat = [
+        [{"role": "user", "content": f"Repeat exactly: {text}"}]
+        for text in ("serving diffusion models", "the quick brown fox", "7 apples, 3 pears")
+    ]
+    prompts = [bf16.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+               for m in chat]  # fmt: skip
+    params = SamplingParams(gen_length=32, steps=32, block_length=32, stop_at_eos=False)
+    want = [o["token_ids"] for o in bf16.generate(prompts, params, use_tqdm=False)]
+    del bf16
+    fp8 = LLM(path, device="cpu", dtype="bfloat16", quantization="fp8")
+    got = [o["token_ids"] for o in fp8.generate(prompts, params, use_tqdm=False)]
+    same = sum(a == b for w, g in zip(want, got, strict=True) for a, b in zip(w, g, strict=True))
+    assert same / sum(len(w) for w in want) >= 0.95

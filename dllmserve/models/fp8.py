@@ -19,8 +19,6 @@ from dllmserve import kernels
 from dllmserve.errors import ValidationError
 from dllmserve.kernels.reference import E4M3_MAX, FP8_MIN_SCALE
 
-QUANTIZATIONS = ("fp8",)
-
 
 @dataclass(frozen=True)
 class Fp8Weight:

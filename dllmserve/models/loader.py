@@ -14,8 +14,8 @@ import torch
 from safetensors import safe_open
 
 from dllmserve.errors import CheckpointError, ValidationError
-from dllmserve.models.config import ModelConfig, load_config
-from dllmserve.models.fp8 import QUANTIZATIONS, check_fp8_support, quantize_weight
+from dllmserve.models.config import QUANTIZATIONS, ModelConfig, load_config
+from dllmserve.models.fp8 import check_fp8_support, quantize_weight
 from dllmserve.models.transformer import DiffusionTransformer, LayerWeights, ModelWeights
 
 log = logging.getLogger(__name__)
