@@ -15,73 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from roofline import Ceilings, linear_shapes, measure_ceilings, timed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dllmserve.models.fp8 import fp8_linear, quantize_weight  # noqa: E402
-from dllmserve.models.shapes import SHAPES  # noqa: E402
+from dllmserve.models.fp8 import fp8_linear, quantize_weight
+from dllmserve.models.shapes import SHAPES
 
 L2_BYTES = 60 * 2**20  # an H100/H200's L2 is 50/60 MB: rotate through more than this
 
 
-def timed(fn, reps: int = 50) -> float:
-    """Median milliseconds of `fn` over CUDA-graph replays (no launch gaps, no Python)."""
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
-
-
-def ceilings(dev: torch.device) -> dict[str, float]:
-    n = 1 << 30  # 2 GiB of bf16
-    src = torch.randn(n, device=dev, dtype=torch.bfloat16)
-    dst = torch.empty_like(src)
-    copy_ms = timed(lambda: dst.copy_(src), reps=20)
-    s = 8192
-    a = torch.randn(s, s, device=dev, dtype=torch.bfloat16)
-    b = torch.randn(s, s, device=dev, dtype=torch.bfloat16)
-    mm_ms = timed(lambda: a @ b, reps=20)
-    af, bf = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn).t().contiguous().t()
-    one = torch.ones((), device=dev)
-    f8_ms = timed(
-        lambda: torch._scaled_mm(af, bf, scale_a=one, scale_b=one, out_dtype=torch.bfloat16), 20
-    )
-    flop = 2 * s**3
-    return {
-        "copy_tbs": 2 * n * 2 / copy_ms / 1e9,
-        "bf16_tflops": flop / mm_ms / 1e9,
-        "fp8_tflops": flop / f8_ms / 1e9,
-    }
-
-
-def layer_shapes(shape: str) -> dict[str, tuple[int, int]]:
-    cfg = SHAPES[shape]
-    d, hd = cfg.d_model, cfg.head_dim
-    return {
-        "qkv": ((cfg.n_heads + 2 * cfg.n_kv_heads) * hd, d),
-        "o": (d, cfg.n_heads * hd),
-        "gate_up": (2 * cfg.mlp_hidden, d),
-        "down": (d, cfg.mlp_hidden),
-        "lm_head": (cfg.vocab_size, d),
-    }
-
-
-def bench_layer(n: int, k: int, m: int, ceil: dict, dev: torch.device) -> dict:
+def bench_layer(n: int, k: int, m: int, ceil: Ceilings, dev: torch.device) -> dict:
     copies = max(2, -(-2 * L2_BYTES // (n * k * 2)))
     ws = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) / k**0.5 for _ in range(copies)]
     qs = [quantize_weight(w) for w in ws]
@@ -97,8 +43,8 @@ def bench_layer(n: int, k: int, m: int, ceil: dict, dev: torch.device) -> dict:
     bf16 = run(F.linear, ws)
     fp8 = run(fp8_linear, qs)
     flop = 2 * m * n * k
-    roof_bf16 = max(n * k * 2 / ceil["copy_tbs"] / 1e9, flop / ceil["bf16_tflops"] / 1e9)
-    roof_fp8 = max(n * k / ceil["copy_tbs"] / 1e9, flop / ceil["fp8_tflops"] / 1e9)
+    roof_bf16 = max(n * k * 2 / ceil.copy_tbs / 1e9, flop / ceil.bf16_tflops / 1e9)
+    roof_fp8 = max(n * k / ceil.copy_tbs / 1e9, flop / ceil.fp8_tflops / 1e9)
     return {
         "n": n, "k": k, "m": m,
         "bf16_ms": bf16, "fp8_ms": fp8,
@@ -116,18 +62,18 @@ def main() -> None:
     a = ap.parse_args()
     if a.smoke or not torch.cuda.is_available():
         for s in a.shapes:
-            print(s, layer_shapes(s))
+            print(s, linear_shapes(SHAPES[s]))
         return
     dev = torch.device("cuda")
-    ceil = ceilings(dev)
+    ceil = measure_ceilings(dev)
     print(
-        f"{torch.cuda.get_device_name()}: copy {ceil['copy_tbs']:.2f} TB/s, "
-        f"bf16 {ceil['bf16_tflops']:.0f} TFLOP/s, fp8 {ceil['fp8_tflops']:.0f} TFLOP/s",
+        f"{torch.cuda.get_device_name()}: copy {ceil.copy_tbs:.2f} TB/s, "
+        f"bf16 {ceil.bf16_tflops:.0f} TFLOP/s, fp8 {ceil.fp8_tflops:.0f} TFLOP/s",
         flush=True,
     )
     rows = []
     for s in a.shapes:
-        for name, (n, k) in layer_shapes(s).items():
+        for name, (n, k) in linear_shapes(SHAPES[s]).items():
             for m in a.tokens:
                 r = {"shape": s, "layer": name, **bench_layer(n, k, m, ceil, dev)}
                 rows.append(r)
@@ -140,7 +86,9 @@ def main() -> None:
               f"{r['fp8_speedup']:>7.2f}")  # fmt: skip
     if a.json:
         a.json.write_text(
-            json.dumps({"card": torch.cuda.get_device_name(), "ceilings": ceil, "layers": rows})
+            json.dumps(
+                {"card": torch.cuda.get_device_name(), "ceilings": vars(ceil), "layers": rows}
+            )
         )
 
 

@@ -78,23 +78,29 @@ def test_engine_option_is_checked_and_named():
         EngineConfig(quantization="int8")
 
 
-def test_fp8_greedy_tokens_agree_with_bf16_on_the_shipped_model():
-    """The acceptance bar of the FP8 option: >= 95 % of the generated positions equal."""
+def test_fp8_greedy_tokens_agree_with_the_unquantized_model_on_the_shipped_model():
+    """The acceptance bar of the FP8 option: on the shipped model's held-out tasks (copying,
+    addition, lookups in 128 tokens), >= 95 % of the generated positions equal those of the
+    unquantized model, and the exact-match accuracy within one answer of it. (fp32 here: bf16
+    matmuls are slow on a CPU; benchmarks/fp8_agreement.py measures bf16 on the GPU.)"""
     from dllmserve import LLM, SamplingParams
-    from dllmserve.assets import default_model_path
+    from dllmserve.assets import default_model_path, tasks
 
-    path = default_model_path()
-    bf16 = LLM(path, device="cpu", dtype="bfloat16")
-    chat = [
-        [{"role": "user", "content": f"Repeat exactly: {text}"}]
-        for text in ("serving diffusion models", "the quick brown fox", "7 apples, 3 pears")
-    ]
-    prompts = [bf16.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
-               for m in chat]  # fmt: skip
-    params = SamplingParams(gen_length=32, steps=32, block_length=32, stop_at_eos=False)
-    want = [o["token_ids"] for o in bf16.generate(prompts, params, use_tqdm=False)]
-    del bf16
-    fp8 = LLM(path, device="cpu", dtype="bfloat16", quantization="fp8")
-    got = [o["token_ids"] for o in fp8.generate(prompts, params, use_tqdm=False)]
-    same = sum(a == b for w, g in zip(want, got, strict=True) for a, b in zip(w, g, strict=True))
-    assert same / sum(len(w) for w in want) >= 0.95
+    examples = tasks.held_out("copy", 8) + tasks.held_out("add", 8)
+    examples += tasks.held_out("recall", 8, 128)
+    prompts = [tasks.chat_prompt(e.question) for e in examples]
+    params = SamplingParams(gen_length=32, steps=32, block_length=32)
+    outs = {}
+    for name, options in (("exact", {}), ("fp8", {"quantization": "fp8"})):
+        llm = LLM(default_model_path(), device="cpu", **options)
+        outs[name] = llm.generate(prompts, params, use_tqdm=False)
+    pairs = list(zip(outs["exact"], outs["fp8"], strict=True))
+    same = sum(
+        a == b for o, f in pairs for a, b in zip(o["token_ids"], f["token_ids"], strict=True)
+    )
+    assert same / (32 * len(examples)) >= 0.95
+    right = {
+        name: sum(tasks.is_correct(e, o["text"]) for e, o in zip(examples, got, strict=True))
+        for name, got in outs.items()
+    }
+    assert abs(right["fp8"] - right["exact"]) <= 1

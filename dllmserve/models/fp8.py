@@ -35,6 +35,25 @@ class Fp8Weight:
         return (self.data.float() * self.scale.t()).to(dtype)
 
 
+@dataclass(frozen=True)
+class Fp8Rows:
+    """Activations quantized per row (token) for an FP8 GEMM: x ≈ data * scale, with `dtype`
+    the model dtype they came from (and the GEMM's result comes back in). The norms and SiLU
+    that feed a GEMM produce them directly (one kernel instead of two)."""
+
+    data: torch.Tensor  # [M, K] float8_e4m3fn
+    scale: torch.Tensor  # [M, 1] fp32
+    dtype: torch.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> Fp8Rows:
+        return cls(*kernels.quantize_rows(x), x.dtype)
+
+
 def quantize_weight(w: torch.Tensor) -> Fp8Weight:
     """Per-output-channel e4m3 quantization of a [N, K] weight (round to nearest, ties to even)."""
     wf = w.float()
@@ -54,15 +73,24 @@ def check_fp8_support(device: torch.device) -> None:
         )
 
 
-def fp8_linear(x: torch.Tensor, w: Fp8Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [M, K] (CUDA, model dtype) times W.T on FP8 tensor cores; the result in x's dtype."""
-    q, sx = kernels.quantize_rows(x)
-    out = torch._scaled_mm(q, w.data.t(), scale_a=sx, scale_b=w.scale, out_dtype=x.dtype)
+def fp8_linear(
+    x: torch.Tensor | Fp8Rows, w: Fp8Weight, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x [M, K] (CUDA; model dtype, or already quantized) times W.T on FP8 tensor cores; the
+    result in the activations' model dtype."""
+    rows = x if isinstance(x, Fp8Rows) else Fp8Rows.of(x)
+    # per-row scales need a bf16 result (cuBLAS's FP8 epilogue); other model dtypes cast after
+    out = torch._scaled_mm(
+        rows.data, w.data.t(), scale_a=rows.scale, scale_b=w.scale, out_dtype=torch.bfloat16
+    ).to(rows.dtype)
     return out if bias is None else out + bias
 
 
-def dequantized_operands(x: torch.Tensor, w: Fp8Weight) -> tuple[torch.Tensor, torch.Tensor]:
+def dequantized_operands(
+    x: torch.Tensor | Fp8Rows, w: Fp8Weight
+) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
     """The CPU reference's fp32 operands: x quantized per row exactly as on the GPU, and W, both
-    dequantized; their fp32 product is what the FP8 GEMM computes (up to summation order)."""
-    q, sx = kernels.quantize_rows(x)
-    return q.float() * sx, w.dequantize()
+    dequantized (their fp32 product is what the FP8 GEMM computes, up to summation order), and
+    the dtype the result is returned in."""
+    rows = x if isinstance(x, Fp8Rows) else Fp8Rows.of(x)
+    return rows.data.float() * rows.scale, w.dequantize(), rows.dtype
