@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dllmserve.client import AsyncClient, Client  # noqa: E402
+from dllmserve.client import Accepted, AsyncClient, Client, Completed, StepUpdate  # noqa: E402
 
 INF = float("inf")
 T0 = time.perf_counter()
@@ -239,13 +239,12 @@ async def one(client: AsyncClient, prompt: list[int], args, delay: float, tag: s
         sparse_config=sparse(args),
         request_id=f"{tag}-{random.getrandbits(64):016x}",
     ):
-        kind = ev.WhichOneof("event")
-        if kind == "accepted" and accepted is None:
+        if isinstance(ev, Accepted) and accepted is None:
             accepted = time.perf_counter()
-        elif kind == "step" and first is None:
+        elif isinstance(ev, StepUpdate) and first is None:
             first = time.perf_counter()
-        elif kind == "completed":
-            done = ev.completed
+        elif isinstance(ev, Completed):
+            done = ev
     end = time.perf_counter()
     if done is None:
         raise RuntimeError("a stream ended without Completed")

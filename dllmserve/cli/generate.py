@@ -16,9 +16,7 @@ def stream(
 ) -> int:  # fmt: skip
     import json
 
-    import grpc
-
-    from dllmserve.client import Canvas, Client
+    from dllmserve.client import Accepted, Canvas, Client, Completed, ServiceError, StepUpdate
 
     sp = {"gen_length": gen_length, "steps": steps, "temperature": temperature}
     if block_length:
@@ -40,15 +38,14 @@ def stream(
     with Client(target, token=token or None, tls=tls or bool(ca), root_certificates=roots) as c:
         try:
             for ev in c.generate(**kwargs):
-                kind = ev.WhichOneof("event")
-                if kind == "accepted" and not as_json:
-                    print(f"request {ev.accepted.request_id} accepted", file=sys.stderr)
-                elif kind == "step":
-                    canvas.apply(ev.step)
+                if isinstance(ev, Accepted) and not as_json:
+                    print(f"request {ev.request_id} accepted", file=sys.stderr)
+                elif isinstance(ev, StepUpdate):
+                    canvas.apply(ev)
                     if live and not as_json:
                         text = (
-                            f"step {ev.step.step}/{ev.step.total_steps} "
-                            f"(attempt {ev.step.attempt}, {ev.step.masked_left} masked)\n"
+                            f"step {ev.step}/{ev.total_steps} "
+                            f"(attempt {ev.attempt}, {ev.masked_left} masked)\n"
                             f"{canvas.canvas}"
                         )
                         if shown_lines:  # back to where the last frame began, clear below
@@ -56,21 +53,19 @@ def stream(
                         sys.stdout.write(text + "\n")
                         sys.stdout.flush()
                         shown_lines = _rows(text)
-                elif kind == "completed":
-                    done = ev.completed
+                elif isinstance(ev, Completed):
+                    done = ev
                     if as_json:
-                        from google.protobuf import json_format
-
-                        print(json.dumps(json_format.MessageToDict(done)))
+                        print(json.dumps(done.to_dict()))
                     else:
                         print(f"\n{done.text}")
                         u, t = done.usage, done.timings
                         print(
-                            f"[{pb_finish(done.finish_reason)}; {u.generated_tokens} tokens, "
+                            f"[{done.finish_reason}; {u.generated_tokens} tokens, "
                             f"{u.steps} steps, {t.total_ms:.0f} ms]",
                             file=sys.stderr,
                         )
-        except grpc.RpcError as e:
+        except ServiceError as e:
             print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
             return 1
     return 0
@@ -82,12 +77,6 @@ def _rows(text: str) -> int:
 
     cols = max(1, shutil.get_terminal_size().columns)
     return sum(max(1, -(-len(line) // cols)) for line in text.split("\n"))
-
-
-def pb_finish(reason: int) -> str:
-    from dllmserve.v1 import dllm_pb2 as pb
-
-    return pb.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower()
 
 
 def cmd_generate(a: argparse.Namespace) -> int:

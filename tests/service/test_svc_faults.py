@@ -9,7 +9,7 @@ import grpc
 import pytest
 from svc_util import wait_for
 
-from dllmserve.client import Canvas, Client
+from dllmserve.client import Canvas, Client, Completed, StepUpdate
 from dllmserve.scheduler import queue as q
 
 LONG = {"gen_length": 256, "steps": 256, "block_length": 32, "seed": 7, "stop_at_eos": False}
@@ -36,10 +36,10 @@ class Stream(threading.Thread):
             self.error = e
 
     def steps(self):
-        return [e.step for e in self.events if e.WhichOneof("event") == "step"]
+        return [e for e in self.events if isinstance(e, StepUpdate)]
 
     def completed(self):
-        done = [e.completed for e in self.events if e.WhichOneof("event") == "completed"]
+        done = [e for e in self.events if isinstance(e, Completed)]
         return done[0] if done else None
 
 
