@@ -59,7 +59,6 @@ class LocalRedis:
         self.aof = aof
         self.password = password
         self.proc: subprocess.Popen | None = None
-        self.exe = ""  # the redis-server binary, once started
 
     @property
     def url(self) -> str:
@@ -70,7 +69,6 @@ class LocalRedis:
         exe = find_redis_server()
         if exe is None:
             raise RuntimeError(INSTALL_HINT)
-        self.exe = exe
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),

@@ -45,7 +45,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
                 print(f"dllmserve serve: {e}", file=sys.stderr)
                 return 2
             a.redis_url = redis.url
-            print(f"redis: private redis-server at {redis.url} ({redis.exe})", flush=True)
+            print(f"redis: private redis-server at {redis.url}", flush=True)
         host, _, port = a.listen.rpartition(":")
         if port == "0":
             a.listen = f"{host}:{free_port()}"

