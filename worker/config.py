@@ -14,6 +14,8 @@ class WorkerConfig:
     random_shape: str = ""
     model_name: str = ""  # the name clients ask for; empty: the directory's name (random-SHAPE)
     device: str | None = None  # None: cuda when available, else cpu
+    # shared by the workers of one host that all see its GPUs: each claims one (worker/gpu.py)
+    gpu_lock_dir: str = ""
     dtype: str | None = None
     max_num_seqs: int = 64
     max_num_batched_tokens: int | None = None

@@ -11,6 +11,7 @@ import uuid
 import redis
 
 from dllmserve.worker.config import WorkerConfig
+from dllmserve.worker.gpu import take_gpu
 from dllmserve.worker.heartbeat import Heartbeat
 from dllmserve.worker.loop import WorkerLoop
 
@@ -36,6 +37,8 @@ def build_engine(cfg: WorkerConfig):
 
 
 def run(cfg: WorkerConfig, engine=None) -> None:
+    # before CUDA starts; held (the lock stays open) until the process ends
+    gpu = take_gpu(cfg.gpu_lock_dir) if engine is None and cfg.device != "cpu" else None
     engine = engine if engine is not None else build_engine(cfg)
     worker_id = cfg.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     client = redis.Redis.from_url(cfg.redis_url, health_check_interval=10)
@@ -58,7 +61,8 @@ def run(cfg: WorkerConfig, engine=None) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    log.info("worker %s serving %s on %s", worker_id, loop.model_name, engine.device)
+    claimed = f" (GPU {gpu.gpu}, claimed in {cfg.gpu_lock_dir})" if gpu else ""
+    log.info("worker %s serving %s on %s%s", worker_id, loop.model_name, engine.device, claimed)
     print(f"{READY_LINE} id={worker_id} model={loop.model_name}", flush=True)
     try:
         loop.run()

@@ -17,6 +17,12 @@ def add_worker_args(p: argparse.ArgumentParser, with_model: bool = True) -> None
         add_random_shape_arg(p)
     p.add_argument("--model-name", default="", help="name clients use (default: directory name)")
     p.add_argument("--device", default=env("DLLMSERVE_DEVICE") or None)
+    p.add_argument(
+        "--gpu-lock-dir",
+        default=env("DLLMSERVE_GPU_LOCK_DIR"),
+        help="a directory shared by the workers of a host that all see its GPUs: each takes the "
+        "first GPU no other holds (default: use the GPU the environment gives)",
+    )
     p.add_argument("--dtype", default=None)
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
@@ -41,6 +47,7 @@ def worker_config(a: argparse.Namespace):
         random_shape=a.random_shape,
         model_name=a.model_name,
         device=a.device,
+        gpu_lock_dir=a.gpu_lock_dir,
         dtype=a.dtype,
         max_num_seqs=a.max_num_seqs,
         max_num_batched_tokens=a.max_num_batched_tokens,
