@@ -3,12 +3,14 @@ with no torch it imports dllmserve.client and streams a generation from a runnin
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+IGNORE = (".git", ".venv", "build", "*.egg-info", "tests", "benchmarks", "__pycache__")
 
 CLIENT_SCRIPT = textwrap.dedent(
     """
@@ -45,9 +47,10 @@ def _run(*cmd: str | Path) -> subprocess.CompletedProcess:
 
 
 def test_base_install_streams_from_a_service_without_torch(cluster, tmp_path):
-    dist = tmp_path / "dist"
+    src, dist = tmp_path / "src", tmp_path / "dist"  # built from a copy: no build/ in the tree
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(*IGNORE))
     _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", dist, ROOT)  # fmt: skip
+         "-w", dist, src)  # fmt: skip
     (wheel,) = dist.glob("dllmserve-*.whl")
     venv = tmp_path / "venv"
     _run(sys.executable, "-m", "venv", venv)
