@@ -106,3 +106,17 @@ def test_ci_runs_within_the_bounds(dist):
     assert reqs[canonicalize_name(dist)].specifier.contains(installed, prereleases=True), (
         f"{dist} {installed} is outside pyproject's {reqs[canonicalize_name(dist)]}"
     )
+
+
+def test_every_place_that_names_the_release_names_the_packages_version():
+    import yaml
+
+    from dllmserve import __version__
+
+    chart = yaml.safe_load((ROOT / "deploy" / "helm" / "dllmserve" / "Chart.yaml").read_text())
+    assert chart["appVersion"] == __version__
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert set(re.findall(r"\$\{DLLMSERVE_TAG:-([^}]+)\}", compose)) == {__version__}
+    for image in IMAGES:
+        text = (ROOT / "deploy" / f"{image}.Dockerfile").read_text()
+        assert f"ARG VERSION={__version__}\n" in text, image

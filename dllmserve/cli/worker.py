@@ -4,35 +4,82 @@ from __future__ import annotations
 
 import argparse
 
-from dllmserve.cli.common import add_random_shape_arg, env, resolve_model
+from dllmserve.cli.common import DEFAULT_REDIS, add_model_args, resolve_model
+
+DESCRIPTION = """\
+A worker: loads one model once onto one GPU (or the CPU), registers in Redis, and runs the
+engine on the batches the dispatcher sends it, publishing every denoising step. A SIGTERM
+drains it: running requests finish, unread work goes back to the queue.
+
+GPU: the one its environment gives it (CUDA_VISIBLE_DEVICES, the Kubernetes device plugin).
+Workers that all see every GPU of a host (docker compose replicas) share --gpu-lock-dir and
+each takes the first GPU no other holds."""
+
+EXAMPLES = """\
+examples:
+  dllmserve worker --redis-url redis://:PASSWORD@redis:6379/0 --model /models/LLaDA-8B-Instruct
+  CUDA_VISIBLE_DEVICES=1 dllmserve worker --model /models/Dream-v0-Instruct-7B
+  dllmserve worker --device cpu --model demo        # the built-in tiny model, no GPU"""
 
 
-def add_worker_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
-    if with_model:
-        p.add_argument(
-            "--model",
-            default=env("DLLMSERVE_MODEL", "demo"),
-            help="checkpoint directory, or 'demo' for the built-in tiny model",
-        )
-        add_random_shape_arg(p)
-    p.add_argument("--model-name", default="", help="name clients use (default: directory name)")
-    p.add_argument("--device", default=env("DLLMSERVE_DEVICE") or None)
+def add_worker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model-name",
+        default="",
+        help="the name clients ask for (none: the checkpoint directory's name)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cuda, cuda:N or cpu (none: the GPU when there is one, else the CPU)",
+    )
     p.add_argument(
         "--gpu-lock-dir",
-        default=env("DLLMSERVE_GPU_LOCK_DIR"),
+        default="",
         help="a directory shared by the workers of a host that all see its GPUs: each takes the "
-        "first GPU no other holds (default: use the GPU the environment gives)",
+        "first GPU no other holds (none: use the GPU the environment gives)",
     )
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--max-num-seqs", type=int, default=64)
-    p.add_argument("--max-num-batched-tokens", type=int, default=None)
-    p.add_argument("--num-cache-pages", type=int, default=None)
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    p.add_argument("--slots", type=int, default=0, help="requests accepted at once (0: 2x seqs)")
-    p.add_argument("--heartbeat-interval", type=float, default=1.0)
-    p.add_argument("--heartbeat-ttl", type=float, default=5.0)
-    p.add_argument("--worker-id", default="")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="bfloat16, float16 or float32 (none: bf16 on a GPU, fp32 on the CPU)",
+    )
+    p.add_argument("--max-num-seqs", type=int, default=64, help="requests run at once")
+    p.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=None,
+        help="tokens per engine iteration (none: the engine's default)",
+    )
+    p.add_argument(
+        "--num-cache-pages",
+        type=int,
+        default=None,
+        help="KV cache pages (none: sized from --gpu-memory-utilization)",
+    )
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.9,
+        help="share of the GPU's memory the engine may use",
+    )
+    p.add_argument(
+        "--slots",
+        type=int,
+        default=0,
+        help="requests accepted at once, running or waiting (0: 2 x --max-num-seqs)",
+    )
+    p.add_argument(
+        "--heartbeat-interval", type=float, default=1.0, help="seconds between heartbeats"
+    )
+    p.add_argument(
+        "--heartbeat-ttl",
+        type=float,
+        default=5.0,
+        help="seconds without a heartbeat after which the worker counts as dead",
+    )
+    p.add_argument("--worker-id", default="", help="worker id (none: host-pid-random)")
+    p.add_argument("--seed", type=int, default=0, help="the engine's default random seed")
     p.add_argument(
         "--sync-publish", action="store_true", help="publish on the engine's thread (debugging)"
     )
@@ -70,7 +117,17 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    w = sub.add_parser("worker", help="a worker process owning one GPU (or the CPU)")
-    w.add_argument("--redis-url", default=env("DLLMSERVE_REDIS_URL") or "redis://127.0.0.1:6379/0")
+    w = sub.add_parser(
+        "worker",
+        help="a worker process owning one GPU (or the CPU)",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+    )
+    w.add_argument(
+        "--redis-url",
+        default=DEFAULT_REDIS,
+        help="the Redis of the queue (redis://:PASSWORD@HOST:PORT/DB)",
+    )
+    add_model_args(w)
     add_worker_args(w)
     w.set_defaults(fn=cmd_worker)

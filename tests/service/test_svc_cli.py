@@ -18,6 +18,8 @@ from dllmserve.scheduler.local_redis import (
     find_redis_server,
 )
 
+DEMO_ANSWER = "serving diffusion models"  # what the demo model answers the demo prompt
+
 
 def _cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -38,6 +40,9 @@ def test_serve_starts_everything_and_streams_the_demo(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "private redis-server" in out.stdout and "ready" in out.stdout
     assert "accepted" in out.stderr and "32 steps" in out.stderr
+    # Not a terminal: plain progress lines on stderr, the answer once on stdout.
+    assert "step 1/32" in out.stderr and "step 32/32" in out.stderr and "tokens/s" in out.stderr
+    assert out.stdout.count(DEMO_ANSWER) == 1 and "\x1b[" not in out.stdout
     model = out.stdout.split(" model ", 1)[1].split()[0]  # "... 1 worker(s), model DIR"
     assert (Path(model) / "config.json").is_file()
 
