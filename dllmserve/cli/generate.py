@@ -92,7 +92,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--tls", action="store_true", help="connect over TLS (system CAs)")
     g.add_argument("--ca", default="", help="PEM file of the CA to trust (implies --tls)")
-    g.add_argument("--model", default="", help="the model to ask for (none: the one served)")
+    g.add_argument(
+        "--model",
+        default="",
+        env="DLLMSERVE_MODEL_NAME",
+        help="the model to ask for, by name (none: the one served)",
+    )
     g.add_argument("--gen-length", type=int, default=64, help="tokens to generate")
     g.add_argument("--steps", type=int, default=32, help="denoising steps")
     g.add_argument(
