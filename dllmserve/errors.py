@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+ECHO_CHARS = 40
+
+
+def echo(value: object, limit: int = ECHO_CHARS) -> str:
+    """`repr(value)` cut to `limit` characters: a message that quotes what a client sent stays
+    short whatever it sent (a gRPC status travels in metadata, which has a size limit)."""
+    text = repr(value[: limit + 1] if isinstance(value, (str, bytes)) else value)
+    return text if len(text) <= limit else f"{text[:limit]}... (cut)"
+
 
 class ValidationError(ValueError):
     """A request parameter is out of range; `field` names it (e.g. ``sampling_params.steps``)."""

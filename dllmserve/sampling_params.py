@@ -5,7 +5,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dllmserve.errors import ValidationError
+from dllmserve.errors import ValidationError, echo
+
+# Upper bounds that hold whatever the model. Above MAX_TEMPERATURE the float64 Gumbel noise
+# (-log u)^T underflows for u near 1 (near T = 19) and the argmax sees NaN; above
+# MAX_CFG_SCALE the guided logits leave the range whose exp() float64 holds. Both are far above
+# any useful setting (the official samplers use 0-1 and 0-3).
+MAX_TEMPERATURE = 10.0
+MAX_CFG_SCALE = 10.0
+MAX_TOP_K = 1_000_000  # more than any vocabulary; the model's own size is checked on admission
+MAX_SEED = 2**63 - 1
 
 LLADA_REMASKING = ("low_confidence", "random")
 DREAM_REMASKING = ("maskgit_plus", "topk_margin", "entropy", "origin")
@@ -39,54 +48,62 @@ class SamplingParams:
     def __post_init__(self) -> None:
         self.validate()
 
+    @property
+    def max_steps(self) -> int:
+        """The most steps the request can take: `steps`, or with a threshold `gen_length` (every
+        step commits at least one token)."""
+        return self.gen_length if self.threshold is not None else self.steps
+
     def validate(self) -> None:
         """Check each field alone; limits that depend on the model or block come later."""
         f = "sampling_params."
-        _check_int(f + "gen_length", self.gen_length, 1)
-        _check_int(f + "steps", self.steps, 1)
+        check_int(f + "gen_length", self.gen_length, 1)
+        check_int(f + "steps", self.steps, 1)
         if self.steps > self.gen_length:
             raise ValidationError(
                 f + "steps",
                 f"must be in [1, gen_length={self.gen_length}], got {self.steps}",
             )
         if self.block_length is not None:
-            _check_int(f + "block_length", self.block_length, 1)
+            check_int(f + "block_length", self.block_length, 1)
             if self.block_length > self.gen_length:
                 raise ValidationError(
                     f + "block_length",
                     f"must be in [1, gen_length={self.gen_length}], got {self.block_length}",
                 )
-        _check_float(f + "temperature", self.temperature, 0.0, math.inf, "[0, inf)")
-        _check_float(f + "cfg_scale", self.cfg_scale, 0.0, math.inf, "[0, inf)")
+        check_float(f + "temperature", self.temperature, 0.0, MAX_TEMPERATURE)
+        check_float(f + "cfg_scale", self.cfg_scale, 0.0, MAX_CFG_SCALE)
         if self.remasking not in REMASKING_MODES:
             raise ValidationError(
-                f + "remasking", f"must be one of {list(REMASKING_MODES)}, got {self.remasking!r}"
+                f + "remasking",
+                f"must be one of {list(REMASKING_MODES)}, got {echo(self.remasking)}",
             )
         if self.threshold is not None:
-            _check_float(f + "threshold", self.threshold, 0.0, 1.0, "[0, 1]")
+            check_float(f + "threshold", self.threshold, 0.0, 1.0)
         if self.top_p is not None:
-            _check_float(f + "top_p", self.top_p, 0.0, 1.0, "(0, 1]")
-            if self.top_p <= 0.0:
-                raise ValidationError(f + "top_p", f"must be in (0, 1], got {self.top_p}")
+            check_float(f + "top_p", self.top_p, 0.0, 1.0, open_low=True)
         if self.top_k is not None:
-            _check_int(f + "top_k", self.top_k, 1)
+            check_int(f + "top_k", self.top_k, 1, MAX_TOP_K)
         if self.seed is not None:
-            _check_int(f + "seed", self.seed, 0, 2**63 - 1)
+            check_int(f + "seed", self.seed, 0, MAX_SEED)
         for name in ("stop_at_eos", "logits_eos_inf", "confidence_eos_eot_inf"):
             if not isinstance(getattr(self, name), bool):
-                raise ValidationError(f + name, f"must be a bool, got {getattr(self, name)!r}")
+                raise ValidationError(f + name, f"must be a bool, got {echo(getattr(self, name))}")
 
 
-def _check_int(field: str, value: object, lo: int, hi: int | None = None) -> None:
+def check_int(field: str, value: object, lo: int, hi: int | None = None) -> None:
+    """An integer (not a bool) in [lo, hi] (>= lo without `hi`); the message names the range."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(field, f"must be an integer, got {value!r}")
+        raise ValidationError(field, f"must be an integer, got {echo(value)}")
     if value < lo or (hi is not None and value > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
         raise ValidationError(field, f"must be {rng}, got {value}")
 
 
-def _check_float(field: str, value: object, lo: float, hi: float, rng: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValidationError(field, f"must be a number in {rng}, got {value!r}")
-    if not lo <= value <= hi:
-        raise ValidationError(field, f"must be in {rng}, got {value}")
+def check_float(field: str, value: object, lo: float, hi: float, open_low: bool = False) -> None:
+    """A finite number in [lo, hi] ((lo, hi] with `open_low`); the message names the range."""
+    rng = f"{'(' if open_low else '['}{lo:g}, {hi:g}]"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationError(field, f"must be a number in {rng}, got {echo(value)}")
+    if not (math.isfinite(value) and (lo < value if open_low else lo <= value) and value <= hi):
+        raise ValidationError(field, f"must be a finite number in {rng}, got {value!r}")

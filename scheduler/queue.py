@@ -16,7 +16,9 @@ INBOX_GROUP = "worker"
 WORKERS = "dllm:workers"  # set of worker ids that have registered
 MODELS = "dllm:models"  # hash model name -> last time a worker served it
 DEAD = "dllm:dead"  # dead-letter stream
+ASSIGNED = "dllm:assigned"  # sorted set request id -> dispatch time, while a worker holds it
 LEASE = "dllm:dispatcher"  # the dispatcher lease: value = scheduler id
+QUEUED_BY_CLIENT = "dllm:queued"  # hash client -> its requests waiting in dllm:pending
 
 QUEUED, DISPATCHED, RUNNING = "queued", "dispatched", "running"
 DONE, FAILED, CANCELLED, EXPIRED, DEAD_STATUS = "done", "failed", "cancelled", "expired", "dead"
@@ -66,6 +68,14 @@ _LUA_HELPERS = """
 local function is_terminal(s)
   return s == 'done' or s == 'failed' or s == 'cancelled' or s == 'expired' or s == 'dead'
 end
+-- One more (or one less) queued request of the request's client (the per-client cap).
+local function count_queued(rk, delta)
+  local c = redis.call('HGET', rk, 'client')
+  if not c or c == '' then return end
+  if redis.call('HINCRBY', 'dllm:queued', c, delta) <= 0 then
+    redis.call('HDEL', 'dllm:queued', c)
+  end
+end
 local function publish_error(rid, attempt, code, msg, now, ttl)
   local res = 'dllm:res:' .. rid
   redis.call('XADD', res, '*', 'a', attempt, 'k', 'e', 'code', code, 'msg', msg)
@@ -74,32 +84,52 @@ local function publish_error(rid, attempt, code, msg, now, ttl)
 end
 """
 
-# KEYS: req, pending. ARGV: id, body, max_queue, now, group, priority, deadline, model, opts.
-# Returns {1, position} queued, {0, status} duplicate, {-1, length} full, {-2, status} conflict.
-ENQUEUE = """
+# KEYS: req, pending. ARGV: id, body, max_queue, now, group, priority, deadline, model, opts,
+# client, max queued per client (0: no cap), its last possible step, owned ("1": another
+# client's id is hidden).
+# Returns {1, position} queued, {0, status} duplicate, {-1, length} full, {-2, status} conflict,
+# {-3, ""} the id belongs to another client, {-4, queued} the client's own cap is reached.
+ENQUEUE = (
+    _LUA_HELPERS
+    + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st then
+  if ARGV[13] == '1' and redis.call('HGET', KEYS[1], 'client') ~= ARGV[10] then
+    return {-3, ''}
+  end
   if redis.call('HGET', KEYS[1], 'body') ~= ARGV[2] then return {-2, st} end
   return {0, st}
 end
 local n = redis.call('XLEN', KEYS[2])
 if n >= tonumber(ARGV[3]) then return {-1, tostring(n)} end
+local mine = tonumber(redis.call('HGET', 'dllm:queued', ARGV[10]) or '0')
+if tonumber(ARGV[11]) > 0 and mine >= tonumber(ARGV[11]) then return {-4, tostring(mine)} end
 redis.call('HSET', KEYS[1], 'body', ARGV[2], 'status', 'queued', 'attempt', '1',
   't_enq', ARGV[4], 'group', ARGV[5], 'priority', ARGV[6], 'deadline', ARGV[7],
-  'model', ARGV[8], 'opts', ARGV[9], 'cancel', '0', 'worker', '')
+  'model', ARGV[8], 'opts', ARGV[9], 'cancel', '0', 'worker', '', 'client', ARGV[10],
+  'steps', ARGV[12])
+count_queued(KEYS[1], 1)
 redis.call('XADD', KEYS[2], '*', 'id', ARGV[1])
 return {1, tostring(n + 1)}
 """
+)
 
-# KEYS: inbox, load, pending. ARGV: worker, now, then (entry id, request id) pairs.
+# KEYS: inbox, load, pending, worker. ARGV: worker, now, then (entry id, request id) pairs.
 # Hands every still-queued request of the pairs to the worker in one inbox entry; acks all.
-ASSIGN = """
+# Returns false, touching nothing, unless the worker's heartbeat says "ready": a worker that
+# started draining (or is gone) never gets a batch it would not read.
+ASSIGN = (
+    _LUA_HELPERS
+    + """
+if redis.call('HGET', KEYS[4], 'state') ~= 'ready' then return false end
 local ids = {}
 for i = 3, #ARGV, 2 do
   local eid, rid = ARGV[i], ARGV[i + 1]
   local rk = 'dllm:req:' .. rid
   if redis.call('HGET', rk, 'status') == 'queued' then
     redis.call('HSET', rk, 'status', 'dispatched', 'worker', ARGV[1], 't_disp', ARGV[2])
+    redis.call('ZADD', 'dllm:assigned', ARGV[2], rid)
+    count_queued(rk, -1)
     ids[#ids + 1] = rid
   end
   redis.call('XACK', KEYS[3], 'dispatch', eid)
@@ -111,6 +141,7 @@ if #ids > 0 then
 end
 return ids
 """
+)
 
 # KEYS: pending. ARGV: entry id, request id, status, code, msg, now, ttl.
 # Ends a queued request without running it (expired deadline, cancelled, stale entry).
@@ -122,6 +153,7 @@ local h = redis.call('HMGET', rk, 'status', 'attempt')
 redis.call('XACK', KEYS[1], 'dispatch', ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
 if h[1] ~= 'queued' then return 0 end
+count_queued(rk, -1)
 redis.call('HSET', rk, 'status', ARGV[3], 't_done', ARGV[6])
 publish_error(ARGV[2], h[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 return 1
@@ -138,6 +170,7 @@ local h = redis.call('HMGET', KEYS[1], 'status', 'worker', 'cancel', 'attempt', 
 if h[1] ~= 'dispatched' or h[2] ~= ARGV[1] then return false end
 if h[3] == '1' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 't_done', ARGV[2])
+  redis.call('ZREM', 'dllm:assigned', ARGV[4])
   publish_error(ARGV[4], h[4], 'CANCELLED', 'cancelled', ARGV[2], ARGV[3])
   redis.call('DECR', KEYS[2])
   return false
@@ -155,6 +188,7 @@ if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] or (h[3] ~= 'running' and h[3] ~= 'dispatc
   return 0
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 't_done', ARGV[4])
+redis.call('ZREM', 'dllm:assigned', string.sub(KEYS[1], 10))  -- KEYS[1] is dllm:req:{id}
 local rec = {'a', ARGV[2]}
 for i = 6, #ARGV do rec[#rec + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], '*', unpack(rec))
@@ -174,6 +208,7 @@ if not h[1] then return 'notfound' end
 if is_terminal(h[1]) then return h[1] end
 redis.call('HSET', KEYS[1], 'cancel', '1')
 if h[1] == 'queued' then
+  count_queued(KEYS[1], -1)
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 't_done', ARGV[4])
   publish_error(ARGV[1], h[3], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
   return 'cancelled'
@@ -194,6 +229,7 @@ RECLAIM = (
 local h = redis.call('HMGET', KEYS[1], 'status', 'worker', 'attempt', 'cancel')
 if h[2] ~= ARGV[1] then return 'skip' end
 if h[1] ~= 'dispatched' and h[1] ~= 'running' then return 'skip' end
+redis.call('ZREM', 'dllm:assigned', ARGV[5])
 if h[4] == '1' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 't_done', ARGV[3])
   publish_error(ARGV[5], h[3], 'CANCELLED', 'cancelled', ARGV[3], ARGV[4])
@@ -213,6 +249,7 @@ if h[1] == 'running' then
   redis.call('HSET', KEYS[1], 'attempt', tostring(a + 1))
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'worker', '')
+count_queued(KEYS[1], 1)
 redis.call('XADD', KEYS[2], '*', 'id', ARGV[5])
 return 'requeued'
 """

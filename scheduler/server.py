@@ -29,7 +29,8 @@ from dllmserve.scheduler.config import SchedulerConfig
 from dllmserve.scheduler.dispatcher import Dispatcher, DispatcherConfig
 from dllmserve.scheduler.relay import ResultHub
 from dllmserve.scheduler.service import DllmServicer
-from dllmserve.v1 import dllm_pb2, dllm_pb2_grpc
+from dllmserve.scheduler.wire import add_service
+from dllmserve.v1 import dllm_pb2
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = dllm_pb2.DESCRIPTOR.services_by_name["DllmService"].full_name
@@ -60,13 +61,14 @@ class Scheduler:
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
-        interceptors = [BearerTokenInterceptor(self.cfg.auth_token)] if self.cfg.auth_token else []
+        tokens = self.cfg.auth_tokens
+        interceptors = [BearerTokenInterceptor(tokens)] if tokens else []
         opts = [
-            ("grpc.max_receive_message_length", self.cfg.max_message_bytes),
+            ("grpc.max_receive_message_length", self.cfg.max_request_bytes),
             ("grpc.max_send_message_length", self.cfg.max_message_bytes),
         ]
         self.server = grpc.aio.server(interceptors=interceptors, options=opts)
-        dllm_pb2_grpc.add_DllmServiceServicer_to_server(self.servicer, self.server)
+        add_service(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server

@@ -13,13 +13,19 @@ import grpc.aio
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from dllmserve.errors import ValidationError
+from dllmserve.errors import ValidationError, echo
 from dllmserve.scheduler import errors
 from dllmserve.scheduler import queue as q
+from dllmserve.scheduler.auth import client_of
 from dllmserve.scheduler.config import SchedulerConfig
 from dllmserve.scheduler.dispatcher import Dispatcher
 from dllmserve.scheduler.relay import ClientGone, RelayError, ResultHub, follow
-from dllmserve.scheduler.validation import check_stream_options, group_key, to_engine_args
+from dllmserve.scheduler.validation import (
+    check_request_id,
+    check_stream_options,
+    group_key,
+    to_engine_args,
+)
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.v1 import dllm_pb2_grpc
 
@@ -27,6 +33,7 @@ log = logging.getLogger(__name__)
 # Redis is down or restarting: the client should retry (its stream can be re-attached).
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 MODELS_MAX_AGE_S = 1.0  # how stale the served models may be when resolving a request's model
+CANCEL_POLL_S = 0.02  # how often Cancel looks whether the worker has confirmed
 
 try:
     from importlib.metadata import version as _pkg_version
@@ -78,12 +85,11 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
 
     async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext):
         try:
-            status = await self._cancel(request.request_id, "CANCELLED", "cancelled by the client")
+            return pb.CancelResponse(status=await self._cancel_call(request, context))
+        except errors.RpcError as e:
+            await context.abort_with_status(e.status)
         except REDIS_DOWN as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
-        if status == "notfound":
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no request {request.request_id!r}")
-        return pb.CancelResponse(status=status)
 
     async def GetServerInfo(self, request, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
         try:
@@ -137,6 +143,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
             args = to_engine_args(request, self._cfg.limits)
         except ValidationError as e:
             raise errors.invalid_argument(e.field, e.reason) from None
+        client = client_of(context, self._authenticated)
         model = await self._resolve_model(request.model)
         rid = request.request_id or uuid.uuid4().hex
         stored = pb.GenerateRequest()
@@ -158,12 +165,27 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
                 repr(deadline),
                 model,
                 request.stream_options.SerializeToString(),
+                client,
+                self._cfg.max_queue_per_client,
+                args.sampling_params.max_steps,
+                "1" if self._authenticated else "0",
             ],
         )
         code, value = int(res[0]), q.s(res[1])
         if code == -1:
             raise errors.resource_exhausted(
                 f"the queue is full ({value} requests waiting); retry later",
+                self._cfg.retry_after_s,
+            )
+        if code == -3:
+            raise errors.simple(
+                grpc.StatusCode.NOT_FOUND,
+                f"request_id {rid!r} is not available to this client; choose another",
+            )
+        if code == -4:
+            raise errors.resource_exhausted(
+                f"this client already has {value} requests waiting in the queue (the cap per "
+                "client); retry later",
                 self._cfg.retry_after_s,
             )
         if code == -2:
@@ -190,14 +212,30 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         self, request: pb.AttachRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateEvent]:
         rid = request.request_id
-        status, opts_raw = await self._r.hmget(q.req_key(rid), "status", "opts")
-        if status is None:
-            raise errors.simple(grpc.StatusCode.NOT_FOUND, f"no request {rid!r} (or it expired)")
+        try:
+            check_request_id(rid, required=True)
+            if request.HasField("stream_options"):
+                check_stream_options(request.stream_options, self._cfg.limits)
+        except ValidationError as e:
+            raise errors.invalid_argument(e.field, e.reason) from None
+        status, opts_raw, attempt, steps = await self._visible(
+            rid, context, "status", "opts", "attempt", "steps"
+        )
+        # Past the request's last step or attempt no record will ever come: refuse, don't wait.
+        # (Requests queued before `steps` was stored have none: no bound is known.)
+        if request.after_step < 0 or request.attempt < 0:
+            raise errors.invalid_argument(
+                "after_step" if request.after_step < 0 else "attempt", "must be >= 0"
+            )
+        if request.attempt > int(q.s(attempt) or 0):
+            raise errors.out_of_range(
+                f"attempt {request.attempt} is beyond the request's attempt {q.s(attempt)}",
+            )
+        if steps is not None and request.after_step > int(q.s(steps)):
+            raise errors.out_of_range(
+                f"after_step {request.after_step} is beyond the request's {q.s(steps)} steps",
+            )
         if request.HasField("stream_options"):
-            try:
-                check_stream_options(request.stream_options)
-            except ValidationError as e:
-                raise errors.invalid_argument(e.field, e.reason) from None
             opts = request.stream_options
         else:
             opts = pb.StreamOptions.FromString(opts_raw or b"")
@@ -269,6 +307,41 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         if await self._r.scard(q.watch_key(rid)) == 0:
             await self._cancel(rid, "CANCELLED", "the client went away")
 
+    @property
+    def _authenticated(self) -> bool:
+        return bool(self._cfg.auth_tokens)
+
+    async def _visible(self, rid: str, context: grpc.aio.ServicerContext, *fields: str) -> list:
+        """The request's `fields`; NOT_FOUND when it does not exist or, with auth on, belongs to
+        another tenant (the same answer, so nothing tells one case from the other)."""
+        values = await self._r.hmget(q.req_key(rid), "status", "client", *fields)
+        status, owner = values[0], q.s(values[1])
+        mine = not self._authenticated or owner == client_of(context, True)
+        if status is None or not mine:
+            raise errors.simple(grpc.StatusCode.NOT_FOUND, f"no request {rid!r} (or it expired)")
+        return values[2:]
+
+    async def _cancel_call(self, request: pb.CancelRequest, context) -> str:
+        """Cancel for a client: a running request's worker aborts it at its next iteration;
+        wait (up to `cancel_wait_s`) to answer "cancelled" only once it did. "cancelling" means
+        it has not confirmed yet (a stalled worker): the request ends cancelled when the worker
+        gets to it or the watchdog's reclaim does, never as another attempt."""
+        rid = request.request_id
+        try:
+            check_request_id(rid, required=True)
+        except ValidationError as e:
+            raise errors.invalid_argument(e.field, e.reason) from None
+        await self._visible(rid, context)
+        status = await self._cancel(rid, "CANCELLED", "cancelled by the client")
+        if status == "notfound":  # expired in between
+            raise errors.simple(grpc.StatusCode.NOT_FOUND, f"no request {rid!r} (or it expired)")
+        end = time.monotonic() + self._cfg.cancel_wait_s
+        while status == "cancelling" and time.monotonic() < end:
+            await asyncio.sleep(CANCEL_POLL_S)
+            now = q.s(await self._r.hget(q.req_key(rid), "status"))
+            status = now if now in q.TERMINAL else status
+        return status
+
     async def _cancel(self, rid: str, code: str, msg: str) -> str:
         return q.s(
             await self._scripts.cancel(
@@ -297,7 +370,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
             if name not in known:
                 raise errors.simple(
                     grpc.StatusCode.NOT_FOUND,
-                    f"model {name!r} is not served here; served models: {sorted(known)}",
+                    f"model {echo(name)} is not served here; served models: {sorted(known)}",
                 )
             return name
         if len(known) > 1:

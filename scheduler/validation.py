@@ -8,15 +8,17 @@ request, so both sides always agree on what a request means.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
-from dllmserve.errors import ValidationError
+from dllmserve.errors import ValidationError, echo
 from dllmserve.sampling_params import SamplingParams
 from dllmserve.sparse.state import SparseConfig
 from dllmserve.v1 import dllm_pb2 as pb
 
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # whole string: used with fullmatch
+MAX_MODEL_NAME = 256
 CHAT_ROLES = ("system", "user", "assistant")
 _SP_FIELDS = [f.name for f in pb.SamplingParams.DESCRIPTOR.fields]
 _SC_SCALARS = [f.name for f in pb.SparseConfig.DESCRIPTOR.fields if f.name != "layer_ratios"]
@@ -47,14 +49,27 @@ def to_sampling_params(msg: pb.SamplingParams) -> SamplingParams:
 def to_sparse_config(msg: pb.SparseConfig) -> SparseConfig:
     kwargs = {name: getattr(msg, name) for name in _SC_SCALARS if msg.HasField(name)}
     if len(msg.layer_ratios):
-        kwargs["layer_ratios"] = list(msg.layer_ratios)
+        kwargs["layer_ratios"] = msg.layer_ratios  # its length is checked before it is copied
     return SparseConfig(**kwargs)
 
 
 def group_key(model: str, sparse: SparseConfig | None) -> str:
-    """Requests with equal keys may share a batch: same model and same `SparseConfig.match_key`."""
+    """Requests with equal keys may share a batch: same model and same `SparseConfig.match_key`.
+    A fixed-size hash, so the dispatcher's memory per request does not grow with the config."""
     key = sparse.match_key() if sparse is not None else (False,)
-    return f"{model}|{key!r}"
+    return hashlib.blake2b(f"{model}|{key!r}".encode(), digest_size=12).hexdigest()
+
+
+def check_request_id(request_id: str, required: bool) -> None:
+    """Ids are short and plain (they name Redis keys); empty means "pick one" where allowed."""
+    if not request_id and not required:
+        return
+    if not REQUEST_ID_RE.fullmatch(request_id):
+        raise ValidationError(
+            "request_id",
+            f"must be 1-128 characters of [A-Za-z0-9._:-]"
+            f"{'' if required else ' (or empty for a new id)'}, got {echo(request_id)}",
+        )
 
 
 def prompt_of(req: pb.GenerateRequest) -> str | list[int] | list[dict]:
@@ -70,12 +85,13 @@ def prompt_of(req: pb.GenerateRequest) -> str | list[int] | list[dict]:
 
 def to_engine_args(req: pb.GenerateRequest, limits: Limits = Limits()) -> EngineArgs:
     """Validate a request; raises ValidationError naming the first bad field."""
-    if req.request_id and not REQUEST_ID_RE.match(req.request_id):
+    check_request_id(req.request_id, required=False)
+    if len(req.model) > MAX_MODEL_NAME:
         raise ValidationError(
-            "request_id", "must be 1-128 characters of [A-Za-z0-9._:-] (or empty for a new id)"
+            "model", f"must be at most {MAX_MODEL_NAME} characters, got {len(req.model)}"
         )
+    _check_prompt(req, limits)
     prompt = prompt_of(req)
-    _check_prompt(req, prompt, limits)
     sp = to_sampling_params(req.sampling_params)
     if sp.gen_length > limits.max_gen_length:
         raise ValidationError(
@@ -85,57 +101,73 @@ def to_engine_args(req: pb.GenerateRequest, limits: Limits = Limits()) -> Engine
     sc = to_sparse_config(req.sparse_config) if req.HasField("sparse_config") else None
     if not -100 <= req.priority <= 100:
         raise ValidationError("priority", f"must be in [-100, 100], got {req.priority}")
-    check_stream_options(req.stream_options)
+    check_stream_options(req.stream_options, limits)
     return EngineArgs(prompt=prompt, sampling_params=sp, sparse_config=sc)
 
 
-def check_stream_options(opts: pb.StreamOptions, field: str = "stream_options") -> None:
+def check_stream_options(
+    opts: pb.StreamOptions, limits: Limits, field: str = "stream_options"
+) -> None:
     if opts.mode not in pb.StreamMode.values():
-        raise ValidationError(f"{field}.mode", f"unknown stream mode {opts.mode}")
+        raise ValidationError(
+            f"{field}.mode", f"must be one of {sorted(pb.StreamMode.values())}, got {opts.mode}"
+        )
     if opts.mode == pb.STREAM_MODE_EVERY_K_STEPS and opts.every_k < 1:
         raise ValidationError(f"{field}.every_k", "must be >= 1 with STREAM_MODE_EVERY_K_STEPS")
-    if opts.every_k < 0:
-        raise ValidationError(f"{field}.every_k", f"must be >= 0, got {opts.every_k}")
+    # a request has at most gen_length steps: a larger every_k means nothing more
+    if not 0 <= opts.every_k <= limits.max_gen_length:
+        raise ValidationError(
+            f"{field}.every_k", f"must be in [0, {limits.max_gen_length}], got {opts.every_k}"
+        )
     if len(opts.mask_placeholder) > 16:
-        raise ValidationError(f"{field}.mask_placeholder", "must be at most 16 characters")
+        raise ValidationError(
+            f"{field}.mask_placeholder",
+            f"must be at most 16 characters, got {len(opts.mask_placeholder)}",
+        )
 
 
-def _check_prompt(req: pb.GenerateRequest, prompt: object, limits: Limits) -> None:
+def _check_prompt(req: pb.GenerateRequest, limits: Limits) -> None:
+    """Sizes first, on the message itself: nothing is copied out of an oversized list."""
     kind = req.WhichOneof("prompt")
     if kind == "text":
-        if not prompt:
+        if not req.text:
             raise ValidationError("text", "must not be empty")
-        if len(prompt) > limits.max_prompt_chars:
+        if len(req.text) > limits.max_prompt_chars:
             raise ValidationError(
-                "text", f"must be at most {limits.max_prompt_chars} characters, got {len(prompt)}"
+                "text",
+                f"must be at most {limits.max_prompt_chars} characters, got {len(req.text)}",
             )
     elif kind == "token_ids":
-        if not prompt:
+        ids = req.token_ids.ids
+        if not ids:
             raise ValidationError("token_ids.ids", "must not be empty")
-        if len(prompt) > limits.max_prompt_tokens:
+        if len(ids) > limits.max_prompt_tokens:
             raise ValidationError(
-                "token_ids.ids", f"must hold at most {limits.max_prompt_tokens} tokens"
+                "token_ids.ids",
+                f"must hold at most {limits.max_prompt_tokens} tokens, got {len(ids)}",
             )
-        for i, t in enumerate(prompt):
+        for i, t in enumerate(ids):
             if t < 0:
                 raise ValidationError(f"token_ids.ids[{i}]", f"must be >= 0, got {t}")
-    else:
+    elif kind == "messages":
         msgs = req.messages.messages
         if not msgs:
             raise ValidationError("messages.messages", "must hold at least one message")
         if len(msgs) > limits.max_messages:
             raise ValidationError(
-                "messages.messages", f"must hold at most {limits.max_messages} messages"
+                "messages.messages",
+                f"must hold at most {limits.max_messages} messages, got {len(msgs)}",
             )
         total = 0
         for i, m in enumerate(msgs):
             if m.role not in CHAT_ROLES:
                 raise ValidationError(
                     f"messages.messages[{i}].role",
-                    f"must be one of {list(CHAT_ROLES)}, got {m.role!r}",
+                    f"must be one of {list(CHAT_ROLES)}, got {echo(m.role)}",
                 )
             total += len(m.content)
         if total > limits.max_prompt_chars:
             raise ValidationError(
-                "messages.messages", f"must hold at most {limits.max_prompt_chars} characters"
+                "messages.messages",
+                f"must hold at most {limits.max_prompt_chars} characters, got {total}",
             )

@@ -12,13 +12,21 @@ PARAM_CASES = [
     (dict(gen_length=8, steps=9), "sampling_params.steps", "[1, gen_length=8]"),
     (dict(steps=0), "sampling_params.steps", ">= 1"),
     (dict(gen_length=8, steps=8, block_length=9), "sampling_params.block_length", "[1, gen"),
-    (dict(temperature=-0.1), "sampling_params.temperature", "[0, inf)"),
-    (dict(temperature=float("nan")), "sampling_params.temperature", "[0, inf)"),
-    (dict(cfg_scale=-1.0), "sampling_params.cfg_scale", "[0, inf)"),
+    (dict(temperature=-0.1), "sampling_params.temperature", "[0, 10]"),
+    (dict(temperature=float("nan")), "sampling_params.temperature", "[0, 10]"),
+    (dict(temperature=float("inf")), "sampling_params.temperature", "[0, 10]"),
+    (dict(temperature=10.000001), "sampling_params.temperature", "[0, 10]"),
+    (dict(cfg_scale=-1.0), "sampling_params.cfg_scale", "[0, 10]"),
+    (dict(cfg_scale=1e300), "sampling_params.cfg_scale", "[0, 10]"),
+    (dict(cfg_scale=float("-inf")), "sampling_params.cfg_scale", "[0, 10]"),
+    (dict(threshold=float("nan")), "sampling_params.threshold", "[0, 1]"),
+    (dict(top_p=float("inf")), "sampling_params.top_p", "(0, 1]"),
+    (dict(top_k=1_000_001), "sampling_params.top_k", "[1, 1000000]"),
+    (dict(seed=2**63), "sampling_params.seed", "[0, 9223372036854775807]"),
     (dict(remasking="greedy"), "sampling_params.remasking", "low_confidence"),
     (dict(threshold=1.5), "sampling_params.threshold", "[0, 1]"),
     (dict(top_p=0.0), "sampling_params.top_p", "(0, 1]"),
-    (dict(top_k=0), "sampling_params.top_k", ">= 1"),
+    (dict(top_k=0), "sampling_params.top_k", "[1, 1000000]"),
     (dict(seed=-1), "sampling_params.seed", "[0, "),
     (dict(steps=2.5), "sampling_params.steps", "integer"),
     (dict(stop_at_eos="yes"), "sampling_params.stop_at_eos", "bool"),
@@ -29,10 +37,43 @@ SPARSE_CASES = [
     (dict(retention_ratio=1.2), "sparse_config.retention_ratio", "(0, 1]"),
     (dict(delay_step=-1), "sparse_config.delay_step", ">= 0"),
     (dict(default_block_len=0), "sparse_config.default_block_len", ">= 1"),
+    (dict(retention_ratio=float("nan")), "sparse_config.retention_ratio", "(0, 1]"),
     (dict(pool_kernel=2), "sparse_config.pool_kernel", "odd"),
+    (dict(pool_kernel=65), "sparse_config.pool_kernel", "[1, 63]"),
+    (dict(pool_kernel=2**31 - 1), "sparse_config.pool_kernel", "[1, 63]"),
+    (dict(layer_wise=True, layer_ratios=[]), "sparse_config.layer_ratios", "1 to 1024"),
+    (dict(layer_wise=True, layer_ratios=[0.5] * 1025), "sparse_config.layer_ratios", "1 to 1024"),
+    (
+        dict(layer_wise=True, layer_ratios=[0.5, float("inf")]),
+        "sparse_config.layer_ratios[1]",
+        "(0, 1]",
+    ),
     (dict(layer_ratios=[0.5, 0.5]), "sparse_config.layer_ratios", "layer_wise=True"),
     (dict(layer_wise=True, layer_ratios=[0.5, 0.0]), "sparse_config.layer_ratios[1]", "(0, 1]"),
 ]
+
+
+# Every bound itself is accepted.
+AT_BOUNDS = [
+    dict(temperature=10.0, cfg_scale=10.0, top_k=1_000_000, seed=2**63 - 1, top_p=1.0),
+    dict(temperature=0.0, cfg_scale=0.0, top_k=1, seed=0, threshold=0.0),
+]
+
+
+@pytest.mark.parametrize("kw", AT_BOUNDS)
+def test_sampling_params_at_their_bounds(kw):
+    SamplingParams(**kw)
+
+
+def test_sparse_config_at_its_bounds():
+    SparseConfig(pool_kernel=63, layer_wise=True, layer_ratios=[1.0] * 1024)
+    assert SparseConfig(layer_wise=True, layer_ratios=[1, 0.5]).layer_ratios == (1.0, 0.5)
+
+
+def test_echoed_values_are_cut_short():
+    with pytest.raises(ValidationError) as e:
+        SamplingParams(remasking="x" * 100_000)
+    assert e.value.field == "sampling_params.remasking" and len(str(e.value)) < 300
 
 
 @pytest.mark.parametrize("kw,field,rng", PARAM_CASES)
@@ -126,3 +167,11 @@ def test_generate_argument_errors(llm):
         llm.generate(["a", "b"], [SamplingParams(gen_length=8, steps=8)] * 3)
     with pytest.raises(ValidationError, match="tensor_parallel_size"):
         LLM("unused", tensor_parallel_size=2)
+
+
+def test_settings_at_the_bounds_never_commit_the_mask_token(llm):
+    params = SamplingParams(
+        gen_length=16, steps=8, temperature=10.0, cfg_scale=10.0, seed=3, stop_at_eos=False
+    )
+    out = llm.generate([[1, 2, 3]], params, use_tqdm=False)[0]["token_ids"]
+    assert len(out) == 16 and llm.engine.mask_token_id not in out

@@ -29,4 +29,8 @@ class WorkerConfig:
     idle_block_ms: int = 200
     result_ttl_s: int = 3600
     drain_timeout_s: float = 60.0
+    # the watchdog (worker/watchdog.py): an iteration running longer than
+    # max(stall_floor_s, stall_factor x the moving average) takes the worker out
+    stall_factor: float = 20.0
+    stall_floor_s: float = 60.0
     async_publish: bool = True  # publish step records on a thread, overlapping the next step

@@ -2,7 +2,8 @@
 
 It runs beside the engine loop so that a long step never makes a live worker look dead. It
 also notices when the dispatcher has reaped the worker (it missed heartbeats, e.g. a frozen
-process) and tells the loop to drop the work that was taken back.
+process) and tells the loop to drop the work that was taken back. While the watchdog holds the
+loop for stalled it stays silent, so the worker drops out of the service.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ class Heartbeat(threading.Thread):
         self.device = device
         self.slots = slots
         self.halt = threading.Event()
-        self._registered = False
+        self._registered_as = ""  # the worker id of the last beat (the loop's id may change)
 
     def beat(self) -> None:
         lp = self.loop
         st = lp.snapshot
         key = q.worker_key(lp.id)
-        if self._registered and not self.r.sismember(q.WORKERS, lp.id):
+        if self._registered_as == lp.id and not self.r.sismember(q.WORKERS, lp.id):
             lp.reaped.set()
         pipe = self.r.pipeline(transaction=False)
         pipe.hset(
@@ -58,10 +59,12 @@ class Heartbeat(threading.Thread):
         pipe.sadd(q.WORKERS, lp.id)
         pipe.hset(q.MODELS, lp.model_name, repr(time.time()))
         pipe.execute()
-        self._registered = True
+        self._registered_as = lp.id
 
     def run(self) -> None:
         while not self.halt.wait(self.loop.cfg.heartbeat_interval_s):
+            if self.loop.watchdog.tripped.is_set():
+                continue
             try:
                 self.beat()
             except redis.exceptions.RedisError as e:

@@ -10,7 +10,6 @@ the inbox of a dead worker is therefore exactly the work the dispatcher must tak
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -24,14 +23,13 @@ from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.validation import to_engine_args
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.config import WorkerConfig
+from dllmserve.worker.faults import Faults
+from dllmserve.worker.leaving import Leaving
 from dllmserve.worker.publisher import InlinePublisher, Publisher
 from dllmserve.worker.render import TextTracker, make_decoder
+from dllmserve.worker.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
-
-# Fault injection for the service's fault tests: a request whose prompt text contains this
-# string makes the worker process exit at once, like a request that crashes its worker.
-CRASH_ENV = "DLLMSERVE_FAULT_CRASH_ON_TEXT"
 
 _FINISH_REASON = {
     "stop": pb.FINISH_REASON_STOP,
@@ -53,12 +51,13 @@ class Active:
     t_first: float = 0.0
 
 
-class WorkerLoop:
+class WorkerLoop(Leaving):
     def __init__(self, engine, client: redis.Redis, cfg: WorkerConfig, worker_id: str) -> None:
         self.engine = engine
         self.r = client
         self.cfg = cfg
         self.id = worker_id
+        self._base_id, self._rejoins = worker_id, 0
         self.model_name = cfg.model_name or engine.model_name
         self.scripts = q.register_scripts(client)
         self.active: dict[str, Active] = {}
@@ -67,7 +66,8 @@ class WorkerLoop:
         self.reaped = threading.Event()  # set by the heartbeat when the dispatcher reaped us
         self.snapshot: dict = {}
         self._ctl_last = "0-0"
-        self._crash_on = os.environ.get(CRASH_ENV, "")
+        self.faults = Faults()
+        self.watchdog = Watchdog(cfg.stall_factor, cfg.stall_floor_s, self._leave_stalled)
         self.steps = 0
         self._decode = make_decoder(engine.tokenizer)
         self.before_leave = None  # called before the worker deregisters (stops the heartbeat)
@@ -88,6 +88,7 @@ class WorkerLoop:
     def run(self) -> None:
         self.ensure_group()
         self.update_snapshot()
+        self.watchdog.start()
         while not self.stop.is_set():
             try:
                 self.iterate()
@@ -95,20 +96,30 @@ class WorkerLoop:
                 log.warning("worker %s: redis unavailable (%s); retrying", self.id, e)
                 time.sleep(0.5)
         self.drain()
+        self.watchdog.halt.set()
 
     def iterate(self) -> None:
         if self.reaped.is_set():
             self._forget_all()
+            self.ensure_group()
             self.reaped.clear()
         self._read_ctl()
         busy = self.engine.has_unfinished()
         self._read_inbox(block_ms=None if busy else self.cfg.idle_block_ms)
         self._check_deadlines()
         if self.engine.has_unfinished():
-            updates = self.engine.step()
+            updates = self._step()
+            if self.watchdog.tripped.is_set():  # its requests were taken back meanwhile
+                self._rejoin()
+                return
             self.steps += 1
             self._publish(updates)
         self.update_snapshot()
+
+    def _step(self) -> list[StepUpdate]:
+        with self.watchdog.iteration():
+            self.faults.before_step()
+            return self.engine.step()
 
     def update_snapshot(self) -> None:
         st = self.engine.stats()
@@ -169,9 +180,7 @@ class WorkerLoop:
             self.batches[eid].add(rid)
         req = pb.GenerateRequest.FromString(body)
         opts = pb.StreamOptions.FromString(opts_raw)
-        if self._crash_on and req.WhichOneof("prompt") == "text" and self._crash_on in req.text:
-            log.error("fault injection: crashing on request %s", rid)
-            os._exit(17)
+        self.faults.on_admit(rid, req)
         try:
             args = to_engine_args(req)
             prompt = args.prompt
@@ -338,52 +347,3 @@ class WorkerLoop:
             attempt=int(a.attempt),
             worker_id=self.id,
         )
-
-    # ---- leaving ---------------------------------------------------------------------------
-    def _forget_all(self) -> None:
-        """The dispatcher took our work back (we missed heartbeats): drop it locally."""
-        log.warning("worker %s was reaped; dropping %d requests", self.id, len(self.active))
-        self.pub.flush()
-        for rid in list(self.active):
-            self.engine.abort(rid)
-        self.active.clear()
-        with self._lock:
-            self.batches.clear()
-        self.ensure_group()
-
-    def drain(self) -> None:
-        """Stop taking work, hand back what never started, finish the rest (bounded)."""
-        log.info("worker %s draining", self.id)
-        self.snapshot = {**self.snapshot, "state": "draining"}
-        while True:  # unread batches go back to the queue untouched
-            reply = self.r.xreadgroup(q.INBOX_GROUP, self.id, {q.inbox_key(self.id): ">"}, count=64)
-            if not reply or not reply[0][1]:
-                break
-            for _entry_id, fields in reply[0][1]:
-                for rid in [x for x in q.s(fields.get(b"ids")).split(",") if x]:
-                    self._handback(rid)
-        deadline = time.monotonic() + self.cfg.drain_timeout_s
-        while self.engine.has_unfinished() and time.monotonic() < deadline:
-            self._read_ctl()
-            self._check_deadlines()
-            self._publish(self.engine.step())
-        self.pub.flush()
-        for rid in list(self.active):  # out of time: another worker runs them again
-            self.engine.abort(rid)
-            self._handback(rid)
-        self.active.clear()
-        self.pub.close()
-        if self.before_leave is not None:
-            self.before_leave()
-        pipe = self.r.pipeline(transaction=False)
-        pipe.delete(q.worker_key(self.id), q.inbox_key(self.id), q.load_key(self.id))
-        pipe.delete(q.ctl_key(self.id))
-        pipe.srem(q.WORKERS, self.id)
-        pipe.execute()
-
-    def _handback(self, rid: str) -> None:
-        self.scripts.reclaim(
-            keys=[q.req_key(rid), q.PENDING],
-            args=[self.id, 0, repr(time.time()), self.cfg.result_ttl_s, rid, "0"],
-        )
-        self.r.decr(q.load_key(self.id))

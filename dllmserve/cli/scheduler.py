@@ -27,6 +27,12 @@ def add_scheduler_args(p: argparse.ArgumentParser) -> None:
         help="requests waiting at most; beyond, RESOURCE_EXHAUSTED with a retry hint",
     )
     p.add_argument(
+        "--max-queue-per-client",
+        type=int,
+        default=1000,
+        help="requests one client (auth token, else IP address) may have waiting; 0: no cap",
+    )
+    p.add_argument(
         "--max-attempts",
         type=int,
         default=3,
@@ -60,14 +66,28 @@ def add_scheduler_args(p: argparse.ArgumentParser) -> None:
         help="largest gRPC message accepted",
     )
     p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=0,
+        help="a bigger request is refused before it is parsed (0: 1 MiB, at most "
+        "--max-message-bytes)",
+    )
+    p.add_argument(
         "--drain-grace",
         type=float,
         default=30.0,
         help="seconds open streams get to finish after SIGTERM",
     )
     p.add_argument(
-        "--auth-token", default="", help="bearer token clients must send (none: no authentication)"
+        "--cancel-wait", type=float, default=5.0, help="seconds Cancel waits for the worker"
     )
+    p.add_argument(
+        "--auth-token",
+        default="",
+        help="bearer token(s) clients must send, comma-separated, one per tenant "
+        "(none: no authentication)",
+    )
+    p.add_argument("--auth-token-file", default="", help="a file of bearer tokens, one per line")
     p.add_argument("--tls-cert", default="", help="PEM certificate: serve gRPC over TLS")
     p.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
     p.add_argument("--id", default="", help="scheduler id (none: host-pid-random)")
@@ -75,6 +95,7 @@ def add_scheduler_args(p: argparse.ArgumentParser) -> None:
 
 
 def scheduler_config(a: argparse.Namespace):
+    from dllmserve.scheduler.auth import load_tokens
     from dllmserve.scheduler.config import SchedulerConfig
 
     return SchedulerConfig(
@@ -82,14 +103,17 @@ def scheduler_config(a: argparse.Namespace):
         listen=a.listen,
         scheduler_id=a.id,
         max_queue=a.max_queue,
+        max_queue_per_client=a.max_queue_per_client,
         max_attempts=a.max_attempts,
         orphan_grace_s=a.orphan_grace,
         result_ttl_s=a.result_ttl,
         lease_ttl_ms=a.lease_ttl_ms,
         max_batch=a.max_batch,
         max_message_bytes=a.max_message_bytes,
+        max_request_bytes=a.max_request_bytes,
         drain_grace_s=a.drain_grace,
-        auth_token=a.auth_token,
+        cancel_wait_s=a.cancel_wait,
+        auth_tokens=load_tokens(a.auth_token, a.auth_token_file),
         tls_cert=a.tls_cert,
         tls_key=a.tls_key,
         dispatch=not a.no_dispatch,

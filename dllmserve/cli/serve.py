@@ -2,13 +2,17 @@
 
 A private redis-server (unless --redis-url is given), the scheduler, and one worker per GPU (or
 one CPU worker), all child processes that stop together on Ctrl-C. Without --model it serves a
-small built-in demo model.
+small built-in demo model. The private Redis gets a random password; secrets (the Redis URL,
+auth tokens) reach the children through their environment, never their command lines, which
+any user of the machine can read. The gRPC port listens on 127.0.0.1 unless --listen says
+otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -39,30 +43,31 @@ def cmd_serve(a: argparse.Namespace) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="dllmserve-")
     try:
         if not a.redis_url:
+            data = a.redis_dir or Path(tmp.name) / "redis"
             try:
-                redis = LocalRedis(a.redis_dir or Path(tmp.name) / "redis").start()
+                redis = LocalRedis(data, password=secrets.token_urlsafe(24)).start()
             except RuntimeError as e:
                 print(f"dllmserve serve: {e}", file=sys.stderr)
                 return 2
             a.redis_url = redis.url
-            print(f"redis: private redis-server at {redis.url}", flush=True)
+            print(f"redis: private redis-server on 127.0.0.1:{redis.port} (password)", flush=True)
         host, _, port = a.listen.rpartition(":")
         if port == "0":
             a.listen = f"{host}:{free_port()}"
         base = [sys.executable, "-m", "dllmserve.cli", "--log-level", a.log_level]
-        sched = base + ["scheduler", "--redis-url", a.redis_url, "--listen", a.listen]
+        secret_env = {**os.environ, "DLLMSERVE_REDIS_URL": a.redis_url}
         if a.auth_token:
-            sched += ["--auth-token", a.auth_token]
-        children.append(subprocess.Popen(sched))
+            secret_env["DLLMSERVE_AUTH_TOKEN"] = a.auth_token
+        sched = base + ["scheduler", "--listen", a.listen]
+        children.append(subprocess.Popen(sched, env=secret_env))
         gpus = _gpu_count() if a.device in (None, "cuda") else 0
         # worker i gets the i-th GPU this process sees (of CUDA_VISIBLE_DEVICES when it is set)
         visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
         gpu_ids = visible[:gpus] if len(visible) >= gpus else [str(g) for g in range(gpus)]
         n = a.workers or max(1, gpus)
         for i in range(n):
-            env = dict(os.environ)
-            cmd = base + ["worker", "--redis-url", a.redis_url, *model_args,
-                          "--max-num-seqs", str(a.max_num_seqs)]  # fmt: skip
+            env = dict(secret_env)
+            cmd = base + ["worker", *model_args, "--max-num-seqs", str(a.max_num_seqs)]
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpu_ids[i % gpus].strip()
             elif a.device:
@@ -72,14 +77,15 @@ def cmd_serve(a: argparse.Namespace) -> int:
             children.append(subprocess.Popen(cmd, env=env))
         target = "localhost:" + a.listen.rpartition(":")[2]
         print(f"dllmserve: scheduler on {target}, {n} worker(s), model {model}", flush=True)
-        if not _wait_ready(target, a.auth_token, children, timeout_s=a.ready_timeout):
+        token = a.auth_token.split(",")[0].strip()  # the first tenant's, for its own checks
+        if not _wait_ready(target, token, children, timeout_s=a.ready_timeout):
             print("dllmserve serve: the service did not become ready", file=sys.stderr)
             return 1
         print(f"dllmserve: ready. Try: dllmserve generate --target {target} 'Hello'", flush=True)
         if a.demo:
             stream(
                 target,
-                a.auth_token,
+                token,
                 a.demo_prompt,
                 chat=True,
                 gen_length=64,
@@ -169,8 +175,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument(
         "--listen",
-        default="0.0.0.0:50051",
-        help="the scheduler's gRPC address (port 0: a free port)",
+        default="127.0.0.1:50051",
+        help="the scheduler's gRPC address: this machine only by default, 0.0.0.0:PORT for "
+        "every interface (port 0: a free port)",
     )
     s.add_argument(
         "--workers",
@@ -185,7 +192,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--max-num-seqs", type=int, default=64, help="requests each worker runs at once")
     s.add_argument(
-        "--auth-token", default="", help="bearer token clients must send (none: no authentication)"
+        "--auth-token",
+        default="",
+        help="bearer token(s) clients must send, comma-separated, one per tenant "
+        "(none: no authentication)",
     )
     s.add_argument("--demo", action="store_true", help="stream a demo generation once ready")
     s.add_argument(

@@ -78,6 +78,14 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
         default=5.0,
         help="seconds without a heartbeat after which the worker counts as dead",
     )
+    p.add_argument(
+        "--stall-factor",
+        type=float,
+        default=20.0,
+        help="watchdog: an iteration this many times the moving average (and over "
+        "--stall-floor) takes the worker out and its requests are re-run elsewhere",
+    )
+    p.add_argument("--stall-floor", type=float, default=60.0, help="watchdog floor, seconds")
     p.add_argument("--worker-id", default="", help="worker id (none: host-pid-random)")
     p.add_argument("--seed", type=int, default=0, help="the engine's default random seed")
     p.add_argument(
@@ -103,6 +111,8 @@ def worker_config(a: argparse.Namespace):
         slots=a.slots,
         heartbeat_interval_s=a.heartbeat_interval,
         heartbeat_ttl_s=a.heartbeat_ttl,
+        stall_factor=a.stall_factor,
+        stall_floor_s=a.stall_floor,
         worker_id=a.worker_id,
         seed=a.seed,
         async_publish=not a.sync_publish,

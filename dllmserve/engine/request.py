@@ -60,8 +60,8 @@ class Request:
 
     @property
     def total_steps(self) -> int:
-        """Planned steps; with a threshold every step commits at least one token, so G bounds it."""
-        return self.G if self.params.threshold is not None else self.params.steps
+        """Planned steps (an upper bound with a threshold)."""
+        return self.params.max_steps
 
     @property
     def block_span(self) -> tuple[int, int]:

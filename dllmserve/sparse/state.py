@@ -7,7 +7,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from dllmserve.errors import ValidationError
+from dllmserve.errors import ValidationError, echo
+from dllmserve.sampling_params import check_float, check_int
+
+# Bounds that hold whatever the model (the layer count, candidate count and block length of the
+# served model are checked when a request is admitted). The max-pool costs pool_kernel
+# comparisons per candidate; no model has more layers than MAX_LAYERS.
+MAX_POOL_KERNEL = 63
+MAX_LAYERS = 1024
 
 
 class Phase(enum.IntEnum):
@@ -38,41 +45,29 @@ class SparseConfig:
 
     def __post_init__(self) -> None:
         if self.layer_ratios is not None:
-            object.__setattr__(self, "layer_ratios", tuple(float(r) for r in self.layer_ratios))
+            _check_ratio_count(self.layer_ratios)  # before any copy: a huge list costs nothing
+            object.__setattr__(self, "layer_ratios", tuple(self.layer_ratios))
         self.validate()
+        if self.layer_ratios is not None:
+            object.__setattr__(self, "layer_ratios", tuple(float(r) for r in self.layer_ratios))
 
     def validate(self) -> None:
         f = "sparse_config."
         for name in ("enabled", "head_select", "layer_wise"):
             if not isinstance(getattr(self, name), bool):
-                raise ValidationError(f + name, f"must be a bool, got {getattr(self, name)!r}")
+                raise ValidationError(f + name, f"must be a bool, got {echo(getattr(self, name))}")
         _ratio(f + "retention_ratio", self.retention_ratio)
-        if isinstance(self.delay_step, bool) or not isinstance(self.delay_step, int):
-            raise ValidationError(f + "delay_step", f"must be an integer, got {self.delay_step!r}")
-        if self.delay_step < 0:
-            raise ValidationError(f + "delay_step", f"must be >= 0, got {self.delay_step}")
-        if (
-            isinstance(self.default_block_len, bool)
-            or not isinstance(self.default_block_len, int)
-            or self.default_block_len < 1
-        ):
+        check_int(f + "delay_step", self.delay_step, 0)
+        check_int(f + "default_block_len", self.default_block_len, 1)
+        check_int(f + "pool_kernel", self.pool_kernel, 1, MAX_POOL_KERNEL)
+        if self.pool_kernel % 2 == 0:
             raise ValidationError(
-                f + "default_block_len", f"must be an integer >= 1, got {self.default_block_len!r}"
-            )
-        if (
-            isinstance(self.pool_kernel, bool)
-            or not isinstance(self.pool_kernel, int)
-            or self.pool_kernel < 1
-            or self.pool_kernel % 2 == 0
-        ):
-            raise ValidationError(
-                f + "pool_kernel", f"must be an odd integer >= 1, got {self.pool_kernel!r}"
+                f + "pool_kernel", f"must be odd, in [1, {MAX_POOL_KERNEL}], got {self.pool_kernel}"
             )
         if self.layer_ratios is not None:
             if not self.layer_wise:
                 raise ValidationError(f + "layer_ratios", "needs layer_wise=True")
-            if len(self.layer_ratios) == 0:
-                raise ValidationError(f + "layer_ratios", "must hold one ratio per layer")
+            _check_ratio_count(self.layer_ratios)
             for i, r in enumerate(self.layer_ratios):
                 _ratio(f"{f}layer_ratios[{i}]", r)
 
@@ -133,7 +128,12 @@ def kept_count(n_candidates: int, ratio: float) -> int:
 
 
 def _ratio(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValidationError(name, f"must be a number in (0, 1], got {value!r}")
-    if not 0.0 < value <= 1.0:
-        raise ValidationError(name, f"must be in (0, 1], got {value}")
+    check_float(name, value, 0.0, 1.0, open_low=True)
+
+
+def _check_ratio_count(ratios: Sequence[float]) -> None:
+    if not 1 <= len(ratios) <= MAX_LAYERS:
+        raise ValidationError(
+            "sparse_config.layer_ratios",
+            f"must hold one ratio per layer (1 to {MAX_LAYERS} entries), got {len(ratios)}",
+        )

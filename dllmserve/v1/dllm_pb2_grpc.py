@@ -72,13 +72,15 @@ class DllmServiceServicer:
 
     def Attach(self, request, context):
         """Re-attach to a queued, running or finished request and resume its stream after a given step.
+        NOT_FOUND for an unknown id or, with auth on, another tenant's; OUT_OF_RANGE for a step or
+        attempt the request will never reach.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Cancel(self, request, context):
-        """Cancel a request; its worker frees the request's memory at its next step.
+        """Cancel a request; its worker frees the request's memory at its next iteration.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -14,7 +14,8 @@ pytest.importorskip("redis")
 
 from svc_util import Cluster  # noqa: E402
 
-from dllmserve.scheduler.local_redis import find_redis_server  # noqa: E402
+from dllmserve.scheduler import queue as q  # noqa: E402
+from dllmserve.scheduler.local_redis import LocalRedis, find_redis_server  # noqa: E402
 
 if find_redis_server() is None:
     from dllmserve.scheduler.local_redis import INSTALL_HINT
@@ -43,6 +44,26 @@ def make_cluster(tmp_path, tiny_model):
     yield make
     for c in made:
         c.close()
+
+
+@pytest.fixture(scope="module")
+def rserver(tmp_path_factory):
+    """A bare redis-server for the unit tests of one module."""
+    srv = LocalRedis(tmp_path_factory.mktemp("units-redis")).start()
+    yield srv
+    srv.stop(kill=True)
+
+
+@pytest.fixture
+def r(rserver):
+    """A client of it, flushed, with the dispatcher's group on the pending stream."""
+    import redis
+
+    c = redis.Redis.from_url(rserver.url)
+    c.flushall()
+    c.xgroup_create(q.PENDING, q.DISPATCH_GROUP, id="0", mkstream=True)
+    yield c
+    c.close()
 
 
 @pytest.fixture(scope="session")

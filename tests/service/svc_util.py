@@ -6,11 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import grpc
 import redis
 
+from dllmserve.client import Canvas, Client, Completed, StepUpdate
 from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.local_redis import LocalRedis, free_port
 
@@ -112,3 +115,81 @@ class Cluster:
                 p.wait(30)
         self.client.close()
         self.redis.stop(kill=True)
+
+
+LONG = {"gen_length": 256, "steps": 256, "block_length": 32, "seed": 7, "stop_at_eos": False}
+SHORT = {"gen_length": 16, "steps": 8, "seed": 2}
+
+
+class Stream(threading.Thread):
+    """One client stream in the background; keeps every event (or the error)."""
+
+    def __init__(self, target, request_id: str, sp: dict, prompt: str = "fault", **kw) -> None:
+        super().__init__(daemon=True)
+        self.args = (target, request_id, sp, prompt, kw)
+        self.events: list = []
+        self.error: grpc.RpcError | None = None
+
+    def run(self) -> None:
+        target, rid, sp, prompt, kw = self.args
+        try:
+            with Client(target) as c:
+                for ev in c.generate(prompt, request_id=rid, sampling_params=sp,
+                                     sparse_config={}, timeout=300, **kw):  # fmt: skip
+                    self.events.append(ev)
+        except grpc.RpcError as e:
+            self.error = e
+
+    def steps(self):
+        return [e for e in self.events if isinstance(e, StepUpdate)]
+
+    def completed(self):
+        done = [e for e in self.events if isinstance(e, Completed)]
+        return done[0] if done else None
+
+
+def check_unbroken(stream: Stream, gen_length: int) -> None:
+    """Within each attempt, steps run 1, 2, 3, ... with no gap or duplicate; the last attempt
+    rebuilds the final tokens."""
+    assert stream.error is None, stream.error
+    done = stream.completed()
+    assert done is not None
+    by_attempt: dict[int, list[int]] = {}
+    for s in stream.steps():
+        by_attempt.setdefault(s.attempt, []).append(s.step)
+    assert sorted(by_attempt) == list(by_attempt), "attempts must only go up"
+    for steps in by_attempt.values():
+        assert steps == list(range(1, len(steps) + 1))
+    assert max(by_attempt) == done.attempt
+    canvas = Canvas()
+    for s in stream.steps():
+        canvas.apply(s)
+    assert canvas.token_ids(gen_length) == list(done.token_ids)
+    assert canvas.text == done.text
+
+
+def enqueue(sc, rid, body=b"body", max_queue=10, group="g", prio=0, model="m",
+             client="ip:c", per_client=0, owned="0"):  # fmt: skip
+    res = sc.enqueue(
+        keys=[q.req_key(rid), q.PENDING],
+        args=[rid, body, max_queue, time.time(), group, prio, 0, model, b"", client, per_client,
+              8, owned],
+    )  # fmt: skip
+    return int(res[0]), q.s(res[1])
+
+
+def ready(r, worker, slots=16, model="m"):
+    r.hset(q.worker_key(worker), mapping={"model": model, "slots": slots, "state": "ready"})
+
+
+def lua_assign(r, sc, worker, rids):
+    entries = r.xrange(q.PENDING)
+    args = [worker, time.time()]
+    for eid, f in entries:
+        if q.s(f[b"id"]) in rids:
+            args += [q.s(eid), q.s(f[b"id"])]
+    if not r.exists(q.worker_key(worker)):
+        ready(r, worker)
+    keys = [q.inbox_key(worker), q.load_key(worker), q.PENDING, q.worker_key(worker)]
+    got = sc.assign(keys=keys, args=args)
+    return None if got is None else [q.s(x) for x in got]

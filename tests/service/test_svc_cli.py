@@ -99,3 +99,94 @@ def test_generate_prints_the_answer_and_json(cluster):
     bad = _cli("generate", "--target", cluster.target, "--steps", "0", "Hi")
     assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
     assert "sampling_params.steps" in bad.stderr
+
+
+def _descendants(pid: int) -> list[int]:
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+def _listeners(port: int) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp* writes them) listening on `port`."""
+    found = set()
+    for name in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, _, p = local.rpartition(":")
+            if state == "0A" and int(p, 16) == port:
+                found.add(addr)
+    return found
+
+
+def test_serve_keeps_secrets_off_command_lines_and_listens_on_loopback(tmp_path):
+    import secrets
+    import signal
+    import time
+
+    import grpc
+
+    from dllmserve.cli import build_parser
+    from dllmserve.client import Client
+
+    assert build_parser().parse_args(["serve"]).listen.startswith("127.0.0.1:")
+    token = "tok-" + secrets.token_hex(8)
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DLLMSERVE_AUTH_TOKEN": token}
+    with open(log, "w") as out:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "dllmserve.cli", "--log-level", "WARNING", "serve",
+             "--listen", "127.0.0.1:0", "--max-num-seqs", "4", "--device", "cpu"],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        end = time.monotonic() + 300
+        while "dllmserve: ready" not in log.read_text():
+            assert serve.poll() is None and time.monotonic() < end, log.read_text()
+            time.sleep(0.2)
+        port = int(log.read_text().split("scheduler on localhost:")[1].split(",")[0])
+        kids = _descendants(serve.pid)
+        cmdlines = {p: Path(f"/proc/{p}/cmdline").read_bytes() for p in [serve.pid, *kids]}
+        environs = [Path(f"/proc/{p}/environ").read_bytes() for p in kids]
+        url = next(
+            e.split(b"DLLMSERVE_REDIS_URL=")[1].split(b"\0")[0].decode()
+            for e in environs
+            if b"DLLMSERVE_REDIS_URL=" in e
+        )
+        password = url.split("://:")[1].split("@")[0]
+        assert len(password) >= 24
+        assert len(kids) >= 3  # redis-server, scheduler, worker
+        for pid, cmd in cmdlines.items():
+            assert token.encode() not in cmd and password.encode() not in cmd, (pid, cmd)
+        assert password not in log.read_text() and token not in log.read_text()
+        redis_pid = next(p for p, c in cmdlines.items() if b"redis-server" in c.split(b" ")[0])
+        conf = Path(f"/proc/{redis_pid}/cwd/secret.conf")  # its --dir, where it runs
+        assert conf.stat().st_mode & 0o777 == 0o600
+        redis_port = int(url.rsplit(":", 1)[1].split("/")[0])
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(port=redis_port).ping()
+        assert redis.Redis(port=redis_port, password=password).ping()
+        # 127.0.0.1 only (as IPv4, or IPv4-mapped on an IPv6 socket)
+        loopback = {"0100007F", "0000000000000000FFFF00000100007F"}
+        assert _listeners(port) and _listeners(port) <= loopback, _listeners(port)
+        with Client(f"127.0.0.1:{port}", token=token) as c:
+            assert len(c.generate_text("hi", sampling_params={"gen_length": 8, "steps": 4})
+                       .token_ids) == 8  # fmt: skip
+        with Client(f"127.0.0.1:{port}") as c, pytest.raises(grpc.RpcError) as e:
+            c.server_info()
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(120)

@@ -3,44 +3,13 @@
 from __future__ import annotations
 
 import signal
-import threading
 
 import grpc
 import pytest
-from svc_util import wait_for
+from svc_util import LONG, SHORT, Stream, check_unbroken, wait_for
 
-from dllmserve.client import Canvas, Client, Completed, StepUpdate
+from dllmserve.client import Client
 from dllmserve.scheduler import queue as q
-
-LONG = {"gen_length": 256, "steps": 256, "block_length": 32, "seed": 7, "stop_at_eos": False}
-SHORT = {"gen_length": 16, "steps": 8, "seed": 2}
-
-
-class Stream(threading.Thread):
-    """One client stream in the background; keeps every event (or the error)."""
-
-    def __init__(self, target, request_id: str, sp: dict, prompt: str = "fault", **kw) -> None:
-        super().__init__(daemon=True)
-        self.args = (target, request_id, sp, prompt, kw)
-        self.events: list = []
-        self.error: grpc.RpcError | None = None
-
-    def run(self) -> None:
-        target, rid, sp, prompt, kw = self.args
-        try:
-            with Client(target) as c:
-                for ev in c.generate(prompt, request_id=rid, sampling_params=sp,
-                                     sparse_config={}, timeout=300, **kw):  # fmt: skip
-                    self.events.append(ev)
-        except grpc.RpcError as e:
-            self.error = e
-
-    def steps(self):
-        return [e for e in self.events if isinstance(e, StepUpdate)]
-
-    def completed(self):
-        done = [e for e in self.events if isinstance(e, Completed)]
-        return done[0] if done else None
 
 
 def _health(target: str) -> str:
@@ -50,26 +19,6 @@ def _health(target: str) -> str:
         stub = health_pb2_grpc.HealthStub(ch)
         resp = stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
     return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-
-
-def check_unbroken(stream: Stream, gen_length: int) -> None:
-    """Within each attempt, steps run 1, 2, 3, ... with no gap or duplicate; the last attempt
-    rebuilds the final tokens."""
-    assert stream.error is None, stream.error
-    done = stream.completed()
-    assert done is not None
-    by_attempt: dict[int, list[int]] = {}
-    for s in stream.steps():
-        by_attempt.setdefault(s.attempt, []).append(s.step)
-    assert sorted(by_attempt) == list(by_attempt), "attempts must only go up"
-    for steps in by_attempt.values():
-        assert steps == list(range(1, len(steps) + 1))
-    assert max(by_attempt) == done.attempt
-    canvas = Canvas()
-    for s in stream.steps():
-        canvas.apply(s)
-    assert canvas.token_ids(gen_length) == list(done.token_ids)
-    assert canvas.text == done.text
 
 
 def test_kill_9_worker_mid_generation(make_cluster):

@@ -7,48 +7,15 @@ import asyncio
 import time
 
 import pytest
-import redis
 import redis.asyncio as aioredis
+from svc_util import enqueue as _enqueue
+from svc_util import lua_assign as _assign
+from svc_util import ready as _ready
 
 from dllmserve.scheduler import queue as q
-from dllmserve.scheduler.local_redis import LocalRedis
 from dllmserve.scheduler.relay import Coalescer, RelayError, ResultHub, follow
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.render import TextTracker
-
-
-@pytest.fixture(scope="module")
-def rserver(tmp_path_factory):
-    srv = LocalRedis(tmp_path_factory.mktemp("units-redis")).start()
-    yield srv
-    srv.stop(kill=True)
-
-
-@pytest.fixture
-def r(rserver):
-    c = redis.Redis.from_url(rserver.url)
-    c.flushall()
-    c.xgroup_create(q.PENDING, q.DISPATCH_GROUP, id="0", mkstream=True)
-    yield c
-    c.close()
-
-
-def _enqueue(sc, rid, body=b"body", max_queue=10):
-    res = sc.enqueue(
-        keys=[q.req_key(rid), q.PENDING],
-        args=[rid, body, max_queue, time.time(), "g", 0, 0, "m", b""],
-    )
-    return int(res[0]), q.s(res[1])
-
-
-def _assign(r, sc, worker, rids):
-    entries = r.xrange(q.PENDING)
-    args = [worker, time.time()]
-    for eid, f in entries:
-        if q.s(f[b"id"]) in rids:
-            args += [q.s(eid), q.s(f[b"id"])]
-    return [q.s(x) for x in sc.assign(keys=[q.inbox_key(worker), q.load_key(worker), q.PENDING],
-                                      args=args)]  # fmt: skip
 
 
 def test_enqueue_is_idempotent_and_bounded(r):
@@ -204,11 +171,10 @@ def test_dispatcher_batches_by_sparse_config_model_and_capacity(rserver, r):
     plan = [("d1", dense, 0), ("s1", sparse, 0), ("d2", dense, 0), ("s2", sparse, 5),
             ("d3", dense, 0), ("o1", group_key("other", None), 0)]  # fmt: skip
     for rid, g, prio in plan:
-        model = g.split("|")[0]
-        sc.enqueue(keys=[q.req_key(rid), q.PENDING],
-                   args=[rid, rid.encode(), 100, time.time(), g, prio, 0, model, b""])  # fmt: skip
+        model = "other" if rid == "o1" else "m"
+        _enqueue(sc, rid, rid.encode(), 100, g, prio, model)
     for wid, slots in (("wa", 3), ("wb", 2)):
-        r.hset(q.worker_key(wid), mapping={"model": "m", "slots": slots, "state": "ready"})
+        _ready(r, wid, slots)
         r.sadd(q.WORKERS, wid)
 
     async def one_pass():
@@ -261,11 +227,10 @@ def test_dispatcher_shares_a_burst_evenly_over_idle_workers(rserver, r):
 
     def enqueue(rids):
         for rid in rids:
-            sc.enqueue(keys=[q.req_key(rid), q.PENDING],
-                       args=[rid, rid.encode(), 1000, time.time(), g, 0, 0, "m", b""])  # fmt: skip
+            _enqueue(sc, rid, rid.encode(), 1000, g)
 
     for wid in ("wa", "wb"):
-        r.hset(q.worker_key(wid), mapping={"model": "m", "slots": 128, "state": "ready"})
+        _ready(r, wid, 128)
         r.sadd(q.WORKERS, wid)
 
     def batches(wid):

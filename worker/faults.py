@@ -1,0 +1,46 @@
+"""Fault injection for the service's fault tests; inert unless its environment variables are set.
+
+- `DLLMSERVE_FAULT_CRASH_ON_TEXT=S`: the worker process exits at once when it admits a request
+  whose text prompt contains S, like a request that crashes its worker.
+- `DLLMSERVE_FAULT_STALL_ON_TEXT=S`: the first engine step after such a request is admitted
+  sleeps `DLLMSERVE_FAULT_STALL_S` seconds (default 3600), like a request that freezes its
+  worker (the watchdog's case).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+
+from dllmserve.v1 import dllm_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+CRASH_ENV = "DLLMSERVE_FAULT_CRASH_ON_TEXT"
+STALL_ENV = "DLLMSERVE_FAULT_STALL_ON_TEXT"
+STALL_S_ENV = "DLLMSERVE_FAULT_STALL_S"
+
+
+class Faults:
+    def __init__(self, env: Mapping[str, str] = os.environ) -> None:
+        self.crash_on = env.get(CRASH_ENV, "")
+        self.stall_on = env.get(STALL_ENV, "")
+        self.stall_s = float(env.get(STALL_S_ENV, "3600"))
+        self._stall_next = False
+
+    def on_admit(self, request_id: str, req: pb.GenerateRequest) -> None:
+        if req.WhichOneof("prompt") != "text":
+            return
+        if self.crash_on and self.crash_on in req.text:
+            log.error("fault injection: crashing on request %s", request_id)
+            os._exit(17)
+        if self.stall_on and self.stall_on in req.text:
+            self._stall_next = True
+
+    def before_step(self) -> None:
+        if self._stall_next:
+            self._stall_next = False
+            log.error("fault injection: this step sleeps %.0f s", self.stall_s)
+            time.sleep(self.stall_s)

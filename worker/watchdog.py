@@ -1,0 +1,79 @@
+"""The stall watchdog: an engine iteration that runs far longer than usual takes its worker out.
+
+The heartbeat runs on a thread of its own, so a step that never ends (a hung device, a request
+whose cost has no bound) keeps the worker looking alive while every request on it starves. The
+watchdog times each iteration; one that has run longer than
+
+    max(floor_s, factor x the moving average of recent iterations)
+
+trips it once: `on_stall` runs (on the watchdog's thread) and `tripped` stays set until the
+loop, its step back, has dropped its work and `reset` it. The average is an exponential one
+(weight `ALPHA` for the newest iteration) and leaves out the iteration that tripped; the floor
+covers the first iterations (kernel compilation, CUDA graph capture) and short bursts of long
+full-forward steps among cheap ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+log = logging.getLogger(__name__)
+
+ALPHA = 0.1
+
+
+class Watchdog(threading.Thread):
+    def __init__(
+        self, factor: float, floor_s: float, on_stall: Callable[[float, float], None]
+    ) -> None:
+        super().__init__(name="watchdog", daemon=True)
+        if factor < 1 or floor_s <= 0:
+            raise ValueError(f"stall factor must be >= 1 and floor > 0, got {factor}, {floor_s}")
+        self.factor = factor
+        self.floor_s = floor_s
+        self.on_stall = on_stall
+        self.average_s: float | None = None
+        self.tripped = threading.Event()
+        self.halt = threading.Event()
+        self._iteration_start: float | None = None  # monotonic start of the iteration in progress
+
+    def limit_s(self) -> float:
+        """How long an iteration may run before it counts as a stall."""
+        if self.average_s is None:
+            return self.floor_s
+        return max(self.floor_s, self.factor * self.average_s)
+
+    @contextlib.contextmanager
+    def iteration(self) -> Iterator[None]:
+        start = time.monotonic()
+        self._iteration_start = start
+        try:
+            yield
+        finally:
+            self._iteration_start = None
+            took = time.monotonic() - start
+            if not self.tripped.is_set():
+                avg = self.average_s
+                self.average_s = took if avg is None else avg + ALPHA * (took - avg)
+
+    def reset(self) -> None:
+        """The loop has dealt with a stall: watch again."""
+        self.tripped.clear()
+
+    def run(self) -> None:
+        poll_s = min(1.0, self.floor_s / 4)
+        while not self.halt.wait(poll_s):
+            started = self._iteration_start
+            if started is None or self.tripped.is_set():
+                continue
+            ran, limit = time.monotonic() - started, self.limit_s()
+            if ran > limit:
+                self.tripped.set()
+                try:
+                    self.on_stall(ran, limit)
+                except Exception:  # Redis down: the heartbeat is stopped all the same
+                    log.exception("watchdog: handling the stall failed")
