@@ -94,8 +94,9 @@ def svc(tmp_path_factory, tiny_model):
 
 
 def _details(err: dc.ServiceError):
-    """The google.rpc details of the gRPC error under the client's (for non-Python clients)."""
-    st = rpc_status.from_call(err.__cause__)
+    """The google.rpc details (what a client in another language reads), through the typed
+    error as grpc_status reads a gRPC call's."""
+    st = rpc_status.from_call(err)
     out = {}
     for d in st.details if st else []:
         for cls in (error_details_pb2.BadRequest, error_details_pb2.RetryInfo):

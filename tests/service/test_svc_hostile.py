@@ -134,8 +134,7 @@ def _request(kw: dict) -> pb.GenerateRequest:
 
 
 def _field(err: grpc.RpcError) -> str:
-    """The BadRequest detail's field, from the gRPC error under the client's typed one."""
-    st = rpc_status.from_call(err.__cause__)
+    st = rpc_status.from_call(err)
     for d in st.details if st else []:
         if d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             br = error_details_pb2.BadRequest()
