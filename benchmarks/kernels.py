@@ -34,6 +34,7 @@ from dllmserve.kernels import reference  # noqa: E402
 from dllmserve.kernels.reuse_kernel import reuse_attention  # noqa: E402
 from dllmserve.kernels.sampling import sample_tokens  # noqa: E402
 from dllmserve.kernels.selection import select_and_store  # noqa: E402
+from dllmserve.kernels.selection_args import SelectionArgs  # noqa: E402
 from dllmserve.kernels.varlen_kernel import varlen_attention  # noqa: E402
 
 MODELS = {"llada": (32, 32, 128), "dream": (28, 4, 128)}
@@ -378,9 +379,13 @@ def selection_case(full_rows, mm_peak, copy_bw, model, batch, length, ret):
     kp = torch.empty(batch * pages, 16, hkv, d, device=DEV, dtype=DT)
     vp = torch.empty_like(kp)
     table = torch.arange(batch * pages, **i32).view(batch, pages)
-    args = (qw, cu_win, k, v, cu_seq, ws, wl, n_keep, hs, pk, kp, vp, table, d**-0.5, nk)
-    eager = bench(lambda: select_and_store(*args))
-    ms = graph_bench([lambda: select_and_store(*args)])
+    args = SelectionArgs(
+        q_win=qw, cu_win=cu_win, k_seq=k, v_seq=v, cu_seq=cu_seq, win_start=ws, win_len=wl,
+        n_keep=n_keep, head_select=hs, pool_kernel=pk, k_pool=kp, v_pool=vp, page_table=table,
+        scale=d**-0.5, max_keep=nk,
+    )  # fmt: skip
+    eager = bench(lambda: select_and_store(args))
+    ms = graph_bench([lambda: select_and_store(args)])
     # One layer of a SELECT step: its matmuls (16 GFLOP per token / 32 layers at the measured
     # matmul rate, or the layer's 0.5 GB of weights at copy speed) plus its FULL attention.
     layer_mm_ms = max(0.5e9 * tk / (mm_peak * 1e9), 0.5e9 / (copy_bw * 1e9))

@@ -1,4 +1,5 @@
-"""Offline engine benchmark: tokens/s, step time by phase, memory, against the §6 ceiling.
+"""Offline engine benchmark: tokens/s, step time by phase, memory, against the ceiling of the
+performance model (docs/design.md §13).
 
 Runs the engine on random weights of a named shape (speed depends only on shapes):
 
@@ -6,7 +7,7 @@ Runs the engine on random weights of a named shape (speed depends only on shapes
     python benchmarks/offline.py --shape tiny --device cpu --smoke        # CI smoke run
 
 For every (prompt length, batch, mode) it reports tokens/s, mean step time per phase
-(FULL / SELECT / REUSE), peak GPU memory, cache pages in use, the DESIGN.md §6 ceiling and,
+(FULL / SELECT / REUSE), peak GPU memory, cache pages in use, the performance model's ceiling and,
 for the naive baseline (a full forward every step: the official sampler, batched), tokens/s
 measured over its first `--baseline-iters` steps (its cost per step is constant).
 """
@@ -17,21 +18,19 @@ import argparse
 import json
 import random
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dllmserve import SamplingParams, SparseConfig
+from dllmserve.engine.config import EngineConfig
+from dllmserve.engine.engine import Engine
+from dllmserve.models.shapes import SHAPES, random_model
+from dllmserve.sparse.state import Phase
 
-from dllmserve import SamplingParams, SparseConfig  # noqa: E402
-from dllmserve.engine.engine import Engine  # noqa: E402
-from dllmserve.models.shapes import SHAPES, random_model  # noqa: E402
-from dllmserve.sparse.state import Phase  # noqa: E402
-
-# Card ceilings used by the performance model (H100, measured: DESIGN.md §6)
+# Card ceilings used by the performance model (H100, measured: docs/design.md §13)
 COPY_TBS = 3.0
 MATMUL_TFLOPS = 690.0
 
@@ -54,7 +53,7 @@ class Result:
 
 
 def ceiling(cfg, batch: int, prompt: int, gen: int, steps: int, block: int, delay: int) -> float:
-    """DESIGN.md §6: each forward costs max(weights / copy BW, tokens * F / matmul peak)."""
+    """docs/design.md §13: each forward costs max(weights / copy BW, tokens * F / matmul peak)."""
     n_params = 2 * cfg.vocab_size * cfg.d_model + cfg.n_layers * (
         cfg.d_model * (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
         + cfg.d_model * cfg.n_heads * cfg.head_dim
@@ -71,12 +70,6 @@ def ceiling(cfg, batch: int, prompt: int, gen: int, steps: int, block: int, dela
     return batch * gen / (n_blocks * per_block)
 
 
-def captures(engine: Engine) -> int:
-    """CUDA graphs the engine has captured so far (a capture in a timed run would be timed)."""
-    n = len(engine.graphs.graphs) if engine.graphs is not None else 0
-    return n + (engine.dense_graphs.captures if engine.dense_graphs is not None else 0)
-
-
 def run_one(
     engine: Engine,
     shape: str,
@@ -90,8 +83,8 @@ def run_one(
     seed: int,
 ) -> Result:
     rng = random.Random(seed)
-    vocab = engine.cfg.vocab_size
-    mask = engine.mask_token_id
+    vocab = engine.model.cfg.vocab_size
+    mask = engine.tokens.mask
     params = SamplingParams(gen_length=gen, steps=steps, block_length=block, stop_at_eos=False)
     for i in range(batch):
         ids = [rng.randrange(vocab) for _ in range(prompt_len)]
@@ -102,26 +95,27 @@ def run_one(
         torch.cuda.reset_peak_memory_stats()
     phase_time: dict[str, list[float]] = {p.name: [] for p in Phase}
     iters = committed = max_pages = 0
-    captured = captures(engine)
+    captured = engine.runner.graph_captures()
     start = time.perf_counter()
     while engine.has_unfinished() and (max_iters is None or iters < max_iters):
-        engine._admit()
-        phases = {r.phase for r in engine.running.values()}
+        engine.batcher.admit()
+        phases = {r.phase for r in engine.batcher.running.values()}
         t0 = time.perf_counter()
         updates = engine.step()  # ends with the one device-to-host copy: a sync point
         dt = time.perf_counter() - t0
         if len(phases) == 1:
             phase_time[phases.pop().name].append(dt)
         committed += sum(len(u.positions) for u in updates)
-        max_pages = max(max_pages, engine.pool.num_pages - engine.pool.num_free)
+        st = engine.stats()
+        max_pages = max(max_pages, st["total_pages"] - st["free_pages"])
         iters += 1
     elapsed = time.perf_counter() - start
-    captured = captures(engine) - captured
-    for rid in list(engine.running) + [r.request_id for r in engine.waiting]:
-        engine.abort(rid)
+    captured = engine.runner.graph_captures() - captured
+    abort_all(engine)
     mode = "dense" if sparse is None else f"r={sparse.retention_ratio}"
     delay = sparse.delay_step if sparse is not None else 0
-    ceil = ceiling(engine.cfg, batch, prompt_len, gen, steps, block, delay) if sparse else None
+    cfg = engine.model.cfg
+    ceil = ceiling(cfg, batch, prompt_len, gen, steps, block, delay) if sparse else None
     return Result(
         shape=shape,
         prompt=prompt_len,
@@ -148,10 +142,15 @@ def capacity(engine: Engine, prompt_len: int, gen: int, block: int, ratio: float
     for i in range(n):
         engine.add_request(f"c{i}", [1 + (i + j) % 1000 for j in range(prompt_len)], params, sparse)
     engine.step()
-    running = len(engine.running)
-    for rid in list(engine.running) + [r.request_id for r in engine.waiting]:
-        engine.abort(rid)
+    running = engine.stats()["running"]
+    abort_all(engine)
     return running
+
+
+def abort_all(engine: Engine) -> None:
+    b = engine.batcher
+    for rid in list(b.running) + [r.request_id for r in b.waiting]:
+        engine.abort(rid)
 
 
 def profile(engine: Engine, prompt_len: int, batch: int, sparse: SparseConfig, a) -> None:
@@ -205,11 +204,13 @@ def main() -> None:
     engine = Engine(
         model,
         None,
+        EngineConfig(
+            max_num_seqs=max_batch,
+            max_num_batched_tokens=max_batch * (max(a.prompts) + a.gen),
+            enforce_eager=a.eager,
+            num_cache_pages=None if dev.type == "cuda" else 4096,
+        ),
         model_name=a.shape,
-        max_num_seqs=max_batch,
-        max_num_batched_tokens=max_batch * (max(a.prompts) + a.gen),
-        enforce_eager=a.eager,
-        num_cache_pages=None if dev.type == "cuda" else 4096,
     )
     results: list[Result] = []
     for prompt in a.prompts:
@@ -241,14 +242,16 @@ def main() -> None:
             SamplingParams(gen_length=a.gen, steps=a.gen),
             SparseConfig(retention_ratio=1.0, default_block_len=a.block),
         )
-        pool_pages = 8 * engine._pages_needed(probe)  # a pool that holds 8 dual-cache requests
+        pool_pages = 8 * probe.spec.cache_pages  # a pool that holds 8 dual-cache requests
         small = Engine(
             model,
             None,
-            max_num_seqs=64,
-            max_num_batched_tokens=64 * (2048 + a.gen),
-            num_cache_pages=pool_pages,
-            enforce_eager=True,
+            EngineConfig(
+                max_num_seqs=64,
+                max_num_batched_tokens=64 * (2048 + a.gen),
+                num_cache_pages=pool_pages,
+                enforce_eager=True,
+            ),
         )
         cap = {str(r): capacity(small, 2048, a.gen, a.block, r, 40) for r in (1.0, 0.5, 0.3)}
         print("concurrent prompt-2048 requests in a pool of", pool_pages, "pages:", cap, flush=True)

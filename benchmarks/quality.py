@@ -73,7 +73,7 @@ def run_cell(
         prompts * len(configs), sp, sparse_configs=[c for c in configs for _ in range(n)],
         use_tqdm=False,
     )  # fmt: skip
-    stops = {llm.engine.eos_token_id, llm.engine.eot_token_id}
+    stops = llm.engine.tokens.stop
     dense = outs[:n]
     rows = []
     for i, cfg in enumerate(configs):

@@ -29,10 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dllmserve.testing.fake_engine import FakeEngine  # noqa: E402
+from dllmserve.testing.fake_engine import FakeEngine
 
 
 def fake_worker(url: str, step_ms: float) -> None:

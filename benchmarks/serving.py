@@ -42,11 +42,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from dllmserve.client import Accepted, AsyncClient, Client, Completed, StepUpdate
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dllmserve.client import Accepted, AsyncClient, Client, Completed, StepUpdate  # noqa: E402
-
 INF = float("inf")
 T0 = time.perf_counter()
 
@@ -103,14 +101,14 @@ def offline_child(args) -> None:
     import torch
 
     from dllmserve import SamplingParams, SparseConfig
+    from dllmserve.engine.config import EngineConfig
     from dllmserve.worker.config import WorkerConfig
     from dllmserve.worker.main import build_engine
 
     cfg = WorkerConfig(
         model=args.model,
         random_shape=args.random_shape,
-        device=args.device,
-        max_num_seqs=args.max_num_seqs,
+        engine=EngineConfig(device=args.device, max_num_seqs=args.max_num_seqs),
     )
     t = time.perf_counter()
     engine = build_engine(cfg)
@@ -147,7 +145,7 @@ def offline_child(args) -> None:
         "torch": torch.__version__,
         "model": engine.model_name,
         "max_num_seqs": engine.max_num_seqs,
-        "cache_pages": engine.pool.num_pages,
+        "cache_pages": engine.stats()["total_pages"],
     }
     Path(args.offline_child).write_text(json.dumps(res, indent=1))
 

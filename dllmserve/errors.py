@@ -26,6 +26,10 @@ class CapacityError(RuntimeError):
     it waits."""
 
 
+class ListenError(OSError):
+    """A server cannot listen where a flag asked it to (the message names the flag)."""
+
+
 class UnsupportedModelError(ValueError):
     """A checkpoint needs an architecture or option this project does not implement."""
 

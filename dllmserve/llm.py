@@ -10,56 +10,22 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dllmserve.engine.engine import Engine, default_device, resolve_dtype
+from dllmserve.engine.engine import Engine
 from dllmserve.errors import ValidationError
-from dllmserve.models.loader import load_model
 from dllmserve.sampling_params import SamplingParams
 from dllmserve.sparse.state import SparseConfig
-from dllmserve.tokenizer import load_tokenizer
 
 
 class LLM:
-    """A diffusion LM loaded from a local Hugging Face checkpoint folder, ready to generate."""
+    """A diffusion LM loaded from a local Hugging Face checkpoint folder, ready to generate.
 
-    def __init__(
-        self,
-        model: str | Path,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | str | None = None,
-        max_num_seqs: int = 256,
-        max_num_batched_tokens: int | None = None,
-        gpu_memory_utilization: float = 0.9,
-        enforce_eager: bool = False,
-        tensor_parallel_size: int = 1,
-        seed: int = 0,
-        page_size: int = 16,
-        num_cache_pages: int | None = None,
-    ) -> None:
-        if tensor_parallel_size != 1:
-            raise ValidationError(
-                "tensor_parallel_size", f"only 1 is supported, got {tensor_parallel_size}"
-            )
-        if not 0.0 < gpu_memory_utilization <= 1.0:
-            raise ValidationError(
-                "gpu_memory_utilization", f"must be in (0, 1], got {gpu_memory_utilization}"
-            )
-        if max_num_seqs < 1:
-            raise ValidationError("max_num_seqs", f"must be >= 1, got {max_num_seqs}")
-        dev = torch.device(device) if device is not None else default_device()
-        dt = resolve_dtype(dtype, dev)
-        self.engine = Engine(
-            load_model(model, dt, dev),
-            load_tokenizer(model),
-            model_name=Path(model).name,
-            max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens,
-            page_size=page_size,
-            num_cache_pages=num_cache_pages,
-            gpu_memory_utilization=gpu_memory_utilization,
-            seed=seed,
-            enforce_eager=enforce_eager,
-        )
+    `options` are the fields of `dllmserve.engine.config.EngineConfig` (device, dtype,
+    max_num_seqs, max_num_batched_tokens, page_size, num_cache_pages, gpu_memory_utilization,
+    enforce_eager, seed, tensor_parallel_size); an unknown one raises ValidationError naming it.
+    """
+
+    def __init__(self, model: str | Path, **options) -> None:
+        self.engine = Engine.from_pretrained(model, **options)
         self._ids = itertools.count()
 
     @property
@@ -92,7 +58,8 @@ class LLM:
             self.engine.make_request(rid, p, sp, sc)
             for rid, p, sp, sc in zip(ids, prompts, params, sparse, strict=True)
         ]
-        self.engine.waiting.extend(reqs)
+        for r in reqs:
+            self.engine.add(r)
         if torch.cuda.is_available() and self.engine.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.engine.device)
         start = time.monotonic()

@@ -2,25 +2,33 @@
 
 Layouts: tensors are packed ("varlen") along dim 0; index tensors are int32 on the tensors'
 device; GQA query head h reads KV head h // (H // Hkv); outputs have q's dtype and are
-accumulated in fp32. Each function runs its Triton kernel for CUDA tensors and the plain
-PyTorch version of ``reference`` otherwise. Triton is imported lazily, so the package
-imports on machines without it.
+accumulated in fp32. Each function below runs the Triton launcher of its kernel module
+(`varlen_kernel`, `reuse_kernel`, `selection`, `sampling`: each holds its kernel, its launcher
+with the shape and stride checks, and names its reference) for CUDA tensors, and the
+function of the same name in `reference` otherwise. Triton is imported only on that path, so
+the package imports on machines without it. docs/design.md §11 has the algorithms.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+from collections.abc import Callable
 
 import torch
 
 from . import reference
+from .selection_args import SelectionArgs
 
 force_triton: bool = False
 """Tests set this to run the Triton kernels on CPU tensors under ``TRITON_INTERPRET=1``."""
 
 
-def _use_triton(t: torch.Tensor) -> bool:
-    return t.is_cuda or (force_triton and os.environ.get("TRITON_INTERPRET") == "1")
+def _impl(module: str, name: str, t: torch.Tensor) -> Callable:
+    """The Triton launcher `module.name` for CUDA tensors (or forced), else `reference.name`."""
+    if t.is_cuda or (force_triton and os.environ.get("TRITON_INTERPRET") == "1"):
+        return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    return getattr(reference, name)
 
 
 def varlen_attention(
@@ -32,10 +40,7 @@ def varlen_attention(
     scale: float,
 ) -> torch.Tensor:
     """Bidirectional attention within each segment [cu[s], cu[s+1]): q [T,H,D], k/v [T,Hkv,D]."""
-    if _use_triton(q):
-        from .varlen_kernel import varlen_attention as impl
-    else:
-        impl = reference.varlen_attention
+    impl = _impl("varlen_kernel", "varlen_attention", q)
     return impl(q, k, v, cu_seqlens, max_seqlen, scale)
 
 
@@ -56,55 +61,16 @@ def reuse_attention(
 
     No host sync; shapes fixed per batch, so it can be captured in a CUDA graph.
     """
-    if _use_triton(q):
-        from .reuse_kernel import reuse_attention as impl
-    else:
-        impl = reference.reuse_attention
+    impl = _impl("reuse_kernel", "reuse_attention", q)
     return impl(q, k_new, v_new, cu_q, max_q, k_pool, v_pool, page_table, kept_len, scale)
 
 
-def select_and_store(
-    q_win: torch.Tensor,
-    cu_win: torch.Tensor,
-    k_seq: torch.Tensor,
-    v_seq: torch.Tensor,
-    cu_seq: torch.Tensor,
-    win_start: torch.Tensor,
-    win_len: torch.Tensor,
-    n_keep: torch.Tensor,
-    head_select: torch.Tensor,
-    pool_kernel: torch.Tensor,
-    k_pool: torch.Tensor,
-    v_pool: torch.Tensor,
-    page_table: torch.Tensor,
-    scale: float,
-    max_keep: int,
-) -> torch.Tensor:
+def select_and_store(args: SelectionArgs) -> torch.Tensor:
     """Keep the n_keep[r] best candidates (positions outside the window) per KV head, store
-    their K/V at pool entries 0..n-1 of request r, return their positions [R, Hkv, max_keep]
+    their K/V at pool entries 0..n-1 of lane r, return their positions [R, Hkv, max_keep]
     (ascending, int64, padded with -1). See ``reference.select_and_store`` for the scoring.
     """
-    if _use_triton(k_seq):
-        from .selection import select_and_store as impl
-    else:
-        impl = reference.select_and_store
-    return impl(
-        q_win,
-        cu_win,
-        k_seq,
-        v_seq,
-        cu_seq,
-        win_start,
-        win_len,
-        n_keep,
-        head_select,
-        pool_kernel,
-        k_pool,
-        v_pool,
-        page_table,
-        scale,
-        max_keep,
-    )
+    return _impl("selection", "select_and_store", args.k_seq)(args)
 
 
 def sample_tokens(
@@ -121,25 +87,13 @@ def sample_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x0 [R,B] int64 and low-confidence score [R,B] float64 for logits [R,B,V]: the engine
     sampler's results without top-k/top-p filters (see ``reference.sample_tokens``)."""
-    if _use_triton(logits):
-        from .sampling import sample_tokens as impl
-    else:
-        impl = reference.sample_tokens
-    return impl(
-        logits,
-        temperature,
-        seed,
-        step,
-        positions,
-        logits_eos_inf,
-        conf_eos_eot_inf,
-        mask_id,
-        eos_id,
-        eot_id,
-    )
+    impl = _impl("sampling", "sample_tokens", logits)
+    return impl(logits, temperature, seed, step, positions, logits_eos_inf, conf_eos_eot_inf,
+                mask_id, eos_id, eot_id)  # fmt: skip
 
 
 __all__ = [
+    "SelectionArgs",
     "force_triton",
     "reference",
     "reuse_attention",

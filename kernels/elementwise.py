@@ -5,6 +5,7 @@ Unfused, each is five to ten tiny PyTorch kernels per layer; at batch 1 those ~4
 layer cost as much GPU time as the layer's GEMMs. Each kernel keeps the rounding steps of the
 PyTorch formulation in `dllmserve.models.layers` (fp32 math, rounding to the model dtype where
 PyTorch rounds), so results agree to the last bit or within one rounding of the model dtype.
+References: ``rms_norm``, ``add_rms_norm``, ``Rotary`` and ``silu_mul`` of that module.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def _add_rms_norm_kernel(
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """weight * (x * rsqrt(mean(x^2) + eps) in fp32, cast to x's dtype); x [T, D] contiguous."""
+    assert x.dim() == 2 and x.is_contiguous() and weight.shape == (x.shape[1],)
     h = torch.empty_like(x)
     if x.shape[0]:
         _add_rms_norm_kernel[(x.shape[0],)](
@@ -49,6 +51,8 @@ def add_rms_norm(
     x: torch.Tensor, add: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x + add, rms_norm(x + add)): the residual update and the next sublayer's input."""
+    assert x.dim() == 2 and x.is_contiguous() and add.is_contiguous() and add.shape == x.shape
+    assert weight.shape == (x.shape[1],)
     x_out, h = torch.empty_like(x), torch.empty_like(x)
     if x.shape[0]:
         _add_rms_norm_kernel[(x.shape[0],)](
@@ -94,6 +98,8 @@ def rope_heads(
     """Rotate the first `n_heads` heads of each row of src [T, >= n_heads * head_dim] (rows may
     be strided, e.g. the q and k columns of a fused qkv output); returns [T, n_heads, D]."""
     T = src.shape[0]
+    assert src.dim() == 2 and src.stride(1) == 1 and src.shape[1] >= n_heads * head_dim
+    assert positions.shape == (T,) and head_dim % 2 == 0
     out = torch.empty((T, n_heads, head_dim), dtype=src.dtype, device=src.device)
     if T:
         _rope_kernel[(T, n_heads)](
@@ -117,6 +123,7 @@ def _silu_mul_kernel(gu_ptr, out_ptr, M, BLOCK: tl.constexpr):
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for gate_up [T, 2M] = [gate | up]; returns [T, M]."""
+    assert gate_up.dim() == 2 and gate_up.is_contiguous() and gate_up.shape[1] % 2 == 0
     T, M = gate_up.shape[0], gate_up.shape[1] // 2
     out = torch.empty((T, M), dtype=gate_up.dtype, device=gate_up.device)
     if T:

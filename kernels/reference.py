@@ -2,13 +2,17 @@
 
 They are the engine's CPU path and the oracle the Triton kernels are tested against, so they
 favour clarity over speed: one loop iteration per request, fp32 math, no host-sync concerns.
-Layouts and semantics are those of ``dllmserve.kernels`` (see its module docstring).
+Layouts and semantics are those of ``dllmserve.kernels`` (see its module docstring); each
+Triton module names the function here that it must reproduce.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .noise import uniform64
+from .selection_args import SelectionArgs
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -102,46 +106,32 @@ def top_k_sorted(pooled: torch.Tensor, n: int) -> torch.Tensor:
     return order[:, :n].sort(dim=-1).values
 
 
-def select_and_store(
-    q_win: torch.Tensor,
-    cu_win: torch.Tensor,
-    k_seq: torch.Tensor,
-    v_seq: torch.Tensor,
-    cu_seq: torch.Tensor,
-    win_start: torch.Tensor,
-    win_len: torch.Tensor,
-    n_keep: torch.Tensor,
-    head_select: torch.Tensor,
-    pool_kernel: torch.Tensor,
-    k_pool: torch.Tensor,
-    v_pool: torch.Tensor,
-    page_table: torch.Tensor,
-    scale: float,
-    max_keep: int,
-) -> torch.Tensor:
-    """Pick each KV head's best candidates, store their K/V in the pages, return the positions."""
-    n_req = cu_seq.numel() - 1
-    hkv = k_seq.shape[1]
-    page_size = k_pool.shape[1]
-    kept = torch.full((n_req, hkv, max_keep), -1, dtype=torch.int64, device=k_seq.device)
-    cw, cs = cu_win.tolist(), cu_seq.tolist()
-    ws, wl, nk = win_start.tolist(), win_len.tolist(), n_keep.tolist()
-    hs, pk = head_select.tolist(), pool_kernel.tolist()
+def select_and_store(a: SelectionArgs) -> torch.Tensor:
+    """Pick each KV head's best candidates, store their K/V in the pages, return the positions
+    [R, Hkv, max_keep] (ascending, int64, padded with -1)."""
+    n_req = a.cu_seq.numel() - 1
+    hkv = a.k_seq.shape[1]
+    page_size = a.k_pool.shape[1]
+    dev = a.k_seq.device
+    kept = torch.full((n_req, hkv, a.max_keep), -1, dtype=torch.int64, device=dev)
+    cw, cs = a.cu_win.tolist(), a.cu_seq.tolist()
+    ws, wl, nk = a.win_start.tolist(), a.win_len.tolist(), a.n_keep.tolist()
+    hs, pk = a.head_select.tolist(), a.pool_kernel.tolist()
     for r in range(n_req):
         if nk[r] == 0:
             continue
-        pos = candidate_positions(cs[r + 1] - cs[r], ws[r], wl[r], k_seq.device)
-        k_r, v_r = k_seq[cs[r] : cs[r + 1]], v_seq[cs[r] : cs[r + 1]]
-        scores = selection_scores(q_win[cw[r] : cw[r + 1]], k_r[pos], hs[r], scale)
+        pos = candidate_positions(cs[r + 1] - cs[r], ws[r], wl[r], dev)
+        k_r, v_r = a.k_seq[cs[r] : cs[r + 1]], a.v_seq[cs[r] : cs[r + 1]]
+        scores = selection_scores(a.q_win[cw[r] : cw[r + 1]], k_r[pos], hs[r], a.scale)
         idx = top_k_sorted(max_pool(scores, pk[r]), nk[r])  # [Hkv, n]
         p = pos[idx]
         kept[r, :, : nk[r]] = p
-        j = torch.arange(nk[r], device=k_seq.device)
-        pages = page_table[r, j // page_size].long()[None].expand(hkv, -1)
+        j = torch.arange(nk[r], device=dev)
+        pages = a.page_table[r, j // page_size].long()[None].expand(hkv, -1)
         slots = (j % page_size)[None].expand(hkv, -1)
-        heads = torch.arange(hkv, device=k_seq.device)[:, None].expand(-1, nk[r])
-        k_pool[pages, slots, heads] = k_r[p, heads]
-        v_pool[pages, slots, heads] = v_r[p, heads]
+        heads = torch.arange(hkv, device=dev)[:, None].expand(-1, nk[r])
+        a.k_pool[pages, slots, heads] = k_r[p, heads]
+        a.v_pool[pages, slots, heads] = v_r[p, heads]
     return kept
 
 
@@ -164,8 +154,6 @@ def sample_tokens(
     (seed [R], step [R], positions [R,B], vocab id)); logits_eos_inf / conf_eos_eot_inf [R]
     bool as in the official sampler.
     """
-    from dllmserve.engine.noise import uniform64
-
     n_req, block, n_vocab = logits.shape
     logits = logits.clone()
     logits[..., mask_id] = -torch.inf

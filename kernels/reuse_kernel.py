@@ -5,7 +5,7 @@ head), so one program owns one (request, KV head, row tile, split): the G query 
 group are folded into the row tile so every K/V byte is read once per group, and the kept
 range is split across programs (flash-decoding) when requests x KV heads alone cannot fill
 the GPU. The split count comes from static shapes only, so the launch is CUDA-graph safe and
-never syncs with the host.
+never syncs with the host. Reference: ``reference.reuse_attention``.
 """
 
 from __future__ import annotations
@@ -249,11 +249,15 @@ def reuse_attention(
     """Triton REUSE attention; the keyword tails override the tile heuristics (benchmarks)."""
     wide = q.dtype == torch.float32  # fp32 tiles take twice the shared memory
     q, k_new, v_new, page_table = rows(q), rows(k_new), rows(v_new), rows(page_table)
-    assert k_pool.stride(-1) == 1 and v_pool.stride(-1) == 1
     t_q, n_heads, head_dim = q.shape
     n_kv = k_new.shape[1]
     group = n_heads // n_kv
     n_req = cu_q.numel() - 1
+    assert k_new.shape == v_new.shape == (t_q, n_kv, head_dim) and n_heads % n_kv == 0
+    assert k_pool.shape == v_pool.shape and k_pool.shape[2:] == (n_kv, head_dim)
+    assert k_pool.stride(-1) == 1 and v_pool.stride(-1) == 1
+    assert page_table.dim() == 2 and page_table.shape[0] >= n_req and kept_len.numel() >= n_req
+    assert cu_q.dtype == page_table.dtype == kept_len.dtype == torch.int32
     out = torch.empty_like(q)
     if t_q == 0 or n_req == 0:
         return out

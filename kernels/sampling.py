@@ -4,7 +4,7 @@ The engine's sampler (dllmserve/engine/sampler.py) materialises float64 noise, n
 and a softmax over the whole vocabulary for every position. This kernel streams each row's
 logits once, keeping per-lane running maxima and softmax sums (one cross-lane reduction per
 row, at the end):
-- the counter-based uniforms of dllmserve/engine/noise.py (splitmix64 in uint64) are drawn
+- the counter-based uniforms of `noise.uniform64` (splitmix64 in uint64) are drawn
   in registers;
 - Gumbel-max is decided in float64 exactly as the reference computes it, but only for the
   vocabulary chunks that can hold the winner: an fp32 estimate of log(noisy) =
@@ -15,6 +15,7 @@ row, at the end):
   so tokens are bit-identical to the reference; the confidence differs from torch's softmax
   only in the order of the fp32 sum, before it is rounded to the logits' dtype as the
   reference does.
+Reference: ``reference.sample_tokens``.
 """
 
 from __future__ import annotations
@@ -153,6 +154,10 @@ def sample_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton version of ``reference.sample_tokens``: (x0 [R,B] int64, confidence [R,B] f64)."""
     n_req, block, n_vocab = logits.shape
+    for t in (temperature, seed, step, logits_eos_inf, conf_eos_eot_inf):
+        assert t.shape == (n_req,)
+    assert positions.shape == (n_req, block)
+    assert seed.dtype == step.dtype == positions.dtype == torch.int64
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     if eot_id is None:  # the reference masks EOS/EoT off the confidence only with an EoT id

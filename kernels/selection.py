@@ -10,6 +10,7 @@ past a request's real length exit at once):
    ordered compaction pass keeps everything above it plus the lowest-index ties, so the kept
    positions come out sorted without a sort (and pads the rest with -1);
 4. the K/V copy of the kept positions into the request's pages, with a wide grid.
+Reference: ``reference.select_and_store`` (the CPU path and the tests' oracle).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import triton
 import triton.language as tl
 
 from ._common import block_d, dim_mask, rows
+from .selection_args import SelectionArgs
 
 
 @triton.jit
@@ -262,27 +264,28 @@ def _store(
     )
 
 
-def select_and_store(
-    q_win: torch.Tensor,
-    cu_win: torch.Tensor,
-    k_seq: torch.Tensor,
-    v_seq: torch.Tensor,
-    cu_seq: torch.Tensor,
-    win_start: torch.Tensor,
-    win_len: torch.Tensor,
-    n_keep: torch.Tensor,
-    head_select: torch.Tensor,
-    pool_kernel: torch.Tensor,
-    k_pool: torch.Tensor,
-    v_pool: torch.Tensor,
-    page_table: torch.Tensor,
-    scale: float,
-    max_keep: int,
-) -> torch.Tensor:
-    """Triton selection; same contract as ``reference.select_and_store``."""
-    q_win, k_seq, v_seq = rows(q_win), rows(k_seq), rows(v_seq)
-    page_table = rows(page_table)
-    assert k_pool.stride(-1) == 1 and v_pool.stride(-1) == 1
+def _check(a: SelectionArgs) -> None:
+    """The shapes, dtypes and strides the kernels index by (host-side: no sync)."""
+    n_req = a.cu_seq.numel() - 1
+    t_k, n_kv, head_dim = a.k_seq.shape
+    assert a.v_seq.shape == a.k_seq.shape and a.q_win.dim() == 3
+    assert a.q_win.shape[2] == head_dim and a.q_win.shape[1] % n_kv == 0
+    assert a.k_pool.shape == a.v_pool.shape and a.k_pool.shape[2:] == (n_kv, head_dim)
+    assert a.k_pool.stride(-1) == 1 and a.v_pool.stride(-1) == 1
+    assert a.cu_win.numel() == n_req + 1 and a.page_table.shape[0] == n_req
+    for t in (a.win_start, a.win_len, a.n_keep, a.pool_kernel, a.head_select):
+        assert t.shape == (n_req,)
+    for t in (a.cu_win, a.cu_seq, a.win_start, a.win_len, a.n_keep, a.pool_kernel, a.page_table):
+        assert t.dtype == torch.int32 and t.device == a.k_seq.device
+
+
+def select_and_store(a: SelectionArgs) -> torch.Tensor:
+    """Triton selection; reproduces ``reference.select_and_store`` (positions bit for bit)."""
+    _check(a)
+    q_win, k_seq, v_seq = rows(a.q_win), rows(a.k_seq), rows(a.v_seq)
+    page_table = rows(a.page_table)
+    cu_win, cu_seq, k_pool, v_pool = a.cu_win, a.cu_seq, a.k_pool, a.v_pool
+    win_start, win_len, n_keep, max_keep = a.win_start, a.win_len, a.n_keep, a.max_keep
     n_req = cu_seq.numel() - 1
     t_k, n_kv, head_dim = k_seq.shape
     group = q_win.shape[1] // n_kv
@@ -314,9 +317,9 @@ def select_and_store(
         cu_seq,
         win_start,
         win_len,
-        head_select,
+        a.head_select,
         scores,
-        scale,
+        a.scale,
         n_kv,
         k_seq.stride(0),
         k_seq.stride(1),
@@ -327,7 +330,7 @@ def select_and_store(
         BLOCK_C=block_c,
     )
     _pool[(max(1, triton.cdiv(t_k, 256)), n_req, n_kv)](
-        scores, pooled, cu_seq, win_len, pool_kernel, scores.stride(0), BLOCK_C=256
+        scores, pooled, cu_seq, win_len, a.pool_kernel, scores.stride(0), BLOCK_C=256
     )
     _top_k[(n_req, n_kv)](
         pooled,

@@ -2,7 +2,7 @@
 
 One program owns a tile of one segment's queries for one head and streams the segment's K/V
 with an online softmax; only the segment's last K tile is masked, so the steady-state loop
-is mask-free.
+is mask-free. Reference: ``reference.varlen_attention``.
 """
 
 from __future__ import annotations
@@ -158,6 +158,9 @@ def varlen_attention(
         else:
             tiles = (64, 64, 4, 3)
     block_m, block_n, num_warps, num_stages = tiles
+    assert q.dim() == 3 and k.shape == v.shape and k.shape[0] == q.shape[0]
+    assert k.shape[2] == q.shape[2] and q.shape[1] % k.shape[1] == 0
+    assert cu_seqlens.dtype == torch.int32 and cu_seqlens.dim() == 1
     q, k, v = rows(q), rows(k), rows(v)
     t, n_heads, head_dim = q.shape
     out = torch.empty_like(q)

@@ -34,6 +34,7 @@ class SchedulerConfig:
     tls_cert: str = ""  # PEM files; both set: serve TLS
     tls_key: str = ""
     dispatch: bool = True  # take part in the dispatcher election
+    metrics_port: int = 9090  # Prometheus /metrics (scheduler/metrics.py); 0: off
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from dllmserve.logs import event
 from dllmserve.scheduler import queue as q
 
 log = logging.getLogger(__name__)
+requests_log = logging.getLogger("dllmserve.scheduler.requests")
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Dispatcher:
         self._last_sweep = 0.0
         self.state = DispatcherState()
         self._stopping = False
+        self._starved: set[str] = set()  # models whose requests wait with no ready worker
 
     @property
     def is_leader(self) -> bool:
@@ -202,6 +205,7 @@ class Dispatcher:
             members.sort(key=lambda pe: (pe[0], _id(pe[1].entry_id)))
             model = group_model[g]
             fit = [w for w in workers if not model or w.model == model]
+            self._warn_starved(model, len(members), bool(fit))
             for w, batch in _spread([e for _, e in members], fit, self.cfg.max_batch):
                 await self._assign(w, batch)
 
@@ -216,6 +220,20 @@ class Dispatcher:
         for e in batch:
             self._buffer.pop(e.entry_id, None)
         self.state.dispatched += len(ids)
+        for rid in ids:
+            event(requests_log, "dispatched", request_id=q.s(rid), worker=w.worker_id)
+
+    def _warn_starved(self, model: str, waiting: int, served: bool) -> None:
+        """Warn once when requests of a model start waiting for a ready worker (not at every
+        tick), and once when one is back."""
+        if served and model in self._starved:
+            self._starved.discard(model)
+            log.info("a ready worker serves %r again", model)
+        elif not served and model not in self._starved:
+            self._starved.add(model)
+            log.warning(
+                "%d request(s) for model %r wait: no ready worker serves it", waiting, model
+            )
 
     async def _drop(self, e: _Entry, status: str, code: str, msg: str) -> None:
         await self._scripts.drop_queued(
@@ -295,6 +313,10 @@ class Dispatcher:
             self.state.reclaimed += 1
         elif res == "dead":
             self.state.dead_lettered += 1
+        if res in ("requeued", "dead"):
+            name = "redelivered" if res == "requeued" else "dead_lettered"
+            level = logging.INFO if res == "requeued" else logging.WARNING
+            event(requests_log, name, level=level, request_id=rid, worker=worker_id)
 
 
 def _spread(

@@ -230,6 +230,7 @@ class Coalescer:
             acc = self._acc.upd
             acc.positions.extend(upd.positions)
             acc.token_ids.extend(upd.token_ids)
+            acc.token_texts.extend(upd.token_texts)
             acc.text_delta += upd.text_delta
             acc.canvas = upd.canvas
             acc.step, acc.total_steps = upd.step, upd.total_steps

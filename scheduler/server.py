@@ -22,8 +22,8 @@ import grpc.aio
 import redis.asyncio as aioredis
 import redis.exceptions
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from dllmserve.scheduler import reflection
 from dllmserve.scheduler.auth import BearerTokenInterceptor
 from dllmserve.scheduler.config import SchedulerConfig
 from dllmserve.scheduler.dispatcher import Dispatcher, DispatcherConfig
@@ -70,9 +70,7 @@ class Scheduler:
         self.server = grpc.aio.server(interceptors=interceptors, options=opts)
         add_service(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
+        reflection.enable(self.server, (SERVICE_NAME, health.SERVICE_NAME))
         if self.cfg.tls_cert and self.cfg.tls_key:
             with open(self.cfg.tls_key, "rb") as k, open(self.cfg.tls_cert, "rb") as c:
                 creds = grpc.ssl_server_credentials([(k.read(), c.read())])
@@ -137,6 +135,9 @@ class Scheduler:
 async def run(cfg: SchedulerConfig) -> None:
     """Run until SIGTERM/SIGINT, then drain."""
     sched = Scheduler(cfg)
+    if cfg.metrics_port:
+        sched.servicer.metrics.serve(cfg.metrics_port)
+        log.info("scheduler metrics on port %d", cfg.metrics_port)
     port = await sched.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

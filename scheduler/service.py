@@ -13,12 +13,14 @@ import grpc.aio
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from dllmserve import tracing
 from dllmserve.errors import ValidationError, echo
 from dllmserve.scheduler import errors
 from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.auth import client_of
 from dllmserve.scheduler.config import SchedulerConfig
 from dllmserve.scheduler.dispatcher import Dispatcher
+from dllmserve.scheduler.metrics import SchedulerMetrics
 from dllmserve.scheduler.relay import ClientGone, RelayError, ResultHub, follow
 from dllmserve.scheduler.validation import (
     check_request_id,
@@ -62,17 +64,22 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         self.draining = False
         self.streams = 0  # open Generate/Attach streams
         self._models: tuple[float, list[str]] = (-1e9, [])  # (monotonic time read, known models)
+        self.metrics = SchedulerMetrics(cfg, dispatcher, lambda: self.streams)
 
     # --- RPCs -------------------------------------------------------------------------------
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        span = tracing.start("dllmserve.generate", model=request.model or None)
         try:
-            async for ev in self._generate(request, context):
+            async for ev in self._generate(request, context, span):
                 yield ev
         except errors.RpcError as e:
+            self.metrics.on_refused(request.request_id, e.status.code, e.status.details)
             await context.abort_with_status(e.status)
         except REDIS_DOWN as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
+        finally:
+            tracing.end(span)
 
     async def Attach(self, request: pb.AttachRequest, context: grpc.aio.ServicerContext):
         try:
@@ -135,7 +142,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
     # --- internals -------------------------------------------------------------------------
 
     async def _generate(
-        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, span=None
     ) -> AsyncIterator[pb.GenerateEvent]:
         if self.draining:
             raise errors.simple(grpc.StatusCode.UNAVAILABLE, "scheduler is draining; retry")
@@ -194,6 +201,11 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
                 f"request_id {rid!r} is already used by a different request",
             )
         created = code == 1
+        if created:
+            self.metrics.on_accepted(rid, model, int(value), request.priority)
+            if span is not None:  # the worker's span becomes a child of this one
+                span.set_attributes({"dllmserve.request_id": rid, "dllmserve.model": model})
+                await self._r.hset(q.req_key(rid), "tp", tracing.traceparent(span))
         accepted = pb.GenerateEvent(
             accepted=pb.Accepted(
                 request_id=rid,

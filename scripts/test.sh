@@ -10,6 +10,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
   echo "installing redis-server (the service tests start their own)" >&2
   apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
 fi
+# The playground test drives Debian's chromium headless (Playwright's own browser builds are a
+# download this machine cannot make).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "installing chromium (the playground test drives it headless)" >&2
+  apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+fi
 ruff check .
 ruff format --check .
 set +e

@@ -2,7 +2,7 @@
 
 It reads the checkpoint's tensors by their Hugging Face names and runs one unpacked sequence
 at a time, with a full forward every step (the official LLaDA sampler) or a plain "dual cache"
-with brute-force head selection (the sparse algorithm of DESIGN.md §3). It shares no code with
+with brute-force head selection (the sparse algorithm of docs/design.md §10). It shares no code with
 the engine except the definition of the random stream (`uniform64`), so agreement means the
 engine's packing, paging, batching and kernels change nothing.
 """
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from dllmserve.engine.noise import uniform64
+from dllmserve.kernels.noise import uniform64
 
 
 class PlainModel:

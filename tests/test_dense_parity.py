@@ -57,7 +57,7 @@ def test_cfg_matches_official(llada, temperature):
 
 def test_random_remasking_and_eos_options(llada):
     llm, plain = llada
-    eot = llm.engine.eot_token_id
+    eot = llm.engine.tokens.eot
     for kw in (
         dict(remasking="random"),
         dict(logits_eos_inf=True),

@@ -56,11 +56,11 @@ def test_requests_join_mid_flight(llada_dir):
         )
         assert [u.step for u in updates[rid]] == list(range(1, 17))
         assert all(p // 8 == u.block_index for u in updates[rid] for p in u.positions)
-        assert canvas_from(updates[rid], 16, engine.mask_token_id) == final.output.token_ids
+        assert canvas_from(updates[rid], 16, engine.tokens.mask) == final.output.token_ids
     assert updates["c"][-1].output.token_ids == run_alone(
         llada_dir, prompts["c"], params(3, gen_length=8, steps=4), None
     )
-    assert engine.pool.num_free == engine.pool.num_pages
+    assert engine.batcher.pool.num_free == engine.batcher.pool.num_pages
 
 
 def test_abort_frees_pages_at_once(llada_dir):
@@ -69,22 +69,22 @@ def test_abort_frees_pages_at_once(llada_dir):
     engine.add_request("y", [4, 5, 6], params(2), SPARSE)
     engine.step()
     engine.step()
-    assert engine.pool.num_free < engine.pool.num_pages
-    before = engine.pool.num_free
+    assert engine.batcher.pool.num_free < engine.batcher.pool.num_pages
+    before = engine.batcher.pool.num_free
     assert engine.abort("x")
-    assert engine.pool.num_free > before
+    assert engine.batcher.pool.num_free > before
     assert not engine.abort("x")
     updates: dict = {}
     drain(engine, updates)
     assert "x" not in updates
     assert updates["y"][-1].output.token_ids == run_alone(llada_dir, [4, 5, 6], params(2))
-    assert engine.pool.num_free == engine.pool.num_pages
+    assert engine.batcher.pool.num_free == engine.batcher.pool.num_pages
 
 
 def test_more_requests_than_fit_wait_and_finish(llada_dir):
     prompt = list(range(1, 41))
     probe = Engine.from_pretrained(llada_dir)
-    need = probe._pages_needed(probe.make_request("p", prompt, params(0), SPARSE))
+    need = probe.make_request("p", prompt, params(0), SPARSE).spec.cache_pages
     engine = Engine.from_pretrained(llada_dir, num_cache_pages=2 * need + 1)
     for i in range(5):
         engine.add_request(f"r{i}", prompt, params(i), SPARSE)
@@ -94,7 +94,7 @@ def test_more_requests_than_fit_wait_and_finish(llada_dir):
     drain(engine, updates)
     for i in range(5):
         assert updates[f"r{i}"][-1].output.token_ids == run_alone(llada_dir, prompt, params(i))
-    assert engine.pool.num_free == engine.pool.num_pages
+    assert engine.batcher.pool.num_free == engine.batcher.pool.num_pages
 
 
 def test_request_that_can_never_fit_is_refused(llada_dir):
@@ -124,7 +124,7 @@ def test_threshold_and_stop_at_eos(llada_dir):
         SamplingParams(gen_length=16, steps=16, block_length=8, threshold=0.5, stop_at_eos=False),
         use_tqdm=False,
     )[0]
-    assert 2 <= out["num_steps"] <= 16 and llm.engine.mask_token_id not in out["token_ids"]
+    assert 2 <= out["num_steps"] <= 16 and llm.engine.tokens.mask not in out["token_ids"]
     strict = llm.generate(
         [[1, 2, 3]],
         SamplingParams(gen_length=16, steps=16, block_length=8, threshold=1.0, stop_at_eos=False),
@@ -137,7 +137,7 @@ def test_stop_at_eos_fills_the_rest(llada_dir, monkeypatch):
     """Once a block ends with the answer finished, the rest is EOS and the request stops."""
     llm = LLM(llada_dir)
     engine = llm.engine
-    eos = engine.eos_token_id
+    eos = engine.tokens.eos
     real = engine.model.logits
 
     def eos_after_four(hidden):
@@ -174,7 +174,7 @@ def test_dream_confidence_modes_and_top_p(dream_dir):
         )
         a = llm.generate([[3, 4, 5]], p, use_tqdm=False)[0]
         b = llm.generate([[3, 4, 5]], p, use_tqdm=False)[0]
-        assert a["token_ids"] == b["token_ids"] and llm.engine.mask_token_id not in a["token_ids"]
+        assert a["token_ids"] == b["token_ids"] and llm.engine.tokens.mask not in a["token_ids"]
 
 
 def test_chained_reuse_steps_and_abort_in_flight(llada_dir):
@@ -192,4 +192,30 @@ def test_chained_reuse_steps_and_abort_in_flight(llada_dir):
     assert [u.step for u in updates["keep"]] == list(range(1, 17))
     assert updates["keep"][-1].output.token_ids == run_alone(llada_dir, [4, 5, 6], params(2))
     assert all(u.step <= 2 for u in updates["drop"])
-    assert engine.pool.num_free == engine.pool.num_pages
+    assert engine.batcher.pool.num_free == engine.batcher.pool.num_pages
+
+
+def test_step_updates_carry_what_the_engine_decided(llada_dir):
+    """Block ends, the answer's end and the streamed text come with the updates: the deltas add
+    up to the final text, and the answer length is the canvas's first stop token."""
+    engine = Engine.from_pretrained(llada_dir)
+    p = SamplingParams(gen_length=24, steps=12, block_length=8, temperature=0.8, seed=5)
+    engine.add_request("t", "Repeat exactly: ab", p)
+    engine.add_request("s", [7, 8, 9], p, SPARSE)
+    updates: dict = {}
+    drain(engine, updates)
+    stops = engine.tokens.stop
+    for ups in updates.values():
+        final = ups[-1]
+        out = final.output
+        assert "".join(u.text_delta for u in ups) == out.text
+        first = next((i for i, t in enumerate(out.token_ids) if t in stops), None)
+        assert final.answer_length == first
+        assert (
+            final.finish_reason == out.finish_reason == ("stop" if first is not None else "length")
+        )
+        assert all(u.block_length == 8 for u in ups) and final.block_done
+        ends = [u.step for u in ups if u.block_done]
+        assert ends == [4, 8, 12][: len(ends)] and ends[-1] == final.step
+        seen = [u.answer_length for u in ups if u.answer_length is not None]
+        assert len(set(seen)) <= 1  # once known, the answer's end never moves

@@ -45,7 +45,7 @@ def test_uniform_batch_uses_graphs(llada_dir):
     llm = LLM(llada_dir, device="cuda", dtype=torch.float32, num_cache_pages=4096)
     sparse = SparseConfig(retention_ratio=0.5, delay_step=1, default_block_len=8)
     llm.generate([[1, 2, 3]] * 4, PARAMS, sparse, use_tqdm=False)
-    assert llm.engine.graphs is not None and llm.engine.graphs.graphs
+    assert llm.engine.runner.graphs is not None and llm.engine.runner.graphs.graphs
 
 
 ONE_PROMPT = list(range(3, 40))
@@ -64,7 +64,7 @@ ONE_CONFIGS = {  # config -> (dense-graph keys, batch-1 FULL/SELECT iterations) 
 def generate_one(path, sparse, max_graphs=None, **kw):
     llm = LLM(path, device="cuda", dtype=torch.float32, num_cache_pages=4096, **kw)
     if max_graphs is not None:
-        llm.engine.dense_graphs.max_graphs = max_graphs
+        llm.engine.runner.dense_graphs.max_graphs = max_graphs
     (out,) = llm.generate([ONE_PROMPT], PARAMS, sparse, use_tqdm=False)
     return out["token_ids"], llm.engine
 
@@ -76,11 +76,11 @@ def test_batch_one_dense_iterations_replay_graphs(llada_dir, dream_dir, name):
     sparse, n_keys, n_dense_iters = ONE_CONFIGS[name]
     for path in (llada_dir, dream_dir):
         tokens, engine = generate_one(path, sparse)
-        dense = engine.dense_graphs
+        dense = engine.runner.dense_graphs
         assert (dense.captures, len(dense.graphs)) == (n_keys, n_keys), path
         assert dense.replays == n_dense_iters, path
         if sparse is not None:
-            assert engine.graphs.graphs, path  # the REUSE steps still replay their own graphs
+            assert engine.runner.graphs.graphs, path  # REUSE steps replay their own graphs
         assert tokens == generate_one(path, sparse, enforce_eager=True)[0], path
 
 
@@ -89,7 +89,8 @@ def test_dense_graph_eviction_keeps_tokens(llada_dir):
     iteration captures anew in the shared pool, and the tokens stay the eager ones."""
     sparse = ONE_CONFIGS["sparse delay 1"][0]
     tokens, engine = generate_one(llada_dir, sparse, max_graphs=1)
-    assert engine.dense_graphs.captures == 8 and len(engine.dense_graphs.graphs) == 1
+    dense = engine.runner.dense_graphs
+    assert dense.captures == 8 and len(dense.graphs) == 1
     assert tokens == generate_one(llada_dir, sparse, enforce_eager=True)[0]
 
 
@@ -97,7 +98,7 @@ def test_batched_iterations_skip_dense_graphs(llada_dir):
     """Two requests in one FULL iteration are not one lane: they run eagerly."""
     llm = LLM(llada_dir, device="cuda", dtype=torch.float32, num_cache_pages=4096)
     llm.generate([ONE_PROMPT, ONE_PROMPT], PARAMS, None, use_tqdm=False)
-    assert llm.engine.dense_graphs.replays == 0
+    assert llm.engine.runner.dense_graphs.replays == 0
 
 
 def test_upload_round_trips_every_dtype():

@@ -192,3 +192,12 @@ def test_tls_autoscaling_and_model_download():
     (wait,) = workers["spec"]["template"]["spec"]["initContainers"]
     assert ".dllmserve-complete" in wait["command"][-1] and ".dllmserve-complete" in (
         download["command"][-1])  # fmt: skip
+
+
+def test_container_args_are_flags_the_cli_knows():
+    from dllmserve.cli import build_parser
+
+    objects = render(EVERYTHING)
+    for name in ("scheduler", "gateway", "worker"):
+        (container,) = pod(objects, "Deployment", name)["containers"]
+        assert build_parser().parse_args(container["args"]).cmd == name  # exits on a bad flag

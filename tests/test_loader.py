@@ -100,4 +100,4 @@ def test_mask_id_comes_from_config(llada_dir, tmp_path):
     cfg["mask_token_id"] = 5  # as iLLaDA does
     (ckpt / "config.json").write_text(json.dumps(cfg))
     llm = LLM(ckpt)
-    assert llm.engine.mask_token_id == 5
+    assert llm.engine.tokens.mask == 5

@@ -30,7 +30,7 @@ def test_shipped_checkpoint_is_small_and_loads(llm: LLM) -> None:
     path = default_model_path()
     assert (path / "MODEL_CARD.md").is_file()
     assert (path / "model.safetensors").stat().st_size <= 20 * 1024 * 1024
-    cfg = llm.engine.cfg
+    cfg = llm.engine.model.cfg
     assert (cfg.arch, cfg.n_layers, cfg.d_model) == ("llada", 8, 256)
     rendered = llm.tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from dllmserve import SamplingParams
+from dllmserve.engine.engine import Engine
 from dllmserve.errors import ValidationError
-from dllmserve.models.shapes import SHAPES, random_engine, shape_tokenizer
+from dllmserve.models.shapes import SHAPES, shape_tokenizer
 from dllmserve.testing.tiny_models import LLADA_SPECIALS, build_byte_tokenizer
 
 
@@ -34,10 +35,10 @@ def test_tiny_shape_tokenizer_is_the_test_checkpoints_tokenizer():
 
 
 def test_random_engine_generates_and_names_the_shape():
-    a = random_engine("tiny", device="cpu", max_num_seqs=4, num_cache_pages=256)
-    b = random_engine("tiny", device="cpu", max_num_seqs=4, num_cache_pages=256)
-    assert a.model_name == "random-tiny" and a.cfg == SHAPES["tiny"]
-    assert a.stop_ids == {257, 261}  # <|endoftext|> and <|eot_id|>
+    a = Engine.from_random_shape("tiny", device="cpu", max_num_seqs=4, num_cache_pages=256)
+    b = Engine.from_random_shape("tiny", device="cpu", max_num_seqs=4, num_cache_pages=256)
+    assert a.model_name == "random-tiny" and a.model.cfg == SHAPES["tiny"]
+    assert a.tokens.stop == {257, 261}  # <|endoftext|> and <|eot_id|>
     params = SamplingParams(gen_length=16, steps=8, block_length=8, stop_at_eos=False)
     outs = []
     for eng in (a, b):  # the same weights in every process: workers agree
@@ -47,4 +48,4 @@ def test_random_engine_generates_and_names_the_shape():
         outs.append(done[0].output.token_ids)
     assert outs[0] == outs[1] and len(outs[0]) == 16
     with pytest.raises(ValidationError, match="random_shape"):
-        random_engine("llada-70b", device="cpu")
+        Engine.from_random_shape("llada-70b", device="cpu")

@@ -59,52 +59,20 @@ def test_kept_entries_count_and_brute_force(llada, monkeypatch):
     calls = []
     real = kernels.select_and_store
 
-    def spy(
-        q_win,
-        cu_win,
-        k_seq,
-        v_seq,
-        cu_seq,
-        win_start,
-        win_len,
-        n_keep,
-        head_select,
-        pool_kernel,
-        k_pool,
-        v_pool,
-        page_table,
-        scale,
-        max_keep,
-    ):
-        kept = real(
-            q_win,
-            cu_win,
-            k_seq,
-            v_seq,
-            cu_seq,
-            win_start,
-            win_len,
-            n_keep,
-            head_select,
-            pool_kernel,
-            k_pool,
-            v_pool,
-            page_table,
-            scale,
-            max_keep,
-        )
+    def spy(a):
+        kept = real(a)
         calls.append(
             (
-                q_win.clone(),
-                k_seq.clone(),
-                v_seq.clone(),
-                int(win_start[0]),
-                int(win_len[0]),
-                int(n_keep[0]),
+                a.q_win.clone(),
+                a.k_seq.clone(),
+                a.v_seq.clone(),
+                int(a.win_start[0]),
+                int(a.win_len[0]),
+                int(a.n_keep[0]),
                 kept.clone(),
-                page_table.clone(),
-                k_pool.clone(),
-                v_pool.clone(),
+                a.page_table.clone(),
+                a.k_pool.clone(),
+                a.v_pool.clone(),
             )
         )
         return kept
@@ -115,7 +83,7 @@ def test_kept_entries_count_and_brute_force(llada, monkeypatch):
     llm.generate([PROMPT], params, sparse_configs=cfg, use_tqdm=False)
     n_layers = plain.nl
     assert len(calls) == 2 * n_layers  # one SELECT per block, every layer
-    page = llm.engine.pool.page_size
+    page = llm.engine.limits.page_size
     for q_win, k_seq, v_seq, ws, wl, n, kept, table, kp, vp in calls:
         n_c = len(k_seq) - wl
         assert n == kept_count(n_c, 0.5) == min(max(1, int(n_c * 0.5)), n_c)
@@ -165,7 +133,7 @@ def test_layer_wise_ratios(llada):
     out = llm.generate([PROMPT], params, sparse_configs=explicit, use_tqdm=False)[0]
     assert len(out["token_ids"]) == 16
     n_c = len(PROMPT) + 16 - 8
-    page = llm.engine.pool.page_size
+    page = llm.engine.limits.page_size
     want_pages = -(-kept_count(n_c, 0.9) // page) + -(-kept_count(n_c, 0.2) // page)
     assert out["kv_cache_pages"] == want_pages
 

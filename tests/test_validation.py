@@ -133,7 +133,7 @@ def test_engine_limits(llm, prompt, kw, sparse, field, text):
 
 def test_mask_token_in_prompt(llm):
     with pytest.raises(ValidationError, match="mask token"):
-        llm.generate([[1, llm.engine.mask_token_id]], SamplingParams(gen_length=8, steps=8))
+        llm.generate([[1, llm.engine.tokens.mask]], SamplingParams(gen_length=8, steps=8))
 
 
 def test_bad_request_never_disturbs_the_batch(llm):
@@ -174,4 +174,4 @@ def test_settings_at_the_bounds_never_commit_the_mask_token(llm):
         gen_length=16, steps=8, temperature=10.0, cfg_scale=10.0, seed=3, stop_at_eos=False
     )
     out = llm.generate([[1, 2, 3]], params, use_tqdm=False)[0]["token_ids"]
-    assert len(out) == 16 and llm.engine.mask_token_id not in out
+    assert len(out) == 16 and llm.engine.tokens.mask not in out

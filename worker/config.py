@@ -1,8 +1,10 @@
-"""Worker settings (command-line flags map onto these)."""
+"""Worker settings (command-line flags map onto these; the engine's are one EngineConfig)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from dllmserve.engine.config import EngineConfig
 
 
 @dataclass
@@ -13,15 +15,9 @@ class WorkerConfig:
     # ("llada-8b", "dream-7b", "tiny") with a byte-level tokenizer, for benchmarks
     random_shape: str = ""
     model_name: str = ""  # the name clients ask for; empty: the directory's name (random-SHAPE)
-    device: str | None = None  # None: cuda when available, else cpu
+    engine: EngineConfig = field(default_factory=EngineConfig)
     # shared by the workers of one host that all see its GPUs: each claims one (worker/gpu.py)
     gpu_lock_dir: str = ""
-    dtype: str | None = None
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int | None = None
-    num_cache_pages: int | None = None
-    gpu_memory_utilization: float = 0.9
-    seed: int = 0
     worker_id: str = ""  # empty: host-pid-random (a fresh id per process)
     slots: int = 0  # requests it accepts at once; 0: 2 * max_num_seqs
     heartbeat_interval_s: float = 1.0
@@ -34,3 +30,4 @@ class WorkerConfig:
     stall_factor: float = 20.0
     stall_floor_s: float = 60.0
     async_publish: bool = True  # publish step records on a thread, overlapping the next step
+    http_port: int = 8081  # /metrics, /livez, /readyz (worker/http.py); 0: no HTTP server

@@ -31,6 +31,11 @@ class Heartbeat(threading.Thread):
         self.halt = threading.Event()
         self._registered_as = ""  # the worker id of the last beat (the loop's id may change)
 
+    @property
+    def registered(self) -> bool:
+        """The last beat registered the loop's current id (readiness)."""
+        return self._registered_as == self.loop.id
+
     def beat(self) -> None:
         lp = self.loop
         st = lp.snapshot

@@ -18,15 +18,17 @@ import redis
 import redis.exceptions
 
 from dllmserve.engine.outputs import StepUpdate
+from dllmserve.engine.protocol import StepEngine
 from dllmserve.errors import CapacityError, ValidationError
 from dllmserve.scheduler import queue as q
-from dllmserve.scheduler.validation import to_engine_args
+from dllmserve.scheduler.validation import prompt_of, to_sampling_params, to_sparse_config
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.config import WorkerConfig
 from dllmserve.worker.faults import Faults
 from dllmserve.worker.leaving import Leaving
+from dllmserve.worker.observe import Observer
 from dllmserve.worker.publisher import InlinePublisher, Publisher
-from dllmserve.worker.render import TextTracker, make_decoder
+from dllmserve.worker.render import CanvasRenderer
 from dllmserve.worker.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -46,13 +48,15 @@ class Active:
     t_enq: float
     t_start: float
     deadline: float
-    block_length: int
-    tracker: TextTracker
+    canvas: CanvasRenderer | None  # with include_canvas
+    token_texts: bool  # with include_token_texts: each committed token's text too
     t_first: float = 0.0
 
 
 class WorkerLoop(Leaving):
-    def __init__(self, engine, client: redis.Redis, cfg: WorkerConfig, worker_id: str) -> None:
+    def __init__(
+        self, engine: StepEngine, client: redis.Redis, cfg: WorkerConfig, worker_id: str
+    ) -> None:
         self.engine = engine
         self.r = client
         self.cfg = cfg
@@ -69,7 +73,8 @@ class WorkerLoop(Leaving):
         self.faults = Faults()
         self.watchdog = Watchdog(cfg.stall_factor, cfg.stall_floor_s, self._leave_stalled)
         self.steps = 0
-        self._decode = make_decoder(engine.tokenizer)
+        self.last_iteration = time.monotonic()  # read by the /livez probe
+        self.observe = Observer(self.model_name, lambda: self.snapshot, worker_id, client)
         self.before_leave = None  # called before the worker deregisters (stops the heartbeat)
         # `active` belongs to this (the engine's) thread; `batches` is shared with the
         # publisher, which acknowledges a batch once its last request's record is written.
@@ -99,6 +104,7 @@ class WorkerLoop(Leaving):
         self.watchdog.halt.set()
 
     def iterate(self) -> None:
+        self.last_iteration = time.monotonic()
         if self.reaped.is_set():
             self._forget_all()
             self.ensure_group()
@@ -119,7 +125,7 @@ class WorkerLoop(Leaving):
     def _step(self) -> list[StepUpdate]:
         with self.watchdog.iteration():
             self.faults.before_step()
-            return self.engine.step()
+            return self.observe.step(self.engine)
 
     def update_snapshot(self) -> None:
         st = self.engine.stats()
@@ -181,16 +187,12 @@ class WorkerLoop(Leaving):
         req = pb.GenerateRequest.FromString(body)
         opts = pb.StreamOptions.FromString(opts_raw)
         self.faults.on_admit(rid, req)
-        try:
-            args = to_engine_args(req)
-            prompt = args.prompt
-            if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
-                prompt = self.engine.tokenizer.apply_chat_template(
-                    prompt, tokenize=False, add_generation_prompt=True
-                )
+        try:  # the scheduler checked the wire fields; the engine checks the rest, once
+            sp = to_sampling_params(req.sampling_params)
+            sc = to_sparse_config(req.sparse_config) if req.HasField("sparse_config") else None
             if self.engine.has_request(rid):
                 self.engine.abort(rid)  # a stale attempt of this request still ran here
-            self.engine.add_request(rid, prompt, args.sampling_params, args.sparse_config)
+            self.engine.add_request(rid, prompt_of(req), sp, sc)
         except ValidationError as e:
             self._fail(rid, eid, attempt, q.FAILED, "INVALID_ARGUMENT", e.reason, e.field)
             return
@@ -201,18 +203,15 @@ class WorkerLoop(Leaving):
             log.exception("admitting %s failed", rid)
             self._fail(rid, eid, attempt, q.FAILED, "INTERNAL", f"admission failed: {e}")
             return
-        sp, sc = args.sampling_params, args.sparse_config
-        block = sp.block_length or (
-            min(sc.default_block_len, sp.gen_length) if sc and sc.enabled else sp.gen_length
+        canvas = (
+            CanvasRenderer(self.engine.decode, sp.gen_length, opts.mask_placeholder)
+            if opts.include_canvas
+            else None
         )
-        tracker = TextTracker(
-            self._decode,
-            sp.gen_length,
-            set(self.engine.stop_ids),
-            opts.mask_placeholder,
-            opts.include_canvas,
+        self.active[rid] = Active(
+            rid, attempt, eid, t_enq, now, deadline, canvas, opts.include_token_texts
         )
-        self.active[rid] = Active(rid, attempt, eid, t_enq, now, deadline, block, tracker)
+        self.observe.admitted(rid, attempt, t_enq, now)
 
     def _maybe_ack(self, eid: str) -> None:
         """Acknowledge and delete a batch whose requests all ended (publisher thread)."""
@@ -260,6 +259,7 @@ class WorkerLoop(Leaving):
         self, rid: str, eid: str, attempt: str, status: str, code: str, msg: str, field: str = ""
     ) -> None:
         self.active.pop(rid, None)
+        self.observe.ended(rid, attempt, status, code, msg)
 
         def job() -> None:
             self.scripts.finish(
@@ -290,8 +290,7 @@ class WorkerLoop(Leaving):
         steps: list = [repr(now), max(86400, self.cfg.result_ttl_s)]
         finished: list[tuple[Active, StepUpdate]] = []
         for a, u in items:
-            delta, canvas = a.tracker.apply(u.positions, u.token_ids)
-            blocks = {p // a.block_length for p in u.positions}  # an EOS fill spans several
+            canvas = a.canvas.apply(u.positions, u.token_ids) if a.canvas is not None else ""
             msg = pb.StepUpdate(
                 step=u.step,
                 total_steps=u.total_steps,
@@ -299,13 +298,16 @@ class WorkerLoop(Leaving):
                 positions=u.positions,
                 token_ids=u.token_ids,
                 masked_left=u.masked_left,
-                text_delta=delta,
+                text_delta=u.text_delta,
                 canvas=canvas,
                 attempt=int(a.attempt),
+                token_texts=[self.engine.decode([t]) for t in u.token_ids] if a.token_texts else [],
             )
-            bd = "1" if any(a.tracker.block_done(b, a.block_length) for b in blocks) else "0"
+            bd = "1" if u.block_done else "0"
             first = "0" if a.t_first else "1"
-            a.t_first = a.t_first or now
+            if not a.t_first:
+                a.t_first = now
+                self.observe.first_step(a.request_id, a.attempt, a.t_enq, now)
             steps += [u.request_id, a.attempt, bd, first, msg.SerializeToString()]
             if u.finished and u.output is not None:
                 finished.append((a, u))
@@ -314,6 +316,7 @@ class WorkerLoop(Leaving):
             self.scripts.publish_steps(keys=[], args=steps, client=pipe)
         for a, u in finished:  # after its last step record: the same connection keeps order
             done = self._completed(a, u, now)
+            self.observe.completed(done)
             self.scripts.finish(
                 keys=[q.req_key(a.request_id), q.res_key(a.request_id), q.load_key(self.id)],
                 args=[self.id, a.attempt, q.DONE, repr(now), self.cfg.result_ttl_s,
@@ -326,8 +329,7 @@ class WorkerLoop(Leaving):
 
     def _completed(self, a: Active, u: StepUpdate, now: float) -> pb.Completed:
         out = u.output
-        stop = set(self.engine.stop_ids)
-        answer = next((i for i, t in enumerate(out.token_ids) if t in stop), len(out.token_ids))
+        answer = u.answer_length if u.answer_length is not None else len(out.token_ids)
         return pb.Completed(
             request_id=a.request_id,
             text=out.text,

@@ -10,6 +10,8 @@ import uuid
 
 import redis
 
+from dllmserve.engine.protocol import StepEngine
+from dllmserve.worker import http
 from dllmserve.worker.config import WorkerConfig
 from dllmserve.worker.gpu import take_gpu
 from dllmserve.worker.heartbeat import Heartbeat
@@ -19,26 +21,22 @@ log = logging.getLogger(__name__)
 READY_LINE = "DLLMSERVE_WORKER_READY"
 
 
-def build_engine(cfg: WorkerConfig):
+def build_engine(cfg: WorkerConfig) -> StepEngine:
+    """The engine the worker serves: a checkpoint, or random weights of a named shape."""
     from dllmserve.engine.engine import Engine
 
-    kwargs = {"max_num_seqs": cfg.max_num_seqs, "seed": cfg.seed}
-    if cfg.max_num_batched_tokens:
-        kwargs["max_num_batched_tokens"] = cfg.max_num_batched_tokens
-    if cfg.num_cache_pages:
-        kwargs["num_cache_pages"] = cfg.num_cache_pages
-    if cfg.gpu_memory_utilization:
-        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
     if cfg.random_shape:
-        from dllmserve.models.shapes import random_engine
-
-        return random_engine(cfg.random_shape, device=cfg.device, dtype=cfg.dtype, **kwargs)
-    return Engine.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, **kwargs)
+        return Engine.from_random_shape(cfg.random_shape, cfg.engine)
+    return Engine.from_pretrained(cfg.model, cfg.engine)
 
 
-def run(cfg: WorkerConfig, engine=None) -> None:
+def run(cfg: WorkerConfig, engine: StepEngine | None = None) -> None:
     # before CUDA starts; held (the lock stays open) until the process ends
-    gpu = take_gpu(cfg.gpu_lock_dir) if engine is None and cfg.device != "cpu" else None
+    gpu = take_gpu(cfg.gpu_lock_dir) if engine is None and cfg.engine.device != "cpu" else None
+    probes = http.Probes()
+    server = http.serve(probes, "0.0.0.0", cfg.http_port) if cfg.http_port else None
+    if server is not None:
+        log.info("worker http (/metrics, /livez, /readyz) on port %d", server.server_port)
     engine = engine if engine is not None else build_engine(cfg)
     worker_id = cfg.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     client = redis.Redis.from_url(cfg.redis_url, health_check_interval=10)
@@ -49,6 +47,8 @@ def run(cfg: WorkerConfig, engine=None) -> None:
     hb = Heartbeat(loop, client, str(engine.device), slots)
     hb.beat()
     hb.start()
+    probes.registry = loop.observe.metrics.registry
+    probes.loop, probes.heartbeat = loop, hb
 
     def stop_heartbeat() -> None:
         hb.halt.set()
@@ -63,9 +63,12 @@ def run(cfg: WorkerConfig, engine=None) -> None:
     signal.signal(signal.SIGINT, on_term)
     claimed = f" (GPU {gpu.gpu}, claimed in {cfg.gpu_lock_dir})" if gpu else ""
     log.info("worker %s serving %s on %s%s", worker_id, loop.model_name, engine.device, claimed)
-    print(f"{READY_LINE} id={worker_id} model={loop.model_name}", flush=True)
+    port = server.server_port if server is not None else 0
+    print(f"{READY_LINE} id={worker_id} model={loop.model_name} http_port={port}", flush=True)
     try:
         loop.run()
     finally:
         hb.halt.set()
+        if server is not None:
+            server.shutdown()
         log.info("worker %s stopped", worker_id)

@@ -1,6 +1,6 @@
 """Ordered Redis writes of the worker, off the engine's thread.
 
-Publishing an iteration's step records (detokenizing, building protobufs, packing the Redis
+Publishing an iteration's step records (building protobufs, rendering canvases, packing the Redis
 call) costs tens of microseconds per request. Done on a thread of its own, it overlaps the
 next `engine.step()`, whose GPU work and host syncs run without the GIL. Jobs run strictly in
 submission order (a request's last step record before its Completed, the Completed before its

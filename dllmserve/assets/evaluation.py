@@ -37,13 +37,13 @@ def masked_loss(llm: LLM, examples: list[tasks.Example], seed: int = 0) -> float
     total, count = 0.0, 0
     for ex in examples:
         p = eng.tokenize(tasks.chat_prompt(ex.question))
-        a = eng.tokenize(ex.answer) + [eng.eot_token_id]
+        a = eng.tokenize(ex.answer) + [eng.tokens.eot]
         ids = torch.tensor(p + a)
         for t in MASK_RATIOS:
             m = torch.rand(len(a), generator=gen) < t
             m[torch.randint(len(a), (1,), generator=gen)] = True  # at least one masked
             x = ids.clone()
-            x[len(p) :][m] = eng.mask_token_id
+            x[len(p) :][m] = eng.tokens.mask
             pos = torch.arange(len(ids))
             h = model.forward(x.to(dev), pos.to(dev), _DenseAttention())
             logits = model.logits(h[len(p) :][m.to(dev)]).float()

@@ -1,4 +1,4 @@
-"""`dllmserve serve | scheduler | worker | generate`: one module per subcommand.
+"""`dllmserve serve | scheduler | worker | gateway | generate`: one module per subcommand.
 
 Each subcommand module has `register(subparsers)`, which adds its parser and sets `fn`. Every
 flag's default can come from the environment (dllmserve.cli.options).
@@ -6,18 +6,19 @@ flag's default can come from the environment (dllmserve.cli.options).
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from dllmserve import __version__
-from dllmserve.cli import generate, scheduler, serve, worker
+from dllmserve.cli import gateway, generate, scheduler, serve, worker
 from dllmserve.cli.options import Parser
+from dllmserve.errors import ListenError
+from dllmserve.logs import configure
+from dllmserve.tracing import setup as setup_tracing
 
 DESCRIPTION = """\
 dLLM-Serve: serve masked-diffusion language models (LLaDA, Dream), streaming every denoising
-step over gRPC. `dllmserve COMMAND --help` describes each command; every flag can also be set
-by an environment variable, which its help names.
-"""
+step over gRPC (and an OpenAI-compatible HTTP API). `dllmserve COMMAND --help` describes each
+command; every flag can also be set by an environment variable, which its help names."""
 
 EPILOG = """\
 examples:
@@ -25,7 +26,8 @@ examples:
   dllmserve generate "Repeat exactly: hello"   # in another terminal
   dllmserve serve --model /models/LLaDA-8B-Instruct --listen 0.0.0.0:50051
   dllmserve worker --help                      # the flags of one subcommand
-docs: README.md, docs/service.md (API, configuration), docs/deploy.md (compose, Helm)
+docs: README.md, docs/service.md (API, configuration), docs/http.md (HTTP API),
+docs/deploy.md (compose, Helm)
 """
 
 
@@ -39,19 +41,28 @@ def build_parser() -> Parser:
         type=str.upper,
         help="log messages of this level and above",
     )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line",
+    )
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    for module in (serve, scheduler, worker, generate):
+    for module in (serve, scheduler, worker, gateway, generate):
         module.register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, a.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    return int(a.fn(a) or 0)
+    configure(a.log_level, a.log_format)
+    if a.cmd in ("scheduler", "worker", "gateway"):
+        setup_tracing(f"dllmserve-{a.cmd}")
+    try:
+        return int(a.fn(a) or 0)
+    except ListenError as e:  # a port taken or malformed: say which flag, no traceback
+        print(f"dllmserve {a.cmd}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

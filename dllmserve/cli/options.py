@@ -25,12 +25,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     environment variable."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        help = action.help or ""
+        # BooleanOptionalAction adds its own "(default: ...)" (Python < 3.14): ours replaces it
+        help = (action.help or "").removesuffix(" (default: %(default)s)")
         var = getattr(action, "env", None)
         if not var:
             return help
         default = action.default
-        if isinstance(action, argparse._StoreTrueAction):
+        if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
             shown = "on" if default else "off"
         elif default in (None, ""):
             shown = "none"
@@ -61,12 +62,14 @@ class Parser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def _from_env(self, action: argparse.Action, raw: str):
-        if isinstance(action, argparse._StoreTrueAction):
+        if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
             if raw.strip().lower() not in TRUE + FALSE:
                 self.error(f"${action.env}={raw!r}: must be one of {', '.join(TRUE + FALSE[1:])}")
             return raw.strip().lower() in TRUE
         try:
             value = action.type(raw) if action.type else raw
+        except argparse.ArgumentTypeError as e:  # a type that names the flag and variable itself
+            self.error(str(e))
         except (TypeError, ValueError):
             name = getattr(action.type, "__name__", "value")
             self.error(f"${action.env}={raw!r}: not a valid {name} for {action.option_strings[0]}")

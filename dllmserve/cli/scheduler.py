@@ -92,6 +92,12 @@ def add_scheduler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
     p.add_argument("--id", default="", help="scheduler id (none: host-pid-random)")
     p.add_argument("--no-dispatch", action="store_true", help="relay only, never dispatch")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9090,
+        help="port of Prometheus /metrics (0: off)",
+    )
 
 
 def scheduler_config(a: argparse.Namespace):
@@ -117,6 +123,7 @@ def scheduler_config(a: argparse.Namespace):
         tls_cert=a.tls_cert,
         tls_key=a.tls_key,
         dispatch=not a.no_dispatch,
+        metrics_port=a.metrics_port,
     )
 
 

@@ -21,7 +21,10 @@ import time
 from pathlib import Path
 
 from dllmserve.cli.common import add_model_args, resolve_model
+from dllmserve.cli.config_args import add_config_args, config_from_args, config_to_args
 from dllmserve.cli.generate import stream
+from dllmserve.engine.config import EngineConfig
+from dllmserve.errors import ValidationError
 
 
 def _gpu_count() -> int:
@@ -36,8 +39,14 @@ def _gpu_count() -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     from dllmserve.scheduler.local_redis import LocalRedis, free_port
 
+    try:
+        engine = config_from_args(EngineConfig, a)
+    except ValidationError as e:
+        print(f"dllmserve serve: {e}", file=sys.stderr)
+        return 2
     model = f"random-{a.random_shape}" if a.random_shape else resolve_model(a.model)
     model_args = ["--random-shape", a.random_shape] if a.random_shape else ["--model", model]
+    engine_args = config_to_args(engine, skip=("device",))  # the device is per worker, below
     redis = None
     children: list[subprocess.Popen] = []
     tmp = tempfile.TemporaryDirectory(prefix="dllmserve-")
@@ -54,29 +63,36 @@ def cmd_serve(a: argparse.Namespace) -> int:
         host, _, port = a.listen.rpartition(":")
         if port == "0":
             a.listen = f"{host}:{free_port()}"
-        base = [sys.executable, "-m", "dllmserve.cli", "--log-level", a.log_level]
+        base = [sys.executable, "-m", "dllmserve.cli", "--log-level", a.log_level,
+                "--log-format", a.log_format]  # fmt: skip
         secret_env = {**os.environ, "DLLMSERVE_REDIS_URL": a.redis_url}
         if a.auth_token:
             secret_env["DLLMSERVE_AUTH_TOKEN"] = a.auth_token
-        sched = base + ["scheduler", "--listen", a.listen]
+        sched = base + ["scheduler", "--listen", a.listen, "--metrics-port", str(a.metrics_port)]
         children.append(subprocess.Popen(sched, env=secret_env))
-        gpus = _gpu_count() if a.device in (None, "cuda") else 0
+        gpus = _gpu_count() if engine.device in (None, "cuda") else 0
         # worker i gets the i-th GPU this process sees (of CUDA_VISIBLE_DEVICES when it is set)
         visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
         gpu_ids = visible[:gpus] if len(visible) >= gpus else [str(g) for g in range(gpus)]
         n = a.workers or max(1, gpus)
         for i in range(n):
             env = dict(secret_env)
-            cmd = base + ["worker", *model_args, "--max-num-seqs", str(a.max_num_seqs)]
+            cmd = base + ["worker", *model_args, *engine_args, "--http-port", str(free_port())]
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpu_ids[i % gpus].strip()
-            elif a.device:
-                cmd += ["--device", a.device]
             else:
-                cmd += ["--device", "cpu"]
+                cmd += ["--device", engine.device or "cpu"]
             children.append(subprocess.Popen(cmd, env=env))
         target = "localhost:" + a.listen.rpartition(":")[2]
         print(f"dllmserve: scheduler on {target}, {n} worker(s), model {model}", flush=True)
+        if not a.no_gateway:
+            http_host, _, http_port = a.http_listen.rpartition(":")
+            if http_port == "0":
+                a.http_listen = f"{http_host}:{free_port()}"
+            gw = base + ["gateway", "--target", target, "--listen", a.http_listen]
+            children.append(subprocess.Popen(gw))
+            url = f"http://localhost:{a.http_listen.rpartition(':')[2]}"
+            print(f"dllmserve: HTTP API (OpenAI-compatible) and playground on {url}", flush=True)
         token = a.auth_token.split(",")[0].strip()  # the first tenant's, for its own checks
         if not _wait_ready(target, token, children, timeout_s=a.ready_timeout):
             print("dllmserve serve: the service did not become ready", file=sys.stderr)
@@ -180,17 +196,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "every interface (port 0: a free port)",
     )
     s.add_argument(
+        "--http-listen",
+        default="127.0.0.1:8000",
+        help="the HTTP gateway (OpenAI API, /metrics, playground): this machine only by "
+        "default, 0.0.0.0:PORT for every interface (port 0: a free port)",
+    )
+    s.add_argument("--no-gateway", action="store_true", help="start no HTTP gateway")
+    s.add_argument(
+        "--metrics-port", type=int, default=9090, help="the scheduler's /metrics port (0: off)"
+    )
+    s.add_argument(
         "--workers",
         type=int,
         default=0,
         help="worker processes (0: one per visible GPU, or one on the CPU)",
     )
-    s.add_argument(
-        "--device",
-        default=None,
-        help="cuda or cpu for every worker (none: the GPUs when there are some)",
-    )
-    s.add_argument("--max-num-seqs", type=int, default=64, help="requests each worker runs at once")
     s.add_argument(
         "--auth-token",
         default="",
@@ -217,4 +237,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=30.0,
         help="seconds each child gets to stop before it is killed",
     )
+    add_config_args(s, EngineConfig)  # passed on to every worker
     s.set_defaults(fn=cmd_serve)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from dllmserve.cli.common import DEFAULT_REDIS, add_model_args, resolve_model
+from dllmserve.cli.config_args import add_config_args, config_from_args
+from dllmserve.engine.config import EngineConfig
+from dllmserve.errors import ValidationError
 
 DESCRIPTION = """\
 A worker: loads one model once onto one GPU (or the CPU), registers in Redis, and runs the
 engine on the batches the dispatcher sends it, publishing every denoising step. A SIGTERM
-drains it: running requests finish, unread work goes back to the queue.
+drains it: running requests finish, unread work goes back to the queue. /metrics, /livez and
+/readyz are served on --http-port.
 
 GPU: the one its environment gives it (CUDA_VISIBLE_DEVICES, the Kubernetes device plugin).
 Workers that all see every GPU of a host (docker compose replicas) share --gpu-lock-dir and
@@ -29,39 +34,10 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
         help="the name clients ask for (none: the checkpoint directory's name)",
     )
     p.add_argument(
-        "--device",
-        default=None,
-        help="cuda, cuda:N or cpu (none: the GPU when there is one, else the CPU)",
-    )
-    p.add_argument(
         "--gpu-lock-dir",
         default="",
         help="a directory shared by the workers of a host that all see its GPUs: each takes the "
         "first GPU no other holds (none: use the GPU the environment gives)",
-    )
-    p.add_argument(
-        "--dtype",
-        default=None,
-        help="bfloat16, float16 or float32 (none: bf16 on a GPU, fp32 on the CPU)",
-    )
-    p.add_argument("--max-num-seqs", type=int, default=64, help="requests run at once")
-    p.add_argument(
-        "--max-num-batched-tokens",
-        type=int,
-        default=None,
-        help="tokens per engine iteration (none: the engine's default)",
-    )
-    p.add_argument(
-        "--num-cache-pages",
-        type=int,
-        default=None,
-        help="KV cache pages (none: sized from --gpu-memory-utilization)",
-    )
-    p.add_argument(
-        "--gpu-memory-utilization",
-        type=float,
-        default=0.9,
-        help="share of the GPU's memory the engine may use",
     )
     p.add_argument(
         "--slots",
@@ -87,10 +63,17 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--stall-floor", type=float, default=60.0, help="watchdog floor, seconds")
     p.add_argument("--worker-id", default="", help="worker id (none: host-pid-random)")
-    p.add_argument("--seed", type=int, default=0, help="the engine's default random seed")
     p.add_argument(
         "--sync-publish", action="store_true", help="publish on the engine's thread (debugging)"
     )
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=8081,
+        env="DLLMSERVE_WORKER_HTTP_PORT",
+        help="port of /metrics, /livez and /readyz (0: none)",
+    )
+    add_config_args(p, EngineConfig)
 
 
 def worker_config(a: argparse.Namespace):
@@ -101,28 +84,28 @@ def worker_config(a: argparse.Namespace):
         model="" if a.random_shape else resolve_model(a.model),
         random_shape=a.random_shape,
         model_name=a.model_name,
-        device=a.device,
+        engine=config_from_args(EngineConfig, a),
         gpu_lock_dir=a.gpu_lock_dir,
-        dtype=a.dtype,
-        max_num_seqs=a.max_num_seqs,
-        max_num_batched_tokens=a.max_num_batched_tokens,
-        num_cache_pages=a.num_cache_pages,
-        gpu_memory_utilization=a.gpu_memory_utilization,
         slots=a.slots,
         heartbeat_interval_s=a.heartbeat_interval,
         heartbeat_ttl_s=a.heartbeat_ttl,
         stall_factor=a.stall_factor,
         stall_floor_s=a.stall_floor,
         worker_id=a.worker_id,
-        seed=a.seed,
         async_publish=not a.sync_publish,
+        http_port=a.http_port,
     )
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
     from dllmserve.worker.main import run
 
-    run(worker_config(a))
+    try:
+        cfg = worker_config(a)
+    except ValidationError as e:
+        print(f"dllmserve worker: {e}", file=sys.stderr)
+        return 2
+    run(cfg)
     return 0
 
 

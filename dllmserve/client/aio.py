@@ -60,12 +60,16 @@ class AsyncClient:
             yield ev
 
     async def stream(
-        self, req: pb.GenerateRequest, *, timeout: float | None = None, reattach: bool = True
-    ) -> AsyncIterator[Event]:
+        self, req: pb.GenerateRequest, *, timeout: float | None = None, reattach: bool = True,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> AsyncIterator[Event]:  # fmt: skip
+        """`generate` for a ready-made GenerateRequest. `metadata` replaces the client's own for
+        this call (a gateway forwarding each caller's token over one channel)."""
+        md = self._metadata if metadata is None else tuple(metadata)
         resume = Resume(req.request_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout if timeout is not None else None
-        call = self._stub().Generate(req, timeout=timeout, metadata=self._metadata)
+        call = self._stub().Generate(req, timeout=timeout, metadata=md)
         tries = 0
         while True:
             try:
@@ -81,12 +85,10 @@ class AsyncClient:
                 self._current = (self._current + 1) % len(self.targets)
                 left = None if deadline is None else max(0.001, deadline - loop.time())
                 if not resume.accepted:
-                    call = self._stub().Generate(req, timeout=left, metadata=self._metadata)
+                    call = self._stub().Generate(req, timeout=left, metadata=md)
                 else:
                     call = self._stub().Attach(
-                        resume.attach_request(req.stream_options),
-                        timeout=left,
-                        metadata=self._metadata,
+                        resume.attach_request(req.stream_options), timeout=left, metadata=md
                     )
 
     async def generate_text(self, prompt: str | None = None, **kwargs) -> Completed:
@@ -120,10 +122,13 @@ class AsyncClient:
             raise from_rpc_error(e) from e
         return resp.status
 
-    async def server_info(self, timeout: float | None = 10.0) -> ServerInfo:
+    async def server_info(
+        self, timeout: float | None = 10.0, metadata: Sequence[tuple[str, str]] | None = None
+    ) -> ServerInfo:
+        md = self._metadata if metadata is None else tuple(metadata)
         try:
             info = await self._stub().GetServerInfo(
-                pb.GetServerInfoRequest(), timeout=timeout, metadata=self._metadata
+                pb.GetServerInfoRequest(), timeout=timeout, metadata=md
             )
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from e

@@ -54,6 +54,7 @@ def build_request(
     every_k: int = 0,
     include_canvas: bool = False,
     mask_placeholder: str = "",
+    include_token_texts: bool = False,
     request_id: str = "",
     priority: int = 0,
     cancel_on_disconnect: bool = False,
@@ -69,6 +70,7 @@ def build_request(
             every_k=every_k,
             include_canvas=include_canvas,
             mask_placeholder=mask_placeholder,
+            include_token_texts=include_token_texts,
         ),
     )
     if messages is not None:

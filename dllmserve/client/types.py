@@ -48,6 +48,7 @@ class StepUpdate:
     text_delta: str
     canvas: str
     attempt: int
+    token_texts: tuple[str, ...]  # with include_token_texts: the text of each committed token
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Packed order: SELECT lanes, then FULL lanes (both whole sequences, dense varlen attention),
 then REUSE lanes (their window only, against the kept K/V in the page pool). SELECT lanes also
 pick and store each KV head's kept K/V per layer. The kernels behind it are
-`dllmserve.kernels` (Triton on CUDA, PyTorch reference on the CPU).
+`dllmserve.kernels` (Triton on CUDA, PyTorch reference on the CPU); docs/design.md §10 has
+the algorithm.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from dllmserve import kernels
-from dllmserve.engine.page_pool import PagePool
+from dllmserve.engine.kv_cache import KVCache
 
 
 @dataclass
 class BatchAttention:
-    pool: PagePool | None
+    cache: KVCache
     scale: float
     n_dense_tokens: int  # tokens of SELECT + FULL lanes: the packed prefix
     cu_dense: torch.Tensor  # int32 [n_dense_lanes + 1]
@@ -59,8 +60,8 @@ class BatchAttention:
             v[nd:],
             self.cu_reuse,
             self.max_reuse,
-            self.pool.k,
-            self.pool.v,
+            self.cache.k,
+            self.cache.v,
             self.reuse_pages[layer],
             self.kept_len[layer],
             self.scale,
@@ -73,19 +74,21 @@ class BatchAttention:
             return
         ns = self.n_select_tokens
         kernels.select_and_store(
-            q[self.select_q_rows],
-            self.cu_win,
-            k[:ns],
-            v[:ns],
-            self.cu_dense[: self.n_select + 1],
-            self.win_start,
-            self.win_len,
-            self.n_keep[layer],
-            self.head_select,
-            self.pool_kernel,
-            self.pool.k,
-            self.pool.v,
-            self.select_pages[layer],
-            self.scale,
-            self.max_keep[layer],
+            kernels.SelectionArgs(
+                q_win=q[self.select_q_rows],
+                cu_win=self.cu_win,
+                k_seq=k[:ns],
+                v_seq=v[:ns],
+                cu_seq=self.cu_dense[: self.n_select + 1],
+                win_start=self.win_start,
+                win_len=self.win_len,
+                n_keep=self.n_keep[layer],
+                head_select=self.head_select,
+                pool_kernel=self.pool_kernel,
+                k_pool=self.cache.k,
+                v_pool=self.cache.v,
+                page_table=self.select_pages[layer],
+                scale=self.scale,
+                max_keep=self.max_keep[layer],
+            )
         )

@@ -8,20 +8,16 @@ once and the host never waits for the GPU before the step's one device-to-host c
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from dllmserve.engine.attention import BatchAttention
-from dllmserve.engine.page_pool import PagePool
+from dllmserve.engine.kv_cache import KVCache
 from dllmserve.engine.request import Request
 from dllmserve.engine.sampler import MODE_ID, SamplingBatch
 from dllmserve.engine.upload import upload
 from dllmserve.sparse.state import Phase
-
-if TYPE_CHECKING:
-    from dllmserve.engine.inflight import InFlight
 
 
 @dataclass
@@ -49,7 +45,7 @@ def _page_tables(lanes: list[tuple[Request, int]], n_layers: int) -> torch.Tenso
 
 def build_iteration(
     reqs: list[Request],
-    pool: PagePool | None,
+    cache: KVCache,
     n_layers: int,
     head_dim: int,
     dtype: torch.dtype,
@@ -71,10 +67,10 @@ def build_iteration(
     cu_dense, cu_reuse = [0], [0]
     for r, lane in select + full:
         ids.append(torch.from_numpy(r.lane_tokens(lane)))
-        pos.append(torch.arange(r.L))
+        pos.append(torch.arange(r.seq_len))
         offset[(r.request_id, lane)] = t
         base[r.request_id] = 0
-        t += r.L
+        t += r.seq_len
         cu_dense.append(t)
     n_dense = t
     for r, lane in reuse:
@@ -97,8 +93,8 @@ def build_iteration(
         win_start.append(ws)
         win_len.append(we - ws)
         cu_win.append(cu_win[-1] + we - ws)
-    sel_kept = [r.kept_counts() for r, _ in select]
-    reuse_kept = [r.kept_counts() for r, _ in reuse]
+    sel_kept = [r.kept for r, _ in select]
+    reuse_kept = [r.kept for r, _ in reuse]
     n_keep = [[k[i] for k in sel_kept] for i in range(n_layers)]
     kept_len = [[k[i] for k in reuse_kept] for i in range(n_layers)]
     sparse_sel = [r.sparse for r, _ in select]
@@ -117,8 +113,8 @@ def build_iteration(
         src = p - int(r.shifted) - base[r.request_id]  # shifted: position p reads row p-1
         rows[i, :n] = src + offset[(r.request_id, 0)]
         un_rows[i, :n] = src + offset[(r.request_id, r.lanes - 1)]
-        gen_pos[i, :n] = p - r.P
-        eligible[i, :n] = torch.from_numpy(r.canvas[bs:be] == r.mask_id)
+        gen_pos[i, :n] = p - r.prompt_len
+        eligible[i, :n] = torch.from_numpy(r.canvas[bs:be] == r.tokens.mask)
     any_cfg = any(r.lanes == 2 for r in reqs)
     params = [r.params for r in reqs]
     i32, i64 = torch.int32, torch.long
@@ -144,7 +140,7 @@ def build_iteration(
         "step": torch.tensor([r.global_step for r in reqs], dtype=i64),
         "gen_pos": gen_pos,
         "eligible": eligible,
-        "k": torch.tensor([r.scheduled_transfer() for r in reqs], dtype=i64),
+        "k": torch.tensor([r.commits_at(r.step_in_block) for r in reqs], dtype=i64),
         "threshold": torch.tensor(
             [float("nan") if p.threshold is None else p.threshold for p in params]
         ),
@@ -157,11 +153,11 @@ def build_iteration(
     }
     d = upload(host, device)
     attention = BatchAttention(
-        pool=pool,
+        cache=cache,
         scale=head_dim**-0.5,
         n_dense_tokens=n_dense,
         cu_dense=d["cu_dense"],
-        max_dense=max((r.L for r, _ in select + full), default=0),
+        max_dense=max((r.seq_len for r, _ in select + full), default=0),
         n_select=len(select),
         n_select_tokens=cu_dense[len(select)],
         select_q_rows=d["select_q_rows"],
@@ -222,12 +218,12 @@ def refresh_iteration(
     eligible = torch.zeros(prev.logit_rows.shape, dtype=torch.bool)
     for i, r in enumerate(reqs):
         bs, be = r.block_span
-        eligible[i, : be - bs] = torch.from_numpy(r.canvas[bs:be] == r.mask_id)
+        eligible[i, : be - bs] = torch.from_numpy(r.canvas[bs:be] == r.tokens.mask)
     host = {
         "input_ids": torch.cat(windows),
         "eligible": eligible,
         "step": torch.tensor([r.global_step for r in reqs], dtype=torch.long),
-        "k": torch.tensor([r.scheduled_transfer() for r in reqs], dtype=torch.long),
+        "k": torch.tensor([r.commits_at(r.step_in_block) for r in reqs], dtype=torch.long),
     }
     d = upload(host, device)
     sampling = replace(prev.sampling, eligible=d["eligible"], step=d["step"], k=d["k"])
@@ -235,24 +231,28 @@ def refresh_iteration(
 
 
 def chain_iteration(
-    prev: InFlight, reqs: list[Request], shifted: bool, device: torch.device
+    b: IterationBatch,
+    x0: torch.Tensor,
+    commit: torch.Tensor,
+    reqs: list[Request],
+    shifted: bool,
+    device: torch.device,
 ) -> IterationBatch:
-    """The next all-REUSE iteration of `prev`'s requests, built on the device from `prev`'s
-    sampled tokens without reading them back: committed tokens are scattered into the window
-    tokens (of both cfg lanes), committed positions leave `eligible`, steps count up. Only the
-    next commit counts come from the host (the schedule does not depend on tokens)."""
-    b = prev.batch
+    """The next all-REUSE iteration of batch `b`'s requests, built on the device from its
+    sampled tokens (x0, commit) without reading them back: committed tokens are scattered into
+    the window tokens (of both cfg lanes), committed positions leave `eligible`, steps count up.
+    Only the next commit counts come from the host (the schedule does not depend on tokens)."""
     ids = b.input_ids
     T = ids.numel()
     buf = torch.cat([ids, ids.new_zeros(1)])  # slot T takes the writes of uncommitted entries
     for rows in (b.logit_rows, b.uncond_rows):
         if rows is not None:
-            target = torch.where(prev.commit, rows + int(shifted), T)
-            buf.scatter_(0, target.view(-1), prev.x0.view(-1))
-    k = torch.tensor([r.transfer[r.step_in_block + 1] for r in reqs], dtype=torch.long)
+            target = torch.where(commit, rows + int(shifted), T)
+            buf.scatter_(0, target.view(-1), x0.view(-1))
+    k = torch.tensor([r.commits_at(r.step_in_block + 1) for r in reqs], dtype=torch.long)
     sampling = replace(
         b.sampling,
-        eligible=b.sampling.eligible & ~prev.commit,
+        eligible=b.sampling.eligible & ~commit,
         step=b.sampling.step + 1,
         k=upload({"k": k}, device)["k"],
     )

@@ -28,7 +28,7 @@ import torch
 from dllmserve.engine.attention import BatchAttention
 from dllmserve.engine.batch import IterationBatch
 from dllmserve.engine.cuda_graphs import capture
-from dllmserve.engine.page_pool import PagePool
+from dllmserve.engine.kv_cache import KVCache
 from dllmserve.models.transformer import DiffusionTransformer
 
 MAX_GRAPHS = 8
@@ -40,8 +40,8 @@ def _value_key(v: object) -> object:
         return tuple(v.shape), v.dtype
     if isinstance(v, list):
         return tuple(v)
-    if isinstance(v, PagePool) or v is None:
-        return None  # the engine's one pool: its tensors are fixed for the engine's life
+    if isinstance(v, KVCache):
+        return None  # the engine's one cache: its tensors are fixed for the engine's life
     return v
 
 

@@ -1,322 +1,188 @@
-"""The engine: continuous batching of diffusion requests at step granularity.
+"""The engine: continuous batching of diffusion requests at step granularity
+(docs/design.md §2, §7).
 
 Each `step()` advances every running request by one denoising step with one packed forward and
-one batched sampling call, then admits waiting requests as cache pages and the per-iteration
-token budget allow. The service's worker drives it through `add_request` / `step` / `abort`;
-`dllmserve.LLM` wraps it for offline use.
+one batched sampling call, then the requests take their results. It composes the parts:
+`inputs.resolve_request` (each request checked once), the `Batcher` (who runs), the
+`ModelRunner` (the device side) and the requests' own transitions. The service's worker drives
+it through the `protocol.StepEngine` surface; `dllmserve.LLM` wraps it for offline use.
 """
 
 from __future__ import annotations
 
-import gc
 import random
 import time
-from collections import deque
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from dllmserve.engine.batch import (
-    IterationBatch,
-    build_iteration,
-    chain_iteration,
-    refresh_iteration,
-)
-from dllmserve.engine.cuda_graphs import ReuseGraphs
-from dllmserve.engine.dense_graphs import DenseGraphs
+from dllmserve.engine.batcher import Batcher
+from dllmserve.engine.config import EngineConfig
+from dllmserve.engine.detokenizer import IncrementalDetokenizer, fast_decoder
 from dllmserve.engine.inflight import InFlight
+from dllmserve.engine.inputs import ModelLimits, resolve_request
+from dllmserve.engine.kv_cache import KVCache, auto_num_pages, page_bytes
+from dllmserve.engine.loading import load_checkpoint, load_random_shape
+from dllmserve.engine.model_runner import ModelRunner
 from dllmserve.engine.outputs import RequestOutput, StepUpdate
 from dllmserve.engine.page_pool import PagePool
-from dllmserve.engine.request import Request
-from dllmserve.engine.sampler import sample
-from dllmserve.errors import CapacityError, ValidationError
-from dllmserve.models.loader import load_model
+from dllmserve.engine.protocol import Prompt
+from dllmserve.engine.request import Request, SpecialTokens, StepResult
+from dllmserve.errors import ValidationError
 from dllmserve.models.transformer import DiffusionTransformer
 from dllmserve.sampling_params import SamplingParams
-from dllmserve.sparse.state import Phase, SparseConfig
-from dllmserve.tokenizer import load_tokenizer
-
-CPU_CACHE_BYTES = 1 << 30
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
-    """bf16 on GPU and fp32 on CPU unless asked otherwise."""
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, str):
-        names = {
-            "bfloat16": torch.bfloat16,
-            "bf16": torch.bfloat16,
-            "float16": torch.float16,
-            "fp16": torch.float16,
-            "float32": torch.float32,
-            "fp32": torch.float32,
-        }
-        if dtype not in names:
-            raise ValidationError("dtype", f"must be one of {sorted(names)}, got {dtype!r}")
-        return names[dtype]
-    return dtype
+from dllmserve.sparse.state import SparseConfig
 
 
 class Engine:
-    """Step-level diffusion engine. ``tokenizer=None`` serves token ids only (benchmarks)."""
+    """Step-level diffusion engine. ``tokenizer=None`` serves token ids only (benchmarks).
+    An engine built around a model runs where the model is: `config.device` / `config.dtype`
+    only place the model that `from_pretrained` / `from_random_shape` build."""
 
     def __init__(
         self,
         model: DiffusionTransformer,
         tokenizer,
+        config: EngineConfig | None = None,
         *,
         model_name: str = "model",
-        max_num_seqs: int = 256,
-        max_num_batched_tokens: int | None = None,
-        page_size: int = 16,
-        num_cache_pages: int | None = None,
-        gpu_memory_utilization: float = 0.9,
-        seed: int = 0,
-        enforce_eager: bool = False,
     ) -> None:
+        config = config or EngineConfig()
+        cfg = model.cfg
         self.model = model
-        self.cfg = model.cfg
+        self.config = config
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.device = model.device
-        self.dtype = model.dtype
-        self.max_num_seqs = max_num_seqs
-        if max_num_batched_tokens is None:
-            max_num_batched_tokens = 32768 if self.device.type == "cuda" else 8192
-        self.max_num_batched_tokens = max_num_batched_tokens
-        self.mask_token_id = self.cfg.mask_token_id
-        self.eos_token_id = self.cfg.eos_token_id
-        eot = "<|eot_id|>" if self.cfg.arch == "llada" else "<|im_end|>"
-        self.eot_token_id = _special_id(tokenizer, eot) if tokenizer is not None else None
-        # the tokens that end an answer (EOS, and EOT where the tokenizer has one)
-        self.stop_ids = {self.eos_token_id} | (
-            {self.eot_token_id} if self.eot_token_id is not None else set()
+        eot = "<|eot_id|>" if cfg.arch == "llada" else "<|im_end|>"
+        eot_id = _special_id(tokenizer, eot) if tokenizer is not None else None
+        self.tokens = SpecialTokens(cfg.mask_token_id, cfg.eos_token_id, eot_id)
+        self._decode = fast_decoder(tokenizer) if tokenizer is not None else None
+        self.page_bytes = page_bytes(config.page_size, cfg, model.dtype)
+        batched_tokens = config.batched_tokens(self.device.type)
+        num_pages = config.num_cache_pages or auto_num_pages(
+            cfg, model.dtype, self.device, self.page_bytes,
+            config.gpu_memory_utilization, batched_tokens,
+        )  # fmt: skip
+        self.limits = ModelLimits(
+            max_len=cfg.max_len,
+            n_layers=cfg.n_layers,
+            vocab_size=cfg.vocab_size,
+            mask_token_id=cfg.mask_token_id,
+            shifted_logits=cfg.shifted_logits,
+            max_num_batched_tokens=batched_tokens,
+            page_size=config.page_size,
+            num_cache_pages=num_pages,
         )
-        cfg = self.cfg
-        self.page_bytes = PagePool.page_bytes(page_size, cfg.n_kv_heads, cfg.head_dim, self.dtype)
-        if num_cache_pages is None:
-            num_cache_pages = self._auto_pages(gpu_memory_utilization)
-        self.pool = PagePool(
-            num_cache_pages, page_size, cfg.n_kv_heads, cfg.head_dim, self.dtype, self.device
+        cache = KVCache.allocate(num_pages, config.page_size, cfg, model.dtype, self.device)
+        self.runner = ModelRunner(
+            model,
+            cache,
+            self.tokens,
+            use_graphs=self.device.type == "cuda" and not config.enforce_eager,
+            max_lanes=config.max_num_seqs * 2,
         )
-        # CUDA graphs for all-REUSE iterations and for batch-1 FULL / SELECT ones, in one pool
-        use_graphs = self.device.type == "cuda" and not enforce_eager
-        self.graphs = ReuseGraphs(model, max_num_seqs * 2) if use_graphs else None
-        self.dense_graphs = DenseGraphs(model, self.graphs.mempool) if use_graphs else None
-        self._rng = random.Random(seed)
-        self._cached: tuple[tuple, IterationBatch] | None = None
+        self.batcher = Batcher(PagePool(num_pages), config.max_num_seqs, batched_tokens)
+        self._rng = random.Random(config.seed)
         self._inflight: InFlight | None = None
-        self.waiting: deque[Request] = deque()
-        self.running: dict[str, Request] = {}
-        self._reserved_tokens = 0
 
     @classmethod
     def from_pretrained(
-        cls,
-        model: str | Path,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | str | None = None,
-        **kwargs,
+        cls, model_dir: str | Path, config: EngineConfig | None = None, **options
     ) -> Engine:
-        dev = torch.device(device) if device is not None else default_device()
-        dt = resolve_dtype(dtype, dev)
-        net = load_model(model, dt, dev)
-        tok = load_tokenizer(model)
-        return cls(net, tok, model_name=Path(model).name, **kwargs)
+        """An engine on a local Hugging Face checkpoint folder; `options` are EngineConfig's."""
+        config = EngineConfig.from_options(config, **options)
+        model, tokenizer = load_checkpoint(model_dir, config)
+        return cls(model, tokenizer, config, model_name=Path(model_dir).name)
 
-    def _auto_pages(self, utilization: float) -> int:
-        """Pages that fit the cache budget: the free GPU memory share left after the weights
-        and a worst-case iteration's activations, or a fixed 1 GiB on the CPU."""
-        if self.device.type != "cuda":
-            return max(1, CPU_CACHE_BYTES // self.page_bytes)
-        # memory an earlier engine of this process left in PyTorch's cache counts as free (the
-        # seed guide builds one LLM per ratio in a loop, dropping the last with `del llm`)
-        gc.collect()
-        torch.cuda.empty_cache()
-        free, total = torch.cuda.mem_get_info(self.device)
-        cfg = self.cfg
-        elem = torch.empty((), dtype=self.dtype).element_size()
-        act = self.max_num_batched_tokens * (8 * cfg.d_model + 4 * cfg.mlp_hidden) * elem
-        budget = total * utilization - (total - free) - act
-        pages = int(budget // self.page_bytes)
-        if pages < 1:
-            raise CapacityError(
-                f"no GPU memory left for the cache: {free / 2**30:.1f} GiB free of "
-                f"{total / 2**30:.1f}; raise gpu_memory_utilization or lower max_num_batched_tokens"
-            )
-        return pages
+    @classmethod
+    def from_random_shape(
+        cls, shape: str, config: EngineConfig | None = None, *, weight_seed: int = 0, **options
+    ) -> Engine:
+        """Random weights of a named shape of `dllmserve.models.shapes` with a byte tokenizer
+        (the same weights in every process), served as `random-SHAPE`: for benchmarks."""
+        config = EngineConfig.from_options(config, **options)
+        model, tokenizer = load_random_shape(shape, config, weight_seed)
+        return cls(model, tokenizer, config, model_name=f"random-{shape}")
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self.config.max_num_seqs
 
     # ---- requests --------------------------------------------------------------------------
-    def tokenize(self, prompt: str | list[int]) -> list[int]:
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise ValidationError("prompt", "must be token ids: this engine has no tokenizer")
-            return list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        return list(prompt)
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt: text as given, chat messages through the chat template."""
+        chat = not isinstance(prompt, str) and len(prompt) > 0 and isinstance(prompt[0], dict)
+        if not (isinstance(prompt, str) or chat):
+            return list(prompt)
+        if self.tokenizer is None:
+            raise ValidationError("prompt", "must be token ids: this engine has no tokenizer")
+        if chat:
+            prompt = self.tokenizer.apply_chat_template(
+                prompt, tokenize=False, add_generation_prompt=True
+            )
+        return list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     def make_request(
         self,
         request_id: str,
-        prompt: str | list[int],
+        prompt: Prompt,
         params: SamplingParams,
         sparse: SparseConfig | None = None,
     ) -> Request:
-        """Validate everything that depends on the model and build the request (not queued)."""
-        if not isinstance(params, SamplingParams):
-            raise ValidationError("sampling_params", f"must be SamplingParams, got {params!r}")
-        params.validate()
-        if sparse is not None:
-            if not isinstance(sparse, SparseConfig):
-                raise ValidationError("sparse_config", f"must be SparseConfig, got {sparse!r}")
-            sparse.validate()
+        """Tokenize and check a request (once) and build it, without queueing it."""
         if self.has_request(request_id):
             raise ValidationError("request_id", f"{request_id!r} is already in use")
         ids = self.tokenize(prompt)
-        cfg = self.cfg
-        if not ids:
-            raise ValidationError("prompt", "must hold at least one token")
-        bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < cfg.vocab_size]
-        if bad:
-            raise ValidationError(
-                "prompt", f"token id {bad[0]!r} is outside [0, {cfg.vocab_size - 1}]"
-            )
-        if cfg.mask_token_id in ids:
-            raise ValidationError("prompt", f"holds the mask token id {cfg.mask_token_id}")
-        total = len(ids) + params.gen_length
-        if total > cfg.max_len:
-            raise ValidationError(
-                "sampling_params.gen_length",
-                f"prompt ({len(ids)} tokens) + gen_length ({params.gen_length}) = {total} exceeds "
-                f"the model's maximum length {cfg.max_len}",
-            )
-        active = sparse if sparse is not None and sparse.enabled else None
-        block = params.block_length
-        if block is None:
-            block = (
-                min(active.default_block_len, params.gen_length) if active else params.gen_length
-            )
-        n_blocks = -(-params.gen_length // block)
-        if params.steps < n_blocks:
-            raise ValidationError(
-                "sampling_params.steps",
-                f"must be in [{n_blocks}, {params.gen_length}] (at least one step per block: "
-                f"ceil(gen_length / block_length) = {n_blocks}), got {params.steps}",
-            )
-        ratios = [1.0] * cfg.n_layers
-        if active is not None:
-            if active.delay_step >= block:
-                raise ValidationError(
-                    "sparse_config.delay_step",
-                    f"must be in [0, {block - 1}] (below the block length {block}), "
-                    f"got {active.delay_step}",
-                )
-            ratios = active.ratios_for(cfg.n_layers)
+        spec = resolve_request(self.limits, params, sparse, prompt_ids=ids)
         seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
-        req = Request(
-            request_id=request_id,
-            prompt_ids=ids,
-            params=params,
-            sparse=active,
-            seed=seed,
-            block_length=block,
-            mask_id=cfg.mask_token_id,
-            shifted=cfg.shifted_logits,
-            layer_ratios=ratios,
-        )
-        if req.L * req.lanes > self.max_num_batched_tokens:
-            raise CapacityError(
-                f"request {request_id!r} needs {req.L * req.lanes} tokens per iteration; "
-                f"max_num_batched_tokens is {self.max_num_batched_tokens}"
-            )
-        if self._pages_needed(req) > self.pool.num_pages:
-            raise CapacityError(
-                f"request {request_id!r} needs {self._pages_needed(req)} cache pages; the pool "
-                f"holds {self.pool.num_pages}"
-            )
+        req = Request(request_id, ids, spec, seed=seed, tokens=self.tokens,
+                      shifted=self.limits.shifted_logits)  # fmt: skip
+        if self._decode is not None:
+            req.detokenizer = IncrementalDetokenizer(self._decode)
         return req
 
     def add_request(
         self,
         request_id: str,
-        prompt: str | list[int],
+        prompt: Prompt,
         sampling_params: SamplingParams,
         sparse_config: SparseConfig | None = None,
     ) -> None:
         """Queue a request; raises ValidationError / CapacityError before touching the batch."""
-        self.waiting.append(self.make_request(request_id, prompt, sampling_params, sparse_config))
+        self.add(self.make_request(request_id, prompt, sampling_params, sparse_config))
+
+    def add(self, req: Request) -> None:
+        """Queue a request built by `make_request` (LLM checks a whole batch before any runs)."""
+        self.batcher.add(req)
 
     def abort(self, request_id: str) -> bool:
         """Drop a request now; its pages go back to the pool at once."""
-        req = self.running.pop(request_id, None)
-        if req is not None:
-            self._release(req)
-            return True
-        for r in self.waiting:
-            if r.request_id == request_id:
-                self.waiting.remove(r)
-                return True
-        return False
+        return self.batcher.abort(request_id)
 
     def has_request(self, request_id: str) -> bool:
         """Whether the request is waiting or running here."""
-        return request_id in self.running or any(r.request_id == request_id for r in self.waiting)
+        return self.batcher.has(request_id)
 
     def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running or self._inflight)
+        return self.batcher.has_unfinished() or self._inflight is not None
 
-    def stats(self) -> dict:
+    def decode(self, token_ids: list[int]) -> str:
+        """Text of token ids, special tokens skipped ("" without a tokenizer)."""
+        return self._decode(token_ids) if self._decode is not None else ""
+
+    def stats(self) -> dict[str, int]:
+        b = self.batcher
         return {
-            "running": len(self.running),
-            "waiting": len(self.waiting),
-            "free_pages": self.pool.num_free,
-            "total_pages": self.pool.num_pages,
-            "page_size": self.pool.page_size,
-            "max_num_seqs": self.max_num_seqs,
-            "max_num_batched_tokens": self.max_num_batched_tokens,
-            "reserved_tokens": self._reserved_tokens,
+            "running": len(b.running),
+            "waiting": len(b.waiting),
+            "free_pages": b.pool.num_free,
+            "total_pages": b.pool.num_pages,
+            "page_size": self.limits.page_size,
+            "max_num_seqs": b.max_num_seqs,
+            "max_num_batched_tokens": b.max_num_batched_tokens,
+            "reserved_tokens": b.reserved_tokens,
         }
-
-    # ---- memory ----------------------------------------------------------------------------
-    def _pages_needed(self, req: Request) -> int:
-        if req.sparse is None:
-            return 0
-        per_lane = sum(self.pool.pages_for(n) for n in req.max_kept_counts())
-        return per_lane * req.lanes
-
-    def _admit(self) -> None:
-        """FIFO admission while a slot, the token budget and the pages allow."""
-        while self.waiting and len(self.running) < self.max_num_seqs:
-            req = self.waiting[0]
-            tokens = req.L * req.lanes
-            if self._reserved_tokens + tokens > self.max_num_batched_tokens:
-                return
-            if self._pages_needed(req) > self.pool.num_free:
-                return
-            if req.sparse is not None:
-                req.set_pages(
-                    [
-                        [self.pool.allocate(self.pool.pages_for(n)) for n in req.max_kept_counts()]
-                        for _ in range(req.lanes)
-                    ]
-                )
-            self.waiting.popleft()
-            self._reserved_tokens += tokens
-            req.admit_time = time.monotonic()
-            self.running[req.request_id] = req
-
-    def _release(self, req: Request) -> None:
-        for lane in req.pages:
-            for pages in lane:
-                self.pool.free(pages)
-        req.set_pages([])
-        self._reserved_tokens -= req.L * req.lanes
 
     # ---- the step --------------------------------------------------------------------------
     @torch.inference_mode()
@@ -329,159 +195,71 @@ class Engine:
         back, so the host's bookkeeping overlaps the GPU's work. Its updates then come out of
         the following call.
         """
-        self._admit()
-        prev = self._inflight
+        self.batcher.admit()
+        prev, self._inflight = self._inflight, None
         if prev is not None and not self._chainable(prev):
-            self._inflight = None
             return self._collect(prev)
-        if not self.running:
+        reqs = list(self.batcher.running.values())
+        if not reqs:
             return []
-        reqs = list(self.running.values())
-        batch = (
-            chain_iteration(prev, reqs, self.cfg.shifted_logits, self.device)
-            if prev
-            else (self._batch_for(reqs))
-        )
-        cur = self._launch(reqs, batch)
+        batch = self.runner.chain(prev, reqs) if prev else self.runner.prepare(reqs)
+        cur = self.runner.launch(reqs, batch)
         updates = self._collect(prev) if prev is not None else []
         if self._chainable(cur):
             self._inflight = cur
             return updates
-        self._inflight = None
         return updates + self._collect(cur)
-
-    def _launch(self, reqs: list[Request], batch: IterationBatch) -> InFlight:
-        """Queue the forward, the LM head, the sampler and the copy of the results to the host."""
-        hidden = None
-        for graphs in (self.graphs, self.dense_graphs):  # a replay where one fits, else eager
-            key = graphs.key(batch) if graphs is not None else None
-            if key is not None:
-                hidden = graphs.forward(batch, key)
-                break
-        if hidden is None:
-            hidden = self.model.forward(batch.input_ids, batch.positions, batch.attention)
-        R, B = batch.logit_rows.shape
-        logits = self.model.logits(hidden[batch.logit_rows.view(-1)]).view(R, B, -1)
-        if batch.uncond_rows is not None:
-            un = self.model.logits(hidden[batch.uncond_rows.view(-1)]).view(R, B, -1)
-            logits = un + (batch.cfg_scale[:, None, None] + 1) * (logits - un)
-        x0, commit = sample(
-            logits, batch.sampling, self.eos_token_id, self.eot_token_id, self.mask_token_id
-        )
-        return InFlight.start(reqs, batch, x0, commit)
 
     def _chainable(self, fl: InFlight) -> bool:
         """Whether the iteration after `fl` can be launched before `fl`'s results are read:
-        the same requests, all in REUSE, none ending its block at `fl`'s step (the host state is
-        the one before that step) and none deciding its block end by threshold."""
+        the same requests, all in REUSE mid-block without a threshold (the host state is the
+        one before `fl`'s step), and no waiting request that would join."""
         if fl.batch.reuse_window is None or fl.batch.attention.n_dense_tokens:
             return False
-        if len(self.running) != len(fl.reqs) or self.waiting and self._could_admit():
+        running = self.batcher.running
+        if len(running) != len(fl.reqs) or self.batcher.next_fits():
             return False
-        return all(
-            self.running.get(r.request_id) is r
-            and r.phase == Phase.REUSE
-            and r.params.threshold is None
-            and r.step_in_block + 1 < r.block_steps[r.block_idx]
-            for r in fl.reqs
-        )
-
-    def _could_admit(self) -> bool:
-        """A waiting request would be admitted at the next iteration (so do not chain past it)."""
-        req = self.waiting[0]
-        return (
-            len(self.running) < self.max_num_seqs
-            and self._reserved_tokens + req.L * req.lanes <= self.max_num_batched_tokens
-            and self._pages_needed(req) <= self.pool.num_free
-        )
+        return all(running.get(r.request_id) is r and r.in_reuse_mid_block() for r in fl.reqs)
 
     def _collect(self, fl: InFlight) -> list[StepUpdate]:
-        """Apply an iteration's results on the host; requests aborted meanwhile are skipped."""
+        """Apply an iteration's results on the host and say what each request's step did."""
         host = fl.wait()
         now = time.monotonic()
-        return [
-            self._advance(r, host[0, i], host[1, i], now)
-            for i, r in enumerate(fl.reqs)
-            if self.running.get(r.request_id) is r
-        ]
+        done = self.batcher.update(fl.reqs, host[0], host[1], now)
+        return [self._step_update(req, res, now) for req, res in done]
 
-    def _batch_for(self, reqs: list[Request]):
-        """The iteration's inputs. Consecutive all-REUSE iterations of the same requests in
-        the same blocks share every index tensor, so only the tokens and step counters are
-        rebuilt and uploaded."""
-        signature = tuple((r.request_id, r.block_idx, r.phase) for r in reqs)
-        all_reuse = all(r.phase == Phase.REUSE for r in reqs)
-        if all_reuse and self._cached is not None and self._cached[0] == signature:
-            batch = refresh_iteration(self._cached[1], reqs, self.device)
-        else:
-            cfg = self.cfg
-            batch = build_iteration(
-                reqs, self.pool, cfg.n_layers, cfg.head_dim, self.dtype, self.device
-            )
-        self._cached = (signature, batch) if all_reuse else None
-        return batch
-
-    def _advance(self, req: Request, x0: np.ndarray, commit: np.ndarray, now: float) -> StepUpdate:
-        bs, be = req.block_span
-        block = req.block_idx
-        offs = np.flatnonzero(commit[: be - bs])
-        tokens = x0[offs]
-        req.canvas[bs + offs] = tokens
-        positions = (offs + (bs - req.P)).tolist()
-        token_ids = tokens.tolist()
-        req.global_step += 1
-        req.step_in_block += 1
-        req.num_forward_passes += req.lanes
-        if req.first_step_time is None:
-            req.first_step_time = now
-        if req.params.threshold is not None:
-            block_done = req.block_masked() == 0
-        else:
-            block_done = req.step_in_block >= req.block_steps[req.block_idx]
-        finished = False
-        if block_done:
-            if req.params.stop_at_eos and self._answer_ended(req, be):
-                rest = np.flatnonzero(req.canvas[be:] == req.mask_id) + be
-                req.canvas[rest] = self.eos_token_id
-                positions += (rest - req.P).tolist()
-                token_ids += [self.eos_token_id] * len(rest)
-                finished, req.finish_reason = True, "stop"
-            elif req.block_idx + 1 == len(req.blocks):
-                gen = set(req.canvas[req.P :].tolist())
-                finished, req.finish_reason = True, "stop" if gen & self.stop_ids else "length"
-            else:
-                req.next_block()
-        update = StepUpdate(
+    def _step_update(self, req: Request, res: StepResult, now: float) -> StepUpdate:
+        text = ""
+        if req.detokenizer is not None:
+            ended = req.answer_length is not None
+            end = req.answer_length if ended else req.stable_len
+            text = req.detokenizer.update(req.generated, end, ended)
+        return StepUpdate(
             request_id=req.request_id,
             step=req.global_step,
             total_steps=req.total_steps,
-            block_index=block,
-            positions=positions,
-            token_ids=token_ids,
+            block_index=res.block_index,
+            phase=res.phase.name,
+            block_length=req.spec.block_length,
+            positions=res.positions,
+            token_ids=res.token_ids,
             masked_left=req.masked_left,
-            finished=finished,
+            block_done=res.block_done,
+            answer_length=req.answer_length,
+            text_delta=text,
+            finish_reason=req.finish_reason,
+            output=self._output(req, now) if req.finished else None,
         )
-        if finished:
-            self.running.pop(req.request_id)
-            update.output = self._output(req, now)
-            self._release(req)
-        return update
-
-    def _answer_ended(self, req: Request, end: int) -> bool:
-        """True when the committed canvas holds a stop token and only stop tokens after it."""
-        gen = req.canvas[req.P : end].tolist()
-        first = next((i for i, t in enumerate(gen) if t in self.stop_ids), None)
-        return first is not None and all(t in self.stop_ids for t in gen[first:])
 
     def _output(self, req: Request, now: float) -> RequestOutput:
-        gen = req.canvas[req.P :].tolist()
-        end = next((i for i, t in enumerate(gen) if t in self.stop_ids), len(gen))
+        gen = req.generated.tolist()
+        end = req.answer_length if req.answer_length is not None else len(gen)
         text = (
             self.tokenizer.decode(gen[:end], skip_special_tokens=True)
             if self.tokenizer is not None
             else ""
         )
-        kv_pages = self._pages_needed(req)
+        pages = req.spec.cache_pages
         return RequestOutput(
             request_id=req.request_id,
             prompt_token_ids=req.prompt_ids,
@@ -494,8 +272,8 @@ class Engine:
                 "queue_time": (req.admit_time or now) - req.arrival_time,
                 "time_to_first_step": (req.first_step_time or now) - req.arrival_time,
                 "latency": now - req.arrival_time,
-                "kv_cache_pages": kv_pages,
-                "kv_cache_bytes": kv_pages * self.page_bytes,
+                "kv_cache_pages": pages,
+                "kv_cache_bytes": pages * self.page_bytes,
             },
         )
 

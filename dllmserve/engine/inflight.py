@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from dllmserve.engine.batch import IterationBatch
-    from dllmserve.engine.request import Request
+from dllmserve.engine.batch import IterationBatch
+from dllmserve.engine.request import Request
 
 
 @dataclass

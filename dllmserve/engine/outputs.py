@@ -38,19 +38,31 @@ class RequestOutput:
 
 @dataclass
 class StepUpdate:
-    """What one denoising step of one request committed.
+    """What one denoising step of one request committed, and what the engine decided with it.
 
     ``positions`` are offsets into the generated canvas (0 .. gen_length-1), ``token_ids`` the
-    tokens committed there this step. The last update of a request has ``finished=True`` and
-    carries ``output``; an early stop at EOS commits the rest of the canvas (the EOS fill) in it.
+    tokens committed there this step; an early stop at EOS commits the rest of the canvas (the
+    EOS fill) in the same update. ``answer_length`` is the offset of the answer's first stop
+    token once the committed prefix reaches it (None before, and at the end when the answer
+    has none); ``text_delta`` is the new text of that prefix (docs/design.md §8). The last
+    update has a ``finish_reason`` and carries ``output``.
     """
 
     request_id: str
     step: int  # 1-based count of steps this request has run
     total_steps: int  # the planned number of steps (an upper bound with threshold / stop_at_eos)
     block_index: int  # the block this step worked on
+    phase: str  # what its forward did: "FULL", "SELECT" or "REUSE" (docs/design.md §10)
+    block_length: int
     positions: list[int]
     token_ids: list[int]
     masked_left: int
-    finished: bool = False
+    block_done: bool = False  # this step ended its block (also the last step and an early stop)
+    answer_length: int | None = None
+    text_delta: str = ""
+    finish_reason: str | None = None  # "stop" or "length" on the last update
     output: RequestOutput | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

@@ -1,49 +1,25 @@
-"""The K/V cache of sparse requests: fixed-size pages allocated once at start.
+"""Which cache pages are free: page ids only (the K/V tensors are `kv_cache.KVCache`).
 
-A page holds `page_size` kept entries of one layer for all KV heads ([page_size, Hkv, D]); KV
-heads keep different positions but the same count, so entry j of head g is simply head g's j-th
-kept key. Requests reserve every page they can ever need when admitted, so nothing is allocated
-per step and admission can wait instead of overcommitting.
+Requests reserve every page they can ever need when admitted (`ResolvedRequest.cache_pages`),
+so nothing is allocated per step and admission can wait instead of overcommitting.
 """
 
 from __future__ import annotations
 
-import torch
-
 
 class PagePool:
-    def __init__(
-        self,
-        num_pages: int,
-        page_size: int,
-        n_kv_heads: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> None:
-        shape = (num_pages, page_size, n_kv_heads, head_dim)
-        # never read before written: kept counts bound every read of a page
-        self.k = torch.empty(shape, dtype=dtype, device=device)
-        self.v = torch.empty(shape, dtype=dtype, device=device)
-        self.page_size = page_size
+    def __init__(self, num_pages: int) -> None:
         self.num_pages = num_pages
         self._free = list(range(num_pages - 1, -1, -1))
-
-    @staticmethod
-    def page_bytes(page_size: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
-        return 2 * page_size * n_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
     @property
     def num_free(self) -> int:
         return len(self._free)
 
-    def pages_for(self, entries: int) -> int:
-        return -(-entries // self.page_size)
-
-    def allocate(self, n: int) -> list[int] | None:
-        """n page ids, or None (and nothing taken) when fewer are free."""
+    def allocate(self, n: int) -> list[int]:
+        """n free page ids; the caller has checked that `num_free` covers them."""
         if n > len(self._free):
-            return None
+            raise RuntimeError(f"{n} pages asked for, {len(self._free)} free")
         taken = self._free[len(self._free) - n :]
         del self._free[len(self._free) - n :]
         return taken

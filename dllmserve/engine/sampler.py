@@ -3,8 +3,8 @@
 One call covers every running request as padded [R, B, V] tensors, with per-request settings as
 [R] tensors, so there is no per-request loop and no host sync. The token choice and LLaDA's
 confidence come from `kernels.sample_tokens` (one fused Triton pass over the vocabulary on the
-GPU; its PyTorch reference on the CPU). It reproduces the official LLaDA sampler (MODELS.md,
-last section), with these documented generalisations:
+GPU; its PyTorch reference on the CPU). It reproduces the official LLaDA sampler (docs/models.md,
+last section; docs/design.md §9), with these documented generalisations:
 - the Gumbel uniforms come from `noise.uniform64(seed, step, position, vocab_id)`, so a
   request's draws do not depend on its batch;
 - the mask token's own logit is -inf: a committed position never turns back into a mask;
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from dllmserve import kernels
-from dllmserve.engine.noise import uniform64
+from dllmserve.kernels.noise import uniform64
 from dllmserve.sampling_params import REMASKING_MODES
 
 MODE_ID = {name: i for i, name in enumerate(REMASKING_MODES)}

@@ -1,6 +1,6 @@
 """Numerics shared by the models: RMSNorm, rotary embeddings, SwiGLU and the linear layer.
 
-They follow MODELS.md to the rounding step, since exact parity with the official checkpoints
+They follow docs/models.md to the rounding step, since exact parity with the official checkpoints
 is decided here. On CUDA the elementwise parts run as fused Triton kernels
 (`dllmserve.kernels.elementwise`) that keep the same rounding steps; these PyTorch versions
 are the CPU path and the kernels' reference.

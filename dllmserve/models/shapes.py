@@ -1,7 +1,8 @@
 """Named model shapes with random weights, for benchmarks (speed depends only on shapes).
 
-`random_engine("llada-8b")` is an engine on such a model with a byte-level tokenizer: what a
-worker serves with `dllmserve worker --random-shape llada-8b`, no checkpoint needed.
+`Engine.from_random_shape("llada-8b")` is an engine on such a model with a byte-level
+tokenizer: what a worker serves with `dllmserve worker --random-shape llada-8b`, no checkpoint
+needed.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def shape_tokenizer(cfg: ModelConfig):
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    from dllmserve.testing.tiny_models import (
+    from dllmserve.models.byte_tokenizer import (
         DREAM_CHAT_TEMPLATE,
         DREAM_SPECIALS,
         LLADA_CHAT_TEMPLATE,
@@ -162,24 +163,3 @@ def shape_tokenizer(cfg: ModelConfig):
         tok.save(str(Path(d) / "tokenizer.json"))
         (Path(d) / "tokenizer_config.json").write_text(json.dumps(config))
         return load_tokenizer(d)
-
-
-def random_engine(
-    shape: str,
-    *,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | str | None = None,
-    weight_seed: int = 0,
-    **engine_kwargs,
-):
-    """An `Engine` serving random weights of the named shape (built on the device directly) with
-    `shape_tokenizer`; `engine_kwargs` go to `Engine` (max_num_seqs, num_cache_pages, ...)."""
-    from dllmserve.engine.engine import Engine, default_device, resolve_dtype
-    from dllmserve.errors import ValidationError
-
-    if shape not in SHAPES:
-        raise ValidationError("random_shape", f"must be one of {sorted(SHAPES)}, got {shape!r}")
-    cfg = SHAPES[shape]
-    dev = torch.device(device) if device is not None else default_device()
-    model = random_model(cfg, resolve_dtype(dtype, dev), dev, seed=weight_seed)
-    return Engine(model, shape_tokenizer(cfg), model_name=f"random-{shape}", **engine_kwargs)

@@ -18,7 +18,7 @@ MAX_LAYERS = 1024
 
 
 class Phase(enum.IntEnum):
-    """What one denoising step of one request does (DESIGN.md §3)."""
+    """What one denoising step of one request does (docs/design.md §10)."""
 
     FULL = 0  # full forward over the whole sequence, no cache
     SELECT = 1  # full forward, then keep the most relevant K/V per KV head in the cache

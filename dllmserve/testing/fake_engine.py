@@ -1,51 +1,62 @@
-"""A stand-in for `Engine` with the interface the worker loop uses, for service tests and the
-relay benchmark: the service path runs for real, only the model is missing."""
+"""A model-free `StepEngine` (dllmserve.engine.protocol) for the service tests and the relay
+benchmark: the service path runs for real, only the model is missing."""
 
 from __future__ import annotations
 
 import time
 
 from dllmserve.engine.outputs import RequestOutput, StepUpdate
-
-
-class _Tok:
-    def decode(self, ids, skip_special_tokens=True):
-        return bytes(i % 128 for i in ids if i > 0).decode(errors="replace")
+from dllmserve.engine.protocol import Prompt
+from dllmserve.sampling_params import SamplingParams
+from dllmserve.sparse.state import SparseConfig
 
 
 class FakeEngine:
     """Each step (sleeping `step_s`, which leaves the CPU free as a GPU step does) commits one
-    token per running request; a request finishes after its `steps`. `added` lists the request
-    ids in the order they reached the engine."""
+    token (a capital letter, left to right: its text is the delta) per running request; a
+    request finishes after its `steps`.
+    `added` lists the request ids in the order they reached the engine."""
 
     model_name = "fake"
-    stop_ids = [0]
-    max_num_seqs = 256
     device = "cpu"
 
-    def __init__(self, step_s: float = 0.0) -> None:
+    def __init__(self, step_s: float = 0.0, max_num_seqs: int = 256) -> None:
         self.step_s = step_s
-        self.tokenizer = _Tok()
+        self._max_num_seqs = max_num_seqs
         self.running: dict[str, list] = {}  # id -> [steps done, total steps, gen length, prompt]
         self.added: list[str] = []
 
-    def add_request(self, rid, prompt, params, sparse=None) -> None:
+    @property
+    def max_num_seqs(self) -> int:
+        return self._max_num_seqs
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: Prompt,
+        sampling_params: SamplingParams,
+        sparse_config: SparseConfig | None = None,
+    ) -> None:
         ids = list(prompt) if isinstance(prompt, list) else []
-        self.running[rid] = [0, params.steps, params.gen_length, ids]
-        self.added.append(rid)
+        p = sampling_params
+        self.running[request_id] = [0, p.steps, p.gen_length, ids]
+        self.added.append(request_id)
 
-    def has_request(self, rid) -> bool:
-        return rid in self.running
+    def has_request(self, request_id: str) -> bool:
+        return request_id in self.running
 
-    def abort(self, rid) -> bool:
-        return self.running.pop(rid, None) is not None
+    def abort(self, request_id: str) -> bool:
+        return self.running.pop(request_id, None) is not None
 
     def has_unfinished(self) -> bool:
         return bool(self.running)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, int]:
         return {"running": len(self.running), "waiting": 0, "free_pages": 1, "total_pages": 1,
                 "max_num_seqs": self.max_num_seqs}  # fmt: skip
+
+    def decode(self, token_ids: list[int]) -> str:
+        return bytes(i % 128 for i in token_ids if i > 0).decode(errors="replace")
 
     def step(self) -> list[StepUpdate]:
         if self.step_s:
@@ -56,9 +67,13 @@ class FakeEngine:
             k, total, gen = st[0], st[1], st[2]
             pos = (k - 1) % gen
             done = k >= total
-            u = StepUpdate(rid, k, total, 0, [pos], [65 + pos % 26], total - k, finished=done)
+            token = 65 + pos % 26
+            u = StepUpdate(rid, k, total, block_index=0, phase="FULL", block_length=gen,
+                           positions=[pos], token_ids=[token], masked_left=total - k,
+                           block_done=done, text_delta=chr(token) if k <= gen else "")  # fmt: skip
             if done:
                 del self.running[rid]
+                u.finish_reason = "length"
                 u.output = RequestOutput(rid, st[3], [65] * gen, "A" * gen, "length", k, k)
             out.append(u)
         return out

@@ -102,16 +102,18 @@ class SparseConfig(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., retention_ratio: _Optional[float] = ..., delay_step: _Optional[int] = ..., default_block_len: _Optional[int] = ..., head_select: _Optional[bool] = ..., pool_kernel: _Optional[int] = ..., layer_wise: _Optional[bool] = ..., layer_ratios: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class StreamOptions(_message.Message):
-    __slots__ = ("mode", "every_k", "include_canvas", "mask_placeholder")
+    __slots__ = ("mode", "every_k", "include_canvas", "mask_placeholder", "include_token_texts")
     MODE_FIELD_NUMBER: _ClassVar[int]
     EVERY_K_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_CANVAS_FIELD_NUMBER: _ClassVar[int]
     MASK_PLACEHOLDER_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_TOKEN_TEXTS_FIELD_NUMBER: _ClassVar[int]
     mode: StreamMode
     every_k: int
     include_canvas: bool
     mask_placeholder: str
-    def __init__(self, mode: _Optional[_Union[StreamMode, str]] = ..., every_k: _Optional[int] = ..., include_canvas: _Optional[bool] = ..., mask_placeholder: _Optional[str] = ...) -> None: ...
+    include_token_texts: bool
+    def __init__(self, mode: _Optional[_Union[StreamMode, str]] = ..., every_k: _Optional[int] = ..., include_canvas: _Optional[bool] = ..., mask_placeholder: _Optional[str] = ..., include_token_texts: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("request_id", "text", "token_ids", "messages", "model", "sampling_params", "sparse_config", "stream_options", "priority", "cancel_on_disconnect")
@@ -172,7 +174,7 @@ class Accepted(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., queue_position: _Optional[int] = ..., duplicate: _Optional[bool] = ..., status: _Optional[str] = ...) -> None: ...
 
 class StepUpdate(_message.Message):
-    __slots__ = ("step", "total_steps", "block_index", "positions", "token_ids", "masked_left", "text_delta", "canvas", "attempt")
+    __slots__ = ("step", "total_steps", "block_index", "positions", "token_ids", "masked_left", "text_delta", "canvas", "attempt", "token_texts")
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     BLOCK_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +184,7 @@ class StepUpdate(_message.Message):
     TEXT_DELTA_FIELD_NUMBER: _ClassVar[int]
     CANVAS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_TEXTS_FIELD_NUMBER: _ClassVar[int]
     step: int
     total_steps: int
     block_index: int
@@ -191,7 +194,8 @@ class StepUpdate(_message.Message):
     text_delta: str
     canvas: str
     attempt: int
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., block_index: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., masked_left: _Optional[int] = ..., text_delta: _Optional[str] = ..., canvas: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+    token_texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., block_index: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., masked_left: _Optional[int] = ..., text_delta: _Optional[str] = ..., canvas: _Optional[str] = ..., attempt: _Optional[int] = ..., token_texts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "generated_tokens", "steps", "forward_passes")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_testlib import ATOL, DEVICE, DTYPES, randn
 
 import dllmserve.models.layers as layers
 from dllmserve.kernels import elementwise
-from tests.kernels.kernel_testlib import ATOL, DEVICE, DTYPES, randn
 
 
 @pytest.fixture(autouse=True)

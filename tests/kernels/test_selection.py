@@ -75,8 +75,17 @@ def run_both(h, hkv, d, lens, wins, hs, pk, ratio, dtype, integer, seed):
     ours = [p.clone() for p in pools]
     refs = [p.clone() for p in pools]
     max_keep = max(keep) + 3
-    got = K.select_and_store(*common, *ours, table, d**-0.5, max_keep)
-    want = reference.select_and_store(*common, *refs, table, d**-0.5, max_keep)
+
+    def args(k_pool, v_pool):
+        q, cw_, ks, vs, cs, ws, wl, nk, hsel, pkt = common
+        return K.SelectionArgs(
+            q_win=q, cu_win=cw_, k_seq=ks, v_seq=vs, cu_seq=cs, win_start=ws, win_len=wl,
+            n_keep=nk, head_select=hsel, pool_kernel=pkt, k_pool=k_pool, v_pool=v_pool,
+            page_table=table, scale=d**-0.5, max_keep=max_keep,
+        )  # fmt: skip
+
+    got = K.select_and_store(args(*ours))
+    want = reference.select_and_store(args(*refs))
     return got, want, ours, refs, common, table
 
 

@@ -1,5 +1,6 @@
-"""Fixtures of the service tests: a real redis-server per test module (on a free port, in a
-temp dir, with AOF), real scheduler and worker processes, real gRPC over loopback, and a tiny
+"""Fixtures of the service tests, shared by every module: a real redis-server per test module
+(on a free port, in a temp dir) and a client of it, real scheduler and worker processes
+(`svc_util.Cluster`, whose redis-server keeps an AOF), real gRPC over loopback, and a tiny
 random checkpoint in the real Hugging Face layout."""
 
 from __future__ import annotations
@@ -25,6 +26,26 @@ if find_redis_server() is None:
     pytest.skip(f"the service tests need redis-server: {INSTALL_HINT}", allow_module_level=True)
 
 
+@pytest.fixture(scope="module")
+def rserver(tmp_path_factory):
+    """A redis-server of the test module's own (no AOF: nothing here restarts it)."""
+    srv = LocalRedis(tmp_path_factory.mktemp("redis"), aof=False).start()
+    yield srv
+    srv.stop(kill=True)
+
+
+@pytest.fixture
+def r(rserver):
+    """A client of `rserver`, emptied, with the dispatch group a scheduler creates at start."""
+    import redis
+
+    c = redis.Redis.from_url(rserver.url)
+    c.flushall()
+    c.xgroup_create(q.PENDING, q.DISPATCH_GROUP, id="0", mkstream=True)
+    yield c
+    c.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     from dllmserve.testing.tiny_models import write_tiny_checkpoint
@@ -44,26 +65,6 @@ def make_cluster(tmp_path, tiny_model):
     yield make
     for c in made:
         c.close()
-
-
-@pytest.fixture(scope="module")
-def rserver(tmp_path_factory):
-    """A bare redis-server for the unit tests of one module."""
-    srv = LocalRedis(tmp_path_factory.mktemp("units-redis")).start()
-    yield srv
-    srv.stop(kill=True)
-
-
-@pytest.fixture
-def r(rserver):
-    """A client of it, flushed, with the dispatcher's group on the pending stream."""
-    import redis
-
-    c = redis.Redis.from_url(rserver.url)
-    c.flushall()
-    c.xgroup_create(q.PENDING, q.DISPATCH_GROUP, id="0", mkstream=True)
-    yield c
-    c.close()
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,10 @@ class Cluster:
     def _spawn(self, args: list[str], env: dict | None = None) -> subprocess.Popen:
         self._n += 1
         log = open(self.root / f"proc{self._n}-{args[0]}.log", "wb")
-        full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                    # no fixed ports: tests that read /metrics pass --metrics-port/--http-port
+                    "DLLMSERVE_METRICS_PORT": "0", "DLLMSERVE_WORKER_HTTP_PORT": "0",
+                    **(env or {})}  # fmt: skip
         cmd = [sys.executable, "-m", "dllmserve.cli", "--log-level", "INFO", *args]
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
         p.log_path = log.name  # type: ignore[attr-defined]

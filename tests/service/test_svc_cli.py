@@ -36,7 +36,8 @@ def test_serve_starts_everything_and_streams_the_demo(tmp_path):
     # service extra); no --model: the built-in demo model.
     env = {"DLLMSERVE_CACHE": str(tmp_path), "PATH": str(tmp_path), SERVER_ENV: ""}
     out = _cli("serve", "--listen", "127.0.0.1:0", "--demo", "--exit-after-demo",
-               "--max-num-seqs", "4", env=env)  # fmt: skip
+               "--max-num-seqs", "4", "--http-listen", "127.0.0.1:0", "--metrics-port", "0",
+               env=env)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "private redis-server" in out.stdout and "ready" in out.stdout
     assert "accepted" in out.stderr and "32 steps" in out.stderr

@@ -131,10 +131,6 @@ def test_shipped_redis_conf_runs_with_aof_and_noeviction(tmp_path):
 def test_compose_commands_are_flags_the_cli_knows(resolved):
     from dllmserve.cli import build_parser
 
-    # The observability flags (worker /metrics /livez /readyz port, scheduler metrics port) and
-    # the gateway command come with the observability work; until it is merged they are the
-    # only names the parser may not know yet.
-    contract = {"--http-port", "--metrics-port"}
-    for name in ("scheduler", "worker"):
-        _, unknown = build_parser().parse_known_args(resolved[name]["command"])
-        assert set(unknown[::2]) <= contract, (name, unknown)
+    for name in ("scheduler", "gateway", "worker"):
+        args = build_parser().parse_args(resolved[name]["command"])  # exits on an unknown flag
+        assert args.cmd == name

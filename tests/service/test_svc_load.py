@@ -69,3 +69,45 @@ def test_200_concurrent_streams_on_two_cpu_workers(make_cluster):
     # The scheduler keeps no per-request state after a request ends: a second wave of 200
     # streams does not grow it by more than a few MB.
     assert rss[1] - rss[0] < 32 * 1024, rss
+
+
+async def _http_wave(base: str, want: dict[str, str]) -> int:
+    import openai
+
+    oai = openai.AsyncOpenAI(base_url=base + "/v1", api_key="x", max_retries=0, timeout=600)
+
+    async def one(i: int) -> None:
+        prompt = PROMPTS[i % len(PROMPTS)]
+        text, finish = "", None
+        stream = await oai.completions.create(
+            model="", prompt=prompt, max_tokens=SP["gen_length"], stream=True,
+            extra_body={"steps": SP["steps"], "seed": SP["seed"]},
+        )  # fmt: skip
+        async for chunk in stream:
+            text += chunk.choices[0].text
+            finish = chunk.choices[0].finish_reason or finish
+        assert finish in ("stop", "length"), i
+        assert text == want[prompt], i
+
+    await asyncio.gather(*(one(i) for i in range(N)))
+    await oai.close()
+    return N
+
+
+@pytest.mark.load
+def test_200_concurrent_http_streams(make_cluster):
+    """The same load through the HTTP gateway: every SSE stream completes with the text the
+    gRPC API gives for its prompt."""
+    from http_util import add_gateway
+
+    from dllmserve.client import Client
+
+    c = make_cluster()
+    c.add_scheduler()
+    ws = [c.add_worker("--max-num-seqs", "64", wait=False) for _ in range(2)]
+    for w in ws:
+        c.wait_worker(w)
+    base = add_gateway(c)
+    with Client(c.target) as cl:
+        want = {p: cl.generate_text(p, sampling_params=SP).text for p in PROMPTS}
+    assert asyncio.run(_http_wave(base, want)) == N

@@ -4,7 +4,7 @@ registers as `random-SHAPE` and streams the same tokens as that engine offline."
 from __future__ import annotations
 
 from dllmserve.client import Canvas, Client, Completed, StepUpdate
-from dllmserve.models.shapes import random_engine
+from dllmserve.engine.engine import Engine
 from dllmserve.sampling_params import SamplingParams
 
 SP = {"gen_length": 16, "steps": 8, "block_length": 8, "stop_at_eos": False, "seed": 2}
@@ -14,7 +14,7 @@ def test_random_shape_worker_serves_the_shapes_engine(make_cluster):
     c = make_cluster()
     c.add_scheduler()
     c.add_worker("--random-shape", "tiny")
-    eng = random_engine("tiny", device="cpu", num_cache_pages=256)
+    eng = Engine.from_random_shape("tiny", device="cpu", num_cache_pages=256)
     with Client(c.target) as cl:
         info = cl.server_info()
         assert [(m.name, m.workers) for m in info.models] == [("random-tiny", 1)]

@@ -10,12 +10,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-import redis
 import redis.asyncio as aioredis
 
 from dllmserve.scheduler import queue as q
-from dllmserve.scheduler.local_redis import LocalRedis
 from dllmserve.scheduler.relay import ResultHub, follow
 from dllmserve.testing.fake_engine import FakeEngine
 from dllmserve.v1 import dllm_pb2 as pb
@@ -24,21 +21,6 @@ from dllmserve.worker.loop import WorkerLoop
 
 BLOCK_MS = 10_000  # the hub's read timeout in these tests: never waited for
 PROMPT = 2.0  # "at once": far below BLOCK_MS, far above any scheduling hiccup
-
-
-@pytest.fixture(scope="module")
-def rserver(tmp_path_factory):
-    srv = LocalRedis(tmp_path_factory.mktemp("relay-redis"), aof=False).start()
-    yield srv
-    srv.stop(kill=True)
-
-
-@pytest.fixture
-def r(rserver):
-    c = redis.Redis.from_url(rserver.url)
-    c.flushall()
-    yield c
-    c.close()
 
 
 def _step(n: int, attempt: int = 1) -> bytes:

@@ -1,5 +1,5 @@
 """The pieces on their own, against a real redis-server: the Lua state changes, fencing of a
-stale attempt, the relay's attempt rule and coalescing, and the worker's text tracking."""
+stale attempt, the relay's attempt rule and coalescing, and the worker's canvas rendering."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from svc_util import ready as _ready
 from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.relay import Coalescer, RelayError, ResultHub, follow
 from dllmserve.v1 import dllm_pb2 as pb
-from dllmserve.worker.render import TextTracker
+from dllmserve.worker.render import CanvasRenderer
 
 
 def test_enqueue_is_idempotent_and_bounded(r):
@@ -141,22 +141,12 @@ def test_coalescer_merges_in_order():
     assert f.add(_step(1, [0], [5]), True) is None and f.flush() is None
 
 
-class _ByteTok:
-    """Decodes ids as UTF-8 bytes, like a byte-level tokenizer; 0 is EOS."""
-
-    def decode(self, ids, skip_special_tokens=True):
-        return bytes(i for i in ids if i != 0).decode("utf-8", errors="replace")
-
-
-def test_text_tracker_streams_the_stable_prefix():
-    e_acute = list("é".encode())  # two bytes
-    t = TextTracker(_ByteTok(), 6, {0}, placeholder="?", include_canvas=True)
-    assert t.apply([1], [ord("b")]) == ("", "?b????")  # nothing stable before a mask
-    assert t.apply([0], [ord("a")])[0] == "ab"
-    assert t.apply([2], [e_acute[0]])[0] == ""  # half a character: held back
-    assert t.apply([3], [e_acute[1]])[0] == "é"
-    assert t.apply([5, 4], [ord("z"), 0])[0] == ""  # EOS ends the text
-    assert t.sent == "abé" and t.block_done(0, 3) and t.block_done(1, 3)
+def test_canvas_renderer_shows_masks_with_the_placeholder():
+    e_acute = list("é".encode())  # two bytes: decoded together once both are committed
+    r = CanvasRenderer(lambda ids: bytes(ids).decode("utf-8", errors="replace"), 6, "?")
+    assert r.apply([1], [ord("b")]) == "?b????"
+    assert r.apply([0, 2, 3], [ord("a"), *e_acute]) == "abé??"
+    assert r.apply([5, 4], [ord("z"), ord("!")]) == "abé!z"
 
 
 def test_dispatcher_batches_by_sparse_config_model_and_capacity(rserver, r):

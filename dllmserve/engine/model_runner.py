@@ -1,0 +1,85 @@
+"""The device side of an iteration (docs/design.md §7): the K/V cache, the
+CUDA graphs, building the packed inputs, launching the forward, the LM head and the sampler,
+and the one copy of the results back to the host.
+"""
+
+from __future__ import annotations
+
+from dllmserve.engine.batch import (
+    IterationBatch,
+    build_iteration,
+    chain_iteration,
+    refresh_iteration,
+)
+from dllmserve.engine.cuda_graphs import ReuseGraphs
+from dllmserve.engine.dense_graphs import DenseGraphs
+from dllmserve.engine.inflight import InFlight
+from dllmserve.engine.kv_cache import KVCache
+from dllmserve.engine.request import Request, SpecialTokens
+from dllmserve.engine.sampler import sample
+from dllmserve.models.transformer import DiffusionTransformer
+from dllmserve.sparse.state import Phase
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: DiffusionTransformer,
+        cache: KVCache,
+        tokens: SpecialTokens,
+        *,
+        use_graphs: bool,
+        max_lanes: int,
+    ) -> None:
+        self.model = model
+        self.cache = cache
+        self.tokens = tokens
+        # CUDA graphs for all-REUSE iterations and for batch-1 FULL / SELECT ones, in one pool
+        self.graphs = ReuseGraphs(model, max_lanes) if use_graphs else None
+        self.dense_graphs = DenseGraphs(model, self.graphs.mempool) if use_graphs else None
+        self._cached: tuple[tuple, IterationBatch] | None = None
+
+    def prepare(self, reqs: list[Request]) -> IterationBatch:
+        """The iteration's inputs. Consecutive all-REUSE iterations of the same requests in
+        the same blocks share every index tensor, so only the tokens and step counters are
+        rebuilt and uploaded."""
+        signature = tuple((r.request_id, r.block_idx, r.phase) for r in reqs)
+        all_reuse = all(r.phase == Phase.REUSE for r in reqs)
+        if all_reuse and self._cached is not None and self._cached[0] == signature:
+            batch = refresh_iteration(self._cached[1], reqs, self.model.device)
+        else:
+            cfg = self.model.cfg
+            batch = build_iteration(
+                reqs, self.cache, cfg.n_layers, cfg.head_dim, self.model.dtype, self.model.device
+            )
+        self._cached = (signature, batch) if all_reuse else None
+        return batch
+
+    def chain(self, prev: InFlight, reqs: list[Request]) -> IterationBatch:
+        """The all-REUSE iteration after `prev`, built on the device from its sampled tokens."""
+        shifted = self.model.cfg.shifted_logits
+        return chain_iteration(prev.batch, prev.x0, prev.commit, reqs, shifted, self.model.device)
+
+    def launch(self, reqs: list[Request], batch: IterationBatch) -> InFlight:
+        """Queue the forward, the LM head, the sampler and the copy of the results to the host."""
+        hidden = None
+        for graphs in (self.graphs, self.dense_graphs):  # a replay where one fits, else eager
+            key = graphs.key(batch) if graphs is not None else None
+            if key is not None:
+                hidden = graphs.forward(batch, key)
+                break
+        if hidden is None:
+            hidden = self.model.forward(batch.input_ids, batch.positions, batch.attention)
+        R, B = batch.logit_rows.shape
+        logits = self.model.logits(hidden[batch.logit_rows.view(-1)]).view(R, B, -1)
+        if batch.uncond_rows is not None:
+            un = self.model.logits(hidden[batch.uncond_rows.view(-1)]).view(R, B, -1)
+            logits = un + (batch.cfg_scale[:, None, None] + 1) * (logits - un)
+        t = self.tokens
+        x0, commit = sample(logits, batch.sampling, t.eos, t.eot, t.mask)
+        return InFlight.start(reqs, batch, x0, commit)
+
+    def graph_captures(self) -> int:
+        """CUDA graphs captured so far (a capture inside a timed run would be timed)."""
+        reuse = len(self.graphs.graphs) if self.graphs is not None else 0
+        return reuse + (self.dense_graphs.captures if self.dense_graphs is not None else 0)

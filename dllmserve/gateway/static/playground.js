@@ -1,0 +1,175 @@
+// The playground: POST a completion with stream_mode "denoise" and draw every step's canvas.
+// Each server-sent event is an OpenAI chunk whose choice carries `denoise`: the positions the
+// step committed and their token texts. Cells committed by the latest step are "new", earlier
+// ones "old", the rest "masked". Every frame is kept so the replay slider can show any step.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const MASK = "\u00b7";
+const state = { cells: [], frames: [], answer: "", t0: 0 };
+window.playground = state; // read by the browser test, handy in the console too
+
+function authHeaders() {
+  const token = $("token").value.trim();
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+async function loadModels() {
+  const select = $("model");
+  select.replaceChildren(new Option("(the served model)", ""));
+  try {
+    const r = await fetch("v1/models", { headers: authHeaders() });
+    if (!r.ok) return;
+    for (const m of (await r.json()).data) select.add(new Option(m.id, m.id));
+    if (select.options.length === 2) select.selectedIndex = 1;
+  } catch (e) {
+    /* the list is a convenience: generation still works with the served model */
+  }
+}
+
+function intOf(id) {
+  return parseInt($(id).value, 10);
+}
+
+function requestBody() {
+  const body = {
+    model: $("model").value,
+    stream: true,
+    stream_mode: "denoise",
+    max_tokens: intOf("gen_length"),
+    steps: intOf("steps"),
+    block_length: intOf("block_length"),
+    temperature: parseFloat($("temperature").value),
+    seed: intOf("seed"),
+  };
+  if ($("sparse").checked) body.sparse_config = { retention_ratio: parseFloat($("retention").value) };
+  const prompt = $("prompt").value;
+  if ($("chat").checked) body.messages = [{ role: "user", content: prompt }];
+  else body.prompt = prompt;
+  return body;
+}
+
+function resetCanvas(n) {
+  state.cells = Array.from({ length: n }, () => ({ text: MASK, kind: "masked" }));
+  state.frames = [];
+  state.answer = "";
+  $("answer").textContent = "";
+  $("error").hidden = true;
+  const replay = $("replay");
+  replay.disabled = true;
+  replay.max = 1;
+  replay.value = 1;
+  draw(state.cells);
+}
+
+function draw(cells) {
+  const canvas = $("canvas");
+  if (canvas.children.length !== cells.length) {
+    canvas.replaceChildren(...cells.map(() => document.createElement("i")));
+  }
+  cells.forEach((c, i) => {
+    const el = canvas.children[i];
+    el.className = `tok ${c.kind}`;
+    el.textContent = c.text === "" ? "\u2205" : c.text; // a special token (EOS) decodes to ""
+  });
+}
+
+function applyStep(d) {
+  for (const c of state.cells) if (c.kind === "new") c.kind = "old";
+  d.positions.forEach((p, k) => {
+    state.cells[p] = { text: d.token_texts[k] ?? "?", kind: "new" };
+  });
+  state.frames.push({ step: d.step, masked: d.masked_left, cells: state.cells.map((c) => ({ ...c })) });
+  draw(state.cells);
+  const secs = (performance.now() - state.t0) / 1000;
+  $("step").textContent = d.step;
+  $("total").textContent = d.total_steps;
+  $("masked").textContent = d.masked_left;
+  $("elapsed").textContent = secs.toFixed(2);
+  $("tps").textContent = ((state.cells.length - d.masked_left) / Math.max(secs, 1e-3)).toFixed(1);
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = false;
+  document.body.dataset.state = "error";
+}
+
+function onChunk(chunk) {
+  if (chunk.error) {
+    showError(chunk.error.message);
+    return;
+  }
+  for (const choice of chunk.choices || []) {
+    if (choice.denoise) applyStep(choice.denoise);
+    const text = choice.delta ? choice.delta.content : choice.text;
+    if (text) {
+      state.answer += text;
+      $("answer").textContent = state.answer;
+    }
+  }
+}
+
+async function generate(event) {
+  event.preventDefault();
+  const body = requestBody();
+  resetCanvas(body.max_tokens || 0);
+  document.body.dataset.state = "running";
+  $("go").disabled = true;
+  state.t0 = performance.now();
+  const path = body.messages ? "v1/chat/completions" : "v1/completions";
+  try {
+    const r = await fetch(path, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", ...authHeaders() },
+      body: JSON.stringify(body),
+    });
+    if (!r.ok) {
+      const err = await r.json().catch(() => ({ error: { message: r.statusText } }));
+      showError(`${r.status}: ${err.error.message}`);
+      return;
+    }
+    await readEvents(r.body.getReader());
+    if (document.body.dataset.state === "running") document.body.dataset.state = "done";
+  } catch (e) {
+    showError(String(e));
+  } finally {
+    $("go").disabled = false;
+    const replay = $("replay");
+    replay.max = Math.max(1, state.frames.length);
+    replay.value = replay.max;
+    replay.disabled = state.frames.length === 0;
+  }
+}
+
+async function readEvents(reader) {
+  const decoder = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, end);
+      buf = buf.slice(end + 2);
+      for (const line of block.split("\n")) {
+        if (!line.startsWith("data: ")) continue;
+        const data = line.slice(6);
+        if (data === "[DONE]") return;
+        onChunk(JSON.parse(data));
+      }
+    }
+  }
+}
+
+$("form").addEventListener("submit", generate);
+$("replay").addEventListener("input", (e) => {
+  const frame = state.frames[e.target.value - 1];
+  if (!frame) return;
+  draw(frame.cells);
+  $("step").textContent = frame.step;
+  $("masked").textContent = frame.masked;
+});
+$("token").addEventListener("change", loadModels);
+loadModels();

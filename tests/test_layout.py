@@ -1,0 +1,107 @@
+"""The package as it installs: the wheel of scripts/gpu_wheel.sh holds every subpackage that
+pyproject maps in, no package directory is a symlink, and the import graph (grimp, over the
+installed wheel) has no cycle, neither between modules nor between subpackages."""
+
+from __future__ import annotations
+
+import graphlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MAPPED = {"dllmserve.kernels": "kernels", "dllmserve.scheduler": "scheduler",
+          "dllmserve.worker": "worker"}  # fmt: skip
+
+# Run in a child over the unpacked wheel (grimp reads the files under the package's folder, and
+# an editable install keeps the mapped subpackages outside it). Prints the module graph.
+GRAPH = """
+import json, grimp
+g = grimp.build_graph("dllmserve", cache_dir=None)
+print(json.dumps({m: sorted(g.find_modules_directly_imported_by(m)) for m in g.modules}))
+"""
+
+# The torch-free modules: the scheduler and the clients import them on machines without torch.
+TORCH_FREE = """
+import sys
+sys.modules["torch"] = None  # any import of torch now fails
+import dllmserve, dllmserve.engine.config, dllmserve.engine.inputs, dllmserve.engine.protocol
+import dllmserve.scheduler.validation, dllmserve.worker.render
+import dllmserve.client
+"""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_wheel.sh"), str(out)],
+        env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = out.glob("dllmserve-*.whl")
+    site = out / "site"
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(site)
+    return site
+
+
+def _run(site: Path, code: str) -> str:
+    """Python in a clean working directory with only the unpacked wheel in front of sys.path."""
+    env = {**os.environ, "PYTHONPATH": str(site), "PYTHONSAFEPATH": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=site.parent, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_no_package_directory_is_a_symlink():
+    for top in ("dllmserve", *MAPPED.values()):
+        for d in [ROOT / top, *(p for p in (ROOT / top).rglob("*") if p.is_dir())]:
+            assert not d.is_symlink(), d
+
+
+def test_the_wheel_holds_the_mapped_subpackages(site):
+    for package, folder in MAPPED.items():
+        installed = site.joinpath(*package.split("."))
+        want = {p.name for p in (ROOT / folder).glob("*.py")}
+        assert want and want == {p.name for p in installed.glob("*.py")}, package
+    assert (site / "dllmserve" / "assets" / "tiny-llada" / "model.safetensors").is_file()
+
+
+def _cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """One cycle of a directed graph (node -> the nodes it imports), or None."""
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as e:
+        return e.args[1]
+    return None
+
+
+def _subpackage(module: str) -> str:
+    """dllmserve.engine.request -> dllmserve.engine; top-level modules stay themselves."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_no_import_cycles(site):
+    graph = json.loads(_run(site, GRAPH))
+    assert {"dllmserve.kernels.reference", "dllmserve.worker.loop"} <= set(graph)
+    assert _cycle(graph) is None, _cycle(graph)
+    packages: dict[str, set[str]] = {}
+    for module, imported in graph.items():
+        src = _subpackage(module)
+        if module == "dllmserve":
+            continue  # the package's __init__ re-exports; it imports, nothing imports through it
+        targets = {_subpackage(m) for m in imported} - {src, "dllmserve"}
+        packages.setdefault(src, set()).update(targets)
+    squashed = {k: sorted(v) for k, v in packages.items()}
+    assert _cycle(squashed) is None, _cycle(squashed)
+
+
+def test_the_request_checks_import_without_torch(site):
+    _run(site, TORCH_FREE)

@@ -1,0 +1,106 @@
+"""What the worker loop reports about requests and iterations: one log line per lifecycle
+event (admitted, first_step, finished / cancelled / expired / failed) and the matching metrics.
+
+The loop calls these hooks where the facts arise; keeping them here leaves the loop about
+scheduling and publishing only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from dllmserve import tracing
+from dllmserve.engine.outputs import StepUpdate
+from dllmserve.logs import event
+from dllmserve.scheduler import queue as q
+from dllmserve.v1 import dllm_pb2 as pb
+from dllmserve.worker.metrics import WorkerMetrics
+
+log = logging.getLogger("dllmserve.worker.requests")
+
+_PHASE_COST = {"SELECT": 2, "FULL": 1, "REUSE": 0}
+# A request that ended without completing: its status -> the finished_reason label.
+_ENDED_REASON = {"cancelled": "cancelled", "expired": "deadline"}
+
+
+def iteration_phase(updates: Sequence[StepUpdate]) -> str:
+    """The costliest phase the engine ran for these updates (REUSE when there are none)."""
+    return max((u.phase for u in updates), key=_PHASE_COST.__getitem__, default="REUSE")
+
+
+class Observer:
+    def __init__(
+        self, model_name: str, snapshot: Callable[[], dict], worker_id: str, client=None
+    ) -> None:
+        self.metrics = WorkerMetrics(model_name, snapshot)
+        self.worker_id = worker_id
+        self._r = client  # reads a request's traceparent when tracing is on
+        self._spans: dict[str, object] = {}  # request id -> its open `dllmserve.run` span
+
+    def admitted(self, rid: str, attempt: str, t_enq: float, now: float) -> None:
+        queued = max(0.0, now - t_enq)
+        self.metrics.queue_time.observe(queued)
+        if tracing.enabled() and self._r is not None:
+            parent = q.s(self._r.hget(q.req_key(rid), "tp"))
+            self._spans[rid] = tracing.start(
+                "dllmserve.run", parent, **{"dllmserve.request_id": rid,
+                "dllmserve.attempt": int(attempt), "dllmserve.worker": self.worker_id})  # fmt: skip
+        event(log, "admitted", request_id=rid, worker=self.worker_id, attempt=int(attempt),
+              queued_ms=round(queued * 1000, 3))  # fmt: skip
+
+    def first_step(self, rid: str, attempt: str, t_enq: float, now: float) -> None:
+        first = max(0.0, now - t_enq)
+        self.metrics.time_to_first_step.observe(first)
+        if (span := self._spans.get(rid)) is not None:
+            span.add_event("first_step")
+        event(log, "first_step", request_id=rid, worker=self.worker_id, attempt=int(attempt),
+              first_update_ms=round(first * 1000, 3))  # fmt: skip
+
+    def step(self, engine) -> list:
+        """Run one `engine.step()`, timed and labelled with its phase."""
+        t0 = time.perf_counter()
+        updates = engine.step()
+        seconds = time.perf_counter() - t0
+        self.iteration(seconds, iteration_phase(updates), [u.request_id for u in updates])
+        return updates
+
+    def iteration(self, seconds: float, phase: str, request_ids: Sequence[str]) -> None:
+        """One `engine.step()` call. With chained iterations a call may return the updates of
+        two iterations of the same requests: each is counted."""
+        batch = len(set(request_ids))
+        if not batch:
+            return
+        iterations = len(request_ids) // batch
+        for _ in range(iterations):
+            self.metrics.batch_size.observe(batch)
+            self.metrics.step_time.labels(self.metrics.model_name, phase).observe(
+                seconds / iterations
+            )
+
+    def completed(self, done: pb.Completed) -> None:
+        reason = pb.FinishReason.Name(done.finish_reason).removeprefix("FINISH_REASON_").lower()
+        m = self.metrics
+        m.reason(reason if reason in ("stop", "length", "abort") else "error").inc()
+        m.prompt_tokens.inc(done.usage.prompt_tokens)
+        m.generation_tokens.inc(done.usage.generated_tokens)
+        m.e2e_latency.observe(done.timings.total_ms / 1000)
+        tracing.end(self._spans.pop(done.request_id, None), **{
+            "dllmserve.finish_reason": reason, "dllmserve.steps": done.usage.steps})  # fmt: skip
+        event(log, "finished", request_id=done.request_id, worker=self.worker_id,
+              attempt=done.attempt, finish_reason=reason, steps=done.usage.steps,
+              prompt_tokens=done.usage.prompt_tokens,
+              generated_tokens=done.usage.generated_tokens,
+              queued_ms=round(done.timings.queued_ms, 3),
+              first_update_ms=round(done.timings.first_update_ms, 3),
+              total_ms=round(done.timings.total_ms, 3))  # fmt: skip
+
+    def ended(self, rid: str, attempt: str, status: str, code: str, message: str) -> None:
+        """A request ended without completing: cancelled, past its deadline, or failed."""
+        self.metrics.reason(_ENDED_REASON.get(status, "error")).inc()
+        tracing.end(self._spans.pop(rid, None), **{"dllmserve.code": code})
+        name = status if status in _ENDED_REASON else "failed"
+        level = logging.WARNING if code == "INTERNAL" else logging.INFO
+        event(log, name, level=level, request_id=rid, worker=self.worker_id,
+              attempt=int(attempt), code=code, error=message)  # fmt: skip
