@@ -1,4 +1,4 @@
-"""Sampling parameters of one generation request (the official LLaDA sampler plus Dream's modes)."""
+"""Sampling parameters of one generation request: the official LLaDA sampler and Dream's."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ MAX_TEMPERATURE = 10.0
 MAX_CFG_SCALE = 10.0
 MAX_TOP_K = 1_000_000  # more than any vocabulary; the model's own size is checked on admission
 MAX_SEED = 2**63 - 1
+# Dream's alg_temp divides confidences (|c| <= log(vocabulary) < 13): above 10 the draw of the
+# positions to commit is all but uniform.
+MAX_ALG_TEMP = 10.0
+
+SCHEDULES = ("blocks", "dream")  # LLaDA's block schedule, Dream's timestep schedule
 
 LLADA_REMASKING = ("low_confidence", "random")
 DREAM_REMASKING = ("maskgit_plus", "topk_margin", "entropy", "origin")
@@ -29,6 +34,12 @@ class SamplingParams:
     ``gen_length`` (one block, the official default) for a dense one. With ``threshold`` set, every
     masked token whose confidence exceeds it is committed (at least one per step) and a block ends
     when it has no masks left, so ``steps`` becomes an upper bound.
+
+    ``schedule`` picks how many tokens each step commits: ``"blocks"`` (LLaDA's, an even split
+    per block) or ``"dream"`` (Dream's timestep schedule, ``linspace(1, eps, steps + 1)``); None
+    means the model's own (resolved per model when the request is admitted). ``alg_temp > 0``
+    draws the positions to commit with probability ``softmax(confidence / alg_temp)`` instead
+    of taking the most confident (Dream's ``alg_temp``).
     """
 
     temperature: float = 0.0
@@ -44,6 +55,9 @@ class SamplingParams:
     confidence_eos_eot_inf: bool = False
     top_p: float | None = None
     top_k: int | None = None
+    schedule: str | None = None
+    alg_temp: float = 0.0
+    eps: float = 1e-3
 
     def __post_init__(self) -> None:
         self.validate()
@@ -86,6 +100,20 @@ class SamplingParams:
             check_int(f + "top_k", self.top_k, 1, MAX_TOP_K)
         if self.seed is not None:
             check_int(f + "seed", self.seed, 0, MAX_SEED)
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise ValidationError(
+                f + "schedule",
+                f"must be one of {list(SCHEDULES)} (or unset: the model's own), "
+                f"got {echo(self.schedule)}",
+            )
+        check_float(f + "alg_temp", self.alg_temp, 0.0, MAX_ALG_TEMP)
+        if self.alg_temp > 0 and self.threshold is not None:
+            raise ValidationError(
+                f + "alg_temp",
+                f"must be 0 with a threshold (every token above it is committed), "
+                f"got {self.alg_temp!r}",
+            )
+        check_float(f + "eps", self.eps, 0.0, 1.0)
         for name in ("stop_at_eos", "logits_eos_inf", "confidence_eos_eot_inf"):
             if not isinstance(getattr(self, name), bool):
                 raise ValidationError(f + name, f"must be a bool, got {echo(getattr(self, name))}")

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from dllmserve import tracing
-from dllmserve.errors import ValidationError, echo
+from dllmserve.errors import CapacityError, ValidationError
 from dllmserve.scheduler import errors
 from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.auth import client_of
@@ -22,7 +22,9 @@ from dllmserve.scheduler.config import SchedulerConfig
 from dllmserve.scheduler.dispatcher import Dispatcher
 from dllmserve.scheduler.metrics import SchedulerMetrics
 from dllmserve.scheduler.relay import ClientGone, RelayError, ResultHub, follow
+from dllmserve.scheduler.served import ServedModels
 from dllmserve.scheduler.validation import (
+    check_fits,
     check_request_id,
     check_stream_options,
     group_key,
@@ -34,7 +36,6 @@ from dllmserve.v1 import dllm_pb2_grpc
 log = logging.getLogger(__name__)
 # Redis is down or restarting: the client should retry (its stream can be re-attached).
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-MODELS_MAX_AGE_S = 1.0  # how stale the served models may be when resolving a request's model
 CANCEL_POLL_S = 0.02  # how often Cancel looks whether the worker has confirmed
 
 try:
@@ -63,7 +64,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         self._background: set[asyncio.Task] = set()
         self.draining = False
         self.streams = 0  # open Generate/Attach streams
-        self._models: tuple[float, list[str]] = (-1e9, [])  # (monotonic time read, known models)
+        self._served = ServedModels(client, cfg.model_memory_s)
         self.metrics = SchedulerMetrics(cfg, dispatcher, lambda: self.streams)
 
     # --- RPCs -------------------------------------------------------------------------------
@@ -135,7 +136,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
             counts[wi.model] = counts.get(wi.model, 0) + 1
             if wi.state == "ready":
                 info.free_slots += max(0, wi.slots - load)
-        for name in sorted(set(counts) | set(await self._known_models())):
+        for name in sorted(set(counts) | set(await self._served.known())):
             info.models.append(pb.ModelInfo(name=name, workers=counts.get(name, 0)))
         return info
 
@@ -146,12 +147,15 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
     ) -> AsyncIterator[pb.GenerateEvent]:
         if self.draining:
             raise errors.simple(grpc.StatusCode.UNAVAILABLE, "scheduler is draining; retry")
-        try:
+        try:  # every bound, the model's too, before anything is queued
             args = to_engine_args(request, self._cfg.limits)
+            model = await self._served.resolve(request.model)
+            check_fits(args, await self._served.limits_of(model))
         except ValidationError as e:
             raise errors.invalid_argument(e.field, e.reason) from None
+        except CapacityError as e:  # it could never run, however long it waited: no RetryInfo
+            raise errors.resource_exhausted(str(e), retry_after_s=None) from None
         client = client_of(context, self._authenticated)
-        model = await self._resolve_model(request.model)
         rid = request.request_id or uuid.uuid4().hex
         stored = pb.GenerateRequest()
         stored.CopyFrom(request)
@@ -361,35 +365,6 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
                 args=[rid, code, msg, repr(time.time()), self._cfg.result_ttl_s],
             )
         )
-
-    async def _known_models(self, max_age_s: float = 0.0) -> list[str]:
-        """The models served lately; a list read at most `max_age_s` ago may be reused."""
-        read_at, known = self._models
-        if time.monotonic() - read_at <= max_age_s:
-            return known
-        now = time.time()
-        seen = await self._r.hgetall(q.MODELS)
-        known = [q.s(m) for m, t in seen.items() if now - float(q.s(t)) < self._cfg.model_memory_s]
-        self._models = (time.monotonic(), known)
-        return known
-
-    async def _resolve_model(self, name: str) -> str:
-        # A burst of requests reads the models once; a name not seen yet is looked up afresh.
-        known = await self._known_models(max_age_s=MODELS_MAX_AGE_S)
-        if name and name not in known:
-            known = await self._known_models()
-        if name:
-            if name not in known:
-                raise errors.simple(
-                    grpc.StatusCode.NOT_FOUND,
-                    f"model {echo(name)} is not served here; served models: {sorted(known)}",
-                )
-            return name
-        if len(known) > 1:
-            raise errors.invalid_argument(
-                "model", f"required: several models are served ({sorted(known)})"
-            )
-        return known[0] if known else ""
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -2,17 +2,20 @@
 
 Sampling and sparse fields are validated by constructing `SamplingParams` / `SparseConfig`
 themselves, so a bad field gets the identical `ValidationError` (naming the field) whether it
-arrives through `LLM.generate` or gRPC. The worker calls `to_engine_args` again on the stored
-request, so both sides always agree on what a request means.
+arrives through `LLM.generate` or gRPC. The checks that need the model and engine run
+`resolve_request` against the limits the model's workers registered (`check_fits`), the same
+function each engine runs when it admits the request: one source of every rule.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dllmserve.errors import ValidationError, echo
+from dllmserve.engine.inputs import ModelLimits, resolve_request
+from dllmserve.errors import CapacityError, ValidationError, echo
 from dllmserve.sampling_params import SamplingParams
 from dllmserve.sparse.state import SparseConfig
 from dllmserve.v1 import dllm_pb2 as pb
@@ -26,7 +29,7 @@ _SC_SCALARS = [f.name for f in pb.SparseConfig.DESCRIPTOR.fields if f.name != "l
 
 @dataclass(frozen=True)
 class Limits:
-    """Wire-level limits; the model-dependent ones (context length, vocabulary) are the worker's."""
+    """Wire-level limits, whatever the model (the model's own come from its workers)."""
 
     max_prompt_chars: int = 200_000
     max_prompt_tokens: int = 32_768
@@ -103,6 +106,25 @@ def to_engine_args(req: pb.GenerateRequest, limits: Limits = Limits()) -> Engine
         raise ValidationError("priority", f"must be in [-100, 100], got {req.priority}")
     check_stream_options(req.stream_options, limits)
     return EngineArgs(prompt=prompt, sampling_params=sp, sparse_config=sc)
+
+
+def check_fits(args: EngineArgs, workers: Sequence[ModelLimits]) -> None:
+    """Refuse a request that none of `workers` (the limits a model's workers registered) could
+    ever run, with the error `resolve_request` gives for the first of them.
+
+    A token-id prompt is checked exactly (its length, its ids against the vocabulary); text and
+    chat messages are not tokenized here and count as one token, so what is refused would be
+    refused whatever the prompt. Without workers (none registered yet) nothing is checked."""
+    ids = args.prompt if args.prompt and isinstance(args.prompt[0], int) else None
+    first: ValidationError | CapacityError | None = None
+    for limits in workers:
+        try:
+            resolve_request(limits, args.sampling_params, args.sparse_config, prompt_ids=ids)
+            return
+        except (ValidationError, CapacityError) as e:
+            first = first or e
+    if first is not None:
+        raise first
 
 
 def check_stream_options(

@@ -20,6 +20,15 @@ def llada_gqa_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def llada_eos_dir(tmp_path_factory):
+    """A tiny LLaDA that really ends its answers: the LM-head rows of EOS and <|eot_id|> are
+    scaled ten-fold, so both often win (a plain random model almost never picks them)."""
+    return write_tiny_checkpoint(
+        tmp_path_factory.mktemp("llada_eos"), "llada", seed=1, stop_scale=10.0
+    )
+
+
+@pytest.fixture(scope="session")
 def dream_dir(tmp_path_factory):
     """Dream's real head layout in miniature: 7 query heads per KV head, head dim 16 (the
     smallest the Triton kernels take)."""

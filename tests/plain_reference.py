@@ -294,8 +294,10 @@ def sparse_generate(
     temperature: float = 0.0,
     seed: int = 0,
     record: list | None = None,
+    sampler=None,
 ) -> list[int]:
-    """The sparse algorithm with a plain dual cache and brute-force selection."""
+    """The sparse algorithm with a plain dual cache and brute-force selection. `sampler`
+    replaces LLaDA's step: called as sampler(logits, x, (s, e), step, i, steps_in_block)."""
     from dllmserve.sparse.state import kept_count
 
     P = len(prompt)
@@ -337,6 +339,10 @@ def sparse_generate(
                     logits[s:e] = wl[:-1]
                 else:
                     logits[s:e] = wl
+            if sampler is not None:
+                sampler(logits, x, (s, e), g, i, per_block[b])
+                g += 1
+                continue
             sample_step(
                 logits,
                 x,

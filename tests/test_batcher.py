@@ -23,8 +23,8 @@ SPARSE = SparseConfig(retention_ratio=0.5, delay_step=1, default_block_len=4)
 
 def limits(**kw) -> ModelLimits:
     base = dict(max_len=512, n_layers=2, vocab_size=300, mask_token_id=MASK,
-                shifted_logits=False, max_num_batched_tokens=4096, page_size=4,
-                num_cache_pages=1000)  # fmt: skip
+                shifted_logits=False, default_schedule="blocks", max_num_batched_tokens=4096,
+                page_size=4, num_cache_pages=1000)  # fmt: skip
     return ModelLimits(**{**base, **kw})
 
 

@@ -219,3 +219,28 @@ def test_step_updates_carry_what_the_engine_decided(llada_dir):
         assert ends == [4, 8, 12][: len(ends)] and ends[-1] == final.step
         seen = [u.answer_length for u in ups if u.answer_length is not None]
         assert len(set(seen)) <= 1  # once known, the answer's end never moves
+
+
+def test_dream_and_llada_schedules_share_iterations(dream_dir):
+    """Requests on Dream's schedule (every alg, alg_temp, top_p / top_k) and on LLaDA's join one
+    engine at different steps and run in the same iterations; each gets the tokens it gets
+    alone (bit-exact on CPU fp32)."""
+    mix = {
+        "entropy": (params(1, remasking="entropy", temperature=0.0), None),
+        "origin": (params(2, remasking="origin", top_k=20), SPARSE),
+        "alg_temp": (params(3, remasking="maskgit_plus", alg_temp=0.4, top_p=0.9), None),
+        "margin": (params(4, remasking="topk_margin", steps=9, block_length=8), SPARSE),
+        "blocks": (params(5, schedule="blocks", block_length=8), None),
+        "blocks-origin": (params(6, schedule="blocks", remasking="origin", top_k=5), SPARSE),
+    }
+    engine = Engine.from_pretrained(dream_dir)
+    updates: dict = {}
+    for i, (rid, (p, sparse)) in enumerate(mix.items()):
+        engine.add_request(rid, [3 + i, 4, 5, 6], p, sparse)
+        for u in engine.step():
+            updates.setdefault(u.request_id, []).append(u)
+    drain(engine, updates)
+    for i, (rid, (p, sparse)) in enumerate(mix.items()):
+        alone = run_alone(dream_dir, [3 + i, 4, 5, 6], p, sparse)
+        assert updates[rid][-1].output.token_ids == alone, rid
+        assert canvas_from(updates[rid], 16, engine.tokens.mask) == alone

@@ -31,7 +31,7 @@ TORCH_FREE = """
 import sys
 sys.modules["torch"] = None  # any import of torch now fails
 import dllmserve, dllmserve.engine.config, dllmserve.engine.inputs, dllmserve.engine.protocol
-import dllmserve.scheduler.validation, dllmserve.worker.render
+import dllmserve.scheduler.validation, dllmserve.scheduler.service, dllmserve.worker.render
 import dllmserve.client
 """
 

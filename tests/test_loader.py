@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from importlib import resources
 
 import pytest
 import torch
@@ -83,6 +84,11 @@ def test_missing_shard_and_config(llada_dir, tmp_path):
         ({"block_type": "sequential"}, "block_type"),
         ({"block_group_size": 2}, "block_group_size"),
         ({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}, "unsupported architecture"),
+        ({"layer_norm_type": None}, "lacks layer_norm_type: only 'rms'"),
+        ({"layer_norm_type": "default"}, "has layer_norm_type='default': only 'rms'"),
+        ({"layer_norm_type": "gemma_rms"}, "layer_norm_type='gemma_rms'"),
+        ({"layer_norm_with_affine": False}, "layer_norm_with_affine=false"),
+        ({"bias_for_layer_norm": True}, "bias_for_layer_norm"),
     ],
 )
 def test_unsupported_options_are_named(llada_dir, tmp_path, patch, match):
@@ -92,6 +98,13 @@ def test_unsupported_options_are_named(llada_dir, tmp_path, patch, match):
     (ckpt / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UnsupportedModelError, match=match):
         LLM(ckpt)
+
+
+def test_the_checkpoints_the_project_writes_say_rmsnorm(llada_dir):
+    """As LLaDA-8B's config.json does: without the key the official code builds LayerNorm."""
+    shipped = resources.files("dllmserve.assets") / "tiny-llada" / "config.json"
+    for path in (llada_dir / "config.json", shipped):
+        assert json.loads(path.read_text())["layer_norm_type"] == "rms"
 
 
 def test_mask_id_comes_from_config(llada_dir, tmp_path):

@@ -8,6 +8,7 @@ import torch
 import dllmserve.kernels as kernels
 from dllmserve import LLM, SamplingParams, SparseConfig
 from dllmserve.sparse.state import kept_count
+from tests.plain_dream import DreamStep
 from tests.plain_reference import PlainModel, brute_force_select, sparse_generate
 
 PROMPT = [12, 40, 41, 42, 43, 44, 45, 46, 47, 48, 90, 91, 92]
@@ -47,9 +48,23 @@ def test_gqa_and_dream_sparse(llada_gqa_dir, dream_dir):
     for path in (llada_gqa_dir, dream_dir):
         llm, plain = LLM(path), PlainModel(path)
         cfg = SparseConfig(retention_ratio=0.3, delay_step=1, default_block_len=8)
-        params = SamplingParams(gen_length=16, steps=16, stop_at_eos=False)
+        params = SamplingParams(gen_length=16, steps=16, stop_at_eos=False, schedule="blocks")
         out = llm.generate([PROMPT], params, sparse_configs=cfg, use_tqdm=False)[0]
         assert out["token_ids"] == sparse_generate(plain, PROMPT, 16, 8, 16, 0.3, 1)
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.4])
+@pytest.mark.parametrize("alg", ["maskgit_plus", "origin"])
+def test_dream_schedule_commits_inside_each_block(dream_dir, ratio, alg):
+    """Under Dream's schedule a sparse request runs the schedule inside each block (Fast-dLLM's
+    Dream); its REUSE steps are chained on the device, `origin`'s random commits included."""
+    llm, plain = LLM(dream_dir), PlainModel(dream_dir)
+    cfg = SparseConfig(retention_ratio=ratio, delay_step=1, default_block_len=8)
+    params = SamplingParams(gen_length=24, steps=18, temperature=0.5, seed=4, remasking=alg,
+                            stop_at_eos=False)  # fmt: skip
+    out = llm.generate([PROMPT], params, sparse_configs=cfg, use_tqdm=False)[0]
+    step = DreamStep(plain, len(PROMPT), alg, temperature=0.5, seed=4)
+    assert out["token_ids"] == sparse_generate(plain, PROMPT, 24, 8, 18, ratio, 1, sampler=step)
 
 
 def test_kept_entries_count_and_brute_force(llada, monkeypatch):

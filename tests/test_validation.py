@@ -30,6 +30,16 @@ PARAM_CASES = [
     (dict(seed=-1), "sampling_params.seed", "[0, "),
     (dict(steps=2.5), "sampling_params.steps", "integer"),
     (dict(stop_at_eos="yes"), "sampling_params.stop_at_eos", "bool"),
+    (dict(schedule="llada"), "sampling_params.schedule", "['blocks', 'dream']"),
+    (dict(schedule=""), "sampling_params.schedule", "['blocks', 'dream']"),
+    (dict(alg_temp=-0.1), "sampling_params.alg_temp", "[0, 10]"),
+    (dict(alg_temp=10.5), "sampling_params.alg_temp", "[0, 10]"),
+    (dict(alg_temp=float("nan")), "sampling_params.alg_temp", "[0, 10]"),
+    (dict(alg_temp=0.5, threshold=0.9), "sampling_params.alg_temp", "0 with a threshold"),
+    (dict(eps=-1e-9), "sampling_params.eps", "[0, 1]"),
+    (dict(eps=1.5), "sampling_params.eps", "[0, 1]"),
+    (dict(eps=float("inf")), "sampling_params.eps", "[0, 1]"),
+    (dict(eps="0.1"), "sampling_params.eps", "[0, 1]"),
 ]
 
 SPARSE_CASES = [
@@ -57,6 +67,8 @@ SPARSE_CASES = [
 AT_BOUNDS = [
     dict(temperature=10.0, cfg_scale=10.0, top_k=1_000_000, seed=2**63 - 1, top_p=1.0),
     dict(temperature=0.0, cfg_scale=0.0, top_k=1, seed=0, threshold=0.0),
+    dict(schedule="dream", alg_temp=10.0, eps=1.0),
+    dict(schedule="blocks", alg_temp=0.0, eps=0.0, threshold=1.0),
 ]
 
 
@@ -121,6 +133,14 @@ ENGINE_CASES = [
         "sparse_config.layer_ratios",
         "one ratio per layer (2)",
     ),
+    ([1, 2], dict(gen_length=8, steps=8, top_k=321), None, "sampling_params.top_k", "[1, 320]"),
+    (
+        [1, 2],
+        dict(gen_length=8, steps=8),
+        SparseConfig(default_block_len=513),
+        "sparse_config.default_block_len",
+        "[1, 512]",
+    ),
 ]
 
 
@@ -129,6 +149,19 @@ def test_engine_limits(llm, prompt, kw, sparse, field, text):
     with pytest.raises(ValidationError) as e:
         llm.generate([prompt], SamplingParams(**kw), sparse_configs=sparse, use_tqdm=False)
     assert e.value.field == field and text in str(e.value)
+
+
+def test_engine_limits_at_their_bounds(llm):
+    """top_k up to the vocabulary, default_block_len up to the model's length, 512 tokens."""
+    assert llm.engine.limits.vocab_size == 320 and llm.engine.limits.max_len == 512
+    params = [
+        SamplingParams(gen_length=8, steps=8, top_k=320, temperature=1.0, seed=1),
+        SamplingParams(gen_length=8, steps=8, seed=1),
+        SamplingParams(gen_length=510, steps=1, seed=1),
+    ]
+    sparse = [None, SparseConfig(default_block_len=512), None]
+    outs = llm.generate([[1, 2]] * 3, params, sparse_configs=sparse, use_tqdm=False)
+    assert [len(o["token_ids"]) for o in outs] == [8, 8, 510]
 
 
 def test_mask_token_in_prompt(llm):

@@ -3,7 +3,9 @@
 It runs beside the engine loop so that a long step never makes a live worker look dead. It
 also notices when the dispatcher has reaped the worker (it missed heartbeats, e.g. a frozen
 process) and tells the loop to drop the work that was taken back. While the watchdog holds the
-loop for stalled it stays silent, so the worker drops out of the service.
+loop for stalled it stays silent, so the worker drops out of the service. Each beat also
+carries the engine's `ModelLimits` (scheduler/served.py): the scheduler checks a request against
+the model before it queues it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import redis
 import redis.exceptions
 
 from dllmserve.scheduler import queue as q
+from dllmserve.scheduler.served import LIMITS_FIELD, encode_limits
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,8 @@ class Heartbeat(threading.Thread):
         self.r = client
         self.device = device
         self.slots = slots
+        limits = loop.engine.limits
+        self.limits = encode_limits(limits) if limits is not None else ""
         self.halt = threading.Event()
         self._registered_as = ""  # the worker id of the last beat (the loop's id may change)
 
@@ -57,6 +62,7 @@ class Heartbeat(threading.Thread):
                 "total_pages": st.get("total_pages", 0),
                 "max_num_seqs": st.get("max_num_seqs", 0),
                 "steps": lp.steps,
+                LIMITS_FIELD: self.limits,
                 "t": repr(time.time()),
             },
         )

@@ -28,7 +28,7 @@ def stream(
     target: str, token: str, prompt: str, *, chat: bool, gen_length: int, steps: int,
     block_length: int | None, sparse: bool, live: bool, temperature: float = 0.0,
     model: str = "", tls: bool = False, ca: str = "", as_json: bool = False,
-    progress: bool = True,
+    progress: bool = True, remasking: str | None = None, schedule: str | None = None,
 ) -> int:  # fmt: skip
     """Stream one generation; `live` draws the canvas in place (a terminal), else plain lines."""
     from dllmserve.cli.live import MASK, LiveView, PlainView
@@ -37,6 +37,9 @@ def stream(
     sp = {"gen_length": gen_length, "steps": steps, "temperature": temperature}
     if block_length:
         sp["block_length"] = block_length
+    for name, value in (("remasking", remasking), ("schedule", schedule)):
+        if value is not None:  # unset: the server's default (the model's own schedule)
+            sp[name] = value
     kwargs = {
         "sampling_params": sp,
         "model": model,
@@ -71,7 +74,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         a.target, a.token, a.prompt, chat=not a.raw, gen_length=a.gen_length, steps=a.steps,
         block_length=a.block_length, sparse=a.sparse, live=sys.stdout.isatty() and not a.no_live,
         temperature=a.temperature, model=a.model, tls=a.tls, ca=a.ca, as_json=a.json,
-        progress=not a.no_live,
+        progress=not a.no_live, remasking=a.remasking, schedule=a.schedule,
     )  # fmt: skip
 
 
@@ -107,6 +110,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="semi-autoregressive block size (none: the whole canvas)",
     )
     g.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    g.add_argument(
+        "--remasking",
+        default=None,
+        help="low_confidence, random, maskgit_plus, topk_margin, entropy or origin "
+        "(none: the server's default)",
+    )
+    g.add_argument(
+        "--schedule",
+        default=None,
+        help="blocks (LLaDA's) or dream (Dream's timesteps) (none: the model's own)",
+    )
     g.add_argument("--sparse", action="store_true", help="use the default SparseConfig")
     g.add_argument("--raw", action="store_true", help="send the prompt as is (no chat template)")
     g.add_argument(

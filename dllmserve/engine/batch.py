@@ -140,7 +140,8 @@ def build_iteration(
         "step": torch.tensor([r.global_step for r in reqs], dtype=i64),
         "gen_pos": gen_pos,
         "eligible": eligible,
-        "k": torch.tensor([r.commits_at(r.step_in_block) for r in reqs], dtype=i64),
+        **_plan_tensors(reqs, 0),
+        "alg_temp": torch.tensor([p.alg_temp for p in params], dtype=torch.float64),
         "threshold": torch.tensor(
             [float("nan") if p.threshold is None else p.threshold for p in params]
         ),
@@ -182,6 +183,8 @@ def build_iteration(
         positions=d["gen_pos"],
         eligible=d["eligible"],
         k=d["k"],
+        transfer_prob=d["transfer_prob"],
+        alg_temp=d["alg_temp"],
         threshold=d["threshold"],
         mode=d["mode"],
         top_k=d["top_k"],
@@ -192,6 +195,8 @@ def build_iteration(
         any_noise=any(p.temperature > 0 for p in params),
         any_threshold=any(p.threshold is not None for p in params),
         any_filter=any(p.top_k is not None or p.top_p is not None for p in params),
+        any_alg_temp=any(p.alg_temp > 0 for p in params),
+        any_transfer=any(r.independent_commits for r in reqs),
     )
     return IterationBatch(
         input_ids=d["input_ids"],
@@ -210,7 +215,7 @@ def refresh_iteration(
     prev: IterationBatch, reqs: list[Request], device: torch.device
 ) -> IterationBatch:
     """`prev` for the next step of the same all-REUSE requests: new window tokens, masks,
-    step counters and commit counts; every index tensor stays as it is on the device."""
+    step counters and commit plans; every index tensor stays as it is on the device."""
     windows = []
     for r in reqs:
         ws, we = r.window()
@@ -223,10 +228,13 @@ def refresh_iteration(
         "input_ids": torch.cat(windows),
         "eligible": eligible,
         "step": torch.tensor([r.global_step for r in reqs], dtype=torch.long),
-        "k": torch.tensor([r.commits_at(r.step_in_block) for r in reqs], dtype=torch.long),
+        **_plan_tensors(reqs, 0),
     }
     d = upload(host, device)
-    sampling = replace(prev.sampling, eligible=d["eligible"], step=d["step"], k=d["k"])
+    sampling = replace(
+        prev.sampling, eligible=d["eligible"], step=d["step"], k=d["k"],
+        transfer_prob=d["transfer_prob"],
+    )  # fmt: skip
     return replace(prev, input_ids=d["input_ids"], sampling=sampling)
 
 
@@ -241,7 +249,8 @@ def chain_iteration(
     """The next all-REUSE iteration of batch `b`'s requests, built on the device from its
     sampled tokens (x0, commit) without reading them back: committed tokens are scattered into
     the window tokens (of both cfg lanes), committed positions leave `eligible`, steps count up.
-    Only the next commit counts come from the host (the schedule does not depend on tokens)."""
+    Only the next commit plans come from the host (no schedule depends on tokens: Dream's
+    `origin` draws its commits on the device, from a probability fixed by the step)."""
     ids = b.input_ids
     T = ids.numel()
     buf = torch.cat([ids, ids.new_zeros(1)])  # slot T takes the writes of uncommitted entries
@@ -249,11 +258,22 @@ def chain_iteration(
         if rows is not None:
             target = torch.where(commit, rows + int(shifted), T)
             buf.scatter_(0, target.view(-1), x0.view(-1))
-    k = torch.tensor([r.commits_at(r.step_in_block + 1) for r in reqs], dtype=torch.long)
+    plan = upload(_plan_tensors(reqs, 1), device)
     sampling = replace(
         b.sampling,
         eligible=b.sampling.eligible & ~commit,
         step=b.sampling.step + 1,
-        k=upload({"k": k}, device)["k"],
+        k=plan["k"],
+        transfer_prob=plan["transfer_prob"],
     )
     return replace(b, input_ids=buf[:T], sampling=sampling)
+
+
+def _plan_tensors(reqs: list[Request], ahead: int) -> dict[str, torch.Tensor]:
+    """Each request's commit count and transfer probability `ahead` steps past its current one."""
+    return {
+        "k": torch.tensor([r.commits_at(r.step_in_block + ahead) for r in reqs], dtype=torch.long),
+        "transfer_prob": torch.tensor(
+            [r.transfer_prob_at(r.step_in_block + ahead) for r in reqs], dtype=torch.float64
+        ),
+    }

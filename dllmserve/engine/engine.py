@@ -70,6 +70,7 @@ class Engine:
             vocab_size=cfg.vocab_size,
             mask_token_id=cfg.mask_token_id,
             shifted_logits=cfg.shifted_logits,
+            default_schedule=cfg.default_schedule,
             max_num_batched_tokens=batched_tokens,
             page_size=config.page_size,
             num_cache_pages=num_pages,

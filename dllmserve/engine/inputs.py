@@ -2,8 +2,8 @@
 
 `ModelLimits` holds the facts that bound a request on an engine (the model's length,
 vocabulary and layers, the token budget and the cache). `resolve_request` checks a request
-against them and resolves its defaults (block length, per-layer retention ratios, lanes, the
-tokens and cache pages it needs), returning the `ResolvedRequest` the engine builds its
+against them and resolves its defaults (the schedule, block length, per-layer retention ratios,
+lanes, the tokens and cache pages it needs), returning the `ResolvedRequest` the engine builds its
 `Request` from. It is pure and torch-free, so the scheduler can call it with limits that travel
 in a worker's registration, also before a text prompt is tokenized (its length unknown).
 Field-by-field checks of `SamplingParams` / `SparseConfig` happen when those are constructed.
@@ -12,7 +12,7 @@ Field-by-field checks of `SamplingParams` / `SparseConfig` happen when those are
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dllmserve.engine.schedule import block_bounds, even_split
 from dllmserve.errors import CapacityError, ValidationError
@@ -29,6 +29,7 @@ class ModelLimits:
     vocab_size: int
     mask_token_id: int
     shifted_logits: bool  # Dream: a REUSE window also holds the position before the block
+    default_schedule: str  # the model's own: "dream" for Dream, "blocks" for LLaDA
     max_num_batched_tokens: int  # tokens one iteration forwards at most
     page_size: int  # kept K/V entries per cache page
     num_cache_pages: int  # pages in the engine's pool
@@ -42,7 +43,7 @@ class ResolvedRequest:
     and `pages_per_layer` are lower bounds (a refusal is still certain)."""
 
     prompt_len: int | None  # None: not known yet (a text prompt at the scheduler)
-    params: SamplingParams
+    params: SamplingParams  # its `schedule` resolved
     sparse: SparseConfig | None  # None: dense, the exact official algorithm
     block_length: int
     blocks: tuple[tuple[int, int], ...]  # [start, end) of each block in the generated canvas
@@ -76,9 +77,16 @@ def resolve_request(
         raise ValidationError("sampling_params", f"must be SamplingParams, got {params!r}")
     if sparse is not None and not isinstance(sparse, SparseConfig):
         raise ValidationError("sparse_config", f"must be SparseConfig, got {sparse!r}")
+    if params.schedule is None:
+        params = replace(params, schedule=limits.default_schedule)
     if prompt_ids is not None:
         _check_prompt_ids(limits, prompt_ids)
         prompt_len = len(prompt_ids)
+    if params.top_k is not None and params.top_k > limits.vocab_size:
+        raise ValidationError(
+            "sampling_params.top_k",
+            f"must be in [1, {limits.vocab_size}] (the vocabulary), got {params.top_k}",
+        )
     known_len = prompt_len
     prompt_len = 1 if prompt_len is None else prompt_len
     gen = params.gen_length
@@ -104,6 +112,12 @@ def resolve_request(
     ratios = (1.0,) * limits.n_layers
     pages: tuple[int, ...] = ()
     if active is not None:
+        if active.default_block_len > limits.max_len:
+            raise ValidationError(
+                "sparse_config.default_block_len",
+                f"must be in [1, {limits.max_len}] (the model's maximum length), "
+                f"got {active.default_block_len}",
+            )
         if active.delay_step >= block:
             raise ValidationError(
                 "sparse_config.delay_step",

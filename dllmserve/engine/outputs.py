@@ -41,11 +41,12 @@ class StepUpdate:
     """What one denoising step of one request committed, and what the engine decided with it.
 
     ``positions`` are offsets into the generated canvas (0 .. gen_length-1), ``token_ids`` the
-    tokens committed there this step; an early stop at EOS commits the rest of the canvas (the
-    EOS fill) in the same update. ``answer_length`` is the offset of the answer's first stop
-    token once the committed prefix reaches it (None before, and at the end when the answer
-    has none); ``text_delta`` is the new text of that prefix (docs/design.md §8). The last
-    update has a ``finish_reason`` and carries ``output``.
+    tokens committed there this step (none at a step the schedule commits nothing); an early
+    stop commits the rest of the canvas (the EOS fill, or EOT's) in the same update.
+    ``answer_length`` is the offset of the answer's first stop token once the committed prefix
+    reaches it (None before, and at the end when the answer has none); ``text_delta`` is the
+    new text of that prefix (docs/design.md §8). The last update has a ``finish_reason`` and
+    carries ``output``.
     """
 
     request_id: str

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from dllmserve.engine.inputs import ModelLimits
 from dllmserve.engine.outputs import StepUpdate
 from dllmserve.sampling_params import SamplingParams
 from dllmserve.sparse.state import SparseConfig
@@ -19,6 +20,9 @@ Prompt = str | list[int] | list[dict[str, str]]  # text, token ids, or chat mess
 class StepEngine(Protocol):
     model_name: str  # the name clients ask for
     device: object  # where it runs (str() of it is advertised)
+    # what bounds a request here; the worker registers it so that the scheduler refuses what
+    # can never run before queueing it (None: no model, nothing to check)
+    limits: ModelLimits | None
 
     @property
     def max_num_seqs(self) -> int:

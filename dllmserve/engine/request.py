@@ -7,6 +7,7 @@ numpy costs ~1 us and a torch CPU op ~5 us.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dllmserve.engine.inputs import ResolvedRequest
-from dllmserve.engine.schedule import even_commits
+from dllmserve.engine.schedule import BlockPlan, block_plan
 from dllmserve.sparse.state import Phase, kept_count
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class SpecialTokens:
     mask: int
-    eos: int  # ends an answer; fills the canvas after an early stop
+    eos: int  # ends an answer; fills the canvas after an early stop (unless forbidden)
     eot: int | None  # ends a chat turn, where the tokenizer has one (<|eot_id|>, <|im_end|>)
 
     @cached_property
@@ -83,6 +84,11 @@ class Request:
         self.stable_len = 0  # committed generated tokens before the first mask
         self.answer_length: int | None = None  # offset of the first stop in the stable prefix
         self.detokenizer: IncrementalDetokenizer | None = None  # set by an engine with text
+        p = spec.params
+        # Dream's `origin`: each mask committed independently, with the step's probability
+        self.independent_commits = (
+            p.schedule == "dream" and p.remasking == "origin" and p.threshold is None
+        )
         self._start_block(0)
 
     # ---- schedule -------------------------------------------------------------------------
@@ -90,14 +96,33 @@ class Request:
         self.block_idx = index
         self.step_in_block = 0
         s, e = self.spec.blocks[index]
-        self._commits = even_commits(e - s, self.spec.block_steps[index])
+        p = self.params
+        steps = self.spec.block_steps[index]
+        self._plan: BlockPlan = block_plan(
+            p.schedule, e - s, steps, p.eps, independent=self.independent_commits
+        )
         if self.sparse is not None:  # entries each KV head keeps: the candidates outside the window
             ws, we = self.window()
             self.kept = [kept_count(self.seq_len - (we - ws), r) for r in self.spec.layer_ratios]
 
     def commits_at(self, step_in_block: int) -> int:
         """Tokens the schedule commits at this step of the current block (0 past its plan)."""
-        return self._commits[step_in_block] if step_in_block < len(self._commits) else 0
+        commits = self._plan.commits
+        return commits[step_in_block] if step_in_block < len(commits) else 0
+
+    def transfer_prob_at(self, step_in_block: int) -> float:
+        """Dream's `origin`: each mask's probability of being committed at this step; NaN where
+        the step commits `commits_at` tokens instead."""
+        probs = self._plan.transfer_probs
+        return probs[step_in_block] if probs and step_in_block < len(probs) else math.nan
+
+    @property
+    def fill_token(self) -> int:
+        """What fills the canvas after an early stop: EOS, or the end-of-turn token when the
+        request forbids EOS (`logits_eos_inf`; its answer can then only end with EOT)."""
+        if self.params.logits_eos_inf and self.tokens.eot is not None:
+            return self.tokens.eot
+        return self.tokens.eos
 
     @property
     def total_steps(self) -> int:
@@ -188,9 +213,9 @@ class Request:
         if block_done:
             if self.params.stop_at_eos and self._answer_ended_before(be):
                 rest = np.flatnonzero(self.canvas[be:] == self.tokens.mask) + be
-                self.canvas[rest] = self.tokens.eos
+                self.canvas[rest] = self.fill_token
                 positions += (rest - self.prompt_len).tolist()
-                token_ids += [self.tokens.eos] * len(rest)
+                token_ids += [self.fill_token] * len(rest)
                 self._grow_stable_prefix()
                 self.finish_reason = "stop"
             elif self.block_idx + 1 == len(self.spec.blocks):

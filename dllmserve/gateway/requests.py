@@ -9,7 +9,8 @@ Field map: `max_tokens` (chat also `max_completion_tokens`) -> `gen_length` (and
 `top_p`, `seed` as is; `n` > 1 -> n requests with seeds seed, seed+1, ...; `stop` is applied to
 the text by the gateway (`stop.py`); `user` is accepted and not used. dLLM fields at the top
 level of the body (the SDKs' `extra_body`): every field of SamplingParams (`steps`,
-`block_length`, `remasking`, `cfg_scale`, `threshold`, `top_k`, ...), `sparse_config`
+`block_length`, `remasking`, `cfg_scale`, `threshold`, `top_k`, `schedule`, `alg_temp`, `eps`,
+...), `sparse_config`
 {SparseConfig fields}, `priority`,
 `stream_mode` ("text" | "denoise") and `mask_placeholder`.
 """

@@ -39,6 +39,11 @@ class ModelConfig:
     def group(self) -> int:
         return self.n_heads // self.n_kv_heads
 
+    @property
+    def default_schedule(self) -> str:
+        """The commit schedule of the model's own sampler (`SamplingParams.schedule` unset)."""
+        return "dream" if self.arch == "dream" else "blocks"
+
 
 def load_config(model_dir: str | Path) -> ModelConfig:
     path = Path(model_dir) / "config.json"
@@ -67,6 +72,13 @@ def _require(raw: dict, key: str) -> object:
 
 
 def _llada(raw: dict) -> ModelConfig:
+    norm = raw.get("layer_norm_type")
+    if norm != "rms":
+        has = "lacks layer_norm_type" if norm is None else f"has layer_norm_type={norm!r}"
+        raise UnsupportedModelError(
+            f"LLaDA config {has}: only 'rms' (RMSNorm, as LLaDA-8B's config.json sets it) is "
+            "implemented; the official code reads a config without the key as LayerNorm"
+        )
     refused = {
         "alibi": bool(raw.get("alibi", False)),
         "rope=false": not raw.get("rope", True),
@@ -77,6 +89,8 @@ def _llada(raw: dict) -> ModelConfig:
         "input_emb_norm": bool(raw.get("input_emb_norm", False)),
         "scale_logits": bool(raw.get("scale_logits", False)),
         "clip_qkv": raw.get("clip_qkv") is not None,
+        "layer_norm_with_affine=false": not raw.get("layer_norm_with_affine", True),
+        "bias_for_layer_norm": bool(raw.get("bias_for_layer_norm", False)),
         "activation_type not silu/swiglu": raw.get("activation_type", "silu")
         not in ("silu", "swiglu"),
     }

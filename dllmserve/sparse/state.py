@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from dllmserve.errors import ValidationError, echo
 from dllmserve.sampling_params import check_float, check_int
 
-# Bounds that hold whatever the model (the layer count, candidate count and block length of the
-# served model are checked when a request is admitted). The max-pool costs pool_kernel
-# comparisons per candidate; no model has more layers than MAX_LAYERS.
+# Bounds that hold whatever the model (the layer count, length and block length of the served
+# model are checked when a request is admitted). The max-pool costs pool_kernel comparisons per
+# candidate, its windows clipped at the candidates' ends (so a wider kernel than the candidates
+# is no error); no model has more layers than MAX_LAYERS.
 MAX_POOL_KERNEL = 63
 MAX_LAYERS = 1024
 

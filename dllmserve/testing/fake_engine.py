@@ -19,6 +19,7 @@ class FakeEngine:
 
     model_name = "fake"
     device = "cpu"
+    limits = None  # no model: the scheduler checks only the wire fields
 
     def __init__(self, step_s: float = 0.0, max_num_seqs: int = 256) -> None:
         self.step_s = step_s

@@ -67,6 +67,7 @@ def llada_config(
         "eos_token_id": eos_id,
         "pad_token_id": eos_id,
         "rope_theta": rope_theta,
+        "layer_norm_type": "rms",
         "rms_norm_eps": 1e-5,
         "max_sequence_length": max_len,
         "activation_type": "silu",
@@ -110,12 +111,15 @@ def write_tiny_checkpoint(
     max_len: int = 512,
     num_shards: int = 2,
     logit_scale: float = 6.0,
+    stop_scale: float = 1.0,
     dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write a random tiny checkpoint of ``arch`` ("llada" or "dream") into ``path``.
 
     Weights are scaled so that logits are peaked (``logit_scale``): a near-uniform random model
-    would make confidences tie and hide sampling bugs behind rounding noise.
+    would make confidences tie and hide sampling bugs behind rounding noise. ``stop_scale``
+    scales the LM-head rows of EOS and the end-of-turn token, so that a model with it above 1
+    really ends its answers (a random one almost never picks those two of ~260 tokens).
     """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,6 +182,10 @@ def write_tiny_checkpoint(
             tensors[name] = torch.randn(shape, generator=gen)
         else:
             tensors[name] = _init(shape, gen, logit_scale)
+    head = "model.transformer.ff_out.weight" if arch == "llada" else "lm_head.weight"
+    eot = "<|eot_id|>" if arch == "llada" else "<|im_end|>"
+    for stop in (ids["<|endoftext|>"], ids[eot]):
+        tensors[head][stop] *= stop_scale
     for i in range(n_layers):
         for name, shape in layer.items():
             if "norm" in name:

@@ -52,7 +52,7 @@ class TokenIds(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
-    __slots__ = ("temperature", "gen_length", "steps", "block_length", "cfg_scale", "remasking", "threshold", "seed", "stop_at_eos", "logits_eos_inf", "confidence_eos_eot_inf", "top_p", "top_k")
+    __slots__ = ("temperature", "gen_length", "steps", "block_length", "cfg_scale", "remasking", "threshold", "seed", "stop_at_eos", "logits_eos_inf", "confidence_eos_eot_inf", "top_p", "top_k", "schedule", "alg_temp", "eps")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     GEN_LENGTH_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,9 @@ class SamplingParams(_message.Message):
     CONFIDENCE_EOS_EOT_INF_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    ALG_TEMP_FIELD_NUMBER: _ClassVar[int]
+    EPS_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     gen_length: int
     steps: int
@@ -79,7 +82,10 @@ class SamplingParams(_message.Message):
     confidence_eos_eot_inf: bool
     top_p: float
     top_k: int
-    def __init__(self, temperature: _Optional[float] = ..., gen_length: _Optional[int] = ..., steps: _Optional[int] = ..., block_length: _Optional[int] = ..., cfg_scale: _Optional[float] = ..., remasking: _Optional[str] = ..., threshold: _Optional[float] = ..., seed: _Optional[int] = ..., stop_at_eos: _Optional[bool] = ..., logits_eos_inf: _Optional[bool] = ..., confidence_eos_eot_inf: _Optional[bool] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ...) -> None: ...
+    schedule: str
+    alg_temp: float
+    eps: float
+    def __init__(self, temperature: _Optional[float] = ..., gen_length: _Optional[int] = ..., steps: _Optional[int] = ..., block_length: _Optional[int] = ..., cfg_scale: _Optional[float] = ..., remasking: _Optional[str] = ..., threshold: _Optional[float] = ..., seed: _Optional[int] = ..., stop_at_eos: _Optional[bool] = ..., logits_eos_inf: _Optional[bool] = ..., confidence_eos_eot_inf: _Optional[bool] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., schedule: _Optional[str] = ..., alg_temp: _Optional[float] = ..., eps: _Optional[float] = ...) -> None: ...
 
 class SparseConfig(_message.Message):
     __slots__ = ("enabled", "retention_ratio", "delay_step", "default_block_len", "head_select", "pool_kernel", "layer_wise", "layer_ratios")

@@ -89,6 +89,8 @@ def test_sample_tokens_same_tokens_as_engine_sampler():
         positions=x["positions"],
         eligible=torch.ones(r, b, dtype=torch.bool, device=DEVICE),
         k=torch.ones(r, dtype=torch.int64, device=DEVICE),
+        transfer_prob=torch.full((r,), float("nan"), dtype=torch.float64, device=DEVICE),
+        alg_temp=torch.zeros(r, dtype=torch.float64, device=DEVICE),
         threshold=torch.full((r,), float("nan"), device=DEVICE),
         mode=torch.full((r,), LOW_CONFIDENCE, device=DEVICE),
         top_k=torch.zeros(r, dtype=torch.int64, device=DEVICE),
@@ -99,6 +101,8 @@ def test_sample_tokens_same_tokens_as_engine_sampler():
         any_noise=True,
         any_threshold=False,
         any_filter=False,
+        any_alg_temp=False,
+        any_transfer=False,
     )
     x0_engine, _ = sample(x["logits"], batch, EOS, EOT, MASK)
     x0, _ = K.sample_tokens(**x, mask_id=MASK, eos_id=EOS, eot_id=EOT)

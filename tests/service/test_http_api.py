@@ -15,6 +15,7 @@ from svc_util import Cluster, wait_for
 
 from dllmserve.assets import default_model_path
 from dllmserve.client import Client
+from dllmserve.gateway.requests import plan
 from dllmserve.scheduler import queue as q
 
 PROMPT = "Repeat exactly: serving diffusion models"
@@ -137,6 +138,9 @@ BAD = [
     ({"extra_body": {"steps": 0}}, "steps"),
     ({"temperature": -1.0}, "temperature"),
     ({"extra_body": {"remasking": "sideways"}}, "remasking"),
+    ({"extra_body": {"schedule": "llada"}}, "schedule"),
+    ({"extra_body": {"alg_temp": 20}}, "alg_temp"),
+    ({"extra_body": {"eps": "small"}}, "eps"),
     ({"extra_body": {"sparse_config": {"retention_ratio": 2.0}}}, "sparse_config.retention_ratio"),
     ({"extra_body": {"sparse_config": {"ratio": 0.5}}}, "sparse_config.ratio"),
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
@@ -162,6 +166,14 @@ def test_bad_fields_are_400_naming_them(svc, oai, kw, param):
     assert err["type"] == "invalid_request_error"
 
 
+def test_dream_sampler_fields_reach_the_grpc_request():
+    body = {"prompt": PROMPT, "max_tokens": 16, "schedule": "dream", "remasking": "origin",
+            "alg_temp": 0.25, "eps": 0.5}  # fmt: skip
+    sp = plan(body, chat=False).requests[0].sampling_params
+    assert (sp.schedule, sp.remasking, sp.alg_temp, sp.eps) == ("dream", "origin", 0.25, 0.5)
+    assert not plan({"prompt": PROMPT}, chat=False).requests[0].sampling_params.HasField("schedule")
+
+
 def test_the_rules_are_the_grpc_ones(svc, oai, grpc_client):
     """The same bad value gets the same reason over HTTP and gRPC (one source of rules)."""
     with pytest.raises(grpc.RpcError) as g:
@@ -170,7 +182,7 @@ def test_the_rules_are_the_grpc_ones(svc, oai, grpc_client):
         oai.completions.create(model=svc.model_name, prompt=PROMPT, max_tokens=16,
                                extra_body={"steps": 32})  # fmt: skip
     assert h.value.body["message"] == g.value.details().replace("sampling_params.", "", 1)
-    # Checks that need the model run on the worker and still name the field the caller sent.
+    # Checks that need the model (here its vocabulary) name the field the caller sent too.
     with pytest.raises(openai.BadRequestError) as h:
         oai.completions.create(model=svc.model_name, prompt=[10**6], max_tokens=16,
                                extra_body={"steps": 8})  # fmt: skip

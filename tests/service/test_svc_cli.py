@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from dllmserve.client import Client
 from dllmserve.scheduler.local_redis import (
     INSTALL_HINT,
     SERVER_ENV,
@@ -100,6 +101,18 @@ def test_generate_prints_the_answer_and_json(cluster):
     bad = _cli("generate", "--target", cluster.target, "--steps", "0", "Hi")
     assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
     assert "sampling_params.steps" in bad.stderr
+
+
+def test_generate_takes_the_schedule_and_remasking(cluster):
+    out = _cli("generate", "--target", cluster.target, "--gen-length", "16", "--steps", "16",
+               "--schedule", "dream", "--remasking", "entropy", "--json", "Hi")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    sp = {"gen_length": 16, "steps": 16, "schedule": "dream", "remasking": "entropy"}
+    with Client(cluster.target) as c:
+        want = c.generate_text(messages=[{"role": "user", "content": "Hi"}], sampling_params=sp)
+    assert json.loads(out.stdout)["token_ids"] == list(want.token_ids)
+    bad = _cli("generate", "--target", cluster.target, "--schedule", "llada", "Hi")
+    assert bad.returncode == 1 and "sampling_params.schedule" in bad.stderr
 
 
 def _descendants(pid: int) -> list[int]:

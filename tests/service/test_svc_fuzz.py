@@ -70,14 +70,21 @@ def good_sampling(draw) -> dict:
         optional={
             "temperature": st.floats(0, 10),
             "cfg_scale": st.floats(0, 10),
-            "remasking": st.sampled_from(["low_confidence", "random", "maskgit_plus", "entropy"]),
+            "remasking": st.sampled_from(
+                ["low_confidence", "random", "maskgit_plus", "entropy", "origin"]
+            ),
             "threshold": st.floats(0, 1),
             "top_p": st.floats(0.01, 1),
             "top_k": st.integers(1, 300),
             "stop_at_eos": st.booleans(),
+            "schedule": st.sampled_from(["blocks", "dream"]),
+            "eps": st.floats(0, 1),
         },
     )
-    return {**out, **draw(extra)}
+    out.update(draw(extra))
+    if "threshold" not in out and draw(st.booleans()):  # alg_temp > 0 needs no threshold
+        out["alg_temp"] = draw(st.floats(0, 10))
+    return out
 
 
 wild_sampling = st.fixed_dictionaries(
@@ -93,6 +100,9 @@ wild_sampling = st.fixed_dictionaries(
         "top_k": st.integers(-1, 2_000_000),
         "stop_at_eos": st.booleans(),
         "logits_eos_inf": st.booleans(),
+        "schedule": st.sampled_from(["blocks", "dream", "llada", ""]),
+        "alg_temp": st.sampled_from([0.0, 0.5, 10.0, 10.5, -1.0, math.nan]),
+        "eps": unit,
     },
 )
 good_sparse = st.none() | st.fixed_dictionaries(

@@ -30,8 +30,8 @@ def _sp(**kw) -> dict:
 
 
 # (build_request keyword arguments, the status, the field it names: None = a valid request that
-# must complete). Checks that need the model (its length, layers, blocks) still run on the
-# worker in this phase and end the stream the same way.
+# must complete). Checks that need the model (its length, vocabulary, layers, blocks) run on
+# the scheduler against the limits the worker registered (test_svc_model_limits.py).
 CASES = [
     ({"sampling_params": _sp(temperature=10.0)}, None, None),
     ({"sampling_params": _sp(temperature=10.0001)}, BAD, "sampling_params.temperature"),
@@ -48,7 +48,8 @@ CASES = [
     ({"sampling_params": _sp(top_p=1.0, temperature=0.5)}, None, None),
     ({"sampling_params": _sp(top_p=1.01)}, BAD, "sampling_params.top_p"),
     ({"sampling_params": _sp(top_p=math.inf)}, BAD, "sampling_params.top_p"),
-    ({"sampling_params": _sp(top_k=1_000_000)}, None, None),
+    ({"sampling_params": _sp(top_k=320)}, None, None),  # the tiny model's vocabulary
+    ({"sampling_params": _sp(top_k=321)}, BAD, "sampling_params.top_k"),
     ({"sampling_params": _sp(top_k=1_000_001)}, BAD, "sampling_params.top_k"),
     ({"sampling_params": _sp(top_k=2**31 - 1)}, BAD, "sampling_params.top_k"),
     ({"sampling_params": _sp(seed=2**63 - 1)}, None, None),
@@ -57,11 +58,20 @@ CASES = [
     ({"sampling_params": _sp(steps=9)}, BAD, "sampling_params.steps"),
     ({"sampling_params": _sp(block_length=8)}, None, None),
     ({"sampling_params": _sp(block_length=9)}, BAD, "sampling_params.block_length"),
-    ({"sampling_params": _sp(block_length=2, steps=3)}, BAD, "sampling_params.steps"),  # worker
+    ({"sampling_params": _sp(block_length=2, steps=3)}, BAD, "sampling_params.steps"),
     ({"sampling_params": _sp(gen_length=8192, steps=8)}, BAD, "sampling_params.gen_length"),
     ({"sampling_params": _sp(gen_length=8193, steps=8)}, BAD, "sampling_params.gen_length"),
     ({"sampling_params": _sp(gen_length=2**31 - 1)}, BAD, "sampling_params.gen_length"),
     ({"sampling_params": _sp(remasking="x" * 300_000)}, BAD, "sampling_params.remasking"),
+    ({"sampling_params": _sp(schedule="dream", remasking="origin")}, None, None),
+    ({"sampling_params": _sp(schedule="x" * 300_000)}, BAD, "sampling_params.schedule"),
+    ({"sampling_params": _sp(alg_temp=10.0, temperature=0.5)}, None, None),
+    ({"sampling_params": _sp(alg_temp=10.0001)}, BAD, "sampling_params.alg_temp"),
+    ({"sampling_params": _sp(alg_temp=math.nan)}, BAD, "sampling_params.alg_temp"),
+    ({"sampling_params": _sp(eps=0.0, schedule="dream")}, None, None),
+    ({"sampling_params": _sp(eps=1.0, schedule="dream")}, None, None),
+    ({"sampling_params": _sp(eps=-1e-9)}, BAD, "sampling_params.eps"),
+    ({"sampling_params": _sp(eps=math.inf)}, BAD, "sampling_params.eps"),
     ({"sparse_config": {"pool_kernel": 63}, "sampling_params": SMALL}, None, None),
     ({"sparse_config": {"pool_kernel": 65}}, BAD, "sparse_config.pool_kernel"),
     ({"sparse_config": {"pool_kernel": 2**31 - 1}}, BAD, "sparse_config.pool_kernel"),
@@ -71,7 +81,7 @@ CASES = [
     ({"sparse_config": {"layer_wise": True, "layer_ratios": [0.5, 0.7]}, "sampling_params": SMALL},
      None, None),  # the tiny model has 2 layers
     ({"sparse_config": {"layer_wise": True, "layer_ratios": [0.5] * 3}, "sampling_params": SMALL},
-     BAD, "sparse_config.layer_ratios"),  # worker: one per layer
+     BAD, "sparse_config.layer_ratios"),  # one per layer
     ({"sparse_config": {"layer_wise": True, "layer_ratios": [0.5] * 1025}}, BAD,
      "sparse_config.layer_ratios"),
     ({"sparse_config": {"layer_wise": True, "layer_ratios": [0.5] * 60_000}}, BAD,
@@ -81,7 +91,7 @@ CASES = [
     ({"sparse_config": {"delay_step": 7, "default_block_len": 8}, "sampling_params": SMALL},
      None, None),
     ({"sparse_config": {"delay_step": 8, "default_block_len": 8}, "sampling_params": SMALL},
-     BAD, "sparse_config.delay_step"),  # worker: below the block length
+     BAD, "sparse_config.delay_step"),  # below the block length
     ({"priority": 100, "sampling_params": SMALL}, None, None),
     ({"priority": -100, "sampling_params": SMALL}, None, None),
     ({"priority": 101}, BAD, "priority"),
@@ -103,7 +113,7 @@ CASES = [
     ({"prompt": "p" * 200_000, "sampling_params": SMALL}, BAD, "sampling_params.gen_length"),
     ({"token_ids": [5] * 32_769}, BAD, "token_ids.ids"),
     ({"token_ids": [5] * 32_768, "sampling_params": SMALL}, BAD, "sampling_params.gen_length"),
-    ({"token_ids": [5, 2**31 - 1], "sampling_params": SMALL}, BAD, "prompt"),  # worker: vocab
+    ({"token_ids": [5, 2**31 - 1], "sampling_params": SMALL}, BAD, "prompt"),  # vocabulary
     ({"messages": [{"role": "user", "content": "hi"}] * 257}, BAD, "messages.messages"),
     ({"messages": [{"role": "u" * 100_000, "content": "x"}]}, BAD, "messages.messages[0].role"),
     ({"prompt": "q" * 600_000}, grpc.StatusCode.RESOURCE_EXHAUSTED, None),  # > max request
