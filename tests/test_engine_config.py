@@ -13,6 +13,7 @@ import torch
 from dllmserve import LLM, ValidationError
 from dllmserve.cli import build_parser
 from dllmserve.cli.config_args import add_config_args, config_from_args, config_to_args
+from dllmserve.cli.options import Parser
 from dllmserve.cli.worker import add_worker_args, worker_config
 from dllmserve.engine.config import EngineConfig
 from dllmserve.engine.engine import Engine
@@ -79,7 +80,7 @@ def test_every_engine_option_is_a_worker_flag():
     assert cfg == EngineConfig(page_size=8, enforce_eager=True, max_num_seqs=5, dtype="float32",
                                gpu_memory_utilization=0.5)  # fmt: skip
     assert _worker([]).engine == EngineConfig()  # the defaults are the dataclass's own
-    p = argparse.ArgumentParser()
+    p = Parser()
     add_worker_args(p)
     help_text = p.format_help()
     for f in fields(EngineConfig):

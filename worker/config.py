@@ -16,6 +16,8 @@ class WorkerConfig:
     random_shape: str = ""
     model_name: str = ""  # the name clients ask for; empty: the directory's name (random-SHAPE)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    # shared by the workers of one host that all see its GPUs: each claims one (worker/gpu.py)
+    gpu_lock_dir: str = ""
     worker_id: str = ""  # empty: host-pid-random (a fresh id per process)
     slots: int = 0  # requests it accepts at once; 0: 2 * max_num_seqs
     heartbeat_interval_s: float = 1.0

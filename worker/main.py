@@ -13,6 +13,7 @@ import redis
 from dllmserve.engine.protocol import StepEngine
 from dllmserve.worker import http
 from dllmserve.worker.config import WorkerConfig
+from dllmserve.worker.gpu import take_gpu
 from dllmserve.worker.heartbeat import Heartbeat
 from dllmserve.worker.loop import WorkerLoop
 
@@ -30,6 +31,8 @@ def build_engine(cfg: WorkerConfig) -> StepEngine:
 
 
 def run(cfg: WorkerConfig, engine: StepEngine | None = None) -> None:
+    # before CUDA starts; held (the lock stays open) until the process ends
+    gpu = take_gpu(cfg.gpu_lock_dir) if engine is None and cfg.engine.device != "cpu" else None
     probes = http.Probes()
     server = http.serve(probes, "0.0.0.0", cfg.http_port) if cfg.http_port else None
     if server is not None:
@@ -58,7 +61,8 @@ def run(cfg: WorkerConfig, engine: StepEngine | None = None) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    log.info("worker %s serving %s on %s", worker_id, loop.model_name, engine.device)
+    claimed = f" (GPU {gpu.gpu}, claimed in {cfg.gpu_lock_dir})" if gpu else ""
+    log.info("worker %s serving %s on %s%s", worker_id, loop.model_name, engine.device, claimed)
     port = server.server_port if server is not None else 0
     print(f"{READY_LINE} id={worker_id} model={loop.model_name} http_port={port}", flush=True)
     try:

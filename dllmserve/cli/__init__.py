@@ -1,33 +1,53 @@
 """`dllmserve serve | scheduler | worker | gateway | generate`: one module per subcommand.
 
-Each subcommand module has `register(subparsers)`, which adds its parser and sets `fn`.
+Each subcommand module has `register(subparsers)`, which adds its parser and sets `fn`. Every
+flag's default can come from the environment (dllmserve.cli.options).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from dllmserve import __version__
 from dllmserve.cli import gateway, generate, scheduler, serve, worker
-from dllmserve.cli.common import env
+from dllmserve.cli.options import Parser
 from dllmserve.errors import ListenError
 from dllmserve.logs import configure
 from dllmserve.tracing import setup as setup_tracing
 
+DESCRIPTION = """\
+dLLM-Serve: serve masked-diffusion language models (LLaDA, Dream), streaming every denoising
+step over gRPC (and an OpenAI-compatible HTTP API). `dllmserve COMMAND --help` describes each
+command; every flag can also be set by an environment variable, which its help names."""
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dllmserve",
-        description="dLLM-Serve: serve masked-diffusion language models (LLaDA, Dream).",
+EPILOG = """\
+examples:
+  dllmserve serve --demo                       # the built-in demo model, live demo once ready
+  dllmserve generate "Repeat exactly: hello"   # in another terminal
+  dllmserve serve --model /models/LLaDA-8B-Instruct --listen 0.0.0.0:50051
+  dllmserve worker --help                      # the flags of one subcommand
+docs: README.md, docs/service.md (API, configuration), docs/http.md (HTTP API),
+docs/deploy.md (compose, Helm)
+"""
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="dllmserve", description=DESCRIPTION, epilog=EPILOG)
+    p.add_argument("--version", action="version", version=f"dllmserve {__version__}")
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="log messages of this level and above",
     )
-    p.add_argument("--log-level", default=env("DLLMSERVE_LOG_LEVEL", "INFO"))
     p.add_argument(
         "--log-format",
-        default=env("DLLMSERVE_LOG_FORMAT", "text"),
+        default="text",
         choices=["text", "json"],
-        help="text lines, or one JSON object per line (env DLLMSERVE_LOG_FORMAT)",
+        help="text lines, or one JSON object per line",
     )
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     for module in (serve, scheduler, worker, gateway, generate):
         module.register(sub)
     return p

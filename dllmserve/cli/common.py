@@ -1,15 +1,12 @@
-"""Helpers shared by the subcommands: environment defaults and the model argument."""
+"""Helpers shared by the subcommands: the model argument and the default target."""
 
 from __future__ import annotations
 
-import os
+import argparse
 from pathlib import Path
 
 DEFAULT_TARGET = "localhost:50051"
-
-
-def env(name: str, default: str = "") -> str:
-    return os.environ.get(name, default)
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
 
 def demo_model_dir() -> Path:
@@ -23,7 +20,12 @@ def resolve_model(model: str) -> str:
     return str(demo_model_dir()) if model in ("", "demo") else model
 
 
-def add_random_shape_arg(p) -> None:
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default="demo",
+        help="checkpoint directory (Hugging Face layout), or 'demo' for the built-in tiny model",
+    )
     p.add_argument(
         "--random-shape",
         default="",

@@ -1,25 +1,23 @@
-"""Command-line flags and DLLMSERVE_* environment variables generated from a config dataclass.
+"""Command-line flags generated from a config dataclass.
 
-Each field `max_num_seqs` becomes `--max-num-seqs` (help from the field's metadata), whose
-default is `$DLLMSERVE_MAX_NUM_SEQS` when set, else the field's own: flags, variables and
-defaults cannot drift from the dataclass. Bools get `--flag / --no-flag`; optional fields take
-`none` for None.
+Each field `max_num_seqs` becomes `--max-num-seqs` (help from the field's metadata) with the
+field's default; like every flag of a `dllmserve.cli.options.Parser`, `$DLLMSERVE_MAX_NUM_SEQS`
+sets it when present: flags, variables and defaults cannot drift from the dataclass. Bools get
+`--flag / --no-flag`; optional fields take `none` for None.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import types
 import typing
 from dataclasses import MISSING, fields
 
-ENV_PREFIX = "DLLMSERVE_"
-TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+from dllmserve.cli.options import FALSE, PREFIX, TRUE
 
 
 def env_name(field_name: str) -> str:
-    return ENV_PREFIX + field_name.upper()
+    return PREFIX + field_name.upper()
 
 
 def flag_name(field_name: str) -> str:
@@ -41,23 +39,23 @@ def _parser_of(base: type, optional: bool, source: str):
     def parse(text: str):
         if optional and text.lower() in ("", "none"):
             return None
-        if base is bool and text.lower() in TRUE | FALSE:
+        if base is bool and text.lower() in TRUE + FALSE:
             return text.lower() in TRUE
         try:
             if base is not bool:
                 return base(text)
         except ValueError:
             pass
-        want = sorted(TRUE | FALSE) if base is bool else base.__name__
+        want = sorted(TRUE + FALSE[1:]) if base is bool else base.__name__
         raise argparse.ArgumentTypeError(f"{source}: expected {want}, got {text!r}")
 
     return parse
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One flag per field of dataclass `cls` (except `skip`), defaulting to its variable."""
+    """One flag per field of dataclass `cls` (except `skip`), read from its variable too."""
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(f"{cls.__name__} (each also from {ENV_PREFIX}<NAME>)")
+    group = parser.add_argument_group(f"{cls.__name__} (each also from {PREFIX}<NAME>)")
     for f in fields(cls):
         if f.name in skip:
             continue
@@ -65,20 +63,15 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
         base, optional = _base_type(hints[f.name])
         parse = _parser_of(base, optional, f"{flag_name(f.name)} / {var}")
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-        text = f"{f.metadata.get('help', '')} [{var}; default {default}]"
-        env = os.environ.get(var)
+        text = f.metadata.get("help", "")
         if base is bool:
-            if env is not None:
-                try:
-                    default = parse(env)
-                except argparse.ArgumentTypeError as e:
-                    parser.error(str(e))
-            group.add_argument(flag_name(f.name), dest=f.name, default=default, help=text,
-                               action=argparse.BooleanOptionalAction)  # fmt: skip
-        else:  # argparse parses a string default (the variable's text) with `type`, or fails
-            default = env if env is not None else default
-            group.add_argument(flag_name(f.name), dest=f.name, default=default, help=text,
-                               type=parse, metavar=f.name.upper())  # fmt: skip
+            kind = {"action": argparse.BooleanOptionalAction}
+        else:
+            kind = {"type": parse, "metavar": f.name.upper()}
+        action = group.add_argument(
+            flag_name(f.name), dest=f.name, default=default, help=text, **kind
+        )
+        action.env = var  # the Parser reads it, with `parse`, for the chosen subcommand
 
 
 def config_from_args(cls: type, args: argparse.Namespace, **override):

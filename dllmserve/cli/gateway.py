@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dllmserve.cli.common import DEFAULT_TARGET, env
+from dllmserve.cli.common import DEFAULT_TARGET
 
 
 def cmd_gateway(a: argparse.Namespace) -> int:
@@ -17,21 +17,41 @@ def cmd_gateway(a: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = """\
+The OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /health,
+/metrics, and a playground page at /) in front of one or more schedulers, over their gRPC API:
+no state of its own, so any number can run. docs/http.md has the endpoints."""
+
+EXAMPLES = """\
+examples:
+  dllmserve gateway --target scheduler:50051 --listen 0.0.0.0:8000
+  dllmserve gateway --target sched-a:50051,sched-b:50051   # re-attaches through the other
+  curl localhost:8000/v1/models"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser(
         "gateway",
-        help="the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /metrics, "
-        "the playground at /) in front of the schedulers",
+        help="the OpenAI-compatible HTTP API in front of the schedulers",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
     )
     g.add_argument(
         "--target",
-        default=env("DLLMSERVE_TARGET", DEFAULT_TARGET),
+        default=DEFAULT_TARGET,
         help="scheduler gRPC address(es), comma-separated (the others serve re-attaches)",
     )
-    g.add_argument("--listen", default=env("DLLMSERVE_HTTP_LISTEN", "0.0.0.0:8000"))
+    g.add_argument(
+        "--listen",
+        default="0.0.0.0:8000",
+        env="DLLMSERVE_HTTP_LISTEN",
+        help="the HTTP address (HOST:PORT)",
+    )
     g.add_argument("--tls", action="store_true", help="TLS to the schedulers")
     g.add_argument("--ca", default="", help="PEM file of the schedulers' CA (implies --tls)")
-    g.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
+    g.add_argument(
+        "--max-body-bytes", type=int, default=4 * 1024 * 1024, help="largest request body"
+    )
     g.add_argument(
         "--retries",
         type=int,

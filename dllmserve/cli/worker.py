@@ -5,24 +5,55 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dllmserve.cli.common import add_random_shape_arg, env, resolve_model
+from dllmserve.cli.common import DEFAULT_REDIS, add_model_args, resolve_model
 from dllmserve.cli.config_args import add_config_args, config_from_args
 from dllmserve.engine.config import EngineConfig
 from dllmserve.errors import ValidationError
 
+DESCRIPTION = """\
+A worker: loads one model once onto one GPU (or the CPU), registers in Redis, and runs the
+engine on the batches the dispatcher sends it, publishing every denoising step. A SIGTERM
+drains it: running requests finish, unread work goes back to the queue. /metrics, /livez and
+/readyz are served on --http-port.
 
-def add_worker_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
-    if with_model:
-        p.add_argument(
-            "--model",
-            default=env("DLLMSERVE_MODEL", "demo"),
-            help="checkpoint directory, or 'demo' for the built-in tiny model",
-        )
-        add_random_shape_arg(p)
-    p.add_argument("--model-name", default="", help="name clients use (default: directory name)")
-    p.add_argument("--slots", type=int, default=0, help="requests accepted at once (0: 2x seqs)")
-    p.add_argument("--heartbeat-interval", type=float, default=1.0)
-    p.add_argument("--heartbeat-ttl", type=float, default=5.0)
+GPU: the one its environment gives it (CUDA_VISIBLE_DEVICES, the Kubernetes device plugin).
+Workers that all see every GPU of a host (docker compose replicas) share --gpu-lock-dir and
+each takes the first GPU no other holds."""
+
+EXAMPLES = """\
+examples:
+  dllmserve worker --redis-url redis://:PASSWORD@redis:6379/0 --model /models/LLaDA-8B-Instruct
+  CUDA_VISIBLE_DEVICES=1 dllmserve worker --model /models/Dream-v0-Instruct-7B
+  dllmserve worker --device cpu --model demo        # the built-in tiny model, no GPU"""
+
+
+def add_worker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model-name",
+        default="",
+        help="the name clients ask for (none: the checkpoint directory's name)",
+    )
+    p.add_argument(
+        "--gpu-lock-dir",
+        default="",
+        help="a directory shared by the workers of a host that all see its GPUs: each takes the "
+        "first GPU no other holds (none: use the GPU the environment gives)",
+    )
+    p.add_argument(
+        "--slots",
+        type=int,
+        default=0,
+        help="requests accepted at once, running or waiting (0: 2 x --max-num-seqs)",
+    )
+    p.add_argument(
+        "--heartbeat-interval", type=float, default=1.0, help="seconds between heartbeats"
+    )
+    p.add_argument(
+        "--heartbeat-ttl",
+        type=float,
+        default=5.0,
+        help="seconds without a heartbeat after which the worker counts as dead",
+    )
     p.add_argument(
         "--stall-factor",
         type=float,
@@ -31,15 +62,16 @@ def add_worker_args(p: argparse.ArgumentParser, with_model: bool = True) -> None
         "--stall-floor) takes the worker out and its requests are re-run elsewhere",
     )
     p.add_argument("--stall-floor", type=float, default=60.0, help="watchdog floor, seconds")
-    p.add_argument("--worker-id", default="")
+    p.add_argument("--worker-id", default="", help="worker id (none: host-pid-random)")
     p.add_argument(
         "--sync-publish", action="store_true", help="publish on the engine's thread (debugging)"
     )
     p.add_argument(
         "--http-port",
         type=int,
-        default=int(env("DLLMSERVE_WORKER_HTTP_PORT", "8081")),
-        help="port of /metrics, /livez and /readyz (env DLLMSERVE_WORKER_HTTP_PORT; 0: none)",
+        default=8081,
+        env="DLLMSERVE_WORKER_HTTP_PORT",
+        help="port of /metrics, /livez and /readyz (0: none)",
     )
     add_config_args(p, EngineConfig)
 
@@ -53,6 +85,7 @@ def worker_config(a: argparse.Namespace):
         random_shape=a.random_shape,
         model_name=a.model_name,
         engine=config_from_args(EngineConfig, a),
+        gpu_lock_dir=a.gpu_lock_dir,
         slots=a.slots,
         heartbeat_interval_s=a.heartbeat_interval,
         heartbeat_ttl_s=a.heartbeat_ttl,
@@ -77,7 +110,17 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    w = sub.add_parser("worker", help="a worker process owning one GPU (or the CPU)")
-    w.add_argument("--redis-url", default=env("DLLMSERVE_REDIS_URL") or "redis://127.0.0.1:6379/0")
+    w = sub.add_parser(
+        "worker",
+        help="a worker process owning one GPU (or the CPU)",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+    )
+    w.add_argument(
+        "--redis-url",
+        default=DEFAULT_REDIS,
+        help="the Redis of the queue (redis://:PASSWORD@HOST:PORT/DB)",
+    )
+    add_model_args(w)
     add_worker_args(w)
     w.set_defaults(fn=cmd_worker)

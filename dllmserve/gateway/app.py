@@ -31,13 +31,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from dllmserve.client import AsyncClient
+from dllmserve.client import AsyncClient, Completed, Event, StepUpdate
 from dllmserve.gateway import responses as out
 from dllmserve.gateway.errors import ApiError, from_rpc
 from dllmserve.gateway.metrics import GatewayMetrics, MetricsMiddleware
 from dllmserve.gateway.requests import Plan, plan
 from dllmserve.gateway.stop import StopText, cut
-from dllmserve.v1 import dllm_pb2 as pb
 
 STATIC = Path(__file__).parent / "static"
 HEALTH_TIMEOUT_S = 3.0
@@ -147,7 +146,7 @@ class Gateway:
         body = out.completion(p, dones, texts, reasons, p.n)
         return JSONResponse(body, headers={"X-Request-Id": p.id})
 
-    async def _open(self, p: Plan, md: tuple) -> list[AsyncIterator[pb.GenerateEvent]]:
+    async def _open(self, p: Plan, md: tuple) -> list[AsyncIterator[Event]]:
         """Start every generation and wait for each one's Accepted (or its refusal)."""
         streams = [self.client.stream(r, metadata=md) for r in p.requests]
         firsts = await asyncio.gather(*(s.__anext__() for s in streams), return_exceptions=True)
@@ -177,7 +176,7 @@ class Gateway:
 
         tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
         texts = [StopText(p.stop) for _ in streams]
-        dones: list[pb.Completed | None] = [None] * len(streams)
+        dones: list[Completed | None] = [None] * len(streams)
         ended = [False] * len(streams)
         open_ = len(streams)
         first_token = True
@@ -194,24 +193,23 @@ class Gateway:
                 if isinstance(ev, grpc.RpcError):
                     yield out.sse(from_rpc(ev, p.chat).body())
                     break
-                kind = ev.WhichOneof("event")
-                if kind == "step" and not ended[i]:
-                    text = texts[i].feed(ev.step.text_delta)
+                if isinstance(ev, StepUpdate) and not ended[i]:
+                    text = texts[i].feed(ev.text_delta)
                     if text and first_token:
                         first_token = False
                         self.metrics.first_token.labels(p.model).observe(time.perf_counter() - t0)
                     if text or p.denoise:
-                        yield out.sse(out.chunk(p, i, text, step=ev.step if p.denoise else None))
+                        yield out.sse(out.chunk(p, i, text, step=ev if p.denoise else None))
                     if texts[i].stopped:  # a stop string: this choice is done for the client
                         ended[i] = True
                         yield out.sse(out.chunk(p, i, finish="stop"))
                         self.metrics.generations.labels(p.model, "stop").inc()
-                elif kind == "completed":
-                    dones[i] = ev.completed
+                elif isinstance(ev, Completed):
+                    dones[i] = ev
                     if not ended[i]:
                         ended[i] = True
                         rest = texts[i].flush()
-                        reason = out.finish_reason(ev.completed, texts[i].stopped)
+                        reason = out.finish_reason(ev, texts[i].stopped)
                         yield out.sse(out.chunk(p, i, rest, finish=reason))
                         self.metrics.generations.labels(p.model, reason).inc()
             else:
@@ -230,10 +228,10 @@ class Gateway:
                     await s.aclose()
 
 
-async def _completed(stream) -> pb.Completed:
+async def _completed(stream) -> Completed:
     async for ev in stream:
-        if ev.WhichOneof("event") == "completed":
-            return ev.completed
+        if isinstance(ev, Completed):
+            return ev
     raise ApiError(502, "the stream ended without a result", type="server_error")
 
 

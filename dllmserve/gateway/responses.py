@@ -11,23 +11,23 @@ from __future__ import annotations
 import json
 import time
 
+from dllmserve.client import Completed, FinishReason, StepUpdate
 from dllmserve.gateway.requests import Plan
-from dllmserve.v1 import dllm_pb2 as pb
 
 DONE = b"data: [DONE]\n\n"
-_REASONS = {pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length"}
+_REASONS = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length"}
 
 
 def sse(obj: dict) -> bytes:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
 
-def finish_reason(done: pb.Completed, stopped: bool) -> str:
+def finish_reason(done: Completed, stopped: bool) -> str:
     """OpenAI's finish_reason: a stop string or EOS is "stop", a full canvas "length"."""
     return "stop" if stopped else _REASONS.get(done.finish_reason, "stop")
 
 
-def usage(dones: list[pb.Completed], n: int) -> dict:
+def usage(dones: list[Completed], n: int) -> dict:
     """Prompt tokens count once per prompt (not per choice), as OpenAI counts them."""
     prompt = sum(d.usage.prompt_tokens for d in dones[::n])
     completion = sum(d.usage.generated_tokens for d in dones)
@@ -39,7 +39,7 @@ def usage(dones: list[pb.Completed], n: int) -> dict:
     }
 
 
-def completion(plan: Plan, dones: list[pb.Completed], texts: list[str], reasons: list[str],
+def completion(plan: Plan, dones: list[Completed], texts: list[str], reasons: list[str],
                n: int) -> dict:  # fmt: skip
     choices = []
     for i, (text, reason) in enumerate(zip(texts, reasons, strict=True)):
@@ -66,7 +66,7 @@ def chunk(
     *,
     role: bool = False,
     finish: str | None = None,
-    step: pb.StepUpdate | None = None,
+    step: StepUpdate | None = None,
 ) -> dict:
     c: dict = {"index": index, "finish_reason": finish}
     if plan.chat:
@@ -87,7 +87,7 @@ def chunk(
     }
 
 
-def usage_chunk(plan: Plan, dones: list[pb.Completed], n: int) -> dict:
+def usage_chunk(plan: Plan, dones: list[Completed], n: int) -> dict:
     return {
         "id": plan.id,
         "object": "chat.completion.chunk" if plan.chat else "text_completion",
@@ -98,7 +98,7 @@ def usage_chunk(plan: Plan, dones: list[pb.Completed], n: int) -> dict:
     }
 
 
-def denoise(step: pb.StepUpdate) -> dict:
+def denoise(step: StepUpdate) -> dict:
     return {
         "step": step.step,
         "total_steps": step.total_steps,

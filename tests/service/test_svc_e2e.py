@@ -12,9 +12,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from svc_util import wait_for
 
-from dllmserve.client import AsyncClient, Canvas, Client
+from dllmserve.client import (
+    Accepted,
+    AsyncClient,
+    Canvas,
+    Client,
+    Completed,
+    Event,
+    FinishReason,
+    StepUpdate,
+)
 from dllmserve.scheduler import queue as q
-from dllmserve.v1 import dllm_pb2 as pb
 
 SP = {"gen_length": 16, "steps": 8, "seed": 3}
 SPARSE_SP = {"gen_length": 16, "steps": 8, "block_length": 8, "seed": 5, "stop_at_eos": False}
@@ -23,14 +31,14 @@ LONG_SPARSE = {"gen_length": 256, "steps": 256, "block_length": 32, "stop_at_eos
 LONGER = {"gen_length": 480, "steps": 480, "block_length": 32, "stop_at_eos": False}
 
 
-def events(client: Client, prompt: str = "Hello there", **kw) -> list[pb.GenerateEvent]:
+def events(client: Client, prompt: str = "Hello there", **kw) -> list[Event]:
     return list(client.generate(prompt, **kw))
 
 
 def split(evs):
-    acc = [e.accepted for e in evs if e.WhichOneof("event") == "accepted"]
-    steps = [e.step for e in evs if e.WhichOneof("event") == "step"]
-    done = [e.completed for e in evs if e.WhichOneof("event") == "completed"]
+    acc = [e for e in evs if isinstance(e, Accepted)]
+    steps = [e for e in evs if isinstance(e, StepUpdate)]
+    done = [e for e in evs if isinstance(e, Completed)]
     return acc, steps, done
 
 
@@ -58,7 +66,7 @@ def test_every_step_stream_rebuilds_the_final_tokens(client, sparse):
     kw = {"sampling_params": SPARSE_SP, "sparse_config": {"delay_step": 1}} if sparse else {}
     evs = events(client, include_canvas=True, **({"sampling_params": SP} | kw))
     acc, steps, (done,) = split(evs)
-    assert evs[0].WhichOneof("event") == "accepted" and acc[0].request_id
+    assert isinstance(evs[0], Accepted) and acc[0].request_id
     assert [s.step for s in steps] == list(range(1, len(steps) + 1))
     assert steps[-1].masked_left == 0 and done.usage.steps == steps[-1].step
     assert all(s.attempt == 1 for s in steps) and done.attempt == 1
@@ -66,7 +74,7 @@ def test_every_step_stream_rebuilds_the_final_tokens(client, sparse):
     check_stream(steps, done, 16)
     assert done.usage.prompt_tokens > 0 and done.usage.forward_passes >= done.usage.steps
     assert done.timings.total_ms >= done.timings.first_update_ms >= done.timings.queued_ms >= 0
-    assert done.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
+    assert done.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
 
 
 def test_stream_modes_merge_steps_without_losing_any(client):
@@ -252,14 +260,14 @@ def test_orphaned_request_is_cancelled_after_the_grace_period(cluster):
     dense_long = {"gen_length": 480, "steps": 480, "stop_at_eos": False}
     with Client(f"127.0.0.1:{port}") as c:
         it = c.generate("orphan", request_id="orph-1", sampling_params=dense_long, reattach=False)
-        assert [next(it).WhichOneof("event") for _ in range(2)] == ["accepted", "step"]
+        assert [type(next(it)) for _ in range(2)] == [Accepted, StepUpdate]
         it.close()  # the client goes away and never comes back
         wait_for(lambda: cluster.req("orph-1").get("status") == q.CANCELLED, what="cancelled")
         it = c.generate("orphan", request_id="orph-2", sampling_params=dense_long, reattach=False)
-        assert [next(it).WhichOneof("event") for _ in range(2)] == ["accepted", "step"]
+        assert [type(next(it)) for _ in range(2)] == [Accepted, StepUpdate]
         it.close()
         att = c.attach("orph-2")  # back within the grace period: the request is kept
-        assert next(att).accepted.status == q.RUNNING
+        assert next(att).status == q.RUNNING
         steps = [next(att) for _ in range(3)]
         time.sleep(1.5)  # the first stream's grace period runs out while the second follows
         assert cluster.req("orph-2")["status"] == q.RUNNING, steps

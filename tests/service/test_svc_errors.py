@@ -1,8 +1,10 @@
 """Bad input over real gRPC: every invalid field -> INVALID_ARGUMENT naming it (with a
-google.rpc.BadRequest detail), oversized messages, unknown model, a full queue, auth, TLS."""
+google.rpc.BadRequest detail), oversized messages, unknown model, a full queue, auth, TLS; and
+the client's typed errors for each (ValidationError, NotFound, Overloaded, Unavailable)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import threading
@@ -13,6 +15,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from dllmserve import client as dc
 from dllmserve.client import Client, build_request
 from dllmserve.errors import ValidationError
 from dllmserve.scheduler import queue as q
@@ -94,7 +97,9 @@ def svc(tmp_path_factory, tiny_model):
         c.close()
 
 
-def _details(err: grpc.RpcError):
+def _details(err: dc.ServiceError):
+    """The google.rpc details (what a client in another language reads), through the typed
+    error as grpc_status reads a gRPC call's."""
     st = rpc_status.from_call(err)
     out = {}
     for d in st.details if st else []:
@@ -113,9 +118,10 @@ def _call(port: int, req: pb.GenerateRequest, token: str | None = None):
 
 def test_every_invalid_field_is_invalid_argument_over_grpc(svc):
     for kw, field in BAD:
-        with pytest.raises(grpc.RpcError) as e:
+        with pytest.raises(dc.ValidationError) as e:
             _call(svc.open_port, _request(kw))
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert e.value.field == field and isinstance(e.value, ValidationError)
         assert e.value.details().startswith(field + ":"), (field, e.value.details())
         (violation,) = _details(e.value)["BadRequest"].field_violations
         assert violation.field == field and violation.description
@@ -123,10 +129,11 @@ def test_every_invalid_field_is_invalid_argument_over_grpc(svc):
 
 
 def test_oversized_message_and_unknown_model(svc):
-    with pytest.raises(grpc.RpcError) as e:
+    with pytest.raises(dc.Overloaded) as e:
         _call(svc.open_port, build_request("x" * 100_000))
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    with pytest.raises(grpc.RpcError) as e:
+    assert e.value.retry_after is None  # too large: retrying would not help
+    with pytest.raises(dc.NotFound) as e:
         _call(svc.open_port, build_request("hi", model="no-such-model"))
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     assert "no-such-model" in e.value.details()
@@ -143,10 +150,11 @@ def test_queue_full_is_resource_exhausted_with_a_retry_hint(svc):
     from svc_util import wait_for
 
     wait_for(lambda: svc.client.xlen(q.PENDING) == 2, what="two queued")
-    with pytest.raises(grpc.RpcError) as e:
+    with pytest.raises(dc.Overloaded) as e:
         _call(svc.open_port, build_request("one too many", request_id="q-full"))
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert _details(e.value)["RetryInfo"].retry_delay.seconds >= 1
+    assert e.value.retry_after >= 1
     assert not svc.client.exists(q.req_key("q-full"))
     # The queued ones are untouched; cancelling them frees the queue.
     with Client(f"127.0.0.1:{svc.open_port}") as c:
@@ -196,6 +204,24 @@ def test_tls(svc, tmp_path):
     with Client(f"localhost:{port}", tls=True, root_certificates=cert.read_bytes()) as c:
         assert c.server_info().version
     with Client(f"localhost:{port}") as c:  # plaintext to a TLS port fails
-        with pytest.raises(grpc.RpcError) as e:
+        with pytest.raises(dc.Unavailable) as e:
             c.server_info(timeout=5)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_async_client_raises_the_same_typed_errors(svc):
+    from dllmserve.scheduler.local_redis import free_port
+
+    async def go() -> None:
+        async with dc.AsyncClient(f"127.0.0.1:{svc.open_port}") as c:
+            with pytest.raises(dc.ValidationError) as e:
+                async for _ in c.generate("hi", sampling_params={"steps": 0}, reattach=False):
+                    pass
+            assert e.value.field == "sampling_params.steps"
+            with pytest.raises(dc.NotFound):
+                await c.cancel("no-such-request")
+        async with dc.AsyncClient(f"127.0.0.1:{free_port()}") as c:  # nothing listens there
+            with pytest.raises(dc.Unavailable):
+                await c.server_info(timeout=5)
+
+    asyncio.run(go())

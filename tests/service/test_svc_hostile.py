@@ -15,7 +15,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from svc_util import Cluster, wait_for
 
-from dllmserve.client import Client, build_request
+from dllmserve.client import Accepted, Client, Completed, StepUpdate, build_request
 from dllmserve.scheduler import queue as q
 from dllmserve.v1 import dllm_pb2 as pb
 
@@ -167,7 +167,7 @@ def test_every_field_at_its_bound_and_past_it(svc, tiny_model):
             req = _request(kw)
             if code is None:
                 events = list(c.stream(req, timeout=120, reattach=False))
-                done = events[-1].completed
+                done = events[-1]
                 assert done.token_ids and mask_id not in done.token_ids, kw
                 continue
             with pytest.raises(grpc.RpcError) as e:
@@ -232,7 +232,7 @@ def test_attach_past_the_end_and_bad_ids(svc):
             assert e.value.code() == code, (after_step, attempt, e.value.details())
         # at the last step itself: only the Completed is left
         events = list(c.attach("att-1", 4, 1, timeout=30))
-        assert [e.WhichOneof("event") for e in events] == ["accepted", "completed"]
+        assert [type(e) for e in events] == [Accepted, Completed]
         for rid in ("att-1\n", "x" * 129, ""):
             with pytest.raises(grpc.RpcError) as e:
                 list(c.attach(rid, timeout=30))
@@ -256,7 +256,7 @@ def test_tenants_cannot_see_or_cancel_each_others_requests(svc):
 
     t = threading.Thread(target=run_a, daemon=True)
     t.start()
-    wait_for(lambda: any(e.WhichOneof("event") == "step" for e in events), what="a running")
+    wait_for(lambda: any(isinstance(e, StepUpdate) for e in events), what="a running")
     with Client(target, token=TENANT_B) as b:
         for call in (
             lambda: list(b.attach("mine-a", timeout=30)),
@@ -278,13 +278,13 @@ def test_tenants_cannot_see_or_cancel_each_others_requests(svc):
         # B's own request with the same prompt is unaffected by A's
         assert len(b.generate_text("b", sampling_params=SMALL).token_ids) == 8
     t.join(300)
-    done = events[-1].completed
+    done = events[-1]
     assert len(done.token_ids) == 256 and done.attempt == 1
     h = svc.client.hgetall(q.req_key("mine-a"))
     assert h[b"status"] == b"done"
     assert all(TENANT_A.encode() not in v for v in h.values()), "only a hash is stored"
     with Client(target, token=TENANT_A) as a:  # the owner still sees it
-        assert list(a.attach("mine-a", 256, 1, timeout=30))[-1].completed.text == done.text
+        assert list(a.attach("mine-a", 256, 1, timeout=30))[-1].text == done.text
 
 
 def test_cancel_of_a_running_request_is_confirmed(svc):
@@ -303,7 +303,7 @@ def test_cancel_of_a_running_request_is_confirmed(svc):
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
-    wait_for(lambda: any(e.WhichOneof("event") == "step" for e in events), what="running")
+    wait_for(lambda: any(isinstance(e, StepUpdate) for e in events), what="running")
     with Client(target, token=TENANT_A) as a:
         assert a.cancel("cx-1", timeout=60) == "cancelled"  # the worker has confirmed
     assert svc.req("cx-1")["status"] == q.CANCELLED

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dllmserve.client import AsyncClient, Canvas
+from dllmserve.client import AsyncClient, Canvas, Completed, StepUpdate
 
 N = 200
 SP = {"gen_length": 16, "steps": 8, "seed": 11}
@@ -30,12 +30,11 @@ async def _wave(target: str, tag: str) -> list:
                 PROMPTS[i % len(PROMPTS)], request_id=f"{tag}-{i}", sampling_params=SP,
                 timeout=600,
             ):  # fmt: skip
-                kind = ev.WhichOneof("event")
-                if kind == "step":
-                    canvas.apply(ev.step)
+                if isinstance(ev, StepUpdate):
+                    canvas.apply(ev)
                     steps += 1
-                elif kind == "completed":
-                    done = ev.completed
+                elif isinstance(ev, Completed):
+                    done = ev
             return i, canvas, steps, done
 
         return await asyncio.gather(*(one(i) for i in range(N)))

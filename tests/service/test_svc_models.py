@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from dllmserve.client import Canvas, Client
+from dllmserve.client import Canvas, Client, Completed, StepUpdate
 
 SP = {"gen_length": 16, "steps": 8, "seed": 4}
 
@@ -45,10 +45,10 @@ def test_requests_go_to_the_workers_of_their_model(two_models):
                 canvas, done = Canvas(), None
                 for ev in cl.generate(messages=[{"role": "user", "content": "Hi"}], model=model,
                                       sampling_params=SP, sparse_config={}):  # fmt: skip
-                    if ev.WhichOneof("event") == "step":
-                        canvas.apply(ev.step)
-                    elif ev.WhichOneof("event") == "completed":
-                        done = ev.completed
+                    if isinstance(ev, StepUpdate):
+                        canvas.apply(ev)
+                    elif isinstance(ev, Completed):
+                        done = ev
                 assert done.worker_id == worker.worker_id, model
                 assert canvas.token_ids(16) == list(done.token_ids)
         # With several models served, a request must name one.

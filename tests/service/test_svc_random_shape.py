@@ -3,7 +3,7 @@ registers as `random-SHAPE` and streams the same tokens as that engine offline."
 
 from __future__ import annotations
 
-from dllmserve.client import Canvas, Client
+from dllmserve.client import Canvas, Client, Completed, StepUpdate
 from dllmserve.engine.engine import Engine
 from dllmserve.sampling_params import SamplingParams
 
@@ -21,11 +21,10 @@ def test_random_shape_worker_serves_the_shapes_engine(make_cluster):
         for prompt in ({"prompt": "Hello there"}, {"token_ids": list(range(1, 129))}):
             canvas, done = Canvas(), None
             for ev in cl.generate(**prompt, sampling_params=SP, model="random-tiny"):
-                kind = ev.WhichOneof("event")
-                if kind == "step":
-                    canvas.apply(ev.step)
-                elif kind == "completed":
-                    done = ev.completed
+                if isinstance(ev, StepUpdate):
+                    canvas.apply(ev)
+                elif isinstance(ev, Completed):
+                    done = ev
             rid = f"offline-{len(prompt)}-{next(iter(prompt))}"
             eng.add_request(rid, next(iter(prompt.values())), SamplingParams(**SP))
             while eng.has_unfinished():
