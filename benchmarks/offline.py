@@ -1,38 +1,39 @@
-"""Offline engine benchmark: tokens/s, step time by phase, memory, against the ceiling of the
-performance model (docs/design.md §13).
+"""Offline engine benchmark: tokens/s, step time by phase, memory, against the roofline of the
+algorithm on this card (docs/design.md §13), its ceilings measured in the same run.
 
-Runs the engine on random weights of a named shape (speed depends only on shapes):
+Runs the engine on random weights of named shapes (speed depends only on shapes):
 
-    python benchmarks/offline.py --shape llada-8b --json results.json
-    python benchmarks/offline.py --shape tiny --device cpu --smoke        # CI smoke run
+    python benchmarks/offline.py --json results.json            # LLaDA-8B and Dream-7B shapes
+    python benchmarks/offline.py --quantization fp8 --shapes llada-8b --batches 1 32
+    python benchmarks/offline.py --shapes tiny --device cpu --smoke     # CI smoke run
 
-For every (prompt length, batch, mode) it reports tokens/s, mean step time per phase
-(FULL / SELECT / REUSE), peak GPU memory, cache pages in use, the performance model's ceiling and,
-for the naive baseline (a full forward every step: the official sampler, batched), tokens/s
-measured over its first `--baseline-iters` steps (its cost per step is constant).
+For every (shape, prompt length, batch, mode) it reports tokens/s, mean step time per phase
+(FULL / SELECT / REUSE), peak GPU memory, cache pages in use, the roofline's tokens/s and the
+share of it reached, and, for the naive baseline (a full forward every step: the official
+sampler, batched), tokens/s over its first `--baseline-iters` steps (its cost per step is
+constant). `--steps` below `--gen` commits several tokens per step. At prompts of 2048 it
+also counts how many requests a fixed pool runs at once per retention ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+from roofline import Ceilings, ceiling_tokens_per_s, measure_ceilings
 
 from dllmserve import SamplingParams, SparseConfig
 from dllmserve.engine.config import EngineConfig
 from dllmserve.engine.engine import Engine
 from dllmserve.models.shapes import SHAPES, random_model
 from dllmserve.sparse.state import Phase
-
-# Card ceilings used by the performance model (H100, measured: docs/design.md §13)
-COPY_TBS = 3.0
-MATMUL_TFLOPS = 690.0
 
 
 @dataclass
@@ -49,25 +50,8 @@ class Result:
     peak_gpu_gib: float = 0.0
     max_pages_used: int = 0
     ceiling_tokens_per_s: float | None = None
+    pct_of_ceiling: float | None = None
     graph_captures: int = 0  # CUDA graphs captured during the run: 0 after a warm-up
-
-
-def ceiling(cfg, batch: int, prompt: int, gen: int, steps: int, block: int, delay: int) -> float:
-    """docs/design.md §13: each forward costs max(weights / copy BW, tokens * F / matmul peak)."""
-    n_params = 2 * cfg.vocab_size * cfg.d_model + cfg.n_layers * (
-        cfg.d_model * (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
-        + cfg.d_model * cfg.n_heads * cfg.head_dim
-        + 3 * cfg.d_model * cfg.mlp_hidden
-    )
-    w_bytes, flop = 2 * n_params, 2 * n_params
-
-    def fwd(tokens: int) -> float:
-        return max(w_bytes / (COPY_TBS * 1e12), tokens * flop / (MATMUL_TFLOPS * 1e12))
-
-    n_blocks = gen // block
-    s = steps // n_blocks
-    per_block = (delay + 1) * fwd(batch * (prompt + gen)) + (s - delay - 1) * fwd(batch * block)
-    return batch * gen / (n_blocks * per_block)
 
 
 def run_one(
@@ -81,6 +65,7 @@ def run_one(
     block: int,
     max_iters: int | None,
     seed: int,
+    ceilings: Ceilings | None = None,
 ) -> Result:
     rng = random.Random(seed)
     vocab = engine.model.cfg.vocab_size
@@ -113,15 +98,20 @@ def run_one(
     captured = engine.runner.graph_captures() - captured
     abort_all(engine)
     mode = "dense" if sparse is None else f"r={sparse.retention_ratio}"
-    delay = sparse.delay_step if sparse is not None else 0
-    cfg = engine.model.cfg
-    ceil = ceiling(cfg, batch, prompt_len, gen, steps, block, delay) if sparse else None
+    ceil = None
+    if sparse is not None and ceilings is not None:
+        ceil = ceiling_tokens_per_s(
+            engine.model.cfg, ceilings, batch=batch, prompt=prompt_len, gen=gen, steps=steps,
+            block=block, delay=sparse.delay_step, retention=sparse.retention_ratio,
+            fp8=engine.config.quantization == "fp8",
+        )  # fmt: skip
+    tokens_per_s = committed / elapsed
     return Result(
         shape=shape,
         prompt=prompt_len,
         batch=batch,
         mode=mode,
-        tokens_per_s=committed / elapsed,
+        tokens_per_s=tokens_per_s,
         elapsed_s=elapsed,
         iterations=iters,
         committed_tokens=committed,
@@ -131,6 +121,7 @@ def run_one(
         else 0,
         max_pages_used=max_pages,
         ceiling_tokens_per_s=ceil,
+        pct_of_ceiling=100 * tokens_per_s / ceil if ceil else None,
         graph_captures=captured,
     )
 
@@ -153,13 +144,15 @@ def abort_all(engine: Engine) -> None:
         engine.abort(rid)
 
 
-def profile(engine: Engine, prompt_len: int, batch: int, sparse: SparseConfig, a) -> None:
+def profile(
+    engine: Engine, shape: str, prompt_len: int, batch: int, sparse: SparseConfig, a
+) -> None:
     """The top kernels and host ops of one block (FULL, SELECT and REUSE steps)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        run_one(engine, a.shape, prompt_len, batch, sparse, a.block, a.block, a.block, None, 1)
+        run_one(engine, shape, prompt_len, batch, sparse, a.block, a.block, a.block, None, 1)
     print(f"--- profile: prompt {prompt_len}, batch {batch}, r={sparse.retention_ratio}")
     print(
         prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60)
@@ -169,49 +162,20 @@ def profile(engine: Engine, prompt_len: int, batch: int, sparse: SparseConfig, a
     )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--shape", default="llada-8b", choices=sorted(SHAPES))
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
-    ap.add_argument("--prompts", type=int, nargs="+", default=[128, 2048])
-    ap.add_argument(
-        "--long-prompt-batches",
-        type=int,
-        nargs="+",
-        default=[1, 8],
-        help="batches run at prompts >= 1024 (their FULL steps are long)",
-    )
-    ap.add_argument("--ratios", type=float, nargs="+", default=[1.0, 0.5, 0.3])
-    ap.add_argument("--gen", type=int, default=256)
-    ap.add_argument("--block", type=int, default=32)
-    ap.add_argument("--delay", type=int, default=1)
-    ap.add_argument("--baseline-iters", type=int, default=16)
-    ap.add_argument("--eager", action="store_true", help="no CUDA graphs")
-    ap.add_argument("--profile", action="store_true", help="print a kernel profile per config")
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes for a quick CPU check")
-    ap.add_argument("--json", type=Path)
-    a = ap.parse_args()
-    if a.smoke:
-        a.batches, a.prompts, a.gen, a.block, a.long_prompt_batches = [1, 2], [8], 16, 8, [1]
-        a.baseline_iters = 4
-    dev = torch.device(a.device)
+def bench_shape(shape: str, a, dev: torch.device, ceilings: Ceilings | None):
+    """Every (prompt, batch, mode) of one shape, then the pool-capacity probe at prompt 2048."""
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    cfg = SHAPES[a.shape]
-    print(f"building random {a.shape} on {dev} ...", flush=True)
-    model = random_model(cfg, dtype, dev)
+    print(f"building random {shape} on {dev} ...", flush=True)
+    model = random_model(SHAPES[shape], dtype, dev, quantization=a.quantization)
     max_batch = max(a.batches)
-    engine = Engine(
-        model,
-        None,
-        EngineConfig(
-            max_num_seqs=max_batch,
-            max_num_batched_tokens=max_batch * (max(a.prompts) + a.gen),
-            enforce_eager=a.eager,
-            num_cache_pages=None if dev.type == "cuda" else 4096,
-        ),
-        model_name=a.shape,
+    config = EngineConfig(
+        max_num_seqs=max_batch,
+        max_num_batched_tokens=max_batch * (max(a.prompts) + a.gen),
+        enforce_eager=a.eager,
+        num_cache_pages=None if dev.type == "cuda" else 4096,
+        quantization=a.quantization,
     )
+    engine = Engine(model, None, config, model_name=shape)
     results: list[Result] = []
     for prompt in a.prompts:
         batches = (
@@ -227,11 +191,14 @@ def main() -> None:
                 # warm-up on the same shapes (so the same page-table width and graph keys):
                 # two blocks compile the Triton kernels and capture this batch's CUDA graphs
                 # (REUSE, and at batch 1 also FULL and SELECT, whose keys hold the prompt
-                # length and repeat in every block), so no capture falls in the timed run
-                run_one(engine, a.shape, prompt, b, sp, a.gen, a.gen, a.block, 2 * a.block, 0)
+                # length and repeat in every block), so no capture falls in the timed run; the
+                # dense baseline repeats one shape, which a few iterations cover
+                warm = 2 * a.block if sp is not None else 4
+                run_one(engine, shape, prompt, b, sp, a.gen, a.steps, a.block, warm, 0)
                 if a.profile and sp is not None:
-                    profile(engine, prompt, b, sp, a)
-                res = run_one(engine, a.shape, prompt, b, sp, a.gen, a.gen, a.block, iters, seed=b)
+                    profile(engine, shape, prompt, b, sp, a)
+                res = run_one(engine, shape, prompt, b, sp, a.gen, a.steps, a.block, iters,
+                              seed=b, ceilings=ceilings)  # fmt: skip
                 results.append(res)
                 print(json.dumps(asdict(res)), flush=True)
     cap = {}
@@ -243,18 +210,64 @@ def main() -> None:
             SparseConfig(retention_ratio=1.0, default_block_len=a.block),
         )
         pool_pages = 8 * probe.spec.cache_pages  # a pool that holds 8 dual-cache requests
+        # the benchmark engine's pool took most of the free memory: give it back first
+        del engine
+        gc.collect()
+        torch.cuda.empty_cache()
         small = Engine(
             model,
             None,
-            EngineConfig(
-                max_num_seqs=64,
-                max_num_batched_tokens=64 * (2048 + a.gen),
-                num_cache_pages=pool_pages,
-                enforce_eager=True,
-            ),
-        )
+            replace(config, max_num_seqs=64, max_num_batched_tokens=64 * (2048 + a.gen),
+                    num_cache_pages=pool_pages, enforce_eager=True),
+        )  # fmt: skip
         cap = {str(r): capacity(small, 2048, a.gen, a.block, r, 40) for r in (1.0, 0.5, 0.3)}
-        print("concurrent prompt-2048 requests in a pool of", pool_pages, "pages:", cap, flush=True)
+        print(f"{shape}: concurrent prompt-2048 requests in a pool of {pool_pages} pages: {cap}")
+    return results, cap
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--shapes", nargs="+", default=["llada-8b", "dream-7b"], choices=sorted(SHAPES))
+    ap.add_argument("--shape", dest="shapes", type=lambda s: [s], help="one shape (--shapes X)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--prompts", type=int, nargs="+", default=[128, 2048])
+    ap.add_argument(
+        "--long-prompt-batches",
+        type=int,
+        nargs="+",
+        default=[1, 8],
+        help="batches run at prompts >= 1024 (their FULL steps are long)",
+    )
+    ap.add_argument("--ratios", type=float, nargs="+", default=[0.5])
+    ap.add_argument("--gen", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: --gen)")
+    ap.add_argument("--block", type=int, default=32)
+    ap.add_argument("--delay", type=int, default=1)
+    ap.add_argument("--baseline-iters", type=int, default=16)
+    ap.add_argument("--quantization", choices=["fp8"], default=None, help="FP8 linear weights")
+    ap.add_argument("--eager", action="store_true", help="no CUDA graphs")
+    ap.add_argument("--profile", action="store_true", help="print a kernel profile per config")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes for a quick CPU check")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    if a.smoke:
+        a.batches, a.prompts, a.gen, a.block, a.long_prompt_batches = [1, 2], [8], 16, 8, [1]
+        a.baseline_iters, a.ratios = 4, [0.5, 0.3]
+    a.steps = a.steps or a.gen
+    dev = torch.device(a.device)
+    ceilings = measure_ceilings(dev) if dev.type == "cuda" else None
+    if ceilings is not None:
+        print(f"ceilings measured now: {ceilings}", flush=True)
+    results: list[Result] = []
+    capacity_by_shape = {}
+    for shape in a.shapes:
+        res, cap = bench_shape(shape, a, dev, ceilings)
+        results += res
+        capacity_by_shape[shape] = cap
+        gc.collect()  # the shape's model and engine go before the next shape's
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
     print_table(results)
     if a.json:
         commit = subprocess.run(
@@ -267,8 +280,9 @@ def main() -> None:
                     "card": card,
                     "commit": commit,
                     "args": vars(a) | {"json": str(a.json)},
+                    "ceilings": asdict(ceilings) if ceilings else None,
                     "results": [asdict(r) for r in results],
-                    "capacity": cap,
+                    "capacity": capacity_by_shape,
                 },
                 indent=1,
             )
@@ -276,19 +290,22 @@ def main() -> None:
 
 
 def print_table(results: list[Result]) -> None:
-    base = {(r.prompt, r.batch): r.tokens_per_s for r in results if r.mode == "dense"}
+    base = {(r.shape, r.prompt, r.batch): r.tokens_per_s for r in results if r.mode == "dense"}
     print(
-        f"\n{'prompt':>6} {'batch':>5} {'mode':>7} {'tok/s':>9} {'x naive':>7} {'ceiling':>8} "
-        f"{'FULL ms':>8} {'SELECT ms':>9} {'REUSE ms':>8} {'peak GiB':>8} {'pages':>7}"
+        f"\n{'shape':>9} {'prompt':>6} {'batch':>5} {'mode':>7} {'tok/s':>9} {'x naive':>7} "
+        f"{'ceiling':>8} {'%ceil':>6} {'FULL ms':>8} {'SELECT ms':>9} {'REUSE ms':>8} "
+        f"{'peak GiB':>8} {'pages':>7}"
     )
     for r in results:
-        ratio = r.tokens_per_s / base[(r.prompt, r.batch)] if (r.prompt, r.batch) in base else 0
+        naive = base.get((r.shape, r.prompt, r.batch))
+        ratio = r.tokens_per_s / naive if naive else 0
         ceil = f"{r.ceiling_tokens_per_s:.0f}" if r.ceiling_tokens_per_s else "-"
+        pct = f"{r.pct_of_ceiling:.0f}%" if r.pct_of_ceiling else "-"
         ms = [f"{r.step_ms.get(p, 0):.2f}" for p in ("FULL", "SELECT", "REUSE")]
         print(
-            f"{r.prompt:>6} {r.batch:>5} {r.mode:>7} {r.tokens_per_s:>9.1f} {ratio:>7.2f} "
-            f"{ceil:>8} {ms[0]:>8} {ms[1]:>9} {ms[2]:>8} {r.peak_gpu_gib:>8.1f} "
-            f"{r.max_pages_used:>7}"
+            f"{r.shape:>9} {r.prompt:>6} {r.batch:>5} {r.mode:>7} {r.tokens_per_s:>9.1f} "
+            f"{ratio:>7.2f} {ceil:>8} {pct:>6} {ms[0]:>8} {ms[1]:>9} {ms[2]:>8} "
+            f"{r.peak_gpu_gib:>8.1f} {r.max_pages_used:>7}"
         )
 
 

@@ -3,10 +3,11 @@
 Layouts: tensors are packed ("varlen") along dim 0; index tensors are int32 on the tensors'
 device; GQA query head h reads KV head h // (H // Hkv); outputs have q's dtype and are
 accumulated in fp32. Each function below runs the Triton launcher of its kernel module
-(`varlen_kernel`, `reuse_kernel`, `selection`, `sampling`: each holds its kernel, its launcher
-with the shape and stride checks, and names its reference) for CUDA tensors, and the
-function of the same name in `reference` otherwise. Triton is imported only on that path, so
-the package imports on machines without it. docs/design.md §11 has the algorithms.
+(`varlen_kernel`, `reuse_kernel`, `selection`, `sampling`, `fp8_quant`: each holds its
+kernel, its launcher with the shape and stride checks, and names its reference) for CUDA
+tensors, and the function of the same name in `reference` otherwise. Triton is imported only
+on that path, so the package imports on machines without it. docs/design.md §11 has the
+algorithms.
 """
 
 from __future__ import annotations
@@ -92,9 +93,15 @@ def sample_tokens(
                 mask_id, eos_id, eot_id)  # fmt: skip
 
 
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token e4m3 quantization of x [M, K]: (q, scale [M, 1] fp32) with x ≈ q * scale."""
+    return _impl("fp8_quant", "quantize_rows", x)(x)
+
+
 __all__ = [
     "SelectionArgs",
     "force_triton",
+    "quantize_rows",
     "reference",
     "reuse_attention",
     "sample_tokens",

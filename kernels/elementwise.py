@@ -6,6 +6,10 @@ layer cost as much GPU time as the layer's GEMMs. Each kernel keeps the rounding
 PyTorch formulation in `dllmserve.models.layers` (fp32 math, rounding to the model dtype where
 PyTorch rounds), so results agree to the last bit or within one rounding of the model dtype.
 References: ``rms_norm``, ``add_rms_norm``, ``Rotary`` and ``silu_mul`` of that module.
+
+With FP8 weights (docs/design.md §14) the norms and SiLU-mul that feed a GEMM also quantize
+their rows to e4m3 (`quantize=True`): the value they would have stored, rounded to the model
+dtype, then exactly what `fp8_quant.quantize_rows` would make of it, in the same launch.
 """
 
 from __future__ import annotations
@@ -14,11 +18,21 @@ import torch
 import triton
 import triton.language as tl
 
+from .fp8_quant import _round_to_e4m3
+from .reference import E4M3_MAX, FP8_MIN_SCALE
+
+
+def _quantized_outputs(rows: int, cols: int, device: torch.device):
+    """Buffers of a quantizing launch: e4m3 [rows, cols] and fp32 scales [rows, 1]."""
+    q = torch.empty((rows, cols), dtype=torch.float8_e4m3fn, device=device)
+    return q, torch.empty((rows, 1), dtype=torch.float32, device=device)
+
 
 @triton.jit
 def _add_rms_norm_kernel(
-    x_ptr, add_ptr, w_ptr, x_out_ptr, h_ptr, D, eps,
-    HAS_ADD: tl.constexpr, BLOCK: tl.constexpr,
+    x_ptr, add_ptr, w_ptr, x_out_ptr, h_ptr, s_ptr, D, eps,
+    HAS_ADD: tl.constexpr, QUANT: tl.constexpr, E4M3_MAX: tl.constexpr,
+    MIN_SCALE: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -32,34 +46,46 @@ def _add_rms_norm_kernel(
     rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / D + eps)
     y = (xf * rstd).to(x_ptr.dtype.element_ty)
     w = tl.load(w_ptr + cols, mask=m, other=0.0)
-    tl.store(h_ptr + row * D + cols, (w.to(tl.float32) * y.to(tl.float32)).to(y.dtype), mask=m)
+    h = (w.to(tl.float32) * y.to(tl.float32)).to(y.dtype)
+    if QUANT:  # h as FP8 rows: the scale from the rounded values, as quantize_rows would
+        hf = h.to(tl.float32)
+        scale = tl.maximum(tl.max(tl.abs(hf), axis=0) / E4M3_MAX, MIN_SCALE)
+        q = _round_to_e4m3(hf / scale, E4M3_MAX)
+        tl.store(h_ptr + row * D + cols, q.to(tl.float8e4nv), mask=m)
+        tl.store(s_ptr + row, scale)
+    else:
+        tl.store(h_ptr + row * D + cols, h, mask=m)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """weight * (x * rsqrt(mean(x^2) + eps) in fp32, cast to x's dtype); x [T, D] contiguous."""
-    assert x.dim() == 2 and x.is_contiguous() and weight.shape == (x.shape[1],)
-    h = torch.empty_like(x)
-    if x.shape[0]:
-        _add_rms_norm_kernel[(x.shape[0],)](
-            x, x, weight, x, h, x.shape[1], eps, HAS_ADD=False,
-            BLOCK=triton.next_power_of_2(x.shape[1]),
+def _norm_launch(x, add, weight, eps, quantize: bool):
+    """(x + add or None, h or (q, scales)) of one fused launch over x's rows."""
+    T, D = x.shape
+    x_out = torch.empty_like(x) if add is not None else None
+    h, scales = _quantized_outputs(T, D, x.device) if quantize else (torch.empty_like(x), x)
+    if T:
+        _add_rms_norm_kernel[(T,)](
+            x, x if add is None else add, weight, x if x_out is None else x_out, h, scales, D,
+            eps, HAS_ADD=add is not None, QUANT=quantize, E4M3_MAX=E4M3_MAX,
+            MIN_SCALE=FP8_MIN_SCALE, BLOCK=triton.next_power_of_2(D),
         )  # fmt: skip
-    return h
+    return x_out, (h, scales) if quantize else h
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, quantize: bool = False):
+    """weight * (x * rsqrt(mean(x^2) + eps) in fp32, cast to x's dtype); x [T, D] contiguous.
+    With `quantize`, (e4m3 rows, fp32 scales [T, 1]) instead."""
+    assert x.dim() == 2 and x.is_contiguous() and weight.shape == (x.shape[1],)
+    return _norm_launch(x, None, weight, eps, quantize)[1]
 
 
 def add_rms_norm(
-    x: torch.Tensor, add: torch.Tensor, weight: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x + add, rms_norm(x + add)): the residual update and the next sublayer's input."""
+    x: torch.Tensor, add: torch.Tensor, weight: torch.Tensor, eps: float, quantize: bool = False
+):
+    """(x + add, rms_norm(x + add)): the residual update and the next sublayer's input (as
+    e4m3 rows and scales with `quantize`)."""
     assert x.dim() == 2 and x.is_contiguous() and add.is_contiguous() and add.shape == x.shape
     assert weight.shape == (x.shape[1],)
-    x_out, h = torch.empty_like(x), torch.empty_like(x)
-    if x.shape[0]:
-        _add_rms_norm_kernel[(x.shape[0],)](
-            x, add, weight, x_out, h, x.shape[1], eps, HAS_ADD=True,
-            BLOCK=triton.next_power_of_2(x.shape[1]),
-        )  # fmt: skip
-    return x_out, h
+    return _norm_launch(x, add, weight, eps, quantize)
 
 
 @triton.jit
@@ -110,23 +136,64 @@ def rope_heads(
 
 
 @triton.jit
+def _silu_mul_value(gu_ptr, row, cols, M, m, dt: tl.constexpr):
+    """silu(gate) * up at `cols` of `row`, rounded to the model dtype as PyTorch rounds it."""
+    g = tl.load(gu_ptr + row * 2 * M + cols, mask=m, other=0.0).to(tl.float32)
+    u = tl.load(gu_ptr + row * 2 * M + M + cols, mask=m, other=0.0)
+    s = (g / (1.0 + tl.exp(-g))).to(dt)
+    return (s.to(tl.float32) * u.to(tl.float32)).to(dt)
+
+
+@triton.jit
 def _silu_mul_kernel(gu_ptr, out_ptr, M, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = cols < M
-    g = tl.load(gu_ptr + row * 2 * M + cols, mask=m, other=0.0).to(tl.float32)
-    u = tl.load(gu_ptr + row * 2 * M + M + cols, mask=m, other=0.0)
-    dt = out_ptr.dtype.element_ty
-    s = (g / (1.0 + tl.exp(-g))).to(dt)
-    tl.store(out_ptr + row * M + cols, (s.to(tl.float32) * u.to(tl.float32)).to(dt), mask=m)
+    v = _silu_mul_value(gu_ptr, row, cols, M, m, out_ptr.dtype.element_ty)
+    tl.store(out_ptr + row * M + cols, v, mask=m)
 
 
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up for gate_up [T, 2M] = [gate | up]; returns [T, M]."""
+@triton.jit
+def _silu_mul_quant_kernel(
+    gu_ptr, q_ptr, s_ptr, M,
+    DT: tl.constexpr, E4M3_MAX: tl.constexpr, MIN_SCALE: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """One program per row: the row's amax over every column first, then (computing the values
+    again, cheaper than storing them) each quantized with the row's scale."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    amax = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, M, BLOCK):
+        m = start + offs < M
+        v = _silu_mul_value(gu_ptr, row, start + offs, M, m, DT)
+        amax = tl.maximum(amax, tl.abs(v.to(tl.float32)))
+    scale = tl.maximum(tl.max(amax, axis=0) / E4M3_MAX, MIN_SCALE)
+    for start in range(0, M, BLOCK):
+        m = start + offs < M
+        v = _silu_mul_value(gu_ptr, row, start + offs, M, m, DT).to(tl.float32)
+        tl.store(q_ptr + row * M + start + offs, _round_to_e4m3(v / scale, E4M3_MAX).to(
+            tl.float8e4nv), mask=m)  # fmt: skip
+    tl.store(s_ptr + row, scale)
+
+
+_TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+def silu_mul(gate_up: torch.Tensor, quantize: bool = False):
+    """silu(gate) * up for gate_up [T, 2M] = [gate | up]; returns [T, M] (with `quantize`,
+    (e4m3 rows [T, M], fp32 scales [T, 1]) instead)."""
     assert gate_up.dim() == 2 and gate_up.is_contiguous() and gate_up.shape[1] % 2 == 0
     T, M = gate_up.shape[0], gate_up.shape[1] // 2
+    block = min(1024, triton.next_power_of_2(M))
+    if quantize:
+        q, scales = _quantized_outputs(T, M, gate_up.device)
+        if T:
+            _silu_mul_quant_kernel[(T,)](
+                gate_up, q, scales, M, DT=_TL_DTYPE[gate_up.dtype], E4M3_MAX=E4M3_MAX,
+                MIN_SCALE=FP8_MIN_SCALE, BLOCK=block,
+            )  # fmt: skip
+        return q, scales
     out = torch.empty((T, M), dtype=gate_up.dtype, device=gate_up.device)
     if T:
-        block = min(1024, triton.next_power_of_2(M))
         _silu_mul_kernel[(T, triton.cdiv(M, block))](gate_up, out, M, BLOCK=block)
     return out

@@ -171,3 +171,16 @@ def sample_tokens(
         logits[..., eos_id] = torch.where(off0, -torch.inf, logits[..., eos_id])
     p = torch.softmax(logits.float(), dim=-1).to(logits.dtype)
     return x0, p.gather(-1, x0[..., None])[..., 0].to(torch.float64)
+
+
+E4M3_MAX = 448.0  # the largest finite float8_e4m3fn value
+FP8_MIN_SCALE = 1e-12  # an all-zero row keeps a finite scale
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (per-token) e4m3 quantization: scale = amax(|row|) / 448, q = x / scale rounded
+    to nearest e4m3 (ties to even); x ≈ q * scale. Returns (q [M, K], scale [M, 1] fp32)."""
+    xf = x.float()
+    scale = (xf.abs().amax(dim=-1, keepdim=True) / E4M3_MAX).clamp(min=FP8_MIN_SCALE)
+    q = (xf / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return q, scale

@@ -14,10 +14,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_offline_benchmark_smoke(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--steps", "8", "--quantization", "fp8"]])
+def test_offline_benchmark_smoke(tmp_path, extra):
+    """Also with several tokens per step (--steps below --gen) and FP8 weights."""
     out = tmp_path / "offline.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "offline.py"), "--shape", "tiny",
-           "--device", "cpu", "--smoke", "--json", str(out)]  # fmt: skip
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "offline.py"), "--shapes", "tiny",
+           "--device", "cpu", "--smoke", "--json", str(out), *extra]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
@@ -27,6 +29,8 @@ def test_offline_benchmark_smoke(tmp_path):
     assert all(r["committed_tokens"] == r["batch"] * 16 for r in sparse)  # every token decided
     assert all(set(r["step_ms"]) == {"FULL", "SELECT", "REUSE"} for r in sparse)
     assert "x naive" in proc.stdout
+    assert doc["args"]["steps"] == (8 if extra else 16)
+    assert doc["args"]["quantization"] == ("fp8" if extra else None)
 
 
 def test_serving_benchmark_script_smoke(tmp_path):

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field, fields, replace
 
 from dllmserve.errors import ValidationError
+from dllmserve.models.config import QUANTIZATIONS
 
 # dtype names accepted, and the canonical name each stands for
 DTYPES = {
@@ -65,6 +66,14 @@ class EngineConfig:
     gpu_memory_utilization: float = field(
         default=0.9, metadata=_help("share of the GPU's memory the process may use, in (0, 1]")
     )
+    quantization: str | None = field(
+        default=None,
+        metadata=_help(
+            "fp8: the layers' linear weights in float8 e4m3 with per-channel scales, multiplied "
+            "on FP8 tensor cores: half the weight bytes, approximate (docs/design.md §14); "
+            "default: the model dtype, exact"
+        ),
+    )
     enforce_eager: bool = field(default=False, metadata=_help("no CUDA graphs"))
     seed: int = field(default=0, metadata=_help("seeds the draws of requests that have none"))
     tensor_parallel_size: int = field(default=1, metadata=_help("GPUs per engine (only 1)"))
@@ -90,6 +99,11 @@ class EngineConfig:
         u = self.gpu_memory_utilization
         if isinstance(u, bool) or not isinstance(u, (int, float)) or not 0.0 < u <= 1.0:
             raise ValidationError("gpu_memory_utilization", f"must be in (0, 1], got {u!r}")
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise ValidationError(
+                "quantization",
+                f"must be one of {list(QUANTIZATIONS)} or None, got {self.quantization!r}",
+            )
         if not isinstance(self.enforce_eager, bool):
             raise ValidationError("enforce_eager", f"must be a bool, got {self.enforce_eager!r}")
         if self.tensor_parallel_size != 1:

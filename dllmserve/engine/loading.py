@@ -30,7 +30,8 @@ def load_checkpoint(
 ) -> tuple[DiffusionTransformer, object]:
     """The model and tokenizer of a local Hugging Face checkpoint folder."""
     device, dtype = placement(config)
-    return load_model(model_dir, dtype, device), load_tokenizer(model_dir)
+    model = load_model(model_dir, dtype, device, config.quantization)
+    return model, load_tokenizer(model_dir)
 
 
 def load_random_shape(
@@ -41,4 +42,5 @@ def load_random_shape(
         raise ValidationError("random_shape", f"must be one of {sorted(SHAPES)}, got {shape!r}")
     device, dtype = placement(config)
     cfg = SHAPES[shape]
-    return random_model(cfg, dtype, device, seed=weight_seed), shape_tokenizer(cfg)
+    model = random_model(cfg, dtype, device, seed=weight_seed, quantization=config.quantization)
+    return model, shape_tokenizer(cfg)

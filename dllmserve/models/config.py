@@ -12,6 +12,9 @@ from pathlib import Path
 
 from dllmserve.errors import CheckpointError, UnsupportedModelError
 
+# How the linear layers' weights may be stored besides the model dtype (dllmserve.models.fp8)
+QUANTIZATIONS = ("fp8",)
+
 DREAM_CONTEXT_LIMIT = 2048  # the Dream README's supported context
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dllmserve.models.fp8 import Fp8Rows, Fp8Weight, dequantized_operands, fp8_linear
+
 # On the CPU a GEMM's rounding depends on how many rows it has (the BLAS picks its kernel by
 # shape), so a request's result would depend on its batch. Feeding the GEMM fixed-size row
 # chunks makes every row see the same kernel: tokens depend only on the request itself.
@@ -24,7 +26,14 @@ def _fused(x: torch.Tensor) -> bool:
     return x.is_cuda and use_fused_kernels
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+def linear(
+    x: torch.Tensor | Fp8Rows, w: torch.Tensor | Fp8Weight, b: torch.Tensor | None = None
+) -> torch.Tensor:
+    if isinstance(w, Fp8Weight):
+        if x.device.type != "cpu":
+            return fp8_linear(x, w, b)
+        xd, wd, dtype = dequantized_operands(x, w)
+        return linear(xd, wd, None if b is None else b.float()).to(dtype)
     if x.device.type != "cpu":
         return F.linear(x, w, b)
     n = x.shape[0]
@@ -35,37 +44,48 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> t
     return out[:n]
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """In fp32, cast back to the model dtype, then scale (LLaDA and Qwen2 agree on this order)."""
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, quantize: bool = False
+) -> torch.Tensor | Fp8Rows:
+    """In fp32, cast back to the model dtype, then scale (LLaDA and Qwen2 agree on this order).
+    `quantize`: returned as per-token FP8 rows for an FP8 GEMM (docs/design.md §14)."""
     if _fused(x):
         from dllmserve.kernels.elementwise import rms_norm as fused
 
-        return fused(x, weight, eps)
+        return _rows(fused(x, weight, eps, quantize), x.dtype)
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
+    h = weight * xf.to(x.dtype)
+    return Fp8Rows.of(h) if quantize else h
 
 
 def add_rms_norm(
-    x: torch.Tensor, add: torch.Tensor, weight: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The residual update x + add (in the model dtype) and its RMSNorm."""
+    x: torch.Tensor, add: torch.Tensor, weight: torch.Tensor, eps: float, quantize: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | Fp8Rows]:
+    """The residual update x + add (in the model dtype) and its RMSNorm (see `rms_norm`)."""
     if _fused(x):
         from dllmserve.kernels.elementwise import add_rms_norm as fused
 
-        return fused(x, add, weight, eps)
+        x_out, h = fused(x, add, weight, eps, quantize)
+        return x_out, _rows(h, x.dtype)
     x = x + add
-    return x, rms_norm(x, weight, eps)
+    return x, rms_norm(x, weight, eps, quantize)
 
 
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up of a fused [gate | up] projection."""
+def silu_mul(gate_up: torch.Tensor, quantize: bool = False) -> torch.Tensor | Fp8Rows:
+    """silu(gate) * up of a fused [gate | up] projection (`quantize`: as FP8 rows)."""
     if _fused(gate_up):
         from dllmserve.kernels.elementwise import silu_mul as fused
 
-        return fused(gate_up)
+        return _rows(fused(gate_up, quantize), gate_up.dtype)
     gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up
+    out = F.silu(gate) * up
+    return Fp8Rows.of(out) if quantize else out
+
+
+def _rows(out, dtype: torch.dtype) -> torch.Tensor | Fp8Rows:
+    """A fused kernel's result: a tensor, or (FP8 data, scales) when it quantized."""
+    return Fp8Rows(*out, dtype) if isinstance(out, tuple) else out
 
 
 class Rotary:

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from dllmserve.errors import CheckpointError
-from dllmserve.models.config import ModelConfig, load_config
+from dllmserve.errors import CheckpointError, ValidationError
+from dllmserve.models.config import QUANTIZATIONS, ModelConfig, load_config
+from dllmserve.models.fp8 import check_fp8_support, quantize_weight
 from dllmserve.models.transformer import DiffusionTransformer, LayerWeights, ModelWeights
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,30 @@ def _assemble(cfg: ModelConfig, t: dict[str, torch.Tensor]) -> ModelWeights:
     return ModelWeights(embed=embed, layers=layers, final_norm=final, lm_head=head)
 
 
+def quantize_linear_layers(
+    weights: ModelWeights, quantization: str | None, device: torch.device
+) -> ModelWeights:
+    """Store the layers' linear weights (q/k/v, o, gate/up, down) in `quantization` (None: as
+    loaded), one layer at a time so the bf16 and FP8 copies of the whole model never coexist."""
+    if quantization is None:
+        return weights
+    if quantization not in QUANTIZATIONS:
+        raise ValidationError(
+            "quantization", f"must be one of {list(QUANTIZATIONS)} or None, got {quantization!r}"
+        )
+    check_fp8_support(device)
+    for lw in weights.layers:
+        lw.qkv, lw.o = quantize_weight(lw.qkv), quantize_weight(lw.o)
+        lw.gate_up, lw.down = quantize_weight(lw.gate_up), quantize_weight(lw.down)
+    return weights
+
+
 def load_model(
-    model_dir: str | Path, dtype: torch.dtype, device: torch.device
+    model_dir: str | Path,
+    dtype: torch.dtype,
+    device: torch.device,
+    quantization: str | None = None,
 ) -> DiffusionTransformer:
     cfg = load_config(model_dir)
-    return DiffusionTransformer(cfg, load_weights(model_dir, cfg, dtype, device), device)
+    weights = load_weights(model_dir, cfg, dtype, device)
+    return DiffusionTransformer(cfg, quantize_linear_layers(weights, quantization, device), device)

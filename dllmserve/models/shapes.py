@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from dllmserve.models.config import ModelConfig
+from dllmserve.models.loader import quantize_linear_layers
 from dllmserve.models.transformer import DiffusionTransformer, LayerWeights, ModelWeights
 
 SHAPES: dict[str, ModelConfig] = {
@@ -78,7 +79,11 @@ SHAPES: dict[str, ModelConfig] = {
 
 
 def random_model(
-    cfg: ModelConfig, dtype: torch.dtype, device: torch.device, seed: int = 0
+    cfg: ModelConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int = 0,
+    quantization: str | None = None,
 ) -> DiffusionTransformer:
     """A model of `cfg`'s shape with scaled Gaussian weights, generated on the device."""
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -110,7 +115,7 @@ def random_model(
         final_norm=ones(d),
         lm_head=w(cfg.vocab_size, d),
     )
-    return DiffusionTransformer(cfg, weights, device)
+    return DiffusionTransformer(cfg, quantize_linear_layers(weights, quantization, device), device)
 
 
 def shape_tokenizer(cfg: ModelConfig):

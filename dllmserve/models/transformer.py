@@ -14,6 +14,7 @@ from typing import Protocol
 import torch
 
 from dllmserve.models.config import ModelConfig
+from dllmserve.models.fp8 import Fp8Weight
 from dllmserve.models.layers import Rotary, add_rms_norm, linear, rms_norm, silu_mul
 
 
@@ -31,12 +32,12 @@ class Attention(Protocol):
 @dataclass
 class LayerWeights:
     attn_norm: torch.Tensor
-    qkv: torch.Tensor  # [(H + 2 Hkv) * D, d]: q, k and v fused into one GEMM
+    qkv: torch.Tensor | Fp8Weight  # [(H + 2 Hkv) * D, d]: q, k and v fused into one GEMM
     qkv_bias: torch.Tensor | None
-    o: torch.Tensor
+    o: torch.Tensor | Fp8Weight
     mlp_norm: torch.Tensor
-    gate_up: torch.Tensor  # [2 * mlp, d]: gate (silu side) then up
-    down: torch.Tensor
+    gate_up: torch.Tensor | Fp8Weight  # [2 * mlp, d]: gate (silu side) then up
+    down: torch.Tensor | Fp8Weight
 
 
 @dataclass
@@ -63,18 +64,22 @@ class DiffusionTransformer:
         cfg = self.cfg
         hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
         layers = self.w.layers
+        # FP8 weights: the norms and SiLU that feed a GEMM hand it per-token FP8 rows directly
+        fp8 = isinstance(layers[0].qkv, Fp8Weight)
         x = self.w.embed[input_ids]
-        h = rms_norm(x, layers[0].attn_norm, cfg.rms_eps)
+        h = rms_norm(x, layers[0].attn_norm, cfg.rms_eps, fp8)
         for i, lw in enumerate(layers):
             qkv = linear(h, lw.qkv, lw.qkv_bias)
             q, k = self.rotary.qk(qkv, nh, nkv, positions)
             v = qkv[:, (nh + nkv) * hd :].reshape(-1, nkv, hd)
             attention.select(i, q, k, v)
             att = attention(i, q, k, v)
-            x, h = add_rms_norm(x, linear(att.reshape(-1, nh * hd), lw.o), lw.mlp_norm, cfg.rms_eps)
-            mlp = linear(silu_mul(linear(h, lw.gate_up)), lw.down)
-            after = layers[i + 1].attn_norm if i + 1 < len(layers) else self.w.final_norm
-            x, h = add_rms_norm(x, mlp, after, cfg.rms_eps)
+            o = linear(att.reshape(-1, nh * hd), lw.o)
+            x, h = add_rms_norm(x, o, lw.mlp_norm, cfg.rms_eps, fp8)
+            mlp = linear(silu_mul(linear(h, lw.gate_up), fp8), lw.down)
+            last = i + 1 == len(layers)  # the final norm feeds the LM head, which stays unquantized
+            after = self.w.final_norm if last else layers[i + 1].attn_norm
+            x, h = add_rms_norm(x, mlp, after, cfg.rms_eps, fp8 and not last)
         return h
 
     @torch.inference_mode()

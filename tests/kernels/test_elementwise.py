@@ -7,7 +7,8 @@ import torch
 from kernel_testlib import ATOL, DEVICE, DTYPES, randn
 
 import dllmserve.models.layers as layers
-from dllmserve.kernels import elementwise
+from dllmserve.kernels import elementwise, quantize_rows
+from dllmserve.models.fp8 import Fp8Rows
 
 
 @pytest.fixture(autouse=True)
@@ -60,3 +61,44 @@ def test_empty_batches():
     w = torch.ones(64, device=DEVICE)
     assert elementwise.rms_norm(x, w, 1e-5).shape == (0, 64)
     assert elementwise.silu_mul(torch.zeros(0, 32, device=DEVICE)).shape == (0, 16)
+
+
+def _same_rows(got: tuple[torch.Tensor, torch.Tensor], of: torch.Tensor) -> None:
+    """A quantizing launch wrote exactly what quantize_rows makes of the unquantized output."""
+    q, scale = got
+    want_q, want_scale = quantize_rows(of)
+    assert q.dtype == torch.float8_e4m3fn and q.shape == of.shape and scale.shape == (len(of), 1)
+    assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8))
+    assert torch.equal(scale, want_scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,d", [(1, 64), (9, 200)])
+def test_norms_quantize_their_rows_in_the_same_launch(dtype, rows, d):
+    g = torch.Generator().manual_seed(rows + d)
+    x, a = randn(g, rows, d, dtype=dtype), randn(g, rows, d, dtype=dtype)
+    w = 1 + 0.1 * randn(g, d, dtype=dtype)
+    _same_rows(elementwise.rms_norm(x, w, 1e-5, quantize=True), elementwise.rms_norm(x, w, 1e-5))
+    x_new, h = elementwise.add_rms_norm(x, a, w, 1e-6)
+    x_quant, rows_q = elementwise.add_rms_norm(x, a, w, 1e-6, quantize=True)
+    assert torch.equal(x_quant, x_new)
+    _same_rows(rows_q, h)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,m", [(1, 48), (3, 2500)])  # one tile; several tiles per row
+def test_silu_mul_quantizes_its_rows_in_the_same_launch(dtype, rows, m):
+    g = torch.Generator().manual_seed(m)
+    gu = randn(g, rows, 2 * m, dtype=dtype) * 3
+    _same_rows(elementwise.silu_mul(gu, quantize=True), elementwise.silu_mul(gu))
+
+
+def test_layers_hand_fp8_rows_to_the_gemm_on_the_cpu_too():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 64, generator=g)
+    w = torch.ones(64)
+    rows = layers.rms_norm(x, w, 1e-5, quantize=True)
+    assert isinstance(rows, Fp8Rows) and rows.dtype == torch.float32
+    want = Fp8Rows.of(layers.rms_norm(x, w, 1e-5))
+    assert torch.equal(rows.data.view(torch.uint8), want.data.view(torch.uint8))
+    assert torch.equal(rows.scale, want.scale)

@@ -1,0 +1,111 @@
+"""The card's ceilings, measured in the same run, and the roofline of the algorithm on them.
+
+`measure_ceilings` times a large device-to-device copy (bytes read plus written) and 8192^3
+matrix products in bf16 and FP8 on random data (zeros would flatter them). `forward_ms` is the
+least time one forward can take on those ceilings: every GEMM costs max(its bytes / copy
+bandwidth, its FLOPs / matmul rate), summed over the layers' four GEMMs, the LM head (over the
+rows being decided only) and attention (FLOPs only: its K/V bytes are small next to the
+weights). docs/design.md §13 derives the per-block schedule `block_ms` applies it to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    copy_tbs: float  # TB/s, bytes read + written
+    bf16_tflops: float
+    fp8_tflops: float
+
+
+def timed(fn: Callable[[], object], reps: int = 50) -> float:
+    """Median milliseconds of `fn` over CUDA-graph replays (no launch gaps, no Python)."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def measure_ceilings(device: torch.device) -> Ceilings:
+    n = 1 << 30  # 2 GiB of bf16: far past the L2
+    src = torch.randn(n, device=device, dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    copy_ms = timed(lambda: dst.copy_(src), reps=20)
+    s = 8192
+    a = torch.randn(s, s, device=device, dtype=torch.bfloat16)
+    b = torch.randn(s, s, device=device, dtype=torch.bfloat16)
+    mm_ms = timed(lambda: a @ b, reps=20)
+    a8 = a.to(torch.float8_e4m3fn)
+    b8 = b.to(torch.float8_e4m3fn).t().contiguous().t()  # column-major, as _scaled_mm wants
+    one = torch.ones((), device=device)
+    f8_ms = timed(
+        lambda: torch._scaled_mm(a8, b8, scale_a=one, scale_b=one, out_dtype=torch.bfloat16), 20
+    )
+    flop = 2 * s**3
+    return Ceilings(
+        copy_tbs=2 * n * 2 / copy_ms / 1e9,
+        bf16_tflops=flop / mm_ms / 1e9,
+        fp8_tflops=flop / f8_ms / 1e9,
+    )
+
+
+def linear_shapes(cfg) -> dict[str, tuple[int, int]]:
+    """[N, K] of each linear layer of one transformer block, and the LM head."""
+    d, hd = cfg.d_model, cfg.head_dim
+    return {
+        "qkv": ((cfg.n_heads + 2 * cfg.n_kv_heads) * hd, d),
+        "o": (d, cfg.n_heads * hd),
+        "gate_up": (2 * cfg.mlp_hidden, d),
+        "down": (d, cfg.mlp_hidden),
+        "lm_head": (cfg.vocab_size, d),
+    }
+
+
+def forward_ms(
+    cfg, c: Ceilings, tokens: int, logit_rows: int, attn_pairs: int, fp8: bool = False
+) -> float:
+    """The least time of one forward of `tokens` packed tokens whose attention spans
+    `attn_pairs` (query, key) pairs in all, deciding `logit_rows` positions."""
+    shapes = linear_shapes(cfg)
+    head = shapes.pop("lm_head")
+    w_bytes, rate = (1, c.fp8_tflops) if fp8 else (2, c.bf16_tflops)
+
+    def gemm(m: int, n: int, k: int, elem: int, tflops: float) -> float:
+        return max(n * k * elem / (c.copy_tbs * 1e9), 2 * m * n * k / (tflops * 1e9))
+
+    layers = sum(gemm(tokens, n, k, w_bytes, rate) for n, k in shapes.values())
+    attention = 4 * attn_pairs * cfg.n_heads * cfg.head_dim / (c.bf16_tflops * 1e9)
+    return (
+        cfg.n_layers * layers + cfg.n_layers * attention + gemm(logit_rows, *head, 2, c.bf16_tflops)
+    )
+
+
+def ceiling_tokens_per_s(
+    cfg, c: Ceilings, *, batch: int, prompt: int, gen: int, steps: int, block: int,
+    delay: int, retention: float, fp8: bool = False,
+) -> float:  # fmt: skip
+    """Tokens/s of the sparse algorithm at its roofline: per block, `delay` FULL and one SELECT
+    forward over whole sequences, then REUSE forwards over the block against the kept K/V."""
+    n_blocks = -(-gen // block)
+    s = steps // n_blocks
+    seq = prompt + gen
+    full = forward_ms(cfg, c, batch * seq, batch * block, batch * seq * seq, fp8)
+    kept = int(retention * (seq - block))
+    reuse = forward_ms(cfg, c, batch * block, batch * block, batch * block * (kept + block), fp8)
+    per_block = (delay + 1) * full + (s - delay - 1) * reuse
+    return 1000 * batch * gen / (n_blocks * per_block)
