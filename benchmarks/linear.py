@@ -21,27 +21,46 @@ import torch
 import torch.nn.functional as F
 from roofline import Ceilings, linear_shapes, measure_ceilings, timed
 
-from dllmserve.models.fp8 import fp8_linear, quantize_weight
+from dllmserve.models.fp8 import Fp8Rows, fp8_linear, quantize_weight
 from dllmserve.models.shapes import SHAPES
 
 L2_BYTES = 60 * 2**20  # an H100/H200's L2 is 50/60 MB: rotate through more than this
 
 
 def bench_layer(n: int, k: int, m: int, ceil: Ceilings, dev: torch.device) -> dict:
+    """bf16 and FP8 (as the engine runs it: quantize x, then the GEMM) and, to place the FP8
+    time, its parts: the quantization alone, the GEMM alone, the GEMM with fast accumulation,
+    and the GEMM transposed (W x^T: the weight rows as the GEMM's M)."""
     copies = max(2, -(-2 * L2_BYTES // (n * k * 2)))
     ws = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) / k**0.5 for _ in range(copies)]
     qs = [quantize_weight(w) for w in ws]
     x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+    rows = Fp8Rows.of(x)
+    xq, sx = rows.data, rows.scale
 
     def run(fn, weights):
         def step():  # one replay walks every copy once: the weights come from HBM
             for w in weights:
-                fn(x, w)
+                fn(w)
 
         return timed(step) / len(weights)
 
-    bf16 = run(F.linear, ws)
-    fp8 = run(fp8_linear, qs)
+    def mm(w, fast=False):
+        return torch._scaled_mm(xq, w.data.t(), scale_a=sx, scale_b=w.scale,
+                                out_dtype=torch.bfloat16, use_fast_accum=fast)  # fmt: skip
+
+    def mm_t(w):
+        return torch._scaled_mm(w.data, xq.t(), scale_a=w.scale.t().contiguous(),
+                                scale_b=sx.t().contiguous(), out_dtype=torch.bfloat16)  # fmt: skip
+
+    bf16 = run(lambda w: F.linear(x, w), ws)
+    fp8 = run(lambda w: fp8_linear(x, w), qs)
+    parts = {
+        "fp8_quant_ms": run(lambda w: Fp8Rows.of(x), qs[:1]),
+        "fp8_gemm_ms": run(mm, qs),
+        "fp8_gemm_fast_accum_ms": run(lambda w: mm(w, True), qs),
+        "fp8_gemm_transposed_ms": run(mm_t, qs),
+    }
     flop = 2 * m * n * k
     roof_bf16 = max(n * k * 2 / ceil.copy_tbs / 1e9, flop / ceil.bf16_tflops / 1e9)
     roof_fp8 = max(n * k / ceil.copy_tbs / 1e9, flop / ceil.fp8_tflops / 1e9)
@@ -49,7 +68,7 @@ def bench_layer(n: int, k: int, m: int, ceil: Ceilings, dev: torch.device) -> di
         "n": n, "k": k, "m": m,
         "bf16_ms": bf16, "fp8_ms": fp8,
         "bf16_pct_roofline": 100 * roof_bf16 / bf16, "fp8_pct_roofline": 100 * roof_fp8 / fp8,
-        "fp8_speedup": bf16 / fp8,
+        "fp8_speedup": bf16 / fp8, **parts,
     }  # fmt: skip
 
 
@@ -78,12 +97,17 @@ def main() -> None:
                 r = {"shape": s, "layer": name, **bench_layer(n, k, m, ceil, dev)}
                 rows.append(r)
                 print(json.dumps(r), flush=True)
-    print(f"\n{'shape':>9} {'layer':>8} {'M':>6} {'bf16 ms':>8} {'%roof':>6} {'fp8 ms':>8} "
-          f"{'%roof':>6} {'speedup':>7}")  # fmt: skip
+    print(
+        f"\n{'shape':>9} {'layer':>8} {'M':>6} {'bf16 ms':>8} {'%roof':>6} {'fp8 ms':>8} "
+        f"{'%roof':>6} {'speedup':>7} {'quant':>6} {'gemm':>6} {'fast':>6} {'W.xT':>6}"
+    )
     for r in rows:
-        print(f"{r['shape']:>9} {r['layer']:>8} {r['m']:>6} {r['bf16_ms']:>8.3f} "
-              f"{r['bf16_pct_roofline']:>6.1f} {r['fp8_ms']:>8.3f} {r['fp8_pct_roofline']:>6.1f} "
-              f"{r['fp8_speedup']:>7.2f}")  # fmt: skip
+        print(
+            f"{r['shape']:>9} {r['layer']:>8} {r['m']:>6} {r['bf16_ms']:>8.3f} "
+            f"{r['bf16_pct_roofline']:>6.1f} {r['fp8_ms']:>8.3f} {r['fp8_pct_roofline']:>6.1f} "
+            f"{r['fp8_speedup']:>7.2f} {r['fp8_quant_ms']:>6.3f} {r['fp8_gemm_ms']:>6.3f} "
+            f"{r['fp8_gemm_fast_accum_ms']:>6.3f} {r['fp8_gemm_transposed_ms']:>6.3f}"
+        )
     if a.json:
         a.json.write_text(
             json.dumps(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import random
 import subprocess
 import time
@@ -167,7 +168,7 @@ def bench_shape(shape: str, a, dev: torch.device, ceilings: Ceilings | None):
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     print(f"building random {shape} on {dev} ...", flush=True)
     model = random_model(SHAPES[shape], dtype, dev, quantization=a.quantization)
-    max_batch = max(a.batches)
+    max_batch = max(a.batches + a.long_prompt_batches)
     config = EngineConfig(
         max_num_seqs=max_batch,
         max_num_batched_tokens=max_batch * (max(a.prompts) + a.gen),
@@ -178,9 +179,7 @@ def bench_shape(shape: str, a, dev: torch.device, ceilings: Ceilings | None):
     engine = Engine(model, None, config, model_name=shape)
     results: list[Result] = []
     for prompt in a.prompts:
-        batches = (
-            a.batches if prompt < 1024 else [b for b in a.batches if b in a.long_prompt_batches]
-        )
+        batches = a.batches if prompt < 1024 else a.long_prompt_batches
         for b in batches:
             modes = [None] + [
                 SparseConfig(retention_ratio=r, delay_step=a.delay, default_block_len=a.block)
@@ -237,7 +236,7 @@ def main() -> None:
         type=int,
         nargs="+",
         default=[1, 8],
-        help="batches run at prompts >= 1024 (their FULL steps are long)",
+        help="the batches run at prompts >= 1024, instead of --batches (their FULL steps are long)",
     )
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.5])
     ap.add_argument("--gen", type=int, default=256)
@@ -270,9 +269,13 @@ def main() -> None:
             torch.cuda.empty_cache()
     print_table(results)
     if a.json:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
+        # a copy of the tree (a GPU machine's) may carry a stale .git: DLLMSERVE_COMMIT overrides
+        commit = (
+            os.environ.get("DLLMSERVE_COMMIT")
+            or subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+            ).stdout.strip()
+        )
         card = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
         a.json.write_text(
             json.dumps(
