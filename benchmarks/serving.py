@@ -190,6 +190,7 @@ class Service:
             str(workers),
             "--max-num-seqs",
             str(args.max_num_seqs),
+            "--no-gateway",  # measured over gRPC; a GPU image may lack the HTTP stack
         ]
         cmd += (
             ["--random-shape", args.random_shape] if args.random_shape else ["--model", args.model]

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fp8_quant import _round_to_e4m3
+from .fp8_quant import quantize, row_scale
 from .reference import E4M3_MAX, FP8_MIN_SCALE
 
 
@@ -49,9 +49,8 @@ def _add_rms_norm_kernel(
     h = (w.to(tl.float32) * y.to(tl.float32)).to(y.dtype)
     if QUANT:  # h as FP8 rows: the scale from the rounded values, as quantize_rows would
         hf = h.to(tl.float32)
-        scale = tl.maximum(tl.max(tl.abs(hf), axis=0) / E4M3_MAX, MIN_SCALE)
-        q = _round_to_e4m3(hf / scale, E4M3_MAX)
-        tl.store(h_ptr + row * D + cols, q.to(tl.float8e4nv), mask=m)
+        scale = row_scale(tl.max(tl.abs(hf), axis=0), E4M3_MAX, MIN_SCALE)
+        tl.store(h_ptr + row * D + cols, quantize(hf, scale, E4M3_MAX), mask=m)
         tl.store(s_ptr + row, scale)
     else:
         tl.store(h_ptr + row * D + cols, h, mask=m)
@@ -167,12 +166,11 @@ def _silu_mul_quant_kernel(
         m = start + offs < M
         v = _silu_mul_value(gu_ptr, row, start + offs, M, m, DT)
         amax = tl.maximum(amax, tl.abs(v.to(tl.float32)))
-    scale = tl.maximum(tl.max(amax, axis=0) / E4M3_MAX, MIN_SCALE)
+    scale = row_scale(tl.max(amax, axis=0), E4M3_MAX, MIN_SCALE)
     for start in range(0, M, BLOCK):
         m = start + offs < M
         v = _silu_mul_value(gu_ptr, row, start + offs, M, m, DT).to(tl.float32)
-        tl.store(q_ptr + row * M + start + offs, _round_to_e4m3(v / scale, E4M3_MAX).to(
-            tl.float8e4nv), mask=m)  # fmt: skip
+        tl.store(q_ptr + row * M + start + offs, quantize(v, scale, E4M3_MAX), mask=m)
     tl.store(s_ptr + row, scale)
 
 

@@ -35,6 +35,20 @@ def _round_to_e4m3(v, E4M3_MAX: tl.constexpr):
 
 
 @triton.jit
+def row_scale(amax, E4M3_MAX: tl.constexpr, MIN_SCALE: tl.constexpr):
+    """A row's scale from its amax. Divisions here are IEEE (`div_rn`): Triton's plain `/` on
+    fp32 is an approximate division on the GPU, which would move values across rounding
+    boundaries and make the bits differ from PyTorch's."""
+    return tl.maximum(tl.div_rn(amax, E4M3_MAX), MIN_SCALE)
+
+
+@triton.jit
+def quantize(v, scale, E4M3_MAX: tl.constexpr):
+    """v / scale on the e4m3 grid, as float8e4nv (its cast is exact)."""
+    return _round_to_e4m3(tl.div_rn(v, scale), E4M3_MAX).to(tl.float8e4nv)
+
+
+@triton.jit
 def _quantize_rows_kernel(
     X, Y, S, K, stride_x, stride_y,
     E4M3_MAX: tl.constexpr, MIN_SCALE: tl.constexpr, BLOCK: tl.constexpr,
@@ -46,12 +60,11 @@ def _quantize_rows_kernel(
         m = k + cols < K
         x = tl.load(X + row * stride_x + k + cols, mask=m, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(x))
-    scale = tl.maximum(tl.max(amax, axis=0) / E4M3_MAX, MIN_SCALE)
+    scale = row_scale(tl.max(amax, axis=0), E4M3_MAX, MIN_SCALE)
     for k in range(0, K, BLOCK):
         m = k + cols < K
         x = tl.load(X + row * stride_x + k + cols, mask=m, other=0.0).to(tl.float32)
-        q = _round_to_e4m3(x / scale, E4M3_MAX)
-        tl.store(Y + row * stride_y + k + cols, q.to(tl.float8e4nv), mask=m)
+        tl.store(Y + row * stride_y + k + cols, quantize(x, scale, E4M3_MAX), mask=m)
     tl.store(S + row, scale)
 
 

@@ -181,6 +181,9 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row (per-token) e4m3 quantization: scale = amax(|row|) / 448, q = x / scale rounded
     to nearest e4m3 (ties to even); x ≈ q * scale. Returns (q [M, K], scale [M, 1] fp32)."""
     xf = x.float()
-    scale = (xf.abs().amax(dim=-1, keepdim=True) / E4M3_MAX).clamp(min=FP8_MIN_SCALE)
+    amax = xf.abs().amax(dim=-1, keepdim=True)
+    # a tensor divisor: PyTorch's CUDA division by a Python scalar multiplies by its reciprocal,
+    # one rounding off the IEEE quotient the kernel (and the CPU) computes
+    scale = (amax / amax.new_tensor(E4M3_MAX)).clamp(min=FP8_MIN_SCALE)
     q = (xf / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
     return q, scale

@@ -12,7 +12,7 @@ from dllmserve.kernels import quantize_rows, reference
 def _rows(gen: torch.Generator, m: int, k: int, dtype: torch.dtype) -> torch.Tensor:
     """Rows of very different magnitudes, an all-zero row and values in e4m3's subnormal range
     after scaling (tiny next to their row's maximum)."""
-    x = randn(gen, m, k, dtype=torch.float32) * torch.logspace(-3, 3, m).view(-1, 1)
+    x = randn(gen, m, k, dtype=torch.float32) * torch.logspace(-3, 3, m, device=DEVICE).view(-1, 1)
     x[0] = 0.0
     x[1, : k // 2] *= 1e-4
     return x.to(DEVICE, dtype)
