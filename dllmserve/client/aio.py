@@ -9,44 +9,17 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 import grpc.aio
 
+from dllmserve.client.channels import RETRYABLE, Channels, backoff_s
 from dllmserve.client.errors import from_rpc_error
 from dllmserve.client.request import Resume, build_request
-from dllmserve.client.sync import RETRYABLE, backoff_s, credentials
 from dllmserve.client.types import Completed, Event, ServerInfo, event_from_pb, server_info_from_pb
 from dllmserve.v1 import dllm_pb2 as pb
-from dllmserve.v1 import dllm_pb2_grpc
 
 
-class AsyncClient:
+class AsyncClient(Channels):
     """asyncio client with the same methods as `Client`."""
 
-    def __init__(
-        self,
-        target: str | Sequence[str] = "localhost:50051",
-        *,
-        token: str | None = None,
-        tls: bool = False,
-        root_certificates: bytes | None = None,
-        options: Sequence[tuple] = (),
-        max_reattach: int = 10,
-    ) -> None:
-        self.targets = [target] if isinstance(target, str) else list(target)
-        self._creds = credentials(tls, root_certificates)
-        self._options = list(options)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._current = 0
-        self.max_reattach = max_reattach
-
-    def _stub(self) -> dllm_pb2_grpc.DllmServiceStub:
-        t = self.targets[self._current]
-        if t not in self._channels:
-            self._channels[t] = (
-                grpc.aio.secure_channel(t, self._creds, options=self._options)
-                if self._creds
-                else grpc.aio.insecure_channel(t, options=self._options)
-            )
-        return dllm_pb2_grpc.DllmServiceStub(self._channels[t])
+    channel_api = grpc.aio
 
     async def generate(
         self, prompt: str | None = None, *, timeout: float | None = None, reattach: bool = True,

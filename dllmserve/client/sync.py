@@ -4,57 +4,19 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import grpc
 
+from dllmserve.client.channels import RETRYABLE, Channels, backoff_s
 from dllmserve.client.errors import from_rpc_error
 from dllmserve.client.request import Resume, build_request
 from dllmserve.client.types import Completed, Event, ServerInfo, event_from_pb, server_info_from_pb
 from dllmserve.v1 import dllm_pb2 as pb
-from dllmserve.v1 import dllm_pb2_grpc
-
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 
 
-def credentials(tls: bool, root_certificates: bytes | None):
-    return grpc.ssl_channel_credentials(root_certificates) if tls or root_certificates else None
-
-
-def backoff_s(tries: int) -> float:
-    return min(2.0, 0.1 * 2**tries)
-
-
-class Client:
+class Client(Channels):
     """Synchronous client. `target` may be a list: the others are used to re-attach."""
-
-    def __init__(
-        self,
-        target: str | Sequence[str] = "localhost:50051",
-        *,
-        token: str | None = None,
-        tls: bool = False,
-        root_certificates: bytes | None = None,
-        options: Sequence[tuple] = (),
-        max_reattach: int = 10,
-    ) -> None:
-        self.targets = [target] if isinstance(target, str) else list(target)
-        self._creds = credentials(tls, root_certificates)
-        self._options = list(options)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channels: dict[str, grpc.Channel] = {}
-        self._current = 0
-        self.max_reattach = max_reattach
-
-    def _stub(self) -> dllm_pb2_grpc.DllmServiceStub:
-        t = self.targets[self._current]
-        if t not in self._channels:
-            self._channels[t] = (
-                grpc.secure_channel(t, self._creds, options=self._options)
-                if self._creds
-                else grpc.insecure_channel(t, options=self._options)
-            )
-        return dllm_pb2_grpc.DllmServiceStub(self._channels[t])
 
     def generate(
         self, prompt: str | None = None, *, timeout: float | None = None, reattach: bool = True,
