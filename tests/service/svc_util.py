@@ -12,6 +12,8 @@ from pathlib import Path
 
 import grpc
 import redis
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from dllmserve.client import Canvas, Client, Completed, StepUpdate
 from dllmserve.scheduler import queue as q
@@ -196,3 +198,14 @@ def lua_assign(r, sc, worker, rids):
     keys = [q.inbox_key(worker), q.load_key(worker), q.PENDING, q.worker_key(worker)]
     got = sc.assign(keys=keys, args=args)
     return None if got is None else [q.s(x) for x in got]
+
+
+def bad_request_field(err: grpc.RpcError) -> str:
+    """The field a gRPC error's google.rpc.BadRequest detail names ("" when it has none)."""
+    st = rpc_status.from_call(err)
+    for d in st.details if st else []:
+        if d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            br = error_details_pb2.BadRequest()
+            d.Unpack(br)
+            return br.field_violations[0].field
+    return ""

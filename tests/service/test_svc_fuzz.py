@@ -12,10 +12,9 @@ import math
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from svc_util import bad_request_field
 
 from dllmserve import LLM
 from dllmserve.client import Client, build_request
@@ -156,16 +155,6 @@ good = st.tuples(good_prompts, good_sampling(), good_sparse, st.sampled_from([0,
 wild = st.tuples(wild_prompts, wild_sampling, wild_sparse, st.sampled_from([0, 101, -(2**31)]))
 
 
-def _field(err: grpc.RpcError) -> str:
-    s = rpc_status.from_call(err)
-    for d in s.details if s else []:
-        if d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            br = error_details_pb2.BadRequest()
-            d.Unpack(br)
-            return br.field_violations[0].field
-    return ""
-
-
 def _offline(llm: LLM, req) -> tuple[str, object]:
     """What the offline API says of the request: ("invalid", field), ("capacity", None) or
     ("ok", token ids)."""
@@ -202,7 +191,7 @@ def test_random_requests_through_grpc(svc, llm, case):
             assert e.code() != grpc.StatusCode.DEADLINE_EXCEEDED, "the service hung"
             if want == "invalid":
                 assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e.details()
-                assert _field(e) == value, (e.details(), value)
+                assert bad_request_field(e) == value, (e.details(), value)
             elif want == "capacity":
                 assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.details()
             else:

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from svc_util import Cluster, wait_for
+from svc_util import Cluster, bad_request_field, wait_for
 
 from dllmserve.client import Accepted, Client, Completed, StepUpdate, build_request
 from dllmserve.scheduler import queue as q
@@ -143,16 +141,6 @@ def _request(kw: dict) -> pb.GenerateRequest:
     return build_request(prompt, **kw)
 
 
-def _field(err: grpc.RpcError) -> str:
-    st = rpc_status.from_call(err)
-    for d in st.details if st else []:
-        if d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            br = error_details_pb2.BadRequest()
-            d.Unpack(br)
-            return br.field_violations[0].field
-    return ""
-
-
 def _no_tracebacks(c: Cluster) -> None:
     for p in [*c.workers, *(s for s, _ in c.schedulers)]:
         assert "Traceback" not in Path(p.log_path).read_text(errors="replace"), p.log_path
@@ -176,7 +164,7 @@ def test_every_field_at_its_bound_and_past_it(svc, tiny_model):
             assert len(e.value.details()) < 400, "an echoed value must be cut short"
             if field is not None:
                 assert e.value.details().startswith(field + ":"), e.value.details()[:200]
-                assert _field(e.value) == field
+                assert bad_request_field(e.value) == field
         # the service is unharmed: a normal request finishes right after
         done = c.generate_text("still fine", sampling_params=SMALL, timeout=120)
         assert len(done.token_ids) == 8
@@ -236,10 +224,10 @@ def test_attach_past_the_end_and_bad_ids(svc):
         for rid in ("att-1\n", "x" * 129, ""):
             with pytest.raises(grpc.RpcError) as e:
                 list(c.attach(rid, timeout=30))
-            assert e.value.code() == BAD and _field(e.value) == "request_id"
+            assert e.value.code() == BAD and bad_request_field(e.value) == "request_id"
             with pytest.raises(grpc.RpcError) as e:
                 c.cancel(rid)
-            assert e.value.code() == BAD and _field(e.value) == "request_id"
+            assert e.value.code() == BAD and bad_request_field(e.value) == "request_id"
 
 
 LONG = {"gen_length": 256, "steps": 256, "block_length": 32, "seed": 3, "stop_at_eos": False}

@@ -19,10 +19,8 @@ import grpc
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from http_util import add_gateway
-from svc_util import Cluster, wait_for
+from svc_util import Cluster, bad_request_field, wait_for
 
 from dllmserve import LLM
 from dllmserve.client import Accepted, Client, build_request
@@ -136,16 +134,6 @@ def _added(c: Cluster) -> int:
     return c.client.xinfo_stream(q.PENDING)["entries-added"]
 
 
-def _field(err: grpc.RpcError) -> str:
-    st = rpc_status.from_call(err)
-    for d in st.details if st else []:
-        if d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            br = error_details_pb2.BadRequest()
-            d.Unpack(br)
-            return br.field_violations[0].field
-    return ""
-
-
 def _offline(llm: LLM, req) -> tuple[grpc.StatusCode, str, str]:
     """What LLM.generate answers for the same request: (code, field, message)."""
     args = to_engine_args(req)
@@ -182,7 +170,7 @@ def test_every_model_bound_is_checked_before_queueing(svc, llm):
                 list(c.stream(req, timeout=120, reattach=False))
             err = e.value
             assert err.code() == case.code, (case, err.details())
-            assert _field(err) == case.field, (case, err.details())
+            assert bad_request_field(err) == case.field, (case, err.details())
             queued = case.by == "worker"
             assert _added(svc) == before + queued, case
             assert bool(svc.client.exists(q.req_key(rid))) == queued, case
@@ -236,7 +224,7 @@ def test_without_a_registered_worker_the_request_is_queued_and_the_worker_checks
     t.join(120)
     assert [type(e) for e in events] == [Accepted]
     (err,) = errors
-    assert err.code() == BAD and _field(err) == "sparse_config.layer_ratios"
+    assert err.code() == BAD and bad_request_field(err) == "sparse_config.layer_ratios"
     assert "one ratio per layer (2)" in err.details()
     # once the scheduler has read the registration, it refuses the same request itself
     tries = iter(range(1000))
@@ -245,7 +233,7 @@ def test_without_a_registered_worker_the_request_is_queued_and_the_worker_checks
         req.request_id = f"later-{next(tries)}"
         with Client(c.target) as cl, pytest.raises(grpc.RpcError) as e:
             list(cl.stream(req, timeout=60, reattach=False))
-        assert e.value.code() == BAD and _field(e.value) == "sparse_config.layer_ratios"
+        assert e.value.code() == BAD and bad_request_field(e.value) == "sparse_config.layer_ratios"
         return not c.client.exists(q.req_key(req.request_id))
 
     wait_for(refused_by_the_scheduler, what="the scheduler to read the registration")
