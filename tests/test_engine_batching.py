@@ -244,3 +244,25 @@ def test_dream_and_llada_schedules_share_iterations(dream_dir):
         alone = run_alone(dream_dir, [3 + i, 4, 5, 6], p, sparse)
         assert updates[rid][-1].output.token_ids == alone, rid
         assert canvas_from(updates[rid], 16, engine.tokens.mask) == alone
+
+
+def test_newcomer_steps_first_behind_the_iteration_in_flight(llada_dir):
+    """A request added while another runs gets its first update from the very next call (its
+    first step runs alone, behind the chained REUSE step in flight); both requests still end
+    with the tokens of a run on their own."""
+    engine = Engine.from_pretrained(llada_dir)
+    engine.add_request("old", [4, 5, 6], params(2), SPARSE)
+    updates: dict = {}
+    while engine._inflight is None:  # FULL, SELECT, then a REUSE step left in flight
+        for u in engine.step():
+            updates.setdefault(u.request_id, []).append(u)
+    engine.add_request("new", list(range(1, 30)), params(1), SPARSE)
+    first = engine.step()
+    assert [(u.request_id, u.step) for u in first if u.request_id == "new"] == [("new", 1)]
+    assert any(u.request_id == "old" for u in first), "the step in flight is collected too"
+    for u in first:
+        updates.setdefault(u.request_id, []).append(u)
+    drain(engine, updates)
+    for rid, prompt, seed in (("old", [4, 5, 6], 2), ("new", list(range(1, 30)), 1)):
+        assert [u.step for u in updates[rid]] == list(range(1, 17))
+        assert updates[rid][-1].output.token_ids == run_alone(llada_dir, prompt, params(seed))

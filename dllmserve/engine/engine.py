@@ -198,13 +198,22 @@ class Engine:
         """
         self.batcher.admit()
         prev, self._inflight = self._inflight, None
+        running = list(self.batcher.running.values())
+        fresh = [r for r in running if r.global_step == 0]
+        if fresh and len(fresh) < len(running):
+            # Newcomers among running requests take their first step alone, queued right
+            # behind the iteration in flight: their first update waits for one forward of
+            # their own, not for the in-flight results, a host turn and then a mixed
+            # iteration (time to first update, docs/design.md §7). The others join next call.
+            cur = self.runner.launch(fresh, self.runner.prepare(fresh))
+            updates = self._collect(prev) if prev is not None else []
+            return updates + self._collect(cur)
         if prev is not None and not self._chainable(prev):
             return self._collect(prev)
-        reqs = list(self.batcher.running.values())
-        if not reqs:
+        if not running:
             return []
-        batch = self.runner.chain(prev, reqs) if prev else self.runner.prepare(reqs)
-        cur = self.runner.launch(reqs, batch)
+        batch = self.runner.chain(prev, running) if prev else self.runner.prepare(running)
+        cur = self.runner.launch(running, batch)
         updates = self._collect(prev) if prev is not None else []
         if self._chainable(cur):
             self._inflight = cur
