@@ -16,8 +16,9 @@ Before the service starts, the offline engine — built exactly as a worker buil
 process on the first worker's GPU — runs the saturation requests at once: the service's
 saturation throughput is reported against it. With `--scale-workers N`, a fresh service with
 N workers (one per GPU) then runs saturation with N × `--saturation-requests` requests, reported
-against one worker's. Each measured phase is preceded by an unmeasured warm-up wave, so no
-timing includes kernel compilation or CUDA-graph capture of the shapes it runs.
+against one worker's. The measured phases are preceded by unmeasured warm-up waves (one at
+the highest finite rate, one burst), so no timing includes kernel compilation or CUDA-graph
+capture of the shapes it runs.
 
     python benchmarks/serving.py                                  # CPU, the shipped tiny model
     python benchmarks/serving.py --random-shape llada-8b --prompt-tokens 128 --gen 256 \\
@@ -323,11 +324,19 @@ def serve_phase(
     async def measure() -> None:
         # one client (one channel, connected by the warm-up) for the whole phase
         async with AsyncClient(svc.target) as client:
-            if args.warmup:
+            # Arrivals spread in time run shapes a burst never does (one lane, then two, ...,
+            # and a newcomer's first step alone), each compiled and captured on first use: a
+            # wave at the highest finite rate warms them, a burst the saturation shapes.
+            finite = [r for r in rates if r != INF]
+            warm_rates = ([max(finite)] if finite else []) + ([INF] if INF in rates else [])
+            for rate in warm_rates if args.warmup else []:
                 n = args.warmup * workers
                 prompts = make_prompts(n, args.prompt_tokens, seed=1)
-                w = await run_rate(client, prompts, INF, args, f"warm{workers}")
-                log(f"warm-up: {n} requests in {w['wall_s']:.1f}s, {w['requests_per_worker']}")
+                w = await run_rate(client, prompts, rate, args, f"warm{workers}")
+                log(
+                    f"warm-up at {rate} req/s: {n} requests in {w['wall_s']:.1f}s, "
+                    f"{w['requests_per_worker']}"
+                )
             for rate in rates:
                 n = args.num_requests if rate != INF else args.saturation_requests * workers
                 prompts = make_prompts(n, args.prompt_tokens)
