@@ -112,12 +112,13 @@ class Rows(torch.utils.data.IterableDataset):
     """Endless batches: (ids [B, L], target mask [B, L], valid length [B]); one bucket L each.
 
     Every batch holds about `tokens_per_batch` token slots, so short buckets carry many rows.
-    The mix, by row: 10 % fortune text (pretraining), 30 % recall drills, and for the rest chat
-    rows: in the short buckets copy / addition / fortune answers and short recall, in the long
-    ones recall whose list fills the bucket. The chat recall answer has 4 useful targets in up
-    to 2 000 prompt tokens, too little signal to learn the lookup from; the drills give one
-    target per 3 prompt tokens with the same lookup (find the line whose key matches, copy its
-    value), in episodes of log-uniform size so short lists are learned first.
+    The mix, by row (`mix`, the defaults): 10 % fortune text (pretraining), 30 % recall drills,
+    and for the rest chat rows: in the short buckets copy / addition / fortune answers and
+    short recall, in the long ones recall whose list fills the bucket. The chat recall answer
+    has 4 useful targets in up to 2 000 prompt tokens, too little signal to learn the lookup
+    from; the drills give one target per 3 prompt tokens with the same lookup (find the line
+    whose key matches, copy its value), in episodes of log-uniform size so short lists are
+    learned first.
     """
 
     def __init__(
@@ -127,8 +128,10 @@ class Rows(torch.utils.data.IterableDataset):
         fortunes: list[str],
         smoke: bool,
         bucket_weights: tuple[float, ...],
+        mix: tuple[float, float] = (0.1, 0.3),
     ):
         self.seed = seed
+        self.text_share, self.drill_share = mix
         self.weights = bucket_weights
         self.tokens = tokens_per_batch
         self.fortunes = fortunes
@@ -160,12 +163,14 @@ class Rows(torch.utils.data.IterableDataset):
     def _row(self, rng: random.Random, codec: ByteCodec, L: int) -> tuple[list[int], np.ndarray]:
         """One row of at most L tokens and which of its positions are targets."""
         kind = rng.random()
-        if kind < 0.1:  # pretraining: a window of the corpus, every position a target
+        if kind < self.text_share:  # pretraining: a corpus window, every position a target
             i = rng.randrange(len(self.text) - L)
             return codec.encode(self.text[i : i + L]), np.ones(L, bool)
-        if kind < 0.4:
+        kind -= self.text_share
+        if kind < self.drill_share:
             return recall_drill(rng, codec, L)
-        if L <= 256 and kind < 0.75:
+        kind -= self.drill_share  # the chat rows: 7/12 of them short tasks where they fit
+        if L <= 256 and kind < (1 - self.text_share - self.drill_share) * 7 / 12:
             ex = rng.choices((tasks.copy, tasks.add, self._chat), weights=(4, 4, 2))[0](rng)
             row = chat_row(rng, codec, ex, L)
             if row is not None:
@@ -309,14 +314,20 @@ class TinyLLaDA(nn.Module):
         return t.ff_out(t.ln_f(x))
 
 
-def diffusion_loss(model, ids, target, length, mask_id, gen: torch.Generator):
-    """LLaDA loss: mask targets w.p. t ~ U(eps, 1), CE on masked / t, per-row mean over targets."""
+def diffusion_loss(model, ids, target, length, mask_id, gen: torch.Generator, elbo: bool = True):
+    """LLaDA loss: mask targets w.p. t ~ U(eps, 1), CE on masked / t, per-row mean over targets.
+
+    With `elbo` False the masked tokens' CE is averaged unweighted: the same optimum (the
+    conditional at every mask ratio) without the 1/t factor's variance from rows of small t.
+    """
     B, L = ids.shape
     t = EPS + (1 - EPS) * torch.rand(B, 1, device=ids.device, generator=gen)
     masked = target & (torch.rand(B, L, device=ids.device, generator=gen) < t)
     x = torch.where(masked, mask_id, ids)
     logits = model(x, length)
     ce = F.cross_entropy(logits[masked].float(), ids[masked], reduction="none")
+    if not elbo:
+        return ce.mean()
     w = torch.zeros(B, L, device=ids.device)
     w[masked] = ce / t.expand(B, L)[masked]
     return (w.sum(1) / target.sum(1).clamp(min=1)).mean()
@@ -401,11 +412,27 @@ def main() -> None:
     ap.add_argument("--bucket-weights", default=BUCKET_WEIGHTS, help=f"for {BUCKETS}")
     ap.add_argument("--corpus", type=Path, default=CORPUS, help="fortunes, '%%' lines apart")
     ap.add_argument("--init", type=Path, default=None, help="continue from this checkpoint dir")
+    ap.add_argument(
+        "--arch", default="256,8,8,704", help="d_model,n_layers,n_heads,mlp_hidden (not --init)"
+    )
+    ap.add_argument("--rope-theta", type=float, default=10000.0)
+    ap.add_argument("--mix", default="0.1,0.3", help="shares of fortune-text and drill rows")
+    ap.add_argument(
+        "--loss", choices=("elbo", "mean"), default="elbo", help="1/t-weighted, or plain mean CE"
+    )
     a = ap.parse_args()
 
     torch.manual_seed(a.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    arch = Arch(d_model=64, n_layers=2, n_heads=4, mlp_hidden=128) if a.smoke else Arch()
+    if a.smoke:
+        arch = Arch(d_model=64, n_layers=2, n_heads=4, mlp_hidden=128)
+    elif a.init is not None:  # a continued run keeps the earlier stage's architecture
+        cfg = json.loads((a.init / "config.json").read_text())
+        arch = Arch(cfg["d_model"], cfg["n_layers"], cfg["n_heads"], cfg["mlp_hidden_size"],
+                    cfg["max_sequence_length"], cfg["rope_theta"])  # fmt: skip
+    else:
+        d, n_layers, n_heads, mlp = (int(x) for x in a.arch.split(","))
+        arch = Arch(d, n_layers, n_heads, mlp, rope_theta=a.rope_theta)
     codec = ByteCodec()
     rows = ((codec.vocab + 63) // 64) * 64
     if not a.corpus.is_file():
@@ -427,7 +454,10 @@ def main() -> None:
     weights = tuple(float(w) for w in a.bucket_weights.split(","))
     if len(weights) != len(BUCKETS):
         ap.error(f"--bucket-weights: {len(BUCKETS)} weights for {BUCKETS}, got {weights}")
-    data = Rows(a.seed, tokens, train_f, a.smoke, weights)
+    text_share, drill_share = (float(x) for x in a.mix.split(","))
+    if not (0 <= text_share and 0 <= drill_share and text_share + drill_share <= 1):
+        ap.error(f"--mix: two shares in [0, 1] summing to at most 1, got {a.mix}")
+    data = Rows(a.seed, tokens, train_f, a.smoke, weights, (text_share, drill_share))
     workers = 0 if a.smoke else a.workers
     loader = torch.utils.data.DataLoader(
         data, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
@@ -461,7 +491,9 @@ def main() -> None:
             gr["lr"] = lr
         ids, target, length = (x.to(device, non_blocking=True) for x in (ids, target, length))
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            loss = diffusion_loss(model, ids, target, length, codec.special[tasks.MASK], gen)
+            loss = diffusion_loss(
+                model, ids, target, length, codec.special[tasks.MASK], gen, a.loss == "elbo"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -490,6 +522,8 @@ def main() -> None:
         "bucket_weights": dict(zip(map(str, BUCKETS), weights, strict=True)),
         "tokens_seen": step * tokens,
         "lr": a.lr,
+        "loss": a.loss,
+        "mix": {"text": text_share, "drill": drill_share},
         "minutes": round(elapsed / 60, 2),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "parameters": n_params,

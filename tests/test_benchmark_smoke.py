@@ -87,6 +87,15 @@ def test_train_tiny_smoke(tmp_path):
 
     from dllmserve import LLM, SamplingParams
 
+    # a third stage with the plain mean loss and a drill-heavy mix keeps the second's arch
+    third = tmp_path / "s3"
+    cmd = base + ["--out", str(third), "--init", str(second), "--loss", "mean", "--mix", "0,0.8"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log3 = json.loads((third / "training.json").read_text())
+    assert log3["loss"] == "mean" and log3["mix"] == {"text": 0.0, "drill": 0.8}
+    assert log3["arch"] == log["arch"] and log3["steps"] == 20
+
     llm = LLM(str(second), device="cpu")
     out = llm.generate(
         ["Repeat exactly: ab"], SamplingParams(gen_length=8, steps=4), use_tqdm=False
