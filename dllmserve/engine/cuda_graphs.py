@@ -13,6 +13,8 @@ graph of the pool: the engine reads it (LM head rows) before launching the next 
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -24,6 +26,8 @@ from dllmserve.models.transformer import DiffusionTransformer
 
 LANE_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
+log = logging.getLogger(__name__)
+
 
 def _bucket(n: int, buckets: tuple[int, ...]) -> int | None:
     return next((b for b in buckets if b >= n), None)
@@ -34,15 +38,21 @@ def _pow2(n: int) -> int:
 
 
 def capture(
-    graph: torch.cuda.CUDAGraph, mempool: tuple, forward: Callable[[], torch.Tensor]
+    graph: torch.cuda.CUDAGraph,
+    mempool: tuple,
+    forward: Callable[[], torch.Tensor],
+    what: str,
 ) -> torch.Tensor:
     """Capture `forward()` (which reads only static buffers) into `graph`; returns its output,
     which every replay rewrites in place.
 
     A first run on a side stream compiles the Triton kernels outside the capture (a compile
     inside it would fail) and is otherwise an ordinary forward: its writes (a SELECT's page
-    stores) are the ones the first replay repeats.
+    stores) are the ones the first replay repeats. Each capture is logged with its time
+    (`what` names the graph): it holds up the worker's iteration, so a stall in serving can be
+    matched to it.
     """
+    start = time.perf_counter()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -50,6 +60,7 @@ def capture(
     torch.cuda.current_stream().wait_stream(stream)
     with torch.cuda.graph(graph, pool=mempool):
         out = forward()
+    log.info("captured a CUDA graph (%s) in %.0f ms", what, 1000 * (time.perf_counter() - start))
     return out
 
 
@@ -116,6 +127,7 @@ class ReuseGraphs:
             g.graph,
             self.mempool,
             lambda: self.model.forward(g.input_ids, g.positions, attention),
+            f"REUSE, {lanes} lanes, window {window}, {pages} pages",
         )
         self.graphs[key] = g
         return g

@@ -129,6 +129,7 @@ class DenseGraphs:
             g.graph,
             self.mempool,
             lambda: self.model.forward(static["input_ids"], static["positions"], attention),
+            f"batch-1 dense, {batch.input_ids.numel()} tokens, {len(self.graphs) + 1} kept",
         )
         self.graphs[key] = g
         self.captures += 1
