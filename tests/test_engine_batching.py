@@ -266,3 +266,30 @@ def test_newcomer_steps_first_behind_the_iteration_in_flight(llada_dir):
     for rid, prompt, seed in (("old", [4, 5, 6], 2), ("new", list(range(1, 30)), 1)):
         assert [u.step for u in updates[rid]] == list(range(1, 17))
         assert updates[rid][-1].output.token_ids == run_alone(llada_dir, prompt, params(seed))
+
+
+def test_warm_up_leaves_a_cold_engines_state(llada_dir):
+    """warm_up runs its two requests to the end: afterwards nothing runs or waits, every page is
+    free, and a request (without a seed of its own) gets the tokens it gets from a cold engine."""
+    warm, cold = Engine.from_pretrained(llada_dir), Engine.from_pretrained(llada_dir)
+    warm.warm_up()
+    assert not warm.has_unfinished() and warm._inflight is None
+    assert warm.batcher.pool.num_free == warm.batcher.pool.num_pages
+    p = params(None, temperature=0.7)
+    outputs = []
+    for engine in (warm, cold):
+        engine.add_request("r", [5, 6, 7], p, SPARSE)
+        updates: dict = {}
+        drain(engine, updates)
+        outputs.append(updates["r"][-1].output.token_ids)
+    assert outputs[0] == outputs[1]
+
+
+def test_warm_up_that_cannot_fit_is_skipped(llada_dir, caplog):
+    """A cache too small for the warm-up's requests: it says so and leaves the engine as it was
+    (the worker still starts)."""
+    engine = Engine.from_pretrained(llada_dir, num_cache_pages=1)
+    with caplog.at_level("WARNING", logger="dllmserve.engine.engine"):
+        engine.warm_up()
+    assert "warm-up skipped" in caplog.text
+    assert not engine.has_unfinished() and engine.batcher.pool.num_free == 1

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 
 import redis
@@ -38,6 +39,11 @@ def run(cfg: WorkerConfig, engine: StepEngine | None = None) -> None:
     if server is not None:
         log.info("worker http (/metrics, /livez, /readyz) on port %d", server.server_port)
     engine = engine if engine is not None else build_engine(cfg)
+    if str(engine.device).startswith("cuda"):  # before registering: no request waits for it
+        start = time.monotonic()
+        engine.warm_up()
+        took = time.monotonic() - start
+        log.info("warmed up (kernels compiled, graphs captured) in %.1f s", took)
     worker_id = cfg.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     client = redis.Redis.from_url(cfg.redis_url, health_check_interval=10)
     loop = WorkerLoop(engine, client, cfg, worker_id)

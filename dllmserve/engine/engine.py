@@ -10,6 +10,7 @@ it through the `protocol.StepEngine` surface; `dllmserve.LLM` wraps it for offli
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from pathlib import Path
@@ -28,10 +29,12 @@ from dllmserve.engine.outputs import RequestOutput, StepUpdate
 from dllmserve.engine.page_pool import PagePool
 from dllmserve.engine.protocol import Prompt
 from dllmserve.engine.request import Request, SpecialTokens, StepResult
-from dllmserve.errors import ValidationError
+from dllmserve.errors import CapacityError, ValidationError
 from dllmserve.models.transformer import DiffusionTransformer
 from dllmserve.sampling_params import SamplingParams
 from dllmserve.sparse.state import SparseConfig
+
+log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -184,6 +187,33 @@ class Engine:
             "max_num_batched_tokens": b.max_num_batched_tokens,
             "reserved_tokens": b.reserved_tokens,
         }
+
+    def warm_up(self) -> None:
+        """Run, before any traffic, the iterations that traffic meets an idle engine with.
+
+        One request alone (its FULL, SELECT and REUSE steps), then a second one joining it (its
+        first step alone, a mixed iteration, two REUSE lanes): their first use compiles Triton
+        kernels and captures CUDA graphs, which held the first real requests of a fresh worker
+        for seconds (benchmarks/RESULTS.md, time to first update). The requests carry their
+        own seed, so the engine's draws for later requests are those of a cold engine.
+        """
+        params = SamplingParams(gen_length=64, steps=64, block_length=32, seed=0,
+                                stop_at_eos=False)  # fmt: skip
+        prompt = [t for t in range(1, 20) if t != self.tokens.mask][:16]
+        try:  # both checked before either runs
+            first, second = (
+                self.make_request(rid, prompt, params, SparseConfig())
+                for rid in ("warm-up-alone", "warm-up-joining")
+            )
+        except (ValidationError, CapacityError) as e:  # a model or cache too small for it
+            log.warning("warm-up skipped: %s", e)
+            return
+        self.add(first)
+        while not any(u.request_id == first.request_id and u.step >= 3 for u in self.step()):
+            pass  # FULL, SELECT, then REUSE, the last one chained (left in flight)
+        self.add(second)
+        while self.has_unfinished():
+            self.step()
 
     # ---- the step --------------------------------------------------------------------------
     @torch.inference_mode()

@@ -62,3 +62,8 @@ class StepEngine(Protocol):
     def decode(self, token_ids: list[int]) -> str:
         """Text of token ids, special tokens skipped (the worker renders canvases with it)."""
         ...
+
+    def warm_up(self) -> None:
+        """Run the iterations of a first request and one joining it, so that compiling and
+        capturing them happens before the worker takes traffic (a GPU worker calls it)."""
+        ...

@@ -59,6 +59,9 @@ class FakeEngine:
     def decode(self, token_ids: list[int]) -> str:
         return bytes(i % 128 for i in token_ids if i > 0).decode(errors="replace")
 
+    def warm_up(self) -> None:
+        """Nothing to compile or capture."""
+
     def step(self) -> list[StepUpdate]:
         if self.step_s:
             time.sleep(self.step_s)
