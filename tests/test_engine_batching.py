@@ -272,7 +272,16 @@ def test_warm_up_leaves_a_cold_engines_state(llada_dir):
     """warm_up runs its two requests to the end: afterwards nothing runs or waits, every page is
     free, and a request (without a seed of its own) gets the tokens it gets from a cold engine."""
     warm, cold = Engine.from_pretrained(llada_dir), Engine.from_pretrained(llada_dir)
+    launched: list[tuple[str, ...]] = []  # the request ids of every iteration launched
+    launch = warm.runner.launch
+    warm.runner.launch = lambda reqs, batch: (
+        launched.append(tuple(r.request_id for r in reqs)) or launch(reqs, batch)
+    )
     warm.warm_up()
+    alone, joining = ("warm-up-alone",), ("warm-up-joining",)
+    # the shapes it exists for: one request alone, the newcomer's first step alone, then both
+    assert launched[:3] == [alone] * 3 and joining in launched
+    assert launched.index(joining) < launched.index(alone + joining)
     assert not warm.has_unfinished() and warm._inflight is None
     assert warm.batcher.pool.num_free == warm.batcher.pool.num_pages
     p = params(None, temperature=0.7)

@@ -209,8 +209,9 @@ class Engine:
             log.warning("warm-up skipped: %s", e)
             return
         self.add(first)
-        while not any(u.request_id == first.request_id and u.step >= 3 for u in self.step()):
-            pass  # FULL, SELECT, then REUSE, the last one chained (left in flight)
+        started = False  # after FULL, SELECT and a REUSE step, with the next one in flight
+        while not started and self.has_unfinished():
+            started = any(u.request_id == first.request_id and u.step >= 3 for u in self.step())
         self.add(second)
         while self.has_unfinished():
             self.step()
