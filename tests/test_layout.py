@@ -1,6 +1,7 @@
 """The package as it installs: the wheel of scripts/gpu_wheel.sh holds every subpackage that
 pyproject maps in, no package directory is a symlink, and the import graph (grimp, over the
-installed wheel) has no cycle, neither between modules nor between subpackages."""
+installed wheel) has no cycle, neither between modules nor between subpackages; and no module
+outside benchmarks/ is over 400 lines."""
 
 from __future__ import annotations
 
@@ -105,3 +106,16 @@ def test_no_import_cycles(site):
 
 def test_the_request_checks_import_without_torch(site):
     _run(site, TORCH_FREE)
+
+
+def test_no_module_outside_benchmarks_is_over_400_lines():
+    """One concept per module keeps modules short: a module past 400 lines is split, not grown
+    (benchmark scripts are whole programs and exempt)."""
+    skip = {".venv", "build", "benchmarks", ".git", "node_modules"}
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in ROOT.rglob("*.py")
+        if not skip & set(p.relative_to(ROOT).parts)
+        and (n := len(p.read_text(encoding="utf-8").splitlines())) > 400
+    }
+    assert long == {}
