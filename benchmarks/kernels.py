@@ -16,7 +16,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ SMOKE = "--smoke" in sys.argv
 if SMOKE:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import provenance  # noqa: E402
 import triton  # noqa: E402
 import triton.testing  # noqa: E402
 
@@ -437,13 +437,6 @@ def run_sampling(mm_peak, copy_bw, cases):
         )
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
-    except Exception:
-        return "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU")
@@ -503,7 +496,7 @@ def main() -> None:
         card=card,
         torch=torch.__version__,
         triton=triton.__version__,
-        commit=git_commit(),
+        commit=provenance.commit(),
         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         command=" ".join(sys.argv),
     )

@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import random
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import provenance
 import torch
 from roofline import Ceilings, ceiling_tokens_per_s, measure_ceilings
 
@@ -269,19 +268,12 @@ def main() -> None:
             torch.cuda.empty_cache()
     print_table(results)
     if a.json:
-        # a copy of the tree (a GPU machine's) may carry a stale .git: DLLMSERVE_COMMIT overrides
-        commit = (
-            os.environ.get("DLLMSERVE_COMMIT")
-            or subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-            ).stdout.strip()
-        )
         card = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
         a.json.write_text(
             json.dumps(
                 {
                     "card": card,
-                    "commit": commit,
+                    "commit": provenance.commit(),
                     "args": vars(a) | {"json": str(a.json)},
                     "ceilings": asdict(ceilings) if ceilings else None,
                     "results": [asdict(r) for r in results],

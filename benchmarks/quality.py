@@ -19,12 +19,12 @@ import argparse
 import datetime as dt
 import itertools
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import provenance
 import torch
 
 from dllmserve import LLM, SamplingParams
@@ -151,14 +151,6 @@ def markdown(results: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n\n" + head + body
 
 
-def git_commit() -> str:
-    try:
-        cmd = ["git", "rev-parse", "--short", "HEAD"]
-        return subprocess.run(cmd, capture_output=True, text=True).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(default_model_path()))
@@ -193,7 +185,7 @@ def main() -> None:
     meta = {
         "model": Path(a.model).name,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "git commit": git_commit(),
+        "git commit": provenance.commit(),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "command": "python " + " ".join(sys.argv),
         "examples per cell": a.n,

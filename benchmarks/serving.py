@@ -43,6 +43,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import provenance
+
 from dllmserve.client import Accepted, AsyncClient, Client, Completed, StepUpdate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -423,7 +425,7 @@ def main() -> None:
     if args.log_dir:
         args.log_dir.mkdir(parents=True, exist_ok=True)
     rates = [r for r in args.rates if r != INF] + [INF]
-    doc: dict = {"args": {k: str(v) for k, v in vars(args).items()}}
+    doc: dict = {"commit": provenance.commit(), "args": {k: str(v) for k, v in vars(args).items()}}
     offline = None
     if not args.no_offline:
         log(f"offline engine: {args.saturation_requests} requests at once ...")

@@ -32,8 +32,10 @@ SCALE=${SCALE:-2}   # workers of the scaling run (0: skip it)
 BUDGET_S=${BUDGET_S:-560}  # the benchmark is stopped after this long (its JSON is kept)
 export PYTHONUNBUFFERED=1
 # The checkout's dllmserve/ lacks the subpackages that pyproject maps in (kernels/, scheduler/,
-# worker/): keep the working directory off sys.path so the installed package is the one imported.
+# worker/): keep the working directory off sys.path so the installed package is the one imported;
+# benchmarks/ goes on it for the scripts' shared helpers (provenance.py).
 export PYTHONSAFEPATH=1
+export PYTHONPATH=$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p "$OUT/logs"
 exec > >(tee "$OUT/serving.log") 2>&1
 
@@ -67,7 +69,7 @@ fi
 
 {
   echo "date: $(date -u +%FT%TZ)"
-  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "commit: ${DLLMSERVE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
   echo "redis-server: $REDIS_BIN ($("$REDIS_BIN" --version))"
   nvidia-smi -L 2>/dev/null || true
   nproc

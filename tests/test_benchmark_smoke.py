@@ -44,11 +44,14 @@ def test_serving_benchmark_script_smoke(tmp_path):
         pytest.skip("no redis-server")
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "SHAPE": "tiny",
            "DEVICE": "cpu", "PROMPT": "16", "GEN": "16", "STEPS": "16", "BLOCK": "8",
-           "RATES": "8", "NUM": "6", "SAT": "4", "SCALE": "2", "OMP_NUM_THREADS": "1"}  # fmt: skip
+           "RATES": "8", "NUM": "6", "SAT": "4", "SCALE": "2", "OMP_NUM_THREADS": "1",
+           "DLLMSERVE_COMMIT": "c0ffee1"}  # fmt: skip
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "serving_gpu.sh")], env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     doc = json.loads((tmp_path / "serving.json").read_text())
+    assert doc["commit"] == "c0ffee1"  # named where the tree's .git may be stale
+    assert "commit: c0ffee1" in (tmp_path / "env.txt").read_text()
     assert [r["rate"] for r in doc["results"]] == [8.0, float("inf")]
     assert doc["results"][0]["requests"] == 6 and doc["results"][1]["requests"] == 4
     (scaled,) = doc["scaled"]

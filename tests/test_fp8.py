@@ -82,7 +82,7 @@ def test_fp8_greedy_tokens_agree_with_the_unquantized_model_on_the_shipped_model
     """The acceptance bar of the FP8 option: on the shipped model's held-out tasks (copying,
     addition, lookups in 128 tokens), >= 95 % of the generated positions equal those of the
     unquantized model, and the exact-match accuracy within one answer of it. (fp32 here: bf16
-    matmuls are slow on a CPU; benchmarks/fp8_agreement.py measures bf16 on the GPU.)"""
+    matmuls are slow on a CPU; benchmarks/fp8_accuracy.py measures bf16 on the GPU.)"""
     from dllmserve import LLM, SamplingParams
     from dllmserve.assets import default_model_path, tasks
 
