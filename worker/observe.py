@@ -21,8 +21,8 @@ from dllmserve.worker.metrics import WorkerMetrics
 log = logging.getLogger("dllmserve.worker.requests")
 
 _PHASE_COST = {"SELECT": 2, "FULL": 1, "REUSE": 0}
-# An iteration this much slower than the recent average (and past the floor) is logged: a
-# shape's first use compiles kernels or captures a graph, and a stall must be findable.
+# An iteration this much slower than the recent ones of its phase (and past the floor) is
+# logged: a shape's first use compiles kernels or captures a graph, and a stall must be findable.
 SLOW_FACTOR, SLOW_FLOOR_S, AVERAGE_WEIGHT = 10.0, 0.25, 0.1
 # A request that ended without completing: its status -> the finished_reason label.
 _ENDED_REASON = {"cancelled": "cancelled", "expired": "deadline"}
@@ -41,7 +41,7 @@ class Observer:
         self.worker_id = worker_id
         self._r = client  # reads a request's traceparent when tracing is on
         self._spans: dict[str, object] = {}  # request id -> its open `dllmserve.run` span
-        self._average_s: float | None = None  # of recent engine.step() calls
+        self._average_s: dict[str, float] = {}  # phase -> of its recent engine.step() calls
 
     def admitted(self, rid: str, attempt: str, t_enq: float, now: float) -> None:
         queued = max(0.0, now - t_enq)
@@ -76,12 +76,11 @@ class Observer:
         batch = len(set(request_ids))
         if not batch:
             return
-        avg = self._average_s
+        avg = self._average_s.get(phase)
         if avg is not None and seconds > max(SLOW_FLOOR_S, SLOW_FACTOR * avg):
-            event(log, "slow_iteration", level=logging.WARNING, worker=self.worker_id,
-                  ms=round(seconds * 1000, 1), average_ms=round(avg * 1000, 1), phase=phase,
-                  requests=batch)  # fmt: skip
-        self._average_s = seconds if avg is None else avg + AVERAGE_WEIGHT * (seconds - avg)
+            event(log, "slow_iteration", worker=self.worker_id, ms=round(seconds * 1000, 1),
+                  average_ms=round(avg * 1000, 1), phase=phase, requests=batch)  # fmt: skip
+        self._average_s[phase] = seconds if avg is None else avg + AVERAGE_WEIGHT * (seconds - avg)
         iterations = len(request_ids) // batch
         for _ in range(iterations):
             self.metrics.batch_size.observe(batch)
