@@ -72,7 +72,8 @@ class Observer:
 
     def iteration(self, seconds: float, phase: str, request_ids: Sequence[str]) -> None:
         """One `engine.step()` call. With chained iterations a call may return the updates of
-        two iterations of the same requests: each is counted."""
+        two iterations of the same requests: each is counted. A call far slower than the recent
+        ones of its phase is logged (`slow_iteration`)."""
         batch = len(set(request_ids))
         if not batch:
             return
