@@ -15,9 +15,11 @@ bidirectional (SDPA, no causal mask; a key mask hides row padding). The paramete
 the real checkpoint's, so the state dict is written as it is.
 
 With --steps 0 the step count is set from --minutes after timing the first steps; the card
-records the count, and --steps N with the same seed reproduces the data order. --init continues
-from an earlier stage's checkpoint (fresh optimizer and schedule; give it another --seed so the
-data differ from the first stage's).
+records the count, and --steps N with the same seed reproduces the data order. Every
+--probe-every steps it reads the held-out recall values in one forward (a cheap view of the
+lookup) and saves the checkpoint, so a run stopped early leaves its latest weights. --init
+continues from an earlier stage's checkpoint (fresh optimizer and schedule; give it another
+--seed so the data differ from the first stage's).
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ class Rows(torch.utils.data.IterableDataset):
     """Endless batches: (ids [B, L], target mask [B, L], valid length [B]); one bucket L each.
 
     Every batch holds about `tokens_per_batch` token slots, so short buckets carry many rows.
+    With `end_weights`, the bucket weights move from `bucket_weights` to them over `seconds`
+    (each worker's own clock): a curriculum from short lists to long ones.
     The mix, by row (`mix`, the defaults): 10 % fortune text (pretraining), 30 % recall drills,
     and for the rest chat rows: in the short buckets copy / addition / fortune answers and
     short recall, in the long ones recall whose list fills the bucket. The chat recall answer
@@ -129,8 +133,12 @@ class Rows(torch.utils.data.IterableDataset):
         smoke: bool,
         bucket_weights: tuple[float, ...],
         mix: tuple[float, float] = (0.1, 0.3),
+        end_weights: tuple[float, ...] | None = None,
+        seconds: float = 0.0,
     ):
         self.seed = seed
+        self.end_weights = end_weights or bucket_weights
+        self.seconds = seconds
         self.text_share, self.drill_share = mix
         self.weights = bucket_weights
         self.tokens = tokens_per_batch
@@ -143,10 +151,16 @@ class Rows(torch.utils.data.IterableDataset):
         wid = info.id if info is not None else 0
         rng = random.Random(self.seed * 1000 + wid)
         codec = ByteCodec()
-        weights = self.weights[: len(self.buckets)]
+        start = time.monotonic()
         while True:
-            L = rng.choices(self.buckets, weights=weights)[0]
+            L = rng.choices(self.buckets, weights=self._weights(time.monotonic() - start))[0]
             yield self._batch(rng, codec, L, max(1, self.tokens // L))
+
+    def _weights(self, elapsed: float) -> list[float]:
+        """Bucket weights moved linearly from the start's to the end's over the run's time."""
+        f = min(1.0, elapsed / self.seconds) if self.seconds else 0.0
+        pairs = zip(self.weights, self.end_weights, strict=True)
+        return [a + (b - a) * f for a, b in pairs][: len(self.buckets)]
 
     def _batch(self, rng: random.Random, codec: ByteCodec, L: int, B: int):
         ids = torch.full((B, L), codec.special[tasks.EOS], dtype=torch.long)
@@ -389,11 +403,48 @@ def heldout_loss(model, codec, fortunes, device, seed: int = 7) -> dict[str, flo
     return out
 
 
+@torch.no_grad()
+def recall_probe(model, codec, device, contexts=tasks.CONTEXTS, n: int = 32) -> dict[str, float]:
+    """Exact-match of the held-out recall values, read in one forward with every digit masked.
+
+    A cheap view of the lookup while training runs (the answer's restated key is given, so this
+    is the lookup alone); the quality benchmark decodes for real.
+    """
+    out: dict[str, float] = {}
+    digits = torch.tensor(codec.table[ord("0") : ord("9") + 1], device=device)
+    for context in contexts:
+        rows = []
+        for ex in tasks.held_out("recall", n, context):
+            p = codec.chat(ex.question)
+            rows.append((p, codec.encode(ex.answer)))
+        L = max(len(p) + len(a) for p, a in rows)
+        ids = torch.full((n, L), codec.special[tasks.EOS], dtype=torch.long)
+        answer = torch.zeros_like(ids, dtype=torch.bool)
+        length = torch.tensor([len(p) + len(a) for p, a in rows])
+        for i, (p, a) in enumerate(rows):
+            ids[i, : len(p) + len(a)] = torch.tensor(p + a)
+            answer[i, len(p) : len(p) + len(a)] = True
+        ids, answer, length = ids.to(device), answer.to(device), length.to(device)
+        value = answer & torch.isin(ids, digits)
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(torch.where(value, codec.special[tasks.MASK], ids), length)
+        right = (logits.argmax(-1) == ids) | ~value
+        out[str(context)] = round(right.all(1).float().mean().item(), 3)
+    return out
+
+
 def lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warm-up, then cosine from 1 to 0.1 over the planned steps (constant until known)."""
     if step < warmup or not total:
         return min(1.0, (step + 1) / warmup)
     return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def parse_weights(ap: argparse.ArgumentParser, flag: str, text: str) -> tuple[float, ...]:
+    weights = tuple(float(w) for w in text.split(","))
+    if len(weights) != len(BUCKETS) or min(weights) < 0 or not sum(weights):
+        ap.error(f"{flag}: {len(BUCKETS)} weights >= 0 for {BUCKETS}, got {text!r}")
+    return weights
 
 
 # ---- main --------------------------------------------------------------------------------------
@@ -410,6 +461,10 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", help="dtype of the saved weights")
     ap.add_argument("--smoke", action="store_true", help="tiny model, few steps (CPU check)")
     ap.add_argument("--bucket-weights", default=BUCKET_WEIGHTS, help=f"for {BUCKETS}")
+    ap.add_argument(
+        "--bucket-weights-end", default=None, help="the weights at the end (linear in time)"
+    )
+    ap.add_argument("--probe-every", type=int, default=1000, help="steps between recall probes")
     ap.add_argument("--corpus", type=Path, default=CORPUS, help="fortunes, '%%' lines apart")
     ap.add_argument("--init", type=Path, default=None, help="continue from this checkpoint dir")
     ap.add_argument(
@@ -451,13 +506,14 @@ def main() -> None:
     print(f"device {device}, {n_params / 1e6:.2f}M parameters, arch {asdict(arch)}", flush=True)
 
     tokens = 2048 if a.smoke else a.tokens_per_batch
-    weights = tuple(float(w) for w in a.bucket_weights.split(","))
-    if len(weights) != len(BUCKETS):
-        ap.error(f"--bucket-weights: {len(BUCKETS)} weights for {BUCKETS}, got {weights}")
+    weights = parse_weights(ap, "--bucket-weights", a.bucket_weights)
+    end = parse_weights(ap, "--bucket-weights-end", a.bucket_weights_end or a.bucket_weights)
     text_share, drill_share = (float(x) for x in a.mix.split(","))
     if not (0 <= text_share and 0 <= drill_share and text_share + drill_share <= 1):
         ap.error(f"--mix: two shares in [0, 1] summing to at most 1, got {a.mix}")
-    data = Rows(a.seed, tokens, train_f, a.smoke, weights, (text_share, drill_share))
+    data = Rows(
+        a.seed, tokens, train_f, a.smoke, weights, (text_share, drill_share), end, a.minutes * 60
+    )
     workers = 0 if a.smoke else a.workers
     loader = torch.utils.data.DataLoader(
         data, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
@@ -473,6 +529,8 @@ def main() -> None:
     steps = 20 if a.smoke else a.steps
     budget = a.minutes * 60
     curve: list[tuple[int, float]] = []
+    probes: list[tuple[int, dict[str, float]]] = []
+    contexts = tasks.CONTEXTS[:2] if a.smoke else tasks.CONTEXTS
     start = time.monotonic()
     ema = None
     step = 0
@@ -506,7 +564,12 @@ def main() -> None:
             if step % 200 == 0 or step == total or a.smoke:
                 el = time.monotonic() - start
                 print(f"step {step}/{total} loss {ema:.4f} lr {lr:.2e} {el:.0f}s", flush=True)
-        if step >= total or time.monotonic() - start > budget * 1.05:
+        last = step >= total or time.monotonic() - start > budget * 1.05
+        if step % a.probe_every == 0 or last:
+            probes.append((step, recall_probe(model, codec, device, contexts)))
+            print(f"step {step} recall probe {probes[-1][1]}", flush=True)
+            export(model, codec, a.out, getattr(torch, a.dtype))  # a stopped run leaves this
+        if last:
             break
     elapsed = time.monotonic() - start
     model.eval()
@@ -520,6 +583,7 @@ def main() -> None:
         "planned_steps": steps,
         "tokens_per_batch": tokens,
         "bucket_weights": dict(zip(map(str, BUCKETS), weights, strict=True)),
+        "bucket_weights_end": dict(zip(map(str, BUCKETS), end, strict=True)),
         "tokens_seen": step * tokens,
         "lr": a.lr,
         "loss": a.loss,
@@ -529,6 +593,7 @@ def main() -> None:
         "parameters": n_params,
         "arch": asdict(arch),
         "loss_curve": curve,
+        "recall_probe": probes,
         "heldout_masked_loss": losses,
         "corpus": {"file": a.corpus.name, "fortunes": len(fortunes), "held_out": len(test_f)},
     }
