@@ -53,10 +53,11 @@ def masked_loss(llm: LLM, examples: list[tasks.Example], seed: int = 0) -> float
 
 
 def answer_format_ok(example: tasks.Example, text: str) -> bool:
-    """The answer has the task's shape (4 digits, a number, letters and spaces), right or not."""
+    """The answer has the task's shape (`key: 4 digits`, a number, letters and spaces)."""
     t = text.strip()
     if example.task == "recall":
-        return len(t) == 4 and t.isdigit()
+        key, sep, value = t.partition(": ")
+        return bool(sep) and len(key) == 4 and key.isalpha() and len(value) == 4 and value.isdigit()
     if example.task == "add":
         return t.isdigit()
     return bool(t) and all(c.islower() or c == " " for c in t)

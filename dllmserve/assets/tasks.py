@@ -46,7 +46,12 @@ def prompt_tokens(question: str) -> int:
 
 
 def recall(rng: random.Random, context: int) -> Example:
-    """Key-value recall: a list of `key: value` lines filling ~`context` prompt tokens."""
+    """Key-value recall: a list of `key: value` lines filling ~`context` prompt tokens.
+
+    The answer restates the key as the list wrote it (`abcd: 1234`): the value then follows its
+    key as in the list, the lookup a small model learns (find the earlier `abcd: `, copy what
+    came after it), not a second hop back to the question.
+    """
     fixed = _WRAP_TOKENS + len(_RECALL_HEAD) + len(_RECALL_TAIL.format(key="abcd")) - 1
     n = max(2, (context - fixed) // _RECALL_LINE)
     keys: list[str] = []
@@ -60,7 +65,7 @@ def recall(rng: random.Random, context: int) -> Example:
     i = rng.randrange(n)
     lines = "\n".join(f"{k}: {v}" for k, v in zip(keys, values, strict=True))
     question = _RECALL_HEAD + lines + _RECALL_TAIL.format(key=keys[i])
-    return Example("recall", question, values[i], context)
+    return Example("recall", question, f"{keys[i]}: {values[i]}", context)
 
 
 def copy(rng: random.Random, max_chars: int = 48) -> Example:
