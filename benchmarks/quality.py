@@ -6,10 +6,12 @@
 
 For every held-out task (key-value recall at each context length, copy, addition) it runs
 dense generation and every sparse config of the grid (retention 1.0/0.7/0.5/0.3 x delay
-0/1/5 x head_select on/off) through `LLM.generate`, greedy (temperature 0), block length 32
-for dense and sparse alike so that only the K/V retention differs, steps = gen_length.
-Reported per cell: exact-match accuracy, and token agreement with the dense canvas over the
-dense answer (its tokens and the stop token that ends it). The dense masked-token loss
+0/1/5 x head_select on/off x layer_wise on/off) through `LLM.generate`, greedy (temperature 0),
+block length 32 for dense and sparse alike so that only the K/V retention differs, steps =
+gen_length.
+Reported per cell: exact-match accuracy, token agreement with the dense canvas over the
+dense answer (its tokens and the stop token that ends it), and the K/V cache each request
+reserved (dense keeps none: it recomputes every position each step). The dense masked-token loss
 (cross-entropy per masked answer token, mask ratios 0.1..0.9) is the perplexity-style figure.
 """
 
@@ -43,11 +45,15 @@ def params_for(task: str) -> SamplingParams:
     return SamplingParams(temperature=0.0, gen_length=g, steps=g, block_length=BLOCK)
 
 
-def grid(ratios=RATIOS, delays=DELAYS, head_select=(True, False)) -> list[SparseConfig | None]:
+def grid(
+    ratios=RATIOS, delays=DELAYS, head_select=(True, False), layer_wise=(False, True)
+) -> list[SparseConfig | None]:
     """Dense (None) first, then every sparse combination."""
     sparse = [
-        SparseConfig(retention_ratio=r, delay_step=d, head_select=h, default_block_len=BLOCK)
-        for r, d, h in itertools.product(ratios, delays, head_select)
+        SparseConfig(
+            retention_ratio=r, delay_step=d, head_select=h, layer_wise=lw, default_block_len=BLOCK
+        )
+        for r, d, h, lw in itertools.product(ratios, delays, head_select, layer_wise)
     ]
     return [None, *sparse]
 
@@ -55,7 +61,11 @@ def grid(ratios=RATIOS, delays=DELAYS, head_select=(True, False)) -> list[Sparse
 def label(cfg: SparseConfig | None) -> str:
     if cfg is None:
         return "dense"
-    return f"r={cfg.retention_ratio} d={cfg.delay_step} hs={'on' if cfg.head_select else 'off'}"
+    on = {True: "on", False: "off"}
+    return (
+        f"r={cfg.retention_ratio} d={cfg.delay_step} hs={on[cfg.head_select]}"
+        f" lw={on[cfg.layer_wise]}"
+    )
 
 
 def cells(task: str, context: int) -> str:
@@ -85,12 +95,14 @@ def run_cell(
             span = range(end + 1)
             agree.append(sum(d["token_ids"][j] == o["token_ids"][j] for j in span) / len(span))
         shaped = sum(answer_format_ok(ex, o["text"]) for ex, o in zip(examples, got, strict=True))
+        kv_bytes = sum(o["kv_cache_bytes"] for o in got) / n
         rows.append(
             {
                 "config": label(cfg),
                 "accuracy": correct / n,
                 "agreement": sum(agree) / n,
                 "answer_format": shaped / n,
+                "kv_cache_bytes": kv_bytes,
                 "n": n,
             }
         )
@@ -133,9 +145,14 @@ def dense_accuracy(results: dict) -> dict[str, float]:
 
 
 def markdown(results: dict, meta: dict) -> str:
-    """The RESULTS.md table: one row per config, accuracy (agreement) per cell."""
+    """The RESULTS.md table: one row per config, accuracy (agreement) per cell, and the K/V
+    cache a request of the last (longest) cell reserved."""
     names = list(results)
-    head = "| config | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
+    last = names[-1]
+    head = (
+        "| config | " + " | ".join(names) + f" | K/V per request, {last} (KiB) |\n"
+        "|---|" + "---|" * (len(names) + 1) + "\n"
+    )
     body = ""
     for i, row in enumerate(results[names[0]]["rows"]):
         vals = []
@@ -144,9 +161,10 @@ def markdown(results: dict, meta: dict) -> str:
             vals.append(
                 f"{r['accuracy']:.2f}" if i == 0 else f"{r['accuracy']:.2f} ({r['agreement']:.2f})"
             )
-        body += f"| {row['config']} | " + " | ".join(vals) + " |\n"
+        kib = results[last]["rows"][i].get("kv_cache_bytes", 0) / 1024
+        body += f"| {row['config']} | " + " | ".join(vals) + f" | {kib:.0f} |\n"
     loss = " | ".join(f"{results[nm]['masked_loss']:.3f}" for nm in names)
-    body += f"| dense masked-token loss (nats) | {loss} |\n"
+    body += f"| dense masked-token loss (nats) | {loss} | |\n"
     lines = [f"- {k}: {v}" for k, v in meta.items()]
     return "\n".join(lines) + "\n\n" + head + body
 

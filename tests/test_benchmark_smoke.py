@@ -90,20 +90,38 @@ def test_train_tiny_smoke(tmp_path):
 
     from dllmserve import LLM, SamplingParams
 
-    # a third stage with the plain mean loss and a drill-heavy mix keeps the second's arch
+    # a third stage with the plain mean loss, a drill-heavy mix and a curriculum keeps the
+    # second's arch, probes the recall lookup every 10 steps and saves a checkpoint each time
     third = tmp_path / "s3"
     cmd = base + ["--out", str(third), "--init", str(second), "--loss", "mean", "--mix", "0,0.8"]
+    cmd += ["--bucket-weights-end", "0,1,1,1,1", "--probe-every", "10"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     log3 = json.loads((third / "training.json").read_text())
     assert log3["loss"] == "mean" and log3["mix"] == {"text": 0.0, "drill": 0.8}
     assert log3["arch"] == log["arch"] and log3["steps"] == 20
+    assert log3["bucket_weights_end"]["128"] == 0 and log3["bucket_weights_end"]["2048"] == 1
+    assert [step for step, _ in log3["recall_probe"]] == [10, 20]
+    assert all(set(p) == {"128", "256"} for _, p in log3["recall_probe"])
+    assert "step 10 recall probe" in proc.stdout
 
     llm = LLM(str(second), device="cpu")
     out = llm.generate(
         ["Repeat exactly: ab"], SamplingParams(gen_length=8, steps=4), use_tqdm=False
     )
     assert len(out[0]["token_ids"]) == 8
+
+
+def test_train_tiny_curriculum_moves_the_bucket_weights(monkeypatch):
+    """--bucket-weights-end: the mix goes linearly from the start's weights to the end's over
+    the run's time, and stays at the end's once the time is spent."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import train_tiny
+
+    rows = train_tiny.Rows(0, 2048, ["x"], False, (4, 4, 2, 0, 0), (0.1, 0.3), (0, 0, 2, 4, 4), 100)
+    assert rows._weights(0) == [4, 4, 2, 0, 0]
+    assert rows._weights(50) == [2, 2, 2, 2, 2]
+    assert rows._weights(1000) == [0, 0, 2, 4, 4]
 
 
 def test_relay_probe_smoke(tmp_path):
