@@ -404,13 +404,14 @@ def heldout_loss(model, codec, fortunes, device, seed: int = 7) -> dict[str, flo
 
 
 @torch.no_grad()
-def recall_probe(model, codec, device, contexts=tasks.CONTEXTS, n: int = 32) -> dict[str, float]:
-    """Exact-match of the held-out recall values, read in one forward with every digit masked.
+def recall_probe(model, codec, device, contexts=tasks.CONTEXTS, n: int = 32) -> dict[str, dict]:
+    """Exact match and digit accuracy of the held-out recall values, read in one forward with
+    every digit masked.
 
     A cheap view of the lookup while training runs (the answer's restated key is given, so this
     is the lookup alone); the quality benchmark decodes for real.
     """
-    out: dict[str, float] = {}
+    out: dict[str, dict] = {}
     digits = torch.tensor(codec.table[ord("0") : ord("9") + 1], device=device)
     for context in contexts:
         rows = []
@@ -428,8 +429,11 @@ def recall_probe(model, codec, device, contexts=tasks.CONTEXTS, n: int = 32) -> 
         value = answer & torch.isin(ids, digits)
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(torch.where(value, codec.special[tasks.MASK], ids), length)
-        right = (logits.argmax(-1) == ids) | ~value
-        out[str(context)] = round(right.all(1).float().mean().item(), 3)
+        hit = logits.argmax(-1) == ids
+        out[str(context)] = {
+            "exact": round((hit | ~value).all(1).float().mean().item(), 3),
+            "digits": round(hit[value].float().mean().item(), 3),
+        }
     return out
 
 
