@@ -11,10 +11,8 @@ from svc_util import Cluster
 
 from dllmserve import LLM
 from dllmserve.assets import default_model_path, tasks
-from dllmserve.assets.evaluation import CI_N, CI_PARAMS, answer_format_ok, ci_examples
+from dllmserve.assets.evaluation import CI_PARAMS, CI_TOLERANCE, answer_format_ok, ci_examples
 from dllmserve.client import AsyncClient
-
-TOLERANCE = 2 / (2 * CI_N)  # as tests/test_quality.py
 
 
 def test_service_matches_offline_on_the_shipped_model(tmp_path):
@@ -51,4 +49,4 @@ def test_service_matches_offline_on_the_shipped_model(tmp_path):
         "answer_format": sum(answer_format_ok(e, s.text) for e, s in pairs) / n,
     }
     for key, value in got.items():
-        assert value >= recorded[key] - TOLERANCE, (key, got, recorded)
+        assert value >= recorded[key] - CI_TOLERANCE, (key, got, recorded)
