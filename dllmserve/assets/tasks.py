@@ -85,6 +85,11 @@ def add(rng: random.Random, max_digits: int = 4) -> Example:
     return Example("add", f"What is {a} + {b}?", str(a + b))
 
 
+def demo() -> Example:
+    """The demo's question: look one code up in a fixed list of 30 (about 384 tokens)."""
+    return recall(random.Random("dllmserve-demo"), 384)
+
+
 def held_out(task: str, n: int, context: int = 0, seed: int = HELD_OUT_SEED) -> list[Example]:
     """`n` fixed examples of `task` (recall at `context` tokens), never seen in training."""
     rng = random.Random(f"{seed}-{task}-{context}")

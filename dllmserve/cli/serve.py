@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from dllmserve.assets import tasks
 from dllmserve.cli.common import add_model_args, resolve_model
 from dllmserve.cli.config_args import add_config_args, config_from_args, config_to_args
 from dllmserve.cli.generate import stream
@@ -102,7 +103,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
             stream(
                 target,
                 token,
-                a.demo_prompt,
+                a.demo_prompt or tasks.demo().question,
                 chat=True,
                 gen_length=64,
                 steps=32,
@@ -220,9 +221,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--demo", action="store_true", help="stream a demo generation once ready")
     s.add_argument(
         "--demo-prompt",
-        default="Repeat exactly: serving diffusion models",
-        help="the prompt of --demo; the default suits the tiny demo model, which copies text "
-        "but answers no questions",
+        default=None,
+        help="the prompt of --demo (default: a code to look up in a list of 30, which the "
+        "tiny demo model answers; it answers no open questions)",
     )
     s.add_argument("--exit-after-demo", action="store_true", help="stop everything after --demo")
     s.add_argument(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from dllmserve.assets import tasks
 from dllmserve.client import Client
 from dllmserve.scheduler.local_redis import (
     INSTALL_HINT,
@@ -19,7 +20,7 @@ from dllmserve.scheduler.local_redis import (
     find_redis_server,
 )
 
-DEMO_ANSWER = "serving diffusion models"  # what the demo model answers the demo prompt
+DEMO_ANSWER = tasks.demo().answer  # the demo model looks the demo's code up
 
 
 def _cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

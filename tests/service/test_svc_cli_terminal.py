@@ -11,8 +11,10 @@ import sys
 import pexpect
 import pyte
 
+from dllmserve.assets import tasks
+
 ROWS, COLS = 40, 120
-ANSWER = "serving diffusion models"  # the demo model's answer to the demo prompt
+ANSWER = tasks.demo().answer  # the demo model looks the demo's code up
 
 
 def test_live_view_redraws_the_canvas_and_leaves_the_answer_once(tmp_path):
