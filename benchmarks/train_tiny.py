@@ -533,7 +533,7 @@ def main() -> None:
     steps = 20 if a.smoke else a.steps
     budget = a.minutes * 60
     curve: list[tuple[int, float]] = []
-    probes: list[tuple[int, dict[str, float]]] = []
+    probes: list[tuple[int, dict[str, dict]]] = []
     contexts = tasks.CONTEXTS[:2] if a.smoke else tasks.CONTEXTS
     start = time.monotonic()
     ema = None
