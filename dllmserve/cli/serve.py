@@ -100,10 +100,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
             return 1
         print(f"dllmserve: ready. Try: dllmserve generate --target {target} 'Hello'", flush=True)
         if a.demo:
+            prompt = a.demo_prompt or tasks.demo().question
+            print(f"dllmserve: demo request, greedy:\n{prompt}\n", flush=True)
             stream(
                 target,
                 token,
-                a.demo_prompt or tasks.demo().question,
+                prompt,
                 chat=True,
                 gen_length=64,
                 steps=32,

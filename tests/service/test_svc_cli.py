@@ -45,7 +45,9 @@ def test_serve_starts_everything_and_streams_the_demo(tmp_path):
     assert "accepted" in out.stderr and "32 steps" in out.stderr
     # Not a terminal: plain progress lines on stderr, the answer once on stdout.
     assert "step 1/32" in out.stderr and "step 32/32" in out.stderr and "tokens/s" in out.stderr
-    assert out.stdout.count(DEMO_ANSWER) == 1 and "\x1b[" not in out.stdout
+    # The question is shown first (its list holds the answer's line too), then the answer once.
+    _, answered = out.stdout.split(tasks.demo().question)  # shown once
+    assert answered.count(DEMO_ANSWER) == 1 and "\x1b[" not in out.stdout
     model = out.stdout.split(" model ", 1)[1].split()[0]  # "... 1 worker(s), model DIR"
     assert (Path(model) / "config.json").is_file()
 
