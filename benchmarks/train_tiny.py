@@ -367,6 +367,19 @@ def export(model: TinyLLaDA, codec: ByteCodec, out: Path, dtype: torch.dtype) ->
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
 
 
+def padded(rows: list[tuple[list[int], int]], codec: ByteCodec, device):
+    """(ids [B, L], target [B, L], length [B]) on `device` for rows of (tokens, first target):
+    EOS padding to the longest row, targets from the given offset to the row's end."""
+    L = max(len(r) for r, _ in rows)
+    ids = torch.full((len(rows), L), codec.special[tasks.EOS], dtype=torch.long)
+    target = torch.zeros_like(ids, dtype=torch.bool)
+    length = torch.tensor([len(r) for r, _ in rows])
+    for i, (r, start) in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        target[i, start : len(r)] = True
+    return ids.to(device), target.to(device), length.to(device)
+
+
 @torch.no_grad()
 def heldout_loss(model, codec, fortunes, device, seed: int = 7) -> dict[str, float]:
     """Masked-token loss per task on fixed held-out rows (t on a fixed grid, no 1/t weight)."""
@@ -383,14 +396,7 @@ def heldout_loss(model, codec, fortunes, device, seed: int = 7) -> dict[str, flo
             p = codec.chat(ex.question)
             a = codec.encode(ex.answer) + [codec.special[tasks.EOT]]
             rows.append((p + a, len(p)))
-        L = max(len(r) for r, _ in rows)
-        ids = torch.full((len(rows), L), codec.special[tasks.EOS], dtype=torch.long)
-        target = torch.zeros_like(ids, dtype=torch.bool)
-        length = torch.tensor([len(r) for r, _ in rows])
-        for i, (r, s) in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            target[i, s : len(r)] = True
-        ids, target, length = ids.to(device), target.to(device), length.to(device)
+        ids, target, length = padded(rows, codec, device)
         total, count = 0.0, 0
         g = torch.Generator(device=device).manual_seed(seed)
         for t in (0.1, 0.3, 0.5, 0.7, 0.9):
@@ -417,15 +423,8 @@ def recall_probe(model, codec, device, contexts=tasks.CONTEXTS, n: int = 32) -> 
         rows = []
         for ex in tasks.held_out("recall", n, context):
             p = codec.chat(ex.question)
-            rows.append((p, codec.encode(ex.answer)))
-        L = max(len(p) + len(a) for p, a in rows)
-        ids = torch.full((n, L), codec.special[tasks.EOS], dtype=torch.long)
-        answer = torch.zeros_like(ids, dtype=torch.bool)
-        length = torch.tensor([len(p) + len(a) for p, a in rows])
-        for i, (p, a) in enumerate(rows):
-            ids[i, : len(p) + len(a)] = torch.tensor(p + a)
-            answer[i, len(p) : len(p) + len(a)] = True
-        ids, answer, length = ids.to(device), answer.to(device), length.to(device)
+            rows.append((p + codec.encode(ex.answer), len(p)))
+        ids, answer, length = padded(rows, codec, device)
         value = answer & torch.isin(ids, digits)
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(torch.where(value, codec.special[tasks.MASK], ids), length)
