@@ -85,3 +85,25 @@ def test_the_playground_denoises_live_and_shows_the_answer(base):
     assert masked == sorted(masked, reverse=True) and masked[-1] == 0 and masked[0] < gen
     shown = [tuple(c["kind"] for c in f["cells"]) for f in frames]
     assert len(set(shown)) == steps, "the canvas changes at every step"
+
+
+def test_an_early_stop_at_eos_is_said_so(base):
+    """The page's defaults (64 tokens, 32 steps, blocks of 32) on its default prompt: the
+    answer ends in the first block, so the request stops at EOS after 16 of 32 steps."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(base + "/")
+            page.wait_for_function("document.getElementById('model').options.length >= 2")
+            page.click("#go")
+            page.wait_for_function("document.body.dataset.state !== 'running'", timeout=120_000)
+            assert page.evaluate("document.body.dataset.state") == "done", page.inner_text("#error")
+            frames = page.evaluate("window.playground.frames")
+            ended = page.inner_text("#ended")
+        finally:
+            browser.close()
+    assert frames[-1]["step"] == 16 and frames[-1]["masked"] == 0
+    assert ended == "stopped early at EOS (16 of 32 steps)"

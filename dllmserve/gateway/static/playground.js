@@ -55,6 +55,7 @@ function resetCanvas(n) {
   state.answer = "";
   $("answer").textContent = "";
   $("error").hidden = true;
+  $("ended").hidden = true;
   const replay = $("replay");
   replay.disabled = true;
   replay.max = 1;
@@ -130,7 +131,7 @@ async function generate(event) {
       return;
     }
     await readEvents(r.body.getReader());
-    if (document.body.dataset.state === "running") document.body.dataset.state = "done";
+    if (document.body.dataset.state === "running") finish();
   } catch (e) {
     showError(String(e));
   } finally {
@@ -139,6 +140,18 @@ async function generate(event) {
     replay.max = Math.max(1, state.frames.length);
     replay.value = replay.max;
     replay.disabled = state.frames.length === 0;
+  }
+}
+
+// A request that stopped at EOS before its planned steps ran says so, instead of leaving
+// "step 16/32, masked 0" on the counters as if steps were missing.
+function finish() {
+  document.body.dataset.state = "done";
+  const last = state.frames[state.frames.length - 1];
+  const total = parseInt($("total").textContent, 10);
+  if (last && last.step < total) {
+    $("ended").textContent = `stopped early at EOS (${last.step} of ${total} steps)`;
+    $("ended").hidden = false;
   }
 }
 
