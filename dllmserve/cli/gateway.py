@@ -7,13 +7,30 @@ import argparse
 from dllmserve.cli.common import DEFAULT_TARGET
 
 
+def _positive(kind: type):
+    """An argparse type: a number above 0 (a zero or negative timeout or limit is a mistake)."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its "invalid ..." message
+    return parse
+
+
 def cmd_gateway(a: argparse.Namespace) -> int:
     from dllmserve.gateway.app import GatewayConfig
     from dllmserve.gateway.server import run
 
     targets = [t.strip() for t in a.target.split(",") if t.strip()]
+    origins = [o.strip() for o in a.allowed_origins.split(",") if o.strip()]
     run(GatewayConfig(targets=targets, listen=a.listen, tls=a.tls, ca=a.ca,
-                      max_body_bytes=a.max_body_bytes, retries=a.retries))  # fmt: skip
+                      max_body_bytes=a.max_body_bytes, retries=a.retries,
+                      rpc_timeout_s=a.rpc_timeout, header_timeout_s=a.header_timeout,
+                      body_timeout_s=a.body_timeout, max_connections=a.max_connections,
+                      allowed_origins=origins))  # fmt: skip
     return 0
 
 
@@ -57,5 +74,34 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=10,
         help="retries of a call (re-attaches of a stream) while its scheduler is unavailable",
+    )
+    g.add_argument(
+        "--rpc-timeout",
+        type=_positive(float),
+        default=600.0,
+        help="seconds a generation may take end to end before the gateway gives up on it (504)",
+    )
+    g.add_argument(
+        "--header-timeout",
+        type=_positive(float),
+        default=10.0,
+        help="seconds a connection has to send its request headers before it is closed",
+    )
+    g.add_argument(
+        "--body-timeout",
+        type=_positive(float),
+        default=30.0,
+        help="seconds a request has to send its body before it is answered 408",
+    )
+    g.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        default=1000,
+        help="open HTTP connections; requests over it are answered 503 (keep it below ulimit -n)",
+    )
+    g.add_argument(
+        "--allowed-origins",
+        default="",
+        help="CORS: comma-separated origins whose pages may call the API ('*' = any)",
     )
     g.set_defaults(fn=cmd_gateway)

@@ -50,6 +50,11 @@ class GatewayConfig:
     ca: str = ""  # PEM of their CA (implies tls)
     max_body_bytes: int = 4 * 1024 * 1024  # the scheduler's default gRPC message limit
     retries: int = 10  # retries / re-attaches of a call whose scheduler is unavailable
+    rpc_timeout_s: float = 600.0  # deadline of each generation's gRPC call
+    header_timeout_s: float = 10.0  # a connection's request headers must arrive within this
+    body_timeout_s: float = 30.0  # a request's body must arrive within this
+    max_connections: int = 1000  # open HTTP connections; over it, new requests get 503
+    allowed_origins: list[str] = field(default_factory=list)  # CORS; none by default
 
 
 class Gateway:
