@@ -38,6 +38,14 @@ class Accepted:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProvisionalToken:
+    position: int
+    token_id: int
+    confidence: float
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
 class StepUpdate:
     step: int
     total_steps: int
@@ -49,6 +57,7 @@ class StepUpdate:
     canvas: str
     attempt: int
     token_texts: tuple[str, ...]  # with include_token_texts: the text of each committed token
+    provisional: tuple[ProvisionalToken, ...]  # with StreamOptions.provisional
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +145,9 @@ def event_from_pb(ev: pb.GenerateEvent) -> Event:
     if kind == "accepted":
         return _convert(Accepted, ev.accepted)
     if kind == "step":
-        return _convert(StepUpdate, ev.step)
+        s = ev.step
+        provisional = tuple(_convert(ProvisionalToken, p) for p in s.provisional)
+        return _convert(StepUpdate, s, provisional=provisional)
     if kind == "completed":
         c = ev.completed
         return _convert(

@@ -108,18 +108,20 @@ class SparseConfig(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., retention_ratio: _Optional[float] = ..., delay_step: _Optional[int] = ..., default_block_len: _Optional[int] = ..., head_select: _Optional[bool] = ..., pool_kernel: _Optional[int] = ..., layer_wise: _Optional[bool] = ..., layer_ratios: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class StreamOptions(_message.Message):
-    __slots__ = ("mode", "every_k", "include_canvas", "mask_placeholder", "include_token_texts")
+    __slots__ = ("mode", "every_k", "include_canvas", "mask_placeholder", "include_token_texts", "provisional")
     MODE_FIELD_NUMBER: _ClassVar[int]
     EVERY_K_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_CANVAS_FIELD_NUMBER: _ClassVar[int]
     MASK_PLACEHOLDER_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_TOKEN_TEXTS_FIELD_NUMBER: _ClassVar[int]
+    PROVISIONAL_FIELD_NUMBER: _ClassVar[int]
     mode: StreamMode
     every_k: int
     include_canvas: bool
     mask_placeholder: str
     include_token_texts: bool
-    def __init__(self, mode: _Optional[_Union[StreamMode, str]] = ..., every_k: _Optional[int] = ..., include_canvas: _Optional[bool] = ..., mask_placeholder: _Optional[str] = ..., include_token_texts: _Optional[bool] = ...) -> None: ...
+    provisional: bool
+    def __init__(self, mode: _Optional[_Union[StreamMode, str]] = ..., every_k: _Optional[int] = ..., include_canvas: _Optional[bool] = ..., mask_placeholder: _Optional[str] = ..., include_token_texts: _Optional[bool] = ..., provisional: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("request_id", "text", "token_ids", "messages", "model", "sampling_params", "sparse_config", "stream_options", "priority", "cancel_on_disconnect")
@@ -180,7 +182,7 @@ class Accepted(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., queue_position: _Optional[int] = ..., duplicate: _Optional[bool] = ..., status: _Optional[str] = ...) -> None: ...
 
 class StepUpdate(_message.Message):
-    __slots__ = ("step", "total_steps", "block_index", "positions", "token_ids", "masked_left", "text_delta", "canvas", "attempt", "token_texts")
+    __slots__ = ("step", "total_steps", "block_index", "positions", "token_ids", "masked_left", "text_delta", "canvas", "attempt", "token_texts", "provisional")
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     BLOCK_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +193,7 @@ class StepUpdate(_message.Message):
     CANVAS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_TEXTS_FIELD_NUMBER: _ClassVar[int]
+    PROVISIONAL_FIELD_NUMBER: _ClassVar[int]
     step: int
     total_steps: int
     block_index: int
@@ -201,7 +204,20 @@ class StepUpdate(_message.Message):
     canvas: str
     attempt: int
     token_texts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., block_index: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., masked_left: _Optional[int] = ..., text_delta: _Optional[str] = ..., canvas: _Optional[str] = ..., attempt: _Optional[int] = ..., token_texts: _Optional[_Iterable[str]] = ...) -> None: ...
+    provisional: _containers.RepeatedCompositeFieldContainer[ProvisionalToken]
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., block_index: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., masked_left: _Optional[int] = ..., text_delta: _Optional[str] = ..., canvas: _Optional[str] = ..., attempt: _Optional[int] = ..., token_texts: _Optional[_Iterable[str]] = ..., provisional: _Optional[_Iterable[_Union[ProvisionalToken, _Mapping]]] = ...) -> None: ...
+
+class ProvisionalToken(_message.Message):
+    __slots__ = ("position", "token_id", "confidence", "text")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    token_id: int
+    confidence: float
+    text: str
+    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., confidence: _Optional[float] = ..., text: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "generated_tokens", "steps", "forward_passes")
