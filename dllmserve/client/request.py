@@ -55,6 +55,7 @@ def build_request(
     include_canvas: bool = False,
     mask_placeholder: str = "",
     include_token_texts: bool = False,
+    provisional: bool = False,
     request_id: str = "",
     priority: int = 0,
     cancel_on_disconnect: bool = False,
@@ -71,6 +72,7 @@ def build_request(
             include_canvas=include_canvas,
             mask_placeholder=mask_placeholder,
             include_token_texts=include_token_texts,
+            provisional=provisional,
         ),
     )
     if messages is not None:
