@@ -35,6 +35,7 @@ class SchedulerConfig:
     tls_key: str = ""
     dispatch: bool = True  # take part in the dispatcher election
     metrics_port: int = 9090  # Prometheus /metrics (scheduler/metrics.py); 0: off
+    metrics_host: str = "0.0.0.0"  # the address /metrics listens on (serve: 127.0.0.1)
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:

@@ -49,10 +49,10 @@ class SchedulerMetrics:
         )
         self.registry.register(_StateCollector(cfg, dispatcher, open_streams))
 
-    def serve(self, port: int) -> None:
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:
         """Serve /metrics on a thread; an error naming the flag when the port is taken."""
         try:
-            start_http_server(port, registry=self.registry)
+            start_http_server(port, addr=host, registry=self.registry)
         except OSError as e:
             raise ListenError(f"--metrics-port {port}: cannot listen ({e.strerror or e})") from None
 

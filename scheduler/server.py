@@ -136,7 +136,7 @@ async def run(cfg: SchedulerConfig) -> None:
     """Run until SIGTERM/SIGINT, then drain."""
     sched = Scheduler(cfg)
     if cfg.metrics_port:
-        sched.servicer.metrics.serve(cfg.metrics_port)
+        sched.servicer.metrics.serve(cfg.metrics_port, cfg.metrics_host)
         log.info("scheduler metrics on port %d", cfg.metrics_port)
     port = await sched.start()
     loop = asyncio.get_running_loop()

@@ -31,3 +31,4 @@ class WorkerConfig:
     stall_floor_s: float = 60.0
     async_publish: bool = True  # publish step records on a thread, overlapping the next step
     http_port: int = 8081  # /metrics, /livez, /readyz (worker/http.py); 0: no HTTP server
+    http_host: str = "0.0.0.0"  # the address they listen on (serve: 127.0.0.1)

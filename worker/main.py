@@ -35,7 +35,7 @@ def run(cfg: WorkerConfig, engine: StepEngine | None = None) -> None:
     # before CUDA starts; held (the lock stays open) until the process ends
     gpu = take_gpu(cfg.gpu_lock_dir) if engine is None and cfg.engine.device != "cpu" else None
     probes = http.Probes()
-    server = http.serve(probes, "0.0.0.0", cfg.http_port) if cfg.http_port else None
+    server = http.serve(probes, cfg.http_host, cfg.http_port) if cfg.http_port else None
     if server is not None:
         log.info("worker http (/metrics, /livez, /readyz) on port %d", server.server_port)
     engine = engine if engine is not None else build_engine(cfg)
