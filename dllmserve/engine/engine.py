@@ -25,7 +25,7 @@ from dllmserve.engine.inputs import ModelLimits, resolve_request
 from dllmserve.engine.kv_cache import KVCache, auto_num_pages, page_bytes
 from dllmserve.engine.loading import load_checkpoint, load_random_shape
 from dllmserve.engine.model_runner import ModelRunner
-from dllmserve.engine.outputs import RequestOutput, StepUpdate
+from dllmserve.engine.outputs import Provisional, RequestOutput, StepUpdate
 from dllmserve.engine.page_pool import PagePool
 from dllmserve.engine.protocol import Prompt
 from dllmserve.engine.request import Request, SpecialTokens, StepResult
@@ -133,15 +133,18 @@ class Engine:
         prompt: Prompt,
         params: SamplingParams,
         sparse: SparseConfig | None = None,
+        *,
+        provisional: bool = False,
     ) -> Request:
-        """Tokenize and check a request (once) and build it, without queueing it."""
+        """Tokenize and check a request (once) and build it, without queueing it.
+        `provisional`: its step updates carry the steps' provisional tokens."""
         if self.has_request(request_id):
             raise ValidationError("request_id", f"{request_id!r} is already in use")
         ids = self.tokenize(prompt)
         spec = resolve_request(self.limits, params, sparse, prompt_ids=ids)
         seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
         req = Request(request_id, ids, spec, seed=seed, tokens=self.tokens,
-                      shifted=self.limits.shifted_logits)  # fmt: skip
+                      shifted=self.limits.shifted_logits, provisional=provisional)  # fmt: skip
         if self._decode is not None:
             req.detokenizer = IncrementalDetokenizer(self._decode)
         return req
@@ -152,9 +155,12 @@ class Engine:
         prompt: Prompt,
         sampling_params: SamplingParams,
         sparse_config: SparseConfig | None = None,
+        *,
+        provisional: bool = False,
     ) -> None:
         """Queue a request; raises ValidationError / CapacityError before touching the batch."""
-        self.add(self.make_request(request_id, prompt, sampling_params, sparse_config))
+        self.add(self.make_request(request_id, prompt, sampling_params, sparse_config,
+                                   provisional=provisional))  # fmt: skip
 
     def add(self, req: Request) -> None:
         """Queue a request built by `make_request` (LLM checks a whole batch before any runs)."""
@@ -264,12 +270,21 @@ class Engine:
 
     def _collect(self, fl: InFlight) -> list[StepUpdate]:
         """Apply an iteration's results on the host and say what each request's step did."""
-        host = fl.wait()
+        x0, commit, confidence = fl.wait()
         now = time.monotonic()
-        done = self.batcher.update(fl.reqs, host[0], host[1], now)
-        return [self._step_update(req, res, now) for req, res in done]
+        proposed = {  # read before the commits change the canvas and the block
+            r.request_id: r.provisional_tokens(x0[i], confidence[i])
+            for i, r in enumerate(fl.reqs)
+            if r.provisional and confidence is not None
+        }
+        done = self.batcher.update(fl.reqs, x0, commit, now)
+        return [
+            self._step_update(req, res, now, proposed.get(req.request_id, [])) for req, res in done
+        ]
 
-    def _step_update(self, req: Request, res: StepResult, now: float) -> StepUpdate:
+    def _step_update(
+        self, req: Request, res: StepResult, now: float, provisional: list[Provisional]
+    ) -> StepUpdate:
         text = ""
         if req.detokenizer is not None:
             ended = req.answer_length is not None
@@ -290,6 +305,8 @@ class Engine:
             text_delta=text,
             finish_reason=req.finish_reason,
             output=self._output(req, now) if req.finished else None,
+            forward_passes=req.lanes,
+            provisional=provisional,
         )
 
     def _output(self, req: Request, now: float) -> RequestOutput:

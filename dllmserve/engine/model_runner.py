@@ -16,7 +16,7 @@ from dllmserve.engine.dense_graphs import DenseGraphs
 from dllmserve.engine.inflight import InFlight
 from dllmserve.engine.kv_cache import KVCache
 from dllmserve.engine.request import Request, SpecialTokens
-from dllmserve.engine.sampler import sample
+from dllmserve.engine.sampler import sample_scored
 from dllmserve.models.transformer import DiffusionTransformer
 from dllmserve.sparse.state import Phase
 
@@ -76,8 +76,10 @@ class ModelRunner:
             un = self.model.logits(hidden[batch.uncond_rows.view(-1)]).view(R, B, -1)
             logits = un + (batch.cfg_scale[:, None, None] + 1) * (logits - un)
         t = self.tokens
-        x0, commit = sample(logits, batch.sampling, t.eos, t.eot, t.mask)
-        return InFlight.start(reqs, batch, x0, commit)
+        x0, commit, confidence = sample_scored(logits, batch.sampling, t.eos, t.eot, t.mask)
+        # the confidences go to the host only for an iteration where a request shows them
+        wanted = any(r.provisional for r in reqs)
+        return InFlight.start(reqs, batch, x0, commit, confidence if wanted else None)
 
     def graph_captures(self) -> int:
         """CUDA graphs captured so far (a capture inside a timed run would be timed)."""

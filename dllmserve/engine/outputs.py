@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 @dataclass
@@ -36,6 +37,15 @@ class RequestOutput:
         }
 
 
+class Provisional(NamedTuple):
+    """What a step proposed for one masked position of its block: the token it would commit
+    there now and the model's probability of it (docs/service.md, provisional tokens)."""
+
+    position: int  # offset into the generated canvas
+    token_id: int
+    confidence: float  # in [0, 1]
+
+
 @dataclass
 class StepUpdate:
     """What one denoising step of one request committed, and what the engine decided with it.
@@ -46,7 +56,9 @@ class StepUpdate:
     ``answer_length`` is the offset of the answer's first stop token once the committed prefix
     reaches it (None before, and at the end when the answer has none); ``text_delta`` is the
     new text of that prefix (docs/design.md §8). The last update has a ``finish_reason`` and
-    carries ``output``.
+    carries ``output``. ``provisional`` (only for a request added with ``provisional=True``)
+    holds the step's proposal for every position of its block that was masked when it ran,
+    the ones it committed included, in position order.
     """
 
     request_id: str
@@ -63,6 +75,8 @@ class StepUpdate:
     text_delta: str = ""
     finish_reason: str | None = None  # "stop" or "length" on the last update
     output: RequestOutput | None = None
+    forward_passes: int = 1  # model forwards this step ran for the request (2 with cfg)
+    provisional: list[Provisional] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:

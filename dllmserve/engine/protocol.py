@@ -35,8 +35,11 @@ class StepEngine(Protocol):
         prompt: Prompt,
         sampling_params: SamplingParams,
         sparse_config: SparseConfig | None = None,
+        *,
+        provisional: bool = False,
     ) -> None:
-        """Queue a request, or raise ValidationError / CapacityError (nothing queued)."""
+        """Queue a request, or raise ValidationError / CapacityError (nothing queued).
+        `provisional`: its updates carry the steps' provisional tokens (StepUpdate)."""
         ...
 
     def has_request(self, request_id: str) -> bool:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dllmserve.engine.inputs import ResolvedRequest
+from dllmserve.engine.outputs import Provisional
 from dllmserve.engine.schedule import BlockPlan, block_plan
 from dllmserve.sparse.state import Phase, kept_count
 
@@ -58,8 +59,10 @@ class Request:
         seed: int,
         tokens: SpecialTokens,
         shifted: bool,
+        provisional: bool = False,
     ) -> None:
         self.request_id = request_id
+        self.provisional = provisional  # its updates carry the steps' provisional tokens
         self.prompt_ids = prompt_ids
         self.spec = spec
         self.params = spec.params
@@ -188,6 +191,15 @@ class Request:
     def block_masked(self) -> int:
         s, e = self.block_span
         return int((self.canvas[s:e] == self.tokens.mask).sum())
+
+    def provisional_tokens(self, x0: np.ndarray, confidence: np.ndarray) -> list[Provisional]:
+        """The step's proposal (x0 and its confidence over the block's positions, before
+        `commit_step` applies it) at each position of the block still masked."""
+        bs, be = self.block_span
+        offs = np.flatnonzero(self.canvas[bs:be] == self.tokens.mask)
+        first = bs - self.prompt_len
+        rows = zip(offs.tolist(), x0[offs].tolist(), confidence[offs].tolist(), strict=True)
+        return [Provisional(first + o, t, c) for o, t, c in rows]
 
     # ---- transitions ----------------------------------------------------------------------
     def commit_step(self, x0: np.ndarray, commit: np.ndarray, now: float) -> StepResult:

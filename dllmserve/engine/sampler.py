@@ -19,6 +19,7 @@ generalisations:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -60,10 +61,25 @@ class SamplingBatch:
     any_transfer: bool
 
 
+class Sampled(NamedTuple):
+    x0: torch.Tensor  # [R, B] int64: the token each position gets if committed
+    commit: torch.Tensor  # [R, B] bool: the positions this step commits
+    # [R, B] float64: the model's probability of x0 (LLaDA's low-confidence score, whatever
+    # the request's remasking mode ranks by): the confidence of a provisional token
+    confidence: torch.Tensor
+
+
 def sample(
     logits: torch.Tensor, b: SamplingBatch, eos_id: int, eot_id: int | None, mask_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (x0 [R, B] int64, commit [R, B] bool) for logits [R, B, V] in the model dtype."""
+    return sample_scored(logits, b, eos_id, eot_id, mask_id)[:2]
+
+
+def sample_scored(
+    logits: torch.Tensor, b: SamplingBatch, eos_id: int, eot_id: int | None, mask_id: int
+) -> Sampled:
+    """`sample`, with each token's probability too (computed anyway: no extra work)."""
     R, B, _ = logits.shape
     dev = logits.device
     if b.any_filter:
@@ -75,6 +91,7 @@ def sample(
         logits, b.temperature, b.seed, b.step, b.positions, b.logits_eos_inf,
         b.conf_eos_eot_inf, mask_id, eos_id, eot_id,
     )  # fmt: skip
+    probability = conf
     if b.modes != {LOW_CONFIDENCE}:
         conf = _other_confidences(logits, x0, conf, b, mask_id, eos_id, eot_id)
     conf = torch.where(b.eligible, conf, -torch.inf)
@@ -93,7 +110,7 @@ def sample(
     if b.any_transfer:  # Dream's origin: a mask is committed where its uniform is below p
         p = b.transfer_prob[:, None]
         commit = torch.where(p.isnan(), commit, b.eligible & (conf < p))
-    return x0, commit
+    return Sampled(x0, commit, probability)
 
 
 def _position_uniform(b: SamplingBatch, coordinate: int) -> torch.Tensor:
