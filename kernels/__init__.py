@@ -3,7 +3,7 @@
 Layouts: tensors are packed ("varlen") along dim 0; index tensors are int32 on the tensors'
 device; GQA query head h reads KV head h // (H // Hkv); outputs have q's dtype and are
 accumulated in fp32. Each function below runs the Triton launcher of its kernel module
-(`varlen_kernel`, `reuse_kernel`, `selection`, `sampling`, `fp8_quant`: each holds its
+(`varlen_kernel`, `reuse_kernel`, `selection`, `sampling`, `fp8_quant`, `moe_kernel`: each holds its
 kernel, its launcher with the shape and stride checks, and names its reference) for CUDA
 tensors, and the function of the same name in `reference` otherwise. Triton is imported only
 on that path, so the package imports on machines without it. docs/design.md §11 has the
@@ -98,9 +98,29 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _impl("fp8_quant", "quantize_rows", x)(x)
 
 
+def fused_moe(
+    x: torch.Tensor,
+    w_gate_up: torch.Tensor,
+    w_down: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    *,
+    w_gate_up_scale: torch.Tensor | None = None,
+    w_down_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mixture-of-experts MLP of x [T, d]: out[t] = sum_j topk_weights[t, j] *
+    down_e(silu(gate_e x_t) * up_e x_t), e = topk_ids[t, j] (int32 [T, k]); w_gate_up
+    [E, 2I, d] (I gate rows, then I up rows), w_down [E, d, I]. FP8 when the per-row fp32
+    scales ([E, 2I], [E, d]) of e4m3 weights are given. Roundings: the ``moe_kernel`` module."""
+    impl = _impl("moe_kernel", "fused_moe", x)
+    return impl(x, w_gate_up, w_down, topk_ids, topk_weights,
+                w_gate_up_scale=w_gate_up_scale, w_down_scale=w_down_scale)  # fmt: skip
+
+
 __all__ = [
     "SelectionArgs",
     "force_triton",
+    "fused_moe",
     "quantize_rows",
     "reference",
     "reuse_attention",

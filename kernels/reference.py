@@ -187,3 +187,43 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = (amax / amax.new_tensor(E4M3_MAX)).clamp(min=FP8_MIN_SCALE)
     q = (xf / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
     return q, scale
+
+
+def _fp32_operand(a: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """a in fp32: as is, or an activation quantized per row then dequantized (FP8 path)."""
+    if scale is None:
+        return a.float()
+    q, s = quantize_rows(a)
+    return q.float() * s
+
+
+def fused_moe(
+    x: torch.Tensor,
+    w_gate_up: torch.Tensor,
+    w_down: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    *,
+    w_gate_up_scale: torch.Tensor | None = None,
+    w_down_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The mixture-of-experts MLP, one expert at a time, with the kernel's roundings: fp32
+    products, silu(gate) * up rounded to x's dtype, each (token, j) contribution times its
+    routing weight rounded to x's dtype, the k contributions summed in fp32. FP8 (scales
+    given): both operands quantized as on the GPU, then dequantized to fp32."""
+    t, d = x.shape
+    n_exp, i = w_gate_up.shape[0], w_gate_up.shape[1] // 2
+    w_gu, w_d = w_gate_up.float(), w_down.float()
+    if w_gate_up_scale is not None:
+        w_gu, w_d = w_gu * w_gate_up_scale[..., None], w_d * w_down_scale[..., None]
+    xf = _fp32_operand(x, w_gate_up_scale)
+    contrib = torch.zeros(t, topk_ids.shape[1], d, device=x.device)
+    for e in range(n_exp):
+        tok, j = (topk_ids == e).nonzero(as_tuple=True)
+        if tok.numel() == 0:
+            continue
+        gu = xf[tok] @ w_gu[e].T
+        h = (F.silu(gu[:, :i]) * gu[:, i:]).to(x.dtype)
+        y = _fp32_operand(h, w_down_scale) @ w_d[e].T
+        contrib[tok, j] = (topk_weights[tok, j, None] * y).to(x.dtype).float()
+    return contrib.sum(dim=1).to(x.dtype)
