@@ -28,7 +28,7 @@ from dllmserve.worker.faults import Faults
 from dllmserve.worker.leaving import Leaving
 from dllmserve.worker.observe import Observer
 from dllmserve.worker.publisher import InlinePublisher, Publisher
-from dllmserve.worker.render import CanvasRenderer
+from dllmserve.worker.render import CanvasRenderer, provisional_tokens
 from dllmserve.worker.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class Active:
     canvas: CanvasRenderer | None  # with include_canvas
     token_texts: bool  # with include_token_texts: each committed token's text too
     t_first: float = 0.0
+    provisional: bool = False  # with StreamOptions.provisional
 
 
 class WorkerLoop(Leaving):
@@ -192,7 +193,7 @@ class WorkerLoop(Leaving):
             sc = to_sparse_config(req.sparse_config) if req.HasField("sparse_config") else None
             if self.engine.has_request(rid):
                 self.engine.abort(rid)  # a stale attempt of this request still ran here
-            self.engine.add_request(rid, prompt_of(req), sp, sc)
+            self.engine.add_request(rid, prompt_of(req), sp, sc, provisional=opts.provisional)
         except ValidationError as e:
             self._fail(rid, eid, attempt, q.FAILED, "INVALID_ARGUMENT", e.reason, e.field)
             return
@@ -209,8 +210,9 @@ class WorkerLoop(Leaving):
             else None
         )
         self.active[rid] = Active(
-            rid, attempt, eid, t_enq, now, deadline, canvas, opts.include_token_texts
-        )
+            rid, attempt, eid, t_enq, now, deadline, canvas, opts.include_token_texts,
+            provisional=opts.provisional,
+        )  # fmt: skip
         self.observe.admitted(rid, attempt, t_enq, now)
 
     def _maybe_ack(self, eid: str) -> None:
@@ -302,6 +304,7 @@ class WorkerLoop(Leaving):
                 canvas=canvas,
                 attempt=int(a.attempt),
                 token_texts=[self.engine.decode([t]) for t in u.token_ids] if a.token_texts else [],
+                provisional=provisional_tokens(u.provisional, self.engine.decode, a.token_texts),
             )
             bd = "1" if u.block_done else "0"
             first = "0" if a.t_first else "1"

@@ -1,10 +1,14 @@
 """The canvas of one request as text, with a placeholder for each masked position (what a
-stream with `include_canvas` carries). The text delta and everything else a step decided come
-from the engine's StepUpdate; rendering is the worker's only text work."""
+stream with `include_canvas` carries), and a step's provisional tokens as wire messages. The
+text delta and everything else a step decided come from the engine's StepUpdate; rendering is
+the worker's only text work."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from dllmserve.engine.outputs import Provisional
+from dllmserve.v1 import dllm_pb2 as pb
 
 MASKED = -1
 
@@ -34,3 +38,19 @@ class CanvasRenderer:
         if run:
             parts.append(self._decode(run))
         return "".join(parts)
+
+
+def provisional_tokens(
+    proposed: Sequence[Provisional], decode: Callable[[list[int]], str], texts: bool
+) -> list[pb.ProvisionalToken]:
+    """StepUpdate.provisional from the engine's proposals; `texts` decodes each token alone
+    (include_token_texts), as the committed tokens' texts are."""
+    return [
+        pb.ProvisionalToken(
+            position=p.position,
+            token_id=p.token_id,
+            confidence=p.confidence,
+            text=decode([p.token_id]) if texts else "",
+        )  # fmt: skip
+        for p in proposed
+    ]
