@@ -231,6 +231,8 @@ class Coalescer:
             acc.positions.extend(upd.positions)
             acc.token_ids.extend(upd.token_ids)
             acc.token_texts.extend(upd.token_texts)
+            del acc.provisional[:]  # the proposals of the last merged step, not a union
+            acc.provisional.extend(upd.provisional)
             acc.text_delta += upd.text_delta
             acc.canvas = upd.canvas
             acc.step, acc.total_steps = upd.step, upd.total_steps
