@@ -37,6 +37,8 @@ class FakeEngine:
         prompt: Prompt,
         sampling_params: SamplingParams,
         sparse_config: SparseConfig | None = None,
+        *,
+        provisional: bool = False,  # no model, no proposals: its updates carry none
     ) -> None:
         ids = list(prompt) if isinstance(prompt, list) else []
         p = sampling_params
