@@ -235,7 +235,7 @@ def test_a_taken_port_is_an_error_naming_the_flag(cmd, tmp_path):
             "scheduler": ["--redis-url", "redis://127.0.0.1:1/0", "--listen", "127.0.0.1:0",
                           "--metrics-port", port],
             "worker": ["--redis-url", "redis://127.0.0.1:1/0", "--http-port", port],
-            "gateway": ["--listen", f"0.0.0.0:{port}"],
+            "gateway": ["--listen", f"127.0.0.1:{port}"],
         }[cmd]  # fmt: skip
         out = subprocess.run([sys.executable, "-m", "dllmserve.cli", cmd, *args],
                              capture_output=True, text=True, timeout=120)  # fmt: skip
