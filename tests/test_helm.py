@@ -201,3 +201,21 @@ def test_container_args_are_flags_the_cli_knows():
     for name in ("scheduler", "gateway", "worker"):
         (container,) = pod(objects, "Deployment", name)["containers"]
         assert build_parser().parse_args(container["args"]).cmd == name  # exits on a bad flag
+
+
+@pytest.mark.parametrize("values", [REQUIRED, EVERYTHING])
+def test_listening_on_every_interface_is_explicit_or_behind_tokens(values):
+    """The pods listen on 0.0.0.0 (a Service reaches them): the scheduler has tokens, or says
+    --insecure; the gateway (no tokens of its own) always says it. The CLI would refuse else."""
+    from dllmserve.cli import build_parser
+    from dllmserve.cli.common import check_listen
+
+    objects = render(values)
+    for name in ("scheduler", "gateway"):
+        (container,) = pod(objects, "Deployment", name)["containers"]
+        args = build_parser().parse_args(container["args"])
+        tokens = any(e["name"] == "DLLMSERVE_AUTH_TOKEN" for e in container.get("env", []))
+        assert args.listen.startswith("0.0.0.0:")
+        assert args.insecure == (name == "gateway" or not tokens), (name, container["args"])
+        if not tokens:
+            check_listen(args.listen, args.insecure, "no token")  # raises if it would refuse

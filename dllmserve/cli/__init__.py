@@ -10,8 +10,9 @@ import sys
 
 from dllmserve import __version__
 from dllmserve.cli import gateway, generate, scheduler, serve, worker
+from dllmserve.cli.common import EXTRA_MODULES, EXTRAS, OperatorError
 from dllmserve.cli.options import Parser
-from dllmserve.errors import ListenError
+from dllmserve.errors import CheckpointError, ListenError, UnsupportedModelError
 from dllmserve.logs import configure
 from dllmserve.tracing import setup as setup_tracing
 
@@ -56,13 +57,25 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     configure(a.log_level, a.log_format)
-    if a.cmd in ("scheduler", "worker", "gateway"):
-        setup_tracing(f"dllmserve-{a.cmd}")
     try:
+        if a.cmd in ("scheduler", "worker", "gateway"):
+            setup_tracing(f"dllmserve-{a.cmd}")
         return int(a.fn(a) or 0)
-    except ListenError as e:  # a port taken or malformed: say which flag, no traceback
-        print(f"dllmserve {a.cmd}: {e}", file=sys.stderr)
+    except (OperatorError, ListenError, CheckpointError, UnsupportedModelError) as e:
+        print(f"dllmserve {a.cmd}: {e}", file=sys.stderr)  # one line: what and what to do
         return 2
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] not in EXTRA_MODULES:
+            raise  # not a missing extra: a bug, with its traceback
+        print(f"dllmserve {a.cmd}: {missing_extra(a.cmd, e.name)}", file=sys.stderr)
+        return 2
+
+
+def missing_extra(cmd: str, module: str | None) -> str:
+    """What to install when the client-only install runs a service command."""
+    extra = EXTRAS.get(cmd, "all")
+    return (f"needs the {extra} extra (no module {module!r}): install dllmserve[{extra}] "
+            f"(from a clone of the repository: pip install -e '.[{extra}]')")  # fmt: skip
 
 
 if __name__ == "__main__":

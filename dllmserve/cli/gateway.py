@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dllmserve.cli.common import DEFAULT_TARGET
+from dllmserve.cli.common import DEFAULT_TARGET, add_insecure_arg, check_listen
 
 
 def _positive(kind: type):
@@ -24,6 +24,7 @@ def cmd_gateway(a: argparse.Namespace) -> int:
     from dllmserve.gateway.app import GatewayConfig
     from dllmserve.gateway.server import run
 
+    check_listen(a.listen, a.insecure, "the gateway checks no tokens itself")
     targets = [t.strip() for t in a.target.split(",") if t.strip()]
     origins = [o.strip() for o in a.allowed_origins.split(",") if o.strip()]
     run(GatewayConfig(targets=targets, listen=a.listen, tls=a.tls, ca=a.ca,
@@ -41,7 +42,8 @@ no state of its own, so any number can run. docs/http.md has the endpoints."""
 
 EXAMPLES = """\
 examples:
-  dllmserve gateway --target scheduler:50051 --listen 0.0.0.0:8000
+  dllmserve gateway --target scheduler:50051              # on 127.0.0.1:8000
+  dllmserve gateway --target scheduler:50051 --listen 0.0.0.0:8000 --insecure
   dllmserve gateway --target sched-a:50051,sched-b:50051   # re-attaches through the other
   curl localhost:8000/v1/models"""
 
@@ -60,9 +62,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--listen",
-        default="0.0.0.0:8000",
+        default="127.0.0.1:8000",
         env="DLLMSERVE_HTTP_LISTEN",
-        help="the HTTP address (HOST:PORT)",
+        help="the HTTP address (HOST:PORT): this machine only by default; another address "
+        "needs --insecure",
+    )
+    add_insecure_arg(
+        g,
+        "listen on a non-loopback --listen address: the gateway checks no tokens itself (it "
+        "passes each caller's on; the schedulers check them when they have --auth-token)",
     )
     g.add_argument("--tls", action="store_true", help="TLS to the schedulers")
     g.add_argument("--ca", default="", help="PEM file of the schedulers' CA (implies --tls)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dllmserve.cli.common import DEFAULT_REDIS
+from dllmserve.cli.common import add_insecure_arg, add_redis_arg, check_listen, require_redis_url
 
 DESCRIPTION = """\
 The gRPC front end: validates requests, queues them in Redis, relays every denoising step to
@@ -13,13 +13,19 @@ any number can run behind one address; a SIGTERM drains it."""
 
 EXAMPLES = """\
 examples:
-  dllmserve scheduler --redis-url redis://:PASSWORD@redis:6379/0
+  dllmserve scheduler --redis-url redis://:PASSWORD@redis:6379/0    # on 127.0.0.1:50051
+  DLLMSERVE_AUTH_TOKEN=s3cret dllmserve scheduler --listen 0.0.0.0:50051
   DLLMSERVE_AUTH_TOKEN=s3cret dllmserve scheduler --tls-cert cert.pem --tls-key key.pem
   dllmserve scheduler --no-dispatch          # a relay-only replica"""
 
 
 def add_scheduler_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--listen", default="0.0.0.0:50051", help="the gRPC address (HOST:PORT)")
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:50051",
+        help="the gRPC address (HOST:PORT): this machine only by default; another address needs "
+        "--auth-token or --insecure",
+    )
     p.add_argument(
         "--max-queue",
         type=int,
@@ -98,6 +104,11 @@ def add_scheduler_args(p: argparse.ArgumentParser) -> None:
         default=9090,
         help="port of Prometheus /metrics (0: off)",
     )
+    p.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",
+        help="address /metrics listens on (dllmserve serve: 127.0.0.1)",
+    )
 
 
 def scheduler_config(a: argparse.Namespace):
@@ -105,7 +116,7 @@ def scheduler_config(a: argparse.Namespace):
     from dllmserve.scheduler.config import SchedulerConfig
 
     return SchedulerConfig(
-        redis_url=a.redis_url,
+        redis_url=require_redis_url(a.redis_url),
         listen=a.listen,
         scheduler_id=a.id,
         max_queue=a.max_queue,
@@ -124,6 +135,7 @@ def scheduler_config(a: argparse.Namespace):
         tls_key=a.tls_key,
         dispatch=not a.no_dispatch,
         metrics_port=a.metrics_port,
+        metrics_host=a.metrics_host,
     )
 
 
@@ -132,7 +144,10 @@ def cmd_scheduler(a: argparse.Namespace) -> int:
 
     from dllmserve.scheduler.server import run
 
-    asyncio.run(run(scheduler_config(a)))
+    cfg = scheduler_config(a)
+    if not cfg.auth_tokens:
+        check_listen(a.listen, a.insecure, "no --auth-token: anyone who reaches it may use it")
+    asyncio.run(run(cfg))
     return 0
 
 
@@ -143,10 +158,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         epilog=EXAMPLES,
     )
-    sc.add_argument(
-        "--redis-url",
-        default=DEFAULT_REDIS,
-        help="the Redis of the queue (redis://:PASSWORD@HOST:PORT/DB)",
-    )
+    add_redis_arg(sc)
     add_scheduler_args(sc)
+    add_insecure_arg(
+        sc,
+        "listen on a non-loopback --listen address without --auth-token (inside a container "
+        "or a private network that only trusted clients reach)",
+    )
     sc.set_defaults(fn=cmd_scheduler)

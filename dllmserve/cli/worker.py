@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dllmserve.cli.common import DEFAULT_REDIS, add_model_args, resolve_model
+from dllmserve.cli.common import (
+    OperatorError,
+    add_model_args,
+    add_redis_arg,
+    redacted,
+    require_redis_url,
+    resolve_model,
+)
 from dllmserve.cli.config_args import add_config_args, config_from_args
 from dllmserve.engine.config import EngineConfig
 from dllmserve.errors import ValidationError
@@ -73,6 +80,11 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
         env="DLLMSERVE_WORKER_HTTP_PORT",
         help="port of /metrics, /livez and /readyz (0: none)",
     )
+    p.add_argument(
+        "--http-host",
+        default="0.0.0.0",
+        help="address /metrics, /livez and /readyz listen on (dllmserve serve: 127.0.0.1)",
+    )
     add_config_args(p, EngineConfig)
 
 
@@ -80,7 +92,7 @@ def worker_config(a: argparse.Namespace):
     from dllmserve.worker.config import WorkerConfig
 
     return WorkerConfig(
-        redis_url=a.redis_url,
+        redis_url=require_redis_url(a.redis_url),
         model="" if a.random_shape else resolve_model(a.model),
         random_shape=a.random_shape,
         model_name=a.model_name,
@@ -94,7 +106,24 @@ def worker_config(a: argparse.Namespace):
         worker_id=a.worker_id,
         async_publish=not a.sync_publish,
         http_port=a.http_port,
+        http_host=a.http_host,
     )
+
+
+def check_redis(url: str) -> None:
+    """Reach Redis before loading a model that can take minutes: a wrong URL is one line."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.exceptions.RedisError as e:
+        raise OperatorError(
+            f"cannot reach Redis at {redacted(url)} ({e}); start it, or fix --redis-url / "
+            "$DLLMSERVE_REDIS_URL"
+        ) from None
+    finally:
+        client.close()
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
@@ -105,6 +134,7 @@ def cmd_worker(a: argparse.Namespace) -> int:
     except ValidationError as e:
         print(f"dllmserve worker: {e}", file=sys.stderr)
         return 2
+    check_redis(cfg.redis_url)
     run(cfg)
     return 0
 
@@ -116,11 +146,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         epilog=EXAMPLES,
     )
-    w.add_argument(
-        "--redis-url",
-        default=DEFAULT_REDIS,
-        help="the Redis of the queue (redis://:PASSWORD@HOST:PORT/DB)",
-    )
+    add_redis_arg(w)
     add_model_args(w)
     add_worker_args(w)
     w.set_defaults(fn=cmd_worker)

@@ -34,7 +34,8 @@ def compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def resolved() -> dict:
-    out = compose("--profile", "download", "config", "--format", "json", env=ENV)
+    out = compose("--profile", "gpu", "--profile", "download", "config", "--format", "json",
+                  env=ENV)  # fmt: skip
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)["services"]
 
@@ -85,6 +86,70 @@ def test_every_process_has_a_healthcheck_on_its_probe(resolved):
     assert resolved["gateway"]["environment"]["DLLMSERVE_TARGET"] == "scheduler:50051"
     published = {p["target"] for s in resolved.values() for p in s.get("ports", [])}
     assert published == {50051, 9090, 8000}
+
+
+def test_ports_are_published_on_loopback_and_listening_wide_is_explicit(resolved):
+    hosts = {p["host_ip"] for s in resolved.values() for p in s.get("ports", [])}
+    assert hosts == {"127.0.0.1"}  # DLLMSERVE_BIND=0.0.0.0 publishes them on every interface
+    for name in ("scheduler", "gateway"):  # 0.0.0.0 inside the compose network, said so
+        cmd = resolved[name]["command"]
+        assert cmd[cmd.index("--listen") + 1].startswith("0.0.0.0:")
+        assert "--insecure" in cmd
+
+
+def test_cpu_profile_serves_the_demo_model_without_a_gpu():
+    out = compose("--profile", "cpu", "config", "--format", "json", env={"REDIS_PASSWORD": "pw"})
+    assert out.returncode == 0, out.stderr
+    services = json.loads(out.stdout)["services"]
+    assert set(services) == {"redis", "scheduler", "gateway", "worker-cpu"}  # no GPU worker
+    w = services["worker-cpu"]
+    assert "deploy" not in w or "reservations" not in w["deploy"].get("resources", {})
+    args = build_parser_args(w["command"])
+    assert (args.model, args.device) == ("demo", "cpu")
+    assert w["environment"]["DLLMSERVE_REDIS_URL"] == "redis://:pw@redis:6379/0"
+    assert "http://127.0.0.1:8081/readyz" in " ".join(w["healthcheck"]["test"])
+    assert services["gateway"]["ports"][0]["published"] == "8000"  # the playground
+
+
+def build_parser_args(command: list[str]):
+    from dllmserve.cli import build_parser
+
+    return build_parser().parse_args(command)
+
+
+def _docker_ready() -> str:
+    """Why the stack cannot be built and started here ('' when it can)."""
+    import shutil
+
+    if shutil.which("docker") is None:
+        return "no docker CLI"
+    out = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    return "" if out.returncode == 0 else "no Docker daemon reachable"
+
+
+@pytest.mark.skipif(bool(_docker_ready()), reason=_docker_ready() or "docker")
+def test_cpu_profile_builds_starts_and_answers(tmp_path):  # pragma: no cover - needs Docker
+    import urllib.request
+
+    from svc_util import wait_for
+
+    env = {**os.environ, "REDIS_PASSWORD": "pw", "DLLMSERVE_HTTP_PORT": str(free_port())}
+    base = ["docker", "compose", "-f", str(ROOT / "docker-compose.yml"), "-p", "dllmserve-test",
+            "--profile", "cpu"]  # fmt: skip
+    subprocess.run([*base, "up", "-d", "--build"], check=True, env=env, timeout=3600)
+    try:
+        url = f"http://127.0.0.1:{env['DLLMSERVE_HTTP_PORT']}"
+
+        def healthy() -> bool:
+            try:
+                return urllib.request.urlopen(url + "/health", timeout=5).status == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, 600, 2, what="the gateway's /health")
+        assert b"<html" in urllib.request.urlopen(url + "/", timeout=10).read().lower()
+    finally:
+        subprocess.run([*base, "down", "-v"], env=env, timeout=600)
 
 
 def test_model_download_job_fills_the_models_volume(resolved):
