@@ -12,7 +12,8 @@ level of the body (the SDKs' `extra_body`): every field of SamplingParams (`step
 `block_length`, `remasking`, `cfg_scale`, `threshold`, `top_k`, `schedule`, `alg_temp`, `eps`,
 ...), `sparse_config`
 {SparseConfig fields}, `priority`,
-`stream_mode` ("text" | "denoise") and `mask_placeholder`.
+`stream_mode` ("text" | "denoise"), `mask_placeholder` and `provisional` (with "denoise" only:
+each step's proposed token and confidence at the masked positions of its block).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ STREAM_MODES = ("text", "denoise")
 _SAMPLING = {f.name: f for f in pb.SamplingParams.DESCRIPTOR.fields}
 _SPARSE = {f.name: f for f in pb.SparseConfig.DESCRIPTOR.fields}
 _OWN = {"model", "stream", "stream_options", "n", "stop", "stream_mode", "mask_placeholder",
-        "sparse_config", "priority", "max_tokens", "user"}  # fmt: skip
+        "sparse_config", "priority", "max_tokens", "user", "provisional"}  # fmt: skip
 # OpenAI fields that change nothing here, accepted so that SDK defaults pass.
 _IGNORED = {"metadata", "store", "service_tier", "parallel_tool_calls", "modalities"}
 # OpenAI fields we cannot honour: refused unless they hold their neutral value.
@@ -95,6 +96,9 @@ def plan(body: object, chat: bool) -> Plan:
     if mode == "denoise":
         base.stream_options.include_canvas = True
         base.stream_options.include_token_texts = True
+    base.stream_options.provisional = _opt(body, "provisional", bool) or False
+    if base.stream_options.provisional and mode != "denoise":
+        raise bad_field("provisional", 'needs "stream_mode": "denoise" (the canvas it fills in)')
     prompts = _messages(body) if chat else _prompts(body)
     n = _opt(body, "n", int)
     n = 1 if n is None else n

@@ -3,7 +3,8 @@
 Chat and text completions differ only in their object names and where the text goes (`message` /
 `delta` with a role, or `text`); everything else is shared. A denoise-mode chunk carries the
 ordinary text delta plus a `denoise` object per choice: the step's committed positions, their
-token ids and texts, the masked count and the rendered canvas.
+token ids and texts, the masked count and the rendered canvas; with `provisional`, also the
+step's proposed token, confidence and text at each masked position of its block.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def usage_chunk(plan: Plan, dones: list[Completed], n: int) -> dict:
 
 
 def denoise(step: StepUpdate) -> dict:
-    return {
+    d = {
         "step": step.step,
         "total_steps": step.total_steps,
         "block_index": step.block_index,
@@ -110,3 +111,14 @@ def denoise(step: StepUpdate) -> dict:
         "canvas": step.canvas,
         "attempt": step.attempt,
     }
+    if step.provisional:  # the request asked with "provisional": true
+        d["provisional"] = [
+            {
+                "position": p.position,
+                "token_id": p.token_id,
+                "confidence": round(p.confidence, 4),
+                "text": p.text,
+            }
+            for p in step.provisional
+        ]
+    return d
