@@ -15,4 +15,9 @@ def load_tokenizer(model_dir: str | Path):
     if not (Path(model_dir) / "tokenizer.json").is_file():
         raise CheckpointError(f"{model_dir} has no tokenizer.json")
     hf_logging.set_verbosity_error()  # config model types unknown to transformers are expected
-    return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    # Real checkpoints' config.json carry an `auto_map` to their modeling code; without an
+    # explicit False, transformers stops at a "run the custom code? [y/N]" prompt. The
+    # tokenizer is a plain fast tokenizer and needs none of that code.
+    return AutoTokenizer.from_pretrained(
+        str(model_dir), local_files_only=True, trust_remote_code=False
+    )

@@ -17,10 +17,30 @@ QUANTIZATIONS = ("fp8",)
 
 DREAM_CONTEXT_LIMIT = 2048  # the Dream README's supported context
 
+LLADA_MOE_ARCHS = ("LLaDAMoEModelLM", "LLaDAMoEModel")
+LLADA_MOE_MASK_ID = 156895  # the model card's generate(mask_id=...): published configs omit it
+LLADA_MOE_EOS_ID = 156892
+
+
+@dataclass(frozen=True)
+class MoeConfig:
+    """The mixture-of-experts FFN of the layers that have one (dllmserve.models.moe)."""
+
+    num_experts: int
+    top_k: int
+    expert_hidden: int  # intermediate size of one routed expert
+    shared_hidden: int  # intermediate size of the shared expert; 0: none
+    moe_layers: tuple[bool, ...]  # per layer: MoE FFN (True) or the dense MLP of `mlp_hidden`
+    router: str  # "softmax" (LLaDA-MoE) or "sigmoid_group" (LLaDA2, BailingMoeV2)
+    expert_bias: bool  # a per-expert routing bias tensor in the checkpoint
+    n_group: int = 1  # sigmoid_group: expert groups, of which the best topk_group are kept
+    topk_group: int = 1
+    routed_scaling: float = 1.0  # sigmoid_group: factor on the normalised weights
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str  # "llada" or "dream"
+    arch: str  # the sampler family: "llada" (LLaDA-8B, LLaDA-MoE) or "dream"
     d_model: int
     n_layers: int
     n_heads: int
@@ -37,10 +57,31 @@ class ModelConfig:
     tied_head: bool
     shifted_logits: bool  # Dream: position i is predicted from hidden state i-1
     rope_in_fp32: bool  # LLaDA rotates q/k in fp32; Dream applies fp32 cos/sin in model dtype
+    qk_norm: bool = False  # per-head RMSNorm of q and k before RoPE (LLaDA-MoE's qk_layernorm)
+    rotary_dim: int = 0  # RoPE on each head's first rotary_dim dims; 0: the whole head
+    clip_qkv: float | None = None  # q, k, v clamped to [-clip, clip] after the q/k norm
+    moe: MoeConfig | None = None  # set for LLaDA-MoE (whose tensors are named its own way)
 
     @property
     def group(self) -> int:
         return self.n_heads // self.n_kv_heads
+
+    @property
+    def layout(self) -> str:
+        """The checkpoint's tensor naming: "llada" (OLMo), "dream" (Qwen2) or "llada-moe"."""
+        return "llada-moe" if self.moe is not None else self.arch
+
+    @property
+    def rope_dim(self) -> int:
+        return self.rotary_dim or self.head_dim
+
+    @property
+    def ffn_width(self) -> int:
+        """The widest FFN intermediate a token needs (activation memory sizing)."""
+        if self.moe is None:
+            return self.mlp_hidden
+        moe = self.moe.top_k * self.moe.expert_hidden + self.moe.shared_hidden
+        return max(self.mlp_hidden, moe)
 
     @property
     def default_schedule(self) -> str:
@@ -58,17 +99,20 @@ def load_config(model_dir: str | Path) -> ModelConfig:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from e
     model_type = str(raw.get("model_type", "")).lower()
     archs = raw.get("architectures") or []
+    if any(a in LLADA_MOE_ARCHS for a in archs) or model_type == "lladamoe":
+        return read_llada_moe(raw)
     if model_type == "llada" or "LLaDAModelLM" in archs:
         return _llada(raw)
     if model_type == "dream" or "DreamModel" in archs:
         return _dream(raw)
     raise UnsupportedModelError(
         f"unsupported architecture: model_type={raw.get('model_type')!r}, "
-        f"architectures={archs}; supported: LLaDA (model_type 'llada') and Dream ('Dream')"
+        f"architectures={archs}; supported: LLaDA (model_type 'llada'), LLaDA-MoE "
+        "(architectures ['LLaDAMoEModelLM']) and Dream ('Dream')"
     )
 
 
-def _require(raw: dict, key: str) -> object:
+def require(raw: dict, key: str) -> object:
     if raw.get(key) is None:
         raise CheckpointError(f"config.json lacks the required key {key!r}")
     return raw[key]
@@ -100,21 +144,21 @@ def _llada(raw: dict) -> ModelConfig:
     bad = [name for name, on in refused.items() if on]
     if bad:
         raise UnsupportedModelError(f"LLaDA config needs unimplemented options: {', '.join(bad)}")
-    d = int(_require(raw, "d_model"))
-    n_heads = int(_require(raw, "n_heads"))
+    d = int(require(raw, "d_model"))
+    n_heads = int(require(raw, "n_heads"))
     if raw.get("multi_query_attention"):
         n_kv = 1
     else:
         n_kv = int(raw.get("n_kv_heads") or n_heads)
-    vocab = int(raw.get("embedding_size") or _require(raw, "vocab_size"))
+    vocab = int(raw.get("embedding_size") or require(raw, "vocab_size"))
     return ModelConfig(
         arch="llada",
         d_model=d,
-        n_layers=int(_require(raw, "n_layers")),
+        n_layers=int(require(raw, "n_layers")),
         n_heads=n_heads,
         n_kv_heads=n_kv,
         head_dim=d // n_heads,
-        mlp_hidden=int(_require(raw, "mlp_hidden_size")),
+        mlp_hidden=int(require(raw, "mlp_hidden_size")),
         vocab_size=vocab,
         rope_theta=float(raw.get("rope_theta", 10000.0)),
         rms_eps=float(raw.get("rms_norm_eps", 1e-5)),
@@ -134,20 +178,20 @@ def _dream(raw: dict) -> ModelConfig:
         raise UnsupportedModelError(f"Dream config needs hidden_act={act!r}; only 'silu' is done")
     if raw.get("rope_scaling"):
         raise UnsupportedModelError("Dream config needs rope_scaling, which is not implemented")
-    d = int(_require(raw, "hidden_size"))
-    n_heads = int(_require(raw, "num_attention_heads"))
+    d = int(require(raw, "hidden_size"))
+    n_heads = int(require(raw, "num_attention_heads"))
     eos = raw.get("eos_token_id", 151643)
     if isinstance(eos, list):
         eos = eos[0]
     return ModelConfig(
         arch="dream",
         d_model=d,
-        n_layers=int(_require(raw, "num_hidden_layers")),
+        n_layers=int(require(raw, "num_hidden_layers")),
         n_heads=n_heads,
         n_kv_heads=int(raw.get("num_key_value_heads") or n_heads),
         head_dim=d // n_heads,
-        mlp_hidden=int(_require(raw, "intermediate_size")),
-        vocab_size=int(_require(raw, "vocab_size")),
+        mlp_hidden=int(require(raw, "intermediate_size")),
+        vocab_size=int(require(raw, "vocab_size")),
         rope_theta=float(raw.get("rope_theta", 1000000.0)),
         rms_eps=float(raw.get("rms_norm_eps", 1e-6)),
         max_len=min(
@@ -159,4 +203,95 @@ def _dream(raw: dict) -> ModelConfig:
         tied_head=bool(raw.get("tie_word_embeddings", False)),
         shifted_logits=True,
         rope_in_fp32=False,
+    )
+
+
+def _positive(raw: dict, key: str) -> int:
+    value = raw.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise CheckpointError(f"config.json key {key!r} must be a positive integer, got {value!r}")
+    return value
+
+
+def _llada_moe_refusals(raw: dict) -> None:
+    """LLaDA-MoE options the official layer has but this engine does not implement, by key."""
+    score = raw.get("moe_router_score_function")
+    refused = {
+        "hidden_act": raw.get("hidden_act", "silu") != "silu",
+        "rope_scaling": bool(raw.get("rope_scaling")),
+        "attention_bias": bool(raw.get("attention_bias", False)),
+        # the official layer always routes by softmax, whatever this key says
+        "moe_router_score_function": score not in (None, "softmax"),
+    }
+    bad = [key for key, on in refused.items() if on]
+    if bad:
+        shown = ", ".join(f"{k}={raw.get(k)!r}" for k in bad)
+        raise UnsupportedModelError(f"LLaDA-MoE config needs unimplemented options: {shown}")
+
+
+def _moe_layer_pattern(raw: dict, n_layers: int) -> tuple[bool, ...]:
+    freq = raw.get("moe_layer_freq")
+    if not isinstance(freq, list) or len(freq) != n_layers:
+        raise CheckpointError(
+            f"config.json key 'moe_layer_freq' must list 0 (dense) or 1 (MoE) for each of the "
+            f"{n_layers} layers, got {freq!r}"
+        )
+    return tuple(bool(f) for f in freq)
+
+
+def read_llada_moe(raw: dict) -> ModelConfig:
+    """LLaDA-MoE-7B-A1B (an OLMoE-like decoder under LLaDA's sampler): docs/models.md."""
+    _llada_moe_refusals(raw)
+    d, n_layers = _positive(raw, "hidden_size"), _positive(raw, "num_hidden_layers")
+    n_heads = _positive(raw, "num_attention_heads")
+    if d % n_heads:
+        raise CheckpointError(f"hidden_size {d} is not a multiple of num_attention_heads {n_heads}")
+    hd = d // n_heads
+    factor = float(raw.get("partial_rotary_factor") or 1.0)  # absent: the whole head
+    rot = int(hd * factor)
+    if not 0 < factor <= 1 or rot % 2:
+        raise UnsupportedModelError(
+            f"partial_rotary_factor={factor} must be in (0, 1] and give an even number of rotary "
+            f"dims of head_dim {hd} (got {rot})"
+        )
+    layers = _moe_layer_pattern(raw, n_layers)
+    n_moe = sum(layers)
+    experts = _positive(raw, "num_experts") if n_moe else int(raw.get("num_experts") or 0)
+    top_k = _positive(raw, "num_experts_per_tok") if n_moe else 0
+    if top_k > experts:
+        raise CheckpointError(f"num_experts_per_tok {top_k} exceeds num_experts {experts}")
+    shared = raw.get("shared_expert_intermediate_size")  # absent or null: no shared expert
+    shared = 0 if shared is None else _positive(raw, "shared_expert_intermediate_size")
+    eos = raw.get("eos_token_id", LLADA_MOE_EOS_ID)
+    clip = raw.get("clip_qkv")
+    return ModelConfig(
+        arch="llada",
+        d_model=d,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=int(raw.get("num_key_value_heads") or n_heads),
+        head_dim=hd,
+        mlp_hidden=_positive(raw, "dense_intermediate_size") if n_moe < n_layers else 0,
+        vocab_size=_positive(raw, "vocab_size"),
+        rope_theta=float(require(raw, "rope_theta")),
+        rms_eps=float(raw.get("rms_norm_eps", 1e-5)),
+        max_len=int(raw.get("max_position_embeddings", 4096)),
+        mask_token_id=int(raw.get("mask_token_id", LLADA_MOE_MASK_ID)),
+        eos_token_id=int(eos[0] if isinstance(eos, list) else eos),
+        qkv_bias=False,
+        tied_head=bool(raw.get("tie_word_embeddings", False)),
+        shifted_logits=False,
+        rope_in_fp32=False,  # fp32 cos/sin cast to the model dtype, applied there (as Dream)
+        qk_norm=bool(raw.get("qk_layernorm", False)),
+        rotary_dim=rot,
+        clip_qkv=None if clip is None else float(clip),
+        moe=MoeConfig(
+            num_experts=experts,
+            top_k=top_k,
+            expert_hidden=_positive(raw, "expert_intermediate_size") if n_moe else 0,
+            shared_hidden=shared,
+            moe_layers=layers,
+            router="softmax",
+            expert_bias=bool(raw.get("moe_router_enable_expert_bias", False)),
+        ),
     )

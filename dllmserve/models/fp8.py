@@ -54,12 +54,42 @@ class Fp8Rows:
         return cls(*kernels.quantize_rows(x), x.dtype)
 
 
-def quantize_weight(w: torch.Tensor) -> Fp8Weight:
-    """Per-output-channel e4m3 quantization of a [N, K] weight (round to nearest, ties to even)."""
+@dataclass(frozen=True)
+class Fp8Experts:
+    """The stacked weights of a layer's experts: expert e's W ≈ data[e] * scale[e][:, None],
+    data [E, N, K] float8_e4m3fn, scale [E, N] fp32 (per expert, one per output row), the
+    layout `kernels.fused_moe` takes."""
+
+    data: torch.Tensor
+    scale: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.data.shape
+
+    def expert(self, e: int) -> Fp8Weight:
+        return Fp8Weight(data=self.data[e], scale=self.scale[e][None])
+
+
+def _quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """e4m3 data and fp32 scales [..., N, 1] of the rows of w [..., N, K] (one scale a row,
+    round to nearest, ties to even)."""
     wf = w.float()
-    scale = (wf.abs().amax(dim=1, keepdim=True) / E4M3_MAX).clamp(min=FP8_MIN_SCALE)
+    scale = (wf.abs().amax(dim=-1, keepdim=True) / E4M3_MAX).clamp(min=FP8_MIN_SCALE)
     data = (wf / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-    return Fp8Weight(data=data.contiguous(), scale=scale.t().contiguous())
+    return data.contiguous(), scale
+
+
+def quantize_weight(w: torch.Tensor) -> Fp8Weight:
+    """Per-output-channel e4m3 quantization of a [N, K] weight."""
+    data, scale = _quantize_rows(w)
+    return Fp8Weight(data=data, scale=scale.t().contiguous())
+
+
+def quantize_experts(w: torch.Tensor) -> Fp8Experts:
+    """`quantize_weight`'s rule for each expert of a stacked [E, N, K] weight."""
+    data, scale = _quantize_rows(w)
+    return Fp8Experts(data=data, scale=scale[..., 0].contiguous())
 
 
 def check_fp8_support(device: torch.device) -> None:

@@ -89,24 +89,32 @@ def _rows(out, dtype: torch.dtype) -> torch.Tensor | Fp8Rows:
 
 
 class Rotary:
-    """Rotate-half (NeoX) RoPE over the full head dim with fp32 cos/sin tables."""
+    """Rotate-half (NeoX) RoPE with fp32 cos/sin tables, over each head's first `rot_dim` dims
+    (partial rotary: LLaDA-MoE's `partial_rotary_factor`; the rest pass unrotated)."""
 
     def __init__(
-        self, head_dim: int, theta: float, max_len: int, device: torch.device, in_fp32: bool
-    ) -> None:
-        inv_freq = 1.0 / (
-            theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
-        )
+        self, head_dim: int, theta: float, max_len: int, device: torch.device, in_fp32: bool,
+        rot_dim: int | None = None,
+    ) -> None:  # fmt: skip
+        rot = rot_dim or head_dim
+        inv_freq = 1.0 / (theta ** (torch.arange(0, rot, 2, dtype=torch.int64).float() / rot))
         pos = torch.arange(max_len, dtype=torch.float32)
         freqs = torch.outer(pos, inv_freq)
         emb = torch.cat([freqs, freqs], dim=-1)
         self.cos = emb.cos().to(device)
         self.sin = emb.sin().to(device)
         self.head_dim = head_dim
+        self.rot_dim = rot
         self.in_fp32 = in_fp32
 
     def __call__(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x: [T, heads, D]; positions: [T] (int64)."""
+        if self.rot_dim < self.head_dim:
+            rot, rest = x.split([self.rot_dim, self.head_dim - self.rot_dim], dim=-1)
+            return torch.cat([self._rotate(rot, positions), rest], dim=-1)
+        return self._rotate(x, positions)
+
+    def _rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         cos = self.cos[positions].unsqueeze(1)
         sin = self.sin[positions].unsqueeze(1)
         if self.in_fp32:  # LLaDA: rotate in fp32, cast back
@@ -120,7 +128,7 @@ class Rotary:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotated q [T, H, D] and k [T, Hkv, D] from the fused projection's leading columns."""
         hd = self.head_dim
-        if _fused(qkv):
+        if _fused(qkv) and self.rot_dim == hd:  # the fused kernel rotates whole heads only
             from dllmserve.kernels.elementwise import rope_heads
 
             qk = rope_heads(qkv, n_heads + n_kv_heads, hd, positions, self.cos, self.sin,

@@ -15,7 +15,8 @@ from safetensors import safe_open
 
 from dllmserve.errors import CheckpointError, ValidationError
 from dllmserve.models.config import QUANTIZATIONS, ModelConfig, load_config
-from dllmserve.models.fp8 import check_fp8_support, quantize_weight
+from dllmserve.models.fp8 import check_fp8_support, quantize_experts, quantize_weight
+from dllmserve.models.llada_moe_layout import assemble_llada_moe, llada_moe_tensors
 from dllmserve.models.transformer import DiffusionTransformer, LayerWeights, ModelWeights
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ def expected_tensors(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     d, hd, mlp, v = cfg.d_model, cfg.head_dim, cfg.mlp_hidden, cfg.vocab_size
     q, kv = cfg.n_heads * hd, cfg.n_kv_heads * hd
     names: dict[str, tuple[int, ...]] = {}
+    if cfg.layout == "llada-moe":
+        return llada_moe_tensors(cfg)
     if cfg.arch == "llada":
         names["model.transformer.wte.weight"] = (v, d)
         for i in range(cfg.n_layers):
@@ -123,6 +126,8 @@ def load_weights(
                         f"tensor {name} has shape {list(shape)}, expected {list(expected[name])}"
                     )
                 t[name] = fh.get_tensor(name).to(device=device, dtype=dtype)
+    if cfg.layout == "llada-moe":
+        return assemble_llada_moe(cfg, t)
     return _assemble(cfg, t)
 
 
@@ -170,8 +175,9 @@ def _assemble(cfg: ModelConfig, t: dict[str, torch.Tensor]) -> ModelWeights:
 def quantize_linear_layers(
     weights: ModelWeights, quantization: str | None, device: torch.device
 ) -> ModelWeights:
-    """Store the layers' linear weights (q/k/v, o, gate/up, down) in `quantization` (None: as
-    loaded), one layer at a time so the bf16 and FP8 copies of the whole model never coexist."""
+    """Store the layers' linear weights (q/k/v, o, gate/up, down, every expert's) in
+    `quantization` (None: as loaded), one layer at a time so the bf16 and FP8 copies of the
+    whole model never coexist."""
     if quantization is None:
         return weights
     if quantization not in QUANTIZATIONS:
@@ -181,7 +187,14 @@ def quantize_linear_layers(
     check_fp8_support(device)
     for lw in weights.layers:
         lw.qkv, lw.o = quantize_weight(lw.qkv), quantize_weight(lw.o)
-        lw.gate_up, lw.down = quantize_weight(lw.gate_up), quantize_weight(lw.down)
+        if lw.moe is None:
+            lw.gate_up, lw.down = quantize_weight(lw.gate_up), quantize_weight(lw.down)
+            continue
+        m = lw.moe  # the router stays in the model dtype: it decides, it is not a GEMM of note
+        m.gate_up, m.down = quantize_experts(m.gate_up), quantize_experts(m.down)
+        if m.shared_gate_up is not None:
+            m.shared_gate_up = quantize_weight(m.shared_gate_up)
+            m.shared_down = quantize_weight(m.shared_down)
     return weights
 
 

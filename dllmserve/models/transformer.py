@@ -1,7 +1,8 @@
-"""The bidirectional transformer that LLaDA and Dream share, over packed (varlen) tokens.
+"""The bidirectional transformer that LLaDA, LLaDA-MoE and Dream share, over packed tokens.
 
-Both are Llama-style pre-norm stacks with SwiGLU MLPs; they differ only in parameter names
-(handled by the loader), q/k/v biases, RoPE precision and logit shifting (`ModelConfig`).
+All are Llama-style pre-norm stacks with SwiGLU MLPs; they differ only in parameter names
+(handled by the loader), q/k/v biases, RoPE precision and width, a per-head q/k norm, logit
+shifting and, per layer, a dense or mixture-of-experts FFN (`ModelConfig`).
 Attention is delegated to a per-iteration callable so the dense, sparse and Triton paths
 share this one forward.
 """
@@ -16,6 +17,7 @@ import torch
 from dllmserve.models.config import ModelConfig
 from dllmserve.models.fp8 import Fp8Weight
 from dllmserve.models.layers import Rotary, add_rms_norm, linear, rms_norm, silu_mul
+from dllmserve.models.moe import MoeWeights, moe_ffn
 
 
 class Attention(Protocol):
@@ -36,8 +38,11 @@ class LayerWeights:
     qkv_bias: torch.Tensor | None
     o: torch.Tensor | Fp8Weight
     mlp_norm: torch.Tensor
-    gate_up: torch.Tensor | Fp8Weight  # [2 * mlp, d]: gate (silu side) then up
-    down: torch.Tensor | Fp8Weight
+    gate_up: torch.Tensor | Fp8Weight | None  # [2 * mlp, d]: gate (silu side) then up
+    down: torch.Tensor | Fp8Weight | None  # (both None in an MoE layer)
+    moe: MoeWeights | None = None
+    q_norm: torch.Tensor | None = None  # [D]: per-head RMSNorm of q and k before RoPE
+    k_norm: torch.Tensor | None = None
 
 
 @dataclass
@@ -54,7 +59,9 @@ class DiffusionTransformer:
         self.w = weights
         self.device = device
         self.dtype = weights.embed.dtype
-        self.rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_len, device, cfg.rope_in_fp32)
+        self.rotary = Rotary(
+            cfg.head_dim, cfg.rope_theta, cfg.max_len, device, cfg.rope_in_fp32, cfg.rope_dim
+        )
 
     @torch.inference_mode()
     def forward(
@@ -70,17 +77,40 @@ class DiffusionTransformer:
         h = rms_norm(x, layers[0].attn_norm, cfg.rms_eps, fp8)
         for i, lw in enumerate(layers):
             qkv = linear(h, lw.qkv, lw.qkv_bias)
-            q, k = self.rotary.qk(qkv, nh, nkv, positions)
-            v = qkv[:, (nh + nkv) * hd :].reshape(-1, nkv, hd)
+            if lw.q_norm is None and cfg.clip_qkv is None:
+                q, k = self.rotary.qk(qkv, nh, nkv, positions)
+                v = qkv[:, (nh + nkv) * hd :].reshape(-1, nkv, hd)
+            else:
+                q, k, v = self._normed_qkv(qkv, lw, positions)
             attention.select(i, q, k, v)
             att = attention(i, q, k, v)
             o = linear(att.reshape(-1, nh * hd), lw.o)
-            x, h = add_rms_norm(x, o, lw.mlp_norm, cfg.rms_eps, fp8)
-            mlp = linear(silu_mul(linear(h, lw.gate_up), fp8), lw.down)
+            # the router reads the norm's output unquantized; the experts quantize their own
+            x, h = add_rms_norm(x, o, lw.mlp_norm, cfg.rms_eps, fp8 and lw.moe is None)
+            if lw.moe is None:
+                mlp = linear(silu_mul(linear(h, lw.gate_up), fp8), lw.down)
+            else:
+                mlp = moe_ffn(h, lw.moe, cfg.moe)
             last = i + 1 == len(layers)  # the final norm feeds the LM head, which stays unquantized
             after = self.w.final_norm if last else layers[i + 1].attn_norm
             x, h = add_rms_norm(x, mlp, after, cfg.rms_eps, fp8 and not last)
         return h
+
+    def _normed_qkv(
+        self, qkv: torch.Tensor, lw: LayerWeights, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """LLaDA-MoE's attention inputs: per-head RMSNorm of q and k, then the clip of q, k
+        and v, then RoPE (in the official order)."""
+        cfg = self.cfg
+        hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+        q, k, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+        if lw.q_norm is not None:
+            q = rms_norm(q.reshape(-1, hd), lw.q_norm, cfg.rms_eps)
+            k = rms_norm(k.reshape(-1, hd), lw.k_norm, cfg.rms_eps)
+        if cfg.clip_qkv is not None:
+            q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
+        q, k = q.reshape(-1, nh, hd), k.reshape(-1, nkv, hd)
+        return self.rotary(q, positions), self.rotary(k, positions), v.reshape(-1, nkv, hd)
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

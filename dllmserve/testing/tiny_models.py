@@ -1,9 +1,10 @@
-"""Write tiny LLaDA / Dream checkpoints in the real Hugging Face layouts.
+"""Write tiny LLaDA / LLaDA-MoE / Dream checkpoints in the real Hugging Face layouts.
 
-The files are what a user's checkpoint holds (config.json, sharded safetensors with
-model.safetensors.index.json, tokenizer.json and tokenizer_config.json with the chat template),
-with the real parameter names, so they go through the same loader as LLaDA-8B. The tokenizer
-is byte-level (any text encodes) plus the model's special tokens.
+The files are what a user's checkpoint holds (config.json with its `auto_map`, sharded
+safetensors with model.safetensors.index.json and the `{"format": "pt"}` metadata Hugging Face
+writes, tokenizer.json and tokenizer_config.json with the chat template), with the real
+parameter names, so they go through the same loader as LLaDA-8B. The tokenizer is byte-level
+(any text encodes) plus the model's special tokens.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def _save_sharded(tensors: dict[str, torch.Tensor], out: Path, num_shards: int) 
         if not chunk:
             continue
         fname = f"model-{s + 1:05d}-of-{num_shards:05d}.safetensors"
-        save_file({n: tensors[n].contiguous() for n in chunk}, str(out / fname))
+        shard = {n: tensors[n].contiguous() for n in chunk}
+        save_file(shard, str(out / fname), metadata={"format": "pt"})
         for n in chunk:
             weight_map[n] = fname
             total += tensors[n].numel() * tensors[n].element_size()
@@ -55,6 +57,11 @@ def llada_config(
     """config.json of a LLaDA checkpoint: LLaDA-8B's keys and options at the given sizes."""
     return {
         "architectures": ["LLaDAModelLM"],
+        "auto_map": {
+            "AutoConfig": "configuration_llada.LLaDAConfig",
+            "AutoModel": "modeling_llada.LLaDAModelLM",
+            "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+        },
         "model_type": "llada",
         "d_model": d_model,
         "n_layers": n_layers,
@@ -238,4 +245,131 @@ def write_tiny_checkpoint(
     (out / "config.json").write_text(json.dumps(config, indent=2))
     tok.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
+    return out
+
+
+LLADA_MOE_AUTO_MAP = {
+    "AutoConfig": "configuration_lladamoe.LLaDAMoEConfig",
+    "AutoModel": "modeling_lladamoe.LLaDAMoEModelLM",
+    "AutoModelForCausalLM": "modeling_lladamoe.LLaDAMoEModelLM",
+}
+
+
+def lladamoe_config(
+    *, d_model: int, n_layers: int, n_heads: int, n_kv_heads: int, dense_hidden: int,
+    expert_hidden: int, shared_hidden: int | None, num_experts: int, top_k: int,
+    moe_layer_freq: list[int], qk_layernorm: bool, partial_rotary_factor: float,
+    expert_bias: bool, vocab: int, mask_id: int, eos_id: int, max_len: int,
+    model_type: str = "llada", dtype: torch.dtype = torch.float32,
+) -> dict:  # fmt: skip
+    """config.json of a LLaDA-MoE checkpoint with the official keys (the published one says
+    model_type "llada" like LLaDA-8B, the dllm copy "lladamoe")."""
+    return {
+        "architectures": ["LLaDAMoEModelLM"],
+        "auto_map": LLADA_MOE_AUTO_MAP,
+        "model_type": model_type,
+        "hidden_size": d_model,
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": n_kv_heads,
+        "dense_intermediate_size": dense_hidden,
+        "expert_intermediate_size": expert_hidden,
+        "shared_expert_intermediate_size": shared_hidden,
+        "num_experts": num_experts,
+        "num_experts_per_tok": top_k,
+        "moe_layer_freq": moe_layer_freq,
+        "moe_router_enable_expert_bias": expert_bias,
+        "moe_router_score_function": "softmax",
+        "norm_topk_prob": False,
+        "routed_scaling_factor": 1,
+        "qk_layernorm": qk_layernorm,
+        "partial_rotary_factor": partial_rotary_factor,
+        "rope_theta": 50000.0,
+        "rope_scaling": None,
+        "attention_bias": False,
+        "clip_qkv": None,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": max_len,
+        "vocab_size": vocab,
+        "mask_token_id": mask_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": eos_id,
+        "tie_word_embeddings": False,
+        "use_cache": False,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def _lladamoe_tensors(
+    cfg: dict, gen: torch.Generator, logit_scale: float
+) -> dict[str, torch.Tensor]:
+    """Random tensors of every official name and shape of `cfg` (loader.expected_tensors)."""
+    from dllmserve.models.config import read_llada_moe
+    from dllmserve.models.llada_moe_layout import llada_moe_tensors
+
+    tensors: dict[str, torch.Tensor] = {}
+    for name, shape in llada_moe_tensors(read_llada_moe(cfg)).items():
+        if name.endswith("norm.weight"):
+            tensors[name] = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        elif name.endswith("expert_bias"):
+            tensors[name] = 0.05 * torch.randn(shape, generator=gen)
+        elif name == "model.embed_tokens.weight":
+            tensors[name] = torch.randn(shape, generator=gen)
+        elif name == "lm_head.weight":
+            tensors[name] = _init(shape, gen, logit_scale)
+        elif name.endswith("mlp.gate.weight"):  # peaked routing, so top-k is not a near-tie
+            tensors[name] = _init(shape, gen, 4.0)
+        else:
+            tensors[name] = _init(shape, gen, 1.0)
+    return tensors
+
+
+def write_tiny_llada_moe(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    d_model: int = 64,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    n_kv_heads: int | None = None,
+    dense_hidden: int = 128,
+    expert_hidden: int = 32,
+    shared_hidden: int | None = 48,
+    num_experts: int = 8,
+    top_k: int = 2,
+    moe_layer_freq: list[int] | None = None,
+    qk_layernorm: bool = True,
+    partial_rotary_factor: float = 1.0,
+    expert_bias: bool = False,
+    model_type: str = "llada",
+    max_len: int = 512,
+    num_shards: int = 2,
+    logit_scale: float = 6.0,
+    stop_scale: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """A random tiny LLaDA-MoE checkpoint in the official layout (every layer MoE unless
+    `moe_layer_freq` says otherwise), with the LLaDA byte tokenizer; see write_tiny_checkpoint
+    for `logit_scale` and `stop_scale`."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    tok, ids = build_byte_tokenizer(LLADA_SPECIALS)
+    vocab = ((tok.get_vocab_size() + 63) // 64) * 64
+    config = lladamoe_config(
+        d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads or n_heads,
+        dense_hidden=dense_hidden, expert_hidden=expert_hidden, shared_hidden=shared_hidden,
+        num_experts=num_experts, top_k=top_k, moe_layer_freq=moe_layer_freq or [1] * n_layers,
+        qk_layernorm=qk_layernorm, partial_rotary_factor=partial_rotary_factor,
+        expert_bias=expert_bias, vocab=vocab, mask_id=ids["<|mdm_mask|>"],
+        eos_id=ids["<|endoftext|>"], max_len=max_len, model_type=model_type, dtype=dtype,
+    )  # fmt: skip
+    tensors = _lladamoe_tensors(config, gen, logit_scale)
+    for stop in (ids["<|endoftext|>"], ids["<|eot_id|>"]):
+        tensors["lm_head.weight"][stop] *= stop_scale
+    _save_sharded({k: v.to(dtype) for k, v in tensors.items()}, out, num_shards)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps(llada_tokenizer_config(max_len)))
     return out

@@ -1,0 +1,118 @@
+"""The mixture-of-experts FFN: a router picks k experts a token, their SwiGLU outputs are summed
+with the routing weights, and a shared expert (when there is one) is added.
+
+Two routers, each following its official layer to the rounding step (docs/models.md):
+- "softmax" (LLaDA-MoE): softmax in fp32 over the router logits, plus the expert bias when the
+  checkpoint has one, top-k; the weights are those top-k values, NOT renormalised, rounded to
+  the model dtype (the official layer ignores `norm_topk_prob` and `routed_scaling_factor`).
+- "sigmoid_group" (LLaDA2, BailingMoeV2): sigmoid of fp32 logits; experts are chosen on
+  score + bias, within the best `topk_group` of `n_group` groups (a group scores the sum of its
+  two best biased scores); the weights are the unbiased scores of the chosen experts over their
+  sum (+1e-20), times `routed_scaling_factor`.
+
+The experts run as one fused kernel on CUDA (`kernels.fused_moe`); on the CPU as a loop over
+experts whose GEMMs are row-chunked (`layers.linear`), so a token's result does not depend on
+its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dllmserve.models.config import MoeConfig
+from dllmserve.models.fp8 import Fp8Experts, Fp8Weight
+from dllmserve.models.layers import linear, silu_mul
+
+
+@dataclass
+class MoeWeights:
+    router: torch.Tensor  # [E, d] model dtype (never quantized)
+    expert_bias: torch.Tensor | None  # [E], affects the choice (and, for softmax, the weight)
+    gate_up: torch.Tensor | Fp8Experts  # [E, 2I, d]: each expert's gate rows, then its up rows
+    down: torch.Tensor | Fp8Experts  # [E, d, I]
+    shared_gate_up: torch.Tensor | Fp8Weight | None = None  # [2S, d]
+    shared_down: torch.Tensor | Fp8Weight | None = None  # [d, S]
+
+
+def route(h: torch.Tensor, w: MoeWeights, cfg: MoeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """topk_ids [T, k] int32 and topk_weights [T, k] fp32 of the tokens h [T, d]."""
+    if cfg.router == "softmax":
+        return _route_softmax(h, w, cfg.top_k)
+    if cfg.router == "sigmoid_group":
+        return _route_sigmoid_group(h, w, cfg)
+    raise ValueError(f"unknown MoE router {cfg.router!r}")
+
+
+def _route_softmax(h: torch.Tensor, w: MoeWeights, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = linear(h, w.router)  # in the model dtype, as the official nn.Linear gate
+    probs = torch.softmax(logits.float(), dim=-1)
+    if w.expert_bias is not None:
+        probs = probs + w.expert_bias.float()
+    weights, ids = torch.topk(probs, k, dim=-1)
+    # the official layer rounds the weights to the model dtype before scaling expert outputs
+    return ids.to(torch.int32), weights.to(h.dtype).float()
+
+
+def _route_sigmoid_group(
+    h: torch.Tensor, w: MoeWeights, cfg: MoeConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    scores = torch.sigmoid(linear(h.float(), w.router.float()))  # fp32 logits and scores
+    biased = scores if w.expert_bias is None else scores + w.expert_bias.float()
+    t, e = biased.shape
+    groups = biased.view(t, cfg.n_group, e // cfg.n_group)
+    group_scores = groups.topk(2, dim=-1).values.sum(dim=-1)
+    kept = torch.topk(group_scores, cfg.topk_group, dim=-1).indices
+    keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, kept, True)
+    masked = biased.masked_fill(~keep.repeat_interleave(e // cfg.n_group, dim=1), -torch.inf)
+    ids = torch.topk(masked, cfg.top_k, dim=-1).indices
+    weights = scores.gather(1, ids)
+    if cfg.top_k > 1:
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    return ids.to(torch.int32), weights * cfg.routed_scaling
+
+
+def moe_ffn(h: torch.Tensor, w: MoeWeights, cfg: MoeConfig) -> torch.Tensor:
+    """The MoE FFN of the normed hidden states h [T, d] (model dtype): routed + shared."""
+    ids, weights = route(h, w, cfg)
+    out = experts(h, w.gate_up, w.down, ids, weights)
+    if w.shared_gate_up is not None:
+        out = out + linear(silu_mul(linear(h, w.shared_gate_up)), w.shared_down)
+    return out
+
+
+def experts(
+    x: torch.Tensor,
+    gate_up: torch.Tensor | Fp8Experts,
+    down: torch.Tensor | Fp8Experts,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """out[t] = sum_j weights[t, j] * down_e(silu(gate_e x_t) * up_e x_t), e = ids[t, j],
+    accumulated in fp32 and returned in x's dtype."""
+    if x.is_cuda:
+        from dllmserve import kernels
+
+        if isinstance(gate_up, Fp8Experts):
+            return kernels.fused_moe(
+                x, gate_up.data, down.data, ids, weights,
+                w_gate_up_scale=gate_up.scale, w_down_scale=down.scale,
+            )  # fmt: skip
+        return kernels.fused_moe(x, gate_up, down, ids, weights)
+    return _experts_loop(x, gate_up, down, ids, weights)
+
+
+def _expert(w: torch.Tensor | Fp8Experts, e: int) -> torch.Tensor | Fp8Weight:
+    return w.expert(e) if isinstance(w, Fp8Experts) else w[e]
+
+
+def _experts_loop(x, gate_up, down, ids, weights) -> torch.Tensor:
+    """The CPU path: one expert at a time, in ascending expert order (the official loop's), so
+    each token sums its experts in the same order whatever else is in the batch."""
+    acc = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    for e in torch.unique(ids).tolist():
+        tok, slot = torch.where(ids == e)
+        y = linear(silu_mul(linear(x[tok], _expert(gate_up, e))), _expert(down, e))
+        acc.index_add_(0, tok, y.float() * weights[tok, slot, None])
+    return acc.to(x.dtype)
