@@ -195,8 +195,10 @@ def _configs(block_m: int, fp8: bool) -> list[triton.Config]:
     s = 2 if fp8 else 1
     if block_m <= 32:
         tiles = [(64, 128 * s, 4, 4), (128, 64 * s, 4, 4), (32, 128 * s, 4, 5), (64, 64 * s, 4, 6)]
-    else:
+    elif block_m == 64:
         tiles = [(128, 64 * s, 4, 4), (128, 64 * s, 8, 3), (64, 64 * s, 4, 4), (256, 64 * s, 8, 3)]
+    else:  # 128 rows: 8 warps keep gate/up's two accumulators in registers
+        tiles = [(128, 64 * s, 8, 3), (128, 64 * s, 8, 4), (64, 64 * s, 4, 4), (64, 64 * s, 8, 4)]
     return [
         triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
         for n, k, w, st in tiles
@@ -207,21 +209,23 @@ _EVEN = {
     "EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0,
     "EVEN_N": lambda a: a["N"] % a["BLOCK_N"] == 0,
 }
-_TUNERS: dict[tuple[str, int, bool], triton.runtime.Autotuner] = {}
+_TUNERS: dict[tuple[str, int, str], triton.runtime.Autotuner] = {}
 
 
-def _launch(kernel, grid_m: int, n: int, block_m: int, fp8: bool, *args) -> None:
-    """Run `kernel` over grid_m M-blocks and the N-tiles of n columns: autotuned per (N, K) on
-    the GPU (the first call of a shape benchmarks its configs, so warm up before capturing a
-    CUDA graph), one small fixed tile under the interpreter."""
-    if _INTERPRET:
+def _launch(kernel, grid_m: int, n: int, block_m: int, mode: str, *args) -> None:
+    """Run `kernel` over grid_m M-blocks and the N-tiles of n columns. mode "fp8" or "16bit":
+    autotuned per (N, K) (the first call of a shape benchmarks its configs, so warm up before
+    capturing a CUDA graph); "fp32" (tests, tiny models): one small tile, fixed; under the
+    interpreter, one tile small enough to test ragged edges cheaply."""
+    if _INTERPRET or mode == "fp32":
+        tile = {"BLOCK_N": 16, "BLOCK_K": 32} if _INTERPRET else {"BLOCK_N": 32, "BLOCK_K": 32}
         jit = triton.heuristics(_EVEN)(kernel)
-        jit[(grid_m, triton.cdiv(n, 16))](*args, BLOCK_N=16, BLOCK_K=32)
+        jit[(grid_m, triton.cdiv(n, tile["BLOCK_N"]))](*args, **tile, num_warps=4, num_stages=2)
         return
-    key = (kernel.__name__, block_m, fp8)
+    key = (kernel.__name__, block_m, mode)
     if key not in _TUNERS:
         heur = triton.heuristics(_EVEN)(kernel)
-        _TUNERS[key] = triton.autotune(_configs(block_m, fp8), key=["N", "K"])(heur)
+        _TUNERS[key] = triton.autotune(_configs(block_m, mode == "fp8"), key=["N", "K"])(heur)
     _TUNERS[key][lambda meta: (grid_m, triton.cdiv(n, meta["BLOCK_N"]))](*args)
 
 
@@ -292,9 +296,10 @@ def fused_moe(
     s_d = rows(w_down_scale) if fp8 else x
     xa, xs = quantize_rows(x) if fp8 else (x, x)
     prec = dot_precision(x.dtype)
+    mode = "fp8" if fp8 else "fp32" if x.dtype == torch.float32 else "16bit"
     h = torch.empty((n, i), dtype=x.dtype, device=x.device)
     _launch(
-        _gate_up_kernel, grid_m, i, bm, fp8,
+        _gate_up_kernel, grid_m, i, bm, mode,
         xa, xs, w_gate_up, s_gu, h, row_ids, block_expert, n, k, i, d,
         xa.stride(0), w_gate_up.stride(0), w_gate_up.stride(1), s_gu.stride(0), h.stride(0),
         fp8, prec, bm,
@@ -303,7 +308,7 @@ def fused_moe(
     y = torch.empty((n, d), dtype=x.dtype, device=x.device)
     weights = topk_weights.contiguous().view(-1)
     _launch(
-        _down_kernel, grid_m, d, bm, fp8,
+        _down_kernel, grid_m, d, bm, mode,
         ha, hs, w_down, s_d, weights, y, row_ids, block_expert, n, d, i,
         ha.stride(0), w_down.stride(0), w_down.stride(1), s_d.stride(0), y.stride(0),
         fp8, prec, bm,
