@@ -107,3 +107,41 @@ def test_an_early_stop_at_eos_is_said_so(base):
             browser.close()
     assert frames[-1]["step"] == 16 and frames[-1]["masked"] == 0
     assert ended == "stopped early at EOS (16 of 32 steps)"
+
+
+def test_provisional_tokens_show_faint_in_masked_cells(base):
+    """With the toggle on, each step's masked cells show the proposed token, fainter than the
+    committed ones; the last step leaves none."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(base + "/")
+            page.wait_for_function("document.getElementById('model').options.length >= 2")
+            page.fill("#gen_length", "32")
+            page.fill("#steps", "16")
+            page.check("#provisional")
+            page.click("#go")
+            page.wait_for_function("document.body.dataset.state !== 'running'", timeout=120_000)
+            assert page.evaluate("document.body.dataset.state") == "done", page.inner_text("#error")
+            frames = page.evaluate("window.playground.frames")
+            page.evaluate(
+                "() => { const r = document.getElementById('replay'); r.value = 1;"
+                " r.dispatchEvent(new Event('input')); }"
+            )
+            faint = page.eval_on_selector_all(
+                "#canvas i.provisional",
+                "els => els.map(e => [e.textContent, Number(getComputedStyle(e).opacity)])",
+            )
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "playground-provisional.png"), full_page=True)
+        finally:
+            browser.close()
+    # Step 1 of one block of 32 committing 2: the 30 other cells are faint proposals.
+    first = [c["kind"] for c in frames[0]["cells"]]
+    assert first.count("new") == 2 and first.count("provisional") == 30
+    assert len(faint) == 30 and all(0 < opacity < 1 for _, opacity in faint)
+    assert all(text for text, _ in faint)
+    assert "provisional" not in {c["kind"] for c in frames[-1]["cells"]}

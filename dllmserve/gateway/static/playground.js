@@ -1,7 +1,9 @@
 // The playground: POST a completion with stream_mode "denoise" and draw every step's canvas.
 // Each server-sent event is an OpenAI chunk whose choice carries `denoise`: the positions the
 // step committed and their token texts. Cells committed by the latest step are "new", earlier
-// ones "old", the rest "masked". Every frame is kept so the replay slider can show any step.
+// ones "old", the rest "masked". With "Provisional tokens" on, the request asks for each step's
+// proposals and a masked cell shows its proposed token faintly ("provisional"; the surer the
+// model, the less faint). Every frame is kept so the replay slider can show any step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -42,6 +44,7 @@ function requestBody() {
     temperature: parseFloat($("temperature").value),
     seed: intOf("seed"),
   };
+  if ($("provisional").checked) body.provisional = true;
   if ($("sparse").checked) body.sparse_config = { retention_ratio: parseFloat($("retention").value) };
   const prompt = $("prompt").value;
   if ($("chat").checked) body.messages = [{ role: "user", content: prompt }];
@@ -50,6 +53,7 @@ function requestBody() {
 }
 
 function resetCanvas(n) {
+  document.querySelector(".legend .provisional").hidden = !$("provisional").checked;
   state.cells = Array.from({ length: n }, () => ({ text: MASK, kind: "masked" }));
   state.frames = [];
   state.answer = "";
@@ -72,14 +76,23 @@ function draw(cells) {
     const el = canvas.children[i];
     el.className = `tok ${c.kind}`;
     el.textContent = c.text === "" ? "\u2205" : c.text; // a special token (EOS) decodes to ""
+    el.style.opacity = c.kind === "provisional" ? (0.25 + 0.5 * c.confidence).toFixed(2) : "";
+    el.title = c.kind === "provisional" ? `confidence ${c.confidence.toFixed(3)}` : "";
   });
 }
 
 function applyStep(d) {
-  for (const c of state.cells) if (c.kind === "new") c.kind = "old";
+  for (const [i, c] of state.cells.entries()) {
+    if (c.kind === "new") c.kind = "old";
+    else if (c.kind === "provisional") state.cells[i] = { text: MASK, kind: "masked" };
+  }
   d.positions.forEach((p, k) => {
     state.cells[p] = { text: d.token_texts[k] ?? "?", kind: "new" };
   });
+  for (const p of d.provisional || []) {
+    if (state.cells[p.position].kind !== "masked") continue; // committed by this very step
+    state.cells[p.position] = { text: p.text, kind: "provisional", confidence: p.confidence };
+  }
   state.frames.push({ step: d.step, masked: d.masked_left, cells: state.cells.map((c) => ({ ...c })) });
   draw(state.cells);
   const secs = (performance.now() - state.t0) / 1000;
