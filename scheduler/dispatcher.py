@@ -4,9 +4,10 @@ Only the scheduler replica holding the Redis lease dispatches; the others stand 
 over within one lease TTL. The leader reads `dllm:pending` through the consumer group
 `dispatch`, so the entries it has read but not yet handed out stay in the group's pending list
 and a new leader claims them (XAUTOCLAIM) instead of losing them. It also reaps workers whose
-heartbeat expired: their inbox entries are taken back and queued again (attempt + 1 for the
-requests they had started; dead-lettered after `max_attempts`). A sweep takes back any request
-still held by a worker whose heartbeat is gone, however it left (`dllm:assigned` lists them).
+heartbeat expired: their inbox entries are taken back and queued again, the requests they had
+started as suspects run isolated until a poison among them is found (scheduler/isolation.py).
+A sweep takes back any request still held by a worker whose heartbeat is gone, however it left
+(`dllm:assigned` lists them).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from dllmserve.logs import event
+from dllmserve.scheduler import isolation
 from dllmserve.scheduler import queue as q
+from dllmserve.scheduler.isolation import Candidate
 
 log = logging.getLogger(__name__)
 requests_log = logging.getLogger("dllmserve.scheduler.requests")
@@ -42,13 +45,6 @@ class DispatcherConfig:
 class _Entry:
     entry_id: str
     request_id: str
-
-
-@dataclass
-class _Worker:
-    worker_id: str
-    model: str
-    free: int
 
 
 @dataclass
@@ -182,46 +178,69 @@ class Dispatcher:
         entries = list(self._buffer.values())
         pipe = self._r.pipeline(transaction=False)
         for e in entries:
-            pipe.hmget(q.req_key(e.request_id), "status", "group", "priority", "deadline", "model")
+            pipe.hmget(
+                q.req_key(e.request_id), "status", "group", "priority", "deadline", "model", "iso"
+            )
         metas = await pipe.execute()
         now = time.time()
         groups: dict[str, list[tuple[int, _Entry]]] = defaultdict(list)
         group_model: dict[str, str] = {}
-        for e, (status, group, prio, deadline, model) in zip(entries, metas, strict=True):
+        for e, (status, group, prio, deadline, model, iso) in zip(entries, metas, strict=True):
             st, dl = q.s(status), float(q.s(deadline) or 0)
             if st != q.QUEUED:  # cancelled while queued, expired keys, a stale entry
                 await self._drop(e, q.CANCELLED, "CANCELLED", "cancelled")
             elif dl and now > dl:
                 await self._drop(e, q.EXPIRED, "DEADLINE_EXCEEDED", "deadline exceeded in queue")
-            else:
-                g = q.s(group)
+            else:  # suspects of one tag form a group of their own, whatever their SparseConfig
+                g = f"iso:{q.s(iso)}" if iso else q.s(group)
                 groups[g].append((-int(q.s(prio) or 0), e))
                 group_model[g] = q.s(model)
         if not groups:
             return
-        # Highest priority first, then oldest (stream ids grow with time).
-        ordered = sorted(groups.items(), key=lambda kv: min((p, _id(e.entry_id)) for p, e in kv[1]))
+        # Suspects first (the oldest work), then highest priority, then oldest (stream ids grow
+        # with time).
+        ordered = sorted(groups.items(), key=_group_order)
+        reserved: set[str] = set()  # workers kept for suspects this pass
         for g, members in ordered:
             members.sort(key=lambda pe: (pe[0], _id(pe[1].entry_id)))
-            model = group_model[g]
+            model, todo = group_model[g], [e for _, e in members]
             fit = [w for w in workers if not model or w.model == model]
             self._warn_starved(model, len(members), bool(fit))
-            for w, batch in _spread([e for _, e in members], fit, self.cfg.max_batch):
+            if g.startswith("iso:"):
+                await self._assign_suspects(g[4:], model, todo, workers, reserved)
+                continue
+            fit = [w for w in fit if w.worker_id not in reserved and not w.isolating]
+            for w, batch in _spread(todo, fit, self.cfg.max_batch):
                 await self._assign(w, batch)
 
-    async def _assign(self, w: _Worker, batch: list[_Entry]) -> None:
-        args: list[str] = [w.worker_id, repr(time.time())]
+    async def _assign_suspects(
+        self, tag: str, model: str, todo: list[_Entry], workers: list[Candidate], reserved: set
+    ) -> None:
+        """One group of suspects, all to one worker that holds nothing else (or they wait)."""
+        w = isolation.place(tag, model, workers, reserved)
+        if w is None:
+            return
+        n = min(len(todo), w.free)
+        for i in range(0, n, self.cfg.max_batch):
+            await self._assign(w, todo[i : min(i + self.cfg.max_batch, n)], tag)
+        w.free -= n
+
+    async def _assign(self, w: Candidate, batch: list[_Entry], tag: str = "") -> None:
+        args: list[str] = [w.worker_id, repr(time.time()), tag]
         for e in batch:
             args += [e.entry_id, e.request_id]
         keys = [q.inbox_key(w.worker_id), q.load_key(w.worker_id), q.PENDING]
         ids = await self._scripts.assign(keys=keys + [q.worker_key(w.worker_id)], args=args)
-        if ids is None:  # the worker started draining: the batch stays for the next pass
+        if ids is None:  # draining, or isolation refused it: the batch stays for the next pass
             return
         for e in batch:
             self._buffer.pop(e.entry_id, None)
+        w.load += len(ids)
+        w.iso = tag or w.iso
         self.state.dispatched += len(ids)
         for rid in ids:
-            event(requests_log, "dispatched", request_id=q.s(rid), worker=w.worker_id)
+            event(requests_log, "dispatched", request_id=q.s(rid), worker=w.worker_id,
+                  suspects=tag or None)  # fmt: skip
 
     def _warn_starved(self, model: str, waiting: int, served: bool) -> None:
         """Warn once when requests of a model start waiting for a ready worker (not at every
@@ -243,7 +262,7 @@ class Dispatcher:
         )  # fmt: skip
         self._buffer.pop(e.entry_id, None)
 
-    async def live_workers(self) -> list[_Worker]:
+    async def live_workers(self) -> list[Candidate]:
         ids = sorted(q.s(w) for w in await self._r.smembers(q.WORKERS))
         if not ids:
             return []
@@ -251,13 +270,15 @@ class Dispatcher:
         for w in ids:
             pipe.hmget(q.worker_key(w), "model", "slots", "state")
             pipe.get(q.load_key(w))
+            pipe.get(q.iso_key(w))
         replies = await pipe.execute()
         out = []
         for i, w in enumerate(ids):
-            (model, slots, state), load = replies[2 * i], replies[2 * i + 1]
+            (model, slots, state), load, iso = replies[3 * i : 3 * i + 3]
             if slots is None or q.s(state) != "ready":
                 continue
-            out.append(_Worker(w, q.s(model), int(q.s(slots)) - int(q.s(load) or 0)))
+            n = int(q.s(load) or 0)
+            out.append(Candidate(w, q.s(model), int(q.s(slots)) - n, n, q.s(iso)))
         return out
 
     async def reap_dead_workers(self) -> None:
@@ -265,16 +286,16 @@ class Dispatcher:
         for w in [q.s(x) for x in await self._r.smembers(q.WORKERS)]:
             if await self._r.exists(q.worker_key(w)):
                 continue
-            await self.reclaim_worker(w, count_attempt=True)
+            await self.reclaim_worker(w)
 
-    async def reclaim_worker(self, worker_id: str, count_attempt: bool) -> None:
+    async def reclaim_worker(self, worker_id: str) -> None:
+        """Take back everything a worker that went down held (its inbox lists it)."""
         inbox = q.inbox_key(worker_id)
         entries = await self._r.xrange(inbox, "-", "+")
-        for _eid, fields in entries:
-            for rid in q.s(fields.get(b"ids")).split(","):
-                if rid:
-                    await self._reclaim(rid, worker_id, count_attempt)
+        rids = [rid for _eid, f in entries for rid in q.s(f.get(b"ids")).split(",") if rid]
+        await self._reclaim_all(rids, worker_id)
         await self._r.delete(inbox, q.load_key(worker_id), q.ctl_key(worker_id))
+        await self._r.delete(q.iso_key(worker_id))
         await self._r.srem(q.WORKERS, worker_id)
         self.state.reaped_workers.append(worker_id)
         log.warning("reaped worker %s (%d inbox entries)", worker_id, len(entries))
@@ -300,14 +321,35 @@ class Dispatcher:
         for w in workers:
             pipe.exists(q.worker_key(w))
         gone = {w for w, alive in zip(workers, await pipe.execute(), strict=True) if not alive}
-        for rid, st, w in held:
-            if w in gone and st in (q.DISPATCHED, q.RUNNING):
-                log.warning("sweep: request %s was left %s on gone worker %s", rid, st, w)
-                await self._reclaim(rid, w, count_attempt=True)
+        for w in gone:
+            left = [rid for rid, st, ww in held if ww == w and st in (q.DISPATCHED, q.RUNNING)]
+            log.warning("sweep: %d request(s) were left on gone worker %s", len(left), w)
+            await self._reclaim_all(left, w)
 
-    async def _reclaim(self, rid: str, worker_id: str, count_attempt: bool) -> None:
-        now, counted = repr(time.time()), "1" if count_attempt else "0"
-        args = [worker_id, self.cfg.max_attempts, now, self.cfg.result_ttl_s, rid, counted]
+    async def _reclaim_all(self, rids: list[str], worker_id: str) -> None:
+        """Take back what a worker that went down held: what it had started are suspects,
+        charged only when one ran alone (scheduler/isolation.py)."""
+        if not rids:
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for rid in rids:
+            pipe.hmget(q.req_key(rid), "status", "worker")
+        running = [
+            rid
+            for rid, (st, w) in zip(rids, await pipe.execute(), strict=True)
+            if q.s(st) == q.RUNNING and q.s(w) == worker_id
+        ]
+        plan = isolation.verdicts(running) if running else {}
+        if len(running) > 1:
+            log.warning("worker %s went down running %d requests: they run again isolated, "
+                        "in two halves", worker_id, len(running))  # fmt: skip
+        for rid in rids:
+            v = plan.get(rid, isolation.Verdict("0", ""))
+            await self._reclaim(rid, worker_id, v)
+
+    async def _reclaim(self, rid: str, worker_id: str, v: isolation.Verdict) -> None:
+        now = repr(time.time())
+        args = [worker_id, self.cfg.max_attempts, now, self.cfg.result_ttl_s, rid, v.charge, v.tag]
         res = q.s(await self._scripts.reclaim(keys=[q.req_key(rid), q.PENDING], args=args))
         if res == "requeued":
             self.state.reclaimed += 1
@@ -316,12 +358,14 @@ class Dispatcher:
         if res in ("requeued", "dead"):
             name = "redelivered" if res == "requeued" else "dead_lettered"
             level = logging.INFO if res == "requeued" else logging.WARNING
-            event(requests_log, name, level=level, request_id=rid, worker=worker_id)
+            charged = v.charge == isolation.CHARGED
+            event(requests_log, name, level=level, request_id=rid, worker=worker_id,
+                  suspects=v.tag or None, charged=charged or None)  # fmt: skip
 
 
 def _spread(
-    todo: list[_Entry], workers: list[_Worker], max_batch: int
-) -> list[tuple[_Worker, list[_Entry]]]:
+    todo: list[_Entry], workers: list[Candidate], max_batch: int
+) -> list[tuple[Candidate, list[_Entry]]]:
     """Split one group's requests (in priority order) over the workers: each request goes to
     the worker with the most free slots at that point, a tie to the one already taking part of
     this group (so a group stays in one batch while that is fair). A burst is thus shared
@@ -341,6 +385,10 @@ def _spread(
         for wid, reqs in plan.items()
         for i in range(0, len(reqs), max_batch)
     ]
+
+
+def _group_order(kv: tuple[str, list[tuple[int, _Entry]]]) -> tuple:
+    return (not kv[0].startswith("iso:"), min((p, _id(e.entry_id)) for p, e in kv[1]))
 
 
 def _id(entry_id: str) -> tuple[int, int]:

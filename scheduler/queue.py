@@ -59,6 +59,11 @@ def hub_wake_key(hub_id: str) -> str:
     return f"dllm:hub:{hub_id}"
 
 
+def iso_key(worker_id: str) -> str:
+    """The isolation tag of the suspects a worker holds (docs/service.md, "Poison isolation")."""
+    return f"dllm:iso:{worker_id}"
+
+
 def ctl_key(worker_id: str) -> str:
     """Control messages (cancellations) for one worker."""
     return f"dllm:ctl:{worker_id}"
@@ -114,16 +119,29 @@ return {1, tostring(n + 1)}
 """
 )
 
-# KEYS: inbox, load, pending, worker. ARGV: worker, now, then (entry id, request id) pairs.
+# KEYS: inbox, load, pending, worker. ARGV: worker, now, isolation tag ("" for a normal
+# batch), then (entry id, request id) pairs.
 # Hands every still-queued request of the pairs to the worker in one inbox entry; acks all.
-# Returns false, touching nothing, unless the worker's heartbeat says "ready": a worker that
-# started draining (or is gone) never gets a batch it would not read.
+# Returns false, touching nothing, unless the worker's heartbeat says "ready" (a worker that
+# started draining, or is gone, never gets a batch it would not read) and isolation allows it:
+# suspects of one tag go only to a worker holding nothing else, and while it holds them it
+# gets nothing else.
 ASSIGN = (
     _LUA_HELPERS
     + """
 if redis.call('HGET', KEYS[4], 'state') ~= 'ready' then return false end
+local iso = 'dllm:iso:' .. ARGV[1]
+local busy = tonumber(redis.call('GET', KEYS[2]) or '0') > 0
+local held = redis.call('GET', iso)
+if ARGV[3] ~= '' then
+  if busy and held ~= ARGV[3] then return false end
+  redis.call('SET', iso, ARGV[3])
+elseif held then
+  if busy then return false end
+  redis.call('DEL', iso)
+end
 local ids = {}
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local eid, rid = ARGV[i], ARGV[i + 1]
   local rk = 'dllm:req:' .. rid
   if redis.call('HGET', rk, 'status') == 'queued' then
@@ -219,10 +237,12 @@ return 'cancelling'
 """
 )
 
-# KEYS: req, pending. ARGV: dead worker, max_attempts, now, ttl, request id, count_attempt.
-# Takes a request back from a worker that died (or handed it back while draining): a request
-# it never started is queued again as is; a running one is queued with attempt + 1, or, when
-# count_attempt is "1" (the worker died) and it already ran max_attempts times, dead-lettered.
+# KEYS: req, pending. ARGV: dead worker, max_attempts, now, ttl, request id, charge, tag.
+# Takes a request back from a worker that died or stalled (or handed it back while draining).
+# A request it never started is queued again as is. A running one is queued with attempt + 1
+# and, unless handed back (charge "0"), marked a suspect: `iso` = tag, so it runs isolated
+# (docs/service.md, "Poison isolation"). Charge "1" (it ran alone on the worker that died)
+# also counts a crash against it: at max_attempts crashes it is dead-lettered instead.
 RECLAIM = (
     _LUA_HELPERS
     + """
@@ -237,15 +257,19 @@ if h[4] == '1' then
 end
 if h[1] == 'running' then
   local a = tonumber(h[3])
-  if ARGV[6] == '1' and a >= tonumber(ARGV[2]) then
-    redis.call('HSET', KEYS[1], 'status', 'dead', 't_done', ARGV[3])
-    redis.call('XADD', 'dllm:dead', 'MAXLEN', '~', '100000', '*', 'id', ARGV[5],
-      'attempts', h[3], 'worker', ARGV[1], 't', ARGV[3])
-    publish_error(ARGV[5], h[3], 'ABORTED',
-      'the request failed on ' .. h[3] .. ' workers and was moved to the dead-letter stream',
-      ARGV[3], ARGV[4])
-    return 'dead'
+  if ARGV[6] == '1' then
+    local crashes = redis.call('HINCRBY', KEYS[1], 'crashes', 1)
+    if crashes >= tonumber(ARGV[2]) then
+      redis.call('HSET', KEYS[1], 'status', 'dead', 't_done', ARGV[3])
+      redis.call('XADD', 'dllm:dead', 'MAXLEN', '~', '100000', '*', 'id', ARGV[5],
+        'attempts', h[3], 'crashes', crashes, 'worker', ARGV[1], 't', ARGV[3])
+      publish_error(ARGV[5], h[3], 'ABORTED',
+        'the request crashed or stalled ' .. crashes .. ' workers while running alone and '
+        .. 'was moved to the dead-letter stream', ARGV[3], ARGV[4])
+      return 'dead'
+    end
   end
+  if ARGV[6] ~= '0' and ARGV[7] then redis.call('HSET', KEYS[1], 'iso', ARGV[7]) end
   redis.call('HSET', KEYS[1], 'attempt', tostring(a + 1))
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'worker', '')

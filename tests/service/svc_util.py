@@ -187,9 +187,9 @@ def ready(r, worker, slots=16, model="m"):
     r.hset(q.worker_key(worker), mapping={"model": model, "slots": slots, "state": "ready"})
 
 
-def lua_assign(r, sc, worker, rids):
+def lua_assign(r, sc, worker, rids, tag=""):
     entries = r.xrange(q.PENDING)
-    args = [worker, time.time()]
+    args = [worker, time.time(), tag]
     for eid, f in entries:
         if q.s(f[b"id"]) in rids:
             args += [q.s(eid), q.s(f[b"id"])]
