@@ -43,7 +43,7 @@ def auto_num_pages(
     torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info(device)
     elem = torch.empty((), dtype=dtype).element_size()
-    act = batched_tokens * (8 * cfg.d_model + 4 * cfg.mlp_hidden) * elem
+    act = batched_tokens * (8 * cfg.d_model + 4 * cfg.ffn_width) * elem  # MoE: k experts + shared
     budget = total * utilization - (total - free) - act
     pages = int(budget // size)
     if pages < 1:
