@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from dllmserve.models.config import ModelConfig
+from dllmserve.models.config import ModelConfig, MoeConfig
 from dllmserve.models.loader import quantize_linear_layers
+from dllmserve.models.moe import MoeWeights
 from dllmserve.models.transformer import DiffusionTransformer, LayerWeights, ModelWeights
 
 SHAPES: dict[str, ModelConfig] = {
@@ -75,6 +76,69 @@ SHAPES: dict[str, ModelConfig] = {
         shifted_logits=False,
         rope_in_fp32=True,
     ),
+    # LLaDA-MoE-7B-A1B as published (inclusionAI/LLaDA-MoE-7B-A1B-Base and -Instruct,
+    # config.json; docs/models.md): every layer MoE, 64 experts top-8, no shared expert
+    "llada-moe-7b": ModelConfig(
+        arch="llada",
+        d_model=2048,
+        n_layers=16,
+        n_heads=16,
+        n_kv_heads=16,
+        head_dim=128,
+        mlp_hidden=0,  # dense_intermediate_size 8192 is used by no layer
+        vocab_size=157184,
+        rope_theta=50000.0,
+        rms_eps=1e-5,
+        max_len=8192,
+        mask_token_id=156895,
+        eos_token_id=156892,
+        qkv_bias=False,
+        tied_head=False,
+        shifted_logits=False,
+        rope_in_fp32=False,
+        qk_norm=True,
+        moe=MoeConfig(
+            num_experts=64,
+            top_k=8,
+            expert_hidden=1024,
+            shared_hidden=0,
+            moe_layers=(True,) * 16,
+            router="softmax",
+            expert_bias=False,
+        ),
+    ),
+    # a CPU smoke shape of the same kind: a dense and an MoE layer, a shared expert, GQA,
+    # half-width RoPE
+    "tiny-moe": ModelConfig(
+        arch="llada",
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=16,
+        mlp_hidden=128,
+        vocab_size=320,
+        rope_theta=50000.0,
+        rms_eps=1e-5,
+        max_len=4096,
+        mask_token_id=258,
+        eos_token_id=257,
+        qkv_bias=False,
+        tied_head=False,
+        shifted_logits=False,
+        rope_in_fp32=False,
+        qk_norm=True,
+        rotary_dim=8,
+        moe=MoeConfig(
+            num_experts=8,
+            top_k=2,
+            expert_hidden=32,
+            shared_hidden=48,
+            moe_layers=(False, True),
+            router="softmax",
+            expert_bias=False,
+        ),
+    ),
 }
 
 
@@ -97,18 +161,38 @@ def random_model(
 
     d, hd, mlp = cfg.d_model, cfg.head_dim, cfg.mlp_hidden
     qkv_rows = (cfg.n_heads + 2 * cfg.n_kv_heads) * hd
-    layers = [
-        LayerWeights(
-            attn_norm=ones(d),
-            qkv=w(qkv_rows, d),
-            qkv_bias=torch.zeros(qkv_rows, dtype=dtype, device=device) if cfg.qkv_bias else None,
-            o=w(d, cfg.n_heads * hd),
-            mlp_norm=ones(d),
-            gate_up=w(2 * mlp, d),
-            down=w(d, mlp),
+    moe = cfg.moe
+
+    def moe_weights() -> MoeWeights:
+        e, i, s = moe.num_experts, moe.expert_hidden, moe.shared_hidden
+        return MoeWeights(
+            router=w(e, d),
+            expert_bias=torch.zeros(e, device=device) if moe.expert_bias else None,
+            gate_up=w(e, 2 * i, d),  # made on the device, every expert's (memory sizing)
+            down=w(e, d, i),
+            shared_gate_up=w(2 * s, d) if s else None,
+            shared_down=w(d, s) if s else None,
         )
-        for _ in range(cfg.n_layers)
-    ]
+
+    layers = []
+    for layer in range(cfg.n_layers):
+        is_moe = moe is not None and moe.moe_layers[layer]
+        layers.append(
+            LayerWeights(
+                attn_norm=ones(d),
+                qkv=w(qkv_rows, d),
+                qkv_bias=torch.zeros(qkv_rows, dtype=dtype, device=device)
+                if cfg.qkv_bias
+                else None,
+                o=w(d, cfg.n_heads * hd),
+                mlp_norm=ones(d),
+                gate_up=None if is_moe else w(2 * mlp, d),
+                down=None if is_moe else w(d, mlp),
+                moe=moe_weights() if is_moe else None,
+                q_norm=ones(hd) if cfg.qk_norm else None,
+                k_norm=ones(hd) if cfg.qk_norm else None,
+            )
+        )
     weights = ModelWeights(
         embed=w(cfg.vocab_size, d),
         layers=layers,
