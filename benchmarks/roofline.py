@@ -3,9 +3,10 @@
 `measure_ceilings` times a large device-to-device copy (bytes read plus written) and 8192^3
 matrix products in bf16 and FP8 on random data (zeros would flatter them). `forward_ms` is the
 least time one forward can take on those ceilings: every GEMM costs max(its bytes / copy
-bandwidth, its FLOPs / matmul rate), summed over the layers' four GEMMs, the LM head (over the
-rows being decided only) and attention (FLOPs only: its K/V bytes are small next to the
-weights). docs/design.md §13 derives the per-block schedule `block_ms` applies it to.
+bandwidth, its FLOPs / matmul rate), summed over the layers' four GEMMs (an MoE layer's FFN:
+`moe_ms`), the LM head (over the rows being decided only) and attention (FLOPs only: its K/V
+bytes are small next to the weights). docs/design.md §13 derives the per-block schedule
+`block_ms` applies it to.
 """
 
 from __future__ import annotations
@@ -104,11 +105,35 @@ def forward_ms(
     def gemm(m: int, n: int, k: int, elem: int, tflops: float) -> float:
         return max(n * k * elem / (c.copy_tbs * 1e9), 2 * m * n * k / (tflops * 1e9))
 
+    ffn = {n: shapes.pop(n) for n in ("gate_up", "down")}
     layers = sum(gemm(tokens, n, k, w_bytes, rate) for n, k in shapes.values())
+    dense = sum(gemm(tokens, n, k, w_bytes, rate) for n, k in ffn.values())
+    moe = cfg.moe
+    n_moe = sum(moe.moe_layers) if moe is not None else 0
     attention = 4 * attn_pairs * cfg.n_heads * cfg.head_dim / (c.bf16_tflops * 1e9)
     return (
-        cfg.n_layers * layers + cfg.n_layers * attention + gemm(logit_rows, *head, 2, c.bf16_tflops)
+        cfg.n_layers * (layers + attention)
+        + (cfg.n_layers - n_moe) * dense
+        + n_moe * (moe_ms(cfg, c, tokens, w_bytes, rate) if n_moe else 0.0)
+        + gemm(logit_rows, *head, 2, c.bf16_tflops)
     )
+
+
+def moe_ms(cfg, c: Ceilings, tokens: int, w_bytes: int, rate: float) -> float:
+    """The least time of one MoE FFN over `tokens` tokens: the router, the shared expert and
+    the routed experts, whose bytes are those of the experts the tokens touch (expected under
+    uniform routing: E (1 - (1 - k/E)^tokens)) and whose FLOPs are k experts a token."""
+    moe, d = cfg.moe, cfg.d_model
+    e, k, i, s = moe.num_experts, moe.top_k, moe.expert_hidden, moe.shared_hidden
+    touched = e * (1 - (1 - k / e) ** tokens)
+    per_expert = 3 * i * d  # gate, up and down
+    routed = max(
+        touched * per_expert * w_bytes / (c.copy_tbs * 1e9),
+        2 * tokens * k * per_expert / (rate * 1e9),
+    )
+    shared = max(3 * s * d * w_bytes / (c.copy_tbs * 1e9), 2 * tokens * 3 * s * d / (rate * 1e9))
+    router = max(e * d * 2 / (c.copy_tbs * 1e9), 2 * tokens * e * d / (c.bf16_tflops * 1e9))
+    return router + shared + routed
 
 
 def ceiling_tokens_per_s(
