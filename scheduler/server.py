@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from dllmserve.logs import ready
 from dllmserve.scheduler import reflection
 from dllmserve.scheduler.auth import BearerTokenInterceptor
 from dllmserve.scheduler.config import SchedulerConfig
@@ -143,6 +144,6 @@ async def run(cfg: SchedulerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(sched.drain()))
     log.info("scheduler %s listening on port %d", sched.id, port)
-    print(f"{READY_LINE} port={port} id={sched.id}", flush=True)
+    ready(READY_LINE, port=port, id=sched.id)
     sys.stdout.flush()
     await sched.wait()

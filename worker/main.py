@@ -12,6 +12,7 @@ import uuid
 import redis
 
 from dllmserve.engine.protocol import StepEngine
+from dllmserve.logs import ready
 from dllmserve.worker import http
 from dllmserve.worker.config import WorkerConfig
 from dllmserve.worker.gpu import take_gpu
@@ -70,7 +71,7 @@ def run(cfg: WorkerConfig, engine: StepEngine | None = None) -> None:
     claimed = f" (GPU {gpu.gpu}, claimed in {cfg.gpu_lock_dir})" if gpu else ""
     log.info("worker %s serving %s on %s%s", worker_id, loop.model_name, engine.device, claimed)
     port = server.server_port if server is not None else 0
-    print(f"{READY_LINE} id={worker_id} model={loop.model_name} http_port={port}", flush=True)
+    ready(READY_LINE, id=worker_id, model=loop.model_name, http_port=port)
     try:
         loop.run()
     finally:

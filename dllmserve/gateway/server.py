@@ -10,6 +10,7 @@ import uvicorn
 
 from dllmserve.errors import ListenError
 from dllmserve.gateway.app import GatewayConfig, build_app
+from dllmserve.logs import ready
 
 log = logging.getLogger(__name__)
 READY_LINE = "DLLMSERVE_GATEWAY_READY"
@@ -49,5 +50,5 @@ def run(cfg: GatewayConfig) -> None:
     )
     server = uvicorn.Server(config)
     log.info("gateway on %s -> schedulers %s", url_of(sock), ",".join(cfg.targets))
-    print(f"{READY_LINE} url={url_of(sock)} port={sock.getsockname()[1]}", flush=True)
+    ready(READY_LINE, url=url_of(sock), port=sock.getsockname()[1])
     server.run(sockets=[sock])
