@@ -7,9 +7,11 @@ request (`t_enq`, stored with it in Redis), so queue time includes the dispatche
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from dllmserve.engine.outputs import StepUpdate
 
 PREFIX = "dllmserve:"
 # Request latencies: from tens of milliseconds (tiny model) to minutes (long 8B generations).
@@ -17,6 +19,15 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80,
 # One engine iteration: from a millisecond (CUDA graph replay) to seconds (long CPU prompts).
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# Tokens a request's step commits per forward: from none (a step of Dream's `origin` may commit
+# nothing; cfg halves a step's count) to a whole block at once (threshold decoding).
+PER_FORWARD_BUCKETS = (0, 0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
+# Model forwards of one request: from a single step to 8192 steps with cfg (two per step).
+FORWARD_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+# A position's time from its first provisional token to its commit: none (committed by the
+# block's first step) to a long block of slow steps.
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20,
+                  40, 80, 160, 320)  # fmt: skip
 PHASES = ("FULL", "SELECT", "REUSE")
 FINISH_REASONS = ("stop", "length", "abort", "cancelled", "deadline", "error")
 
@@ -96,5 +107,57 @@ class WorkerMetrics:
             registry=r,
         ).labels(model_name)
 
+        self._denoise_metrics(m)
+        # request id -> (its current block, when that block's first step ended)
+        self._block_seen: dict[str, tuple[int, float]] = {}
+
+    def _denoise_metrics(self, m: list[str]) -> None:
+        """The dLLM-native histograms: what parallel decoding buys, per step and per request."""
+        r, name = self.registry, self.model_name
+        self.tokens_per_forward = Histogram(
+            PREFIX + "tokens_committed_per_forward",
+            "Tokens one denoising step of a request committed, per model forward it ran (two "
+            "with cfg_scale); the EOS fill of an early stop is not counted.",
+            m,
+            buckets=PER_FORWARD_BUCKETS,
+            registry=r,
+        ).labels(name)
+        self.forward_passes = Histogram(
+            PREFIX + "request_forward_passes",
+            "Model forwards a completed request ran (its steps, twice with cfg_scale).",
+            m,
+            buckets=FORWARD_BUCKETS,
+            registry=r,
+        ).labels(name)
+        self.commit_time = Histogram(
+            PREFIX + "position_time_to_commit_seconds",
+            "A generated position's first provisional appearance (the end of the first step of "
+            "its block) -> the end of the step that committed it.",
+            m,
+            buckets=COMMIT_BUCKETS,
+            registry=r,
+        ).labels(name)
+
     def reason(self, reason: str):
         return self.finished.labels(self.model_name, reason)
+
+    def denoised(self, updates: Sequence[StepUpdate], now: float) -> None:
+        """Observe the steps one engine iteration returned, `now` (a monotonic time) being when
+        it returned them: tokens per forward, and each committed position's time to commit."""
+        for u in updates:
+            block, appeared = self._block_seen.get(u.request_id, (-1, now))
+            if block != u.block_index:  # the block's first step: its positions appear now
+                appeared = now
+            start = u.block_index * u.block_length
+            committed = sum(1 for p in u.positions if start <= p < start + u.block_length)
+            self.tokens_per_forward.observe(committed / u.forward_passes)
+            for _ in range(committed):
+                self.commit_time.observe(now - appeared)
+            if u.finished:
+                self._block_seen.pop(u.request_id, None)
+            else:
+                self._block_seen[u.request_id] = (u.block_index, appeared)
+
+    def forget(self, request_id: str) -> None:
+        """A request ended without finishing (cancelled, expired, failed)."""
+        self._block_seen.pop(request_id, None)

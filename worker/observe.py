@@ -46,6 +46,7 @@ class Observer:
     def admitted(self, rid: str, attempt: str, t_enq: float, now: float) -> None:
         queued = max(0.0, now - t_enq)
         self.metrics.queue_time.observe(queued)
+        self.metrics.forget(rid)  # a stale entry of an earlier attempt here
         if tracing.enabled() and self._r is not None:
             parent = q.s(self._r.hget(q.req_key(rid), "tp"))
             self._spans[rid] = tracing.start(
@@ -68,6 +69,7 @@ class Observer:
         updates = engine.step()
         seconds = time.perf_counter() - t0
         self.iteration(seconds, iteration_phase(updates), [u.request_id for u in updates])
+        self.metrics.denoised(updates, t0 + seconds)
         return updates
 
     def iteration(self, seconds: float, phase: str, request_ids: Sequence[str]) -> None:
@@ -96,6 +98,7 @@ class Observer:
         m.prompt_tokens.inc(done.usage.prompt_tokens)
         m.generation_tokens.inc(done.usage.generated_tokens)
         m.e2e_latency.observe(done.timings.total_ms / 1000)
+        m.forward_passes.observe(done.usage.forward_passes)
         tracing.end(self._spans.pop(done.request_id, None), **{
             "dllmserve.finish_reason": reason, "dllmserve.steps": done.usage.steps})  # fmt: skip
         event(log, "finished", request_id=done.request_id, worker=self.worker_id,
@@ -109,6 +112,7 @@ class Observer:
     def ended(self, rid: str, attempt: str, status: str, code: str, message: str) -> None:
         """A request ended without completing: cancelled, past its deadline, or failed."""
         self.metrics.reason(_ENDED_REASON.get(status, "error")).inc()
+        self.metrics.forget(rid)
         tracing.end(self._spans.pop(rid, None), **{"dllmserve.code": code})
         name = status if status in _ENDED_REASON else "failed"
         level = logging.WARNING if code == "INTERNAL" else logging.INFO

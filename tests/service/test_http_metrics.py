@@ -121,6 +121,36 @@ def test_counters_and_histograms_move_by_the_requests_made(svc):
     assert delta(g0, g1, P + "http_generations_total", model_name=model) == 3
 
 
+def test_denoising_histograms_count_forwards_commits_and_their_wait(svc):
+    """Two requests of 2 blocks x 4 steps committing 2 tokens a step, one with cfg (two
+    forwards a step): tokens per forward 2 and 1, forwards per request 8 and 16; each of the
+    32 positions has a time to commit, zero for the ones a block's first step committed."""
+    url = f"http://127.0.0.1:{svc.http_port}/metrics"
+    w0 = scrape(url)
+    oai = openai.OpenAI(base_url=svc.base + "/v1", api_key="x", max_retries=0)
+    body = {"steps": 8, "block_length": 8, "stop_at_eos": False, "seed": 1}
+    for cfg in (0.0, 1.0):
+        oai.completions.create(model=svc.model.name, prompt="Count the forwards", max_tokens=16,
+                               extra_body={**body, "cfg_scale": cfg})  # fmt: skip
+    w1 = scrape(url)
+
+    def delta(name, **labels):
+        return total(w1, P + name, **labels) - total(w0, P + name, **labels)
+
+    model = svc.model.name
+    assert delta("tokens_committed_per_forward_count", model_name=model) == 16
+    assert delta("tokens_committed_per_forward_sum") == 8 * 2 + 8 * 1
+    assert delta("tokens_committed_per_forward_bucket", le="0.5") == 0
+    assert delta("tokens_committed_per_forward_bucket", le="1.0") == 8
+    assert delta("tokens_committed_per_forward_bucket", le="2.0") == 16
+    assert delta("request_forward_passes_count", model_name=model) == 2
+    assert delta("request_forward_passes_sum") == 8 + 16
+    assert delta("request_forward_passes_bucket", le="8.0") == 1
+    assert delta("position_time_to_commit_seconds_count", model_name=model) == 32
+    assert delta("position_time_to_commit_seconds_bucket", le="0.001") >= 2 * 2 * 2
+    assert delta("position_time_to_commit_seconds_sum") > 0
+
+
 def test_worker_probes(svc):
     port = svc.http_port
     assert get(f"http://127.0.0.1:{port}/livez")[0] == 200
