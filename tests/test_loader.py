@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from importlib import resources
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from dllmserve import LLM
@@ -114,3 +118,31 @@ def test_mask_id_comes_from_config(llada_dir, tmp_path):
     (ckpt / "config.json").write_text(json.dumps(cfg))
     llm = LLM(ckpt)
     assert llm.engine.tokens.mask == 5
+
+
+def test_safetensors_carry_the_metadata_hugging_face_writes(llada_dir, dream_dir):
+    """The official Dream code's from_pretrained refuses shards without {"format": "pt"}."""
+    for path in (llada_dir, dream_dir):
+        shards = sorted(path.glob("*.safetensors"))
+        assert len(shards) == 2
+        for shard in shards:
+            with safe_open(str(shard), framework="pt") as fh:
+                assert fh.metadata() == {"format": "pt"}
+
+
+def test_a_config_with_auto_map_loads_without_prompting(llada_dir):
+    """Real checkpoints' config.json name their modeling code in `auto_map`; transformers then
+    asks "Do you wish to run the custom code? [y/N]" unless told not to. A server must never
+    prompt: here stdin stays open, so a prompt would be printed and wait."""
+    assert "auto_map" in json.loads((llada_dir / "config.json").read_text())
+    code = (
+        "import sys; from dllmserve.tokenizer import load_tokenizer; "
+        "t = load_tokenizer(sys.argv[1]); print('mask', t.convert_tokens_to_ids('<|mdm_mask|>'))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(llada_dir)], stdin=subprocess.PIPE,
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "custom code" not in proc.stdout + proc.stderr
+    assert proc.stdout.split() == ["mask", str(load_config(llada_dir).mask_token_id)]
