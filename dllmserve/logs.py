@@ -6,31 +6,42 @@ shape. An event is a log record whose message is the event name and whose `extra
 (request id, worker, attempt, timings) become keys of the JSON object, or `key=value` pairs
 after the message in text mode, so `grep request_id=abc` and `jq 'select(.request_id=="abc")'`
 both follow one request through scheduler and worker logs.
+
+`emit` prints the lines a process owes its operator or a supervising tool whatever the log level
+(a `DLLMSERVE_*_READY` marker, `dllmserve serve`'s status lines) in the same format, so that in
+json mode every line a process writes is one JSON object.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
+from typing import TextIO
 
 FORMATS = ("text", "json")
 EVENT_ATTR = "dllm_fields"  # the LogRecord attribute holding an event's fields
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_format = {"name": "text"}  # the process's format, set by configure()
+
+
+def _json_head(created: float, level: str, logger: str, message: str) -> dict:
+    return {
+        "ts": round(created, 6),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        + f".{int(created * 1000) % 1000:03d}Z",
+        "level": level,
+        "logger": logger,
+        "message": message,
+    }
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, then the event's fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "ts": round(record.created, 6),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
+        out = _json_head(record.created, record.levelname, record.name, record.getMessage())
         out.update(getattr(record, EVENT_ATTR, {}))
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
@@ -69,6 +80,27 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, str(level).upper(), logging.INFO))
+    _format["name"] = fmt
+
+
+def emit(message: str, stream: TextIO | None = None, logger: str = "dllmserve", **fields) -> None:
+    """Print one line whatever the log level, in the process's format: `message k=v ...` in text
+    mode, a JSON object (the message, then the fields) in json mode."""
+    if _format["name"] == "json":
+        line = json.dumps({**_json_head(time.time(), "INFO", logger, message), **fields},
+                          default=str)  # fmt: skip
+    else:
+        line = " ".join([message, *(f"{k}={_text_value(v)}" for k, v in fields.items())])
+    print(line, file=stream or sys.stdout, flush=True)
+
+
+def ready(marker: str, **fields: object) -> None:
+    """A process's ready marker (`DLLMSERVE_WORKER_READY id=... model=...`), which supervisors
+    and tests wait for; in json mode the event `ready` with the marker as a field."""
+    if _format["name"] == "json":
+        emit(marker, event="ready", marker=marker, **fields)
+    else:
+        emit(marker, **fields)
 
 
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: object) -> None:

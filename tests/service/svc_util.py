@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -81,7 +82,7 @@ class Cluster:
 
     def wait_worker(self, p: subprocess.Popen) -> str:
         line = wait_for(lambda: self._log_has(p, "DLLMSERVE_WORKER_READY"), 120, what="worker")
-        wid = line.split("id=")[1].split()[0]
+        wid = json.loads(line)["id"] if line.startswith("{") else line.split("id=")[1].split()[0]
         wait_for(lambda: self.client.exists(q.worker_key(wid)), 30, what="heartbeat")
         p.worker_id = wid  # type: ignore[attr-defined]
         return wid
