@@ -48,7 +48,8 @@ def check_schema(schema: dict, field: str) -> None:
         validators.validator_for(schema).check_schema(schema)
     except exceptions.SchemaError as e:
         where = "/".join(str(p) for p in e.absolute_path)
-        raise ValidationError(field, f"is not a valid JSON schema at #/{where}: {e.message}")
+        reason = f"is not a valid JSON schema at #/{where}: {e.message}"
+        raise ValidationError(field, reason) from None
     _walk(schema, "#", field)
 
 
@@ -59,7 +60,8 @@ def _walk(node: object, path: str, field: str) -> None:
         raise ValidationError(field, f"{path} must be a schema (an object), got {echo(node)}")
     for key, value in node.items():
         if key in REFUSED:
-            raise ValidationError(field, f"keyword {key!r} at {path} is unsupported: {REFUSED[key]}")
+            reason = f"keyword {key!r} at {path} is unsupported: {REFUSED[key]}"
+            raise ValidationError(field, reason)
         if key not in SUPPORTED:
             raise ValidationError(
                 field, f"keyword {key!r} at {path} is unsupported (docs/structured_outputs.md)"
