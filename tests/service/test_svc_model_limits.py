@@ -204,7 +204,7 @@ def test_the_gateway_answers_400_naming_the_field(svc):
 
 def test_without_a_registered_worker_the_request_is_queued_and_the_worker_checks(make_cluster):
     c = make_cluster()
-    c.add_scheduler()
+    c.add_scheduler("--worker-wait", "120")  # the request waits for the worker added below
     req = build_request(token_ids=[5, 6], request_id="early", sampling_params=_sp(),
                         sparse_config={"layer_wise": True, "layer_ratios": [0.5] * 3})  # fmt: skip
     events: list = []
