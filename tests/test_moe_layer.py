@@ -142,3 +142,25 @@ def test_a_tokens_result_does_not_depend_on_its_batch():
     whole = moe_ffn(h, w, cfg)
     for rows in ([3], [0, 5, 69], list(range(10, 50))):
         assert torch.equal(moe_ffn(h[rows], w, cfg), whole[rows])
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_cpu_expert_loop_agrees_with_the_fused_kernels_reference(fp8):
+    """The engine hands `kernels.fused_moe` its stacked layout (gate rows then up rows, FP8
+    scales per expert row): the kernel's reference gives the CPU loop's result."""
+    from dllmserve import kernels
+    from dllmserve.models.moe import experts
+
+    m = random_llada2_layer(D, INTER, seed=12, **LLADA2_CASES["groups-4-keep-2"])
+    w, cfg = engine_layer(m)
+    h = tokens(33, seed=8)
+    ids, weights = route(h, w, cfg)
+    gate_up, down = w.gate_up, w.down
+    scales = {}
+    if fp8:
+        gate_up, down = quantize_experts(gate_up), quantize_experts(down)
+        scales = dict(w_gate_up_scale=gate_up.scale, w_down_scale=down.scale)
+    ours = experts(h, gate_up, down, ids, weights)
+    data = (gate_up.data, down.data) if fp8 else (gate_up, down)
+    theirs = kernels.fused_moe(h, *data, ids, weights, **scales)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
