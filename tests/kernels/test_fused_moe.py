@@ -92,11 +92,13 @@ def test_reference_equals_dense_formula():
     torch.testing.assert_close(reference.fused_moe(x, w_gate_up, w_down, ids, weights), dense)
 
 
-def test_align_rows_groups_rows_by_expert():
+@pytest.mark.parametrize("chunk", [16, 128])  # several chunks, one chunk
+@pytest.mark.parametrize("bm", [16, 32])
+def test_align_rows_groups_rows_by_expert(chunk, bm):
     gen = torch.Generator().manual_seed(5)
-    t, e, k, bm = 9, 6, 3, 16
+    t, e, k = 9, 6, 3
     ids, _ = _routing(gen, t, e, k, (1,))
-    rows, block_expert = align_rows(ids, e, bm)
+    rows, block_expert = align_rows(ids, e, bm, chunk)
     n = t * k
     assert rows.numel() == block_expert.numel() * bm == (-(-n // bm) + min(e, n)) * bm
     flat = ids.reshape(-1).cpu()
