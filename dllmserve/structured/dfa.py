@@ -41,7 +41,7 @@ def build_byte_dfa(regex: str, field: str, timeout_s: float, max_states: int) ->
     try:
         if not recv.poll(timeout_s):
             raise ValidationError(
-                field, f"compiling it took over {timeout_s:g} s (the limit): simplify it"
+                field, f"compiling it took over the time limit ({timeout_s:.3g} s): simplify it"
             )
         kind, payload = recv.recv()
     except EOFError:

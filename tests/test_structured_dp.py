@@ -1,0 +1,116 @@
+"""The constrained DP against brute-force enumeration on tiny vocabularies and automata: the
+assignment it returns is the best-scoring one after which the canvas can still be completed to
+an accepted answer (then the EOS fill), as enumerating every assignment and continuation says."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from dllmserve.errors import ValidationError
+from dllmserve.structured.compiler import compile_constraint
+from dllmserve.structured.dp import best_assignment
+from dllmserve.structured.spec import StructuredOutput
+from dllmserve.structured.vocab import TokenBytes
+
+torch.set_num_threads(1)
+TOKENS = [b"a", b"b", b"ab", b"ba", b"c", b"abc"]
+EOS = len(TOKENS)
+
+
+def tiny_vocab(tokens: list[bytes] = TOKENS) -> TokenBytes:
+    lengths = np.array([len(t) for t in tokens])
+    return TokenBytes(
+        ids=np.arange(len(tokens), dtype=np.int64),
+        data=np.frombuffer(b"".join(tokens), dtype=np.uint8),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        vocab_size=len(tokens) + 1,
+        stop_ids=(len(tokens),),
+        fingerprint="tiny:" + ",".join(t.decode() for t in tokens),
+    )
+
+
+def accepted(regex: str, canvas: tuple[int, ...]) -> bool:
+    """The canvas is an answer the regex matches, then only EOS."""
+    end = canvas.index(EOS) if EOS in canvas else len(canvas)
+    if any(t != EOS for t in canvas[end:]):
+        return False
+    return re.fullmatch(regex, b"".join(TOKENS[t] for t in canvas[:end]).decode()) is not None
+
+
+def brute_force(regex, prefix, fixed, scores, remaining):
+    """The best score over assignments of the masked positions with a completion, or None."""
+    vocab = range(EOS + 1)
+    masked = [i for i, f in enumerate(fixed) if f < 0]
+    best = None
+    for choice in itertools.product(vocab, repeat=len(masked)):
+        block = list(fixed)
+        for i, t in zip(masked, choice, strict=True):
+            block[i] = t
+        if not any(
+            accepted(regex, (*prefix, *block, *rest))
+            for rest in itertools.product(vocab, repeat=remaining)
+        ):
+            continue
+        score = sum(float(scores[i, t]) for i, t in zip(masked, choice, strict=True))
+        best = score if best is None else max(best, score)
+    return best
+
+
+CASES = [
+    ("(ab)+c?", (), (-1, -1, -1), 0),
+    ("(ab)+c?", (), (-1, -1, -1), 2),
+    ("(ab)+c?", (2,), (-1, 1, -1), 1),
+    ("a*b", (0,), (-1, -1, -1), 1),
+    ("(a|bc)+", (), (-1, 4, -1), 1),
+    ("ab|ba|c", (), (-1, -1, -1), 0),
+    ("(abc|ba)*a", (), (-1, -1, -1, -1), 0),
+    ("[abc]{2,5}", (), (-1, -1, 6, -1), 1),
+]
+
+
+@pytest.mark.parametrize("regex,prefix,fixed,remaining", CASES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dp_matches_brute_force(regex, prefix, fixed, remaining, seed):
+    a = compile_constraint(StructuredOutput(regex=regex), tiny_vocab())
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randn((len(fixed), EOS + 1), generator=gen) * 2
+    scores[0, 1] = -torch.inf  # a forbidden token stays usable, at the floor's cost
+    start = a.walk(a.start, prefix)
+    want = brute_force(regex, prefix, fixed, scores.clamp(min=-1e4), remaining)
+    tokens, feasible = best_assignment(a, scores, torch.tensor(fixed), start, remaining)
+    assert bool(feasible) == (want is not None)
+    if want is None:
+        return
+    tokens = tokens.tolist()
+    assert all(f < 0 or t == f for t, f in zip(tokens, fixed, strict=True))
+    got = sum(float(scores.clamp(min=-1e4)[i, t]) for i, t in enumerate(tokens) if fixed[i] < 0)
+    assert got == pytest.approx(want, abs=1e-4)
+    assert any(
+        accepted(regex, (*prefix, *tokens, *rest))
+        for rest in itertools.product(range(EOS + 1), repeat=remaining)
+    )
+
+
+def test_minimum_length_is_the_shortest_accepted_answer():
+    vocab = tiny_vocab()
+    for regex, shortest in [("(ab)+c?", 1), ("a{3}b", 3), ("(abc|ba)*a", 1), ("c{4}", 4)]:
+        a = compile_constraint(StructuredOutput(regex=regex), vocab)
+        assert a.min_length == shortest, regex
+
+
+def test_committed_tokens_that_break_the_constraint_are_reported():
+    a = compile_constraint(StructuredOutput(regex="(ab)+"), tiny_vocab())
+    scores = torch.zeros((3, EOS + 1))
+    _, feasible = best_assignment(a, scores, torch.tensor([4, -1, -1]), a.start, 0)
+    assert not bool(feasible)
+
+
+def test_a_constraint_no_token_sequence_writes_is_refused():
+    with pytest.raises(ValidationError) as e:
+        compile_constraint(StructuredOutput(regex="a+d"), tiny_vocab())
+    assert e.value.field.endswith(".regex") and "no answer written" in e.value.reason
