@@ -130,11 +130,12 @@ def test_safetensors_carry_the_metadata_hugging_face_writes(llada_dir, dream_dir
                 assert fh.metadata() == {"format": "pt"}
 
 
-def test_a_config_with_auto_map_loads_without_prompting(llada_dir):
+def test_a_config_with_auto_map_loads_without_prompting(llada_dir, dream_dir):
     """Real checkpoints' config.json name their modeling code in `auto_map`; transformers then
     asks "Do you wish to run the custom code? [y/N]" unless told not to. A server must never
     prompt: here stdin stays open, so a prompt would be printed and wait."""
-    assert "auto_map" in json.loads((llada_dir / "config.json").read_text())
+    for path in (llada_dir, dream_dir):
+        assert "auto_map" in json.loads((path / "config.json").read_text())
     code = (
         "import sys; from dllmserve.tokenizer import load_tokenizer; "
         "t = load_tokenizer(sys.argv[1]); print('mask', t.convert_tokens_to_ids('<|mdm_mask|>'))"

@@ -105,6 +105,50 @@ def llada_tokenizer_config(max_len: int) -> dict:
     }
 
 
+def dream_config(
+    *, d_model: int, n_layers: int, n_heads: int, n_kv_heads: int, mlp_hidden: int,
+    emb_rows: int, mask_id: int, eos_id: int, max_len: int, dtype: torch.dtype = torch.float32,
+) -> dict:  # fmt: skip
+    """config.json of a Dream checkpoint: Dream-v0's keys (and auto_map) at the given sizes."""
+    return {
+        "architectures": ["DreamModel"],
+        "auto_map": {
+            "AutoConfig": "configuration_dream.DreamConfig",
+            "AutoModel": "modeling_dream.DreamModel",
+        },
+        "model_type": "Dream",
+        "hidden_size": d_model,
+        "intermediate_size": mlp_hidden,
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": n_kv_heads,
+        "vocab_size": emb_rows,
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6,
+        "max_position_embeddings": max_len,
+        "mask_token_id": mask_id,
+        "pad_token_id": eos_id,
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "tie_word_embeddings": False,
+        "hidden_act": "silu",
+        "torch_dtype": "float32" if dtype == torch.float32 else "bfloat16",
+    }
+
+
+def dream_tokenizer_config(max_len: int) -> dict:
+    """tokenizer_config.json of a Dream checkpoint: the fast tokenizer and ChatML."""
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": None,
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "mask_token": "<|mask|>",
+        "chat_template": DREAM_CHAT_TEMPLATE,
+        "model_max_length": max_len,
+    }
+
+
 def write_tiny_checkpoint(
     path: str | Path,
     arch: str = "llada",
@@ -213,35 +257,12 @@ def write_tiny_checkpoint(
         )  # fmt: skip
         tok_cfg = llada_tokenizer_config(max_len)
     else:
-        config = {
-            "architectures": ["DreamModel"],
-            "model_type": "Dream",
-            "hidden_size": d_model,
-            "intermediate_size": mlp_hidden,
-            "num_hidden_layers": n_layers,
-            "num_attention_heads": n_heads,
-            "num_key_value_heads": n_kv,
-            "vocab_size": emb_rows,
-            "rope_theta": 1000000.0,
-            "rms_norm_eps": 1e-6,
-            "max_position_embeddings": max_len,
-            "mask_token_id": ids["<|mask|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|endoftext|>"],
-            "tie_word_embeddings": False,
-            "hidden_act": "silu",
-            "torch_dtype": "float32" if dtype == torch.float32 else "bfloat16",
-        }
-        tok_cfg = {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": None,
-            "eos_token": "<|endoftext|>",
-            "pad_token": "<|endoftext|>",
-            "mask_token": "<|mask|>",
-            "chat_template": DREAM_CHAT_TEMPLATE,
-            "model_max_length": max_len,
-        }
+        config = dream_config(
+            d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
+            mlp_hidden=mlp_hidden, emb_rows=emb_rows, mask_id=ids["<|mask|>"],
+            eos_id=ids["<|endoftext|>"], max_len=max_len, dtype=dtype,
+        )  # fmt: skip
+        tok_cfg = dream_tokenizer_config(max_len)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     tok.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
