@@ -14,6 +14,12 @@ level of the body (the SDKs' `extra_body`): every field of SamplingParams (`step
 {SparseConfig fields}, `priority`,
 `stream_mode` ("text" | "denoise"), `mask_placeholder` and `provisional` (with "denoise" only:
 each step's proposed token and confidence at the masked positions of its block).
+
+A dense LLaDA-style request that leaves `block_length` unset gets blocks of 32 tokens (the
+official generate.py's recommended setting) when they split it evenly (`gen_length` a multiple
+of 32 and `steps` of the block count), so a text stream grows block by block instead of
+appearing in the last steps of one block; a request asking for Dream's schedule or remasking,
+or for sparse attention (whose `default_block_len` applies), is left as sent.
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ from dataclasses import dataclass, field
 from google.protobuf.descriptor import FieldDescriptor
 
 from dllmserve.gateway.errors import bad_field
-from dllmserve.sampling_params import SamplingParams
+from dllmserve.sampling_params import DREAM_REMASKING, SamplingParams
 from dllmserve.v1 import dllm_pb2 as pb
 
 MAX_N = 16  # choices of one HTTP request (prompts x n): each is a generation of its own
 MAX_STOP = 4  # OpenAI's limit on stop strings
 MAX_STOP_CHARS = 256
+MAX_ID = 128  # the scheduler's limit on request ids
+BLOCK = 32  # the default block length of a dense request over HTTP (see above)
 STREAM_MODES = ("text", "denoise")
 _SAMPLING = {f.name: f for f in pb.SamplingParams.DESCRIPTOR.fields}
 _SPARSE = {f.name: f for f in pb.SparseConfig.DESCRIPTOR.fields}
@@ -74,11 +82,13 @@ class Plan:
     denoise: bool = False
     include_usage: bool = False
     stop: list[str] = field(default_factory=list)
-    id: str = ""
+    id: str = ""  # the response body's id: chatcmpl- / cmpl- and the request id
     n: int = 1  # choices per prompt (requests are prompt-major)
+    request_id: str = ""  # X-Request-Id; the generations run as it, or <it>-<i> if several
 
 
-def plan(body: object, chat: bool) -> Plan:
+def plan(body: object, chat: bool, request_id: str = "") -> Plan:
+    """The generations `body` asks for, run as `request_id` (a fresh id when empty)."""
     if not isinstance(body, dict):
         raise bad_field("body", "must be a JSON object")
     _check_keys(body, chat)
@@ -93,9 +103,11 @@ def plan(body: object, chat: bool) -> Plan:
         raise bad_field("stream_mode", f"must be one of {list(STREAM_MODES)}, got {mode!r}")
     base.stream_options.mode = pb.STREAM_MODE_EVERY_STEP
     base.stream_options.mask_placeholder = _opt(body, "mask_placeholder", str) or ""
+    stops = _stop(body)
     if mode == "denoise":
         base.stream_options.include_canvas = True
-        base.stream_options.include_token_texts = True
+    # token texts: the canvas of the denoise mode, the tokens a stop string leaves in usage
+    base.stream_options.include_token_texts = mode == "denoise" or bool(stops)
     base.stream_options.provisional = _opt(body, "provisional", bool) or False
     if base.stream_options.provisional and mode != "denoise":
         raise bad_field("provisional", 'needs "stream_mode": "denoise" (the canvas it fills in)')
@@ -106,14 +118,18 @@ def plan(body: object, chat: bool) -> Plan:
         raise bad_field("n", f"prompts x n must be in [1, {MAX_N}], got {len(prompts)} x {n}")
     sp = base.sampling_params
     seed = sp.seed if sp.HasField("seed") else (random.getrandbits(31) if n > 1 else None)
-    pid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+    rid = request_id or uuid.uuid4().hex
+    several = n * len(prompts) > 1
+    if several and len(rid) > MAX_ID - 3:
+        raise bad_field("X-Request-Id", f"must be at most {MAX_ID - 3} characters with several "
+                        "choices (each runs as <id>-<i>)")  # fmt: skip
     requests = []
     for prompt in prompts:
         for j in range(n):
             req = pb.GenerateRequest()
             req.CopyFrom(base)
             prompt(req)
-            req.request_id = f"{pid}-{len(requests)}"
+            req.request_id = f"{rid}-{len(requests)}" if several else rid
             if seed is not None:
                 req.sampling_params.seed = seed + j
             requests.append(req)
@@ -123,8 +139,9 @@ def plan(body: object, chat: bool) -> Plan:
     if not isinstance(include_usage, bool):
         raise bad_field("stream_options.include_usage", "must be a boolean")
     _opt(body, "user", str)  # accepted (OpenAI's end-user id), not used
+    pid = ("chatcmpl-" if chat else "cmpl-") + rid
     return Plan(chat, model, requests, stream, mode == "denoise", include_usage,
-                _stop(body), pid, n)  # fmt: skip
+                stops, pid, n, rid)  # fmt: skip
 
 
 def _check_keys(body: dict, chat: bool) -> None:
@@ -187,6 +204,19 @@ def _sampling(body: dict, chat: bool, sp: pb.SamplingParams) -> None:
     if sp.HasField("gen_length") and not sp.HasField("steps") and sp.gen_length >= 1:
         # OpenAI clients send only max_tokens: a short one must not fail on steps > gen_length.
         sp.steps = min(sp.gen_length, SamplingParams.steps)
+    if not sp.HasField("block_length") and body.get("sparse_config") is None:
+        _default_blocks(sp)
+
+
+def _default_blocks(sp: pb.SamplingParams) -> None:
+    """Blocks of BLOCK tokens for a dense LLaDA-style request, when they split it evenly."""
+    if sp.schedule == "dream" or sp.remasking in DREAM_REMASKING:
+        return
+    gen = sp.gen_length if sp.HasField("gen_length") else SamplingParams.gen_length
+    steps = sp.steps if sp.HasField("steps") else SamplingParams.steps
+    blocks = gen // BLOCK
+    if gen > BLOCK and gen % BLOCK == 0 and steps > 0 and steps % blocks == 0:
+        sp.block_length = BLOCK
 
 
 def _sparse(value: object, sc: pb.SparseConfig) -> None:

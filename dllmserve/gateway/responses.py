@@ -28,10 +28,11 @@ def finish_reason(done: Completed, stopped: bool) -> str:
     return "stop" if stopped else _REASONS.get(done.finish_reason, "stop")
 
 
-def usage(dones: list[Completed], n: int) -> dict:
-    """Prompt tokens count once per prompt (not per choice), as OpenAI counts them."""
+def usage(dones: list[Completed], n: int, returned: list[int] | None = None) -> dict:
+    """Prompt tokens count once per prompt (not per choice), as OpenAI counts them; completion
+    tokens are `returned` (each choice's tokens left after a stop string) when given."""
     prompt = sum(d.usage.prompt_tokens for d in dones[::n])
-    completion = sum(d.usage.generated_tokens for d in dones)
+    completion = sum(returned) if returned else sum(d.usage.generated_tokens for d in dones)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -41,7 +42,7 @@ def usage(dones: list[Completed], n: int) -> dict:
 
 
 def completion(plan: Plan, dones: list[Completed], texts: list[str], reasons: list[str],
-               n: int) -> dict:  # fmt: skip
+               n: int, returned: list[int]) -> dict:  # fmt: skip
     choices = []
     for i, (text, reason) in enumerate(zip(texts, reasons, strict=True)):
         c: dict = {"index": i, "finish_reason": reason}
@@ -56,7 +57,7 @@ def completion(plan: Plan, dones: list[Completed], texts: list[str], reasons: li
         "created": int(time.time()),
         "model": plan.model,
         "choices": choices,
-        "usage": usage(dones, n),
+        "usage": usage(dones, n, returned),
     }
 
 
@@ -88,14 +89,14 @@ def chunk(
     }
 
 
-def usage_chunk(plan: Plan, dones: list[Completed], n: int) -> dict:
+def usage_chunk(plan: Plan, dones: list[Completed], n: int, returned: list[int]) -> dict:
     return {
         "id": plan.id,
         "object": "chat.completion.chunk" if plan.chat else "text_completion",
         "created": int(time.time()),
         "model": plan.model,
         "choices": [],
-        "usage": usage(dones, n),
+        "usage": usage(dones, n, returned),
     }
 
 

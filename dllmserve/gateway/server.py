@@ -1,8 +1,9 @@
 """Run the gateway app with uvicorn on a socket bound before it starts (so port 0 works and the
-ready line can print the real URL)."""
+ready line can print the real URL), with the connection limits of connections.py."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 
@@ -10,6 +11,7 @@ import uvicorn
 
 from dllmserve.errors import ListenError
 from dllmserve.gateway.app import GatewayConfig, build_app
+from dllmserve.gateway.connections import protocol, quiet_accept_errors
 from dllmserve.logs import ready
 
 log = logging.getLogger(__name__)
@@ -40,15 +42,23 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{shown}:{port}"
 
 
+class _Server(uvicorn.Server):
+    async def serve(self, sockets=None) -> None:
+        quiet_accept_errors(asyncio.get_running_loop())
+        await super().serve(sockets)
+
+
 def run(cfg: GatewayConfig) -> None:
     sock = bind(cfg.listen)
     config = uvicorn.Config(
         build_app(cfg),
+        http=protocol(cfg.header_timeout_s),
+        limit_concurrency=cfg.max_connections + 1,  # uvicorn counts the new one too
         log_config=None,  # the process' logging (dllmserve.logs) formats uvicorn's lines too
         access_log=False,  # the gateway logs one structured line per request itself
         timeout_graceful_shutdown=30,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     log.info("gateway on %s -> schedulers %s", url_of(sock), ",".join(cfg.targets))
     ready(READY_LINE, url=url_of(sock), port=sock.getsockname()[1])
     server.run(sockets=[sock])

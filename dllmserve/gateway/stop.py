@@ -3,6 +3,9 @@
 A diffusion LM fills its whole canvas regardless of stop strings, so they cannot end the
 denoising early; the gateway cuts the text at the first one (finish_reason "stop"). A stream
 holds back a tail that could be the start of a stop string, so no client ever sees part of one.
+`usage.completion_tokens` counts the tokens of the text returned, not of the cut text: the
+gateway asks for each committed token's text (only when a stop string is given) and counts
+the answer's leading tokens that the returned text covers.
 """
 
 from __future__ import annotations
@@ -50,3 +53,21 @@ class StopText:
                     best = k
                     break
         return best
+
+
+class TokenTexts:
+    """The text of each committed answer position, gathered from a choice's step updates."""
+
+    def __init__(self) -> None:
+        self.texts: dict[int, str] = {}
+
+    def feed(self, positions, token_texts) -> None:
+        self.texts.update(zip(positions, token_texts, strict=False))
+
+    def count(self, text: str, generated: int) -> int:
+        """Leading answer tokens whose texts cover `text` (at most `generated`)."""
+        covered, n = 0, 0
+        while covered < len(text) and n < generated:
+            covered += len(self.texts.get(n, ""))
+            n += 1
+        return n

@@ -16,6 +16,7 @@ def add_gateway(cluster: Cluster, *extra: str, target: str | None = None) -> str
     p = cluster._spawn(["gateway", "--target", target or cluster.target,
                         "--listen", f"127.0.0.1:{port}", *extra])  # fmt: skip
     cluster.workers.append(p)  # killed at teardown with the rest
+    cluster.gateways = [*getattr(cluster, "gateways", []), p]  # their logs: p.log_path
     wait_for(lambda: cluster._log_has(p, "DLLMSERVE_GATEWAY_READY"), 60, what="gateway")
     return f"http://127.0.0.1:{port}"
 

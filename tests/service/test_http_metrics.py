@@ -256,7 +256,7 @@ def _json_lines(p: subprocess.Popen) -> list[dict]:
 
 
 @pytest.mark.parametrize("cmd", ["scheduler", "worker", "gateway"])
-def test_a_taken_port_is_an_error_naming_the_flag(cmd, tmp_path):
+def test_a_taken_port_is_an_error_naming_the_flag(cmd, tmp_path, rserver):
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen(1)
@@ -264,7 +264,8 @@ def test_a_taken_port_is_an_error_naming_the_flag(cmd, tmp_path):
         args = {
             "scheduler": ["--redis-url", "redis://127.0.0.1:1/0", "--listen", "127.0.0.1:0",
                           "--metrics-port", port],
-            "worker": ["--redis-url", "redis://127.0.0.1:1/0", "--http-port", port],
+            # a worker checks Redis before anything else: give it a real one
+            "worker": ["--redis-url", rserver.url, "--http-port", port],
             "gateway": ["--listen", f"127.0.0.1:{port}"],
         }[cmd]  # fmt: skip
         out = subprocess.run([sys.executable, "-m", "dllmserve.cli", cmd, *args],
