@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from dllmserve.errors import ValidationError, echo
+from dllmserve.structured.spec import StructuredOutput
 
 # Upper bounds that hold whatever the model. Above MAX_TEMPERATURE the float64 Gumbel noise
 # (-log u)^T underflows for u near 1 (near T = 19) and the argmax sees NaN; above
@@ -40,6 +41,10 @@ class SamplingParams:
     means the model's own (resolved per model when the request is admitted). ``alg_temp > 0``
     draws the positions to commit with probability ``softmax(confidence / alg_temp)`` instead
     of taking the most confident (Dream's ``alg_temp``).
+
+    ``structured_output`` (a `StructuredOutput`, or a dict of its fields) makes the answer match a
+    JSON schema, a regex or one of a list of choices by construction
+    (docs/structured_outputs.md); the canvas must be long enough for its shortest answer.
     """
 
     temperature: float = 0.0
@@ -58,8 +63,18 @@ class SamplingParams:
     schedule: str | None = None
     alg_temp: float = 0.0
     eps: float = 1e-3
+    structured_output: StructuredOutput | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.structured_output, dict):
+            try:
+                spec = StructuredOutput(**self.structured_output)
+            except TypeError as e:
+                raise ValidationError(
+                    "sampling_params.structured_output",
+                    f"takes json_schema, regex or choice: {e}",
+                ) from None
+            object.__setattr__(self, "structured_output", spec)
         self.validate()
 
     @property
@@ -114,6 +129,11 @@ class SamplingParams:
                 f"got {self.alg_temp!r}",
             )
         check_float(f + "eps", self.eps, 0.0, 1.0)
+        so = self.structured_output
+        if so is not None and not isinstance(so, StructuredOutput):
+            raise ValidationError(
+                f + "structured_output", f"must be a StructuredOutput or None, got {echo(so)}"
+            )
         for name in ("stop_at_eos", "logits_eos_inf", "confidence_eos_eot_inf"):
             if not isinstance(getattr(self, name), bool):
                 raise ValidationError(f + name, f"must be a bool, got {echo(getattr(self, name))}")
