@@ -66,12 +66,15 @@ def resolve_request(
     *,
     prompt_ids: Sequence[int] | None = None,
     prompt_len: int | None = None,
+    min_gen_length: int = 0,
 ) -> ResolvedRequest:
     """Check a request against `limits` and resolve its defaults.
 
     Give `prompt_ids` (every check) or only `prompt_len`, or neither for a prompt not yet
-    tokenized. Raises ValidationError naming the field and its valid range, or CapacityError
-    for a request this engine can never hold however long it waits.
+    tokenized. `min_gen_length` is the shortest canvas the request's structured output fits
+    (its compiled automaton's; the engine knows it). Raises ValidationError naming the field and
+    its valid range, or CapacityError for a request this engine can never hold however long it
+    waits.
     """
     if not isinstance(params, SamplingParams):
         raise ValidationError("sampling_params", f"must be SamplingParams, got {params!r}")
@@ -90,6 +93,12 @@ def resolve_request(
     known_len = prompt_len
     prompt_len = 1 if prompt_len is None else prompt_len
     gen = params.gen_length
+    if gen < min_gen_length:
+        raise ValidationError(
+            "sampling_params.gen_length",
+            f"must be at least {min_gen_length} for this structured_output (its shortest answer "
+            f"is {min_gen_length} tokens), got {gen}",
+        )
     seq_len = prompt_len + gen
     if seq_len > limits.max_len:
         prompt = f"prompt ({prompt_len} tokens)" if known_len is not None else "a 1-token prompt"
