@@ -17,7 +17,9 @@ class SchedulerConfig:
     # 0: no cap
     max_queue_per_client: int = 1000
     retry_after_s: float = 1.0  # the RetryInfo hint sent with RESOURCE_EXHAUSTED
-    max_attempts: int = 3  # workers a request may kill before it is dead-lettered
+    max_attempts: int = 3  # workers a request may crash running alone before it is dead-lettered
+    # a request waits this long for a ready worker of its model, then fails UNAVAILABLE
+    worker_wait_s: float = 10.0
     result_ttl_s: int = 3600  # how long a finished request can still be attached to
     orphan_grace_s: float = 30.0  # a request without any client is cancelled after this
     model_memory_s: float = 3600.0  # a model is "known" this long after a worker served it

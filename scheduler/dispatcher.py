@@ -25,6 +25,8 @@ from dllmserve.logs import event
 from dllmserve.scheduler import isolation
 from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.isolation import Candidate
+from dllmserve.scheduler.reclaim import Reclaimer
+from dllmserve.scheduler.redis_link import Backoff
 
 log = logging.getLogger(__name__)
 requests_log = logging.getLogger("dllmserve.scheduler.requests")
@@ -38,6 +40,8 @@ class DispatcherConfig:
     result_ttl_s: int = 3600
     reap_interval_s: float = 0.5
     sweep_interval_s: float = 5.0
+    # a request waits this long for a ready worker of its model, then fails UNAVAILABLE
+    worker_wait_s: float = 10.0
     read_block_ms: int = 100
 
 
@@ -69,21 +73,24 @@ class Dispatcher:
         self._last_orphan_sweep = 0.0
         self._last_sweep = 0.0
         self.state = DispatcherState()
+        self._reclaimer = Reclaimer(client, self._scripts, self.cfg, self.state)
         self._stopping = False
-        self._starved: set[str] = set()  # models whose requests wait with no ready worker
+        # models whose requests wait with no ready worker -> since when (monotonic)
+        self._starved: dict[str, float] = {}
 
     @property
     def is_leader(self) -> bool:
         return self.state.leader
 
     async def run(self) -> None:
+        backoff = Backoff(log, "dispatcher")
         while not self._stopping:
             try:
                 await self._tick()
+                backoff.ok()
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
-                log.warning("dispatcher: redis unavailable (%s); retrying", e)
                 self._lose_lease()
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(backoff.failed(e))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -178,19 +185,23 @@ class Dispatcher:
         entries = list(self._buffer.values())
         pipe = self._r.pipeline(transaction=False)
         for e in entries:
-            pipe.hmget(
-                q.req_key(e.request_id), "status", "group", "priority", "deadline", "model", "iso"
-            )
+            pipe.hmget(q.req_key(e.request_id), "status", "group", "priority", "deadline",
+                       "model", "iso", "t_enq")  # fmt: skip
         metas = await pipe.execute()
         now = time.time()
         groups: dict[str, list[tuple[int, _Entry]]] = defaultdict(list)
         group_model: dict[str, str] = {}
-        for e, (status, group, prio, deadline, model, iso) in zip(entries, metas, strict=True):
+        for e, (status, group, prio, deadline, model, iso, t_enq) in zip(entries, metas,
+                                                                         strict=True):  # fmt: skip
             st, dl = q.s(status), float(q.s(deadline) or 0)
             if st != q.QUEUED:  # cancelled while queued, expired keys, a stale entry
                 await self._drop(e, q.CANCELLED, "CANCELLED", "cancelled")
             elif dl and now > dl:
                 await self._drop(e, q.EXPIRED, "DEADLINE_EXCEEDED", "deadline exceeded in queue")
+            elif self._gave_up(q.s(model), float(q.s(t_enq) or now), now):
+                wait = self.cfg.worker_wait_s
+                await self._drop(e, q.FAILED, "UNAVAILABLE", f"no ready worker serves model "
+                                 f"{q.s(model)!r} (waited {wait:g} s); retry later")  # fmt: skip
             else:  # suspects of one tag form a group of their own, whatever their SparseConfig
                 g = f"iso:{q.s(iso)}" if iso else q.s(group)
                 groups[g].append((-int(q.s(prio) or 0), e))
@@ -246,13 +257,19 @@ class Dispatcher:
         """Warn once when requests of a model start waiting for a ready worker (not at every
         tick), and once when one is back."""
         if served and model in self._starved:
-            self._starved.discard(model)
+            del self._starved[model]
             log.info("a ready worker serves %r again", model)
         elif not served and model not in self._starved:
-            self._starved.add(model)
-            log.warning(
-                "%d request(s) for model %r wait: no ready worker serves it", waiting, model
-            )
+            self._starved[model] = time.monotonic()
+            log.warning("%d request(s) for model %r wait: no ready worker serves it; they fail "
+                        "after %g s", waiting, model, self.cfg.worker_wait_s)  # fmt: skip
+
+    def _gave_up(self, model: str, t_enq: float, now: float) -> bool:
+        """No ready worker of the model for `worker_wait_s`, and the request waited that long
+        too: it fails (UNAVAILABLE) instead of hanging until one registers."""
+        since = self._starved.get(model)
+        wait = self.cfg.worker_wait_s
+        return since is not None and time.monotonic() - since >= wait and now - t_enq >= wait
 
     async def _drop(self, e: _Entry, status: str, code: str, msg: str) -> None:
         await self._scripts.drop_queued(
@@ -282,85 +299,10 @@ class Dispatcher:
         return out
 
     async def reap_dead_workers(self) -> None:
-        """Queue again the work of every registered worker whose heartbeat expired."""
-        for w in [q.s(x) for x in await self._r.smembers(q.WORKERS)]:
-            if await self._r.exists(q.worker_key(w)):
-                continue
-            await self.reclaim_worker(w)
-
-    async def reclaim_worker(self, worker_id: str) -> None:
-        """Take back everything a worker that went down held (its inbox lists it)."""
-        inbox = q.inbox_key(worker_id)
-        entries = await self._r.xrange(inbox, "-", "+")
-        rids = [rid for _eid, f in entries for rid in q.s(f.get(b"ids")).split(",") if rid]
-        await self._reclaim_all(rids, worker_id)
-        await self._r.delete(inbox, q.load_key(worker_id), q.ctl_key(worker_id))
-        await self._r.delete(q.iso_key(worker_id))
-        await self._r.srem(q.WORKERS, worker_id)
-        self.state.reaped_workers.append(worker_id)
-        log.warning("reaped worker %s (%d inbox entries)", worker_id, len(entries))
+        await self._reclaimer.reap_dead_workers()
 
     async def sweep_orphans(self) -> None:
-        """Take back every request dispatched to (or running on) a worker whose heartbeat key
-        is gone, whether or not it is still registered or has an inbox: whatever way a worker
-        left, none of its requests stays `dispatched` to it."""
-        rids = [q.s(x) for x in await self._r.zrange(q.ASSIGNED, 0, -1)]
-        if not rids:
-            return
-        pipe = self._r.pipeline(transaction=False)
-        for rid in rids:
-            pipe.hmget(q.req_key(rid), "status", "worker")
-        held = [
-            (rid, q.s(st), q.s(w)) for rid, (st, w) in zip(rids, await pipe.execute(), strict=True)
-        ]
-        stale = [rid for rid, st, _w in held if st not in (q.DISPATCHED, q.RUNNING)]
-        if stale:  # ended or expired without a script removing it (e.g. keys lost)
-            await self._r.zrem(q.ASSIGNED, *stale)
-        workers = sorted({w for _rid, st, w in held if st in (q.DISPATCHED, q.RUNNING)})
-        pipe = self._r.pipeline(transaction=False)
-        for w in workers:
-            pipe.exists(q.worker_key(w))
-        gone = {w for w, alive in zip(workers, await pipe.execute(), strict=True) if not alive}
-        for w in gone:
-            left = [rid for rid, st, ww in held if ww == w and st in (q.DISPATCHED, q.RUNNING)]
-            log.warning("sweep: %d request(s) were left on gone worker %s", len(left), w)
-            await self._reclaim_all(left, w)
-
-    async def _reclaim_all(self, rids: list[str], worker_id: str) -> None:
-        """Take back what a worker that went down held: what it had started are suspects,
-        charged only when one ran alone (scheduler/isolation.py)."""
-        if not rids:
-            return
-        pipe = self._r.pipeline(transaction=False)
-        for rid in rids:
-            pipe.hmget(q.req_key(rid), "status", "worker")
-        running = [
-            rid
-            for rid, (st, w) in zip(rids, await pipe.execute(), strict=True)
-            if q.s(st) == q.RUNNING and q.s(w) == worker_id
-        ]
-        plan = isolation.verdicts(running) if running else {}
-        if len(running) > 1:
-            log.warning("worker %s went down running %d requests: they run again isolated, "
-                        "in two halves", worker_id, len(running))  # fmt: skip
-        for rid in rids:
-            v = plan.get(rid, isolation.Verdict("0", ""))
-            await self._reclaim(rid, worker_id, v)
-
-    async def _reclaim(self, rid: str, worker_id: str, v: isolation.Verdict) -> None:
-        now = repr(time.time())
-        args = [worker_id, self.cfg.max_attempts, now, self.cfg.result_ttl_s, rid, v.charge, v.tag]
-        res = q.s(await self._scripts.reclaim(keys=[q.req_key(rid), q.PENDING], args=args))
-        if res == "requeued":
-            self.state.reclaimed += 1
-        elif res == "dead":
-            self.state.dead_lettered += 1
-        if res in ("requeued", "dead"):
-            name = "redelivered" if res == "requeued" else "dead_lettered"
-            level = logging.INFO if res == "requeued" else logging.WARNING
-            charged = v.charge == isolation.CHARGED
-            event(requests_log, name, level=level, request_id=rid, worker=worker_id,
-                  suspects=v.tag or None, charged=charged or None)  # fmt: skip
+        await self._reclaimer.sweep_orphans()
 
 
 def _spread(

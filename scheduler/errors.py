@@ -62,12 +62,13 @@ def resource_exhausted(message: str, retry_after_s: float | None) -> RpcError:
     return RpcError(_status(grpc.StatusCode.RESOURCE_EXHAUSTED, message, *details))
 
 
-def from_code(code: str, message: str, field: str = "") -> RpcError:
-    """A terminal error record of a request (its code is a grpc.StatusCode name)."""
+def from_code(code: str, message: str, field: str = "", reason: str = "") -> RpcError:
+    """A terminal error record of a request (its code is a grpc.StatusCode name); the
+    ErrorInfo's reason is the code unless `reason` says more (REQUEST_STATE_LOST)."""
     if code == "INVALID_ARGUMENT" and field:
         return invalid_argument(field, message)
     sc = getattr(grpc.StatusCode, code, grpc.StatusCode.INTERNAL)
-    info = error_details_pb2.ErrorInfo(reason=code, domain=DOMAIN)
+    info = error_details_pb2.ErrorInfo(reason=reason or code, domain=DOMAIN)
     return RpcError(_status(sc, message, info))
 
 

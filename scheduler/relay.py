@@ -10,6 +10,12 @@ latest attempt. Records of older attempts are dropped. A StepUpdate carries `att
 changes, the client clears its canvas (the new attempt starts again at step 1). `Attach` with
 (after_step, attempt) skips the steps <= after_step of that same attempt, so a client resumes
 with no gap and no duplicate.
+
+Lost state: when Redis loses the service's state (restarted empty, flushed, failed over to a
+replica without it), no record will ever come for the streams followed across the loss. The
+hub notices the missing epoch marker within `GUARD_S` (scheduler/redis_link.py) and each
+follower checks its request's record every `CHECK_S`; either way the stream ends with
+UNAVAILABLE "request state lost; resubmit" (`LOST_MESSAGE`).
 """
 
 from __future__ import annotations
@@ -26,9 +32,14 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from dllmserve.scheduler import queue as q
+from dllmserve.scheduler.redis_link import Backoff, Epoch
 from dllmserve.v1 import dllm_pb2 as pb
 
 log = logging.getLogger(__name__)
+LOST_MESSAGE = "request state lost; resubmit"  # Redis lost the request (docs/service.md)
+LOST_REASON = "REQUEST_STATE_LOST"  # its google.rpc.ErrorInfo reason
+GUARD_S = 1.0  # how often the hub looks at the epoch marker
+CHECK_S = 5.0  # how often a follower checks that its request still exists
 
 
 _STEP, _COMPLETED, _ERROR = (k.encode() for k in (q.REC_STEP, q.REC_COMPLETED, q.REC_ERROR))
@@ -45,6 +56,7 @@ class _Follower:
         self.last = _id_tuple(after)
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=maxsize)
         self.paused = False  # left out of a read for a full queue: refresh once it has room
+        self.lost = False  # Redis lost the service's state since this follower started
 
 
 class ResultHub:
@@ -78,6 +90,8 @@ class ResultHub:
         self._poke = asyncio.Event()
         self.pokes = 0  # wake entries added (tests, metrics)
         self._expire_set = -1e9
+        self._epoch = Epoch(client)
+        self._backoff = Backoff(log, "result hub", max_s=2.0)
 
     @property
     def following(self) -> int:
@@ -105,13 +119,31 @@ class ResultHub:
             self._poke.set()
 
     async def run(self) -> None:
-        poker = asyncio.get_running_loop().create_task(self._poker())
+        loop = asyncio.get_running_loop()
+        helpers = [loop.create_task(self._poker()), loop.create_task(self._guard())]
         try:
             await self._read_loop()
         finally:
-            poker.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await poker
+            for t in helpers:
+                t.cancel()
+            for t in helpers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+
+    async def _guard(self) -> None:
+        """Ends every followed stream at once when Redis has lost the service's state."""
+        while True:
+            try:
+                lost = await self._epoch.check()
+            except redis.exceptions.RedisError:
+                lost = False  # unreachable: the read loop waits for it; judge once it is back
+            if lost:
+                fs = [f for lst in self._followers.values() for f in lst]
+                log.error("redis lost the service's state (restarted empty, flushed or failed "
+                          "over): ending %d open streams with UNAVAILABLE", len(fs))  # fmt: skip
+                for f in fs:
+                    f.lost = True
+            await asyncio.sleep(GUARD_S)
 
     async def _read_loop(self) -> None:
         while True:
@@ -139,10 +171,10 @@ class ResultHub:
             try:
                 reply = await self._r.xread(streams, count=64, block=self._block_ms)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
-                log.warning("result hub: redis unavailable (%s); retrying", e)
                 self._readers = None
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(self._backoff.failed(e))
                 continue
+            self._backoff.ok()
             self._readers = None
             for key, entries in _streams(reply):
                 key = q.s(key)
@@ -197,11 +229,12 @@ class ClientGone(Exception):
 class RelayError(Exception):
     """A terminal error record of the request: the gRPC stream ends with this status."""
 
-    def __init__(self, code: str, message: str, field: str = "") -> None:
+    def __init__(self, code: str, message: str, field: str = "", reason: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
+        self.reason = reason  # the ErrorInfo reason when the code alone does not say it
 
 
 @dataclass
@@ -258,14 +291,16 @@ async def follow(
     opts: pb.StreamOptions,
     after_step: int = 0,
     after_attempt: int = 0,
-    poll_s: float = 10.0,
+    check_s: float = CHECK_S,
     client_gone: Callable[[], bool] | None = None,
     known_attempt: int = 0,
 ) -> AsyncIterator[pb.GenerateEvent]:
     """Yield the request's StepUpdates and Completed; raise RelayError on a terminal error.
 
     `client_gone` is polled every second while no record comes: a stream whose client left
-    while nothing was being written (a queued request) is not always cancelled by gRPC.
+    while nothing was being written (a queued request) is not always cancelled by gRPC. Every
+    `check_s` the request's record must still exist: gone, Redis lost it (RelayError
+    UNAVAILABLE, `LOST_MESSAGE`), as when the hub marks the follower `lost`.
     `known_attempt`: the request's current attempt when the caller knows it (a request it
     just created: 1), else 0 (looked up).
     """
@@ -273,7 +308,7 @@ async def follow(
     f = hub.follow(q.res_key(request_id))
     coalescer = Coalescer(opts)
     current = 0
-    silent = 0.0
+    next_check = time.monotonic() + check_s
     try:
         # Older attempts than the request's current one, or than the client saw, are moot.
         if not known_attempt:
@@ -281,6 +316,12 @@ async def follow(
             known_attempt = int(q.s(await client.hget(key, "attempt")) or 0)
         floor = max(after_attempt, known_attempt)
         while True:
+            if f.lost:
+                raise RelayError("UNAVAILABLE", LOST_MESSAGE, reason=LOST_REASON)
+            if time.monotonic() > next_check:
+                next_check = time.monotonic() + check_s
+                if not await _exists(client, request_id):
+                    raise RelayError("UNAVAILABLE", LOST_MESSAGE, reason=LOST_REASON)
             try:
                 fields = f.queue.get_nowait()  # a burst of records: no timer per record
             except asyncio.QueueEmpty:
@@ -289,15 +330,7 @@ async def follow(
                 except asyncio.TimeoutError:
                     if client_gone is not None and client_gone():
                         raise ClientGone() from None
-                    silent += 1.0
-                    # No record for a while: make sure the request still exists (keys expire).
-                    if silent >= poll_s:
-                        silent = 0.0
-                        if not await _exists(client, request_id):
-                            msg = f"request {request_id!r} expired"
-                            raise RelayError("NOT_FOUND", msg) from None
                     continue
-            silent = 0.0
             if f.paused:  # the hub left this stream out while its queue was full
                 f.paused = False
                 hub.refresh(f)
@@ -332,7 +365,8 @@ async def follow(
 
 
 async def _exists(client: aioredis.Redis, request_id: str) -> bool:
+    """The request's record exists (it has no TTL while the request is unfinished)."""
     try:
-        return bool(await client.exists(q.req_key(request_id), q.res_key(request_id)))
-    except redis.exceptions.ConnectionError:
+        return bool(await client.exists(q.req_key(request_id)))
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
         return True  # Redis is restarting: keep waiting

@@ -301,7 +301,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
             return
         except RelayError as e:
             state["finished"] = True
-            raise errors.from_code(e.code, e.message, e.field) from None
+            raise errors.from_code(e.code, e.message, e.field, e.reason) from None
 
     async def _watch(self, rid: str, token: str, add: bool) -> None:
         key = q.watch_key(rid)

@@ -21,6 +21,7 @@ from dllmserve.engine.outputs import StepUpdate
 from dllmserve.engine.protocol import StepEngine
 from dllmserve.errors import CapacityError, ValidationError
 from dllmserve.scheduler import queue as q
+from dllmserve.scheduler.redis_link import Backoff
 from dllmserve.scheduler.validation import prompt_of, to_sampling_params, to_sparse_config
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.config import WorkerConfig
@@ -95,12 +96,13 @@ class WorkerLoop(Leaving):
         self.ensure_group()
         self.update_snapshot()
         self.watchdog.start()
+        backoff = Backoff(log, f"worker {self.id}")
         while not self.stop.is_set():
             try:
                 self.iterate()
+                backoff.ok()
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
-                log.warning("worker %s: redis unavailable (%s); retrying", self.id, e)
-                time.sleep(0.5)
+                time.sleep(backoff.failed(e))
         self.drain()
         self.watchdog.halt.set()
 

@@ -9,10 +9,9 @@ import socket
 import time
 import uuid
 
-import redis
-
 from dllmserve.engine.protocol import StepEngine
 from dllmserve.logs import ready
+from dllmserve.scheduler.redis_link import connect
 from dllmserve.worker import http
 from dllmserve.worker.config import WorkerConfig
 from dllmserve.worker.gpu import take_gpu
@@ -46,7 +45,7 @@ def run(cfg: WorkerConfig, engine: StepEngine | None = None) -> None:
         took = time.monotonic() - start
         log.info("warmed up (kernels compiled, graphs captured) in %.1f s", took)
     worker_id = cfg.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    client = redis.Redis.from_url(cfg.redis_url, health_check_interval=10)
+    client = connect(cfg.redis_url, health_check_interval=10)
     loop = WorkerLoop(engine, client, cfg, worker_id)
     loop.ensure_group()
     loop.update_snapshot()

@@ -42,7 +42,15 @@ def add_scheduler_args(p: argparse.ArgumentParser) -> None:
         "--max-attempts",
         type=int,
         default=3,
-        help="workers a request may kill before it is dead-lettered (ABORTED)",
+        help="workers a request may crash or stall while running alone before it is "
+        "dead-lettered (ABORTED)",
+    )
+    p.add_argument(
+        "--worker-wait",
+        type=float,
+        default=10.0,
+        help="seconds a request waits for a ready worker of its model before it fails "
+        "(UNAVAILABLE)",
     )
     p.add_argument(
         "--orphan-grace",
@@ -122,6 +130,7 @@ def scheduler_config(a: argparse.Namespace):
         max_queue=a.max_queue,
         max_queue_per_client=a.max_queue_per_client,
         max_attempts=a.max_attempts,
+        worker_wait_s=a.worker_wait,
         orphan_grace_s=a.orphan_grace,
         result_ttl_s=a.result_ttl,
         lease_ttl_ms=a.lease_ttl_ms,

@@ -90,8 +90,10 @@ def svc(tmp_path_factory, tiny_model):
 
     c = Cluster(tmp_path_factory.mktemp("errors"), tiny_model)
     try:
-        c.auth_port = c.add_scheduler("--auth-token", TOKEN)
-        c.open_port = c.add_scheduler("--max-queue", "2", "--max-message-bytes", "65536")
+        # the requests queued here wait without a worker as long as the tests need
+        c.auth_port = c.add_scheduler("--auth-token", TOKEN, "--worker-wait", "600")
+        c.open_port = c.add_scheduler("--max-queue", "2", "--max-message-bytes", "65536",
+                                      "--worker-wait", "600")  # fmt: skip
         yield c
     finally:
         c.close()
@@ -185,10 +187,10 @@ def test_auth(svc):
         with pytest.raises(grpc.RpcError) as e:  # authenticated: now validation answers
             list(c.generate("", reattach=False))
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    # Health stays open for probes that send no token.
+    # Health stays open for probes that send no token (NOT_SERVING: no worker is ready here).
     with grpc.insecure_channel(target) as ch:
         resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
-        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+        assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a cert")

@@ -75,7 +75,7 @@ def test_kill_scheduler_clients_reattach_through_another(make_cluster):
 
 def test_redis_restart_keeps_queued_requests(make_cluster):
     c = make_cluster()
-    c.add_scheduler()
+    c.add_scheduler("--worker-wait", "600")  # the requests wait for the worker added last
     streams = [Stream(c.target, f"r{i}", SHORT, prompt=f"persist {i}") for i in range(3)]
     for s in streams:
         s.start()
@@ -88,13 +88,14 @@ def test_redis_restart_keeps_queued_requests(make_cluster):
             cl.generate_text("while down", sampling_params=SHORT, reattach=False, timeout=60)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     c.redis.start()  # same port, same directory: replays the AOF
-    wait_for(lambda: _health(c.target) == "SERVING", what="health follows Redis up")
     import redis
 
     c.client = redis.Redis.from_url(c.url)
     assert c.client.xlen(q.PENDING) == 3
     assert all(c.req(f"r{i}")["status"] == q.QUEUED for i in range(3))
+    assert _health(c.target) == "NOT_SERVING"  # Redis is back, but no worker is ready
     c.add_worker()
+    wait_for(lambda: _health(c.target) == "SERVING", what="health follows Redis and a worker up")
     for s in streams:
         s.join(240)
         check_unbroken(s, 16)

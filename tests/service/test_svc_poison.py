@@ -3,8 +3,9 @@ among its batch-mates and dead-lettered alone; every other request finishes with
 a fault-free run and is never charged a crash (docs/service.md, "Poison isolation").
 
 Two CPU workers serve the shipped demo model (trained: its answers do not hinge on near-ties
-that another batch composition could flip, as a random checkpoint's do). A crashed worker is restarted by a small supervisor
-thread, as an orchestrator would; a stalled one comes back by itself once its step returns.
+that another batch composition could flip, as a random checkpoint's do). A crashed worker is
+restarted by a small supervisor thread, as an orchestrator would; a stalled one comes back by
+itself once its step returns.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import pytest
 from svc_util import Cluster, Stream, check_unbroken, wait_for
 
 import dllmserve
-
 from dllmserve.client import Client
 from dllmserve.scheduler import queue as q
 
@@ -25,6 +25,8 @@ SP = {"gen_length": 8, "steps": 4, "seed": 3, "stop_at_eos": False}
 CRASH_ENV = {"DLLMSERVE_FAULT_CRASH_ON_TEXT": "POISON"}
 STALL_ENV = {"DLLMSERVE_FAULT_STALL_ON_TEXT": "POISON", "DLLMSERVE_FAULT_STALL_S": "5"}
 WATCHDOG = ("--stall-floor", "2", "--stall-factor", "10")
+# both workers may be down at once while the supervisor restarts them
+SCHEDULER = ("--max-attempts", "2", "--worker-wait", "120")
 
 
 DEMO = Path(dllmserve.__file__).parent / "assets" / "tiny-llada"
@@ -93,7 +95,7 @@ def _two_workers(c, env: dict, *args: str) -> None:
 @pytest.mark.parametrize(("normal", "poisons"), [(20, 1), (8, 2)])
 def test_crash_poisons_are_isolated(demo_cluster, normal, poisons):
     c = demo_cluster
-    c.add_scheduler("--max-attempts", "2")
+    c.add_scheduler(*SCHEDULER)
     _two_workers(c, CRASH_ENV)
     sup = Supervisor(c, CRASH_ENV)
     sup.start()
@@ -109,7 +111,7 @@ def test_crash_poisons_are_isolated(demo_cluster, normal, poisons):
 
 def test_a_stall_poison_is_isolated(demo_cluster):
     c = demo_cluster
-    c.add_scheduler("--max-attempts", "2")
+    c.add_scheduler(*SCHEDULER)
     _two_workers(c, STALL_ENV, *WATCHDOG)
     good, bad = _run_with_poisons(c, 20, 1)
     _check(c, good, bad)

@@ -1,0 +1,107 @@
+"""Taking work back from workers that went down: reaped ones (their heartbeat expired) and,
+by a periodic sweep, any worker still named by a request it held. What a worker had started is
+suspect and runs again isolated (scheduler/isolation.py); what it had not started is queued
+again as it was."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis.asyncio as aioredis
+
+from dllmserve.logs import event
+from dllmserve.scheduler import isolation
+from dllmserve.scheduler import queue as q
+
+log = logging.getLogger(__name__)
+requests_log = logging.getLogger("dllmserve.scheduler.requests")
+
+
+class Reclaimer:
+    def __init__(self, client: aioredis.Redis, scripts: q.Scripts, cfg, state) -> None:
+        self._r = client
+        self._scripts = scripts
+        self.cfg = cfg  # DispatcherConfig: max_attempts, result_ttl_s
+        self.state = state  # DispatcherState: counters
+
+    async def reap_dead_workers(self) -> None:
+        """Queue again the work of every registered worker whose heartbeat expired."""
+        for w in [q.s(x) for x in await self._r.smembers(q.WORKERS)]:
+            if await self._r.exists(q.worker_key(w)):
+                continue
+            await self.reclaim_worker(w)
+
+    async def reclaim_worker(self, worker_id: str) -> None:
+        """Take back everything a worker that went down held (its inbox lists it)."""
+        inbox = q.inbox_key(worker_id)
+        entries = await self._r.xrange(inbox, "-", "+")
+        rids = [rid for _eid, f in entries for rid in q.s(f.get(b"ids")).split(",") if rid]
+        await self._reclaim_all(rids, worker_id)
+        await self._r.delete(inbox, q.load_key(worker_id), q.ctl_key(worker_id))
+        await self._r.delete(q.iso_key(worker_id))
+        await self._r.srem(q.WORKERS, worker_id)
+        self.state.reaped_workers.append(worker_id)
+        log.warning("reaped worker %s (%d inbox entries)", worker_id, len(entries))
+
+    async def sweep_orphans(self) -> None:
+        """Take back every request dispatched to (or running on) a worker whose heartbeat key
+        is gone, whether or not it is still registered or has an inbox: whatever way a worker
+        left, none of its requests stays `dispatched` to it."""
+        rids = [q.s(x) for x in await self._r.zrange(q.ASSIGNED, 0, -1)]
+        if not rids:
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for rid in rids:
+            pipe.hmget(q.req_key(rid), "status", "worker")
+        held = [
+            (rid, q.s(st), q.s(w)) for rid, (st, w) in zip(rids, await pipe.execute(), strict=True)
+        ]
+        stale = [rid for rid, st, _w in held if st not in (q.DISPATCHED, q.RUNNING)]
+        if stale:  # ended or expired without a script removing it (e.g. keys lost)
+            await self._r.zrem(q.ASSIGNED, *stale)
+        workers = sorted({w for _rid, st, w in held if st in (q.DISPATCHED, q.RUNNING)})
+        pipe = self._r.pipeline(transaction=False)
+        for w in workers:
+            pipe.exists(q.worker_key(w))
+        gone = {w for w, alive in zip(workers, await pipe.execute(), strict=True) if not alive}
+        for w in gone:
+            left = [rid for rid, st, ww in held if ww == w and st in (q.DISPATCHED, q.RUNNING)]
+            log.warning("sweep: %d request(s) were left on gone worker %s", len(left), w)
+            await self._reclaim_all(left, w)
+
+    async def _reclaim_all(self, rids: list[str], worker_id: str) -> None:
+        """Take back what a worker that went down held: what it had started are suspects,
+        charged only when one ran alone (scheduler/isolation.py)."""
+        if not rids:
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for rid in rids:
+            pipe.hmget(q.req_key(rid), "status", "worker")
+        running = [
+            rid
+            for rid, (st, w) in zip(rids, await pipe.execute(), strict=True)
+            if q.s(st) == q.RUNNING and q.s(w) == worker_id
+        ]
+        plan = isolation.verdicts(running) if running else {}
+        if len(running) > 1:
+            log.warning("worker %s went down running %d requests: they run again isolated, "
+                        "in two halves", worker_id, len(running))  # fmt: skip
+        for rid in rids:
+            v = plan.get(rid, isolation.Verdict("0", ""))
+            await self._reclaim(rid, worker_id, v)
+
+    async def _reclaim(self, rid: str, worker_id: str, v: isolation.Verdict) -> None:
+        now = repr(time.time())
+        args = [worker_id, self.cfg.max_attempts, now, self.cfg.result_ttl_s, rid, v.charge, v.tag]
+        res = q.s(await self._scripts.reclaim(keys=[q.req_key(rid), q.PENDING], args=args))
+        if res == "requeued":
+            self.state.reclaimed += 1
+        elif res == "dead":
+            self.state.dead_lettered += 1
+        if res in ("requeued", "dead"):
+            name = "redelivered" if res == "requeued" else "dead_lettered"
+            level = logging.INFO if res == "requeued" else logging.WARNING
+            charged = v.charge == isolation.CHARGED
+            event(requests_log, name, level=level, request_id=rid, worker=worker_id,
+                  suspects=v.tag or None, charged=charged or None)  # fmt: skip
