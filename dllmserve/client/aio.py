@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 import grpc.aio
 
-from dllmserve.client.channels import RETRYABLE, Channels, backoff_s
+from dllmserve.client.channels import Channels, backoff_s, retryable
 from dllmserve.client.errors import from_rpc_error
 from dllmserve.client.request import Resume, build_request
 from dllmserve.client.types import Completed, Event, ServerInfo, event_from_pb, server_info_from_pb
@@ -51,7 +51,7 @@ class AsyncClient(Channels):
                         yield event_from_pb(ev)
                 return
             except grpc.aio.AioRpcError as e:
-                if not reattach or e.code() not in RETRYABLE or tries >= self.max_reattach:
+                if not reattach or not retryable(e) or tries >= self.max_reattach:
                     raise from_rpc_error(e) from e
                 tries += 1
                 await asyncio.sleep(backoff_s(tries))

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from dllmserve.client.channels import RETRYABLE, Channels, backoff_s
+from dllmserve.client.channels import Channels, backoff_s, retryable
 from dllmserve.client.errors import from_rpc_error
 from dllmserve.client.request import Resume, build_request
 from dllmserve.client.types import Completed, Event, ServerInfo, event_from_pb, server_info_from_pb
@@ -47,7 +47,7 @@ class Client(Channels):
                 call.cancel()  # the caller stopped reading: end the RPC now, not at GC time
                 raise
             except grpc.RpcError as e:
-                if not reattach or e.code() not in RETRYABLE or tries >= self.max_reattach:
+                if not reattach or not retryable(e) or tries >= self.max_reattach:
                     raise from_rpc_error(e) from e
                 tries += 1
                 time.sleep(backoff_s(tries))
