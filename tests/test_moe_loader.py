@@ -141,3 +141,25 @@ def test_fp8_quantizes_every_expert(moe_dir):
     mixed = llm.generate(prompts, params, use_tqdm=False)
     assert llm.engine.tokens.mask not in alone
     assert mixed[0]["token_ids"] == alone  # activations quantized per token: batch invariant
+
+
+def test_keys_the_official_layer_ignores_change_nothing(moe_dir, tmp_path):
+    """The official block hard-codes norm_topk_prob=False and never reads the routed scaling or
+    the router groups: accepted, and the tokens stay the same."""
+    ignored = dict(norm_topk_prob=True, routed_scaling_factor=2.5, router_num_group=4,
+                   router_topk_group=2, moe_router_score_function=None)  # fmt: skip
+    ckpt = _copy(moe_dir, tmp_path, **ignored)
+    params = SamplingParams(gen_length=16, block_length=8, steps=8, stop_at_eos=False)
+    outs = [LLM(p).generate([[9, 8, 7]], params, use_tqdm=False)[0]["token_ids"]
+            for p in (moe_dir, ckpt)]  # fmt: skip
+    assert outs[0] == outs[1]
+
+
+def test_mask_id_defaults_to_the_model_cards_when_the_config_omits_it(moe_dir, tmp_path):
+    raw = json.loads((moe_dir / "config.json").read_text())
+    assert load_config(moe_dir).mask_token_id == raw["mask_token_id"]  # the config's, if any
+    del raw["mask_token_id"], raw["eos_token_id"]
+    ckpt = _copy(moe_dir, tmp_path)
+    (ckpt / "config.json").write_text(json.dumps(raw))
+    cfg = load_config(ckpt)
+    assert (cfg.mask_token_id, cfg.eos_token_id) == (156895, 156892)
