@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from dllmserve.errors import CheckpointError
@@ -18,6 +19,8 @@ def load_tokenizer(model_dir: str | Path):
     # Real checkpoints' config.json carry an `auto_map` to their modeling code; without an
     # explicit False, transformers stops at a "run the custom code? [y/N]" prompt. The
     # tokenizer is a plain fast tokenizer and needs none of that code.
-    return AutoTokenizer.from_pretrained(
-        str(model_dir), local_files_only=True, trust_remote_code=False
-    )
+    with warnings.catch_warnings():  # notes on config keys (rope_scaling) it does not use
+        warnings.simplefilter("ignore", FutureWarning)
+        return AutoTokenizer.from_pretrained(
+            str(model_dir), local_files_only=True, trust_remote_code=False
+        )
