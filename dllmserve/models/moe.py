@@ -107,7 +107,13 @@ def _expert(w: torch.Tensor | Fp8Experts, e: int) -> torch.Tensor | Fp8Weight:
     return w.expert(e) if isinstance(w, Fp8Experts) else w[e]
 
 
-def _experts_loop(x, gate_up, down, ids, weights) -> torch.Tensor:
+def _experts_loop(
+    x: torch.Tensor,
+    gate_up: torch.Tensor | Fp8Experts,
+    down: torch.Tensor | Fp8Experts,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+) -> torch.Tensor:
     """The CPU path: one expert at a time, in ascending expert order (the official loop's), so
     each token sums its experts in the same order whatever else is in the batch."""
     acc = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
