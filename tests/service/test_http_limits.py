@@ -5,6 +5,7 @@ a process out of file descriptors logs its accept errors at a bounded rate."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import socket
@@ -100,3 +101,19 @@ def test_out_of_file_descriptors_logs_a_line_per_interval(cluster, tmp_path):
     finally:
         p.kill()
         p.wait(30)
+
+
+def test_a_body_that_does_not_arrive_is_408(cluster):
+    base = add_gateway(cluster, "--body-timeout", "1")
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                  b"\r\nContent-Length: 100\r\n\r\n{")  # fmt: skip
+        reply = b""
+        while b"}}" not in reply:
+            part = s.recv(4096)
+            assert part, reply
+            reply += part
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408")
+    assert json.loads(body)["error"]["param"] == "body"
