@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from dllmserve.engine.attention import BatchAttention
+from dllmserve.engine.constrained import constrained_rows
 from dllmserve.engine.kv_cache import KVCache
 from dllmserve.engine.request import Request
 from dllmserve.engine.sampler import MODE_ID, SamplingBatch
@@ -197,6 +198,7 @@ def build_iteration(
         any_filter=any(p.top_k is not None or p.top_p is not None for p in params),
         any_alg_temp=any(p.alg_temp > 0 for p in params),
         any_transfer=any(r.independent_commits for r in reqs),
+        constraint=constrained_rows(reqs, width, device),
     )
     return IterationBatch(
         input_ids=d["input_ids"],

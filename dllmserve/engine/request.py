@@ -21,6 +21,7 @@ from dllmserve.engine.schedule import BlockPlan, block_plan
 from dllmserve.sparse.state import Phase, kept_count
 
 if TYPE_CHECKING:
+    from dllmserve.engine.constrained import RequestConstraint
     from dllmserve.engine.detokenizer import IncrementalDetokenizer
 
 
@@ -87,6 +88,7 @@ class Request:
         self.stable_len = 0  # committed generated tokens before the first mask
         self.answer_length: int | None = None  # offset of the first stop in the stable prefix
         self.detokenizer: IncrementalDetokenizer | None = None  # set by an engine with text
+        self.constraint: RequestConstraint | None = None  # set for a structured output
         p = spec.params
         # Dream's `origin`: each mask committed independently, with the step's probability
         self.independent_commits = (

@@ -19,13 +19,16 @@ generalisations:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from dllmserve import kernels
 from dllmserve.kernels.noise import uniform64
 from dllmserve.sampling_params import LLADA_REMASKING, REMASKING_MODES
+
+if TYPE_CHECKING:
+    from dllmserve.engine.constrained import ConstrainedRows
 
 MODE_ID = {name: i for i, name in enumerate(REMASKING_MODES)}
 LOW_CONFIDENCE, RANDOM, MASKGIT_PLUS, TOPK_MARGIN, ENTROPY, ORIGIN = (
@@ -59,6 +62,7 @@ class SamplingBatch:
     any_filter: bool
     any_alg_temp: bool
     any_transfer: bool
+    constraint: ConstrainedRows | None = None  # structured outputs' rows (engine/constrained.py)
 
 
 class Sampled(NamedTuple):
@@ -94,6 +98,11 @@ def sample_scored(
     probability = conf
     if b.modes != {LOW_CONFIDENCE}:
         conf = _other_confidences(logits, x0, conf, b, mask_id, eos_id, eot_id)
+    if b.constraint is not None:  # their tokens from the DP's assignment, and its confidences
+        special = (mask_id, eos_id, eot_id)
+        x0, conf, probability = b.constraint.choose(
+            logits, x0, conf, probability, b.seed, b.step, b.positions, special
+        )
     conf = torch.where(b.eligible, conf, -torch.inf)
 
     n_eligible = b.eligible.sum(dim=-1)
@@ -110,6 +119,8 @@ def sample_scored(
     if b.any_transfer:  # Dream's origin: a mask is committed where its uniform is below p
         p = b.transfer_prob[:, None]
         commit = torch.where(p.isnan(), commit, b.eligible & (conf < p))
+    if b.constraint is not None:
+        b.constraint.observe(x0, commit)
     return Sampled(x0, commit, probability)
 
 

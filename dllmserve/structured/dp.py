@@ -58,9 +58,12 @@ def best_assignment(
     t = device_tables(a, scores.device)
     n, vocab = scores.shape
     dev, C, S = scores.device, a.n_classes, a.n_states
-    best, arg = _best_per_class(scores, t.class_of, C)
+    class_of = t.class_of[:vocab]
+    if class_of.numel() < vocab:  # logit rows past the vocabulary (padded embeddings)
+        class_of = torch.nn.functional.pad(class_of, (0, vocab - class_of.numel()), value=C)
+    best, arg = _best_per_class(scores, class_of, C)
     is_fixed = fixed >= 0
-    fixed_cls = t.class_of[fixed.clamp(min=0)]
+    fixed_cls = class_of[fixed.clamp(min=0)]
     one = torch.arange(C + 1, device=dev) == fixed_cls[:, None]
     zero = torch.zeros((), device=dev)
     best = torch.where(is_fixed[:, None], torch.where(one, zero, -torch.inf), best)
