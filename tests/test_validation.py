@@ -133,7 +133,7 @@ ENGINE_CASES = [
         "sparse_config.layer_ratios",
         "one ratio per layer (2)",
     ),
-    ([1, 2], dict(gen_length=8, steps=8, top_k=321), None, "sampling_params.top_k", "[1, 320]"),
+    ([1, 2], dict(gen_length=8, steps=8, top_k=263), None, "sampling_params.top_k", "[1, 262]"),
     (
         [1, 2],
         dict(gen_length=8, steps=8),
@@ -153,9 +153,10 @@ def test_engine_limits(llm, prompt, kw, sparse, field, text):
 
 def test_engine_limits_at_their_bounds(llm):
     """top_k up to the vocabulary, default_block_len up to the model's length, 512 tokens."""
-    assert llm.engine.limits.vocab_size == 320 and llm.engine.limits.max_len == 512
+    assert llm.engine.limits.vocab_size == 262  # the tokenizer's ids, not 320 rows
+    assert llm.engine.limits.max_len == 512
     params = [
-        SamplingParams(gen_length=8, steps=8, top_k=320, temperature=1.0, seed=1),
+        SamplingParams(gen_length=8, steps=8, top_k=262, temperature=1.0, seed=1),
         SamplingParams(gen_length=8, steps=8, seed=1),
         SamplingParams(gen_length=510, steps=1, seed=1),
     ]

@@ -21,7 +21,7 @@ from dllmserve.engine.batcher import Batcher
 from dllmserve.engine.config import EngineConfig
 from dllmserve.engine.detokenizer import IncrementalDetokenizer, fast_decoder
 from dllmserve.engine.inflight import InFlight
-from dllmserve.engine.inputs import ModelLimits, resolve_request
+from dllmserve.engine.inputs import ModelLimits, resolve_request, vocabulary
 from dllmserve.engine.kv_cache import KVCache, auto_num_pages, page_bytes
 from dllmserve.engine.loading import load_checkpoint, load_random_shape
 from dllmserve.engine.model_runner import ModelRunner
@@ -70,7 +70,7 @@ class Engine:
         self.limits = ModelLimits(
             max_len=cfg.max_len,
             n_layers=cfg.n_layers,
-            vocab_size=cfg.vocab_size,
+            vocab_size=vocabulary(cfg.vocab_size, tokenizer),
             mask_token_id=cfg.mask_token_id,
             shifted_logits=cfg.shifted_logits,
             default_schedule=cfg.default_schedule,

@@ -35,6 +35,13 @@ class ModelLimits:
     num_cache_pages: int  # pages in the engine's pool
 
 
+def vocabulary(rows: int, tokenizer) -> int:
+    """The ids a prompt may hold: the tokenizer's (special tokens included) when the engine has
+    one. A checkpoint pads its embedding beyond them (the demo model: 262 ids, 320 rows), and an
+    id past the tokenizer's is no token at all."""
+    return min(rows, len(tokenizer)) if tokenizer is not None else rows
+
+
 @dataclass(frozen=True)
 class ResolvedRequest:
     """A checked request with its defaults resolved: everything its `Request` is built from.

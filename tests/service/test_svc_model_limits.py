@@ -4,7 +4,7 @@ A worker registers its engine's `ModelLimits`; the scheduler runs `resolve_reque
 them, so a request that no worker of its model could ever run is refused at once, with the
 error `LLM.generate` gives for it, and nothing of it reaches Redis or a worker. Through real
 gRPC and HTTP on a scheduler + one CPU worker with a small budget (600 tokens per iteration,
-40 cache pages) serving the tiny model (512 tokens, 2 layers, a vocabulary of 320).
+40 cache pages) serving the tiny model (512 tokens, 2 layers, 262 token ids in 320 embedding rows).
 """
 
 from __future__ import annotations
@@ -103,12 +103,14 @@ CASES = [
     Case({"prompt": "hi", "sampling_params": _sp(),
           "sparse_config": {"default_block_len": 513}}, BAD, "sparse_config.default_block_len"),
     # top_k up to the vocabulary
-    Case({"prompt": "hi", "sampling_params": _sp(top_k=320, temperature=1.0)}),
-    Case({"prompt": "hi", "sampling_params": _sp(top_k=321, temperature=1.0)}, BAD,
+    Case({"prompt": "hi", "sampling_params": _sp(top_k=262, temperature=1.0)}),
+    Case({"prompt": "hi", "sampling_params": _sp(top_k=263, temperature=1.0)}, BAD,
          "sampling_params.top_k"),
-    # token ids inside the vocabulary, never the mask token (258)
-    Case({"token_ids": [319], "sampling_params": _sp()}),
-    Case({"token_ids": [5, 320], "sampling_params": _sp()}, BAD, "prompt"),
+    # token ids inside the tokenizer's vocabulary (not the padded embedding), never the mask
+    # token (258)
+    Case({"token_ids": [261], "sampling_params": _sp()}),
+    Case({"token_ids": [5, 262], "sampling_params": _sp()}, BAD, "prompt"),
+    Case({"token_ids": [5, 319], "sampling_params": _sp()}, BAD, "prompt"),
     Case({"token_ids": [5, 258], "sampling_params": _sp()}, BAD, "prompt"),
 ]  # fmt: skip
 
@@ -194,11 +196,11 @@ def test_the_gateway_answers_400_naming_the_field(svc):
     base = add_gateway(svc)
     before = _added(svc)
     body = {"model": svc.model.name, "prompt": "hi", "max_tokens": 8, "steps": 8,
-            "temperature": 1.0, "top_k": 321}  # fmt: skip
+            "temperature": 1.0, "top_k": 263}  # fmt: skip
     resp = httpx.post(base + "/v1/completions", json=body, timeout=60)
     assert resp.status_code == 400, resp.text
     err = resp.json()["error"]
-    assert err["param"] == "top_k" and err["message"].startswith("top_k: must be in [1, 320]")
+    assert err["param"] == "top_k" and err["message"].startswith("top_k: must be in [1, 262]")
     assert _added(svc) == before
 
 
