@@ -85,3 +85,26 @@ def test_threshold_decoding_runs(moe):
     assert loose["num_steps"] < 16 and llm.engine.tokens.mask not in loose["token_ids"]
     strict = run(llm, PROMPTS[:1], gen_length=16, steps=16, block_length=8, threshold=1.0)
     assert strict[0] == official_generate(plain, PROMPTS[0], 16, 8, 16)
+
+
+def test_requests_joining_mid_flight_keep_their_tokens(tmp_path):
+    """Continuous batching through the step interface the worker drives: requests of every
+    phase (sparse and dense) share iterations, each ending with its tokens when run alone."""
+    from dllmserve.engine.engine import Engine
+
+    path = write_tiny_llada_moe(tmp_path / "moe", **VARIANTS["gqa-dense-shared"])
+    sparse = SparseConfig(retention_ratio=0.5, delay_step=1, default_block_len=8)
+    p = SamplingParams(gen_length=16, steps=16, temperature=0.5, seed=1, stop_at_eos=False)
+    engine = Engine.from_pretrained(path)
+    plan = [("a", [1, 2, 3, 4], sparse), ("b", list(range(20, 40)), None), ("c", [9, 9], sparse)]
+    done = {}
+    for rid, prompt, sp in plan:
+        engine.add_request(rid, prompt, p, sp)
+        for _ in range(3):
+            done.update({u.request_id: u for u in engine.step() if u.finished})
+    while engine.has_unfinished():
+        done.update({u.request_id: u for u in engine.step() if u.finished})
+    llm = LLM(path)
+    for rid, prompt, sp in plan:
+        alone = llm.generate([prompt], p, sparse_configs=sp, use_tqdm=False)[0]["token_ids"]
+        assert done[rid].output.token_ids == alone, rid
