@@ -287,7 +287,7 @@ def main() -> None:
 def print_table(results: list[Result]) -> None:
     base = {(r.shape, r.prompt, r.batch): r.tokens_per_s for r in results if r.mode == "dense"}
     print(
-        f"\n{'shape':>9} {'prompt':>6} {'batch':>5} {'mode':>7} {'tok/s':>9} {'x naive':>7} "
+        f"\n{'shape':>12} {'prompt':>6} {'batch':>5} {'mode':>7} {'tok/s':>9} {'x naive':>7} "
         f"{'ceiling':>8} {'%ceil':>6} {'FULL ms':>8} {'SELECT ms':>9} {'REUSE ms':>8} "
         f"{'peak GiB':>8} {'pages':>7}"
     )
@@ -298,7 +298,7 @@ def print_table(results: list[Result]) -> None:
         pct = f"{r.pct_of_ceiling:.0f}%" if r.pct_of_ceiling else "-"
         ms = [f"{r.step_ms.get(p, 0):.2f}" for p in ("FULL", "SELECT", "REUSE")]
         print(
-            f"{r.shape:>9} {r.prompt:>6} {r.batch:>5} {r.mode:>7} {r.tokens_per_s:>9.1f} "
+            f"{r.shape:>12} {r.prompt:>6} {r.batch:>5} {r.mode:>7} {r.tokens_per_s:>9.1f} "
             f"{ratio:>7.2f} {ceil:>8} {pct:>6} {ms[0]:>8} {ms[1]:>9} {ms[2]:>8} "
             f"{r.peak_gpu_gib:>8.1f} {r.max_pages_used:>7}"
         )
