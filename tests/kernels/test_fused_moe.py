@@ -10,7 +10,7 @@ from kernel_testlib import ATOL, DEVICE, DTYPES, randn
 
 from dllmserve.kernels import fused_moe, reference
 from dllmserve.kernels.moe_kernel import align_rows
-from dllmserve.models.fp8 import quantize_weight
+from dllmserve.models.fp8 import quantize_experts
 
 
 def _routing(gen: torch.Generator, t: int, e: int, k: int, unused: tuple[int, ...] = ()):
@@ -28,9 +28,9 @@ def _weights(gen: torch.Generator, e: int, d: int, i: int, dtype: torch.dtype):
 
 
 def _fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[E, N, K] -> e4m3 data and per-row scales [E, N], as dllmserve.models.fp8 quantizes."""
-    q = [quantize_weight(we) for we in w]
-    return torch.stack([x.data for x in q]), torch.stack([x.scale[0] for x in q])
+    """[E, N, K] -> e4m3 data and per-row scales [E, N], as the model's loader quantizes."""
+    q = quantize_experts(w)
+    return q.data, q.scale
 
 
 # (T, d, I, E, k, experts that get no token): one token with k = 1; ragged d and I (masked
