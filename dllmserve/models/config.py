@@ -20,6 +20,10 @@ DREAM_CONTEXT_LIMIT = 2048  # the Dream README's supported context
 LLADA_MOE_ARCHS = ("LLaDAMoEModelLM", "LLaDAMoEModel")
 LLADA_MOE_MASK_ID = 156895  # the model card's generate(mask_id=...): published configs omit it
 LLADA_MOE_EOS_ID = 156892
+LLADA2_ARCHS = ("LLaDA2MoeModelLM",)
+LLADA2_MASK_TOKEN = "<|mask|>"  # where config.json has no mask_token_id: the tokenizer's
+LLADA2_EOS_TOKEN = "<|endoftext|>"
+LLADA2_BLOCK_LENGTH = 32  # the official generate's default block_length
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,10 @@ class ModelConfig:
     rotary_dim: int = 0  # RoPE on each head's first rotary_dim dims; 0: the whole head
     clip_qkv: float | None = None  # q, k, v clamped to [-clip, clip] after the q/k norm
     moe: MoeConfig | None = None  # set for LLaDA-MoE (whose tensors are named its own way)
+    # LLaDA2: block-causal attention over blocks aligned to absolute positions from 0, each
+    # block denoised after the last (docs/models.md); the block length its sampler defaults to
+    block_diffusion: bool = False
+    default_block_length: int | None = None
 
     @property
     def group(self) -> int:
@@ -68,7 +76,10 @@ class ModelConfig:
 
     @property
     def layout(self) -> str:
-        """The checkpoint's tensor naming: "llada" (OLMo), "dream" (Qwen2) or "llada-moe"."""
+        """The checkpoint's tensor naming: "llada" (OLMo), "dream" (Qwen2), "llada-moe" or
+        "llada2"."""
+        if self.block_diffusion:
+            return "llada2"
         return "llada-moe" if self.moe is not None else self.arch
 
     @property
@@ -99,6 +110,10 @@ def load_config(model_dir: str | Path) -> ModelConfig:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from e
     model_type = str(raw.get("model_type", "")).lower()
     archs = raw.get("architectures") or []
+    if any(a in LLADA2_ARCHS for a in archs) or model_type == "llada2_moe":
+        from dllmserve.models.llada2_config import read_llada2
+
+        return read_llada2(raw, Path(model_dir))
     if any(a in LLADA_MOE_ARCHS for a in archs) or model_type == "lladamoe":
         return read_llada_moe(raw)
     if model_type == "llada" or "LLaDAModelLM" in archs:
@@ -108,7 +123,7 @@ def load_config(model_dir: str | Path) -> ModelConfig:
     raise UnsupportedModelError(
         f"unsupported architecture: model_type={raw.get('model_type')!r}, "
         f"architectures={archs}; supported: LLaDA (model_type 'llada'), LLaDA-MoE "
-        "(architectures ['LLaDAMoEModelLM']) and Dream ('Dream')"
+        "(architectures ['LLaDAMoEModelLM']), LLaDA2 (['LLaDA2MoeModelLM']) and Dream ('Dream')"
     )
 
 

@@ -16,6 +16,7 @@ from safetensors import safe_open
 from dllmserve.errors import CheckpointError, ValidationError
 from dllmserve.models.config import QUANTIZATIONS, ModelConfig, load_config
 from dllmserve.models.fp8 import check_fp8_support, quantize_experts, quantize_weight
+from dllmserve.models.llada2_layout import assemble_llada2, llada2_tensors
 from dllmserve.models.llada_moe_layout import assemble_llada_moe, llada_moe_tensors
 from dllmserve.models.transformer import DiffusionTransformer, LayerWeights, ModelWeights
 
@@ -29,6 +30,8 @@ def expected_tensors(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     names: dict[str, tuple[int, ...]] = {}
     if cfg.layout == "llada-moe":
         return llada_moe_tensors(cfg)
+    if cfg.layout == "llada2":
+        return llada2_tensors(cfg)
     if cfg.arch == "llada":
         names["model.transformer.wte.weight"] = (v, d)
         for i in range(cfg.n_layers):
@@ -128,6 +131,8 @@ def load_weights(
                 t[name] = fh.get_tensor(name).to(device=device, dtype=dtype)
     if cfg.layout == "llada-moe":
         return assemble_llada_moe(cfg, t)
+    if cfg.layout == "llada2":
+        return assemble_llada2(cfg, t)
     return _assemble(cfg, t)
 
 
