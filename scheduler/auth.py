@@ -16,6 +16,7 @@ import grpc
 import grpc.aio
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+CLIENT_HEADER = "x-dllmserve-client"  # who a front end calls for (the per-client queue cap)
 
 
 def load_tokens(tokens: str = "", token_file: str = "") -> tuple[str, ...]:
@@ -51,6 +52,21 @@ def client_of(context: grpc.aio.ServicerContext, authenticated: bool) -> str:
         return "t:" + hashlib.sha256(token).hexdigest()[:32]
     peer = context.peer() or ""
     return "ip:" + (peer.rpartition(":")[0] or peer)
+
+
+def quota_of(context: grpc.aio.ServicerContext, client: str, authenticated: bool,
+             trust_header: bool) -> str:  # fmt: skip
+    """The per-client queue bucket of a call. A front end (the HTTP gateway) names the user it
+    calls for in `x-dllmserve-client`; the header is honoured from an authenticated caller
+    (within its tenant's name) or, with auth off, only when the operator trusts every caller
+    (`--trust-client-header`). Otherwise the bucket is the client itself."""
+    if not (authenticated or trust_header):
+        return client
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_HEADER and value:
+            v = value.encode() if isinstance(value, str) else value
+            return f"{client}|c:{hashlib.sha256(v).hexdigest()[:32]}"
+    return client
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):

@@ -16,6 +16,8 @@ class SchedulerConfig:
     # pending requests of one client (tenant token, else IP address) before RESOURCE_EXHAUSTED;
     # 0: no cap
     max_queue_per_client: int = 1000
+    # honour x-dllmserve-client (the user a front end calls for) from any caller, auth off too
+    trust_client_header: bool = False
     retry_after_s: float = 1.0  # the RetryInfo hint sent with RESOURCE_EXHAUSTED
     max_attempts: int = 3  # workers a request may crash running alone before it is dead-lettered
     # a request waits this long for a ready worker of its model, then fails UNAVAILABLE

@@ -24,6 +24,7 @@ from dllmserve.logs import event
 from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.config import SchedulerConfig
 from dllmserve.scheduler.dispatcher import Dispatcher
+from dllmserve.scheduler.redis_link import connect
 
 PREFIX = "dllmserve:"
 log = logging.getLogger("dllmserve.scheduler.requests")
@@ -61,10 +62,20 @@ class SchedulerMetrics:
         event(log, "accepted", request_id=rid, model=model, queue_position=position,
               priority=priority)  # fmt: skip
 
-    def on_refused(self, rid: str, code: grpc.StatusCode, message: str) -> None:
-        """An expected error (bad field, full queue, cancelled...): one line, no traceback."""
+    def on_refused(self, rid: str, code: grpc.StatusCode, message: str, rpc: str = "") -> None:
+        """Every call that ends with an error status (a bad field, a full queue, Redis down, a
+        cancelled or failed request...): one line with the request id and the cause, no
+        traceback."""
         self.refused.labels(code.name).inc()
-        event(log, "refused", request_id=rid or None, code=code.name, error=message)
+        level = logging.WARNING if code in _SERVER_SIDE else logging.INFO
+        event(log, "refused", level=level, request_id=rid or None, rpc=rpc or None,
+              code=code.name, error=message)  # fmt: skip
+
+
+# errors of the service rather than of the request: worth an operator's attention
+_SERVER_SIDE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.ABORTED}
+)
 
 
 class _StateCollector(Collector):
@@ -73,7 +84,7 @@ class _StateCollector(Collector):
     def __init__(
         self, cfg: SchedulerConfig, dispatcher: Dispatcher, open_streams: Callable[[], int]
     ) -> None:
-        self._r = redis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self._r = connect(cfg.redis_url, socket_timeout=2, socket_connect_timeout=2)
         self._cfg = cfg
         self._dispatcher = dispatcher
         self._open_streams = open_streams

@@ -73,16 +73,22 @@ _LUA_HELPERS = """
 local function is_terminal(s)
   return s == 'done' or s == 'failed' or s == 'cancelled' or s == 'expired' or s == 'dead'
 end
--- One more (or one less) queued request of the request's client (the per-client cap).
+-- One more (or one less) queued request of the request's client (the per-client cap): its
+-- quota bucket, or its client when it has none.
 local function count_queued(rk, delta)
-  local c = redis.call('HGET', rk, 'client')
+  local c = redis.call('HGET', rk, 'quota') or redis.call('HGET', rk, 'client')
   if not c or c == '' then return end
   if redis.call('HINCRBY', 'dllm:queued', c, delta) <= 0 then
     redis.call('HDEL', 'dllm:queued', c)
   end
 end
+-- The request's own TTL (the scheduler's --result-ttl, stored at enqueue), else `default`.
+local function ttl_of(rk, default)
+  return tonumber(redis.call('HGET', rk, 'ttl') or '') or tonumber(default)
+end
 local function publish_error(rid, attempt, code, msg, now, ttl)
   local res = 'dllm:res:' .. rid
+  ttl = ttl_of('dllm:req:' .. rid, ttl)
   redis.call('XADD', res, '*', 'a', attempt, 'k', 'e', 'code', code, 'msg', msg)
   redis.call('EXPIRE', res, ttl)
   redis.call('EXPIRE', 'dllm:req:' .. rid, ttl)
@@ -91,7 +97,8 @@ end
 
 # KEYS: req, pending. ARGV: id, body, max_queue, now, group, priority, deadline, model, opts,
 # client, max queued per client (0: no cap), its last possible step, owned ("1": another
-# client's id is hidden).
+# client's id is hidden), the TTL of its records once it ends (every process uses this one),
+# its quota bucket for the per-client cap (default: the client).
 # Returns {1, position} queued, {0, status} duplicate, {-1, length} full, {-2, status} conflict,
 # {-3, ""} the id belongs to another client, {-4, queued} the client's own cap is reached.
 ENQUEUE = (
@@ -107,12 +114,15 @@ if st then
 end
 local n = redis.call('XLEN', KEYS[2])
 if n >= tonumber(ARGV[3]) then return {-1, tostring(n)} end
-local mine = tonumber(redis.call('HGET', 'dllm:queued', ARGV[10]) or '0')
+local bucket = ARGV[15] or ARGV[10]
+local mine = tonumber(redis.call('HGET', 'dllm:queued', bucket) or '0')
 if tonumber(ARGV[11]) > 0 and mine >= tonumber(ARGV[11]) then return {-4, tostring(mine)} end
 redis.call('HSET', KEYS[1], 'body', ARGV[2], 'status', 'queued', 'attempt', '1',
   't_enq', ARGV[4], 'group', ARGV[5], 'priority', ARGV[6], 'deadline', ARGV[7],
   'model', ARGV[8], 'opts', ARGV[9], 'cancel', '0', 'worker', '', 'client', ARGV[10],
   'steps', ARGV[12])
+if ARGV[14] then redis.call('HSET', KEYS[1], 'ttl', ARGV[14]) end
+if ARGV[15] then redis.call('HSET', KEYS[1], 'quota', ARGV[15]) end
 count_queued(KEYS[1], 1)
 redis.call('XADD', KEYS[2], '*', 'id', ARGV[1])
 return {1, tostring(n + 1)}
@@ -198,9 +208,12 @@ return {h[4], h[5], h[6], h[7], h[8]}
 """
 )
 
-# KEYS: req, res, load. ARGV: worker, attempt, status, now, ttl, then record field/value pairs.
+# KEYS: req, res, load. ARGV: worker, attempt, status, now, ttl (when the request has none of
+# its own), then record field/value pairs.
 # Publishes the terminal record, fenced: only the worker that owns this attempt may finish it.
-FINISH = """
+FINISH = (
+    _LUA_HELPERS
+    + """
 local h = redis.call('HMGET', KEYS[1], 'worker', 'attempt', 'status')
 if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] or (h[3] ~= 'running' and h[3] ~= 'dispatched') then
   return 0
@@ -210,11 +223,13 @@ redis.call('ZREM', 'dllm:assigned', string.sub(KEYS[1], 10))  -- KEYS[1] is dllm
 local rec = {'a', ARGV[2]}
 for i = 6, #ARGV do rec[#rec + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], '*', unpack(rec))
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
+local ttl = ttl_of(KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('DECR', KEYS[3])
 return 1
 """
+)
 
 # KEYS: req. ARGV: request id, code, msg, now, ttl.
 # Returns "notfound", the terminal status it already had, "cancelled" or "cancelling".

@@ -23,7 +23,12 @@ from dllmserve.scheduler import queue as q
 
 MAX_AGE_S = 1.0  # how stale the served models and their limits may be when a request arrives
 LIMITS_FIELD = "limits"  # the worker hash's field holding its engine's ModelLimits
-_TYPES = {"int": int, "bool": bool, "str": str}  # ModelLimits' field types, as annotated
+_TYPES = {"int": int, "bool": bool, "str": str, "None": type(None)}  # as annotated
+
+
+def _allowed(annotation: object) -> set[type]:
+    """The JSON value types a ModelLimits field may hold (`int | None`: an int or null)."""
+    return {_TYPES[t] for t in str(annotation).split(" | ") if t in _TYPES}
 
 
 def encode_limits(limits: ModelLimits) -> str:
@@ -42,7 +47,7 @@ def decode_limits(raw: str | bytes | None) -> ModelLimits | None:
     values = {}
     for f in dataclasses.fields(ModelLimits):
         v = data.get(f.name)
-        if type(v) is not _TYPES.get(str(f.type)):
+        if type(v) not in _allowed(f.type):
             return None
         if type(v) is int and v < (0 if f.name.endswith("_id") else 1):  # ids from 0, counts 1
             return None

@@ -17,7 +17,7 @@ from dllmserve import tracing
 from dllmserve.errors import CapacityError, ValidationError
 from dllmserve.scheduler import errors
 from dllmserve.scheduler import queue as q
-from dllmserve.scheduler.auth import client_of
+from dllmserve.scheduler.auth import client_of, quota_of
 from dllmserve.scheduler.config import SchedulerConfig
 from dllmserve.scheduler.dispatcher import Dispatcher
 from dllmserve.scheduler.metrics import SchedulerMetrics
@@ -74,11 +74,8 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         try:
             async for ev in self._generate(request, context, span):
                 yield ev
-        except errors.RpcError as e:
-            self.metrics.on_refused(request.request_id, e.status.code, e.status.details)
-            await context.abort_with_status(e.status)
-        except REDIS_DOWN as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
+        except (errors.RpcError, *REDIS_DOWN) as e:
+            await self._abort(context, "Generate", request.request_id, e)
         finally:
             tracing.end(span)
 
@@ -86,24 +83,30 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         try:
             async for ev in self._attach(request, context):
                 yield ev
-        except errors.RpcError as e:
-            await context.abort_with_status(e.status)
-        except REDIS_DOWN as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
+        except (errors.RpcError, *REDIS_DOWN) as e:
+            await self._abort(context, "Attach", request.request_id, e)
 
     async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext):
         try:
             return pb.CancelResponse(status=await self._cancel_call(request, context))
-        except errors.RpcError as e:
-            await context.abort_with_status(e.status)
-        except REDIS_DOWN as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
+        except (errors.RpcError, *REDIS_DOWN) as e:
+            await self._abort(context, "Cancel", request.request_id, e)
 
     async def GetServerInfo(self, request, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
         try:
             return await self._server_info()
         except REDIS_DOWN as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
+            await self._abort(context, "GetServerInfo", "", e)
+
+    async def _abort(self, context, rpc: str, rid: str, e: Exception) -> None:
+        """Every call that fails ends here: logged with its request id and cause, counted,
+        then sent to the client (a Redis error as UNAVAILABLE: the client may retry)."""
+        if isinstance(e, errors.RpcError):
+            status = e.status
+        else:
+            status = errors.simple(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}").status
+        self.metrics.on_refused(rid, status.code, status.details, rpc)
+        await context.abort_with_status(status)
 
     async def _server_info(self) -> pb.ServerInfo:
         info = pb.ServerInfo(
@@ -180,6 +183,8 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
                 self._cfg.max_queue_per_client,
                 args.sampling_params.max_steps,
                 "1" if self._authenticated else "0",
+                self._cfg.result_ttl_s,
+                quota_of(context, client, self._authenticated, self._cfg.trust_client_header),
             ],
         )
         code, value = int(res[0]), q.s(res[1])

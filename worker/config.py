@@ -23,7 +23,7 @@ class WorkerConfig:
     heartbeat_interval_s: float = 1.0
     heartbeat_ttl_s: float = 5.0  # missing for this long: the worker is dead, its work reclaimed
     idle_block_ms: int = 200
-    result_ttl_s: int = 3600
+    result_ttl_s: int = 3600  # for records without a TTL of their own (set at enqueue)
     drain_timeout_s: float = 60.0
     # the watchdog (worker/watchdog.py): an iteration running longer than
     # max(stall_floor_s, stall_factor x the moving average) takes the worker out

@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Mapping
 
+from dllmserve.logs import EVENT_ATTR
 from dllmserve.v1 import dllm_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,11 @@ class Faults:
         if req.WhichOneof("prompt") != "text":
             return
         if self.crash_on and self.crash_on in req.text:
-            log.error("fault injection: crashing on request %s", request_id)
+            log.error("fault injection: crashing", extra={EVENT_ATTR: {"request_id": request_id}})
             os._exit(17)
         if self.stall_on and self.stall_on in req.text:
+            fields = {EVENT_ATTR: {"request_id": request_id}}
+            log.error("fault injection: the next step stalls", extra=fields)
             self._stall_next = True
 
     def before_step(self) -> None:

@@ -20,6 +20,7 @@ import redis.exceptions
 from dllmserve.engine.outputs import StepUpdate
 from dllmserve.engine.protocol import StepEngine
 from dllmserve.errors import CapacityError, ValidationError
+from dllmserve.logs import EVENT_ATTR
 from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.redis_link import Backoff
 from dllmserve.scheduler.validation import prompt_of, to_sampling_params, to_sparse_config
@@ -203,7 +204,8 @@ class WorkerLoop(Leaving):
             self._fail(rid, eid, attempt, q.FAILED, "RESOURCE_EXHAUSTED", str(e))
             return
         except Exception as e:  # a bug must not take the worker down with every request
-            log.exception("admitting %s failed", rid)
+            fields = {EVENT_ATTR: {"request_id": rid, "attempt": attempt}}
+            log.exception("admission failed", extra=fields)
             self._fail(rid, eid, attempt, q.FAILED, "INTERNAL", f"admission failed: {e}")
             return
         canvas = (

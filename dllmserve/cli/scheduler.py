@@ -46,6 +46,12 @@ def add_scheduler_args(p: argparse.ArgumentParser) -> None:
         "dead-lettered (ABORTED)",
     )
     p.add_argument(
+        "--trust-client-header",
+        action="store_true",
+        help="count queued requests per x-dllmserve-client (the user a gateway calls for) "
+        "from any caller; with auth on it is honoured from authenticated callers anyway",
+    )
+    p.add_argument(
         "--worker-wait",
         type=float,
         default=10.0,
@@ -131,6 +137,7 @@ def scheduler_config(a: argparse.Namespace):
         max_queue_per_client=a.max_queue_per_client,
         max_attempts=a.max_attempts,
         worker_wait_s=a.worker_wait,
+        trust_client_header=a.trust_client_header,
         orphan_grace_s=a.orphan_grace,
         result_ttl_s=a.result_ttl,
         lease_ttl_ms=a.lease_ttl_ms,

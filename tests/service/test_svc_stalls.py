@@ -13,6 +13,7 @@ from dllmserve.client import Client
 from dllmserve.scheduler import queue as q
 
 WATCHDOG = ("--stall-floor", "2", "--stall-factor", "10")
+WAIT = ("--worker-wait", "120")  # the requests wait while no worker is ready for a while
 
 
 def _stall_env(seconds: float) -> dict:
@@ -25,7 +26,7 @@ def _log(p) -> str:
 
 def test_stalled_worker_is_taken_out_and_its_requests_finish_elsewhere(make_cluster):
     c = make_cluster()
-    c.add_scheduler("--cancel-wait", "1")
+    c.add_scheduler("--cancel-wait", "1", *WAIT)
     # a floor well past the Cancel's wait below: the cancel is answered before the reclaim
     frozen = c.add_worker("--stall-floor", "8", env=_stall_env(3600))
     normal = [Stream(c.target, f"n{i}", LONG, prompt=f"normal {i}") for i in range(3)]
@@ -59,7 +60,7 @@ def test_stalled_worker_is_taken_out_and_its_requests_finish_elsewhere(make_clus
 
 def test_a_request_that_stalls_every_worker_is_dead_lettered(make_cluster):
     c = make_cluster()
-    c.add_scheduler("--max-attempts", "2")
+    c.add_scheduler("--max-attempts", "2", *WAIT)
     env = _stall_env(6)  # each stall ends: the worker comes back under a fresh id
     w1 = c.add_worker(*WATCHDOG, env=env, wait=False)
     w2 = c.add_worker(*WATCHDOG, env=env, wait=False)
