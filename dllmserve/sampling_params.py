@@ -42,6 +42,14 @@ class SamplingParams:
     draws the positions to commit with probability ``softmax(confidence / alg_temp)`` instead
     of taking the most confident (Dream's ``alg_temp``).
 
+    Block-diffusion models (LLaDA2) take the official `generate` arguments one to one:
+    ``steps_per_block`` (each block's steps, capped at ``gen_length // minimal_topk``; for the
+    other models ``steps`` = ``steps_per_block`` x blocks: give ``steps`` or
+    ``steps_per_block``, not both), ``minimal_topk``, ``eos_early_stop`` (end as soon as an EOS
+    is committed with every position before it committed) and ``editing_threshold`` (LLaDA2.1:
+    committed tokens of the block are replaced where the model's new token differs and its
+    probability exceeds it).
+
     ``structured_output`` (a `StructuredOutput`, or a dict of its fields) makes the answer match a
     JSON schema, a regex or one of a list of choices by construction
     (docs/structured_outputs.md); the canvas must be long enough for its shortest answer.
@@ -64,6 +72,10 @@ class SamplingParams:
     alg_temp: float = 0.0
     eps: float = 1e-3
     structured_output: StructuredOutput | None = None
+    steps_per_block: int | None = None
+    minimal_topk: int = 1
+    eos_early_stop: bool = False
+    editing_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.structured_output, dict):
@@ -88,7 +100,7 @@ class SamplingParams:
         f = "sampling_params."
         check_int(f + "gen_length", self.gen_length, 1)
         check_int(f + "steps", self.steps, 1)
-        if self.steps > self.gen_length:
+        if self.steps > self.gen_length and self.steps_per_block is None:
             raise ValidationError(
                 f + "steps",
                 f"must be in [1, gen_length={self.gen_length}], got {self.steps}",
@@ -134,9 +146,27 @@ class SamplingParams:
             raise ValidationError(
                 f + "structured_output", f"must be a StructuredOutput or None, got {echo(so)}"
             )
-        for name in ("stop_at_eos", "logits_eos_inf", "confidence_eos_eot_inf"):
+        self._validate_block_fields()
+        for name in ("stop_at_eos", "logits_eos_inf", "confidence_eos_eot_inf", "eos_early_stop"):
             if not isinstance(getattr(self, name), bool):
                 raise ValidationError(f + name, f"must be a bool, got {echo(getattr(self, name))}")
+
+    def _validate_block_fields(self) -> None:
+        f = "sampling_params."
+        if self.steps_per_block is not None:
+            check_int(f + "steps_per_block", self.steps_per_block, 1, self.gen_length)
+            if self.steps != DEFAULT_STEPS:
+                raise ValidationError(
+                    f + "steps_per_block",
+                    f"give steps ({self.steps}) or steps_per_block ({self.steps_per_block}), "
+                    "not both",
+                )
+        check_int(f + "minimal_topk", self.minimal_topk, 1, self.gen_length)
+        if self.editing_threshold is not None:
+            check_float(f + "editing_threshold", self.editing_threshold, 0.0, 1.0)
+
+
+DEFAULT_STEPS = SamplingParams.steps
 
 
 def check_int(field: str, value: object, lo: int, hi: int | None = None) -> None:

@@ -14,6 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from dllmserve.engine.block_inputs import (
+    refuse_block_fields,
+    refuse_unsupported,
+    resolve_block_request,
+)
 from dllmserve.engine.schedule import block_bounds, even_split
 from dllmserve.errors import CapacityError, ValidationError
 from dllmserve.sampling_params import SamplingParams
@@ -33,6 +38,9 @@ class ModelLimits:
     max_num_batched_tokens: int  # tokens one iteration forwards at most
     page_size: int  # kept K/V entries per cache page
     num_cache_pages: int  # pages in the engine's pool
+    # LLaDA2: blocks aligned to absolute positions, block-causal attention (engine/block_inputs)
+    block_diffusion: bool = False
+    default_block_length: int | None = None  # a block-diffusion model's own block length
 
 
 def vocabulary(rows: int, tokenizer) -> int:
@@ -97,6 +105,10 @@ def resolve_request(
             "sampling_params.top_k",
             f"must be in [1, {limits.vocab_size}] (the vocabulary), got {params.top_k}",
         )
+    if limits.block_diffusion:
+        refuse_unsupported(params, sparse)
+        return resolve_block_request(limits, params, prompt_len)
+    refuse_block_fields(params)
     known_len = prompt_len
     prompt_len = 1 if prompt_len is None else prompt_len
     gen = params.gen_length
@@ -119,6 +131,9 @@ def resolve_request(
     if block is None:
         block = min(active.default_block_len, gen) if active else gen
     blocks = tuple(block_bounds(gen, block))
+    if params.steps_per_block is not None:  # the same steps in every block
+        steps = min(gen, params.steps_per_block * len(blocks))
+        params = replace(params, steps=steps, steps_per_block=None)
     if params.steps < len(blocks):
         raise ValidationError(
             "sampling_params.steps",
@@ -158,6 +173,12 @@ def resolve_request(
         tokens_per_iteration=seq_len * lanes,
         pages_per_layer=pages,
     )
+    check_capacity(limits, resolved)
+    return resolved
+
+
+def check_capacity(limits: ModelLimits, resolved: ResolvedRequest) -> None:
+    """CapacityError for a request this engine can never hold, however long it waits."""
     if resolved.tokens_per_iteration > limits.max_num_batched_tokens:
         raise CapacityError(
             f"the request needs {resolved.tokens_per_iteration} tokens per iteration; "
@@ -168,7 +189,6 @@ def resolve_request(
             f"the request needs {resolved.cache_pages} cache pages; the pool holds "
             f"{limits.num_cache_pages}"
         )
-    return resolved
 
 
 def _check_prompt_ids(limits: ModelLimits, ids: Sequence[int]) -> None:
