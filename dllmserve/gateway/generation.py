@@ -117,12 +117,7 @@ class Generation:
         except ApiError as e:
             return error_response(request, e)
         finally:
-            for t in (*tasks, gone):
-                t.cancel()  # a cancelled read cancels its gRPC call
-            await asyncio.gather(*tasks, gone, return_exceptions=True)
-            for s in streams:
-                with contextlib.suppress(Exception):
-                    await s.aclose()
+            await _close([*tasks, gone], streams)
         texts, reasons, returned = [], [], []
         for d, t in zip(dones, tokens, strict=True):
             text, stopped = cut(d.text, p.stop)
@@ -195,12 +190,7 @@ class Generation:
             if gone:
                 self._count(p, "cancelled", len(gone))
                 request.state.error = "the client went away: generations cancelled"
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for s in streams:
-                with contextlib.suppress(Exception):
-                    await s.aclose()
+            await _close(tasks, streams)
 
 
 class Choice:
@@ -228,6 +218,20 @@ async def _completed(stream, tokens: TokenTexts) -> Completed:
         elif isinstance(ev, Completed):
             return ev
     raise ApiError(502, "the stream ended without a result", type="server_error")
+
+
+async def _close(tasks: list[asyncio.Task], streams: list) -> None:
+    """Cancel the readers (a cancelled read cancels its gRPC call: the scheduler then cancels
+    the generation) and close the streams. Each await is on its own, so the cancellation of a
+    response whose client left (Starlette cancels its task group) cannot skip the rest."""
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+    for s in streams:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await s.aclose()
 
 
 async def _disconnect(request: Request) -> None:

@@ -74,6 +74,13 @@ def test_a_bad_request_id_is_a_400_naming_the_header(svc, rid):
     assert r.headers["x-request-id"] != rid  # never echoed back
 
 
+def test_a_request_id_too_long_for_its_choices_is_a_400(svc):
+    """n = 2 runs as <id>-0 and <id>-1, which must stay within the scheduler's 128 characters."""
+    r = httpx.post(svc.base + "/v1/completions", json={"prompt": PROMPT, "n": 2},
+                   headers={"X-Request-Id": "x" * 126})  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["param"] == "X-Request-Id"
+
+
 def test_an_error_reason_reaches_the_access_log(svc):
     r = httpx.post(svc.base + "/v1/completions", json={"prompt": PROMPT, "steps": 0},
                    headers={"X-Request-Id": "bad-steps"})  # fmt: skip
