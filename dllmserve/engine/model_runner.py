@@ -11,6 +11,8 @@ from dllmserve.engine.batch import (
     chain_iteration,
     refresh_iteration,
 )
+from dllmserve.engine.block_batch import BlockIterationBatch, build_block_iteration
+from dllmserve.engine.block_sampler import sample_block
 from dllmserve.engine.cuda_graphs import ReuseGraphs
 from dllmserve.engine.dense_graphs import DenseGraphs
 from dllmserve.engine.inflight import InFlight
@@ -43,12 +45,18 @@ class ModelRunner:
         """The iteration's inputs. Consecutive all-REUSE iterations of the same requests in
         the same blocks share every index tensor, so only the tokens and step counters are
         rebuilt and uploaded."""
+        cfg = self.model.cfg
+        if cfg.block_diffusion:  # block-causal lanes against the exact block K/V cache
+            self._cached = None
+            return build_block_iteration(
+                reqs, self.cache, cfg.n_layers, cfg.head_dim, self.cache.k.shape[1],
+                self.model.device,
+            )  # fmt: skip
         signature = tuple((r.request_id, r.block_idx, r.phase) for r in reqs)
         all_reuse = all(r.phase == Phase.REUSE for r in reqs)
         if all_reuse and self._cached is not None and self._cached[0] == signature:
             batch = refresh_iteration(self._cached[1], reqs, self.model.device)
         else:
-            cfg = self.model.cfg
             batch = build_iteration(
                 reqs, self.cache, cfg.n_layers, cfg.head_dim, self.model.dtype, self.model.device
             )
@@ -76,7 +84,12 @@ class ModelRunner:
             un = self.model.logits(hidden[batch.uncond_rows.view(-1)]).view(R, B, -1)
             logits = un + (batch.cfg_scale[:, None, None] + 1) * (logits - un)
         t = self.tokens
-        x0, commit, confidence = sample_scored(logits, batch.sampling, t.eos, t.eot, t.mask)
+        if isinstance(batch, BlockIterationBatch):
+            x0, commit, confidence = sample_block(
+                logits, batch.sampling, batch.block, t.mask, t.eos
+            )
+        else:
+            x0, commit, confidence = sample_scored(logits, batch.sampling, t.eos, t.eot, t.mask)
         # the confidences go to the host only for an iteration where a request shows them
         wanted = any(r.provisional for r in reqs)
         return InFlight.start(reqs, batch, x0, commit, confidence if wanted else None)

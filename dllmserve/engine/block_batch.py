@@ -1,0 +1,186 @@
+"""Build one iteration's packed inputs for block-diffusion requests (docs/design.md §15).
+
+Each request forwards the blocks whose K/V it has not stored yet (the prompt's full blocks at
+its first step, the block it just finished at the next one's first), each one lane that writes
+its K/V, then its current block, one lane whose rows feed the LM head. Every lane is B tokens
+attending to the request's cached entries before its start plus itself (`BlockAttention`), so
+requests at any block and step share one forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dllmserve.engine.batch import IterationBatch
+from dllmserve.engine.block_attention import BlockAttention
+from dllmserve.engine.block_request import BlockRequest
+from dllmserve.engine.block_sampler import BlockSampling
+from dllmserve.engine.kv_cache import KVCache
+from dllmserve.engine.sampler import MODE_ID, SamplingBatch
+from dllmserve.engine.upload import upload
+
+
+@dataclass
+class BlockIterationBatch(IterationBatch):
+    block: BlockSampling | None = None
+
+
+@dataclass
+class _Lanes:
+    """Host-side lists of one iteration's lanes, filled request by request."""
+
+    ids: list[np.ndarray]
+    pos: list[np.ndarray]
+    cu: list[int]
+    kept: list[int]
+    tables: list[np.ndarray]
+    write_rows: list[np.ndarray]
+    write_slots: list[np.ndarray]  # [layers, n] each
+
+    def add(self, r: BlockRequest, start: int, end: int, write: bool, page_size: int) -> int:
+        """Append lane [start, end) of `r`; returns its first packed row."""
+        row = self.cu[-1]
+        self.ids.append(r.canvas[start:end])
+        pos = np.arange(start, end)
+        self.pos.append(pos)
+        self.cu.append(row + end - start)
+        self.kept.append(start)
+        table = r.page_tables[0]
+        self.tables.append(table)
+        if write:
+            self.write_rows.append(np.arange(row, row + end - start))
+            self.write_slots.append(table[:, pos // page_size] * page_size + pos % page_size)
+        return row
+
+
+def _lanes(reqs: list[BlockRequest], n_layers: int, page_size: int) -> tuple[_Lanes, list[int]]:
+    lanes = _Lanes([], [], [0], [], [], [], [])
+    first_rows = []
+    for r in reqs:
+        for s, e in r.write_blocks():
+            lanes.add(r, s, e, True, page_size)
+        bs, be = r.block_span
+        first_rows.append(lanes.add(r, bs, be, False, page_size))
+    return lanes, first_rows
+
+
+def _page_tables(tables: list[np.ndarray], n_layers: int) -> torch.Tensor:
+    width = max(t.shape[1] for t in tables)
+    out = np.zeros((n_layers, len(tables), width), dtype=np.int32)
+    for j, t in enumerate(tables):
+        out[:, j, : t.shape[1]] = t
+    return torch.from_numpy(out)
+
+
+def _block_rows(reqs: list[BlockRequest], first_rows: list[int], width: int) -> dict:
+    """The LM-head rows and the per-position sampling inputs of each request's block."""
+    R = len(reqs)
+    rows = np.zeros((R, width), dtype=np.int64)
+    positions = np.zeros((R, width), dtype=np.int64)
+    eligible = np.zeros((R, width), dtype=bool)
+    editable = np.zeros((R, width), dtype=bool)
+    current = np.zeros((R, width), dtype=np.int64)
+    for i, (r, row) in enumerate(zip(reqs, first_rows, strict=True)):
+        bs, be = r.block_span
+        n = be - bs
+        tokens = r.canvas[bs:be]
+        rows[i, :n] = np.arange(row, row + n)
+        positions[i, :n] = np.arange(bs, be)  # the random stream's coordinate: absolute
+        eligible[i, :n] = tokens == r.tokens.mask
+        if r.editing:
+            editable[i, :n] = ~eligible[i, :n] & (np.arange(bs, be) >= r.prompt_len)
+        current[i, :n] = tokens
+    t = torch.from_numpy
+    return {"logit_rows": t(rows), "gen_pos": t(positions), "eligible": t(eligible),
+            "editable": t(editable), "current": t(current)}  # fmt: skip
+
+
+def _settings(reqs: list[BlockRequest]) -> dict[str, torch.Tensor]:
+    params = [r.params for r in reqs]
+    nan = float("nan")
+    return {
+        "temperature": torch.tensor([p.temperature for p in params], dtype=torch.float64),
+        "seed": torch.tensor([r.seed for r in reqs], dtype=torch.long),
+        "step": torch.tensor([r.global_step for r in reqs], dtype=torch.long),
+        "k": torch.tensor([r.commit_mask_k() for r in reqs], dtype=torch.long),
+        "threshold": torch.tensor([nan if p.threshold is None else p.threshold for p in params]),
+        "edit_threshold": torch.tensor(
+            [nan if p.editing_threshold is None else p.editing_threshold for p in params]
+        ),
+        "top_k": torch.tensor([p.top_k or 0 for p in params], dtype=torch.long),
+        "top_p": torch.tensor([1.0 if p.top_p is None else p.top_p for p in params]),
+        "false": torch.zeros(len(reqs), dtype=torch.bool),
+    }
+
+
+def build_block_iteration(
+    reqs: list[BlockRequest], cache: KVCache, n_layers: int, head_dim: int, page_size: int,
+    device: torch.device,
+) -> BlockIterationBatch:  # fmt: skip
+    lanes, first_rows = _lanes(reqs, n_layers, page_size)
+    width = max(r.block_span[1] - r.block_span[0] for r in reqs)
+    n_lanes = len(lanes.kept)
+    writes = lanes.write_slots
+    host = {
+        "input_ids": torch.from_numpy(np.concatenate(lanes.ids)),
+        "positions": torch.from_numpy(np.concatenate(lanes.pos)),
+        "cu": torch.tensor(lanes.cu, dtype=torch.int32),
+        "kept_len": torch.tensor(lanes.kept, dtype=torch.int32).expand(n_layers, n_lanes),
+        "pages": _page_tables(lanes.tables, n_layers),
+        "write_rows": torch.from_numpy(np.concatenate(lanes.write_rows or [np.zeros(0, int)])),
+        "write_slots": torch.from_numpy(
+            np.concatenate(writes, axis=1) if writes else np.zeros((n_layers, 0), dtype=np.int64)
+        ).long(),
+        **_block_rows(reqs, first_rows, width),
+        **_settings(reqs),
+    }
+    d = upload({k: v.contiguous() for k, v in host.items()}, device)
+    return BlockIterationBatch(
+        input_ids=d["input_ids"],
+        positions=d["positions"],
+        attention=_attention(d, cache, head_dim, n_layers, max(np.diff(lanes.cu))),
+        logit_rows=d["logit_rows"],
+        uncond_rows=None,
+        cfg_scale=None,
+        sampling=_sampling(d, reqs),
+        block_width=width,
+        reuse_window=None,  # never chained nor graphed: each step reads its tokens back
+        block=BlockSampling(
+            k=d["k"],
+            edit_threshold=d["edit_threshold"],
+            editable=d["editable"],
+            current=d["current"],
+        ),  # fmt: skip
+    )
+
+
+def _attention(d: dict, cache: KVCache, head_dim: int, n_layers: int, widest: int):
+    none = torch.zeros(0, dtype=torch.int32, device=d["cu"].device)
+    return BlockAttention(
+        cache=cache, scale=head_dim**-0.5, n_dense_tokens=0, cu_dense=none[:0],
+        max_dense=0, n_select=0, n_select_tokens=0, select_q_rows=none.long(), cu_win=none,
+        win_start=none, win_len=none, n_keep=none.view(0, 0), max_keep=[0] * n_layers,
+        head_select=none.bool(), pool_kernel=none, select_pages=none.view(n_layers, 0, 0),
+        n_reuse=d["cu"].numel() - 1, cu_reuse=d["cu"], max_reuse=int(widest),
+        kept_len=d["kept_len"], reuse_pages=d["pages"], write_rows=d["write_rows"],
+        write_slots=d["write_slots"],
+    )  # fmt: skip
+
+
+def _sampling(d: dict, reqs: list[BlockRequest]) -> SamplingBatch:
+    params = [r.params for r in reqs]
+    return SamplingBatch(
+        temperature=d["temperature"], seed=d["seed"], step=d["step"], positions=d["gen_pos"],
+        eligible=d["eligible"], k=d["k"], transfer_prob=d["temperature"] * float("nan"),
+        alg_temp=d["temperature"] * 0, threshold=d["threshold"],
+        mode=torch.full_like(d["seed"], MODE_ID["maskgit_plus"]), top_k=d["top_k"],
+        top_p=d["top_p"], logits_eos_inf=d["false"], conf_eos_eot_inf=d["false"],
+        modes=frozenset({MODE_ID["maskgit_plus"]}),
+        any_noise=any(p.temperature > 0 for p in params),
+        any_threshold=any(p.threshold is not None for p in params),
+        any_filter=any(p.top_k is not None or p.top_p is not None for p in params),
+        any_alg_temp=False, any_transfer=False,
+    )  # fmt: skip

@@ -1,0 +1,68 @@
+"""The token choice and commits of a block-diffusion step: LLaDA2's `generate` (docs/models.md,
+"LLaDA2"), batched over requests like `sampler.sample_scored`.
+
+- x0: the argmax of the probabilities at temperature 0, the mask token included as in the
+  official code (a mask committed stays a mask; LLaDA2.1 may edit a token back to the mask),
+  else a draw from softmax(filtered logits / T) by the engine's counter-based Gumbel-max, never
+  the mask token (top_k / top_p apply with T > 0 only, as in the official code);
+- confidence: the probability of x0 in that softmax over the whole vocabulary, the mask token
+  included (the official `x0_p`);
+- commits: at the block's masks, every one above `threshold` when at least the step's scheduled
+  count are, else the most confident min(scheduled, masks) (ties to the lower position);
+- LLaDA2.1's edits: a committed non-prompt position of the block whose x0 differs from its token
+  and whose confidence exceeds `editing_threshold`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dllmserve import kernels
+from dllmserve.engine.sampler import (
+    Sampled,
+    SamplingBatch,
+    _filter_top_p_top_k,
+    _over_temperature,
+)
+
+
+@dataclass
+class BlockSampling:
+    """The block-diffusion settings of one iteration (device tensors, R rows)."""
+
+    k: torch.Tensor  # [R] int64: the step's scheduled commits (the threshold's floor)
+    edit_threshold: torch.Tensor  # [R] float32, NaN: no edits
+    editable: torch.Tensor  # [R, B] bool: committed, not prompt, in the block
+    current: torch.Tensor  # [R, B] int64: the block's tokens before the step
+
+
+def sample_block(
+    logits: torch.Tensor, b: SamplingBatch, e: BlockSampling, mask_id: int, eos_id: int
+) -> Sampled:
+    """(x0, commit | edits, confidence) of logits [R, B, V]."""
+    R, B, _ = logits.shape
+    temp = b.temperature.to(logits.dtype)[:, None, None]
+    if b.any_filter:
+        filtered = _filter_top_p_top_k(logits, temp, b.top_k, b.top_p, mask_id)
+        logits = torch.where(temp > 0, filtered, logits)
+    p = torch.softmax(_over_temperature(logits, temp).float(), dim=-1)
+    x0 = p.argmax(dim=-1)  # the official argmax of the probabilities, the mask token included
+    if b.any_noise:
+        drawn, _ = kernels.sample_tokens(
+            logits, b.temperature, b.seed, b.step, b.positions, b.logits_eos_inf,
+            b.conf_eos_eot_inf, mask_id, eos_id, None,
+        )  # fmt: skip
+        x0 = torch.where(b.temperature[:, None] > 0, drawn, x0)
+    conf = p.gather(-1, x0[..., None])[..., 0].to(torch.float64)
+    c = torch.where(b.eligible, conf, -torch.inf)
+    above = (c > b.threshold.to(torch.float64)[:, None]).sum(dim=-1)  # NaN: none
+    k = torch.minimum(torch.maximum(above, e.k), b.eligible.sum(dim=-1))
+    order = torch.sort(c, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(B, device=logits.device).expand(R, B))
+    commit = (rank < k[:, None]) & b.eligible
+    edit_thr = e.edit_threshold.to(torch.float64)[:, None]
+    edits = e.editable & (conf > edit_thr) & (x0 != e.current)
+    return Sampled(x0, commit | edits, conf)
