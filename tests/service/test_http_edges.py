@@ -201,11 +201,14 @@ def test_a_streamed_request_without_block_length_shows_text_before_its_last_step
     with httpx.stream("POST", svc.base + "/v1/completions", json=body, timeout=120) as r:
         chunks = [json.loads(x[6:]) for x in r.iter_lines()
                   if x.startswith("data: {")]  # fmt: skip
-    steps = [(c["choices"][0]["denoise"]["step"], c["choices"][0]["text"]) for c in chunks
+    steps = [(c["choices"][0]["denoise"], c["choices"][0]["text"]) for c in chunks
              if "denoise" in c["choices"][0]]  # fmt: skip
-    last = steps[-1][0]
-    assert last == 32
-    assert any(text for step, text in steps if step <= 16), steps
+    assert [d["step"] for d, _ in steps] == list(range(1, 33))
+    first = [(d, text) for d, text in steps if d["block_index"] == 0]
+    # The first block is whole after its 16 steps, its text sent, the second one all masks.
+    assert len(first) == 16 and first[-1][0]["masked_left"] == 32
+    assert all(p < 32 for d, _ in first for p in d["positions"])
+    assert "".join(text for _, text in first), steps
 
 
 def test_the_default_block_length_only_where_it_splits_evenly():
