@@ -29,6 +29,12 @@ LLADA_SPECIALS = [
     "<|eot_id|>",
 ]
 DREAM_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>"]
+# LLaDA2: EOS and the mask; turns are <role>NAME</role>, no end-of-turn token
+LLADA2_SPECIALS = ["<|endoftext|>", "<|mask|>", "<role>", "</role>"]
+LLADA2_CHAT_TEMPLATE = (
+    "{% for m in messages %}<role>{{ m['role'] | upper }}</role>{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<role>ASSISTANT</role>{% endif %}"
+)
 
 
 def build_byte_tokenizer(specials: list[str]) -> tuple[Tokenizer, dict[str, int]]:

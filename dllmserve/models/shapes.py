@@ -107,6 +107,44 @@ SHAPES: dict[str, ModelConfig] = {
             expert_bias=False,
         ),
     ),
+    # LLaDA2.0-mini (docs/models.md; rope_theta and max_len do not change its speed): block
+    # diffusion, GQA, half-width RoPE, QK norm, the
+    # first layer dense, then 256 experts top-8 in 8 groups (best 4), a shared expert
+    "llada2-mini": ModelConfig(
+        arch="llada2",
+        d_model=2048,
+        n_layers=20,
+        n_heads=16,
+        n_kv_heads=4,
+        head_dim=128,
+        mlp_hidden=5120,
+        vocab_size=157184,
+        rope_theta=600000.0,
+        rms_eps=1e-6,
+        max_len=8192,
+        mask_token_id=156895,
+        eos_token_id=156892,
+        qkv_bias=False,
+        tied_head=False,
+        shifted_logits=False,
+        rope_in_fp32=False,
+        qk_norm=True,
+        rotary_dim=64,
+        moe=MoeConfig(
+            num_experts=256,
+            top_k=8,
+            expert_hidden=512,
+            shared_hidden=512,
+            moe_layers=(False,) + (True,) * 19,
+            router="sigmoid_group",
+            expert_bias=True,
+            n_group=8,
+            topk_group=4,
+            routed_scaling=2.5,
+        ),
+        block_diffusion=True,
+        default_block_length=32,
+    ),
     # a CPU smoke shape of the same kind: a dense and an MoE layer, a shared expert, GQA,
     # half-width RoPE
     "tiny-moe": ModelConfig(
@@ -215,6 +253,8 @@ def shape_tokenizer(cfg: ModelConfig):
     from dllmserve.models.byte_tokenizer import (
         DREAM_CHAT_TEMPLATE,
         DREAM_SPECIALS,
+        LLADA2_CHAT_TEMPLATE,
+        LLADA2_SPECIALS,
         LLADA_CHAT_TEMPLATE,
         LLADA_SPECIALS,
     )
@@ -223,6 +263,8 @@ def shape_tokenizer(cfg: ModelConfig):
     llada = cfg.arch == "llada"
     specials = LLADA_SPECIALS if llada else DREAM_SPECIALS
     template = LLADA_CHAT_TEMPLATE if llada else DREAM_CHAT_TEMPLATE
+    if cfg.arch == "llada2":
+        specials, template = LLADA2_SPECIALS, LLADA2_CHAT_TEMPLATE
     mask = "<|mdm_mask|>" if llada else "<|mask|>"
     bos = "<|startoftext|>" if llada else None
     eos = "<|endoftext|>"

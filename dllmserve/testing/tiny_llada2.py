@@ -15,13 +15,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from dllmserve.models.byte_tokenizer import build_byte_tokenizer
-
-LLADA2_SPECIALS = ["<|endoftext|>", "<|mask|>", "<role>", "</role>"]
-LLADA2_CHAT_TEMPLATE = (
-    "{% for m in messages %}<role>{{ m['role'] | upper }}</role>{{ m['content'] }}{% endfor %}"
-    "{% if add_generation_prompt %}<role>ASSISTANT</role>{% endif %}"
+from dllmserve.models.byte_tokenizer import (
+    LLADA2_CHAT_TEMPLATE,
+    LLADA2_SPECIALS,
+    build_byte_tokenizer,
 )
+
 LLADA2_AUTO_MAP = {
     "AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
     "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM",
