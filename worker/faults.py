@@ -5,6 +5,9 @@
 - `DLLMSERVE_FAULT_STALL_ON_TEXT=S`: the first engine step after such a request is admitted
   sleeps `DLLMSERVE_FAULT_STALL_S` seconds (default 3600), like a request that freezes its
   worker (the watchdog's case).
+- `DLLMSERVE_FAULT_SLOW_ON_TEXT=S`: the first engine step after such a request is admitted
+  sleeps `DLLMSERVE_FAULT_SLOW_LAYER_S` seconds (default 1) after every layer of the forward:
+  an iteration that is slow but progressing, which the watchdog must leave alone.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from collections.abc import Mapping
 
 from dllmserve.logs import EVENT_ATTR
+from dllmserve.models import progress
 from dllmserve.v1 import dllm_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -22,6 +26,8 @@ log = logging.getLogger(__name__)
 CRASH_ENV = "DLLMSERVE_FAULT_CRASH_ON_TEXT"
 STALL_ENV = "DLLMSERVE_FAULT_STALL_ON_TEXT"
 STALL_S_ENV = "DLLMSERVE_FAULT_STALL_S"
+SLOW_ENV = "DLLMSERVE_FAULT_SLOW_ON_TEXT"
+SLOW_LAYER_S_ENV = "DLLMSERVE_FAULT_SLOW_LAYER_S"
 
 
 class Faults:
@@ -30,6 +36,9 @@ class Faults:
         self.stall_on = env.get(STALL_ENV, "")
         self.stall_s = float(env.get(STALL_S_ENV, "3600"))
         self._stall_next = False
+        self.slow_on = env.get(SLOW_ENV, "")
+        self.slow_layer_s = float(env.get(SLOW_LAYER_S_ENV, "1"))
+        self._slow_next = False
 
     def on_admit(self, request_id: str, req: pb.GenerateRequest) -> None:
         if req.WhichOneof("prompt") != "text":
@@ -41,9 +50,19 @@ class Faults:
             fields = {EVENT_ATTR: {"request_id": request_id}}
             log.error("fault injection: the next step stalls", extra=fields)
             self._stall_next = True
+        if self.slow_on and self.slow_on in req.text:
+            fields = {EVENT_ATTR: {"request_id": request_id}}
+            log.error("fault injection: the next step is slow", extra=fields)
+            self._slow_next = True
 
     def before_step(self) -> None:
+        if self.slow_on:  # slow layers for this step only
+            progress.hook = self._slow_layer if self._slow_next else None
+            self._slow_next = False
         if self._stall_next:
             self._stall_next = False
             log.error("fault injection: this step sleeps %.0f s", self.stall_s)
             time.sleep(self.stall_s)
+
+    def _slow_layer(self) -> None:
+        time.sleep(self.slow_layer_s)

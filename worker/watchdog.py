@@ -1,12 +1,15 @@
-"""The stall watchdog: an engine iteration that runs far longer than usual takes its worker out.
+"""The stall watchdog: an engine iteration that stops making progress takes its worker out.
 
 The heartbeat runs on a thread of its own, so a step that never ends (a hung device, a request
 whose cost has no bound) keeps the worker looking alive while every request on it starves. The
-watchdog times each iteration; one that has run longer than
+watchdog times each iteration from its start or its last sign of progress, whichever is later
+(the model ticks once per layer: dllmserve.models.progress). One that has gone longer than
 
     max(floor_s, factor x the moving average of recent iterations)
 
-trips it once: `on_stall` runs (on the watchdog's thread) and `tripped` stays set until the
+without progress trips it once, so an iteration that is merely slow (a large full forward on a
+loaded CPU, each layer well within the limit) is never taken for a stall. A trip happens
+once: `on_stall` runs (on the watchdog's thread) and `tripped` stays set until the
 loop, its step back, has dropped its work and `reset` it. The average is an exponential one
 (weight `ALPHA` for the newest iteration) and leaves out the iteration that tripped; the floor
 covers the first iterations (kernel compilation, CUDA graph capture) and short bursts of long
@@ -20,6 +23,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+
+from dllmserve.models import progress
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +71,15 @@ class Watchdog(threading.Thread):
 
     def run(self) -> None:
         poll_s = min(1.0, self.floor_s / 4)
+        seen, moved = progress.ticks, time.monotonic()  # the last tick seen, and when
         while not self.halt.wait(poll_s):
+            now = time.monotonic()
+            if progress.ticks != seen:
+                seen, moved = progress.ticks, now
             started = self._iteration_start
             if started is None or self.tripped.is_set():
                 continue
-            ran, limit = time.monotonic() - started, self.limit_s()
+            ran, limit = now - max(started, moved), self.limit_s()
             if ran > limit:
                 self.tripped.set()
                 try:

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import torch
 
+from dllmserve.models import progress
 from dllmserve.models.config import ModelConfig
 from dllmserve.models.fp8 import Fp8Weight
 from dllmserve.models.layers import Rotary, add_rms_norm, linear, rms_norm, silu_mul
@@ -94,6 +95,7 @@ class DiffusionTransformer:
             last = i + 1 == len(layers)  # the final norm feeds the LM head, which stays unquantized
             after = self.w.final_norm if last else layers[i + 1].attn_norm
             x, h = add_rms_norm(x, mlp, after, cfg.rms_eps, fp8 and not last)
+            progress.tick()  # the worker's watchdog: a slow forward still moves
         return h
 
     def _normed_qkv(

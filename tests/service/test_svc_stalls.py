@@ -109,3 +109,30 @@ def test_sigterm_while_a_burst_is_dispatched_loses_nothing(make_cluster):
     for s in [*first, *second]:
         toks = list(s.completed().token_ids)
         assert by_prompt.setdefault(s.args[3], toks) == toks
+
+
+def test_a_slow_but_progressing_iteration_is_not_a_stall(tmp_path):
+    """The watchdog times an iteration from its last progress (a layer forwarded), so one whose
+    every layer is slow (8 layers x 1 s here, past the 3 s floor) runs to its end; a truly stuck
+    one is still taken out."""
+    from svc_util import Cluster
+
+    import dllmserve
+
+    demo = Path(dllmserve.__file__).parent / "assets" / "tiny-llada"  # 8 layers
+    c = Cluster(tmp_path / "cluster", demo)
+    try:
+        c.add_scheduler(*WAIT)
+        env = {"DLLMSERVE_FAULT_SLOW_ON_TEXT": "SLOW", "DLLMSERVE_FAULT_SLOW_LAYER_S": "1",
+               **_stall_env(6)}  # fmt: skip
+        w = c.add_worker("--stall-floor", "3", "--stall-factor", "10", env=env)
+        with Client(c.target) as cl:
+            assert cl.generate_text("warm up", sampling_params=SHORT, timeout=120).attempt == 1
+            done = cl.generate_text("SLOW down", sampling_params=SHORT, timeout=240)
+        assert done.attempt == 1 and done.worker_id == w.worker_id
+        assert "the next step is slow" in _log(w) and "stalled" not in _log(w)
+        stuck = Stream(c.target, "stuck-1", SHORT, prompt="STALL here")
+        stuck.start()
+        wait_for(lambda: "stalled" in _log(w), 60, what="the watchdog takes a stuck step out")
+    finally:
+        c.close()
