@@ -10,7 +10,6 @@ import json
 import threading
 
 import httpx
-import pytest
 from http_util import add_gateway
 from svc_util import Cluster, wait_for
 
@@ -72,11 +71,6 @@ def test_lost_request_state_is_503_or_an_error_event(tmp_path):
         c.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the scheduler does not yet read x-dllmserve-client "
-    "from a trusted gateway for its per-client quota (scheduler/service.py)",
-)
 def test_http_callers_do_not_share_one_queue_bucket(tmp_path, tiny_model):
     """Cap 1 queued request per client, no worker (so requests stay queued): a second request
     of the caller at 127.0.0.1 is refused, while the caller at 127.0.0.2, behind the same
