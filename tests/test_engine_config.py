@@ -35,6 +35,8 @@ from dllmserve.testing.fake_engine import FakeEngine
         (dict(tensor_parallel_size=2), "tensor_parallel_size", "only 1"),
         (dict(device="tpu"), "device", "cpu, cuda or cuda:N"),
         (dict(dtype="int8"), "dtype", "bfloat16"),
+        (dict(cpu_threads=0), "cpu_threads", "integer >= 1 or None"),
+        (dict(cpu_threads=1.5), "cpu_threads", "integer >= 1 or None"),
     ],
 )
 def test_bad_engine_options_name_the_field_and_range(kw, field, text):
@@ -70,7 +72,7 @@ def test_the_engine_runs_with_the_options_it_was_given(llada_dir):
 
 
 def _worker(argv: list[str]):
-    return worker_config(build_parser().parse_args(["worker", *argv]))
+    return worker_config(build_parser().parse_args(["worker", "--redis-url", "redis://r/0", *argv]))
 
 
 def test_every_engine_option_is_a_worker_flag():
@@ -164,3 +166,25 @@ def test_an_engine_without_tokenizer_takes_token_ids_only():
     while engine.has_unfinished():
         (u,) = engine.step()
     assert u.finished and u.text_delta == "" and u.output.text == "" and engine.decode([5]) == ""
+
+
+def test_cpu_threads_default_to_the_usable_cores_unless_pinned(monkeypatch):
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert EngineConfig().threads() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the operator's (or the tests') pin
+    assert EngineConfig().threads() == 3
+    assert EngineConfig(cpu_threads=5).threads() == 5  # the option wins
+    assert build_parser().parse_args(["worker", "--cpu-threads", "2"]).cpu_threads == 2
+
+
+def test_an_engine_on_the_cpu_takes_its_threads():
+    before = torch.get_num_threads()
+    try:
+        Engine.from_random_shape("tiny", device="cpu", cpu_threads=2, num_cache_pages=8)
+        assert torch.get_num_threads() == 2
+        Engine.from_random_shape("tiny", device="cpu", cpu_threads=1, num_cache_pages=8)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

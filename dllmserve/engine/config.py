@@ -8,6 +8,7 @@ the CLI reads it without loading torch.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, fields, replace
 
@@ -77,6 +78,14 @@ class EngineConfig:
     enforce_eager: bool = field(default=False, metadata=_help("no CUDA graphs"))
     seed: int = field(default=0, metadata=_help("seeds the draws of requests that have none"))
     tensor_parallel_size: int = field(default=1, metadata=_help("GPUs per engine (only 1)"))
+    cpu_threads: int | None = field(
+        default=None,
+        metadata=_help(
+            "torch's intra-op threads of an engine on the CPU (default: $OMP_NUM_THREADS when "
+            "set, else the cores this process may use; dllmserve serve gives each CPU worker "
+            "its share); more threads than free cores make every step wait for the slowest"
+        ),
+    )
 
     def __post_init__(self) -> None:
         # torch.device / torch.dtype values become their names (this module stays torch-free)
@@ -96,6 +105,7 @@ class EngineConfig:
         _check_int("page_size", self.page_size, 1)
         _check_int("num_cache_pages", self.num_cache_pages, 1, optional=True)
         _check_int("seed", self.seed, 0)
+        _check_int("cpu_threads", self.cpu_threads, 1, optional=True)
         u = self.gpu_memory_utilization
         if isinstance(u, bool) or not isinstance(u, (int, float)) or not 0.0 < u <= 1.0:
             raise ValidationError("gpu_memory_utilization", f"must be in (0, 1], got {u!r}")
@@ -122,11 +132,29 @@ class EngineConfig:
             )
         return replace(base or cls(), **options)
 
+    def threads(self) -> int:
+        """Intra-op threads for an engine on the CPU: cpu_threads, else $OMP_NUM_THREADS (the
+        operator's, or the tests' pin), else every core this process may use."""
+        if self.cpu_threads is not None:
+            return self.cpu_threads
+        omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if omp.isdigit() and int(omp) > 0:
+            return int(omp)
+        return usable_cores()
+
     def batched_tokens(self, device_type: str) -> int:
         """max_num_batched_tokens, or the default of the device the engine runs on."""
         if self.max_num_batched_tokens is not None:
             return self.max_num_batched_tokens
         return DEFAULT_BATCHED_TOKENS.get(device_type, DEFAULT_BATCHED_TOKENS["cpu"])
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a container's or taskset's cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return max(1, os.cpu_count() or 1)
 
 
 def _check_int(name: str, value: object, lo: int, optional: bool = False) -> None:

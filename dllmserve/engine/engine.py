@@ -57,6 +57,8 @@ class Engine:
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.device = model.device
+        if self.device.type == "cpu":  # one thread per core stalls on a shared CPU: its share
+            torch.set_num_threads(config.threads())
         eot = "<|eot_id|>" if cfg.arch == "llada" else "<|im_end|>"
         eot_id = _special_id(tokenizer, eot) if tokenizer is not None else None
         self.tokens = SpecialTokens(cfg.mask_token_id, cfg.eos_token_id, eot_id)
