@@ -83,11 +83,14 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     _format["name"] = fmt
 
 
-def emit(message: str, stream: TextIO | None = None, logger: str = "dllmserve", **fields) -> None:
+def emit(
+    message: str, stream: TextIO | None = None, logger: str = "dllmserve", level: str = "INFO",
+    **fields: object,
+) -> None:  # fmt: skip
     """Print one line whatever the log level, in the process's format: `message k=v ...` in text
     mode, a JSON object (the message, then the fields) in json mode."""
     if _format["name"] == "json":
-        line = json.dumps({**_json_head(time.time(), "INFO", logger, message), **fields},
+        line = json.dumps({**_json_head(time.time(), level, logger, message), **fields},
                           default=str)  # fmt: skip
     else:
         line = " ".join([message, *(f"{k}={_text_value(v)}" for k, v in fields.items())])

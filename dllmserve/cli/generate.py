@@ -18,9 +18,9 @@ stdout."""
 
 EXAMPLES = """\
 examples:
-  dllmserve generate "Repeat exactly: serving diffusion models"
-  dllmserve generate --gen-length 128 --steps 64 --sparse "Explain diffusion LMs."
-  dllmserve generate --json "Hi" | jq .usage        # the Completed event as JSON
+  dllmserve generate "Repeat exactly: serving diffusion models"   # the demo model copies it
+  dllmserve generate --json "What is 123 + 456?" | jq .usage      # the Completed event as JSON
+  dllmserve generate --gen-length 128 --steps 64 --sparse "Explain diffusion LMs."  # LLaDA-8B
   DLLMSERVE_TARGET=sched.example.com:443 dllmserve generate --tls --token TOKEN Hello"""
 
 

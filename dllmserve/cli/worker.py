@@ -91,12 +91,13 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
 def worker_config(a: argparse.Namespace):
     from dllmserve.worker.config import WorkerConfig
 
+    engine = config_from_args(EngineConfig, a)  # its range errors first: no service needed
     return WorkerConfig(
         redis_url=require_redis_url(a.redis_url),
         model="" if a.random_shape else resolve_model(a.model),
         random_shape=a.random_shape,
         model_name=a.model_name,
-        engine=config_from_args(EngineConfig, a),
+        engine=engine,
         gpu_lock_dir=a.gpu_lock_dir,
         slots=a.slots,
         heartbeat_interval_s=a.heartbeat_interval,

@@ -1,6 +1,7 @@
 """`dllmserve serve --demo` on a terminal (a pseudo-terminal, rendered by the pyte terminal
 emulator): the canvas is redrawn step by step in colour with the step counter, tokens/s and
-elapsed time, and what stays on the screen is the answer, once."""
+elapsed time, and what stays on the screen is the answer, once. The children's INFO log lines
+print above the live view, whole, never into the canvas."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pyte
 
 from dllmserve.assets import tasks
 
-ROWS, COLS = 40, 120
+ROWS, COLS = 120, 160  # tall enough to keep the question, the logs and the answer on screen
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) \S+: ")
 ANSWER = tasks.demo().answer  # the demo model looks the demo's code up
 
 
@@ -24,7 +26,7 @@ def test_live_view_redraws_the_canvas_and_leaves_the_answer_once(tmp_path):
         env.pop(var, None)
     child = pexpect.spawn(
         sys.executable,
-        ["-m", "dllmserve.cli", "--log-level", "WARNING", "serve", "--listen", "127.0.0.1:0",
+        ["-m", "dllmserve.cli", "--log-level", "INFO", "serve", "--listen", "127.0.0.1:0",
          "--demo", "--exit-after-demo", "--max-num-seqs", "4"],
         env=env, dimensions=(ROWS, COLS), timeout=300,
     )  # fmt: skip
@@ -56,3 +58,6 @@ def test_live_view_redraws_the_canvas_and_leaves_the_answer_once(tmp_path):
     answered = final.split(question)[1]
     assert answered.count(ANSWER) == 1, final  # the live canvas is gone; the answer stays once
     assert "░" not in final and not re.search(r"step \d+/32", final)
+    logs = [line for line in final.splitlines() if " INFO " in line]
+    assert any("dllmserve.worker" in line for line in logs), final  # the children's lines...
+    assert all(LOG_LINE.match(line) for line in logs), logs  # ...each whole, on a line of its own

@@ -1,0 +1,140 @@
+"""`dllmserve serve` supervises its children: a worker killed with SIGKILL is restarted and the
+stream it was running completes (re-run, as in a cluster); a worker that keeps dying makes serve
+give up with one line naming it and its exit status; the scheduler's metrics and the workers'
+probes listen on 127.0.0.1 only; in json mode every line serve and its children write is JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from svc_util import LONG, Stream, check_unbroken, wait_for
+
+from dllmserve.scheduler.local_redis import free_port
+
+LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F"}  # /proc/net/tcp's 127.0.0.1
+FAST_HEARTBEATS = {"DLLMSERVE_HEARTBEAT_INTERVAL": "0.3", "DLLMSERVE_HEARTBEAT_TTL": "2"}
+
+
+def _serve(log: Path, top: list[str], *args: str, env: dict | None = None) -> subprocess.Popen:
+    """`dllmserve TOP... serve --device cpu ... ARGS...`, its output in `log`."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env.pop("DLLMSERVE_REDIS_URL", None)
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dllmserve.cli", *top, "serve", "--device", "cpu",
+             "--listen", "127.0.0.1:0", "--max-num-seqs", "4", "--num-cache-pages", "512",
+             *args],
+            stdout=out, stderr=subprocess.STDOUT, env=full_env,
+        )  # fmt: skip
+
+
+def _ready(serve: subprocess.Popen, log: Path) -> str:
+    def up() -> bool:
+        assert serve.poll() is None, log.read_text()
+        return "dllmserve: ready" in log.read_text()
+
+    wait_for(up, 300, 0.2, what="serve ready")
+    return "127.0.0.1:" + log.read_text().split("scheduler on localhost:")[1].split(",")[0]
+
+
+def _children(pid: int) -> dict[int, bytes]:
+    """pid -> command line of every process whose parent is `pid`."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        try:
+            if (
+                d.name.isdigit()
+                and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid
+            ):
+                out[int(d.name)] = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+    return out
+
+
+def _workers(serve: subprocess.Popen) -> list[int]:
+    return [p for p, cmd in _children(serve.pid).items() if b"\0worker\0" in cmd]
+
+
+def _listeners(port: int) -> set[str]:
+    found = set()
+    for name in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and int(local.rpartition(":")[2], 16) == port:
+                found.add(local.rpartition(":")[0])
+    return found
+
+
+def _stop(serve: subprocess.Popen) -> int:
+    if serve.poll() is None:
+        serve.send_signal(signal.SIGTERM)
+    return serve.wait(120)
+
+
+def test_a_killed_worker_is_restarted_and_its_stream_completes(tmp_path):
+    log = tmp_path / "serve.log"
+    metrics = free_port()
+    serve = _serve(log, ["--log-level", "INFO"], "--no-gateway", "--metrics-port", str(metrics),
+                   env=FAST_HEARTBEATS)  # fmt: skip
+    try:
+        target = _ready(serve, log)
+        (worker,) = _workers(serve)
+        # 21.6: the scheduler's metrics and the worker's probes are this machine's only
+        http_port = int(re.search(rb"--http-port\0(\d+)", _children(serve.pid)[worker])[1])
+        for port in (metrics, http_port):
+            assert _listeners(port) and _listeners(port) <= LOOPBACK, (port, _listeners(port))
+        stream = Stream(target, "in-flight", LONG)
+        stream.start()
+        wait_for(lambda: len(stream.steps()) >= 2, 120, what="the stream's first steps")
+        os.kill(worker, signal.SIGKILL)
+        stream.join(300)
+        check_unbroken(stream, LONG["gen_length"])
+        assert stream.completed().attempt == 2  # re-run by the restarted worker
+        text = log.read_text()
+        assert f"dllmserve serve: worker 1 (pid {worker}) was killed by SIGKILL; restarting" in text
+        (again,) = _workers(serve)
+        assert again != worker and serve.poll() is None
+    finally:
+        assert _stop(serve) == 0, log.read_text()[-3000:]
+
+
+def test_a_worker_that_keeps_dying_makes_serve_give_up_in_one_line(tmp_path):
+    log = tmp_path / "serve.log"
+    # A variable only the worker's parser reads, with a bad value: every start exits with 2.
+    serve = _serve(log, ["--log-level", "WARNING"], "--no-gateway", "--metrics-port", "0",
+                   "--worker-restarts", "2", env={"DLLMSERVE_STALL_FLOOR": "soon"})  # fmt: skip
+    assert serve.wait(300) == 1, log.read_text()
+    text = log.read_text()
+    restarts = re.findall(r"dllmserve serve: worker 1 \(pid \d+\) exited with status 2; "
+                          r"restarting it in \d+ s", text)  # fmt: skip
+    assert len(restarts) == 2, text
+    (last,) = [line for line in text.splitlines() if "giving up" in line]
+    assert re.fullmatch(r"dllmserve serve: worker 1 \(pid \d+\) exited with status 2 after 2 "
+                        r"restarts in a row; giving up", last)  # fmt: skip
+    assert "$DLLMSERVE_STALL_FLOOR='soon'" in text  # the worker's own reason, relayed
+    assert "Traceback" not in text
+
+
+def test_json_mode_every_line_of_serve_and_its_children_is_json(tmp_path):
+    log = tmp_path / "serve.log"
+    serve = _serve(log, ["--log-format", "json"], "--http-listen", "127.0.0.1:0",
+                   "--metrics-port", "0")  # fmt: skip
+    try:
+        wait_for(lambda: serve.poll() is not None or "dllmserve: ready" in log.read_text(), 300)
+        time.sleep(0.5)
+    finally:
+        assert _stop(serve) == 0, log.read_text()[-3000:]
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    markers = {r["marker"] for r in records if r.get("event") == "ready"}
+    assert markers == {"DLLMSERVE_SCHEDULER_READY", "DLLMSERVE_WORKER_READY",
+                       "DLLMSERVE_GATEWAY_READY"}  # fmt: skip
+    assert any(r["message"].startswith("dllmserve: ready") for r in records)
+    assert any(r["message"].startswith("redis: private redis-server") for r in records)
