@@ -112,10 +112,10 @@ class Generation:
                 for t in done:
                     t.result()  # the first error ends the answer
             dones = [t.result() for t in tasks]
-        except grpc.RpcError as e:
-            return error_response(request, from_rpc(e, p.chat))
-        except ApiError as e:
-            return error_response(request, e)
+        except (grpc.RpcError, ApiError) as e:
+            self._count(p, "error", sum(not _succeeded(t) for t in tasks))
+            return error_response(request, from_rpc(e, p.chat) if isinstance(e, grpc.RpcError)
+                                  else e)  # fmt: skip
         finally:
             await _close([*tasks, gone], streams)
         texts, reasons, returned = [], [], []
@@ -209,6 +209,10 @@ class Choice:
         if not self.text.stopped:
             return generated
         return self.tokens.count(self.text.text[: self.text.sent], generated)
+
+
+def _succeeded(t: asyncio.Task) -> bool:
+    return t.done() and not t.cancelled() and t.exception() is None
 
 
 async def _completed(stream, tokens: TokenTexts) -> Completed:

@@ -10,7 +10,7 @@ import json
 import threading
 
 import httpx
-from http_util import add_gateway
+from http_util import add_gateway, scrape, total
 from svc_util import Cluster, wait_for
 
 from dllmserve.assets import default_model_path
@@ -67,6 +67,9 @@ def test_lost_request_state_is_503_or_an_error_event(tmp_path):
         assert err["type"] == "service_unavailable" and "state lost" in err["message"], err
         assert got["json"].status_code == 503, got["json"].text
         assert "state lost" in got["json"].json()["error"]["message"]
+        errors = total(scrape(base + "/metrics"), "dllmserve:http_generations_total",
+                       finished_reason="error")  # fmt: skip
+        assert errors == 2
     finally:
         c.close()
 
