@@ -16,7 +16,7 @@ from dllmserve.errors import ValidationError
 from dllmserve.models.shapes import SHAPES, shape_tokenizer
 from dllmserve.structured.compiler import compile_constraint
 from dllmserve.structured.dp import best_assignment
-from dllmserve.structured.spec import StructuredOutput
+from dllmserve.structured.spec import JSON_OBJECT_SCHEMA, StructuredOutput
 from dllmserve.structured.vocab import token_bytes
 
 torch.set_num_threads(1)
@@ -104,7 +104,7 @@ SCHEMAS = [
         "type": "array",
         "prefixItems": [{"type": "integer", "minimum": 1, "maximum": 3}, {"type": "boolean"}],
     },
-    {"type": "object"},
+    JSON_OBJECT_SCHEMA,
 ]
 REGEXES = [r"(ab)+", r"[0-9]{3}-[0-9]{4}", r"(yes|no|maybe)!?", r"\d+(\.\d{1,2})?",
            r"^[A-Z][a-z]{1,4} [A-Z][a-z]{1,4}$", r"(a|bc)*d"]  # fmt: skip
@@ -147,6 +147,7 @@ def test_random_constrained_decodes_validate(vocab, i):
         canvas = decode_constrained(a, CFG.vocab_size, length, block=8, seed=seed)
         text = answer(tok, tb.stop_ids, canvas)
         jsonschema.validate(json.loads(text), schema)
+        assert schema is not JSON_OBJECT_SCHEMA or isinstance(json.loads(text), dict)
 
 
 @pytest.mark.parametrize("regex", REGEXES)

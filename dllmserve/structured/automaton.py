@@ -25,7 +25,7 @@ from dllmserve.errors import ValidationError
 from dllmserve.structured.dfa import ByteDFA
 from dllmserve.structured.vocab import TokenBytes
 
-MAX_PAIRS = 60_000_000  # (state, token) pairs alive at once while lifting: ~1.5 GB
+MAX_PAIRS = 100_000_000  # (state, token) pairs walked while lifting (a few GB at most)
 
 
 @dataclass
@@ -69,10 +69,15 @@ class TokenAutomaton:
 def lift(dfa: ByteDFA, tb: TokenBytes, field_name: str, deadline: float) -> TokenAutomaton:
     """The token automaton of `dfa` over `tb`'s vocabulary. Raises ValidationError naming
     `field_name` past `deadline` (time.monotonic()) or MAX_PAIRS, or when no answer fits."""
-    src, tok, dst = _token_moves(dfa, tb, field_name, deadline)
-    cls_of_tok, n_cls = _classes(src, tok, dst, len(tb.ids), dfa.trans.shape[0])
-    key, first = np.unique(src * n_cls + cls_of_tok[tok], return_index=True)
-    e_src, e_cls, e_dst = key // n_cls, key % n_cls, dst[first]  # one edge per (state, class)
+    n_tok, n_states = len(tb.ids), dfa.trans.shape[0]
+    everyone = np.arange(n_tok)
+    cls_of_tok, n_cls = _classes(_token_moves(dfa, tb, everyone, field_name, deadline), n_tok,
+                                 n_states)  # fmt: skip
+    reps = np.unique(cls_of_tok, return_index=True)[1]  # one token per class carries its edges
+    reps = reps[cls_of_tok[reps] >= 0]
+    moves = list(_token_moves(dfa, tb, reps, field_name, deadline))
+    e_src, e_tok, e_dst = (np.concatenate(parts) for parts in zip(*moves, strict=True))
+    e_cls = cls_of_tok[e_tok]
     s_done, c_stop = dfa.trans.shape[0], n_cls
     acc = np.flatnonzero(dfa.accepting)
     e_src = np.concatenate([e_src, acc, [s_done]])
@@ -86,33 +91,31 @@ def lift(dfa: ByteDFA, tb: TokenBytes, field_name: str, deadline: float) -> Toke
                   field_name)  # fmt: skip
 
 
-def _token_moves(dfa: ByteDFA, tb: TokenBytes, field_name: str, deadline: float):
-    """Every (state, token index, next state) with the token's bytes all accepted."""
-    trans, lengths = dfa.trans, tb.lengths
-    first = tb.data[tb.offsets[:-1]]
-    order = np.argsort(first, kind="stable")
-    counts = np.bincount(first, minlength=256)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    ss, bb = np.nonzero(trans >= 0)
-    n = counts[bb]
-    _check_size(int(n.sum()), field_name)
-    src = np.repeat(ss, n).astype(np.int64)
-    pos = np.repeat(starts[bb] - np.cumsum(n) + n, n) + np.arange(int(n.sum()))
-    tok = order[pos]
-    cur = np.repeat(trans[ss, bb], n).astype(np.int64)
-    out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    depth = 1
-    while len(tok):
+def _token_moves(dfa: ByteDFA, tb: TokenBytes, tokens: np.ndarray, field_name: str,
+                 deadline: float):  # fmt: skip
+    """Yields, per token length, every (state, token index, next state) of `tokens` with the
+    token's bytes all accepted. A length's tokens walk all their bytes at once through the
+    table (a refused byte leads to an absorbing dead row, so no pair is dropped mid-walk), from
+    every state that accepts their first byte."""
+    n_states = dfa.trans.shape[0]
+    table = np.vstack([dfa.trans, np.full((1, 256), -1, np.int32)])
+    table[table < 0] = n_states  # the dead state
+    flat = table.reshape(-1).astype(np.int64)
+    lengths = tb.lengths[tokens]
+    total = 0
+    for length in np.unique(lengths).tolist():
         if time.monotonic() > deadline:
             raise ValidationError(field_name, "compiling it took over the time limit: simplify it")
-        end = lengths[tok] == depth
-        out.append((src[end], tok[end], cur[end]))
-        src, tok, cur = src[~end], tok[~end], cur[~end]
-        cur = trans[cur, tb.data[tb.offsets[tok] + depth]].astype(np.int64)
-        alive = cur >= 0
-        src, tok, cur = src[alive], tok[alive], cur[alive]
-        depth += 1
-    return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))
+        toks = tokens[lengths == length]
+        raw = tb.data[tb.offsets[toks][:, None] + np.arange(length)].astype(np.int64)
+        src, col = np.nonzero(dfa.trans[:, raw[:, 0]] >= 0)
+        total += len(src)
+        _check_size(total, field_name)
+        cur = flat[src * 256 + raw[col, 0]]
+        for d in range(1, length):
+            cur = flat[cur * 256 + raw[col, d]]
+        live = cur < n_states
+        yield src[live], toks[col[live]], cur[live]
 
 
 def _check_size(pairs: int, field_name: str) -> None:
@@ -124,31 +127,36 @@ def _check_size(pairs: int, field_name: str) -> None:
         )
 
 
-def _classes(src, tok, dst, n_tok: int, n_states: int) -> tuple[np.ndarray, int]:
-    """Each token's class (-1: no move anywhere): tokens with the same (state -> state) map."""
-    x = (src * (n_states + 1) + dst + 1).astype(np.uint64)
-    x = (x ^ (x >> np.uint64(31))) * np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(29))) * np.uint64(0xBF58476D1CE4E5B9)
-    h = np.zeros(n_tok, dtype=np.uint64)
-    np.add.at(h, tok, x ^ (x >> np.uint64(32)))
-    moves = np.bincount(tok, minlength=n_tok)
+def _classes(moves, n_tok: int, n_states: int) -> tuple[np.ndarray, int]:
+    """Each token's class (-1: no move anywhere): tokens with the same (state -> state) map,
+    found by a hash of the map, and checked by a second, independent one (two maps that differ
+    share both with probability ~2^-100). `moves` yields (state, token, next) arrays."""
+    count = np.zeros(n_tok, dtype=np.int64)
+    first, second = np.zeros(n_tok), np.zeros(n_tok)
+    for src, tok, dst in moves:
+        pair = (src * (n_states + 1) + dst + 1).astype(np.uint64)
+        count += np.bincount(tok, minlength=n_tok)
+        first += _map_hash(pair, tok, n_tok, 0x9E3779B97F4A7C15)
+        second += _map_hash(pair, tok, n_tok, 0x632BE5AB)
     cls = np.full(n_tok, -1, dtype=np.int64)
-    uniq, inv = np.unique(h[moves > 0], return_inverse=True)
-    cls[moves > 0] = inv
-    _check_classes(src, tok, dst, cls, moves, len(uniq))
+    has = count > 0
+    uniq, inv = np.unique(first[has], return_inverse=True)
+    cls[has] = inv
+    both = np.unique(np.stack([first[has], second[has]], axis=1), axis=0)
+    if len(both) != len(uniq):
+        raise RuntimeError("token classes collided; a compile with another hash would fix it")
     return cls, len(uniq)
 
 
-def _check_classes(src, tok, dst, cls, moves, n_cls: int) -> None:
-    """The hash grouped only tokens with identical maps: one target per (state, class), and as
-    many moves per token as its class has."""
-    key = src * n_cls + cls[tok]
-    order = np.argsort(key, kind="stable")
-    k, d = key[order], dst[order]
-    same = k[1:] == k[:-1]
-    per_class = np.bincount(np.unique(key) % n_cls, minlength=n_cls)
-    if np.any(d[1:][same] != d[:-1][same]) or np.any(moves[cls >= 0] != per_class[cls[cls >= 0]]):
-        raise RuntimeError("token classes collided; recompiling with another hash would fix it")
+def _map_hash(pair: np.ndarray, tok: np.ndarray, n_tok: int, salt: int) -> np.ndarray:
+    """Per token, the sum of a mixed hash in [0, 1) of each of its (state, next) pairs. Each
+    token's pairs come in increasing state order, so tokens with the same map add the same
+    numbers in the same order: bit-identical sums."""
+    x = pair * np.uint64(salt)
+    x = (x ^ (x >> np.uint64(31))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(29))) * np.uint64(0x94D049BB133111EB)
+    unit = ((x ^ (x >> np.uint64(32))) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return np.bincount(tok, weights=unit, minlength=n_tok)
 
 
 def _prune(start, n_states, n_cls, class_of, src, cls, dst, finals, field_name):

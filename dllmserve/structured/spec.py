@@ -18,8 +18,20 @@ from dllmserve.errors import ValidationError, echo
 FIELD = "sampling_params.structured_output"
 MAX_SPEC_CHARS = 65536  # a schema, a regex or all choices together, as text
 MAX_CHOICES = 1024
-# The generic JSON value of OpenAI's {"type": "json_object"}: any JSON object.
-JSON_OBJECT_SCHEMA = {"type": "object"}
+# OpenAI's {"type": "json_object"}: a JSON object whose values are scalars, or arrays or objects
+# of scalars. Two levels: the automaton of outlines-core's generic object (deeper nesting) takes
+# seconds to build, this one a fraction of a second.
+_SCALAR = {"type": ["string", "number", "boolean", "null"]}
+JSON_OBJECT_SCHEMA = {
+    "type": "object",
+    "additionalProperties": {
+        "anyOf": [
+            _SCALAR,
+            {"type": "array", "items": _SCALAR},
+            {"type": "object", "additionalProperties": _SCALAR},
+        ]
+    },
+}
 
 
 @dataclass(frozen=True)
