@@ -1,10 +1,23 @@
-"""Shared fixtures: tiny checkpoints in the real Hugging Face layouts, built once per session."""
+"""Shared fixtures: tiny checkpoints in the real Hugging Face layouts, built once per session.
+
+Torch threads are pinned (one unless $OMP_NUM_THREADS says otherwise), in this process and,
+through the environment, in every process a test starts: on a busy 2-core machine torch's
+default of one thread per core makes each step wait for a descheduled thread, and the suite
+takes several times as long.
+"""
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from dllmserve.testing.tiny_models import write_tiny_checkpoint
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch starts its pool; children inherit
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from dllmserve.testing.tiny_models import write_tiny_checkpoint  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")

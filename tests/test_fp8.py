@@ -80,14 +80,15 @@ def test_engine_option_is_checked_and_named():
 
 def test_fp8_greedy_tokens_agree_with_the_unquantized_model_on_the_shipped_model():
     """The acceptance bar of the FP8 option: on the shipped model's held-out tasks (copying,
-    addition, lookups in 128 tokens), >= 95 % of the generated positions equal those of the
+    addition, lookups in 128 tokens; four of each, to stay cheap on a CPU), >= 95 % of the
+    generated positions equal those of the
     unquantized model, and the exact-match accuracy within one answer of it. (fp32 here: bf16
     matmuls are slow on a CPU; benchmarks/fp8_accuracy.py measures bf16 on the GPU.)"""
     from dllmserve import LLM, SamplingParams
     from dllmserve.assets import default_model_path, tasks
 
-    examples = tasks.held_out("copy", 8) + tasks.held_out("add", 8)
-    examples += tasks.held_out("recall", 8, 128)
+    examples = tasks.held_out("copy", 4) + tasks.held_out("add", 4)
+    examples += tasks.held_out("recall", 4, 128)
     prompts = [tasks.chat_prompt(e.question) for e in examples]
     params = SamplingParams(gen_length=32, steps=32, block_length=32)
     outs = {}

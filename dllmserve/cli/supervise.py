@@ -121,9 +121,6 @@ class Supervisor:
              f"(restart {child.restarts} of at most {self.max_restarts})", stream=sys.stderr,
              level="WARNING")  # fmt: skip
 
-    def alive(self) -> bool:
-        return all(c.proc is not None and c.proc.poll() is None for c in self.children)
-
     def stop(self, timeout_s: float) -> None:
         """SIGTERM every child (they drain), SIGKILL the ones still there after timeout_s."""
         running = [c.proc for c in self.children if c.proc is not None and c.proc.poll() is None]
