@@ -19,6 +19,7 @@ import torch
 
 from dllmserve.engine.batcher import Batcher
 from dllmserve.engine.config import EngineConfig
+from dllmserve.engine.constrained import request_constraint
 from dllmserve.engine.detokenizer import IncrementalDetokenizer, fast_decoder
 from dllmserve.engine.inflight import InFlight
 from dllmserve.engine.inputs import ModelLimits, resolve_request, vocabulary
@@ -143,12 +144,16 @@ class Engine:
         if self.has_request(request_id):
             raise ValidationError("request_id", f"{request_id!r} is already in use")
         ids = self.tokenize(prompt)
-        spec = resolve_request(self.limits, params, sparse, prompt_ids=ids)
+        stops, vocab = self.tokens.stop, self.limits.vocab_size
+        constraint = request_constraint(params, self.tokenizer, stops, vocab)  # structured output
+        least = constraint.min_length if constraint is not None else 0
+        spec = resolve_request(self.limits, params, sparse, prompt_ids=ids, min_gen_length=least)
         seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
         req = Request(request_id, ids, spec, seed=seed, tokens=self.tokens,
                       shifted=self.limits.shifted_logits, provisional=provisional)  # fmt: skip
         if self._decode is not None:
             req.detokenizer = IncrementalDetokenizer(self._decode)
+        req.constraint = constraint
         return req
 
     def add_request(

@@ -1,0 +1,153 @@
+"""Structured outputs through `LLM` on tiny random-weight checkpoints, whose unconstrained
+answers are garbage: every constrained answer parses and validates, under LLaDA's blocks and
+Dream's schedule, greedy and sampled, with a threshold and sparse attention; a request's tokens
+do not depend on its batch neighbours, constrained or not (bit-exact on CPU fp32); and the
+refusals name the field before any request runs."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import pytest
+
+from dllmserve import LLM, SamplingParams, SparseConfig
+from dllmserve.errors import ValidationError
+from dllmserve.structured import StructuredOutput
+
+TOOL_CALL = {
+    "type": "object",
+    "properties": {
+        "name": {"enum": ["get_weather", "get_time"]},
+        "arguments": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 10},
+                "days": {"type": "integer", "minimum": 1, "maximum": 7},
+            },
+            "required": ["city", "days"],
+        },
+    },
+    "required": ["name", "arguments"],
+}
+ITEMS = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 99},
+         "minItems": 2, "maxItems": 4}  # fmt: skip
+PROMPT = [5, 17, 33, 2, 9, 11]
+
+
+@pytest.fixture(scope="module")
+def llm(llada_dir):
+    return LLM(llada_dir)
+
+
+def params(**kw) -> SamplingParams:
+    base = dict(gen_length=96, steps=48, block_length=32, temperature=0.0, seed=1)
+    return SamplingParams(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"temperature": 0.8},
+        {"threshold": 0.3, "temperature": 0.5},
+        {"remasking": "random", "temperature": 0.5},
+        {"stop_at_eos": False, "steps": 96},
+    ],
+)
+def test_llada_answers_validate(llm, kw):
+    specs = [(TOOL_CALL, 96), (ITEMS, 32)]
+    prompts = [PROMPT, PROMPT[::-1]]
+    outs = llm.generate(
+        prompts * 2,
+        [
+            params(
+                structured_output=StructuredOutput(json_schema=s),
+                gen_length=g,
+                steps=min(kw.get("steps", 48), g),
+                block_length=min(32, g),
+                seed=i,
+                **{k: v for k, v in kw.items() if k != "steps"},
+            )  # fmt: skip
+            for i, (s, g) in enumerate(specs * 2)
+        ],
+        use_tqdm=False,
+    )
+    for out, (schema, _) in zip(outs, specs * 2, strict=True):
+        jsonschema.validate(json.loads(out["text"]), schema)
+
+
+def test_unconstrained_output_of_the_same_model_is_not_json(llm):
+    out = llm.generate([PROMPT], params(), use_tqdm=False)[0]
+    with pytest.raises(ValueError):
+        json.loads(out["text"])
+
+
+def test_regex_and_choice_with_sparse_attention(llm):
+    sparse = SparseConfig(retention_ratio=0.5, delay_step=1, default_block_len=16)
+    specs = [StructuredOutput(regex=r"[A-Z][a-z]{2,6}-[0-9]{2}"),
+             StructuredOutput(choice=["yes", "no", "it depends"])]  # fmt: skip
+    outs = llm.generate(
+        [PROMPT, PROMPT],
+        [params(gen_length=32, steps=16, block_length=16, structured_output=s) for s in specs],
+        sparse_configs=sparse,
+        use_tqdm=False,
+    )
+    assert re.fullmatch(r"[A-Z][a-z]{2,6}-[0-9]{2}", outs[0]["text"])
+    assert outs[1]["text"] in ("yes", "no", "it depends")
+
+
+def test_dream_schedule_answers_validate(dream_dir):
+    llm = LLM(dream_dir)
+    outs = llm.generate(
+        [PROMPT, PROMPT],
+        [
+            params(
+                gen_length=48,
+                steps=24,
+                block_length=None,
+                temperature=t,
+                seed=3,
+                remasking="maskgit_plus",
+                structured_output=StructuredOutput(json_schema=ITEMS),
+            )
+            for t in (0.0, 0.7)
+        ],  # fmt: skip
+        use_tqdm=False,
+    )
+    for out in outs:
+        jsonschema.validate(json.loads(out["text"]), ITEMS)
+
+
+def test_batch_invariance_with_and_without_constrained_neighbours(llada_dir):
+    target = params(temperature=0.7, seed=5, structured_output=StructuredOutput(
+        json_schema=TOOL_CALL))  # fmt: skip
+    plain = params(temperature=0.7, seed=6, gen_length=64)
+    items = StructuredOutput(json_schema=ITEMS)
+    other = params(seed=7, gen_length=32, steps=16, structured_output=items)
+    alone = LLM(llada_dir).generate([PROMPT], target, use_tqdm=False)[0]["token_ids"]
+    mixed = LLM(llada_dir).generate(
+        [PROMPT[:3], PROMPT, PROMPT[1:]], [plain, target, other], use_tqdm=False
+    )
+    assert mixed[1]["token_ids"] == alone
+    plain_alone = LLM(llada_dir).generate([PROMPT[:3]], plain, use_tqdm=False)[0]
+    assert mixed[0]["token_ids"] == plain_alone["token_ids"]
+
+
+def test_too_short_a_canvas_is_refused_before_anything_runs(llm):
+    ok = params(structured_output=StructuredOutput(json_schema=ITEMS))
+    short = params(gen_length=8, steps=8, block_length=8,
+                   structured_output=StructuredOutput(json_schema=TOOL_CALL))  # fmt: skip
+    with pytest.raises(ValidationError) as e:
+        llm.generate([PROMPT, PROMPT], [ok, short], use_tqdm=False)
+    assert e.value.field == "sampling_params.gen_length"
+    assert re.search(r"at least \d+ for this structured_output", e.value.reason)
+    assert not llm.engine.has_unfinished()
+
+
+def test_an_uncompilable_regex_is_refused_by_name(llm):
+    bad = params(structured_output=StructuredOutput(regex="(ab"))
+    with pytest.raises(ValidationError) as e:
+        llm.generate([PROMPT], bad, use_tqdm=False)
+    assert e.value.field == "sampling_params.structured_output.regex"
