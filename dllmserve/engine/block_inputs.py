@@ -16,7 +16,6 @@ from dllmserve.errors import ValidationError
 from dllmserve.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
-    from dllmserve.engine.inputs import ModelLimits, ResolvedRequest
     from dllmserve.sparse.state import SparseConfig
 
 
@@ -62,41 +61,37 @@ def refuse_block_fields(params: SamplingParams) -> None:
             )
 
 
-def resolve_block_request(
-    limits: ModelLimits, params: SamplingParams, prompt_len: int | None
-) -> ResolvedRequest:
-    """The blocks, steps, tokens and pages of a block-diffusion request (checks the length and
-    capacity through `inputs.check_capacity`)."""
-    from dllmserve.engine.inputs import ResolvedRequest, check_capacity
-
+def block_layout(
+    params: SamplingParams, prompt_len: int | None, *, max_len: int, block_length: int,
+    page_size: int, n_layers: int,
+) -> dict:  # fmt: skip
+    """The `ResolvedRequest` fields of a block-diffusion request: its blocks, steps, tokens per
+    iteration and pages (`block_length`: the model's, unless the request gives one)."""
     known_len = prompt_len
     P = 1 if prompt_len is None else prompt_len
     G = params.gen_length
-    B = params.block_length or limits.default_block_length
+    B = params.block_length or block_length
     n_blocks = -(-(P + G) // B)
     total = n_blocks * B
-    if total > limits.max_len:
+    if total > max_len:
         raise ValidationError(
             "sampling_params.gen_length",
             f"prompt ({P} tokens) + gen_length ({G}), rounded up to whole blocks of {B}, is "
-            f"{total} positions; the model's maximum length is {limits.max_len}",
+            f"{total} positions; the model's maximum length is {max_len}",
         )
     first = P // B
     blocks = tuple((b * B - P, (b + 1) * B - P) for b in range(first, n_blocks))
     per_block = params.steps_per_block or max(1, params.steps // len(blocks))
     steps = min(per_block, G // params.minimal_topk)
-    pages = -(-total // limits.page_size)
-    resolved = ResolvedRequest(
+    return dict(
         prompt_len=known_len,
         params=replace(params, schedule="blocks"),
         sparse=None,
         block_length=B,
         blocks=blocks,
         block_steps=(steps,) * len(blocks),
-        layer_ratios=(1.0,) * limits.n_layers,
+        layer_ratios=(1.0,) * n_layers,
         lanes=1,
         tokens_per_iteration=max(first + 1, 2) * B,  # the prompt's blocks with the first one
-        pages_per_layer=(pages,) * limits.n_layers,
+        pages_per_layer=(-(-total // page_size),) * n_layers,
     )
-    check_capacity(limits, resolved)
-    return resolved

@@ -14,11 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from dllmserve.engine.block_inputs import (
-    refuse_block_fields,
-    refuse_unsupported,
-    resolve_block_request,
-)
+from dllmserve.engine.block_inputs import block_layout, refuse_block_fields, refuse_unsupported
 from dllmserve.engine.schedule import block_bounds, even_split
 from dllmserve.errors import CapacityError, ValidationError
 from dllmserve.sampling_params import SamplingParams
@@ -107,7 +103,12 @@ def resolve_request(
         )
     if limits.block_diffusion:
         refuse_unsupported(params, sparse)
-        return resolve_block_request(limits, params, prompt_len)
+        resolved = ResolvedRequest(**block_layout(
+            params, prompt_len, max_len=limits.max_len, page_size=limits.page_size,
+            block_length=limits.default_block_length, n_layers=limits.n_layers,
+        ))  # fmt: skip
+        check_capacity(limits, resolved)
+        return resolved
     refuse_block_fields(params)
     known_len = prompt_len
     prompt_len = 1 if prompt_len is None else prompt_len

@@ -13,14 +13,12 @@ import json
 from pathlib import Path
 
 from dllmserve.errors import CheckpointError, UnsupportedModelError
-from dllmserve.models.config import (
-    LLADA2_BLOCK_LENGTH,
-    LLADA2_EOS_TOKEN,
-    LLADA2_MASK_TOKEN,
-    ModelConfig,
-    MoeConfig,
-    require,
-)
+from dllmserve.models.model_config import ModelConfig, MoeConfig
+
+LLADA2_ARCHS = ("LLaDA2MoeModelLM",)
+LLADA2_MASK_TOKEN = "<|mask|>"  # where config.json has no mask_token_id: the tokenizer's
+LLADA2_EOS_TOKEN = "<|endoftext|>"
+LLADA2_BLOCK_LENGTH = 32  # the official generate's default block_length
 
 
 def _positive(raw: dict, key: str, default: int | None = None) -> int:
@@ -28,6 +26,12 @@ def _positive(raw: dict, key: str, default: int | None = None) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise CheckpointError(f"config.json key {key!r} must be a positive integer, got {value!r}")
     return value
+
+
+def _required(raw: dict, key: str) -> object:
+    if raw.get(key) is None:
+        raise CheckpointError(f"config.json lacks the required key {key!r}")
+    return raw[key]
 
 
 def _refusals(raw: dict) -> None:
@@ -127,7 +131,7 @@ def read_llada2(raw: dict, model_dir: Path) -> ModelConfig:
         head_dim=int(hd),
         mlp_hidden=_positive(raw, "intermediate_size") if dense_layers else 0,
         vocab_size=_positive(raw, "vocab_size"),
-        rope_theta=float(require(raw, "rope_theta")),
+        rope_theta=float(_required(raw, "rope_theta")),
         rms_eps=float(raw.get("rms_norm_eps", 1e-5)),
         max_len=int(raw.get("max_position_embeddings", 16384)),
         mask_token_id=_special_id(raw, "mask_token_id", LLADA2_MASK_TOKEN, model_dir),
