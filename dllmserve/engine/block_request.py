@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dllmserve.engine.prefix_cache import Entry, PrefixCache, block_hashes
 from dllmserve.engine.request import Request, StepResult
 
 MAX_POST_STEPS = 16  # LLaDA2.1: steps after a block's last mask, while they still edit
@@ -40,6 +41,29 @@ class BlockRequest(Request):
         self.kv_upto = 0  # positions [0, kv_upto) have their final K/V in the pages
         self.post_steps = 0  # LLaDA2.1: steps of this block that began with no mask
         self.edits: list[Edit] = []  # what the last step edited
+        # prefix caching: the chained hashes of the prompt's full blocks, the cached entries
+        # this request holds, and whether its own stored blocks were offered to the cache
+        self.prefix_keys = block_hashes(self.prompt_ids, self.spec.block_length)
+        self.prefix_entries: list[Entry] = []
+        self.prefix_adopted = False
+
+    def use_cached_prefix(self, entries: list[Entry]) -> None:
+        """Admitted with these cached prompt blocks in its pages: no prefill for them."""
+        self.prefix_entries = list(entries)
+        self.kv_upto = len(entries) * self.spec.block_length
+
+    def adopt_prefix(self, cache: PrefixCache) -> None:
+        """Once its full prompt blocks are stored, offer their pages to the cache."""
+        b = self.spec.block_length
+        if self.kv_upto < len(self.prefix_keys) * b:
+            return
+        per = b // cache.page_size
+        for i in range(len(self.prefix_entries), len(self.prefix_keys)):
+            pages = [layer[i * per : (i + 1) * per] for layer in self.pages[0]]
+            entry = cache.adopt(self.prefix_keys[i], pages)
+            if entry is not None:
+                self.prefix_entries.append(entry)
+        self.prefix_adopted = True
 
     @property
     def generated(self) -> np.ndarray:
