@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import itertools
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from tokenizers import decoders
 
+from dllmserve import SamplingParams
+from dllmserve.engine.constrained import request_constraint
 from dllmserve.errors import ValidationError
-from dllmserve.structured.compiler import compile_constraint
+from dllmserve.structured import automaton
+from dllmserve.structured.compiler import cache_clear, compile_constraint
+from dllmserve.structured.dfa import build_byte_dfa
 from dllmserve.structured.dp import best_assignment
 from dllmserve.structured.spec import StructuredOutput
-from dllmserve.structured.vocab import TokenBytes
+from dllmserve.structured.vocab import TokenBytes, token_bytes
 
 torch.set_num_threads(1)
 TOKENS = [b"a", b"b", b"ab", b"ba", b"c", b"abc"]
@@ -114,3 +120,51 @@ def test_a_constraint_no_token_sequence_writes_is_refused():
     with pytest.raises(ValidationError) as e:
         compile_constraint(StructuredOutput(regex="a+d"), tiny_vocab())
     assert e.value.field.endswith(".regex") and "no answer written" in e.value.reason
+
+
+def test_a_dfa_past_its_state_limit_is_refused():
+    with pytest.raises(ValidationError) as e:
+        build_byte_dfa("[a-z]{20}", "f.regex", 30.0, max_states=10)
+    assert e.value.field == "f.regex" and "states, over the limit 10" in e.value.reason
+
+
+def test_a_compile_out_of_memory_is_refused():
+    with pytest.raises(ValidationError) as e:
+        build_byte_dfa("(a|b)*a(a|b){16}", "f.regex", 60.0, 10**6, memory_bytes=400 << 20)
+    assert e.value.field == "f.regex" and "memory" in e.value.reason
+
+
+def test_a_lift_past_its_pair_limit_is_refused(monkeypatch):
+    monkeypatch.setattr(automaton, "MAX_PAIRS", 5)
+    cache_clear()
+    with pytest.raises(ValidationError) as e:
+        compile_constraint(StructuredOutput(regex="[abc]+a"), tiny_vocab())
+    assert "too large for this vocabulary" in e.value.reason
+
+
+def test_colliding_token_classes_are_caught(monkeypatch):
+    real = automaton._map_hash
+
+    def first_collides(pair, tok, n_tok, salt):  # every token in one class by the first hash
+        return real(pair, tok, n_tok, salt) * (salt != 0x9E3779B97F4A7C15)
+
+    monkeypatch.setattr(automaton, "_map_hash", first_collides)
+    cache_clear()
+    with pytest.raises(RuntimeError, match="collided"):
+        compile_constraint(StructuredOutput(regex="[abc]+b"), tiny_vocab())
+
+
+def test_only_byte_level_tokenizers_are_supported():
+    not_byte_level = SimpleNamespace(
+        backend_tokenizer=SimpleNamespace(decoder=decoders.Metaspace())
+    )
+    with pytest.raises(ValidationError) as e:
+        token_bytes(not_byte_level, 10, (9,), "f.regex")
+    assert "byte-level" in e.value.reason and "Metaspace" in e.value.reason
+
+
+def test_an_engine_without_a_tokenizer_refuses_structured_outputs():
+    params = SamplingParams(structured_output=StructuredOutput(regex="a+"))
+    with pytest.raises(ValidationError) as e:
+        request_constraint(params, None, (1,), 10)
+    assert e.value.field == "sampling_params.structured_output"

@@ -29,13 +29,17 @@ class ByteDFA:
     accepting: np.ndarray  # bool [S]: the bytes read so far match the regex
 
 
-def build_byte_dfa(regex: str, field: str, timeout_s: float, max_states: int) -> ByteDFA:
+def build_byte_dfa(
+    regex: str, field: str, timeout_s: float, max_states: int,
+    memory_bytes: int = CHILD_MEMORY_BYTES,
+) -> ByteDFA:  # fmt: skip
     """The DFA of `regex` (full-match semantics). Raises ValidationError naming `field` when the
-    library cannot compile it, or it takes over `timeout_s`, or has over `max_states` states."""
+    library cannot compile it, or it takes over `timeout_s`, needs over `memory_bytes` or has
+    over `max_states` states."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])  # the children fork with numpy already imported
     recv, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child, args=(regex, max_states, send), daemon=True)
+    child = ctx.Process(target=_child, args=(regex, max_states, memory_bytes, send), daemon=True)
     child.start()
     send.close()
     try:
@@ -57,10 +61,10 @@ def build_byte_dfa(regex: str, field: str, timeout_s: float, max_states: int) ->
     return ByteDFA(trans, start, accepting)
 
 
-def _child(regex: str, max_states: int, conn) -> None:
+def _child(regex: str, max_states: int, memory_bytes: int, conn) -> None:
     """Runs in the child: compile, then send ("ok", (trans, start, accepting)) or ("error",
     reason)."""
-    resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY_BYTES, CHILD_MEMORY_BYTES))
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     try:
         conn.send(("ok", _compile(regex, max_states)))
     except ValueError as e:
