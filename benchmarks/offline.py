@@ -11,8 +11,10 @@ For every (shape, prompt length, batch, mode) it reports tokens/s, mean step tim
 (FULL / SELECT / REUSE), peak GPU memory, cache pages in use, the roofline's tokens/s and the
 share of it reached, and, for the naive baseline (a full forward every step: the official
 sampler, batched), tokens/s over its first `--baseline-iters` steps (its cost per step is
-constant). `--steps` below `--gen` commits several tokens per step. At prompts of 2048 it
-also counts how many requests a fixed pool runs at once per retention ratio.
+constant). An MoE shape also runs "official": that baseline with the official per-expert loop
+in its MoE layers (`official_moe.py`) instead of the fused kernel, the cost of the official
+model and `generate`. `--steps` below `--gen` commits several tokens per step. At prompts of
+2048 it also counts how many requests a fixed pool runs at once per retention ratio.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import provenance
 import torch
+from official_moe import official_experts
 from roofline import Ceilings, ceiling_tokens_per_s, measure_ceilings
 
 from dllmserve import SamplingParams, SparseConfig
@@ -175,8 +178,10 @@ def bench_shape(shape: str, a, dev: torch.device, ceilings: Ceilings | None):
         num_cache_pages=None if dev.type == "cuda" else 4096,
         quantization=a.quantization,
     )
-    engine = Engine(model, None, config, model_name=shape)
     results: list[Result] = []
+    if model.cfg.moe is not None and a.quantization is None:
+        results += official_baseline(model, shape, config, a)
+    engine = Engine(model, None, config, model_name=shape)
     for prompt in a.prompts:
         batches = a.batches if prompt < 1024 else a.long_prompt_batches
         for b in batches:
@@ -221,6 +226,28 @@ def bench_shape(shape: str, a, dev: torch.device, ceilings: Ceilings | None):
         cap = {str(r): capacity(small, 2048, a.gen, a.block, r, 40) for r in (1.0, 0.5, 0.3)}
         print(f"{shape}: concurrent prompt-2048 requests in a pool of {pool_pages} pages: {cap}")
     return results, cap
+
+
+def official_baseline(model, shape: str, config: EngineConfig, a) -> list[Result]:
+    """The official algorithm at the official MoE layer's cost: a full forward every step with
+    the per-expert loop (`official_moe`), eager (the loop syncs with the host), over the first
+    `--baseline-iters` steps of each (prompt, batch)."""
+    engine = Engine(model, None, replace(config, enforce_eager=True, num_cache_pages=64))
+    results = []
+    with official_experts():
+        for prompt in a.prompts:
+            for b in a.batches if prompt < 1024 else a.long_prompt_batches:
+                run_one(engine, shape, prompt, b, None, a.gen, a.steps, a.block, 2, 0)
+                res = run_one(engine, shape, prompt, b, None, a.gen, a.steps, a.block,
+                              a.baseline_iters, seed=b)  # fmt: skip
+                res.mode = "official"
+                results.append(res)
+                print(json.dumps(asdict(res)), flush=True)
+    del engine
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return results
 
 
 def main() -> None:
@@ -286,20 +313,25 @@ def main() -> None:
 
 def print_table(results: list[Result]) -> None:
     base = {(r.shape, r.prompt, r.batch): r.tokens_per_s for r in results if r.mode == "dense"}
+    official = {
+        (r.shape, r.prompt, r.batch): r.tokens_per_s for r in results if r.mode == "official"
+    }
     print(
-        f"\n{'shape':>12} {'prompt':>6} {'batch':>5} {'mode':>7} {'tok/s':>9} {'x naive':>7} "
-        f"{'ceiling':>8} {'%ceil':>6} {'FULL ms':>8} {'SELECT ms':>9} {'REUSE ms':>8} "
-        f"{'peak GiB':>8} {'pages':>7}"
+        f"\n{'shape':>12} {'prompt':>6} {'batch':>5} {'mode':>8} {'tok/s':>9} {'x naive':>7} "
+        f"{'x offic':>7} {'ceiling':>8} {'%ceil':>6} {'FULL ms':>8} {'SELECT ms':>9} "
+        f"{'REUSE ms':>8} {'peak GiB':>8} {'pages':>7}"
     )
     for r in results:
         naive = base.get((r.shape, r.prompt, r.batch))
         ratio = r.tokens_per_s / naive if naive else 0
+        off = official.get((r.shape, r.prompt, r.batch))
+        x_off = f"{r.tokens_per_s / off:.2f}" if off else "-"
         ceil = f"{r.ceiling_tokens_per_s:.0f}" if r.ceiling_tokens_per_s else "-"
         pct = f"{r.pct_of_ceiling:.0f}%" if r.pct_of_ceiling else "-"
         ms = [f"{r.step_ms.get(p, 0):.2f}" for p in ("FULL", "SELECT", "REUSE")]
         print(
-            f"{r.shape:>12} {r.prompt:>6} {r.batch:>5} {r.mode:>7} {r.tokens_per_s:>9.1f} "
-            f"{ratio:>7.2f} {ceil:>8} {pct:>6} {ms[0]:>8} {ms[1]:>9} {ms[2]:>8} "
+            f"{r.shape:>12} {r.prompt:>6} {r.batch:>5} {r.mode:>8} {r.tokens_per_s:>9.1f} "
+            f"{ratio:>7.2f} {x_off:>7} {ceil:>8} {pct:>6} {ms[0]:>8} {ms[1]:>9} {ms[2]:>8} "
             f"{r.peak_gpu_gib:>8.1f} {r.max_pages_used:>7}"
         )
 
