@@ -25,6 +25,7 @@ MAX_POST_STEPS = 16  # LLaDA2.1's default
 class PlainLlada2:
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
+        self.path = path
         raw = json.loads((path / "config.json").read_text())
         self.raw = raw
         self.t: dict[str, torch.Tensor] = {}

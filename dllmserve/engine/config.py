@@ -78,6 +78,13 @@ class EngineConfig:
     enforce_eager: bool = field(default=False, metadata=_help("no CUDA graphs"))
     seed: int = field(default=0, metadata=_help("seeds the draws of requests that have none"))
     tensor_parallel_size: int = field(default=1, metadata=_help("GPUs per engine (only 1)"))
+    enable_prefix_caching: bool = field(
+        default=True,
+        metadata=_help(
+            "share the K/V of prompt blocks across requests (block-diffusion models only, where "
+            "it is exact; others have nothing to share)"
+        ),
+    )
     cpu_threads: int | None = field(
         default=None,
         metadata=_help(
@@ -114,8 +121,9 @@ class EngineConfig:
                 "quantization",
                 f"must be one of {list(QUANTIZATIONS)} or None, got {self.quantization!r}",
             )
-        if not isinstance(self.enforce_eager, bool):
-            raise ValidationError("enforce_eager", f"must be a bool, got {self.enforce_eager!r}")
+        for name in ("enforce_eager", "enable_prefix_caching"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValidationError(name, f"must be a bool, got {getattr(self, name)!r}")
         if self.tensor_parallel_size != 1:
             raise ValidationError(
                 "tensor_parallel_size", f"only 1 is supported, got {self.tensor_parallel_size!r}"

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from dllmserve.engine.batcher import Batcher
+from dllmserve.engine.block_request import BlockRequest
 from dllmserve.engine.config import EngineConfig
 from dllmserve.engine.constrained import request_constraint
 from dllmserve.engine.detokenizer import IncrementalDetokenizer, fast_decoder
@@ -28,6 +29,7 @@ from dllmserve.engine.loading import load_checkpoint, load_random_shape
 from dllmserve.engine.model_runner import ModelRunner
 from dllmserve.engine.outputs import Provisional, RequestOutput, StepUpdate
 from dllmserve.engine.page_pool import PagePool
+from dllmserve.engine.prefix_cache import PrefixCache
 from dllmserve.engine.protocol import Prompt
 from dllmserve.engine.request import Request, SpecialTokens, StepResult
 from dllmserve.errors import CapacityError, ValidationError
@@ -62,6 +64,8 @@ class Engine:
             torch.set_num_threads(config.threads())
         eot = "<|eot_id|>" if cfg.arch == "llada" else "<|im_end|>"
         eot_id = _special_id(tokenizer, eot) if tokenizer is not None else None
+        if cfg.block_diffusion:  # LLaDA2's answer ends at EOS only, as its generate's
+            eot_id = None
         self.tokens = SpecialTokens(cfg.mask_token_id, cfg.eos_token_id, eot_id)
         self._decode = fast_decoder(tokenizer) if tokenizer is not None else None
         self.page_bytes = page_bytes(config.page_size, cfg, model.dtype)
@@ -80,6 +84,8 @@ class Engine:
             max_num_batched_tokens=batched_tokens,
             page_size=config.page_size,
             num_cache_pages=num_pages,
+            block_diffusion=cfg.block_diffusion,
+            default_block_length=cfg.default_block_length,
         )
         cache = KVCache.allocate(num_pages, config.page_size, cfg, model.dtype, self.device)
         self.runner = ModelRunner(
@@ -89,7 +95,11 @@ class Engine:
             use_graphs=self.device.type == "cuda" and not config.enforce_eager,
             max_lanes=config.max_num_seqs * 2,
         )
-        self.batcher = Batcher(PagePool(num_pages), config.max_num_seqs, batched_tokens)
+        pool = PagePool(num_pages)
+        prefix = None
+        if cfg.block_diffusion and config.enable_prefix_caching:
+            prefix = PrefixCache(pool, config.page_size)
+        self.batcher = Batcher(pool, config.max_num_seqs, batched_tokens, prefix)
         self._rng = random.Random(config.seed)
         self._inflight: InFlight | None = None
 
@@ -149,7 +159,8 @@ class Engine:
         least = constraint.min_length if constraint is not None else 0
         spec = resolve_request(self.limits, params, sparse, prompt_ids=ids, min_gen_length=least)
         seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
-        req = Request(request_id, ids, spec, seed=seed, tokens=self.tokens,
+        kind = BlockRequest if self.limits.block_diffusion else Request
+        req = kind(request_id, ids, spec, seed=seed, tokens=self.tokens,
                       shifted=self.limits.shifted_logits, provisional=provisional)  # fmt: skip
         if self._decode is not None:
             req.detokenizer = IncrementalDetokenizer(self._decode)
@@ -188,9 +199,14 @@ class Engine:
         """Text of token ids, special tokens skipped ("" without a tokenizer)."""
         return self._decode(token_ids) if self._decode is not None else ""
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int | float]:
         b = self.batcher
+        prefix = {}
+        if b.prefix is not None:
+            prefix = {"prefix_cache_hit_rate": b.prefix.hit_rate,
+                      "prefix_cached_pages": b.prefix.cached_pages}  # fmt: skip
         return {
+            **prefix,
             "running": len(b.running),
             "waiting": len(b.waiting),
             "free_pages": b.pool.num_free,
@@ -215,7 +231,7 @@ class Engine:
         prompt = [t for t in range(1, 20) if t != self.tokens.mask][:16]
         try:  # both checked before either runs
             first, second = (
-                self.make_request(rid, prompt, params, SparseConfig())
+                self.make_request(rid, prompt, params, self._warm_up_sparse())
                 for rid in ("warm-up-alone", "warm-up-joining")
             )
         except (ValidationError, CapacityError) as e:  # a model or cache too small for it
@@ -228,6 +244,10 @@ class Engine:
         self.add(second)
         while self.has_unfinished():
             self.step()
+
+    def _warm_up_sparse(self) -> SparseConfig | None:
+        """Sparse steps to warm up, where the model has them (not block diffusion)."""
+        return None if self.limits.block_diffusion else SparseConfig()
 
     # ---- the step --------------------------------------------------------------------------
     @torch.inference_mode()
