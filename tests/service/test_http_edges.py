@@ -90,12 +90,12 @@ def test_an_error_reason_reaches_the_access_log(svc):
 
 
 def test_a_non_streaming_client_that_leaves_cancels_its_generation(svc):
-    """curl -m on a long JSON request: the generation is cancelled at the scheduler, not run
-    to its end, and the gateway counts it as cancelled."""
+    """curl -m on a long chat completion (no stream): the generation is cancelled at the
+    scheduler, not run to its end, and the gateway counts it as cancelled."""
     before = scrape(svc.base + "/metrics")
-    body = {"prompt": PROMPT, "max_tokens": 256, "steps": 256, "stop_at_eos": False}
+    body = {"messages": MESSAGES, "max_tokens": 256, "steps": 256, "stop_at_eos": False}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(svc.base + "/v1/completions", json=body, timeout=httpx.Timeout(60, read=2),
+        httpx.post(svc.base + "/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=2),
                    headers={"X-Request-Id": "leaver"})  # fmt: skip
     wait_for(lambda: svc.req("leaver").get("status") == q.CANCELLED, what="cancelled")
     name = "dllmserve:http_generations_total"
