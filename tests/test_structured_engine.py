@@ -11,10 +11,13 @@ import re
 
 import jsonschema
 import pytest
+import torch
 
 from dllmserve import LLM, SamplingParams, SparseConfig
+from dllmserve.engine.engine import Engine
 from dllmserve.errors import ValidationError
 from dllmserve.structured import StructuredOutput
+from dllmserve.structured.dp import best_assignment
 
 TOOL_CALL = {
     "type": "object",
@@ -151,3 +154,26 @@ def test_an_uncompilable_regex_is_refused_by_name(llm):
     with pytest.raises(ValidationError) as e:
         llm.generate([PROMPT], bad, use_tqdm=False)
     assert e.value.field == "sampling_params.structured_output.regex"
+
+
+def test_every_step_leaves_a_completable_canvas_and_streams_a_prefix(llada_dir):
+    engine = Engine.from_pretrained(llada_dir)
+    p = params(temperature=0.6, threshold=0.4, structured_output=StructuredOutput(
+        json_schema=TOOL_CALL))  # fmt: skip
+    engine.add_request("r", PROMPT, p)
+    automaton = engine.batcher.waiting[0].constraint.automaton
+    canvas, streamed, texts = [-1] * p.gen_length, "", []
+    while engine.has_unfinished():
+        for u in engine.step():
+            for pos, tok in zip(u.positions, u.token_ids, strict=True):
+                canvas[pos] = tok
+            scores = torch.zeros((p.gen_length, engine.model.cfg.vocab_size))
+            _, feasible = best_assignment(
+                automaton, scores, torch.tensor(canvas), automaton.start, 0
+            )
+            assert bool(feasible), "a committed token broke the constraint"
+            streamed += u.text_delta
+            texts.append(streamed)
+    assert -1 not in canvas
+    assert all(streamed.startswith(t) for t in texts)
+    jsonschema.validate(json.loads(streamed), TOOL_CALL)

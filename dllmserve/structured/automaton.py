@@ -40,6 +40,10 @@ class TokenAutomaton:
     dist: np.ndarray  # int64 [S]: fewest tokens to an accepting state
     compile_seconds: float = 0.0
     device_tables: dict = field(default_factory=dict, repr=False)  # the DP's, per device
+    keys: np.ndarray = field(init=False, repr=False)  # src * n_classes + cls, sorted
+
+    def __post_init__(self) -> None:
+        self.keys = self.src * self.n_classes + self.cls
 
     @property
     def min_length(self) -> int:
@@ -56,9 +60,8 @@ class TokenAutomaton:
         if c < 0 or state < 0:
             return -1
         key = state * self.n_classes + c
-        keys = self.src * self.n_classes + self.cls
-        i = int(np.searchsorted(keys, key))
-        return int(self.dst[i]) if i < len(keys) and keys[i] == key else -1
+        i = int(np.searchsorted(self.keys, key))
+        return int(self.dst[i]) if i < len(self.keys) and self.keys[i] == key else -1
 
     def walk(self, state: int, tokens) -> int:
         for t in tokens:
