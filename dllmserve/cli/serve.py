@@ -31,6 +31,8 @@ from dllmserve.engine.config import EngineConfig, usable_cores
 from dllmserve.errors import ValidationError
 from dllmserve.logs import emit
 
+TRY_PROMPT = "Repeat exactly: serving diffusion models"  # the demo model copies it right
+
 
 def _gpu_count() -> int:
     try:
@@ -186,7 +188,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
                 emit("dllmserve serve: no worker became ready within --ready-timeout "
                      f"({a.ready_timeout:.0f} s)", stream=sys.stderr, level="ERROR")  # fmt: skip
                 return 1
-            say(f"ready. Try: dllmserve generate --target {target} 'Repeat exactly: hello world'")
+            say(f"ready. Try: dllmserve generate --target {target} '{TRY_PROMPT}'")
             if a.demo:
                 _demo(a, target, token)
                 if a.exit_after_demo:
