@@ -116,7 +116,8 @@ def test_probes_services_and_monitors_follow_the_process_contract():
     assert w["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert w["startupProbe"]["httpGet"]["path"] == "/livez"
     (s,) = pod(objects, "Deployment", "scheduler")["containers"]
-    assert s["readinessProbe"]["grpc"] == {"port": 50051} == s["livenessProbe"]["grpc"]
+    assert s["readinessProbe"]["grpc"] == {"port": 50051}  # NOT_SERVING until a worker is ready
+    assert s["livenessProbe"]["grpc"] == {"port": 50051, "service": "liveness"}  # the process
     assert {"--listen=0.0.0.0:50051", "--metrics-port=9090"} <= set(s["args"])
     (g,) = pod(objects, "Deployment", "gateway")["containers"]
     assert g["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
