@@ -150,10 +150,12 @@ def _wait_ready(target: str, token: str, sup: Supervisor, timeout_s: float) -> b
 
 
 def _demo(a: argparse.Namespace, target: str, token: str) -> None:
+    """Stream the demo request: live on a terminal; in json mode its Completed event as JSON."""
     prompt = a.demo_prompt or tasks.demo().question
     say(f"demo request, greedy:\n{prompt}\n")
+    as_json = a.log_format == "json"
     stream(target, token, prompt, chat=True, gen_length=64, steps=32, block_length=None,
-           sparse=False, live=sys.stdout.isatty())  # fmt: skip
+           sparse=False, live=sys.stdout.isatty() and not as_json, as_json=as_json)  # fmt: skip
 
 
 def _until_stopped(sup: Supervisor) -> None:

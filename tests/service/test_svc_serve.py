@@ -11,11 +11,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from svc_util import LONG, Stream, check_unbroken, wait_for
 
+from dllmserve.assets import tasks
 from dllmserve.scheduler.local_redis import free_port
 
 LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F"}  # /proc/net/tcp's 127.0.0.1
@@ -126,15 +126,13 @@ def test_a_worker_that_keeps_dying_makes_serve_give_up_in_one_line(tmp_path):
 def test_json_mode_every_line_of_serve_and_its_children_is_json(tmp_path):
     log = tmp_path / "serve.log"
     serve = _serve(log, ["--log-format", "json"], "--http-listen", "127.0.0.1:0",
-                   "--metrics-port", "0")  # fmt: skip
-    try:
-        wait_for(lambda: serve.poll() is not None or "dllmserve: ready" in log.read_text(), 300)
-        time.sleep(0.5)
-    finally:
-        assert _stop(serve) == 0, log.read_text()[-3000:]
+                   "--metrics-port", "0", "--demo", "--exit-after-demo")  # fmt: skip
+    assert serve.wait(300) == 0, log.read_text()[-3000:]
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     markers = {r["marker"] for r in records if r.get("event") == "ready"}
     assert markers == {"DLLMSERVE_SCHEDULER_READY", "DLLMSERVE_WORKER_READY",
                        "DLLMSERVE_GATEWAY_READY"}  # fmt: skip
     assert any(r["message"].startswith("dllmserve: ready") for r in records)
     assert any(r["message"].startswith("redis: private redis-server") for r in records)
+    (done,) = [r for r in records if "finish_reason" in r and "token_ids" in r]  # the demo's
+    assert tasks.demo().answer in done["text"]
