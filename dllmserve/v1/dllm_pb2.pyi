@@ -52,7 +52,7 @@ class TokenIds(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
-    __slots__ = ("temperature", "gen_length", "steps", "block_length", "cfg_scale", "remasking", "threshold", "seed", "stop_at_eos", "logits_eos_inf", "confidence_eos_eot_inf", "top_p", "top_k", "schedule", "alg_temp", "eps")
+    __slots__ = ("temperature", "gen_length", "steps", "block_length", "cfg_scale", "remasking", "threshold", "seed", "stop_at_eos", "logits_eos_inf", "confidence_eos_eot_inf", "top_p", "top_k", "schedule", "alg_temp", "eps", "steps_per_block", "minimal_topk", "eos_early_stop", "editing_threshold")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     GEN_LENGTH_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,10 @@ class SamplingParams(_message.Message):
     SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     ALG_TEMP_FIELD_NUMBER: _ClassVar[int]
     EPS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_PER_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    MINIMAL_TOPK_FIELD_NUMBER: _ClassVar[int]
+    EOS_EARLY_STOP_FIELD_NUMBER: _ClassVar[int]
+    EDITING_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     gen_length: int
     steps: int
@@ -85,7 +89,11 @@ class SamplingParams(_message.Message):
     schedule: str
     alg_temp: float
     eps: float
-    def __init__(self, temperature: _Optional[float] = ..., gen_length: _Optional[int] = ..., steps: _Optional[int] = ..., block_length: _Optional[int] = ..., cfg_scale: _Optional[float] = ..., remasking: _Optional[str] = ..., threshold: _Optional[float] = ..., seed: _Optional[int] = ..., stop_at_eos: _Optional[bool] = ..., logits_eos_inf: _Optional[bool] = ..., confidence_eos_eot_inf: _Optional[bool] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., schedule: _Optional[str] = ..., alg_temp: _Optional[float] = ..., eps: _Optional[float] = ...) -> None: ...
+    steps_per_block: int
+    minimal_topk: int
+    eos_early_stop: bool
+    editing_threshold: float
+    def __init__(self, temperature: _Optional[float] = ..., gen_length: _Optional[int] = ..., steps: _Optional[int] = ..., block_length: _Optional[int] = ..., cfg_scale: _Optional[float] = ..., remasking: _Optional[str] = ..., threshold: _Optional[float] = ..., seed: _Optional[int] = ..., stop_at_eos: _Optional[bool] = ..., logits_eos_inf: _Optional[bool] = ..., confidence_eos_eot_inf: _Optional[bool] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., schedule: _Optional[str] = ..., alg_temp: _Optional[float] = ..., eps: _Optional[float] = ..., steps_per_block: _Optional[int] = ..., minimal_topk: _Optional[int] = ..., eos_early_stop: _Optional[bool] = ..., editing_threshold: _Optional[float] = ...) -> None: ...
 
 class SparseConfig(_message.Message):
     __slots__ = ("enabled", "retention_ratio", "delay_step", "default_block_len", "head_select", "pool_kernel", "layer_wise", "layer_ratios")
