@@ -140,7 +140,12 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
             if wi.state == "ready":
                 info.free_slots += max(0, wi.slots - load)
         for name in sorted(set(counts) | set(await self._served.known())):
-            info.models.append(pb.ModelInfo(name=name, workers=counts.get(name, 0)))
+            lengths = [m.max_len for m in await self._served.limits_of(name)]
+            info.models.append(
+                pb.ModelInfo(
+                    name=name, workers=counts.get(name, 0), max_model_len=max(lengths, default=0)
+                )
+            )
         return info
 
     # --- internals -------------------------------------------------------------------------

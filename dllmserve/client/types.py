@@ -101,6 +101,7 @@ Event = Accepted | StepUpdate | Completed
 class ModelInfo:
     name: str
     workers: int
+    max_model_len: int  # 0 while no ready worker has registered its limits
 
 
 @dataclasses.dataclass(frozen=True)

@@ -118,7 +118,7 @@ class Gateway:
             raise from_rpc(e, chat=False) from None
         return [
             {"id": m.name, "object": "model", "created": self.started, "owned_by": "dllmserve",
-             "workers": m.workers}
+             "workers": m.workers, "max_model_len": m.max_model_len or None}
             for m in info.models
         ]  # fmt: skip
 

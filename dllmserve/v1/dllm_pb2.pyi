@@ -300,12 +300,14 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "workers")
+    __slots__ = ("name", "workers", "max_model_len")
     NAME_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
     name: str
     workers: int
-    def __init__(self, name: _Optional[str] = ..., workers: _Optional[int] = ...) -> None: ...
+    max_model_len: int
+    def __init__(self, name: _Optional[str] = ..., workers: _Optional[int] = ..., max_model_len: _Optional[int] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
     __slots__ = ("worker_id", "model", "device", "state", "running", "waiting", "assigned", "slots", "free_pages", "total_pages", "max_num_seqs")

@@ -114,6 +114,8 @@ def test_models_retrieve_and_their_fields(svc, oai):
     assert listed.created > 1_700_000_000  # a real time, not 0
     got = oai.models.retrieve(listed.id)
     assert (got.id, got.object, got.created) == (listed.id, "model", listed.created)
+    config = json.loads((default_model_path() / "config.json").read_text())
+    assert got.max_model_len == listed.max_model_len == config["max_sequence_length"]
     with pytest.raises(openai.NotFoundError) as e:
         oai.models.retrieve("no-such-model")
     assert e.value.body["code"] == "model_not_found" and e.value.body["param"] == "model"
