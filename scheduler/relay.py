@@ -266,6 +266,7 @@ class Coalescer:
             acc.token_texts.extend(upd.token_texts)
             del acc.provisional[:]  # the proposals of the last merged step, not a union
             acc.provisional.extend(upd.provisional)
+            acc.edits.extend(upd.edits)  # every merged step's, in order
             acc.text_delta += upd.text_delta
             acc.canvas = upd.canvas
             acc.step, acc.total_steps = upd.step, upd.total_steps

@@ -30,7 +30,7 @@ from dllmserve.worker.faults import Faults
 from dllmserve.worker.leaving import Leaving
 from dllmserve.worker.observe import Observer
 from dllmserve.worker.publisher import InlinePublisher, Publisher
-from dllmserve.worker.render import CanvasRenderer, provisional_tokens
+from dllmserve.worker.render import CanvasRenderer, provisional_tokens, token_edits
 from dllmserve.worker.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -309,6 +309,7 @@ class WorkerLoop(Leaving):
                 attempt=int(a.attempt),
                 token_texts=[self.engine.decode([t]) for t in u.token_ids] if a.token_texts else [],
                 provisional=provisional_tokens(u.provisional, self.engine.decode, a.token_texts),
+                edits=token_edits(u.edits, self.engine.decode, a.token_texts),
             )
             bd = "1" if u.block_done else "0"
             first = "0" if a.t_first else "1"

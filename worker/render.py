@@ -1,13 +1,13 @@
 """The canvas of one request as text, with a placeholder for each masked position (what a
-stream with `include_canvas` carries), and a step's provisional tokens as wire messages. The
-text delta and everything else a step decided come from the engine's StepUpdate; rendering is
-the worker's only text work."""
+stream with `include_canvas` carries), and a step's provisional tokens and edits as wire
+messages. The text delta and everything else a step decided come from the engine's StepUpdate;
+rendering is the worker's only text work."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from dllmserve.engine.outputs import Provisional
+from dllmserve.engine.outputs import Edit, Provisional
 from dllmserve.v1 import dllm_pb2 as pb
 
 MASKED = -1
@@ -53,4 +53,19 @@ def provisional_tokens(
             text=decode([p.token_id]) if texts else "",
         )  # fmt: skip
         for p in proposed
+    ]
+
+
+def token_edits(
+    edits: Sequence[Edit], decode: Callable[[list[int]], str], texts: bool
+) -> list[pb.TokenEdit]:
+    """StepUpdate.edits from the engine's (LLaDA2.1): each position's old and new token."""
+    return [
+        pb.TokenEdit(
+            position=e.position,
+            old_token_id=e.old,
+            new_token_id=e.new,
+            text=decode([e.new]) if texts else "",
+        )  # fmt: skip
+        for e in edits
     ]

@@ -39,6 +39,7 @@ from dllmserve.client.types import (
     ServerInfo,
     StepUpdate,
     Timings,
+    TokenEdit,
     Usage,
     WorkerInfo,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "ProvisionalToken",
+    "TokenEdit",
     "ServerInfo",
     "ServiceError",
     "StepUpdate",

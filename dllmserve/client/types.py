@@ -46,6 +46,16 @@ class ProvisionalToken:
 
 
 @dataclasses.dataclass(frozen=True)
+class TokenEdit:
+    """A committed token a later step of its block replaced (LLaDA2.1's editing)."""
+
+    position: int
+    old_token_id: int
+    new_token_id: int
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
 class StepUpdate:
     step: int
     total_steps: int
@@ -58,6 +68,7 @@ class StepUpdate:
     attempt: int
     token_texts: tuple[str, ...]  # with include_token_texts: the text of each committed token
     provisional: tuple[ProvisionalToken, ...]  # with StreamOptions.provisional
+    edits: tuple[TokenEdit, ...] = ()  # block-diffusion models with editing_threshold
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +159,8 @@ def event_from_pb(ev: pb.GenerateEvent) -> Event:
     if kind == "step":
         s = ev.step
         provisional = tuple(_convert(ProvisionalToken, p) for p in s.provisional)
-        return _convert(StepUpdate, s, provisional=provisional)
+        edits = tuple(_convert(TokenEdit, e) for e in s.edits)
+        return _convert(StepUpdate, s, provisional=provisional, edits=edits)
     if kind == "completed":
         c = ev.completed
         return _convert(

@@ -12,23 +12,13 @@ then the current block against everything before it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from dllmserve.engine.outputs import Edit
 from dllmserve.engine.prefix_cache import Entry, PrefixCache, block_hashes
 from dllmserve.engine.request import Request, StepResult
 
 MAX_POST_STEPS = 16  # LLaDA2.1: steps after a block's last mask, while they still edit
-
-
-@dataclass(frozen=True)
-class Edit:
-    """A committed position whose token a step replaced (LLaDA2.1)."""
-
-    position: int  # offset into the generated canvas
-    old: int
-    new: int
 
 
 class BlockRequest(Request):

@@ -334,6 +334,7 @@ class Engine:
             output=self._output(req, now) if req.finished else None,
             forward_passes=req.lanes,
             provisional=provisional,
+            edits=req.edits if isinstance(req, BlockRequest) else [],
         )
 
     def _output(self, req: Request, now: float) -> RequestOutput:

@@ -46,6 +46,14 @@ class Provisional(NamedTuple):
     confidence: float  # in [0, 1]
 
 
+class Edit(NamedTuple):
+    """A committed position whose token a step replaced (LLaDA2.1's editing)."""
+
+    position: int  # offset into the generated canvas
+    old: int
+    new: int
+
+
 @dataclass
 class StepUpdate:
     """What one denoising step of one request committed, and what the engine decided with it.
@@ -58,7 +66,10 @@ class StepUpdate:
     new text of that prefix (docs/design.md §8). The last update has a ``finish_reason`` and
     carries ``output``. ``provisional`` (only for a request added with ``provisional=True``)
     holds the step's proposal for every position of its block that was masked when it ran,
-    the ones it committed included, in position order.
+    the ones it committed included, in position order. ``edits`` (LLaDA2.1) are the committed
+    positions this step replaced, old and new token; they are in ``positions`` too, with the new
+    token. The text deltas only cover tokens that can no longer change (with edits: the finished
+    blocks').
     """
 
     request_id: str
@@ -77,6 +88,7 @@ class StepUpdate:
     output: RequestOutput | None = None
     forward_passes: int = 1  # model forwards this step ran for the request (2 with cfg)
     provisional: list[Provisional] = field(default_factory=list)
+    edits: list[Edit] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:

@@ -10,7 +10,8 @@ Field map: `max_tokens` (chat also `max_completion_tokens`) -> `gen_length` (and
 the text by the gateway (`stop.py`); `user` is accepted and not used. dLLM fields at the top
 level of the body (the SDKs' `extra_body`): every field of SamplingParams (`steps`,
 `block_length`, `remasking`, `cfg_scale`, `threshold`, `top_k`, `schedule`, `alg_temp`, `eps`,
-...), `sparse_config`
+LLaDA2's `steps_per_block`, `minimal_topk`, `eos_early_stop`, `editing_threshold`, ...),
+`sparse_config`
 {SparseConfig fields}, `priority`,
 `stream_mode` ("text" | "denoise"), `mask_placeholder` and `provisional` (with "denoise" only:
 each step's proposed token and confidence at the masked positions of its block).
@@ -201,7 +202,8 @@ def _sampling(body: dict, chat: bool, sp: pb.SamplingParams) -> None:
     for key in _SAMPLING:
         if key != "gen_length" and body.get(key) is not None:
             _set(sp, _SAMPLING, key, body[key], key)
-    if sp.HasField("gen_length") and not sp.HasField("steps") and sp.gen_length >= 1:
+    given_steps = sp.HasField("steps") or sp.HasField("steps_per_block")
+    if sp.HasField("gen_length") and not given_steps and sp.gen_length >= 1:
         # OpenAI clients send only max_tokens: a short one must not fail on steps > gen_length.
         sp.steps = min(sp.gen_length, SamplingParams.steps)
     if not sp.HasField("block_length") and body.get("sparse_config") is None:

@@ -122,4 +122,14 @@ def denoise(step: StepUpdate) -> dict:
             }
             for p in step.provisional
         ]
+    if step.edits:  # LLaDA2.1: committed tokens this step replaced
+        d["edits"] = [
+            {
+                "position": e.position,
+                "old_token_id": e.old_token_id,
+                "new_token_id": e.new_token_id,
+                "text": e.text,
+            }  # fmt: skip
+            for e in step.edits
+        ]
     return d
