@@ -57,6 +57,8 @@ def params(**kw) -> SamplingParams:
         {"threshold": 0.3, "temperature": 0.5},
         {"remasking": "random", "temperature": 0.5},
         {"stop_at_eos": False, "steps": 96},
+        {"cfg_scale": 1.5, "temperature": 0.5},
+        {"top_k": 3, "temperature": 1.0, "logits_eos_inf": True},
     ],
 )
 def test_llada_answers_validate(llm, kw):
@@ -102,23 +104,15 @@ def test_regex_and_choice_with_sparse_attention(llm):
 
 
 def test_dream_schedule_answers_validate(dream_dir):
-    llm = LLM(dream_dir)
-    outs = llm.generate(
-        [PROMPT, PROMPT],
-        [
-            params(
-                gen_length=48,
-                steps=24,
-                block_length=None,
-                temperature=t,
-                seed=3,
-                remasking="maskgit_plus",
-                structured_output=StructuredOutput(json_schema=ITEMS),
-            )
-            for t in (0.0, 0.7)
-        ],  # fmt: skip
-        use_tqdm=False,
-    )
+    items = StructuredOutput(json_schema=ITEMS)
+    base = dict(gen_length=48, steps=24, block_length=None, seed=3, structured_output=items)
+    runs = [
+        params(**base, temperature=0.0, remasking="maskgit_plus"),
+        params(**base, temperature=0.7, remasking="maskgit_plus", top_p=0.9),
+        params(**{**base, "block_length": 16}, temperature=0.5, alg_temp=0.5, remasking="entropy"),
+        params(**base, temperature=0.5, remasking="origin"),
+    ]
+    outs = LLM(dream_dir).generate([PROMPT] * len(runs), runs, use_tqdm=False)
     for out in outs:
         jsonschema.validate(json.loads(out["text"]), ITEMS)
 
