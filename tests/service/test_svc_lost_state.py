@@ -5,6 +5,7 @@ persistence, every open stream ends at once with UNAVAILABLE "request state lost
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import grpc
 import pytest
@@ -49,10 +50,16 @@ def test_open_streams_end_at_once_when_redis_loses_its_state(make_cluster, lose)
         assert s.error.details() == LOST_MESSAGE
         (info,) = rpc_status.from_call(s.error).details
         assert LOST_REASON.encode() in info.value
+    assert "redis lost the service's state" in _log(c.schedulers[0][0])
     # The worker drops what it ran, registers again, and the service serves new requests.
+    wait_for(lambda: "was reaped; dropping" in _log(c.workers[0]), 30, what="the worker drops")
     with Client(c.target) as cl:
         done = wait_for(lambda: _try(cl), 120, interval_s=1.0, what="serving again")
         assert len(done.token_ids) == 16
+
+
+def _log(p) -> str:
+    return Path(p.log_path).read_text(errors="replace")
 
 
 def _try(cl):
