@@ -14,7 +14,7 @@ import torch
 from tokenizers import decoders
 
 from dllmserve import SamplingParams
-from dllmserve.engine.constrained import request_constraint
+from dllmserve.engine.constrained import RequestConstraint, request_constraint
 from dllmserve.errors import ValidationError
 from dllmserve.structured import automaton
 from dllmserve.structured.compiler import cache_clear, compile_constraint
@@ -168,3 +168,9 @@ def test_an_engine_without_a_tokenizer_refuses_structured_outputs():
     with pytest.raises(ValidationError) as e:
         request_constraint(params, None, (1,), 10)
     assert e.value.field == "sampling_params.structured_output"
+
+
+def test_a_canvas_that_left_the_automaton_is_an_error_not_a_silent_state():
+    a = compile_constraint(StructuredOutput(regex="(ab)+"), tiny_vocab())
+    with pytest.raises(RuntimeError, match="left the structured output's automaton"):
+        RequestConstraint(a).state_at(np.array([4, 0, 1]), 2)

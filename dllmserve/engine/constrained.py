@@ -47,6 +47,8 @@ class RequestConstraint:
         if offset < done:
             done, state = 0, self.automaton.start
         state = self.automaton.walk(state, generated[done:offset].tolist())
+        if state < 0:  # every commit comes from a completable assignment: a bug if reached
+            raise RuntimeError("a committed token left the structured output's automaton")
         self._walked = (offset, state)
         return state
 
