@@ -147,7 +147,8 @@ def build_block_iteration(
         cfg_scale=None,
         sampling=_sampling(d, reqs),
         block_width=width,
-        reuse_window=None,  # never chained nor graphed: each step reads its tokens back
+        # a step of blocks only (nothing to store) has the REUSE graphs' shape: B tokens a lane
+        reuse_window=None if lanes.write_rows else width,
         block=BlockSampling(
             k=d["k"],
             edit_threshold=d["edit_threshold"],
