@@ -2,6 +2,7 @@
 
     python benchmarks/tokens_per_forward.py --json tpf.json --markdown tpf.md      # CPU, n=16
     python benchmarks/tokens_per_forward.py --n 2 --tasks recall --contexts 128     # a smoke run
+    python benchmarks/tokens_per_forward.py --render tpf.json --gpu-json other.json # re-project
 
 On the shipped tiny LLaDA's held-out tasks (copy, add, recall at each context) it decodes every
 example with one token per step (`threshold` None, steps = gen_length) and with each
@@ -186,18 +187,22 @@ def projected_tokens_per_s(
 
 
 def project(results: list[dict], gpu: dict) -> None:
-    """Adds `projected` {"b1", "b32"} tokens/s to every row (None where no step time applies)."""
+    """Adds `projected` and `projected_answer` {"b1", "b32"} tokens/s to every row: committed
+    canvas tokens and answer tokens (None where no step time was measured)."""
     for job in results:
         for row in job["rows"]:
-            row["projected"] = {}
+            row["projected"], row["projected_answer"] = {}, {}
             for batch in (1, 32):
                 ms = step_ms(gpu, job["prompt"], batch, GPU_MODE[job["mode"]])
                 ok = ms is not None and all(ms.get(p) for p, c in row["phases"].items() if c)
-                row["projected"][f"b{batch}"] = (
+                tps = (
                     projected_tokens_per_s(row["committed_per_forward"], row["phases"], ms, batch)
                     if ok
                     else None
                 )
+                share = row["answer_per_forward"] / row["committed_per_forward"]
+                row["projected"][f"b{batch}"] = tps
+                row["projected_answer"][f"b{batch}"] = tps * share if tps else None
 
 
 # ---- report -----------------------------------------------------------------------------
@@ -207,34 +212,39 @@ def _th(t: float | None) -> str:
     return "None (1/step)" if t is None else f"{t}"
 
 
-def markdown(results: list[dict], meta: dict) -> str:
-    """Two tables: accuracy / committed per forward, then projected tokens/s (b1 / b32)."""
+def _table(results: list[dict], cell_text) -> list[str]:
+    """One row per (mode, threshold), one column per cell; `cell_text(row)` fills it."""
     cells = list(dict.fromkeys(j["cell"] for j in results))
-    by = {(j["cell"], j["mode"]): j for j in results}
-    head = "| mode | threshold | " + " | ".join(cells) + " |\n|---|---|" + "---|" * len(cells)
-    acc, proj = [head], [head]
+    by = {(j["cell"], j["mode"]): j["rows"] for j in results}
+    out = ["| mode | threshold | " + " | ".join(cells) + " |", "|---|---|" + "---|" * len(cells)]
     for mode in MODES:
-        if not any((c, mode) in by for c in cells):
-            continue
-        for i, th in enumerate(by[next((c, mode) for c in cells if (c, mode) in by)]["rows"]):
-            a, p = [], []
-            for c in cells:
-                row = by[(c, mode)]["rows"][i] if (c, mode) in by else None
-                if row is None:
-                    a.append("")
-                    p.append("")
-                    continue
-                a.append(f"{row['accuracy']:.2f} / {row['committed_per_forward']:.1f}")
-                b1, b32 = row["projected"]["b1"], row["projected"]["b32"]
-                p.append(f"{b1:.0f}" + (f" / {b32:.0f}" if b32 else ""))
-            lead = f"| {mode} | {_th(th['threshold'])} | "
-            acc.append(lead + " | ".join(a) + " |")
-            proj.append(lead + " | ".join(p) + " |")
-    lines = [f"- {k}: {v}" for k, v in meta.items()]
+        present = [by[(c, mode)] for c in cells if (c, mode) in by]
+        for i, first in enumerate(present[0] if present else []):
+            vals = [cell_text(by[(c, mode)][i]) if (c, mode) in by else "" for c in cells]
+            out.append(f"| {mode} | {_th(first['threshold'])} | " + " | ".join(vals) + " |")
+    return out
+
+
+def _pair(d: dict) -> str:
+    return f"{d['b1']:.0f}" + (f" / {d['b32']:.0f}" if d["b32"] else "")
+
+
+def markdown(results: list[dict], meta: dict) -> str:
+    """The run's details, then accuracy and tokens per forward, then the projections."""
+
+    def measured(r: dict) -> str:
+        a, c, t = r["accuracy"], r["committed_per_forward"], r["answer_per_forward"]
+        return f"{a:.2f} · {c:.1f} · {t:.1f}"
+
     return "\n".join(
-        lines
-        + ["", "Accuracy / committed tokens per forward:", "", *acc, ""]
-        + ["Projected tokens/s at the LLaDA-8B shape, batch 1 / batch 32:", "", *proj, ""]
+        [f"- {k}: {v}" for k, v in meta.items()]
+        + ["", "Accuracy · committed tokens per forward · answer tokens per forward:", ""]
+        + _table(results, measured)
+        + ["", "Projected committed tokens/s at the LLaDA-8B shape, batch 1 / batch 32:", ""]
+        + _table(results, lambda r: _pair(r["projected"]))
+        + ["", "Projected answer tokens/s at the LLaDA-8B shape, batch 1 / batch 32:", ""]
+        + _table(results, lambda r: _pair(r["projected_answer"]))
+        + [""]
     )
 
 
@@ -258,6 +268,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--procs", type=int, default=1, help="worker processes, 1 or 2")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--gpu-json", type=Path, default=GPU_JSON, help="offline.py's JSON")
+    ap.add_argument("--render", type=Path, default=None,
+                    help="a saved --json: project and print it again, no decoding")  # fmt: skip
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None)
     a = ap.parse_args(argv)
@@ -279,15 +291,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def main(argv: list[str] | None = None) -> None:
-    a = parse_args(argv)
-    try:
-        gpu = load_gpu(a.gpu_json)
-    except (OSError, ValueError, KeyError) as e:
-        raise SystemExit(f"error: --gpu-json: {e}") from None
+def measure(a: argparse.Namespace, gpu: dict) -> tuple[list[dict], dict]:
+    """Decode every (cell, mode) job, longest prompts first, in `a.procs` processes."""
     cells = [(t, 0) for t in a.tasks if t != "recall"]
     cells += [("recall", c) for c in a.contexts if "recall" in a.tasks]
-    jobs = sorted(((t, c, m) for t, c in cells for m in MODES), key=lambda j: -j[1])  # long first
+    jobs = sorted(((t, c, m) for t, c in cells for m in MODES), key=lambda j: -j[1])
     meta = {
         "model": Path(a.model).name,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -298,7 +306,6 @@ def main(argv: list[str] | None = None) -> None:
         "processes x torch threads": f"{a.procs} x {a.threads}",
         "sampling": f"greedy, block {BLOCK}, steps = gen_length ({GEN}), stop_at_eos",
         "sparse": "r=0.7 d=5 hs=on lw=off",
-        "projection": f"{gpu['card']}, {gpu['file']} (commit {gpu['commit']}, {gpu['date']})",
     }
     t0 = time.monotonic()
     args = [(t, c, m, a.n, a.thresholds) for t, c, m in jobs]
@@ -311,11 +318,29 @@ def main(argv: list[str] | None = None) -> None:
     order = {c: i for i, c in enumerate(cells)}
     results.sort(key=lambda j: (order[(j["task"], j["context"])], list(MODES).index(j["mode"])))
     meta["seconds"] = round(time.monotonic() - t0)
+    return results, meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
+    try:
+        gpu = load_gpu(a.gpu_json)
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"error: --gpu-json: {e}") from None
+    if a.render:
+        try:
+            saved = json.loads(a.render.read_text())
+            results, meta = saved["results"], saved["meta"]
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(f"error: --render: not a saved run: {e!r}") from None
+    else:
+        results, meta = measure(a, gpu)
+    meta["projection"] = f"{gpu['card']}, {gpu['file']} (commit {gpu['commit']}, {gpu['date']})"
     project(results, gpu)
     if a.json:
-        gpu_out = {k: v for k, v in gpu.items() if k != "rows"}
-        gpu_out["rows"] = [{"prompt": p, "batch": b, "mode": m, "step_ms": ms}
-                           for (p, b, m), ms in gpu["rows"].items()]  # fmt: skip
+        rows = [{"prompt": p, "batch": b, "mode": m, "step_ms": ms}
+                for (p, b, m), ms in gpu["rows"].items()]  # fmt: skip
+        gpu_out = {**{k: v for k, v in gpu.items() if k != "rows"}, "rows": rows}
         doc = {"meta": meta, "gpu": gpu_out, "results": results}
         a.json.write_text(json.dumps(doc, indent=1) + "\n")
     md = markdown(results, meta)

@@ -27,8 +27,8 @@ def doc(tmp_path_factory) -> dict:
            "--tasks", "recall", "--contexts", "128", "--json", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "Projected tokens/s" in proc.stdout
-    return json.loads(out.read_text())
+    assert "Projected committed tokens/s" in proc.stdout
+    return {**json.loads(out.read_text()), "path": str(out)}
 
 
 def test_records_provenance_and_every_cell(doc: dict) -> None:
@@ -46,6 +46,16 @@ def test_records_provenance_and_every_cell(doc: dict) -> None:
             assert sum(r["phases"].values()) == pytest.approx(r["forwards_per_request"])
             assert r["answer_per_forward"] <= r["committed_per_forward"]
             assert r["projected"]["b1"] > 0 and r["projected"]["b32"] > 0  # prompt 128
+            share = r["answer_per_forward"] / r["committed_per_forward"]
+            assert r["projected_answer"]["b1"] == pytest.approx(r["projected"]["b1"] * share)
+
+
+def test_render_projects_a_saved_run_again(doc: dict, tmp_path, capsys) -> None:
+    out = tmp_path / "again.json"
+    tpf.main(["--render", doc["path"], "--json", str(out)])
+    again = json.loads(out.read_text())
+    assert again["results"] == doc["results"] and again["meta"] == doc["meta"]
+    assert "Projected answer tokens/s" in capsys.readouterr().out
 
 
 def test_one_token_per_step_is_one_per_forward_in_the_planned_phases(doc: dict) -> None:
@@ -103,6 +113,14 @@ def test_bad_arguments_are_one_line_errors(argv, words, capsys) -> None:
         tpf.main(argv)
     assert e.value.code == 2
     assert words in capsys.readouterr().err
+
+
+def test_a_render_of_something_else_is_a_one_line_error(tmp_path) -> None:
+    path = tmp_path / "other.json"
+    path.write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        tpf.main(["--render", str(path)])
+    assert str(e.value).startswith("error: --render: not a saved run")
 
 
 @pytest.mark.parametrize(
