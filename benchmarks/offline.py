@@ -69,6 +69,7 @@ def run_one(
     max_iters: int | None,
     seed: int,
     ceilings: Ceilings | None = None,
+    recompute: bool = False,
 ) -> Result:
     rng = random.Random(seed)
     vocab = engine.model.cfg.vocab_size
@@ -78,6 +79,8 @@ def run_one(
         ids = [rng.randrange(vocab) for _ in range(prompt_len)]
         ids = [t if t != mask else t - 1 for t in ids]
         engine.add_request(f"b{i}", ids, params, sparse)
+        if recompute:  # a block-diffusion request forwarding its canvas from 0 every step
+            engine.batcher.waiting[-1].recompute_prefix = True
     if engine.device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -179,10 +182,8 @@ def bench_shape(shape: str, a, dev: torch.device, ceilings: Ceilings | None):
         quantization=a.quantization,
     )
     results: list[Result] = []
-    # (a block-diffusion model's official generate recomputes the whole prefix every step: its
-    # baseline is not the engine with the per-expert loop, so none is run for it here)
     block_diffusion = model.cfg.block_diffusion
-    if model.cfg.moe is not None and a.quantization is None and not block_diffusion:
+    if model.cfg.moe is not None and a.quantization is None:
         results += official_baseline(model, shape, config, a)
     engine = Engine(model, None, config, model_name=shape)
     for prompt in a.prompts:
@@ -235,15 +236,21 @@ def bench_shape(shape: str, a, dev: torch.device, ceilings: Ceilings | None):
 def official_baseline(model, shape: str, config: EngineConfig, a) -> list[Result]:
     """The official algorithm at the official MoE layer's cost: a full forward every step with
     the per-expert loop (`official_moe`), eager (the loop syncs with the host), over the first
-    `--baseline-iters` steps of each (prompt, batch)."""
-    engine = Engine(model, None, replace(config, enforce_eager=True, num_cache_pages=64))
+    `--baseline-iters` steps of each (prompt, batch). A block-diffusion model's official
+    `generate` forwards the canvas from position 0 up to the current block at every step: its
+    requests recompute their prefix (no block K/V cache, no prefix caching)."""
+    recompute = model.cfg.block_diffusion
+    pages = 64 if not recompute else None  # the block cache's pages hold the whole canvas
+    engine = Engine(model, None, replace(config, enforce_eager=True, num_cache_pages=pages,
+                                         enable_prefix_caching=False))  # fmt: skip
     results = []
     with official_experts():
         for prompt in a.prompts:
             for b in a.batches if prompt < 1024 else a.long_prompt_batches:
-                run_one(engine, shape, prompt, b, None, a.gen, a.steps, a.block, 2, 0)
+                run_one(engine, shape, prompt, b, None, a.gen, a.steps, a.block, 2, 0,
+                        recompute=recompute)  # fmt: skip
                 res = run_one(engine, shape, prompt, b, None, a.gen, a.steps, a.block,
-                              a.baseline_iters, seed=b)  # fmt: skip
+                              a.baseline_iters, seed=b, recompute=recompute)  # fmt: skip
                 res.mode = "official"
                 results.append(res)
                 print(json.dumps(asdict(res)), flush=True)

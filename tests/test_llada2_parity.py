@@ -111,3 +111,16 @@ def test_prefix_cache_hit_changes_no_token(l2):
     plain = LLM(l2[1].path, num_cache_pages=512, page_size=4, enable_prefix_caching=False)
     assert plain.engine.batcher.prefix is None
     assert engine_tokens(plain, prompts, **kw) == first + second
+
+
+def test_recomputing_the_prefix_gives_the_same_tokens(l2):
+    """The benchmark baseline's mode (the official cost: the canvas from 0 every step)."""
+    llm, ref = l2
+    eng = llm.engine
+    kw = dict(gen_length=16, block_length=4, steps_per_block=4, threshold=0.9)
+    eng.add_request("recompute", MID, SamplingParams(**kw))
+    eng.batcher.waiting[-1].recompute_prefix = True
+    out = None
+    while eng.has_unfinished():
+        out = next((u.output for u in eng.step() if u.output), out)
+    assert out.token_ids == official(ref, MID, 16, block_length=4, steps=4, threshold=0.9)

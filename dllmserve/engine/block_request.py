@@ -29,6 +29,9 @@ class BlockRequest(Request):
         self.canvas[: self.prompt_len] = self.prompt_ids
         self.editing = self.params.editing_threshold is not None
         self.kv_upto = 0  # positions [0, kv_upto) have their final K/V in the pages
+        # the official code's cost: every step forwards the canvas from position 0 again
+        # (benchmarks/offline.py's baseline; the tokens are the same)
+        self.recompute_prefix = False
         self.post_steps = 0  # LLaDA2.1: steps of this block that began with no mask
         self.edits: list[Edit] = []  # what the last step edited
         # prefix caching: the chained hashes of the prompt's full blocks, the cached entries
@@ -86,7 +89,8 @@ class BlockRequest(Request):
         answer's EOS and everything before it are committed), or finish."""
         bs, be = self.block_span
         block, phase = self.block_idx, self.phase
-        self.kv_upto = bs  # this step's forward stored every block before the current one
+        # this step's forward stored every block before the current one
+        self.kv_upto = 0 if self.recompute_prefix else bs
         window = self.canvas[bs:be]
         was_mask = window == self.tokens.mask
         offs = np.flatnonzero(commit[: be - bs])
