@@ -29,6 +29,7 @@ def stream(
     block_length: int | None, sparse: bool, live: bool, temperature: float = 0.0,
     model: str = "", tls: bool = False, ca: str = "", as_json: bool = False,
     progress: bool = True, remasking: str | None = None, schedule: str | None = None,
+    extra: dict | None = None,
 ) -> int:  # fmt: skip
     """Stream one generation; `live` draws the canvas in place (a terminal), else plain lines."""
     from dllmserve.cli.live import MASK, LiveView, PlainView
@@ -37,9 +38,11 @@ def stream(
     sp = {"gen_length": gen_length, "steps": steps, "temperature": temperature}
     if block_length:
         sp["block_length"] = block_length
-    for name, value in (("remasking", remasking), ("schedule", schedule)):
+    for name, value in (("remasking", remasking), ("schedule", schedule), *(extra or {}).items()):
         if value is not None:  # unset: the server's default (the model's own schedule)
             sp[name] = value
+    if "steps_per_block" in sp:  # LLaDA2's steps per block, given instead of steps
+        del sp["steps"]
     kwargs = {
         "sampling_params": sp,
         "model": model,
@@ -75,7 +78,13 @@ def cmd_generate(a: argparse.Namespace) -> int:
         block_length=a.block_length, sparse=a.sparse, live=sys.stdout.isatty() and not a.no_live,
         temperature=a.temperature, model=a.model, tls=a.tls, ca=a.ca, as_json=a.json,
         progress=not a.no_live, remasking=a.remasking, schedule=a.schedule,
+        extra={name: getattr(a, name) for name in BLOCK_FLAGS},
     )  # fmt: skip
+
+
+# LLaDA2's generate arguments (block-diffusion models), as SamplingParams fields
+BLOCK_FLAGS = ("threshold", "steps_per_block", "minimal_topk", "eos_early_stop",
+               "editing_threshold")  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -120,6 +129,37 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--schedule",
         default=None,
         help="blocks (LLaDA's) or dream (Dream's timesteps) (none: the model's own)",
+    )
+    g.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="commit every token above this confidence (parallel decoding)",
+    )
+    g.add_argument(
+        "--steps-per-block",
+        type=int,
+        default=None,
+        help="steps of each block, instead of --steps (LLaDA2's steps)",
+    )
+    g.add_argument(
+        "--minimal-topk",
+        type=int,
+        default=None,
+        help="LLaDA2: cap the steps per block at gen_length // this",
+    )
+    g.add_argument(
+        "--eos-early-stop",
+        action="store_const",
+        const=True,
+        default=None,
+        help="LLaDA2: end once an EOS and everything before it are committed",
+    )
+    g.add_argument(
+        "--editing-threshold",
+        type=float,
+        default=None,
+        help="LLaDA2.1: replace committed tokens of the block above this confidence",
     )
     g.add_argument("--sparse", action="store_true", help="use the default SparseConfig")
     g.add_argument("--raw", action="store_true", help="send the prompt as is (no chat template)")

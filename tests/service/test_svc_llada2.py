@@ -6,6 +6,8 @@ stream."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import grpc
 import httpx
@@ -100,3 +102,20 @@ def test_http_streams_text_early_and_edits_in_the_denoise_stream(l2_svc):
                if c["choices"] and c["choices"][0].get("denoise")]  # fmt: skip
     edits = [e for d in denoise for e in d.get("edits", [])]
     assert edits and {"position", "old_token_id", "new_token_id", "text"} <= set(edits[0])
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dllmserve.cli", "--log-level", "WARNING", *args],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def test_cli_takes_llada2s_arguments(l2_svc):
+    flags = ["--gen-length", "24", "--block-length", "8", "--steps-per-block", "4",
+             "--threshold", "0.9", "--eos-early-stop"]  # fmt: skip
+    out = _cli("generate", "--target", l2_svc.target, *flags, "--json", "Hi there")
+    assert out.returncode == 0, out.stderr
+    with Client(l2_svc.target) as cl:
+        want = cl.generate_text(messages=MESSAGES, sampling_params={**SP, "eos_early_stop": True})
+    assert json.loads(out.stdout)["token_ids"] == list(want.token_ids)
+    bad = _cli("generate", "--target", l2_svc.target, "--minimal-topk", "0", "Hi")
+    assert bad.returncode == 1 and "sampling_params.minimal_topk" in bad.stderr
