@@ -19,7 +19,7 @@ from dllmserve.errors import ValidationError
 from dllmserve.structured import automaton
 from dllmserve.structured.compiler import cache_clear, compile_constraint
 from dllmserve.structured.dfa import build_byte_dfa
-from dllmserve.structured.dp import best_assignment
+from dllmserve.structured.dp import best_assignment, best_assignments
 from dllmserve.structured.spec import StructuredOutput
 from dllmserve.structured.vocab import TokenBytes, token_bytes
 
@@ -174,3 +174,24 @@ def test_a_canvas_that_left_the_automaton_is_an_error_not_a_silent_state():
     a = compile_constraint(StructuredOutput(regex="(ab)+"), tiny_vocab())
     with pytest.raises(RuntimeError, match="left the structured output's automaton"):
         RequestConstraint(a).state_at(np.array([4, 0, 1]), 2)
+
+
+def test_rows_side_by_side_get_what_each_gets_alone():
+    """One DP over several rows (different automata, block widths, commits, positions left)
+    returns each row's own assignment."""
+    vocab = tiny_vocab()
+    rows = [("(ab)+c?", (-1, -1, -1, -1), 0, 4), ("a*b", (0, -1, -1, -1), 2, 3),
+            ("(a|bc)+", (-1, 4, -1, -1), 1, 2), ("ab|ba|c", (-1, -1, -1, -1), 0, 1)]  # fmt: skip
+    automata = [compile_constraint(StructuredOutput(regex=r), vocab) for r, *_ in rows]
+    scores = torch.randn((len(rows), 4, EOS + 1), generator=torch.Generator().manual_seed(3))
+    fixed = torch.tensor([f for _, f, _, _ in rows])
+    widths = [w for *_, w in rows]
+    for r, w in enumerate(widths):
+        fixed[r, w:] = -1
+    starts = [a.start for a in automata]
+    lefts = [left for _, _, left, _ in rows]
+    together, ok = best_assignments(automata, scores, fixed, starts, lefts, widths)
+    for r, a in enumerate(automata):
+        w = widths[r]
+        alone, ok_r = best_assignment(a, scores[r, :w], fixed[r, :w], starts[r], lefts[r])
+        assert bool(ok[r]) == bool(ok_r) and together[r, :w].tolist() == alone.tolist()

@@ -24,7 +24,7 @@ from dllmserve.errors import ValidationError
 from dllmserve.kernels.noise import uniform64
 from dllmserve.structured.automaton import TokenAutomaton
 from dllmserve.structured.compiler import compile_constraint
-from dllmserve.structured.dp import best_assignment
+from dllmserve.structured.dp import best_assignments
 from dllmserve.structured.spec import FIELD
 
 DREAM_PROB_MODES = ("maskgit_plus",)  # Dream modes whose confidence is the token's probability
@@ -89,24 +89,33 @@ class ConstrainedRows:
         """x0, conf and prob [R, B] with each constrained row's tokens from the DP, their
         confidences and probabilities (`special`: mask, EOS and EOT ids)."""
         x0, conf, prob = x0.clone(), conf.clone(), prob.clone()
+        n = max(self.widths)
+        scores = torch.stack([self._scores(logits[i, :n], j, seed, step, positions, special)
+                              for j, i in enumerate(self.rows)])  # fmt: skip
+        automata = [c.automaton for c in self.constraints]
+        tokens, _ = best_assignments(
+            automata, scores, self.fixed[:, :n], self.starts, self.remaining, self.widths
+        )
         for j, i in enumerate(self.rows):
-            n = self.widths[j]
-            row = self._edited(logits[i, :n], j, special, for_confidence=False)
-            scores = torch.log_softmax(row.float(), dim=-1)
-            t = self.temperature[j]
-            if t > 0:  # the sampler's Gumbel-max noise: argmax(logits + t * G) per position
-                vocab = torch.arange(row.shape[-1], device=row.device)
-                u = uniform64(seed[i], step[i], positions[i, :n, None], vocab)
-                scores = scores + (t * -torch.log(-torch.log(u))).float()
-            c = self.constraints[j]
-            tokens, _ = best_assignment(
-                c.automaton, scores, self.fixed[j, :n], self.starts[j], self.remaining[j]
-            )
-            x0[i, :n] = tokens
-            p = self._probability(logits[i, :n], tokens, j, special)
-            prob[i, :n] = p.to(prob.dtype)
-            conf[i, :n] = self._confidence(logits[i, :n], tokens, j, special, conf[i, :n], p)
+            w = self.widths[j]
+            x0[i, :w] = tokens[j, :w]
+            p = self._probability(logits[i, :w], tokens[j, :w], j, special)
+            prob[i, :w] = p.to(prob.dtype)
+            conf[i, :w] = self._confidence(logits[i, :w], tokens[j, :w], j, special, conf[i, :w], p)
         return x0, conf, prob
+
+    def _scores(self, row, j, seed, step, positions, special) -> torch.Tensor:
+        """Row j's DP scores [n, vocab]: log-probabilities with the sampler's -inf entries, plus
+        its Gumbel-max noise when sampling (the DP's argmax is then the sampler's own token
+        wherever the constraint allows it)."""
+        i, n = self.rows[j], row.shape[0]
+        scores = torch.log_softmax(self._edited(row, j, special, False).float(), dim=-1)
+        t = self.temperature[j]
+        if t > 0:
+            vocab = torch.arange(row.shape[-1], device=row.device)
+            u = uniform64(seed[i], step[i], positions[i, :n, None], vocab)
+            scores = scores + (t * -torch.log(-torch.log(u))).float()
+        return scores
 
     def observe(self, x0: torch.Tensor, commit: torch.Tensor) -> None:
         """Record the step's commits of the constrained rows (in place)."""

@@ -13,6 +13,7 @@ vocabulary and the edges, one short loop over the block's positions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -50,42 +51,108 @@ def device_tables(a: TokenAutomaton, device: torch.device) -> DeviceTables:
 def best_assignment(
     a: TokenAutomaton, scores: torch.Tensor, fixed: torch.Tensor, start: int, remaining: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens [n] int64, feasible bool scalar) for scores [n, vocab] and fixed [n] int64 (the
-    committed token, -1 where masked): the committed tokens are kept, the masked positions get
-    the best assignment after which the canvas stays completable. Without a host sync; when
-    `feasible` is False (the committed tokens already broke the constraint) the tokens are
-    meaningless."""
-    t = device_tables(a, scores.device)
-    n, vocab = scores.shape
-    dev, C, S = scores.device, a.n_classes, a.n_states
-    class_of = t.class_of[:vocab]
-    if class_of.numel() < vocab:  # logit rows past the vocabulary (padded embeddings)
-        class_of = torch.nn.functional.pad(class_of, (0, vocab - class_of.numel()), value=C)
-    best, arg = _best_per_class(scores, class_of, C)
-    is_fixed = fixed >= 0
-    fixed_cls = class_of[fixed.clamp(min=0)]
-    one = torch.arange(C + 1, device=dev) == fixed_cls[:, None]
-    zero = torch.zeros((), device=dev)
-    best = torch.where(is_fixed[:, None], torch.where(one, zero, -torch.inf), best)
-    edge_scores = best[:, t.cls]  # [n, E]
-    n_edges = t.src.numel()
+    """One row of `best_assignments`: (tokens [n], feasible) for scores [n, vocab], fixed [n]."""
+    tokens, feasible = best_assignments(
+        [a], scores[None], fixed[None], [start], [remaining], [scores.shape[0]]
+    )
+    return tokens[0], feasible[0]
+
+
+def best_assignments(
+    automata: Sequence[TokenAutomaton], scores: torch.Tensor, fixed: torch.Tensor,
+    starts: Sequence[int], remaining: Sequence[int], widths: Sequence[int],
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(tokens [R, n] int64, feasible [R] bool) for R rows, each with its automaton: scores
+    [R, n, vocab], fixed [R, n] int64 (the committed token, -1 where masked), the state at the
+    block's start, the positions left after it and the block's width (columns past it are
+    padding). Committed tokens are kept; masked positions get the best assignment after which
+    the canvas stays completable. One DP over the rows' automata side by side, so the loop over
+    positions is shared. No host sync; where `feasible` is False (committed tokens already broke
+    the constraint) the row's tokens are meaningless."""
+    dev = scores.device
+    n = scores.shape[1]
+    g = _joined(automata, scores, fixed, widths, dev)
+    edge_scores = g.best[:, g.cls]  # [n, E]
+    n_states, n_edges = g.row_of_state.numel(), g.src.numel()
     edge_ids = torch.arange(n_edges, device=dev)
-    value = torch.full((S,), -torch.inf, device=dev)
-    value[start] = 0.0
-    back = torch.empty((n, S), dtype=torch.long, device=dev)
+    value = torch.full((n_states,), -torch.inf, device=dev)
+    value[torch.tensor(starts, device=dev) + g.state_offset] = 0.0
+    back = torch.empty((n, n_states), dtype=torch.long, device=dev)
     for p in range(n):
-        cand = value[t.src] + edge_scores[p]
-        value = torch.full((S,), -torch.inf, device=dev).scatter_reduce(0, t.dst, cand, "amax")
-        hit = torch.where(cand == value[t.dst], edge_ids, n_edges)
-        back[p] = torch.full((S,), n_edges, device=dev).scatter_reduce(0, t.dst, hit, "amin")
-    value = torch.where(t.dist <= remaining, value, -torch.inf)
-    state = value.argmax()
-    tokens = torch.empty(n, dtype=torch.long, device=dev)
+        cand = value[g.src] + edge_scores[p]
+        value = torch.full_like(value, -torch.inf).scatter_reduce(0, g.dst, cand, "amax")
+        hit = torch.where(cand == value[g.dst], edge_ids, n_edges)
+        back[p] = torch.full((n_states,), n_edges, device=dev).scatter_reduce(0, g.dst, hit, "amin")
+    left = torch.tensor(remaining, device=dev)[g.row_of_state]
+    value = torch.where(g.dist <= left, value, -torch.inf)
+    rows = len(automata)
+    row_best = torch.full((rows,), -torch.inf, device=dev)
+    row_best = row_best.scatter_reduce(0, g.row_of_state, value, "amax")
+    ids = torch.where(value == row_best[g.row_of_state], torch.arange(n_states, device=dev),
+                      n_states)  # fmt: skip
+    state = (
+        torch.full((rows,), n_states, device=dev)
+        .scatter_reduce(0, g.row_of_state, ids, "amin")
+        .clamp(max=n_states - 1)
+    )
+    tokens = torch.empty((rows, n), dtype=torch.long, device=dev)
     for p in range(n - 1, -1, -1):
         e = back[p, state].clamp(max=n_edges - 1)
-        tokens[p] = arg[p, t.cls[e]]
-        state = t.src[e]
-    return torch.where(is_fixed, fixed, tokens), value.max() > -torch.inf
+        tokens[:, p] = g.arg[p, g.cls[e]]
+        state = g.src[e]
+    return torch.where(fixed >= 0, fixed, tokens), row_best > -torch.inf
+
+
+@dataclass(frozen=True)
+class _Joined:
+    """The rows' automata side by side: global state and class numbers, one edge list."""
+
+    best: torch.Tensor  # [n, classes]: each position's best score per (row, class)
+    arg: torch.Tensor  # [n, classes]: the token reaching it
+    src: torch.Tensor  # [E] global states / classes
+    cls: torch.Tensor
+    dst: torch.Tensor
+    dist: torch.Tensor  # [states]
+    row_of_state: torch.Tensor  # [states]
+    state_offset: torch.Tensor  # [R]: each row's first global state
+
+
+def _joined(automata, scores, fixed, widths, dev) -> _Joined:
+    """Each row's per-class scores (a committed position: 0 for its token's class; a padding
+    column: 0 for the row's PAD class, whose edges keep every state) and its edges, renumbered
+    into one graph."""
+    n, vocab = scores.shape[1:]
+    best, arg, src, cls, dst, dist, row_of = [], [], [], [], [], [], []
+    offsets, s_off, c_off = [], 0, 0
+    for r, a in enumerate(automata):
+        t = device_tables(a, dev)
+        C, S = a.n_classes, a.n_states  # column C: never-allowed tokens, reused as PAD
+        class_of = t.class_of[:vocab]
+        if class_of.numel() < vocab:  # logit rows past the vocabulary (padded embeddings)
+            class_of = torch.nn.functional.pad(class_of, (0, vocab - class_of.numel()), value=C)
+        b, g = _best_per_class(scores[r], class_of, C)
+        pad = torch.arange(n, device=dev) >= widths[r]
+        given = (fixed[r] >= 0) & ~pad
+        column = torch.where(pad, C, class_of[fixed[r].clamp(min=0)])
+        only = torch.arange(C + 1, device=dev) == column[:, None]
+        only &= ~(given & (column == C))[:, None]  # a committed never-allowed token: no way on
+        zero = torch.zeros((), device=dev)
+        b = torch.where((given | pad)[:, None], torch.where(only, zero, -torch.inf), b)
+        every = torch.arange(S, device=dev)
+        best.append(b)
+        arg.append(g)
+        src.append(torch.cat([t.src, every]) + s_off)
+        cls.append(torch.cat([t.cls, torch.full_like(every, C)]) + c_off)
+        dst.append(torch.cat([t.dst, every]) + s_off)
+        dist.append(t.dist)
+        row_of.append(torch.full((S,), r, device=dev))
+        offsets.append(s_off)
+        s_off, c_off = s_off + S, c_off + C + 1
+    return _Joined(
+        best=torch.cat(best, dim=1), arg=torch.cat(arg, dim=1), src=torch.cat(src),
+        cls=torch.cat(cls), dst=torch.cat(dst), dist=torch.cat(dist),
+        row_of_state=torch.cat(row_of), state_offset=torch.tensor(offsets, device=dev),
+    )  # fmt: skip
 
 
 def _best_per_class(scores: torch.Tensor, class_of: torch.Tensor, n_classes: int):
