@@ -61,6 +61,14 @@ def parse_sentinel(url: str) -> SentinelURL:
     )
 
 
+def check_url(url: str) -> None:
+    """A ValueError naming what is wrong with a Redis URL, before anything connects."""
+    if urlsplit(url).scheme == SENTINEL_SCHEME:
+        parse_sentinel(url)
+    else:
+        redis.connection.parse_url(url)
+
+
 def connect(url: str, asyncio: bool = False, **kwargs) -> redis.Redis | aioredis.Redis:
     """A client of the service's Redis (synchronous, or asyncio for the scheduler)."""
     if urlsplit(url).scheme != SENTINEL_SCHEME:

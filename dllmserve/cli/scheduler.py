@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from dllmserve.cli.common import add_insecure_arg, add_redis_arg, check_listen, require_redis_url
+from dllmserve.cli.common import (
+    OperatorError,
+    add_insecure_arg,
+    add_redis_arg,
+    check_listen,
+    redacted,
+    require_redis_url,
+)
 
 DESCRIPTION = """\
 The gRPC front end: validates requests, queues them in Redis, relays every denoising step to
@@ -130,7 +137,7 @@ def scheduler_config(a: argparse.Namespace):
     from dllmserve.scheduler.config import SchedulerConfig
 
     return SchedulerConfig(
-        redis_url=require_redis_url(a.redis_url),
+        redis_url=checked_redis_url(a.redis_url),
         listen=a.listen,
         scheduler_id=a.id,
         max_queue=a.max_queue,
@@ -153,6 +160,18 @@ def scheduler_config(a: argparse.Namespace):
         metrics_port=a.metrics_port,
         metrics_host=a.metrics_host,
     )
+
+
+def checked_redis_url(url: str) -> str:
+    """The --redis-url, required and well formed (a mistake is one line, not a traceback)."""
+    from dllmserve.scheduler.redis_link import check_url
+
+    url = require_redis_url(url)
+    try:
+        check_url(url)
+    except ValueError as e:
+        raise OperatorError(f"--redis-url {redacted(url)}: {e}") from None
+    return url
 
 
 def cmd_scheduler(a: argparse.Namespace) -> int:

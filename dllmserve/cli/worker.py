@@ -115,7 +115,13 @@ def check_redis(url: str) -> None:
     """Reach Redis before loading a model that can take minutes: a wrong URL is one line."""
     import redis
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    from dllmserve.scheduler.redis_link import check_url, connect
+
+    try:
+        check_url(url)
+    except ValueError as e:
+        raise OperatorError(f"--redis-url {redacted(url)}: {e}") from None
+    client = connect(url, socket_connect_timeout=5, socket_timeout=5)
     try:
         client.ping()
     except redis.exceptions.RedisError as e:

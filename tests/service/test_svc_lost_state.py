@@ -5,6 +5,7 @@ persistence, every open stream ends at once with UNAVAILABLE "request state lost
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import grpc
@@ -100,6 +101,19 @@ def test_sentinel_urls(rserver, tmp_path):
     for bad, what in [("redis+sentinel://a/svc", "HOST:PORT"), ("redis+sentinel://a:1", "path")]:
         with pytest.raises(ValueError, match=what):
             parse_sentinel(bad)
+    # an operator's bad URL is one line and exit 2, before anything starts
+    for cmd in (["scheduler"], ["worker", "--model", "demo"]):
+        argv = [
+            sys.executable,
+            "-m",
+            "dllmserve.cli",
+            *cmd,
+            "--redis-url",
+            "redis+sentinel://a/svc",
+        ]
+        out = subprocess.run(argv, capture_output=True, text=True)
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert "is not HOST:PORT" in out.stderr
 
 
 def _pings(client) -> bool:
