@@ -38,7 +38,6 @@ class TokenAutomaton:
     cls: np.ndarray  # int64 [E]
     dst: np.ndarray  # int64 [E]
     dist: np.ndarray  # int64 [S]: fewest tokens to an accepting state
-    compile_seconds: float = 0.0
     device_tables: dict = field(default_factory=dict, repr=False)  # the DP's, per device
     keys: np.ndarray = field(init=False, repr=False)  # src * n_classes + cls, sorted
 
@@ -49,10 +48,6 @@ class TokenAutomaton:
     def min_length(self) -> int:
         """The shortest canvas with an accepted answer."""
         return int(self.dist[self.start])
-
-    @property
-    def done(self) -> int:
-        return self.n_states - 1
 
     def step(self, state: int, token: int) -> int:
         """The state after `token` (-1: refused)."""

@@ -35,12 +35,10 @@ def compile_constraint(
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    t0 = time.monotonic()
-    deadline = t0 + timeout_s
+    deadline = time.monotonic() + timeout_s
     regex = _regex(spec, deadline)
     dfa = build_byte_dfa(regex, spec.field, max(deadline - time.monotonic(), 0.0), MAX_DFA_STATES)
     automaton = lift(dfa, tb, spec.field, deadline)
-    automaton.compile_seconds = time.monotonic() - t0
     with _lock:
         _cache[key] = automaton
         while len(_cache) > CACHE_SIZE:
