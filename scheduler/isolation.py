@@ -24,6 +24,9 @@ class Verdict:
     tag: str  # the isolation tag it runs under from now on
 
 
+NOT_STARTED = Verdict("0", "")  # handed out but never started: queued again as it was
+
+
 def new_tag() -> str:
     return uuid.uuid4().hex[:12]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
@@ -14,16 +15,25 @@ from dllmserve.logs import event
 from dllmserve.scheduler import isolation
 from dllmserve.scheduler import queue as q
 
+if TYPE_CHECKING:  # the dispatcher imports this module
+    from dllmserve.scheduler.dispatcher import DispatcherConfig, DispatcherState
+
 log = logging.getLogger(__name__)
 requests_log = logging.getLogger("dllmserve.scheduler.requests")
 
 
 class Reclaimer:
-    def __init__(self, client: aioredis.Redis, scripts: q.Scripts, cfg, state) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        scripts: q.Scripts,
+        cfg: DispatcherConfig,
+        state: DispatcherState,
+    ) -> None:
         self._r = client
         self._scripts = scripts
-        self.cfg = cfg  # DispatcherConfig: max_attempts, result_ttl_s
-        self.state = state  # DispatcherState: counters
+        self.cfg = cfg  # max_attempts, result_ttl_s
+        self.state = state  # the dispatcher's counters
 
     async def reap_dead_workers(self) -> None:
         """Queue again the work of every registered worker whose heartbeat expired."""
@@ -88,7 +98,7 @@ class Reclaimer:
             log.warning("worker %s went down running %d requests: they run again isolated, "
                         "in two halves", worker_id, len(running))  # fmt: skip
         for rid in rids:
-            v = plan.get(rid, isolation.Verdict("0", ""))
+            v = plan.get(rid, isolation.NOT_STARTED)
             await self._reclaim(rid, worker_id, v)
 
     async def _reclaim(self, rid: str, worker_id: str, v: isolation.Verdict) -> None:

@@ -262,3 +262,53 @@ def test_reclaim_of_unstarted_and_handed_back_work(r):
     assert r.hget(q.req_key("h"), "status") == b"queued" and r.xlen(q.DEAD) == 0
     # A reclaim by a worker that no longer owns the request changes nothing.
     assert q.s(sc.reclaim(keys=[q.req_key("h"), q.PENDING], args=[*args, "h", "1"])) == "skip"
+
+
+def test_suspects_run_isolated_and_only_a_lone_crash_is_charged(r):
+    """The assign script keeps a worker holding suspects of one tag free of other work (and a
+    busy worker free of suspects); reclaim charges only a request that ran alone."""
+    from dllmserve.scheduler import isolation
+
+    sc = q.register_scripts(r)
+    for rid in ("s1", "s2", "n1", "n2", "u1"):
+        _enqueue(sc, rid)
+    assert _assign(r, sc, "w1", {"s1"}, tag="T") == ["s1"]  # an idle worker takes suspects
+    assert _assign(r, sc, "w1", {"n1"}) is None  # nothing else while it holds them
+    assert _assign(r, sc, "w1", {"u1"}, tag="U") is None  # nor another tag's suspects
+    assert _assign(r, sc, "w1", {"s2"}, tag="T") == ["s2"]  # the rest of its own tag
+    assert _assign(r, sc, "w2", {"n2"}) == ["n2"]
+    assert _assign(r, sc, "w2", {"u1"}, tag="U") is None  # a busy worker takes no suspects
+    for rid, w in (("s1", "w1"), ("s2", "w1")):
+        sc.start(keys=[q.req_key(rid), q.load_key(w)], args=[w, time.time(), 60, rid])
+    # w1 dies running two: each becomes a suspect of its own half, uncharged
+    plan = isolation.verdicts(["s1", "s2"])
+    assert {v.charge for v in plan.values()} == {isolation.SUSPECT}
+    assert plan["s1"].tag != plan["s2"].tag
+    for rid, v in plan.items():
+        args = ["w1", 2, time.time(), 60, rid, v.charge, v.tag]
+        assert sc.reclaim(keys=[q.req_key(rid), q.PENDING], args=args) == b"requeued"
+        assert r.hget(q.req_key(rid), "iso") == v.tag.encode()
+        assert r.hget(q.req_key(rid), "crashes") is None
+    # alone, it is charged; at max_attempts (2) crashes it is dead-lettered
+    for n, (w, expect) in enumerate([("w3", b"requeued"), ("w4", b"dead")], start=1):
+        (v,) = isolation.verdicts(["s1"]).values()
+        assert v.charge == isolation.CHARGED
+        assert _assign(r, sc, w, {"s1"}, tag=v.tag) == ["s1"]
+        sc.start(keys=[q.req_key("s1"), q.load_key(w)], args=[w, time.time(), 60, "s1"])
+        args = [w, 2, time.time(), 60, "s1", v.charge, v.tag]
+        assert sc.reclaim(keys=[q.req_key("s1"), q.PENDING], args=args) == expect
+        assert r.hget(q.req_key("s1"), "crashes") == str(n).encode()
+    assert [q.s(f[b"id"]) for _, f in r.xrange(q.DEAD)] == ["s1"]
+
+
+def test_a_suspect_group_reserves_the_least_loaded_worker():
+    from dllmserve.scheduler.isolation import Candidate, place
+
+    busy, idle = Candidate("a", "m", free=4, load=4), Candidate("b", "m", free=8, load=0)
+    reserved: set[str] = set()
+    assert place("T", "m", [busy, idle], reserved) is idle and reserved == {"b"}
+    # the next group finds only the busy worker: reserved for it, it waits for it to empty
+    assert place("U", "m", [busy, idle], reserved) is None and reserved == {"a", "b"}
+    holder = Candidate("c", "m", free=6, load=2, iso="T")  # holds T: takes the rest of T
+    assert place("T", "m", [holder, idle], set()) is holder
+    assert place("T", "other-model", [holder, idle], set()) is None
