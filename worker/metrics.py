@@ -47,6 +47,18 @@ class WorkerMetrics:
         gauge("num_requests_running", "Requests in the engine's running batch.", "running")
         gauge("num_requests_waiting", "Requests on this worker waiting for the batch.", "waiting")
         gauge("cache_pages_capacity", "KV-cache pages of the engine's pool.", "total_pages")
+        gauge(
+            "prefix_cache_hit_rate",
+            "Block-diffusion models: prompt blocks found in the "
+            "prefix cache over those looked up (0 without one).",
+            "prefix_cache_hit_rate",
+        )
+        gauge(
+            "prefix_cache_pages",
+            "Block-diffusion models: KV-cache pages of cached prompt "
+            "blocks (0 without a prefix cache).",
+            "prefix_cached_pages",
+        )
         used = Gauge(PREFIX + "cache_pages_used", "KV-cache pages held by requests.", m, registry=r)
         used.labels(model_name).set_function(
             lambda: float(snapshot().get("total_pages", 0) - snapshot().get("free_pages", 0))

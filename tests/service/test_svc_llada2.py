@@ -28,7 +28,7 @@ MESSAGES = [{"role": "user", "content": "Hi there"}]
 @pytest.fixture(scope="module")
 def l2_svc(tmp_path_factory):
     from http_util import add_gateway
-    from svc_util import Cluster
+    from svc_util import Cluster, free_port
 
     from dllmserve.testing.tiny_llada2 import write_tiny_llada2
 
@@ -37,7 +37,8 @@ def l2_svc(tmp_path_factory):
     c = Cluster(root / "svc", path)
     try:
         c.add_scheduler()
-        c.add_worker("--model-name", "llada2-tiny")
+        c.http_port = free_port()
+        c.add_worker("--model-name", "llada2-tiny", "--http-port", str(c.http_port))
         c.base = add_gateway(c)
         yield c
     finally:
@@ -119,3 +120,18 @@ def test_cli_takes_llada2s_arguments(l2_svc):
     assert json.loads(out.stdout)["token_ids"] == list(want.token_ids)
     bad = _cli("generate", "--target", l2_svc.target, "--minimal-topk", "0", "Hi")
     assert bad.returncode == 1 and "sampling_params.minimal_topk" in bad.stderr
+
+
+def test_prefix_cache_metrics(l2_svc):
+    """Two requests sharing a full prompt block of 16 (the worker's page size): the second one
+    hits the worker's prefix cache, and its /metrics say so."""
+    from http_util import scrape, total
+
+    shared = list(range(40, 56))
+    sp = {"gen_length": 16, "block_length": 16, "steps_per_block": 4}
+    with Client(l2_svc.target) as cl:
+        for tail in ([1, 2], [3, 4, 5]):
+            cl.generate_text(token_ids=shared + tail, sampling_params=sp)
+    m = scrape(f"http://127.0.0.1:{l2_svc.http_port}/metrics")
+    assert total(m, "dllmserve:prefix_cache_hit_rate") > 0
+    assert total(m, "dllmserve:prefix_cache_pages") > 0
