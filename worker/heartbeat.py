@@ -19,6 +19,7 @@ import redis
 import redis.exceptions
 
 from dllmserve.scheduler import queue as q
+from dllmserve.scheduler.redis_link import Backoff
 from dllmserve.scheduler.served import LIMITS_FIELD, encode_limits
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,12 @@ class Heartbeat(threading.Thread):
         self._registered_as = lp.id
 
     def run(self) -> None:
+        backoff = Backoff(log, "heartbeat")  # beats go on; the warnings thin out
         while not self.halt.wait(self.loop.cfg.heartbeat_interval_s):
             if self.loop.watchdog.tripped.is_set():
                 continue
             try:
                 self.beat()
+                backoff.ok()
             except redis.exceptions.RedisError as e:
-                log.warning("heartbeat failed: %s", e)
+                backoff.failed(e)
