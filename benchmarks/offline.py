@@ -30,7 +30,12 @@ from pathlib import Path
 import provenance
 import torch
 from official_moe import official_experts
-from roofline import Ceilings, ceiling_tokens_per_s, measure_ceilings
+from roofline import (
+    Ceilings,
+    block_ceiling_tokens_per_s,
+    ceiling_tokens_per_s,
+    measure_ceilings,
+)
 
 from dllmserve import SamplingParams, SparseConfig
 from dllmserve.engine.config import EngineConfig
@@ -105,6 +110,11 @@ def run_one(
     abort_all(engine)
     mode = "dense" if sparse is None else f"r={sparse.retention_ratio}"
     ceil = None
+    if sparse is None and ceilings is not None and engine.model.cfg.block_diffusion:
+        ceil = block_ceiling_tokens_per_s(
+            engine.model.cfg, ceilings, batch=batch, prompt=prompt_len, gen=gen, steps=steps,
+            block=block, fp8=engine.config.quantization == "fp8",
+        )  # fmt: skip
     if sparse is not None and ceilings is not None:
         ceil = ceiling_tokens_per_s(
             engine.model.cfg, ceilings, batch=batch, prompt=prompt_len, gen=gen, steps=steps,

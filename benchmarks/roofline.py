@@ -150,3 +150,33 @@ def ceiling_tokens_per_s(
     reuse = forward_ms(cfg, c, batch * block, batch * block, batch * block * (kept + block), fp8)
     per_block = (delay + 1) * full + (s - delay - 1) * reuse
     return 1000 * batch * gen / (n_blocks * per_block)
+
+
+def block_ceiling_tokens_per_s(
+    cfg, c: Ceilings, *, batch: int, prompt: int, gen: int, steps: int, block: int,
+    fp8: bool = False,
+) -> float:  # fmt: skip
+    """Tokens/s of a block-diffusion model (LLaDA2) at its roofline, as the engine runs it: per
+    block, its steps forward the b·B block tokens against the cached K/V of everything before
+    (read once per step: its bytes count), and the block's first step also stores the block
+    before it (2·b·B tokens); the prompt's full blocks are forwarded once at the first step."""
+    first = prompt // block
+    n_blocks = -(-(prompt + gen) // block) - first
+    s = min(max(1, steps // n_blocks), gen)
+    elem = 1 if fp8 else 2
+    kv_entry = cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * elem  # K and V, every layer
+    total = 0.0
+    for j in range(n_blocks):
+        start = (first + j) * block
+        stored = first * block if j == 0 else block  # what the block's first step stores
+        # each stored block attends to itself and everything before it
+        stored_pairs = block * block * first * (first + 1) // 2 if j == 0 else block * start
+        pairs = batch * block * (start + block)
+        kv_ms = batch * start * kv_entry / (c.copy_tbs * 1e9)
+        step = forward_ms(cfg, c, batch * block, batch * block, pairs, fp8) + kv_ms
+        first_step = forward_ms(
+            cfg, c, batch * (block + stored), batch * block,
+            pairs + batch * stored_pairs, fp8,
+        ) + kv_ms  # fmt: skip
+        total += first_step + (s - 1) * step
+    return 1000 * batch * gen / total
