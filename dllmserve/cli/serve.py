@@ -18,9 +18,9 @@ import secrets
 import signal
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from dllmserve.assets import tasks
 from dllmserve.cli.common import OperatorError, add_model_args, check_listen, resolve_model
@@ -158,13 +158,24 @@ def _demo(a: argparse.Namespace, target: str, token: str) -> None:
            sparse=False, live=sys.stdout.isatty() and not as_json, as_json=as_json)  # fmt: skip
 
 
-def _until_stopped(sup: Supervisor) -> None:
-    """Watch the children (restarting dead workers) until SIGTERM or SIGINT."""
-    stop = threading.Event()
+class Stopped(Exception):
+    """SIGTERM or SIGINT (Ctrl-C): stop the children and exit, whatever serve was doing."""
+
+
+def _on_signal(signum, frame) -> None:
+    raise Stopped
+
+
+def _stop_on_signals(handler) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: stop.set())
-    while not stop.wait(0.5):
+        signal.signal(sig, handler)
+
+
+def _until_stopped(sup: Supervisor) -> NoReturn:
+    """Watch the children (restarting dead workers) until a signal raises Stopped."""
+    while True:
         sup.check()
+        time.sleep(0.5)
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -182,6 +193,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     a.listen, a.http_listen = _free(a.listen), _free(a.http_listen)
     log_file = open(a.log_file, "a", buffering=1) if a.log_file else None  # noqa: SIM115
     sup, redis = Supervisor(a.worker_restarts, log_file), None
+    _stop_on_signals(_on_signal)  # from here on a signal stops the children too
     with tempfile.TemporaryDirectory(prefix="dllmserve-") as tmp:
         try:
             redis = _start_redis(a, Path(tmp))
@@ -192,15 +204,18 @@ def cmd_serve(a: argparse.Namespace) -> int:
                 return 1
             say(f"ready. Try: dllmserve generate --target {target} '{TRY_PROMPT}'")
             if a.demo:
-                _demo(a, target, token)
+                with sup.watching():  # a worker dying during the demo is restarted too
+                    _demo(a, target, token)
                 if a.exit_after_demo:
                     return 0
             _until_stopped(sup)
+        except Stopped:
             return 0
         except ChildFailed as e:
             emit(f"dllmserve serve: {e}", stream=sys.stderr, level="ERROR")
             return 1
         finally:
+            _stop_on_signals(signal.SIG_IGN)  # the children drain; a second Ctrl-C waits too
             sup.stop(a.stop_timeout)
             if redis is not None:
                 redis.stop()

@@ -13,12 +13,13 @@ proxy, which prints above the live area, so a log line never lands in the canvas
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -120,6 +121,30 @@ class Supervisor:
         emit(f"dllmserve serve: {child.name} (pid {pid}) {status}; restarting it in {delay:.0f} s "
              f"(restart {child.restarts} of at most {self.max_restarts})", stream=sys.stderr,
              level="WARNING")  # fmt: skip
+
+    @contextlib.contextmanager
+    def watching(self, interval_s: float = 0.5) -> Iterator[None]:
+        """check() on a thread while the caller is busy (the demo's stream); a ChildFailed it
+        met is raised when the block ends."""
+        done, failed = threading.Event(), []
+
+        def watch() -> None:
+            while not done.wait(interval_s):
+                try:
+                    self.check()
+                except ChildFailed as e:
+                    failed.append(e)
+                    return
+
+        thread = threading.Thread(target=watch, name="watch children", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+        if failed:
+            raise failed[0]
 
     def stop(self, timeout_s: float) -> None:
         """SIGTERM every child (they drain), SIGKILL the ones still there after timeout_s."""

@@ -136,3 +136,25 @@ def test_json_mode_every_line_of_serve_and_its_children_is_json(tmp_path):
     assert any(r["message"].startswith("redis: private redis-server") for r in records)
     (done,) = [r for r in records if "finish_reason" in r and "token_ids" in r]  # the demo's
     assert tasks.demo().answer in done["text"]
+
+
+def test_a_signal_during_startup_stops_every_child(tmp_path):
+    """SIGTERM before any worker is ready (a model still loading): serve stops its children
+    (no orphan keeps a port or the CPU) and exits 0."""
+    log = tmp_path / "serve.log"
+    serve = _serve(log, ["--log-level", "WARNING"], "--no-gateway", "--metrics-port", "0")
+    wait_for(lambda: serve.poll() is not None or "scheduler on" in log.read_text(), 120)
+    kids = _children(serve.pid)
+    assert len(kids) >= 3, kids  # redis-server, scheduler, worker
+    assert _stop(serve) == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
+    for pid in kids:
+        assert not Path(f"/proc/{pid}").exists() or b"Z" in _state(pid), pid
+
+
+def _state(pid: int) -> bytes:
+    """The process' state letter (Z: a zombie, exited but not yet reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return b"Z"
