@@ -25,7 +25,7 @@ EPILOG = """\
 examples:
   dllmserve serve --demo                       # the built-in demo model, live demo once ready
   dllmserve generate "Repeat exactly: serving diffusion models"   # in another terminal
-  DLLMSERVE_AUTH_TOKEN=s3cret dllmserve serve --model /models/LLaDA-8B-Instruct \
+  DLLMSERVE_AUTH_TOKEN=s3cret dllmserve serve --model /models/LLaDA-8B-Instruct \\
       --listen 0.0.0.0:50051                   # every interface: a token (or --insecure)
   dllmserve worker --help                      # the flags of one subcommand
 docs: README.md, docs/service.md (API, configuration), docs/http.md (HTTP API),

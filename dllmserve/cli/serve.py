@@ -233,7 +233,7 @@ serves the built-in tiny demo model. The children's log lines go to stderr, or -
 EXAMPLES = """\
 examples:
   dllmserve serve --demo                    # stream a demo generation once ready
-  DLLMSERVE_AUTH_TOKEN=s3cret dllmserve serve --model /models/LLaDA-8B-Instruct \
+  DLLMSERVE_AUTH_TOKEN=s3cret dllmserve serve --model /models/LLaDA-8B-Instruct \\
       --listen 0.0.0.0:50051                # every interface: a token, or --insecure
   dllmserve serve --random-shape llada-8b   # random weights of that shape, for benchmarks
   dllmserve serve --device cpu --workers 2"""
