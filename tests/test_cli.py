@@ -99,3 +99,18 @@ def test_canvas_colours_this_steps_text_earlier_text_and_masks():
     strip = position_strip(5, earlier={0}, now={3})
     assert strip.plain == f"█{MASK * 2}█{MASK}"
     assert [str(s.style) for s in strip.spans] == ["default", MASKED, MASKED, NEW, MASKED]
+
+
+def test_serve_gives_each_cpu_worker_its_share_of_the_cores(monkeypatch):
+    from dllmserve.cli.serve import cpu_threads_each
+    from dllmserve.engine.config import EngineConfig, usable_cores
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("dllmserve.cli.serve.usable_cores", lambda: 9)
+    assert cpu_threads_each(EngineConfig(), 1) == 8  # one core left to the other processes
+    assert cpu_threads_each(EngineConfig(), 3) == 2
+    assert cpu_threads_each(EngineConfig(), 16) == 1  # at least one
+    assert cpu_threads_each(EngineConfig(cpu_threads=4), 2) is None  # the operator's choice
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cpu_threads_each(EngineConfig(), 2) is None  # ... or the environment's
+    assert usable_cores() >= 1
