@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OperatorError, ListenError, CheckpointError, UnsupportedModelError) as e:
         print(f"dllmserve {a.cmd}: {e}", file=sys.stderr)  # one line: what and what to do
         return 2
+    except KeyboardInterrupt:  # Ctrl-C (generate, a command still starting): no traceback
+        print(f"dllmserve {a.cmd}: interrupted", file=sys.stderr)
+        return 130
     except ModuleNotFoundError as e:
         if (e.name or "").partition(".")[0] not in EXTRA_MODULES:
             raise  # not a missing extra: a bug, with its traceback

@@ -207,3 +207,24 @@ def test_serve_keeps_secrets_off_command_lines_and_listens_on_loopback(tmp_path)
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.wait(120)
+
+
+def test_ctrl_c_stops_generate_in_one_line(cluster):
+    """SIGINT while a generation streams: one line, exit 130, no traceback."""
+    import signal
+    import time
+
+    p = subprocess.Popen(
+        [sys.executable, "-m", "dllmserve.cli", "generate", "--target", cluster.target,
+         "--gen-length", "256", "--steps", "256", "--no-live", "Repeat exactly: a b c"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert p.stderr is not None
+    line = p.stderr.readline()  # "request ... accepted": it streams
+    assert "accepted" in line, line
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert err.strip() == "dllmserve generate: interrupted" and "Traceback" not in err
