@@ -124,3 +124,16 @@ def test_recomputing_the_prefix_gives_the_same_tokens(l2):
     while eng.has_unfinished():
         out = next((u.output for u in eng.step() if u.output), out)
     assert out.token_ids == official(ref, MID, 16, block_length=4, steps=4, threshold=0.9)
+
+
+def test_sampling_above_zero_is_seeded_and_batch_invariant(l2):
+    """temperature / top_k / top_p: a request's draws come from its own seeded stream."""
+    llm, _ = l2
+    params = SamplingParams(temperature=0.8, seed=3, top_k=20, top_p=0.9, gen_length=16,
+                            block_length=8, steps_per_block=4, threshold=0.9)  # fmt: skip
+    prompts = [EDGE, MID]
+    alone = [llm.generate([p], params, use_tqdm=False)[0]["token_ids"] for p in prompts]
+    assert [o["token_ids"] for o in llm.generate(prompts, params, use_tqdm=False)] == alone
+    greedy = engine_tokens(llm, prompts, gen_length=16, block_length=8, steps_per_block=4,
+                           threshold=0.9)  # fmt: skip
+    assert alone != greedy

@@ -34,7 +34,7 @@ def refuse_unsupported(params: SamplingParams, sparse: SparseConfig | None) -> N
         "alg_temp": params.alg_temp > 0,
         "logits_eos_inf": params.logits_eos_inf,
         "confidence_eos_eot_inf": params.confidence_eos_eot_inf,
-        "structured_output": getattr(params, "structured_output", None) is not None,
+        "structured_output": params.structured_output is not None,
     }
     for name, bad in refused.items():
         if bad:
