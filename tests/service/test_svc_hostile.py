@@ -46,8 +46,8 @@ CASES = [
     ({"sampling_params": _sp(top_p=1.0, temperature=0.5)}, None, None),
     ({"sampling_params": _sp(top_p=1.01)}, BAD, "sampling_params.top_p"),
     ({"sampling_params": _sp(top_p=math.inf)}, BAD, "sampling_params.top_p"),
-    ({"sampling_params": _sp(top_k=320)}, None, None),  # the tiny model's vocabulary
-    ({"sampling_params": _sp(top_k=321)}, BAD, "sampling_params.top_k"),
+    ({"sampling_params": _sp(top_k=262)}, None, None),  # the tiny model's tokenizer's ids
+    ({"sampling_params": _sp(top_k=263)}, BAD, "sampling_params.top_k"),
     ({"sampling_params": _sp(top_k=1_000_001)}, BAD, "sampling_params.top_k"),
     ({"sampling_params": _sp(top_k=2**31 - 1)}, BAD, "sampling_params.top_k"),
     ({"sampling_params": _sp(seed=2**63 - 1)}, None, None),
