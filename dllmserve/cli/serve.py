@@ -27,6 +27,7 @@ from dllmserve.cli.common import OperatorError, add_model_args, check_listen, re
 from dllmserve.cli.config_args import add_config_args, config_from_args, config_to_args
 from dllmserve.cli.generate import stream
 from dllmserve.cli.supervise import Child, ChildFailed, Supervisor
+from dllmserve.cli.worker import check_redis
 from dllmserve.engine.config import EngineConfig, usable_cores
 from dllmserve.errors import ValidationError
 from dllmserve.logs import emit
@@ -61,6 +62,7 @@ def _start_redis(a: argparse.Namespace, tmp: Path):
     from dllmserve.scheduler.local_redis import LocalRedis
 
     if a.redis_url:
+        check_redis(a.redis_url)  # one line now, not a worker restarted until serve gives up
         return None
     try:
         redis = LocalRedis(a.redis_dir or tmp / "redis", password=secrets.token_urlsafe(24)).start()

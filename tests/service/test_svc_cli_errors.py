@@ -60,10 +60,12 @@ def test_a_bad_model_is_one_line(command, rserver, tmp_path):
     assert f"--model {tmp_path / 'nowhere'}" in line and "config.json" in line
 
 
-def test_a_worker_without_redis_is_one_line_before_it_loads_the_model():
+@pytest.mark.parametrize("command", ["worker", "serve"])
+def test_a_redis_that_cannot_be_reached_is_one_line_before_anything_starts(command):
     url = f"redis://:pw@127.0.0.1:{free_port()}/0"  # nothing listens there
-    out = _cli("worker", "--redis-url", url, "--device", "cpu", "--http-port", "0")
-    line = _one_line(out, "worker")
+    where = ["--http-port", "0"] if command == "worker" else ["--listen", "127.0.0.1:0"]
+    out = _cli(command, "--redis-url", url, "--device", "cpu", *where)
+    line = _one_line(out, command)
     assert "cannot reach Redis at redis://***@127.0.0.1" in line and "pw" not in line
 
 
