@@ -109,8 +109,10 @@ def test_a_killed_worker_is_restarted_and_its_stream_completes(tmp_path):
 def test_a_worker_that_keeps_dying_makes_serve_give_up_in_one_line(tmp_path):
     log = tmp_path / "serve.log"
     # A variable only the worker's parser reads, with a bad value: every start exits with 2.
+    children = tmp_path / "children.log"  # --log-file: the children's lines, not serve's
     serve = _serve(log, ["--log-level", "WARNING"], "--no-gateway", "--metrics-port", "0",
-                   "--worker-restarts", "2", env={"DLLMSERVE_STALL_FLOOR": "soon"})  # fmt: skip
+                   "--worker-restarts", "2", "--log-file", str(children),
+                   env={"DLLMSERVE_STALL_FLOOR": "soon"})  # fmt: skip
     assert serve.wait(300) == 1, log.read_text()
     text = log.read_text()
     restarts = re.findall(r"dllmserve serve: worker 1 \(pid \d+\) exited with status 2; "
@@ -119,8 +121,9 @@ def test_a_worker_that_keeps_dying_makes_serve_give_up_in_one_line(tmp_path):
     (last,) = [line for line in text.splitlines() if "giving up" in line]
     assert re.fullmatch(r"dllmserve serve: worker 1 \(pid \d+\) exited with status 2 after 2 "
                         r"restarts in a row; giving up", last)  # fmt: skip
-    assert "$DLLMSERVE_STALL_FLOOR='soon'" in text  # the worker's own reason, relayed
-    assert "Traceback" not in text
+    reason = "$DLLMSERVE_STALL_FLOOR='soon'"  # the worker's own reason, in --log-file
+    assert children.read_text().count(reason) == 3 and reason not in text
+    assert "Traceback" not in text + children.read_text()
 
 
 def test_json_mode_every_line_of_serve_and_its_children_is_json(tmp_path):
