@@ -40,10 +40,13 @@ class ModelLimits:
 
 
 def vocabulary(rows: int, tokenizer) -> int:
-    """The ids a prompt may hold: the tokenizer's (special tokens included) when the engine has
-    one. A checkpoint pads its embedding beyond them (the demo model: 262 ids, 320 rows), and an
-    id past the tokenizer's is no token at all."""
-    return min(rows, len(tokenizer)) if tokenizer is not None else rows
+    """The ids a prompt may hold: up to the tokenizer's largest id (special tokens included)
+    when the engine has one. A checkpoint pads its embedding beyond them (the demo model: 262
+    ids, 320 rows), and an id past the tokenizer's is no token at all. (The largest id, not the
+    count: a random shape's byte tokenizer has its special tokens at the model's own ids.)"""
+    if tokenizer is None:
+        return rows
+    return min(rows, max(tokenizer.get_vocab().values()) + 1)
 
 
 @dataclass(frozen=True)
