@@ -38,6 +38,25 @@ class BlockSampling:
     current: torch.Tensor  # [R, B] int64: the block's tokens before the step
 
 
+# Requests whose fp32 probabilities are formed at once: 8 x 32 positions x a 157k vocabulary
+# is 160 MB, where the whole batch at once would be over a GB at batch 64
+_ROWS = 8
+
+
+def _probabilities(logits: torch.Tensor, temp: torch.Tensor, drawn: torch.Tensor | None):
+    """x0 and its probability in softmax(logits / T) over the whole vocabulary (fp32), a few
+    requests at a time; x0 is the argmax of the probabilities, or `drawn` where T > 0."""
+    x0s, confs = [], []
+    for i in range(0, logits.shape[0], _ROWS):
+        p = torch.softmax(_over_temperature(logits[i : i + _ROWS], temp[i : i + _ROWS]).float(), -1)
+        x0 = p.argmax(dim=-1)  # the official argmax, the mask token included
+        if drawn is not None:
+            x0 = torch.where(temp[i : i + _ROWS, :, 0] > 0, drawn[i : i + _ROWS], x0)
+        x0s.append(x0)
+        confs.append(p.gather(-1, x0[..., None])[..., 0].to(torch.float64))
+    return torch.cat(x0s), torch.cat(confs)
+
+
 def sample_block(
     logits: torch.Tensor, b: SamplingBatch, e: BlockSampling, mask_id: int, eos_id: int
 ) -> Sampled:
@@ -47,15 +66,13 @@ def sample_block(
     if b.any_filter:
         filtered = _filter_top_p_top_k(logits, temp, b.top_k, b.top_p, mask_id)
         logits = torch.where(temp > 0, filtered, logits)
-    p = torch.softmax(_over_temperature(logits, temp).float(), dim=-1)
-    x0 = p.argmax(dim=-1)  # the official argmax of the probabilities, the mask token included
+    drawn = None
     if b.any_noise:
         drawn, _ = kernels.sample_tokens(
             logits, b.temperature, b.seed, b.step, b.positions, b.logits_eos_inf,
             b.conf_eos_eot_inf, mask_id, eos_id, None,
         )  # fmt: skip
-        x0 = torch.where(b.temperature[:, None] > 0, drawn, x0)
-    conf = p.gather(-1, x0[..., None])[..., 0].to(torch.float64)
+    x0, conf = _probabilities(logits, temp, drawn)
     c = torch.where(b.eligible, conf, -torch.inf)
     above = (c > b.threshold.to(torch.float64)[:, None]).sum(dim=-1)  # NaN: none
     k = torch.minimum(torch.maximum(above, e.k), b.eligible.sum(dim=-1))
