@@ -19,6 +19,8 @@ MAX_SEED = 2**63 - 1
 # Dream's alg_temp divides confidences (|c| <= log(vocabulary) < 13): above 10 the draw of the
 # positions to commit is all but uniform.
 MAX_ALG_TEMP = 10.0
+MAX_POST_STEPS = 16  # LLaDA2.1: steps of a block after its last mask, while they still edit
+BLOCK_DIFFUSION_BLOCK = 32  # LLaDA2's block length when a request gives none (its generate's)
 
 SCHEDULES = ("blocks", "dream")  # LLaDA's block schedule, Dream's timestep schedule
 
@@ -92,7 +94,15 @@ class SamplingParams:
     @property
     def max_steps(self) -> int:
         """The most steps the request can take: `steps`, or with a threshold `gen_length` (every
-        step commits at least one token)."""
+        step commits at least one token); with `steps_per_block`, that many a block; with
+        LLaDA2.1's editing, a mask a step plus up to 16 edit-only steps a block. An upper bound
+        (a block-diffusion model's blocks also depend on the prompt: one more block at most)."""
+        block = self.block_length or BLOCK_DIFFUSION_BLOCK
+        blocks = -(-self.gen_length // block) + 1
+        if self.editing_threshold is not None:
+            return blocks * (block + MAX_POST_STEPS + 1)
+        if self.steps_per_block is not None:  # other models: steps <= gen_length
+            return max(self.steps_per_block * blocks, self.gen_length)
         return self.gen_length if self.threshold is not None else self.steps
 
     def validate(self) -> None:

@@ -103,3 +103,13 @@ def test_steps_per_block_on_llada_is_steps_over_blocks():
     spec = resolve_request(lim, SamplingParams(gen_length=32, block_length=8, steps_per_block=3),
                            prompt_ids=[1, 2])  # fmt: skip
     assert spec.params.steps == 12 and spec.block_steps == (3,) * 4
+
+
+def test_max_steps_bounds_every_block_diffusion_request():
+    """The scheduler's bound on a request's steps (Attach beyond it is refused) holds whatever
+    the prompt: steps per block x blocks, with edits a mask a step plus 16 a block."""
+    sp = SamplingParams(gen_length=64, steps_per_block=32, block_length=16)
+    spec = resolve_request(limits(), sp, prompt_ids=[1] * 7)
+    assert sum(spec.block_steps) == 5 * 32 <= sp.max_steps
+    edit = SamplingParams(gen_length=16, steps_per_block=4, editing_threshold=0.5)
+    assert edit.max_steps >= 2 * (32 + 17)  # two blocks of 32 (the default) when P > 16

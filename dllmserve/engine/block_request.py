@@ -17,8 +17,7 @@ import numpy as np
 from dllmserve.engine.outputs import Edit
 from dllmserve.engine.prefix_cache import Entry, PrefixCache, block_hashes
 from dllmserve.engine.request import Request, StepResult
-
-MAX_POST_STEPS = 16  # LLaDA2.1: steps after a block's last mask, while they still edit
+from dllmserve.sampling_params import MAX_POST_STEPS
 
 
 class BlockRequest(Request):
@@ -65,8 +64,10 @@ class BlockRequest(Request):
 
     @property
     def total_steps(self) -> int:
-        """Planned steps: steps per block x blocks (with edits, up to 16 more per block)."""
-        per_block = self.spec.block_steps[0] + (MAX_POST_STEPS if self.editing else 0)
+        """Planned steps: steps per block x blocks (an upper bound with edits)."""
+        per_block = self.spec.block_steps[0]
+        if self.editing:  # a mask a step (at least), then up to 16 steps that only edit
+            per_block = self.spec.block_length + MAX_POST_STEPS + 1
         return per_block * len(self.spec.blocks)
 
     def write_blocks(self) -> list[tuple[int, int]]:
