@@ -3,7 +3,9 @@
 // step committed and their token texts. Cells committed by the latest step are "new", earlier
 // ones "old", the rest "masked". With "Provisional tokens" on, the request asks for each step's
 // proposals and a masked cell shows its proposed token faintly ("provisional"; the surer the
-// model, the less faint). Every frame is kept so the replay slider can show any step.
+// model, the less faint). With an editing threshold (LLaDA2.1), a committed token the step
+// replaced is "edited" (its title says what it was). Every frame is kept so the replay slider
+// can show any step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -45,6 +47,8 @@ function requestBody() {
     seed: intOf("seed"),
   };
   if ($("provisional").checked) body.provisional = true;
+  const editing = $("editing_threshold").value.trim();
+  if (editing !== "") body.editing_threshold = parseFloat(editing);
   if ($("sparse").checked) body.sparse_config = { retention_ratio: parseFloat($("retention").value) };
   const prompt = $("prompt").value;
   if ($("chat").checked) body.messages = [{ role: "user", content: prompt }];
@@ -77,17 +81,20 @@ function draw(cells) {
     el.className = `tok ${c.kind}`;
     el.textContent = c.text === "" ? "\u2205" : c.text; // a special token (EOS) decodes to ""
     el.style.opacity = c.kind === "provisional" ? (0.25 + 0.5 * c.confidence).toFixed(2) : "";
-    el.title = c.kind === "provisional" ? `confidence ${c.confidence.toFixed(3)}` : "";
+    el.title = c.kind === "provisional" ? `confidence ${c.confidence.toFixed(3)}`
+      : c.kind === "edited" ? `was ${JSON.stringify(c.was)}` : "";
   });
 }
 
 function applyStep(d) {
   for (const [i, c] of state.cells.entries()) {
-    if (c.kind === "new") c.kind = "old";
+    if (c.kind === "new" || c.kind === "edited") c.kind = "old";
     else if (c.kind === "provisional") state.cells[i] = { text: MASK, kind: "masked" };
   }
+  const was = new Map((d.edits || []).map((e) => [e.position, state.cells[e.position].text]));
   d.positions.forEach((p, k) => {
-    state.cells[p] = { text: d.token_texts[k] ?? "?", kind: "new" };
+    const text = d.token_texts[k] ?? "?";
+    state.cells[p] = was.has(p) ? { text, kind: "edited", was: was.get(p) } : { text, kind: "new" };
   });
   for (const p of d.provisional || []) {
     if (state.cells[p.position].kind !== "masked") continue; // committed by this very step
