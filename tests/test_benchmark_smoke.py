@@ -145,32 +145,3 @@ def test_relay_probe_smoke(tmp_path):
         assert 0 < r["relay"]["p50_ms"] <= r["relay"]["max_ms"]
         assert r["admit_to_first"]["p50_ms"] >= r["worker_first"]["p50_ms"] > 0
     assert doc["scheduler_cpu_ms_per_request"] > 0
-
-
-def test_offline_benchmark_runs_the_official_moe_loop(tmp_path):
-    """An MoE shape also runs the 'official' mode (a full forward every step with the official
-    per-expert loop), and that loop computes the engine's expert sum."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import torch
-    from official_moe import expert_loop
-
-    from dllmserve.models.moe import experts
-
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(9, 16, generator=gen)
-    gate_up, down = torch.randn(5, 24, 16, generator=gen), torch.randn(5, 16, 12, generator=gen)
-    ids = torch.stack([torch.randperm(5, generator=gen)[:2] for _ in range(9)]).int()
-    weights = torch.rand(9, 2, generator=gen)
-    want = experts(x, gate_up, down, ids, weights)
-    torch.testing.assert_close(expert_loop(x, gate_up, down, ids, weights), want)
-
-    out = tmp_path / "offline.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "offline.py"), "--shapes", "tiny-moe",
-           "--device", "cpu", "--smoke", "--batches", "1", "--json", str(out)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    modes = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
-    assert {"official", "dense", "r=0.5"} <= set(modes)
-    assert modes["official"]["committed_tokens"] == modes["dense"]["committed_tokens"]
-    assert "x offic" in proc.stdout

@@ -53,6 +53,7 @@ def test_random_moe_engine_generates():
 
 
 def test_offline_benchmark_runs_the_moe_shape(tmp_path):
+    """Also its 'official' mode: the dense baseline with the official per-expert loop."""
     out = tmp_path / "offline.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "offline.py"), "--shapes", "tiny-moe",
            "--device", "cpu", "--smoke", "--json", str(out)]  # fmt: skip
@@ -60,7 +61,29 @@ def test_offline_benchmark_runs_the_moe_shape(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(out.read_text())["results"]
     assert {r["shape"] for r in results} == {"tiny-moe"}
-    assert all(r["committed_tokens"] == r["batch"] * 16 for r in results if r["mode"] != "dense")
+    sparse = [r for r in results if r["mode"].startswith("r=")]
+    assert sparse and all(r["committed_tokens"] == r["batch"] * 16 for r in sparse)
+    for batch in (1, 2):
+        modes = {r["mode"]: r for r in results if r["batch"] == batch}
+        assert modes["official"]["committed_tokens"] == modes["dense"]["committed_tokens"] > 0
+    assert "x offic" in proc.stdout
+
+
+def test_official_expert_loop_computes_the_engine_expert_sum():
+    """The benchmark's official per-expert loop (benchmarks/official_moe.py) computes the same
+    layer as the engine's experts, so the 'official' mode times the same model."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from official_moe import expert_loop
+
+    from dllmserve.models.moe import experts
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 16, generator=gen)
+    gate_up, down = torch.randn(5, 24, 16, generator=gen), torch.randn(5, 16, 12, generator=gen)
+    ids = torch.stack([torch.randperm(5, generator=gen)[:2] for _ in range(9)]).int()
+    weights = torch.rand(9, 2, generator=gen)
+    want = experts(x, gate_up, down, ids, weights)
+    torch.testing.assert_close(expert_loop(x, gate_up, down, ids, weights), want)
 
 
 def test_roofline_counts_the_experts_the_tokens_touch():
