@@ -18,6 +18,7 @@ from dllmserve.engine.inputs import ModelLimits, resolve_request
 from dllmserve.errors import CapacityError, ValidationError, echo
 from dllmserve.sampling_params import SamplingParams
 from dllmserve.sparse.state import SparseConfig
+from dllmserve.structured.spec import FIELD, MAX_CHOICES, StructuredOutput
 from dllmserve.v1 import dllm_pb2 as pb
 
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # whole string: used with fullmatch
@@ -46,7 +47,31 @@ class EngineArgs:
 
 def to_sampling_params(msg: pb.SamplingParams) -> SamplingParams:
     kwargs = {name: getattr(msg, name) for name in _SP_FIELDS if msg.HasField(name)}
+    if "structured_output" in kwargs:
+        kwargs["structured_output"] = to_structured_output(msg.structured_output)
     return SamplingParams(**kwargs)
+
+
+def to_structured_output(msg: pb.StructuredOutput) -> StructuredOutput:
+    """The wire's StructuredOutput; its model-free checks (valid JSON, a valid schema of the
+    supported keywords) run here, compiling on the worker (docs/structured_outputs.md)."""
+    kind = msg.WhichOneof("kind")
+    if kind is None:
+        raise ValidationError(
+            FIELD, "set one of json_schema, regex, choice, json_object (or leave it unset)"
+        )
+    if kind == "json_object":
+        if not msg.json_object:
+            raise ValidationError(f"{FIELD}.json_object", "must be true when given")
+        return StructuredOutput.json_object()
+    if kind == "choice":
+        if len(msg.choice.choices) > MAX_CHOICES:  # before the list is copied out
+            raise ValidationError(
+                f"{FIELD}.choice", f"must hold 1 to {MAX_CHOICES} strings, got "
+                f"{len(msg.choice.choices)}",
+            )  # fmt: skip
+        return StructuredOutput(choice=tuple(msg.choice.choices))
+    return StructuredOutput(**{kind: getattr(msg, kind)})
 
 
 def to_sparse_config(msg: pb.SparseConfig) -> SparseConfig:

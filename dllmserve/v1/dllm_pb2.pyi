@@ -52,7 +52,7 @@ class TokenIds(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
-    __slots__ = ("temperature", "gen_length", "steps", "block_length", "cfg_scale", "remasking", "threshold", "seed", "stop_at_eos", "logits_eos_inf", "confidence_eos_eot_inf", "top_p", "top_k", "schedule", "alg_temp", "eps", "steps_per_block", "minimal_topk", "eos_early_stop", "editing_threshold")
+    __slots__ = ("temperature", "gen_length", "steps", "block_length", "cfg_scale", "remasking", "threshold", "seed", "stop_at_eos", "logits_eos_inf", "confidence_eos_eot_inf", "top_p", "top_k", "schedule", "alg_temp", "eps", "steps_per_block", "minimal_topk", "eos_early_stop", "editing_threshold", "structured_output")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     GEN_LENGTH_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class SamplingParams(_message.Message):
     MINIMAL_TOPK_FIELD_NUMBER: _ClassVar[int]
     EOS_EARLY_STOP_FIELD_NUMBER: _ClassVar[int]
     EDITING_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     gen_length: int
     steps: int
@@ -93,7 +94,26 @@ class SamplingParams(_message.Message):
     minimal_topk: int
     eos_early_stop: bool
     editing_threshold: float
-    def __init__(self, temperature: _Optional[float] = ..., gen_length: _Optional[int] = ..., steps: _Optional[int] = ..., block_length: _Optional[int] = ..., cfg_scale: _Optional[float] = ..., remasking: _Optional[str] = ..., threshold: _Optional[float] = ..., seed: _Optional[int] = ..., stop_at_eos: _Optional[bool] = ..., logits_eos_inf: _Optional[bool] = ..., confidence_eos_eot_inf: _Optional[bool] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., schedule: _Optional[str] = ..., alg_temp: _Optional[float] = ..., eps: _Optional[float] = ..., steps_per_block: _Optional[int] = ..., minimal_topk: _Optional[int] = ..., eos_early_stop: _Optional[bool] = ..., editing_threshold: _Optional[float] = ...) -> None: ...
+    structured_output: StructuredOutput
+    def __init__(self, temperature: _Optional[float] = ..., gen_length: _Optional[int] = ..., steps: _Optional[int] = ..., block_length: _Optional[int] = ..., cfg_scale: _Optional[float] = ..., remasking: _Optional[str] = ..., threshold: _Optional[float] = ..., seed: _Optional[int] = ..., stop_at_eos: _Optional[bool] = ..., logits_eos_inf: _Optional[bool] = ..., confidence_eos_eot_inf: _Optional[bool] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., schedule: _Optional[str] = ..., alg_temp: _Optional[float] = ..., eps: _Optional[float] = ..., steps_per_block: _Optional[int] = ..., minimal_topk: _Optional[int] = ..., eos_early_stop: _Optional[bool] = ..., editing_threshold: _Optional[float] = ..., structured_output: _Optional[_Union[StructuredOutput, _Mapping]] = ...) -> None: ...
+
+class StructuredOutput(_message.Message):
+    __slots__ = ("json_schema", "regex", "choice", "json_object")
+    JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    REGEX_FIELD_NUMBER: _ClassVar[int]
+    CHOICE_FIELD_NUMBER: _ClassVar[int]
+    JSON_OBJECT_FIELD_NUMBER: _ClassVar[int]
+    json_schema: str
+    regex: str
+    choice: ChoiceList
+    json_object: bool
+    def __init__(self, json_schema: _Optional[str] = ..., regex: _Optional[str] = ..., choice: _Optional[_Union[ChoiceList, _Mapping]] = ..., json_object: _Optional[bool] = ...) -> None: ...
+
+class ChoiceList(_message.Message):
+    __slots__ = ("choices",)
+    CHOICES_FIELD_NUMBER: _ClassVar[int]
+    choices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, choices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SparseConfig(_message.Message):
     __slots__ = ("enabled", "retention_ratio", "delay_step", "default_block_len", "head_select", "pool_kernel", "layer_wise", "layer_ratios")

@@ -46,5 +46,4 @@ def test_stubs_import_and_describe_the_service():
         (SparseConfig, dllm_pb2.SparseConfig),
     ):
         wire = {f.name for f in msg.DESCRIPTOR.fields}
-        offline_only = {"structured_output"}  # on the wire with issue 26's gRPC step
-        assert {f.name for f in dataclasses.fields(py)} - offline_only == wire
+        assert {f.name for f in dataclasses.fields(py)} == wire
