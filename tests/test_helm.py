@@ -218,5 +218,7 @@ def test_listening_on_every_interface_is_explicit_or_behind_tokens(values):
         tokens = any(e["name"] == "DLLMSERVE_AUTH_TOKEN" for e in container.get("env", []))
         assert args.listen.startswith("0.0.0.0:")
         assert args.insecure == (name == "gateway" or not tokens), (name, container["args"])
+        if name == "scheduler":  # without tokens, the gateway's caller header names the bucket
+            assert args.trust_client_header == (not tokens)
         if not tokens:
             check_listen(args.listen, args.insecure, "no token")  # raises if it would refuse

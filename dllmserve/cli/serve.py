@@ -118,8 +118,10 @@ def _start_children(a, engine: EngineConfig, sup: Supervisor) -> str:
     if a.auth_token:
         env["DLLMSERVE_AUTH_TOKEN"] = a.auth_token
     insecure = ["--insecure"] if a.insecure else []
+    # its own gateway names each HTTP caller (x-dllmserve-client), so HTTP users get a queue
+    # bucket each, auth or not
     sched = base + ["scheduler", "--listen", a.listen, "--metrics-port", str(a.metrics_port),
-                    "--metrics-host", "127.0.0.1", *insecure]  # fmt: skip
+                    "--metrics-host", "127.0.0.1", "--trust-client-header", *insecure]  # fmt: skip
     sup.start(Child("scheduler", lambda: sched, env))
     workers = _workers(a, engine, base, env)
     for w in workers:

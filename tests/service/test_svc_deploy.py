@@ -73,12 +73,13 @@ def test_every_process_has_a_healthcheck_on_its_probe(resolved):
 
     assert probe("redis") == "CMD redis-cli ping"
     assert "REDISCLI_AUTH" in resolved["redis"]["environment"]  # no password in argv
-    assert "dllmserve.scheduler.healthcheck localhost:50051" in probe("scheduler")
+    assert "dllmserve.scheduler.healthcheck localhost:50051 liveness" in probe("scheduler")
     assert "http://127.0.0.1:8000/health" in probe("gateway")
     assert "http://127.0.0.1:8081/readyz" in probe("worker")
     w = resolved["worker"]["command"]
     assert w[w.index("--http-port") + 1] == "8081"
     assert "--listen" in resolved["gateway"]["command"]
+    assert "--trust-client-header" in resolved["scheduler"]["command"]  # a bucket per HTTP caller
     for name in ("scheduler", "worker"):
         assert resolved[name]["depends_on"]["redis"]["condition"] == "service_healthy"
         assert resolved[name]["environment"]["DLLMSERVE_REDIS_URL"] == "redis://:pw@redis:6379/0"

@@ -34,6 +34,10 @@ def test_no_ready_worker_is_not_serving_and_requests_fail_after_the_wait(make_cl
     wait_for(lambda: health(c.target) == "NOT_SERVING", what="NOT_SERVING without workers")
     assert health(c.target, "dllmserve.v1.DllmService") == "NOT_SERVING"
     assert health(c.target, "liveness") == "SERVING"  # alive: a liveness probe must not kill it
+    # the container probe (docker-compose's healthcheck) asks either
+    probe = [sys.executable, "-m", "dllmserve.scheduler.healthcheck", c.target]
+    assert subprocess.run(probe, capture_output=True).returncode == 1
+    assert subprocess.run([*probe, "liveness"], capture_output=True).returncode == 0
     with Client(c.target) as cl, pytest.raises(dc.Unavailable) as e:
         cl.generate_text("anyone?", request_id="alone", sampling_params=SHORT, reattach=False,
                          timeout=120)  # fmt: skip

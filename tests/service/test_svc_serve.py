@@ -87,6 +87,8 @@ def test_a_killed_worker_is_restarted_and_its_stream_completes(tmp_path):
     try:
         target = _ready(serve, log)
         (worker,) = _workers(serve)
+        (sched,) = [c for c in _children(serve.pid).values() if b"\0scheduler\0" in c]
+        assert b"\0--trust-client-header\0" in sched  # its gateway's callers get a bucket each
         # 21.6: the scheduler's metrics and the worker's probes are this machine's only
         http_port = int(re.search(rb"--http-port\0(\d+)", _children(serve.pid)[worker])[1])
         for port in (metrics, http_port):
