@@ -25,6 +25,7 @@ from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.redis_link import Backoff
 from dllmserve.scheduler.validation import prompt_of, to_sampling_params, to_sparse_config
 from dllmserve.v1 import dllm_pb2 as pb
+from dllmserve.worker.compiling import Compiles
 from dllmserve.worker.config import WorkerConfig
 from dllmserve.worker.faults import Faults
 from dllmserve.worker.leaving import Leaving
@@ -84,6 +85,7 @@ class WorkerLoop(Leaving):
         self._lock = threading.Lock()
         self.pub = Publisher() if cfg.async_publish else InlinePublisher()
         self.pub.start()
+        self.compiles = Compiles(engine)  # structured outputs compile off this loop
 
     # ---- setup and main loop -------------------------------------------------------------
     def ensure_group(self) -> None:
@@ -116,6 +118,7 @@ class WorkerLoop(Leaving):
         self._read_ctl()
         busy = self.engine.has_unfinished()
         self._read_inbox(block_ms=None if busy else self.cfg.idle_block_ms)
+        self._enter_compiled()
         self._check_deadlines()
         if self.engine.has_unfinished():
             updates = self._step()
@@ -191,22 +194,21 @@ class WorkerLoop(Leaving):
         req = pb.GenerateRequest.FromString(body)
         opts = pb.StreamOptions.FromString(opts_raw)
         self.faults.on_admit(rid, req)
+        compiling = False
         try:  # the scheduler checked the wire fields; the engine checks the rest, once
             sp = to_sampling_params(req.sampling_params)
             sc = to_sparse_config(req.sparse_config) if req.HasField("sparse_config") else None
             if self.engine.has_request(rid):
                 self.engine.abort(rid)  # a stale attempt of this request still ran here
-            self.engine.add_request(rid, prompt_of(req), sp, sc, provisional=opts.provisional)
-        except ValidationError as e:
-            self._fail(rid, eid, attempt, q.FAILED, "INVALID_ARGUMENT", e.reason, e.field)
-            return
-        except CapacityError as e:
-            self._fail(rid, eid, attempt, q.FAILED, "RESOURCE_EXHAUSTED", str(e))
-            return
-        except Exception as e:  # a bug must not take the worker down with every request
-            fields = {EVENT_ATTR: {"request_id": rid, "attempt": attempt}}
-            log.exception("admission failed", extra=fields)
-            self._fail(rid, eid, attempt, q.FAILED, "INTERNAL", f"admission failed: {e}")
+            admission = dict(prompt=prompt_of(req), sampling_params=sp, sparse_config=sc,
+                             provisional=opts.provisional)  # fmt: skip
+            compiling = self.compiles.wanted(sp)
+            if compiling:  # it waits for its automaton; the engine takes it once compiled
+                self.compiles.submit(rid, sp, admission)
+            else:
+                self.engine.add_request(rid, **admission)
+        except Exception as e:
+            self._refuse(rid, eid, attempt, e)
             return
         canvas = (
             CanvasRenderer(self.engine.decode, sp.gen_length, opts.mask_placeholder)
@@ -217,7 +219,36 @@ class WorkerLoop(Leaving):
             rid, attempt, eid, t_enq, now, deadline, canvas, opts.include_token_texts,
             provisional=opts.provisional,
         )  # fmt: skip
-        self.observe.admitted(rid, attempt, t_enq, now)
+        if not compiling:
+            self.observe.admitted(rid, attempt, t_enq, now)
+
+    def _enter_compiled(self) -> None:
+        """Hand the requests whose structured output compiled to the engine (or end them with
+        the compile's error)."""
+        for rid, admission, error in self.compiles.ready():
+            a = self.active.get(rid)
+            if a is None:
+                continue  # cancelled or expired meanwhile
+            try:
+                if error is not None:
+                    raise error
+                self.engine.add_request(rid, **admission)
+            except Exception as e:
+                self._refuse(rid, a.entry_id, a.attempt, e)
+                continue
+            self.observe.admitted(rid, a.attempt, a.t_enq, time.time())
+
+    def _refuse(self, rid: str, eid: str, attempt: str, e: Exception) -> None:
+        """End a request its admission refused: INVALID_ARGUMENT naming the field, or
+        RESOURCE_EXHAUSTED; anything else is a bug, which must not take the worker down."""
+        if isinstance(e, ValidationError):
+            self._fail(rid, eid, attempt, q.FAILED, "INVALID_ARGUMENT", e.reason, e.field)
+        elif isinstance(e, CapacityError):
+            self._fail(rid, eid, attempt, q.FAILED, "RESOURCE_EXHAUSTED", str(e))
+        else:
+            fields = {EVENT_ATTR: {"request_id": rid, "attempt": attempt}}
+            log.error("admission failed", extra=fields, exc_info=e)
+            self._fail(rid, eid, attempt, q.FAILED, "INTERNAL", f"admission failed: {e}")
 
     def _maybe_ack(self, eid: str) -> None:
         """Acknowledge and delete a batch whose requests all ended (publisher thread)."""
@@ -265,6 +296,7 @@ class WorkerLoop(Leaving):
         self, rid: str, eid: str, attempt: str, status: str, code: str, msg: str, field: str = ""
     ) -> None:
         self.active.pop(rid, None)
+        self.compiles.drop(rid)
         self.observe.ended(rid, attempt, status, code, msg)
 
         def job() -> None:

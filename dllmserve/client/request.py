@@ -4,6 +4,7 @@ viewer shows) and `Resume` (where to re-attach after a lost connection)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 
 from dllmserve.v1 import dllm_pb2 as pb
@@ -29,8 +30,27 @@ def _params_msg(msg_type, value):
             continue
         if k == "layer_ratios":
             msg.layer_ratios.extend(v)
+        elif k == "structured_output":
+            msg.structured_output.CopyFrom(_structured_msg(v))
         else:
             setattr(msg, k, v)
+    return msg
+
+
+def _structured_msg(value) -> pb.StructuredOutput:
+    """A `StructuredOutput` (or a dict of its fields: json_schema as a dict or its text, regex,
+    choice, json_object) as its message."""
+    if isinstance(value, pb.StructuredOutput):
+        return value
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    given = {k: v for k, v in dict(value).items() if v is not None}
+    schema = given.pop("json_schema", None)
+    msg = pb.StructuredOutput(**{k: v for k, v in given.items() if k != "choice"})
+    if schema is not None:
+        msg.json_schema = schema if isinstance(schema, str) else json.dumps(schema)
+    if "choice" in given:
+        msg.choice.choices.extend(given["choice"])
     return msg
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import grpc
 from google.rpc import error_details_pb2
@@ -39,6 +41,7 @@ _PARAMS = (
     ("stream_options", "stream_mode"),
 )
 _PROMPT_FIELDS = ("text", "prompt")
+_NONE: Mapping[str, str] = MappingProxyType({})
 
 
 class ApiError(Exception):
@@ -83,17 +86,18 @@ def bad_field(param: str, reason: str) -> ApiError:
     return ApiError(400, f"{param}: {reason}", param=param)
 
 
-def param_of(field: str, chat: bool) -> str:
-    """The request-body name of a wire field (`sampling_params.steps` -> `steps`)."""
+def param_of(field: str, chat: bool, renames: Mapping[str, str] = _NONE) -> str:
+    """The request-body name of a wire field (`sampling_params.steps` -> `steps`); `renames`:
+    the request's own (its structured output's field, `Plan.renames`), tried first."""
     if field in _PROMPT_FIELDS:
         return "messages" if chat else "prompt"
-    for wire, http in _PARAMS:
+    for wire, http in (*sorted(renames.items(), key=lambda kv: -len(kv[0])), *_PARAMS):
         if field.startswith(wire):
             return http + field[len(wire) :]
     return field
 
 
-def from_rpc(err: grpc.RpcError, chat: bool) -> ApiError:
+def from_rpc(err: grpc.RpcError, chat: bool, renames: Mapping[str, str] = _NONE) -> ApiError:
     code = err.code()
     status, kind = HTTP_STATUS.get(code, (500, "server_error"))
     message = err.details() or code.name
@@ -104,7 +108,7 @@ def from_rpc(err: grpc.RpcError, chat: bool) -> ApiError:
         retry = retry if retry is not None else 1.0
     param = None
     if field:
-        param = param_of(field, chat)
+        param = param_of(field, chat, renames)
         message = re.sub(rf"^{re.escape(field)}(?=[:\s])", param, message)
     elif code == grpc.StatusCode.NOT_FOUND and "model" in message:
         param = "model"

@@ -68,7 +68,7 @@ class Generation:
         for s in streams:
             await s.aclose()
         if isinstance(failed, grpc.RpcError):
-            raise from_rpc(failed, p.chat)
+            raise from_rpc(failed, p.chat, p.renames)
         if isinstance(failed, StopAsyncIteration):
             raise ApiError(502, "the scheduler ended the stream at once", type="server_error")
         raise failed
@@ -114,8 +114,8 @@ class Generation:
             dones = [t.result() for t in tasks]
         except (grpc.RpcError, ApiError) as e:
             self._count(p, "error", sum(not _succeeded(t) for t in tasks))
-            return error_response(request, from_rpc(e, p.chat) if isinstance(e, grpc.RpcError)
-                                  else e)  # fmt: skip
+            err = from_rpc(e, p.chat, p.renames) if isinstance(e, grpc.RpcError) else e
+            return error_response(request, err)
         finally:
             await _close([*tasks, gone], streams)
         texts, reasons, returned = [], [], []
@@ -157,7 +157,7 @@ class Generation:
                 if ev is None:
                     open_ -= 1
                 elif isinstance(ev, grpc.RpcError):
-                    err = from_rpc(ev, p.chat)
+                    err = from_rpc(ev, p.chat, p.renames)
                     request.state.error = err.message
                     self._count(p, "error", sum(c.reason is None for c in choices))
                     for c in choices:

@@ -16,6 +16,12 @@ LLaDA2's `steps_per_block`, `minimal_topk`, `eos_early_stop`, `editing_threshold
 `stream_mode` ("text" | "denoise"), `mask_placeholder` and `provisional` (with "denoise" only:
 each step's proposed token and confidence at the masked positions of its block).
 
+Structured outputs (docs/structured_outputs.md): OpenAI's `response_format` (`{"type":
+"json_object"}`, `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`) and
+vLLM's `structured_outputs` (`{"regex": ...}`, `{"choice": [...]}`, `{"json": schema}`,
+`{"json_object": true}`) -> `SamplingParams.structured_output`; the scheduler's and the worker's
+errors about it come back naming the body's field (`Plan.renames`).
+
 A dense LLaDA-style request that leaves `block_length` unset gets blocks of 32 tokens (the
 official generate.py's recommended setting) when they split it evenly (`gen_length` a multiple
 of 32 and `steps` of the block count), so a text stream grows block by block instead of
@@ -25,6 +31,7 @@ or for sparse attention (whose `default_block_len` applies), is left as sent.
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from dataclasses import dataclass, field
@@ -44,7 +51,8 @@ STREAM_MODES = ("text", "denoise")
 _SAMPLING = {f.name: f for f in pb.SamplingParams.DESCRIPTOR.fields}
 _SPARSE = {f.name: f for f in pb.SparseConfig.DESCRIPTOR.fields}
 _OWN = {"model", "stream", "stream_options", "n", "stop", "stream_mode", "mask_placeholder",
-        "sparse_config", "priority", "max_tokens", "user", "provisional"}  # fmt: skip
+        "sparse_config", "priority", "max_tokens", "user", "provisional", "response_format",
+        "structured_outputs"}  # fmt: skip
 # OpenAI fields that change nothing here, accepted so that SDK defaults pass.
 _IGNORED = {"metadata", "store", "service_tier", "parallel_tool_calls", "modalities"}
 # OpenAI fields we cannot honour: refused unless they hold their neutral value.
@@ -61,8 +69,9 @@ _NEUTRAL = {
     "tool_choice": (None, "none"),
     "functions": (None, []),
     "function_call": (None, "none"),
-    "response_format": (None, {"type": "text"}),
 }
+WIRE_SO = "sampling_params.structured_output"
+SO_KEYS = ("regex", "choice", "json", "json_object")  # structured_outputs' (vLLM's names)
 _WIRE_TYPES = {
     FieldDescriptor.TYPE_DOUBLE: ((int, float), "a number"),
     FieldDescriptor.TYPE_INT32: ((int,), "an integer"),
@@ -86,6 +95,7 @@ class Plan:
     id: str = ""  # the response body's id: chatcmpl- / cmpl- and the request id
     n: int = 1  # choices per prompt (requests are prompt-major)
     request_id: str = ""  # X-Request-Id; the generations run as it, or <it>-<i> if several
+    renames: dict[str, str] = field(default_factory=dict)  # wire field -> the body's name
 
 
 def plan(body: object, chat: bool, request_id: str = "") -> Plan:
@@ -96,6 +106,7 @@ def plan(body: object, chat: bool, request_id: str = "") -> Plan:
     model = _opt(body, "model", str) or ""
     base = pb.GenerateRequest(model=model, cancel_on_disconnect=True)
     _sampling(body, chat, base.sampling_params)
+    renames = _structured(body, base.sampling_params.structured_output)
     if body.get("sparse_config") is not None:
         _sparse(body["sparse_config"], base.sparse_config)
     base.priority = _opt(body, "priority", int) or 0
@@ -142,7 +153,7 @@ def plan(body: object, chat: bool, request_id: str = "") -> Plan:
     _opt(body, "user", str)  # accepted (OpenAI's end-user id), not used
     pid = ("chatcmpl-" if chat else "cmpl-") + rid
     return Plan(chat, model, requests, stream, mode == "denoise", include_usage,
-                stops, pid, n, rid)  # fmt: skip
+                stops, pid, n, rid, renames)  # fmt: skip
 
 
 def _check_keys(body: dict, chat: bool) -> None:
@@ -208,6 +219,74 @@ def _sampling(body: dict, chat: bool, sp: pb.SamplingParams) -> None:
         sp.steps = min(sp.gen_length, SamplingParams.steps)
     if not sp.HasField("block_length") and body.get("sparse_config") is None:
         _default_blocks(sp)
+
+
+def _structured(body: dict, so: pb.StructuredOutput) -> dict[str, str]:
+    """Fill `so` from response_format or structured_outputs (not both); returns the renames of
+    the wire fields an error may name."""
+    rf = body.get("response_format")
+    kind = _opt(rf, "type", str, "response_format.type") if isinstance(rf, dict) else None
+    if rf is not None and not isinstance(rf, dict):
+        raise bad_field("response_format", f"must be an object, got {rf!r}")
+    if rf is not None and kind != "text":
+        if body.get("structured_outputs") is not None:
+            raise bad_field("structured_outputs", "give it or response_format, not both")
+        return _response_format(rf, kind, so)
+    so_body = _opt(body, "structured_outputs", dict)
+    return {} if so_body is None else _structured_outputs(so_body, so)
+
+
+def _response_format(rf: dict, kind: str | None, so: pb.StructuredOutput) -> dict[str, str]:
+    if kind == "json_object":
+        so.json_object = True
+        return {WIRE_SO: "response_format", f"{WIRE_SO}.json_object": "response_format"}
+    if kind != "json_schema":
+        kinds = '"text", "json_object" or "json_schema"'
+        raise bad_field("response_format.type", f"must be {kinds}, got {kind!r}")
+    js = rf.get("json_schema")
+    if not isinstance(js, dict):
+        raise bad_field("response_format.json_schema",
+                        'must be an object {"name", "schema", "strict"}')  # fmt: skip
+    _opt(js, "name", str, "response_format.json_schema.name")
+    _opt(js, "strict", bool, "response_format.json_schema.strict")  # always strict here
+    _opt(js, "description", str, "response_format.json_schema.description")
+    schema = js.get("schema")
+    if not isinstance(schema, dict):
+        raise bad_field("response_format.json_schema.schema",
+                        f"must be a JSON schema (an object), got {schema!r}")  # fmt: skip
+    so.json_schema = json.dumps(schema)
+    return {
+        WIRE_SO: "response_format",
+        f"{WIRE_SO}.json_schema": "response_format.json_schema.schema",
+    }
+
+
+def _structured_outputs(body: dict, so: pb.StructuredOutput) -> dict[str, str]:
+    given = [k for k in body if body[k] is not None]
+    unknown = [k for k in given if k not in SO_KEYS]
+    if unknown:
+        known = list(SO_KEYS)
+        raise bad_field(f"structured_outputs.{unknown[0]}", f"unknown field; known: {known}")
+    if len(given) != 1:
+        raise bad_field("structured_outputs", f"give exactly one of {list(SO_KEYS)}, got {given}")
+    key = given[0]
+    name, value = f"structured_outputs.{key}", body[key]
+    if key == "regex":
+        so.regex = _opt(body, key, str, name)
+    elif key == "choice":
+        choices = _opt(body, key, list, name)
+        for i, c in enumerate(choices):
+            if not isinstance(c, str):
+                raise bad_field(f"{name}[{i}]", f"must be a string, got {c!r}")
+        so.choice.choices.extend(choices)
+    elif key == "json":
+        if not isinstance(value, (dict, str)):
+            raise bad_field(name, f"must be a JSON schema (an object or its text), got {value!r}")
+        so.json_schema = value if isinstance(value, str) else json.dumps(value)
+    else:
+        so.json_object = _opt(body, key, bool, name)
+    wire = {"json": "json_schema"}.get(key, key)
+    return {f"{WIRE_SO}.{wire}": name, WIRE_SO: "structured_outputs"}
 
 
 def _default_blocks(sp: pb.SamplingParams) -> None:
