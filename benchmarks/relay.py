@@ -56,8 +56,8 @@ def pct(xs: list[float], p: float) -> float:
 
 
 async def one(client, r, args, delay: float, tag: str) -> dict:
+    from dllmserve.broker import redis_keys as rk
     from dllmserve.client import StepUpdate
-    from dllmserve.scheduler import queue as q
 
     await asyncio.sleep(delay)
     rid = f"{tag}-{random.getrandbits(48):012x}"
@@ -70,7 +70,7 @@ async def one(client, r, args, delay: float, tag: str) -> dict:
     ):
         if isinstance(ev, StepUpdate) and first is None:
             first = time.time()
-    h = await r.hmget(q.req_key(rid), "t_enq", "t_start", "t_first")
+    h = await r.hmget(rk.req_key(rid), "t_enq", "t_start", "t_first")
     t_enq, t_start, t_first = (float(x) for x in h)
     return {
         "relay": first - t_first,

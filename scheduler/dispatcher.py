@@ -1,4 +1,4 @@
-"""The dispatcher: pending requests -> batches of matching SparseConfig -> live workers.
+"""The dispatcher: pending requests -> batches per model (priority, then age) -> live workers.
 
 Only the scheduler replica holding the Redis lease dispatches; the others stand by and take
 over within one lease TTL. The leader reads `dllm:pending` through the consumer group
@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.records import QueuedView
+from dllmserve.broker.scripts import AsyncBroker
 from dllmserve.logs import event
 from dllmserve.scheduler import isolation
-from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.isolation import Candidate
 from dllmserve.scheduler.reclaim import Reclaimer
 from dllmserve.scheduler.redis_link import Backoff
@@ -67,13 +69,13 @@ class Dispatcher:
         self._r = client
         self._id = scheduler_id
         self.cfg = cfg or DispatcherConfig()
-        self._scripts = q.register_scripts(client)
+        self._broker = AsyncBroker(client)
         self._buffer: dict[str, _Entry] = {}
         self._last_reap = 0.0
         self._last_orphan_sweep = 0.0
         self._last_sweep = 0.0
         self.state = DispatcherState()
-        self._reclaimer = Reclaimer(client, self._scripts, self.cfg, self.state)
+        self._reclaimer = Reclaimer(client, self._broker, self.cfg, self.state)
         self._stopping = False
         # models whose requests wait with no ready worker -> since when (monotonic)
         self._starved: dict[str, float] = {}
@@ -102,7 +104,7 @@ class Dispatcher:
         self._stopping = True
         if self.state.leader:
             try:
-                await self._scripts.lease_release(keys=[q.LEASE], args=[self._id])
+                await self._broker.lease_release(self._id)
             except redis.exceptions.RedisError:
                 pass
         self._lose_lease()
@@ -112,9 +114,7 @@ class Dispatcher:
         self._buffer.clear()
 
     async def _tick(self) -> None:
-        held = await self._scripts.lease_acquire(
-            keys=[q.LEASE], args=[self._id, self.cfg.lease_ttl_ms]
-        )
+        held = await self._broker.lease_acquire(self._id, ttl_ms=self.cfg.lease_ttl_ms)
         if not held:
             self._lose_lease()
             await asyncio.sleep(self.cfg.lease_ttl_ms / 3000)
@@ -136,7 +136,7 @@ class Dispatcher:
 
     async def _ensure_group(self) -> None:
         try:
-            await self._r.xgroup_create(q.PENDING, q.DISPATCH_GROUP, id="0", mkstream=True)
+            await self._r.xgroup_create(rk.PENDING, rk.DISPATCH_GROUP, id="0", mkstream=True)
         except redis.exceptions.ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
@@ -147,9 +147,9 @@ class Dispatcher:
         cursor = "0-0"
         for _ in range(10_000):
             reply = await self._r.xautoclaim(
-                q.PENDING, q.DISPATCH_GROUP, self._id, min_idle_time=0, start_id=cursor, count=500
+                rk.PENDING, rk.DISPATCH_GROUP, self._id, min_idle_time=0, start_id=cursor, count=500
             )
-            cursor, entries = q.s(reply[0]), reply[1]
+            cursor, entries = rk.text(reply[0]), reply[1]
             for entry_id, fields in entries:
                 self._add(entry_id, fields)
             if cursor == "0-0":
@@ -158,7 +158,7 @@ class Dispatcher:
     async def _read_new(self, block_ms: int) -> None:
         try:
             reply = await self._r.xreadgroup(
-                q.DISPATCH_GROUP, self._id, {q.PENDING: ">"}, count=512, block=block_ms
+                rk.DISPATCH_GROUP, self._id, {rk.PENDING: ">"}, count=512, block=block_ms
             )
         except redis.exceptions.ResponseError as e:
             if "NOGROUP" not in str(e):
@@ -170,8 +170,8 @@ class Dispatcher:
                 self._add(entry_id, fields)
 
     def _add(self, entry_id: bytes, fields: dict | None) -> None:
-        eid = q.s(entry_id)
-        rid = q.s((fields or {}).get(b"id"))
+        eid = rk.text(entry_id)
+        rid = rk.text((fields or {}).get(b"id"))
         self._buffer[eid] = _Entry(eid, rid)
 
     async def _dispatch(self) -> None:
@@ -185,27 +185,26 @@ class Dispatcher:
         entries = list(self._buffer.values())
         pipe = self._r.pipeline(transaction=False)
         for e in entries:
-            pipe.hmget(q.req_key(e.request_id), "status", "group", "priority", "deadline",
-                       "model", "iso", "t_enq")  # fmt: skip
-        metas = await pipe.execute()
+            QueuedView.read(pipe, e.request_id)
+        views = [QueuedView.parse(m) for m in await pipe.execute()]
         now = time.time()
+        # Requests of one model share batches whatever their sampling or sparse settings (the
+        # engine mixes them in one forward); suspects of one tag form a group of their own.
         groups: dict[str, list[tuple[int, _Entry]]] = defaultdict(list)
         group_model: dict[str, str] = {}
-        for e, (status, group, prio, deadline, model, iso, t_enq) in zip(entries, metas,
-                                                                         strict=True):  # fmt: skip
-            st, dl = q.s(status), float(q.s(deadline) or 0)
-            if st != q.QUEUED:  # cancelled while queued, expired keys, a stale entry
-                await self._drop(e, q.CANCELLED, "CANCELLED", "cancelled")
-            elif dl and now > dl:
-                await self._drop(e, q.EXPIRED, "DEADLINE_EXCEEDED", "deadline exceeded in queue")
-            elif self._gave_up(q.s(model), float(q.s(t_enq) or now), now):
+        for e, v in zip(entries, views, strict=True):
+            if v.status != rk.QUEUED:  # cancelled while queued, expired keys, a stale entry
+                await self._drop(e, rk.CANCELLED, "CANCELLED", "cancelled")
+            elif v.deadline and now > v.deadline:
+                await self._drop(e, rk.EXPIRED, "DEADLINE_EXCEEDED", "deadline exceeded in queue")
+            elif self._gave_up(v.model, v.enqueued_at or now, now):
                 wait = self.cfg.worker_wait_s
-                await self._drop(e, q.FAILED, "UNAVAILABLE", f"no ready worker serves model "
-                                 f"{q.s(model)!r} (waited {wait:g} s); retry later")  # fmt: skip
-            else:  # suspects of one tag form a group of their own, whatever their SparseConfig
-                g = f"iso:{q.s(iso)}" if iso else q.s(group)
-                groups[g].append((-int(q.s(prio) or 0), e))
-                group_model[g] = q.s(model)
+                await self._drop(e, rk.FAILED, "UNAVAILABLE", f"no ready worker serves model "
+                                 f"{v.model!r} (waited {wait:g} s); retry later")  # fmt: skip
+            else:
+                g = f"iso:{v.iso}" if v.iso else f"model:{v.model}"
+                groups[g].append((-v.priority, e))
+                group_model[g] = v.model
         if not groups:
             return
         # Suspects first (the oldest work), then highest priority, then oldest (stream ids grow
@@ -237,11 +236,8 @@ class Dispatcher:
         w.free -= n
 
     async def _assign(self, w: Candidate, batch: list[_Entry], tag: str = "") -> None:
-        args: list[str] = [w.worker_id, repr(time.time()), tag]
-        for e in batch:
-            args += [e.entry_id, e.request_id]
-        keys = [q.inbox_key(w.worker_id), q.load_key(w.worker_id), q.PENDING]
-        ids = await self._scripts.assign(keys=keys + [q.worker_key(w.worker_id)], args=args)
+        entries = [(e.entry_id, e.request_id) for e in batch]
+        ids = await self._broker.assign(w.worker_id, entries, tag)
         if ids is None:  # draining, or isolation refused it: the batch stays for the next pass
             return
         for e in batch:
@@ -250,7 +246,7 @@ class Dispatcher:
         w.iso = tag or w.iso
         self.state.dispatched += len(ids)
         for rid in ids:
-            event(requests_log, "dispatched", request_id=q.s(rid), worker=w.worker_id,
+            event(requests_log, "dispatched", request_id=rid, worker=w.worker_id,
                   suspects=tag or None)  # fmt: skip
 
     def _warn_starved(self, model: str, waiting: int, served: bool) -> None:
@@ -272,30 +268,27 @@ class Dispatcher:
         return since is not None and time.monotonic() - since >= wait and now - t_enq >= wait
 
     async def _drop(self, e: _Entry, status: str, code: str, msg: str) -> None:
-        await self._scripts.drop_queued(
-            keys=[q.PENDING],
-            args=[e.entry_id, e.request_id, status, code, msg, repr(time.time()),
-                  self.cfg.result_ttl_s],
-        )  # fmt: skip
+        await self._broker.drop_queued(e.entry_id, e.request_id, status=status, code=code,
+                                       msg=msg, ttl_s=self.cfg.result_ttl_s)  # fmt: skip
         self._buffer.pop(e.entry_id, None)
 
     async def live_workers(self) -> list[Candidate]:
-        ids = sorted(q.s(w) for w in await self._r.smembers(q.WORKERS))
+        ids = sorted(rk.text(w) for w in await self._r.smembers(rk.WORKERS))
         if not ids:
             return []
         pipe = self._r.pipeline(transaction=False)
         for w in ids:
-            pipe.hmget(q.worker_key(w), "model", "slots", "state")
-            pipe.get(q.load_key(w))
-            pipe.get(q.iso_key(w))
+            pipe.hmget(rk.worker_key(w), "model", "slots", "state")
+            pipe.get(rk.load_key(w))
+            pipe.get(rk.iso_key(w))
         replies = await pipe.execute()
         out = []
         for i, w in enumerate(ids):
             (model, slots, state), load, iso = replies[3 * i : 3 * i + 3]
-            if slots is None or q.s(state) != "ready":
+            if slots is None or rk.text(state) != "ready":
                 continue
-            n = int(q.s(load) or 0)
-            out.append(Candidate(w, q.s(model), int(q.s(slots)) - n, n, q.s(iso)))
+            n = int(rk.text(load) or 0)
+            out.append(Candidate(w, rk.text(model), int(rk.text(slots)) - n, n, rk.text(iso)))
         return out
 
     async def reap_dead_workers(self) -> None:

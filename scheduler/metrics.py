@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from dllmserve.broker import redis_keys as rk
 from dllmserve.errors import ListenError
 from dllmserve.logs import event
-from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.config import SchedulerConfig
 from dllmserve.scheduler.dispatcher import Dispatcher
 from dllmserve.scheduler.redis_link import connect
@@ -116,12 +116,12 @@ class _StateCollector(Collector):
         yield _gauge("redis_up", "1 when the last scrape could read Redis.", up)
 
     def _from_redis(self):
-        queue = self._r.xlen(q.PENDING)
-        ids = sorted(q.s(w) for w in self._r.smembers(q.WORKERS))
+        queue = self._r.xlen(rk.PENDING)
+        ids = sorted(rk.text(w) for w in self._r.smembers(rk.WORKERS))
         pipe = self._r.pipeline(transaction=False)
         for w in ids:
-            pipe.hmget(q.worker_key(w), "model", "state", "t", "slots")
-            pipe.get(q.load_key(w))
+            pipe.hmget(rk.worker_key(w), "model", "state", "t", "slots")
+            pipe.get(rk.load_key(w))
         replies = pipe.execute()
         now = time.time()
         yield _gauge("queue_length", "Requests waiting in dllm:pending (all models).", queue)
@@ -142,11 +142,11 @@ class _StateCollector(Collector):
             (model, state, t, n_slots), load = replies[2 * i], replies[2 * i + 1]
             if state is None:  # heartbeat expired: about to be reaped
                 continue
-            model, state = q.s(model), q.s(state)
+            model, state = rk.text(model), rk.text(state)
             counts[(model, state)] = counts.get((model, state), 0) + 1
-            age.add_metric([model, w], max(0.0, now - float(q.s(t) or now)))
+            age.add_metric([model, w], max(0.0, now - float(rk.text(t) or now)))
             if state == "ready":
-                left = int(q.s(n_slots) or 0) - int(q.s(load) or 0)
+                left = int(rk.text(n_slots) or 0) - int(rk.text(load) or 0)
                 slots[model] = slots.get(model, 0) + max(0, left)
         for (model, state), n in sorted(counts.items()):
             workers.add_metric([model, state], n)

@@ -6,14 +6,14 @@ again as it was."""
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
+from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.scripts import AsyncBroker, Reclaim
 from dllmserve.logs import event
 from dllmserve.scheduler import isolation
-from dllmserve.scheduler import queue as q
 
 if TYPE_CHECKING:  # the dispatcher imports this module
     from dllmserve.scheduler.dispatcher import DispatcherConfig, DispatcherState
@@ -26,31 +26,31 @@ class Reclaimer:
     def __init__(
         self,
         client: aioredis.Redis,
-        scripts: q.Scripts,
+        broker: AsyncBroker,
         cfg: DispatcherConfig,
         state: DispatcherState,
     ) -> None:
         self._r = client
-        self._scripts = scripts
+        self._broker = broker
         self.cfg = cfg  # max_attempts, result_ttl_s
         self.state = state  # the dispatcher's counters
 
     async def reap_dead_workers(self) -> None:
         """Queue again the work of every registered worker whose heartbeat expired."""
-        for w in [q.s(x) for x in await self._r.smembers(q.WORKERS)]:
-            if await self._r.exists(q.worker_key(w)):
+        for w in [rk.text(x) for x in await self._r.smembers(rk.WORKERS)]:
+            if await self._r.exists(rk.worker_key(w)):
                 continue
             await self.reclaim_worker(w)
 
     async def reclaim_worker(self, worker_id: str) -> None:
         """Take back everything a worker that went down held (its inbox lists it)."""
-        inbox = q.inbox_key(worker_id)
+        inbox = rk.inbox_key(worker_id)
         entries = await self._r.xrange(inbox, "-", "+")
-        rids = [rid for _eid, f in entries for rid in q.s(f.get(b"ids")).split(",") if rid]
+        rids = [rid for _eid, f in entries for rid in rk.text(f.get(b"ids")).split(",") if rid]
         await self._reclaim_all(rids, worker_id)
-        await self._r.delete(inbox, q.load_key(worker_id), q.ctl_key(worker_id))
-        await self._r.delete(q.iso_key(worker_id))
-        await self._r.srem(q.WORKERS, worker_id)
+        await self._r.delete(inbox, rk.load_key(worker_id), rk.ctl_key(worker_id))
+        await self._r.delete(rk.iso_key(worker_id))
+        await self._r.srem(rk.WORKERS, worker_id)
         self.state.reaped_workers.append(worker_id)
         log.warning("reaped worker %s (%d inbox entries)", worker_id, len(entries))
 
@@ -58,25 +58,26 @@ class Reclaimer:
         """Take back every request dispatched to (or running on) a worker whose heartbeat key
         is gone, whether or not it is still registered or has an inbox: whatever way a worker
         left, none of its requests stays `dispatched` to it."""
-        rids = [q.s(x) for x in await self._r.zrange(q.ASSIGNED, 0, -1)]
+        rids = [rk.text(x) for x in await self._r.zrange(rk.ASSIGNED, 0, -1)]
         if not rids:
             return
         pipe = self._r.pipeline(transaction=False)
         for rid in rids:
-            pipe.hmget(q.req_key(rid), "status", "worker")
+            pipe.hmget(rk.req_key(rid), "status", "worker")
         held = [
-            (rid, q.s(st), q.s(w)) for rid, (st, w) in zip(rids, await pipe.execute(), strict=True)
+            (rid, rk.text(st), rk.text(w))
+            for rid, (st, w) in zip(rids, await pipe.execute(), strict=True)
         ]
-        stale = [rid for rid, st, _w in held if st not in (q.DISPATCHED, q.RUNNING)]
+        stale = [rid for rid, st, _w in held if st not in (rk.DISPATCHED, rk.RUNNING)]
         if stale:  # ended or expired without a script removing it (e.g. keys lost)
-            await self._r.zrem(q.ASSIGNED, *stale)
-        workers = sorted({w for _rid, st, w in held if st in (q.DISPATCHED, q.RUNNING)})
+            await self._r.zrem(rk.ASSIGNED, *stale)
+        workers = sorted({w for _rid, st, w in held if st in (rk.DISPATCHED, rk.RUNNING)})
         pipe = self._r.pipeline(transaction=False)
         for w in workers:
-            pipe.exists(q.worker_key(w))
+            pipe.exists(rk.worker_key(w))
         gone = {w for w, alive in zip(workers, await pipe.execute(), strict=True) if not alive}
         for w in gone:
-            left = [rid for rid, st, ww in held if ww == w and st in (q.DISPATCHED, q.RUNNING)]
+            left = [rid for rid, st, ww in held if ww == w and st in (rk.DISPATCHED, rk.RUNNING)]
             log.warning("sweep: %d request(s) were left on gone worker %s", len(left), w)
             await self._reclaim_all(left, w)
 
@@ -87,11 +88,11 @@ class Reclaimer:
             return
         pipe = self._r.pipeline(transaction=False)
         for rid in rids:
-            pipe.hmget(q.req_key(rid), "status", "worker")
+            pipe.hmget(rk.req_key(rid), "status", "worker")
         running = [
             rid
             for rid, (st, w) in zip(rids, await pipe.execute(), strict=True)
-            if q.s(st) == q.RUNNING and q.s(w) == worker_id
+            if rk.text(st) == rk.RUNNING and rk.text(w) == worker_id
         ]
         plan = isolation.verdicts(running) if running else {}
         if len(running) > 1:
@@ -102,16 +103,21 @@ class Reclaimer:
             await self._reclaim(rid, worker_id, v)
 
     async def _reclaim(self, rid: str, worker_id: str, v: isolation.Verdict) -> None:
-        now = repr(time.time())
-        args = [worker_id, self.cfg.max_attempts, now, self.cfg.result_ttl_s, rid, v.charge, v.tag]
-        res = q.s(await self._scripts.reclaim(keys=[q.req_key(rid), q.PENDING], args=args))
-        if res == "requeued":
+        res = await self._broker.reclaim(
+            rid,
+            worker=worker_id,
+            max_attempts=self.cfg.max_attempts,
+            ttl_s=self.cfg.result_ttl_s,
+            charge=v.charge,
+            tag=v.tag,
+        )
+        if res is Reclaim.REQUEUED:
             self.state.reclaimed += 1
-        elif res == "dead":
+        elif res is Reclaim.DEAD:
             self.state.dead_lettered += 1
-        if res in ("requeued", "dead"):
-            name = "redelivered" if res == "requeued" else "dead_lettered"
-            level = logging.INFO if res == "requeued" else logging.WARNING
+        if res in (Reclaim.REQUEUED, Reclaim.DEAD):
+            name = "redelivered" if res is Reclaim.REQUEUED else "dead_lettered"
+            level = logging.INFO if res is Reclaim.REQUEUED else logging.WARNING
             charged = v.charge == isolation.CHARGED
             event(requests_log, name, level=level, request_id=rid, worker=worker_id,
                   suspects=v.tag or None, charged=charged or None)  # fmt: skip

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from dllmserve.scheduler import queue as q
+from dllmserve.broker import redis_keys as rk
 from dllmserve.scheduler.redis_link import Backoff, Epoch
 from dllmserve.v1 import dllm_pb2 as pb
 
@@ -42,11 +42,11 @@ GUARD_S = 1.0  # how often the hub looks at the epoch marker
 CHECK_S = 5.0  # how often a follower checks that its request still exists
 
 
-_STEP, _COMPLETED, _ERROR = (k.encode() for k in (q.REC_STEP, q.REC_COMPLETED, q.REC_ERROR))
+_STEP, _COMPLETED, _ERROR = (k.encode() for k in (rk.REC_STEP, rk.REC_COMPLETED, rk.REC_ERROR))
 
 
 def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
-    ms, _, seq = q.s(entry_id).partition("-")
+    ms, _, seq = rk.text(entry_id).partition("-")
     return int(ms), int(seq or 0)
 
 
@@ -83,7 +83,7 @@ class ResultHub:
         self._queue_size = queue_size
         self._followers: dict[str, list[_Follower]] = {}
         self._wake = asyncio.Event()  # something to follow again (the hub waits without XREAD)
-        self.wake_key = q.hub_wake_key(hub_id or uuid.uuid4().hex)
+        self.wake_key = rk.hub_wake_key(hub_id or uuid.uuid4().hex)
         self._wake_last = "0-0"  # the last wake entry seen: none added meanwhile is missed
         self._readers: dict[str, list[_Follower]] | None = None  # those of the XREAD in flight
         self._stale = False  # a follower is not covered by the XREAD in flight
@@ -177,10 +177,10 @@ class ResultHub:
             self._backoff.ok()
             self._readers = None
             for key, entries in _streams(reply):
-                key = q.s(key)
+                key = rk.text(key)
                 if key == self.wake_key:
                     if entries:
-                        self._wake_last = q.s(entries[-1][0])
+                        self._wake_last = rk.text(entries[-1][0])
                     continue
                 for f in readers.get(key, []):
                     for entry_id, fields in entries:
@@ -306,15 +306,15 @@ async def follow(
     just created: 1), else 0 (looked up).
     """
     # Followed first, so the hub reads the stream while the attempt is looked up.
-    f = hub.follow(q.res_key(request_id))
+    f = hub.follow(rk.res_key(request_id))
     coalescer = Coalescer(opts)
     current = 0
     next_check = time.monotonic() + check_s
     try:
         # Older attempts than the request's current one, or than the client saw, are moot.
         if not known_attempt:
-            key = q.req_key(request_id)
-            known_attempt = int(q.s(await client.hget(key, "attempt")) or 0)
+            key = rk.req_key(request_id)
+            known_attempt = int(rk.text(await client.hget(key, "attempt")) or 0)
         floor = max(after_attempt, known_attempt)
         while True:
             if f.lost:
@@ -357,9 +357,9 @@ async def follow(
                 return
             elif kind == _ERROR:
                 raise RelayError(
-                    q.s(fields.get(b"code")) or "INTERNAL",
-                    q.s(fields.get(b"msg")),
-                    q.s(fields.get(b"field")),
+                    rk.text(fields.get(b"code")) or "INTERNAL",
+                    rk.text(fields.get(b"msg")),
+                    rk.text(fields.get(b"field")),
                 )
     finally:
         hub.unfollow(f)
@@ -368,6 +368,6 @@ async def follow(
 async def _exists(client: aioredis.Redis, request_id: str) -> bool:
     """The request's record exists (it has no TTL while the request is unfinished)."""
     try:
-        return bool(await client.exists(q.req_key(request_id)))
+        return bool(await client.exists(rk.req_key(request_id)))
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
         return True  # Redis is restarting: keep waiting

@@ -15,11 +15,11 @@ import time
 import grpc
 import redis.asyncio as aioredis
 
+from dllmserve.broker import redis_keys as rk
 from dllmserve.engine.inputs import ModelLimits
 from dllmserve.errors import echo
 from dllmserve.sampling_params import SCHEDULES
 from dllmserve.scheduler import errors
-from dllmserve.scheduler import queue as q
 
 MAX_AGE_S = 1.0  # how stale the served models and their limits may be when a request arrives
 LIMITS_FIELD = "limits"  # the worker hash's field holding its engine's ModelLimits
@@ -82,8 +82,8 @@ class ServedModels:
         if time.monotonic() - read_at <= max_age_s:
             return known
         now = time.time()
-        seen = await self._r.hgetall(q.MODELS)
-        known = [q.s(m) for m, t in seen.items() if now - float(q.s(t)) < self._memory_s]
+        seen = await self._r.hgetall(rk.MODELS)
+        known = [rk.text(m) for m, t in seen.items() if now - float(rk.text(t)) < self._memory_s]
         self._models = (time.monotonic(), known)
         return known
 
@@ -116,15 +116,15 @@ class ServedModels:
         return by_model.get(model, [])
 
     async def _read_limits(self) -> dict[str, list[ModelLimits]]:
-        ids = [q.s(w) for w in await self._r.smembers(q.WORKERS)]
+        ids = [rk.text(w) for w in await self._r.smembers(rk.WORKERS)]
         if not ids:
             return {}
         pipe = self._r.pipeline(transaction=False)
         for w in ids:
-            pipe.hmget(q.worker_key(w), "model", "state", LIMITS_FIELD)
+            pipe.hmget(rk.worker_key(w), "model", "state", LIMITS_FIELD)
         found: dict[str, set[ModelLimits]] = {}
         for model, state, raw in await pipe.execute():
             limits = decode_limits(raw)
-            if q.s(state) == "ready" and limits is not None:
-                found.setdefault(q.s(model), set()).add(limits)
+            if rk.text(state) == "ready" and limits is not None:
+                found.setdefault(rk.text(model), set()).add(limits)
         return {m: most_generous_first(ls) for m, ls in found.items()}

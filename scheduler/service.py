@@ -14,9 +14,10 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from dllmserve import tracing
+from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.scripts import AsyncBroker, Enqueue, Enqueued, StoredRequest
 from dllmserve.errors import CapacityError, ValidationError
 from dllmserve.scheduler import errors
-from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.auth import client_of, quota_of
 from dllmserve.scheduler.config import SchedulerConfig
 from dllmserve.scheduler.dispatcher import Dispatcher
@@ -27,7 +28,6 @@ from dllmserve.scheduler.validation import (
     check_fits,
     check_request_id,
     check_stream_options,
-    group_key,
     to_engine_args,
 )
 from dllmserve.v1 import dllm_pb2 as pb
@@ -60,7 +60,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         self._dispatcher = dispatcher
         self._cfg = cfg
         self._id = scheduler_id
-        self._scripts = q.register_scripts(client)
+        self._broker = AsyncBroker(client)
         self._background: set[asyncio.Task] = set()
         self.draining = False
         self.streams = 0  # open Generate/Attach streams
@@ -113,15 +113,17 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
             version=VERSION,
             scheduler_id=self._id,
             dispatcher_leader=self._dispatcher.is_leader,
-            queue_length=await self._r.xlen(q.PENDING),
+            queue_length=await self._r.xlen(rk.PENDING),
             max_queue=self._cfg.max_queue,
         )
         counts: dict[str, int] = {}
-        for w in sorted(q.s(x) for x in await self._r.smembers(q.WORKERS)):
-            h = {q.s(k): q.s(v) for k, v in (await self._r.hgetall(q.worker_key(w))).items()}
+        for w in sorted(rk.text(x) for x in await self._r.smembers(rk.WORKERS)):
+            h = {
+                rk.text(k): rk.text(v) for k, v in (await self._r.hgetall(rk.worker_key(w))).items()
+            }
             if not h:
                 continue
-            load = int(q.s(await self._r.get(q.load_key(w))) or 0)
+            load = int(rk.text(await self._r.get(rk.load_key(w))) or 0)
             wi = pb.WorkerInfo(
                 worker_id=w,
                 model=h.get("model", ""),
@@ -172,60 +174,38 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         stored.cancel_on_disconnect = False
         remaining = context.time_remaining()
         deadline = time.time() + remaining if remaining is not None else 0.0
-        res = await self._scripts.enqueue(
-            keys=[q.req_key(rid), q.PENDING],
-            args=[
-                rid,
-                stored.SerializeToString(deterministic=True),
-                self._cfg.max_queue,
-                repr(time.time()),
-                group_key(model, args.sparse_config),
-                request.priority,
-                repr(deadline),
-                model,
-                request.stream_options.SerializeToString(),
-                client,
-                self._cfg.max_queue_per_client,
-                args.sampling_params.max_steps,
-                "1" if self._authenticated else "0",
-                self._cfg.result_ttl_s,
-                quota_of(context, client, self._authenticated, self._cfg.trust_client_header),
-            ],
+        stored_request = StoredRequest(
+            request_id=rid,
+            body=stored.SerializeToString(deterministic=True),
+            model=model,
+            priority=request.priority,
+            deadline=deadline,
+            options=request.stream_options.SerializeToString(),
+            client=client,
+            quota=quota_of(context, client, self._authenticated, self._cfg.trust_client_header),
+            last_step=args.sampling_params.max_steps,
+            ttl_s=self._cfg.result_ttl_s,
         )
-        code, value = int(res[0]), q.s(res[1])
-        if code == -1:
-            raise errors.resource_exhausted(
-                f"the queue is full ({value} requests waiting); retry later",
-                self._cfg.retry_after_s,
-            )
-        if code == -3:
-            raise errors.simple(
-                grpc.StatusCode.NOT_FOUND,
-                f"request_id {rid!r} is not available to this client; choose another",
-            )
-        if code == -4:
-            raise errors.resource_exhausted(
-                f"this client already has {value} requests waiting in the queue (the cap per "
-                "client); retry later",
-                self._cfg.retry_after_s,
-            )
-        if code == -2:
-            raise errors.simple(
-                grpc.StatusCode.ALREADY_EXISTS,
-                f"request_id {rid!r} is already used by a different request",
-            )
-        created = code == 1
+        got = await self._broker.enqueue(
+            stored_request,
+            max_queue=self._cfg.max_queue,
+            per_client=self._cfg.max_queue_per_client,
+            owned=self._authenticated,
+        )
+        _raise_refusal(got, rid, self._cfg.retry_after_s)
+        value = got.value
+        created = got.outcome is Enqueue.QUEUED
         if created:
             self.metrics.on_accepted(rid, model, int(value), request.priority)
             if span is not None:  # the worker's span becomes a child of this one
                 span.set_attributes({"dllmserve.request_id": rid, "dllmserve.model": model})
-                await self._r.hset(q.req_key(rid), "tp", tracing.traceparent(span))
+                await self._r.hset(rk.req_key(rid), "tp", tracing.traceparent(span))
         accepted = pb.GenerateEvent(
             accepted=pb.Accepted(
                 request_id=rid,
                 queue_position=int(value) if created else 0,
                 duplicate=not created,
-                status=q.QUEUED if created else value,
+                status=rk.QUEUED if created else value,
             )
         )
         on_disconnect = 0.0 if (created and request.cancel_on_disconnect) else None
@@ -253,19 +233,19 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
             raise errors.invalid_argument(
                 "after_step" if request.after_step < 0 else "attempt", "must be >= 0"
             )
-        if request.attempt > int(q.s(attempt) or 0):
+        if request.attempt > int(rk.text(attempt) or 0):
             raise errors.out_of_range(
-                f"attempt {request.attempt} is beyond the request's attempt {q.s(attempt)}",
+                f"attempt {request.attempt} is beyond the request's attempt {rk.text(attempt)}",
             )
-        if steps is not None and request.after_step > int(q.s(steps)):
+        if steps is not None and request.after_step > int(rk.text(steps)):
             raise errors.out_of_range(
-                f"after_step {request.after_step} is beyond the request's {q.s(steps)} steps",
+                f"after_step {request.after_step} is beyond the request's {rk.text(steps)} steps",
             )
         if request.HasField("stream_options"):
             opts = request.stream_options
         else:
             opts = pb.StreamOptions.FromString(opts_raw or b"")
-        accepted = pb.GenerateEvent(accepted=pb.Accepted(request_id=rid, status=q.s(status)))
+        accepted = pb.GenerateEvent(accepted=pb.Accepted(request_id=rid, status=rk.text(status)))
         relay = self._relay(rid, opts, request.after_step, request.attempt, None, accepted, context)
         async for ev in relay:
             yield ev
@@ -314,7 +294,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
             raise errors.from_code(e.code, e.message, e.field, e.reason) from None
 
     async def _watch(self, rid: str, token: str, add: bool) -> None:
-        key = q.watch_key(rid)
+        key = rk.watch_key(rid)
         pipe = self._r.pipeline(transaction=True)
         if add:
             pipe.sadd(key, token)
@@ -330,7 +310,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         if cancel_after_s is None or cancel_after_s < 0:
             return
         await asyncio.sleep(cancel_after_s)
-        if await self._r.scard(q.watch_key(rid)) == 0:
+        if await self._r.scard(rk.watch_key(rid)) == 0:
             await self._cancel(rid, "CANCELLED", "the client went away")
 
     @property
@@ -340,8 +320,8 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
     async def _visible(self, rid: str, context: grpc.aio.ServicerContext, *fields: str) -> list:
         """The request's `fields`; NOT_FOUND when it does not exist or, with auth on, belongs to
         another tenant (the same answer, so nothing tells one case from the other)."""
-        values = await self._r.hmget(q.req_key(rid), "status", "client", *fields)
-        status, owner = values[0], q.s(values[1])
+        values = await self._r.hmget(rk.req_key(rid), "status", "client", *fields)
+        status, owner = values[0], rk.text(values[1])
         mine = not self._authenticated or owner == client_of(context, True)
         if status is None or not mine:
             raise errors.simple(grpc.StatusCode.NOT_FOUND, f"no request {rid!r} (or it expired)")
@@ -364,19 +344,39 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         end = time.monotonic() + self._cfg.cancel_wait_s
         while status == "cancelling" and time.monotonic() < end:
             await asyncio.sleep(CANCEL_POLL_S)
-            now = q.s(await self._r.hget(q.req_key(rid), "status"))
-            status = now if now in q.TERMINAL else status
+            now = rk.text(await self._r.hget(rk.req_key(rid), "status"))
+            status = now if now in rk.TERMINAL else status
         return status
 
     async def _cancel(self, rid: str, code: str, msg: str) -> str:
-        return q.s(
-            await self._scripts.cancel(
-                keys=[q.req_key(rid)],
-                args=[rid, code, msg, repr(time.time()), self._cfg.result_ttl_s],
-            )
-        )
+        got = await self._broker.cancel(rid, code=code, msg=msg, ttl_s=self._cfg.result_ttl_s)
+        return got.value
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _raise_refusal(got: Enqueued, rid: str, retry_after_s: float) -> None:
+    """The gRPC error of an enqueue the queue refused (nothing when it queued or deduplicated)."""
+    if got.outcome is Enqueue.QUEUE_FULL:
+        raise errors.resource_exhausted(
+            f"the queue is full ({got.value} requests waiting); retry later", retry_after_s
+        )
+    if got.outcome is Enqueue.NOT_YOURS:
+        raise errors.simple(
+            grpc.StatusCode.NOT_FOUND,
+            f"request_id {rid!r} is not available to this client; choose another",
+        )
+    if got.outcome is Enqueue.CLIENT_CAP:
+        raise errors.resource_exhausted(
+            f"this client already has {got.value} requests waiting in the queue (the cap per "
+            "client); retry later",
+            retry_after_s,
+        )
+    if got.outcome is Enqueue.CONFLICT:
+        raise errors.simple(
+            grpc.StatusCode.ALREADY_EXISTS,
+            f"request_id {rid!r} is already used by a different request",
+        )

@@ -9,7 +9,6 @@ function each engine runs when it admits the request: one source of every rule.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,13 +78,6 @@ def to_sparse_config(msg: pb.SparseConfig) -> SparseConfig:
     if len(msg.layer_ratios):
         kwargs["layer_ratios"] = msg.layer_ratios  # its length is checked before it is copied
     return SparseConfig(**kwargs)
-
-
-def group_key(model: str, sparse: SparseConfig | None) -> str:
-    """Requests with equal keys may share a batch: same model and same `SparseConfig.match_key`.
-    A fixed-size hash, so the dispatcher's memory per request does not grow with the config."""
-    key = sparse.match_key() if sparse is not None else (False,)
-    return hashlib.blake2b(f"{model}|{key!r}".encode(), digest_size=12).hexdigest()
 
 
 def check_request_id(request_id: str, required: bool) -> None:

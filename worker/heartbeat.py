@@ -18,7 +18,7 @@ import time
 import redis
 import redis.exceptions
 
-from dllmserve.scheduler import queue as q
+from dllmserve.broker import redis_keys as rk
 from dllmserve.scheduler.redis_link import Backoff
 from dllmserve.scheduler.served import LIMITS_FIELD, encode_limits
 
@@ -45,8 +45,8 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         lp = self.loop
         st = lp.snapshot
-        key = q.worker_key(lp.id)
-        if self._registered_as == lp.id and not self.r.sismember(q.WORKERS, lp.id):
+        key = rk.worker_key(lp.id)
+        if self._registered_as == lp.id and not self.r.sismember(rk.WORKERS, lp.id):
             lp.reaped.set()
         pipe = self.r.pipeline(transaction=False)
         pipe.hset(
@@ -68,8 +68,8 @@ class Heartbeat(threading.Thread):
             },
         )
         pipe.pexpire(key, int(lp.cfg.heartbeat_ttl_s * 1000))
-        pipe.sadd(q.WORKERS, lp.id)
-        pipe.hset(q.MODELS, lp.model_name, repr(time.time()))
+        pipe.sadd(rk.WORKERS, lp.id)
+        pipe.hset(rk.MODELS, lp.model_name, repr(time.time()))
         pipe.execute()
         self._registered_as = lp.id
 

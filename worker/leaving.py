@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 
-from dllmserve.scheduler import queue as q
+from dllmserve.broker import redis_keys as rk
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Leaving:
         re-runs our requests with attempt + 1 (dead-letters one that failed too many times)."""
         log.error("worker %s stalled: an iteration has run %.1f s (limit %.1f s); leaving",
                   self.id, ran_s, limit_s)  # fmt: skip
-        self.r.delete(q.worker_key(self.id))
+        self.r.delete(rk.worker_key(self.id))
 
     def _rejoin(self) -> None:
         """The stalled step came back; its requests are other attempts' now. Serve again under
@@ -53,7 +53,7 @@ class Leaving:
         the last inbox read (heartbeat stopped) sees every batch we were ever given."""
         log.info("worker %s draining", self.id)
         self.snapshot = {**self.snapshot, "state": "draining"}
-        self.r.hset(q.worker_key(self.id), "state", "draining")
+        self.r.hset(rk.worker_key(self.id), "state", "draining")
         self._hand_back_unread()
         deadline = time.monotonic() + self.cfg.drain_timeout_s
         while self.engine.has_unfinished() and time.monotonic() < deadline:
@@ -71,28 +71,30 @@ class Leaving:
         self.pub.close()
         if self.before_leave is not None:
             self.before_leave()
-        self.r.hset(q.worker_key(self.id), "state", "draining")  # over a beat sent meanwhile
+        self.r.hset(rk.worker_key(self.id), "state", "draining")  # over a beat sent meanwhile
         self._hand_back_unread()
         pipe = self.r.pipeline(transaction=False)
-        pipe.delete(q.worker_key(self.id), q.inbox_key(self.id), q.load_key(self.id))
-        pipe.delete(q.ctl_key(self.id))
-        pipe.srem(q.WORKERS, self.id)
+        pipe.delete(rk.worker_key(self.id), rk.inbox_key(self.id), rk.load_key(self.id))
+        pipe.delete(rk.ctl_key(self.id))
+        pipe.srem(rk.WORKERS, self.id)
         pipe.execute()
 
     def _hand_back_unread(self) -> None:
         """Every batch of the inbox not read yet goes back to the queue untouched."""
         while True:
-            reply = self.r.xreadgroup(q.INBOX_GROUP, self.id, {q.inbox_key(self.id): ">"}, count=64)
+            reply = self.r.xreadgroup(
+                rk.INBOX_GROUP, self.id, {rk.inbox_key(self.id): ">"}, count=64
+            )
             if not reply or not reply[0][1]:
                 return
             for entry_id, fields in reply[0][1]:
-                for rid in [x for x in q.s(fields.get(b"ids")).split(",") if x]:
+                for rid in [x for x in rk.text(fields.get(b"ids")).split(",") if x]:
                     self._handback(rid)
-                self.r.xack(q.inbox_key(self.id), q.INBOX_GROUP, entry_id)
+                self.r.xack(rk.inbox_key(self.id), rk.INBOX_GROUP, entry_id)
 
     def _handback(self, rid: str) -> None:
         self.scripts.reclaim(
-            keys=[q.req_key(rid), q.PENDING],
+            keys=[rk.req_key(rid), rk.PENDING],
             args=[self.id, 0, repr(time.time()), self.cfg.result_ttl_s, rid, "0"],
         )
-        self.r.decr(q.load_key(self.id))
+        self.r.decr(rk.load_key(self.id))

@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from dllmserve import tracing
+from dllmserve.broker import redis_keys as rk
 from dllmserve.engine.outputs import StepUpdate
 from dllmserve.logs import event
-from dllmserve.scheduler import queue as q
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.metrics import WorkerMetrics
 
@@ -48,7 +48,7 @@ class Observer:
         self.metrics.queue_time.observe(queued)
         self.metrics.forget(rid)  # a stale entry of an earlier attempt here
         if tracing.enabled() and self._r is not None:
-            parent = q.s(self._r.hget(q.req_key(rid), "tp"))
+            parent = rk.text(self._r.hget(rk.req_key(rid), "tp"))
             self._spans[rid] = tracing.start(
                 "dllmserve.run", parent, **{"dllmserve.request_id": rid,
                 "dllmserve.attempt": int(attempt), "dllmserve.worker": self.worker_id})  # fmt: skip

@@ -72,25 +72,6 @@ class SparseConfig:
             for i, r in enumerate(self.layer_ratios):
                 _ratio(f"{f}layer_ratios[{i}]", r)
 
-    @property
-    def is_sparse(self) -> bool:
-        return self.enabled
-
-    def match_key(self) -> tuple:
-        """Requests whose keys are equal may be dispatched in one batch by the scheduler."""
-        if not self.enabled:
-            return (False,)
-        return (
-            True,
-            self.retention_ratio,
-            self.delay_step,
-            self.default_block_len,
-            self.head_select,
-            self.pool_kernel,
-            self.layer_wise,
-            self.layer_ratios,
-        )
-
     def ratios_for(self, n_layers: int) -> list[float]:
         """Per-layer retention ratios.
 

@@ -15,7 +15,7 @@ pytest.importorskip("redis")
 
 from svc_util import Cluster  # noqa: E402
 
-from dllmserve.scheduler import queue as q  # noqa: E402
+from dllmserve.broker import redis_keys as rk  # noqa: E402
 from dllmserve.scheduler.local_redis import LocalRedis, find_redis_server  # noqa: E402
 
 if find_redis_server() is None:
@@ -41,7 +41,7 @@ def r(rserver):
 
     c = redis.Redis.from_url(rserver.url)
     c.flushall()
-    c.xgroup_create(q.PENDING, q.DISPATCH_GROUP, id="0", mkstream=True)
+    c.xgroup_create(rk.PENDING, rk.DISPATCH_GROUP, id="0", mkstream=True)
     yield c
     c.close()
 

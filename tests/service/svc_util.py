@@ -16,8 +16,9 @@ import redis
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.scripts import Enqueued, StoredRequest
 from dllmserve.client import Canvas, Client, Completed, StepUpdate
-from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.local_redis import LocalRedis, free_port
 
 
@@ -83,7 +84,7 @@ class Cluster:
     def wait_worker(self, p: subprocess.Popen) -> str:
         line = wait_for(lambda: self._log_has(p, "DLLMSERVE_WORKER_READY"), 120, what="worker")
         wid = json.loads(line)["id"] if line.startswith("{") else line.split("id=")[1].split()[0]
-        wait_for(lambda: self.client.exists(q.worker_key(wid)), 30, what="heartbeat")
+        wait_for(lambda: self.client.exists(rk.worker_key(wid)), 30, what="heartbeat")
         p.worker_id = wid  # type: ignore[attr-defined]
         return wid
 
@@ -103,11 +104,13 @@ class Cluster:
         return f"127.0.0.1:{self.schedulers[0][1]}"
 
     def worker_hash(self, worker_id: str) -> dict[str, str]:
-        return {q.s(k): q.s(v) for k, v in self.client.hgetall(q.worker_key(worker_id)).items()}
+        return {
+            rk.text(k): rk.text(v) for k, v in self.client.hgetall(rk.worker_key(worker_id)).items()
+        }
 
     def req(self, request_id: str) -> dict[str, str]:
-        h = self.client.hgetall(q.req_key(request_id))
-        return {q.s(k): q.s(v) for k, v in h.items() if k != b"body"}
+        h = self.client.hgetall(rk.req_key(request_id))
+        return {rk.text(k): rk.text(v) for k, v in h.items() if k != b"body"}
 
     def kill(self, p: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         if p.poll() is None:
@@ -174,31 +177,22 @@ def check_unbroken(stream: Stream, gen_length: int) -> None:
     assert canvas.text == done.text
 
 
-def enqueue(sc, rid, body=b"body", max_queue=10, group="g", prio=0, model="m",
-             client="ip:c", per_client=0, owned="0"):  # fmt: skip
-    res = sc.enqueue(
-        keys=[q.req_key(rid), q.PENDING],
-        args=[rid, body, max_queue, time.time(), group, prio, 0, model, b"", client, per_client,
-              8, owned],
-    )  # fmt: skip
-    return int(res[0]), q.s(res[1])
+def enqueue(broker, rid, body=b"body", max_queue=10, prio=0, model="m", client="ip:c",
+            per_client=0, owned=False) -> Enqueued:  # fmt: skip
+    req = StoredRequest(request_id=rid, body=body, model=model, priority=prio, deadline=0.0,
+                        options=b"", client=client, quota="", last_step=8, ttl_s=60)  # fmt: skip
+    return broker.enqueue(req, max_queue=max_queue, per_client=per_client, owned=owned)
 
 
 def ready(r, worker, slots=16, model="m"):
-    r.hset(q.worker_key(worker), mapping={"model": model, "slots": slots, "state": "ready"})
+    r.hset(rk.worker_key(worker), mapping={"model": model, "slots": slots, "state": "ready"})
 
 
-def lua_assign(r, sc, worker, rids, tag=""):
-    entries = r.xrange(q.PENDING)
-    args = [worker, time.time(), tag]
-    for eid, f in entries:
-        if q.s(f[b"id"]) in rids:
-            args += [q.s(eid), q.s(f[b"id"])]
-    if not r.exists(q.worker_key(worker)):
+def lua_assign(r, broker, worker, rids, tag=""):
+    pending = [(rk.text(eid), rk.text(f[b"id"])) for eid, f in r.xrange(rk.PENDING)]
+    if not r.exists(rk.worker_key(worker)):
         ready(r, worker)
-    keys = [q.inbox_key(worker), q.load_key(worker), q.PENDING, q.worker_key(worker)]
-    got = sc.assign(keys=keys, args=args)
-    return None if got is None else [q.s(x) for x in got]
+    return broker.assign(worker, [(e, rid) for e, rid in pending if rid in rids], tag)
 
 
 def bad_request_field(err: grpc.RpcError) -> str:

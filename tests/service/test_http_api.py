@@ -14,9 +14,9 @@ from http_util import add_gateway, get
 from svc_util import Cluster, wait_for
 
 from dllmserve.assets import default_model_path
+from dllmserve.broker import redis_keys as rk
 from dllmserve.client import Client
 from dllmserve.gateway.requests import plan
-from dllmserve.scheduler import queue as q
 
 PROMPT = "Repeat exactly: serving diffusion models"
 MESSAGES = [{"role": "user", "content": PROMPT}]
@@ -216,7 +216,7 @@ def test_a_client_that_leaves_cancels_its_generation(svc):
         rid = r.headers["x-request-id"]  # one choice: it runs under the request's id
         lines = r.iter_lines()
         assert next(line for line in lines if line.startswith("data: "))
-    wait_for(lambda: svc.req(rid).get("status") == q.CANCELLED, what="cancelled")
+    wait_for(lambda: svc.req(rid).get("status") == rk.CANCELLED, what="cancelled")
 
 
 def test_auth_rate_limit_and_draining(tmp_path, tiny_model):
@@ -245,7 +245,7 @@ def test_auth_rate_limit_and_draining(tmp_path, tiny_model):
             assert int(e.value.response.headers["retry-after"]) >= 1
             # SIGTERM: the scheduler drains (its open stream keeps it up), new calls get 503.
             c.schedulers[0][0].send_signal(signal.SIGTERM)
-            wait_for(lambda: c.client.hget(q.req_key(
+            wait_for(lambda: c.client.hget(rk.req_key(
                 waiting.headers["x-request-id"]), "status"), what="queued")  # fmt: skip
 
             def refused() -> int:

@@ -15,8 +15,8 @@ from http_util import add_gateway, scrape, total
 from svc_util import Cluster, wait_for
 
 from dllmserve.assets import default_model_path
+from dllmserve.broker import redis_keys as rk
 from dllmserve.gateway.requests import plan
-from dllmserve.scheduler import queue as q
 
 PROMPT = "Repeat exactly: serving diffusion models"
 MESSAGES = [{"role": "user", "content": PROMPT}]
@@ -52,14 +52,14 @@ def test_the_callers_request_id_is_used_echoed_and_logged(svc):
                    timeout=120)  # fmt: skip
     assert r.status_code == 200 and r.headers["x-request-id"] == "job:7.a-1"
     assert r.json()["id"] == "cmpl-job:7.a-1"
-    assert svc.req("job:7.a-1")["status"] == q.DONE  # the scheduler ran it under that id
+    assert svc.req("job:7.a-1")["status"] == rk.DONE  # the scheduler ran it under that id
     (line,) = wait_for(lambda: access_lines(svc, "job:7.a-1"), what="access line")
     assert "client=127.0.0.1:" in line and "status=200" in line
     # Two choices run as <id>-0 and <id>-1.
     r = httpx.post(svc.base + "/v1/completions", json=body | {"n": 2},
                    headers={"X-Request-Id": "pair"}, timeout=120)  # fmt: skip
     assert r.status_code == 200
-    assert svc.req("pair-0")["status"] == svc.req("pair-1")["status"] == q.DONE
+    assert svc.req("pair-0")["status"] == svc.req("pair-1")["status"] == rk.DONE
     # A fresh id when none is sent, on every route.
     assert len(httpx.get(svc.base + "/health").headers["x-request-id"]) == 32
 
@@ -97,7 +97,7 @@ def test_a_non_streaming_client_that_leaves_cancels_its_generation(svc):
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(svc.base + "/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=2),
                    headers={"X-Request-Id": "leaver"})  # fmt: skip
-    wait_for(lambda: svc.req("leaver").get("status") == q.CANCELLED, what="cancelled")
+    wait_for(lambda: svc.req("leaver").get("status") == rk.CANCELLED, what="cancelled")
     name = "dllmserve:http_generations_total"
 
     def counted() -> float:

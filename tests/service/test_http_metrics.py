@@ -18,8 +18,8 @@ from http_util import add_gateway, families, get, scrape, total
 from svc_util import Cluster, wait_for
 
 from dllmserve.assets import default_model_path
+from dllmserve.broker import redis_keys as rk
 from dllmserve.client import Accepted, Client
-from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.local_redis import free_port
 from dllmserve.worker.http import Probes
 
@@ -306,7 +306,7 @@ def test_a_draining_worker_is_not_ready(svc):
         it = cl.generate("drain me", request_id="drain-1", sampling_params=long)
         assert isinstance(next(it), Accepted)
         wait_for(lambda: svc.req("drain-1").get("worker") == w.worker_id
-                 and svc.req("drain-1").get("status") == q.RUNNING, what="running")  # fmt: skip
+                 and svc.req("drain-1").get("status") == rk.RUNNING, what="running")  # fmt: skip
         w.send_signal(signal.SIGTERM)
         url = f"http://127.0.0.1:{extra_port}/readyz"
         assert wait_for(lambda: get(url) == (503, "draining\n"), 30, what="503")

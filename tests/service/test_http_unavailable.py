@@ -14,7 +14,7 @@ from http_util import add_gateway, scrape, total
 from svc_util import Cluster, wait_for
 
 from dllmserve.assets import default_model_path
-from dllmserve.scheduler import queue as q
+from dllmserve.broker import redis_keys as rk
 
 BODY = {"prompt": "Repeat exactly: serving diffusion models", "max_tokens": 16, "steps": 8}
 LONG = {"prompt": "lost", "max_tokens": 256, "steps": 256, "stop_at_eos": False}
@@ -58,7 +58,7 @@ def test_lost_request_state_is_503_or_an_error_event(tmp_path):
             assert r.status_code == 200
             lines = r.iter_lines()
             assert next(x for x in lines if x.startswith("data: {"))
-            wait_for(lambda: c.req("lost-json").get("status") == q.RUNNING, what="running")
+            wait_for(lambda: c.req("lost-json").get("status") == rk.RUNNING, what="running")
             c.client.flushall()  # Redis restarted empty: both requests' state is gone
             rest = [x for x in lines if x.startswith("data: ")]
         t.join(120)

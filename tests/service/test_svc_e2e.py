@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from svc_util import wait_for
 
+from dllmserve.broker import redis_keys as rk
 from dllmserve.client import (
     Accepted,
     AsyncClient,
@@ -22,7 +23,6 @@ from dllmserve.client import (
     FinishReason,
     StepUpdate,
 )
-from dllmserve.scheduler import queue as q
 
 SP = {"gen_length": 16, "steps": 8, "seed": 3}
 SPARSE_SP = {"gen_length": 16, "steps": 8, "block_length": 8, "seed": 5, "stop_at_eos": False}
@@ -113,7 +113,7 @@ def test_prompt_kinds_and_idempotent_request_id(client, cluster):
     evs = events(client, messages=[{"role": "user", "content": "Hi"}], sampling_params=SP,
                  request_id="chat-1")  # fmt: skip
     acc, steps, (done,) = split(evs)
-    assert acc[0].duplicate and acc[0].status == q.DONE
+    assert acc[0].duplicate and acc[0].status == rk.DONE
     assert list(done.token_ids) == list(done_chat.token_ids)
     check_stream(steps, done, 16)
     # The same id with a different request is refused.
@@ -157,7 +157,7 @@ def test_cancel_frees_the_worker_memory(client, cluster):
                 assert client.cancel("can-1") in ("cancelling", "cancelled")
     assert e.value.code() == grpc.StatusCode.CANCELLED
     assert not split(got)[2], "a cancelled request must not complete"
-    assert cluster.req("can-1")["status"] == q.CANCELLED
+    assert cluster.req("can-1")["status"] == rk.CANCELLED
     # The worker aborted it: it runs nothing and all its cache pages are free again.
     wait_for(
         lambda: (
@@ -167,7 +167,7 @@ def test_cancel_frees_the_worker_memory(client, cluster):
         ),
         what="pages freed",
     )
-    assert client.cancel("can-1") == q.CANCELLED  # cancelling again changes nothing
+    assert client.cancel("can-1") == rk.CANCELLED  # cancelling again changes nothing
     with pytest.raises(grpc.RpcError) as e:
         client.cancel("no-such-request")
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
@@ -179,7 +179,7 @@ def test_deadline_ends_the_request_on_the_worker(client, cluster):
                                   sparse_config={}, timeout=1.0):  # fmt: skip
             pass
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    wait_for(lambda: cluster.req("dl-1").get("status") == q.EXPIRED, what="expired")
+    wait_for(lambda: cluster.req("dl-1").get("status") == rk.EXPIRED, what="expired")
 
 
 def test_cancel_on_disconnect(client, cluster):
@@ -189,7 +189,7 @@ def test_cancel_on_disconnect(client, cluster):
         if i == 2:
             break
     it.close()
-    wait_for(lambda: cluster.req("cod-1").get("status") == q.CANCELLED, what="cancelled")
+    wait_for(lambda: cluster.req("cod-1").get("status") == rk.CANCELLED, what="cancelled")
 
 
 def test_server_info_health_and_reflection(client, cluster):
@@ -262,14 +262,14 @@ def test_orphaned_request_is_cancelled_after_the_grace_period(cluster):
         it = c.generate("orphan", request_id="orph-1", sampling_params=dense_long, reattach=False)
         assert [type(next(it)) for _ in range(2)] == [Accepted, StepUpdate]
         it.close()  # the client goes away and never comes back
-        wait_for(lambda: cluster.req("orph-1").get("status") == q.CANCELLED, what="cancelled")
+        wait_for(lambda: cluster.req("orph-1").get("status") == rk.CANCELLED, what="cancelled")
         it = c.generate("orphan", request_id="orph-2", sampling_params=dense_long, reattach=False)
         assert [type(next(it)) for _ in range(2)] == [Accepted, StepUpdate]
         it.close()
         att = c.attach("orph-2")  # back within the grace period: the request is kept
-        assert next(att).status == q.RUNNING
+        assert next(att).status == rk.RUNNING
         steps = [next(att) for _ in range(3)]
         time.sleep(1.5)  # the first stream's grace period runs out while the second follows
-        assert cluster.req("orph-2")["status"] == q.RUNNING, steps
+        assert cluster.req("orph-2")["status"] == rk.RUNNING, steps
         att.close()
-        wait_for(lambda: cluster.req("orph-2").get("status") == q.CANCELLED, what="cancelled")
+        wait_for(lambda: cluster.req("orph-2").get("status") == rk.CANCELLED, what="cancelled")

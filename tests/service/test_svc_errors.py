@@ -16,9 +16,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from dllmserve import client as dc
+from dllmserve.broker import redis_keys as rk
 from dllmserve.client import Client, build_request
 from dllmserve.errors import ValidationError
-from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.validation import to_engine_args
 from dllmserve.v1 import dllm_pb2 as pb
 
@@ -127,7 +127,7 @@ def test_every_invalid_field_is_invalid_argument_over_grpc(svc):
         assert e.value.details().startswith(field + ":"), (field, e.value.details())
         (violation,) = _details(e.value)["BadRequest"].field_violations
         assert violation.field == field and violation.description
-    assert svc.client.xlen(q.PENDING) == 0, "an invalid request must never be queued"
+    assert svc.client.xlen(rk.PENDING) == 0, "an invalid request must never be queued"
 
 
 def test_oversized_message_and_unknown_model(svc):
@@ -151,13 +151,13 @@ def test_queue_full_is_resource_exhausted_with_a_retry_hint(svc):
         t.start()
     from svc_util import wait_for
 
-    wait_for(lambda: svc.client.xlen(q.PENDING) == 2, what="two queued")
+    wait_for(lambda: svc.client.xlen(rk.PENDING) == 2, what="two queued")
     with pytest.raises(dc.Overloaded) as e:
         _call(svc.open_port, build_request("one too many", request_id="q-full"))
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert _details(e.value)["RetryInfo"].retry_delay.seconds >= 1
     assert e.value.retry_after >= 1
-    assert not svc.client.exists(q.req_key("q-full"))
+    assert not svc.client.exists(rk.req_key("q-full"))
     # The queued ones are untouched; cancelling them frees the queue.
     with Client(f"127.0.0.1:{svc.open_port}") as c:
         assert [c.cancel(f"q{i}") for i in range(2)] == ["cancelled", "cancelled"]

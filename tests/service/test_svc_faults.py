@@ -8,8 +8,8 @@ import grpc
 import pytest
 from svc_util import LONG, SHORT, Stream, check_unbroken, wait_for
 
+from dllmserve.broker import redis_keys as rk
 from dllmserve.client import Client
-from dllmserve.scheduler import queue as q
 
 
 def _health(target: str) -> str:
@@ -48,8 +48,8 @@ def test_kill_9_worker_mid_generation(make_cluster):
     with Client(c.target) as cl:
         ref = cl.generate_text(moved[0].args[3], sampling_params=LONG, sparse_config={})
     assert list(ref.token_ids) == list(moved[0].completed().token_ids)
-    assert not c.client.exists(q.inbox_key(victim.worker_id))
-    assert not c.client.sismember(q.WORKERS, victim.worker_id)
+    assert not c.client.exists(rk.inbox_key(victim.worker_id))
+    assert not c.client.sismember(rk.WORKERS, victim.worker_id)
 
 
 def test_kill_scheduler_clients_reattach_through_another(make_cluster):
@@ -79,7 +79,7 @@ def test_redis_restart_keeps_queued_requests(make_cluster):
     streams = [Stream(c.target, f"r{i}", SHORT, prompt=f"persist {i}") for i in range(3)]
     for s in streams:
         s.start()
-    wait_for(lambda: c.client.xlen(q.PENDING) == 3, what="three queued")
+    wait_for(lambda: c.client.xlen(rk.PENDING) == 3, what="three queued")
     c.client.close()
     c.redis.stop()  # SIGTERM: Redis flushes its AOF and exits
     wait_for(lambda: _health(c.target) == "NOT_SERVING", what="health follows Redis down")
@@ -91,8 +91,8 @@ def test_redis_restart_keeps_queued_requests(make_cluster):
     import redis
 
     c.client = redis.Redis.from_url(c.url)
-    assert c.client.xlen(q.PENDING) == 3
-    assert all(c.req(f"r{i}")["status"] == q.QUEUED for i in range(3))
+    assert c.client.xlen(rk.PENDING) == 3
+    assert all(c.req(f"r{i}")["status"] == rk.QUEUED for i in range(3))
     assert _health(c.target) == "NOT_SERVING"  # Redis is back, but no worker is ready
     c.add_worker()
     wait_for(lambda: _health(c.target) == "SERVING", what="health follows Redis and a worker up")
@@ -114,10 +114,10 @@ def test_poison_request_is_dead_lettered_and_aborted(make_cluster):
     assert s.error is not None and s.error.code() == grpc.StatusCode.ABORTED
     assert "dead-letter" in s.error.details()
     wait_for(lambda: w1.poll() is not None and w2.poll() is not None, what="both crashed")
-    (entry,) = c.client.xrange(q.DEAD)
-    fields = {q.s(k): q.s(v) for k, v in entry[1].items()}
+    (entry,) = c.client.xrange(rk.DEAD)
+    fields = {rk.text(k): rk.text(v) for k, v in entry[1].items()}
     assert fields["id"] == "poison-1" and fields["attempts"] == "2"
-    assert c.req("poison-1")["status"] == q.DEAD_STATUS
+    assert c.req("poison-1")["status"] == rk.DEAD_STATUS
     # A healthy worker still serves everything else.
     c.add_worker()
     with Client(c.target) as cl:
@@ -138,7 +138,7 @@ def test_worker_sigterm_drains_and_hands_back(make_cluster):
     assert w1.returncode == 0
     s.join(240)
     check_unbroken(s, 256)
-    assert not c.client.sismember(q.WORKERS, w1.worker_id)
+    assert not c.client.sismember(rk.WORKERS, w1.worker_id)
 
 
 def test_scheduler_sigterm_drains_open_streams(make_cluster):

@@ -13,8 +13,8 @@ import grpc
 import pytest
 from svc_util import Cluster, bad_request_field, wait_for
 
+from dllmserve.broker import redis_keys as rk
 from dllmserve.client import Accepted, Client, Completed, StepUpdate, build_request
-from dllmserve.scheduler import queue as q
 from dllmserve.v1 import dllm_pb2 as pb
 
 TENANT_A, TENANT_B = "tenant-a-0123456789", "tenant-b-9876543210"
@@ -268,7 +268,7 @@ def test_tenants_cannot_see_or_cancel_each_others_requests(svc):
     t.join(300)
     done = events[-1]
     assert len(done.token_ids) == 256 and done.attempt == 1
-    h = svc.client.hgetall(q.req_key("mine-a"))
+    h = svc.client.hgetall(rk.req_key("mine-a"))
     assert h[b"status"] == b"done"
     assert all(TENANT_A.encode() not in v for v in h.values()), "only a hash is stored"
     with Client(target, token=TENANT_A) as a:  # the owner still sees it
@@ -294,6 +294,6 @@ def test_cancel_of_a_running_request_is_confirmed(svc):
     wait_for(lambda: any(isinstance(e, StepUpdate) for e in events), what="running")
     with Client(target, token=TENANT_A) as a:
         assert a.cancel("cx-1", timeout=60) == "cancelled"  # the worker has confirmed
-    assert svc.req("cx-1")["status"] == q.CANCELLED
+    assert svc.req("cx-1")["status"] == rk.CANCELLED
     t.join(60)
     assert errors and errors[0].code() == grpc.StatusCode.CANCELLED

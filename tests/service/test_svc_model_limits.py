@@ -23,11 +23,11 @@ from http_util import add_gateway
 from svc_util import Cluster, bad_request_field, wait_for
 
 from dllmserve import LLM
+from dllmserve.broker import redis_keys as rk
 from dllmserve.client import Accepted, Client, build_request
 from dllmserve.engine.engine import Engine
 from dllmserve.engine.inputs import ModelLimits
 from dllmserve.errors import CapacityError, ValidationError
-from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.served import ServedModels, decode_limits, encode_limits
 from dllmserve.scheduler.validation import check_fits, to_engine_args
 
@@ -133,7 +133,7 @@ def llm(tiny_model):
 
 def _added(c: Cluster) -> int:
     """Entries ever added to the pending stream (deleted ones included)."""
-    return c.client.xinfo_stream(q.PENDING)["entries-added"]
+    return c.client.xinfo_stream(rk.PENDING)["entries-added"]
 
 
 def _offline(llm: LLM, req) -> tuple[grpc.StatusCode, str, str]:
@@ -175,7 +175,7 @@ def test_every_model_bound_is_checked_before_queueing(svc, llm):
             assert bad_request_field(err) == case.field, (case, err.details())
             queued = case.by == "worker"
             assert _added(svc) == before + queued, case
-            assert bool(svc.client.exists(q.req_key(rid))) == queued, case
+            assert bool(svc.client.exists(rk.req_key(rid))) == queued, case
             assert _worker_saw(svc, rid) == queued, case
             code, field, message = _offline(llm, req)
             assert (code, field) == (err.code(), case.field)
@@ -221,7 +221,7 @@ def test_without_a_registered_worker_the_request_is_queued_and_the_worker_checks
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
-    wait_for(lambda: c.req("early").get("status") == q.QUEUED, what="queued")
+    wait_for(lambda: c.req("early").get("status") == rk.QUEUED, what="queued")
     c.add_worker()
     t.join(120)
     assert [type(e) for e in events] == [Accepted]
@@ -236,7 +236,7 @@ def test_without_a_registered_worker_the_request_is_queued_and_the_worker_checks
         with Client(c.target) as cl, pytest.raises(grpc.RpcError) as e:
             list(cl.stream(req, timeout=60, reattach=False))
         assert e.value.code() == BAD and bad_request_field(e.value) == "sparse_config.layer_ratios"
-        return not c.client.exists(q.req_key(req.request_id))
+        return not c.client.exists(rk.req_key(req.request_id))
 
     wait_for(refused_by_the_scheduler, what="the scheduler to read the registration")
 
@@ -269,8 +269,8 @@ def test_registered_limits_round_trip_and_unreadable_ones_are_none():
 
 def test_limits_of_a_model_are_its_ready_workers_most_generous_first(rserver, r):
     def register(wid: str, model: str, state: str, limits: str) -> None:
-        r.sadd(q.WORKERS, wid)
-        r.hset(q.worker_key(wid), mapping={"model": model, "state": state, "limits": limits})
+        r.sadd(rk.WORKERS, wid)
+        r.hset(rk.worker_key(wid), mapping={"model": model, "state": state, "limits": limits})
 
     register("w1", "m", "ready", encode_limits(SMALL))
     register("w2", "m", "ready", encode_limits(BIG))
@@ -279,7 +279,7 @@ def test_limits_of_a_model_are_its_ready_workers_most_generous_first(rserver, r)
     register("w5", "m", "ready", "")  # a model-free engine: nothing to check against
     register("w6", "m", "ready", "{not json")  # unreadable: as if it registered none
     register("w7", "other", "ready", encode_limits(replace(SMALL, max_len=64)))
-    r.sadd(q.WORKERS, "gone")  # its heartbeat key expired
+    r.sadd(rk.WORKERS, "gone")  # its heartbeat key expired
 
     async def read():
         client = aioredis.Redis.from_url(rserver.url)

@@ -11,8 +11,8 @@ import pytest
 from svc_util import SHORT, Cluster, bad_request_field, wait_for
 
 import dllmserve
+from dllmserve.broker import redis_keys as rk
 from dllmserve.client import Client, build_request
-from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.auth import CLIENT_HEADER
 from dllmserve.v1 import dllm_pb2_grpc
 
@@ -40,7 +40,7 @@ def test_the_schedulers_result_ttl_governs_the_records_workers_write(demo):
     with Client(demo.target) as cl:
         done = cl.generate_text("ttl", request_id="ttl-1", sampling_params=SHORT, timeout=120)
     assert done.finish_reason
-    for key in (q.req_key("ttl-1"), q.res_key("ttl-1")):  # written last by the worker
+    for key in (rk.req_key("ttl-1"), rk.res_key("ttl-1")):  # written last by the worker
         assert 0 < demo.client.ttl(key) <= 30, (key, demo.client.ttl(key))
 
 
@@ -51,7 +51,7 @@ def test_a_token_id_past_the_tokenizer_is_refused_and_logged_with_its_id(demo):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_field(e.value) == "prompt"
     assert "token id 300 is outside [0, 261]" in e.value.details()
-    assert not demo.client.exists(q.req_key("oov-1"))
+    assert not demo.client.exists(rk.req_key("oov-1"))
     line = wait_for(
         lambda: [x for x in _log(demo.schedulers[0][0]).splitlines() if "request_id=oov-1" in x],
         what="the refusal logged",
@@ -100,8 +100,8 @@ def test_the_per_client_cap_follows_a_trusted_client_header(make_cluster):
     assert code(authed, "t1", "alice", "tok") is None
     assert code(authed, "t2", "bob", "tok") is None
     assert code(authed, "t3", "alice", "tok") == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert c.client.hlen(q.QUEUED_BY_CLIENT) == 5  # the address; bob, carol; alice, bob
-    assert c.client.xlen(q.PENDING) == 5
+    assert c.client.hlen(rk.QUEUED_BY_CLIENT) == 5  # the address; bob, carol; alice, bob
+    assert c.client.xlen(rk.PENDING) == 5
     for call in calls:
         call.cancel()
     # A Redis error is a refusal like any other: logged with the request id and the cause.

@@ -18,8 +18,8 @@ import pytest
 from svc_util import Cluster, Stream, check_unbroken, wait_for
 
 import dllmserve
+from dllmserve.broker import redis_keys as rk
 from dllmserve.client import Client
-from dllmserve.scheduler import queue as q
 
 SP = {"gen_length": 8, "steps": 4, "seed": 3, "stop_at_eos": False}
 CRASH_ENV = {"DLLMSERVE_FAULT_CRASH_ON_TEXT": "POISON"}
@@ -73,8 +73,8 @@ def _check(c, good: list[Stream], bad: list[Stream]) -> None:
     for s in bad:
         assert s.error is not None and s.error.code() == grpc.StatusCode.ABORTED, s.error
         assert "running alone" in s.error.details()
-        assert c.req(s.args[1])["status"] == q.DEAD_STATUS
-    dead = sorted(q.s(f[b"id"]) for _id, f in c.client.xrange(q.DEAD))
+        assert c.req(s.args[1])["status"] == rk.DEAD_STATUS
+    dead = sorted(rk.text(f[b"id"]) for _id, f in c.client.xrange(rk.DEAD))
     assert dead == sorted(s.args[1] for s in bad)
     for s in good:
         check_unbroken(s, SP["gen_length"])

@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from svc_util import SHORT, wait_for
 
 from dllmserve import client as dc
+from dllmserve.broker import redis_keys as rk
 from dllmserve.client import Client
-from dllmserve.scheduler import queue as q
 from dllmserve.scheduler.local_redis import free_port
 
 
@@ -43,7 +43,7 @@ def test_no_ready_worker_is_not_serving_and_requests_fail_after_the_wait(make_cl
                          timeout=120)  # fmt: skip
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "no ready worker serves model" in e.value.details()
-    assert c.req("alone")["status"] == q.FAILED and c.client.xlen(q.PENDING) == 0
+    assert c.req("alone")["status"] == rk.FAILED and c.client.xlen(rk.PENDING) == 0
     log = Path(c.schedulers[0][0].log_path).read_text()
     assert "no ready worker serves it" in log
     c.add_worker()

@@ -12,7 +12,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from dllmserve.scheduler import queue as q
+from dllmserve.broker import redis_keys as rk
 from dllmserve.scheduler.relay import ResultHub, follow
 from dllmserve.testing.fake_engine import FakeEngine
 from dllmserve.v1 import dllm_pb2 as pb
@@ -45,20 +45,20 @@ def test_a_follower_joining_while_the_hub_blocks_is_served_at_once(rserver, r):
         hub = ResultHub(client, block_ms=BLOCK_MS, hub_id="t1")
         task = asyncio.create_task(hub.run())
         try:
-            idle = hub.follow(q.res_key("idle"))  # a stream nothing is written to
-            await _blocked_on(hub, q.res_key("idle"))
-            f = hub.follow(q.res_key("new"))
+            idle = hub.follow(rk.res_key("idle"))  # a stream nothing is written to
+            await _blocked_on(hub, rk.res_key("idle"))
+            f = hub.follow(rk.res_key("new"))
             t0 = time.monotonic()
-            await client.xadd(q.res_key("new"), {"a": 1, "k": q.REC_STEP, "p": _step(1)})
+            await client.xadd(rk.res_key("new"), {"a": 1, "k": rk.REC_STEP, "p": _step(1)})
             fields = await asyncio.wait_for(f.queue.get(), timeout=PROMPT)
             waited = time.monotonic() - t0
             assert fields[b"p"] == _step(1)
             assert hub.pokes == 1  # one wake entry for that read
             assert 0 < await client.ttl(hub.wake_key) <= 3600
             # A record written before its follower joins is served at once as well.
-            await client.xadd(q.res_key("early"), {"a": 1, "k": q.REC_STEP, "p": _step(1)})
-            await _blocked_on(hub, q.res_key("new"))
-            g = hub.follow(q.res_key("early"))
+            await client.xadd(rk.res_key("early"), {"a": 1, "k": rk.REC_STEP, "p": _step(1)})
+            await _blocked_on(hub, rk.res_key("new"))
+            g = hub.follow(rk.res_key("early"))
             assert (await asyncio.wait_for(g.queue.get(), timeout=PROMPT))[b"p"] == _step(1)
             hub.unfollow(idle)
         finally:
@@ -80,8 +80,8 @@ def test_an_idle_hub_waits_without_redis_and_wakes_on_follow(rserver, r):
         task = asyncio.create_task(hub.run())
         try:
             await asyncio.sleep(0.1)  # nothing followed: the hub waits on its event
-            f = hub.follow(q.res_key("a"))
-            await client.xadd(q.res_key("a"), {"a": 1, "k": q.REC_STEP, "p": _step(1)})
+            f = hub.follow(rk.res_key("a"))
+            await client.xadd(rk.res_key("a"), {"a": 1, "k": rk.REC_STEP, "p": _step(1)})
             await asyncio.wait_for(f.queue.get(), timeout=PROMPT)
             return hub.pokes
         finally:
@@ -94,18 +94,20 @@ def test_an_idle_hub_waits_without_redis_and_wakes_on_follow(rserver, r):
 def test_a_full_follower_resumes_at_once_and_in_order(rserver, r):
     """A follower whose queue filled is skipped by the hub; once its reader makes room it is
     read again at once, not after the blocked read of the other streams times out."""
-    r.hset(q.req_key("z"), mapping={"status": "running", "attempt": "1"})
+    r.hset(rk.req_key("z"), mapping={"status": "running", "attempt": "1"})
     for n in range(1, 8):
-        r.xadd(q.res_key("z"), {"a": 1, "k": q.REC_STEP, "p": _step(n), "bd": "0"})
-    r.xadd(q.res_key("z"), {"a": 1, "k": q.REC_COMPLETED, "p": pb.Completed().SerializeToString()})
+        r.xadd(rk.res_key("z"), {"a": 1, "k": rk.REC_STEP, "p": _step(n), "bd": "0"})
+    r.xadd(
+        rk.res_key("z"), {"a": 1, "k": rk.REC_COMPLETED, "p": pb.Completed().SerializeToString()}
+    )
 
     async def main():
         client = aioredis.Redis.from_url(rserver.url)
         hub = ResultHub(client, block_ms=BLOCK_MS, queue_size=2)
         task = asyncio.create_task(hub.run())
         try:
-            hub.follow(q.res_key("idle"))
-            await _blocked_on(hub, q.res_key("idle"))
+            hub.follow(rk.res_key("idle"))
+            await _blocked_on(hub, rk.res_key("idle"))
             t0 = time.monotonic()
             events = []
 
@@ -132,16 +134,16 @@ def test_worker_takes_a_whole_batch_in_one_round_trip(r):
     body = pb.GenerateRequest(token_ids=pb.TokenIds(ids=[5, 6, 7]))
     body.sampling_params.gen_length, body.sampling_params.steps = 4, 4
     for rid in ("b1", "b2", "b3", "b4"):
-        r.hset(q.req_key(rid), mapping={"body": body.SerializeToString(), "status": "dispatched",
+        r.hset(rk.req_key(rid), mapping={"body": body.SerializeToString(), "status": "dispatched",
                                         "worker": "w", "attempt": "1", "cancel": "0",
                                         "t_enq": repr(time.time()), "opts": b""})  # fmt: skip
-    r.hset(q.req_key("b3"), "cancel", "1")  # cancelled after dispatch, before the worker took it
-    r.set(q.load_key("w"), 4)
+    r.hset(rk.req_key("b3"), "cancel", "1")  # cancelled after dispatch, before the worker took it
+    r.set(rk.load_key("w"), 4)
     engine = FakeEngine()
     loop = WorkerLoop(engine, r, WorkerConfig(async_publish=False), "w")
     loop.ensure_group()
-    r.xadd(q.inbox_key("w"), {"ids": "b1,b2"})
-    r.xadd(q.inbox_key("w"), {"ids": "b3,b4"})
+    r.xadd(rk.inbox_key("w"), {"ids": "b1,b2"})
+    r.xadd(rk.inbox_key("w"), {"ids": "b3,b4"})
     calls = []
     real_pipeline = r.pipeline
 
@@ -156,15 +158,15 @@ def test_worker_takes_a_whole_batch_in_one_round_trip(r):
         del r.pipeline
     assert engine.added == ["b1", "b2", "b4"]
     assert len(calls) == 1  # one pipeline for the four STARTs
-    st = {rid: q.s(r.hget(q.req_key(rid), "status")) for rid in ("b1", "b2", "b3", "b4")}
-    assert st == {"b1": q.RUNNING, "b2": q.RUNNING, "b3": q.CANCELLED, "b4": q.RUNNING}
-    t = {q.s(r.hget(q.req_key(rid), "t_start")) for rid in ("b1", "b2", "b4")}
+    st = {rid: rk.text(r.hget(rk.req_key(rid), "status")) for rid in ("b1", "b2", "b3", "b4")}
+    assert st == {"b1": rk.RUNNING, "b2": rk.RUNNING, "b3": rk.CANCELLED, "b4": rk.RUNNING}
+    t = {rk.text(r.hget(rk.req_key(rid), "t_start")) for rid in ("b1", "b2", "b4")}
     assert len(t) == 1  # admitted together
-    assert r.xrange(q.res_key("b3"))[-1][1][b"code"] == b"CANCELLED"
-    assert int(r.get(q.load_key("w"))) == 3
+    assert r.xrange(rk.res_key("b3"))[-1][1][b"code"] == b"CANCELLED"
+    assert int(r.get(rk.load_key("w"))) == 3
     # The first step reaches every running request's stream.
     loop._publish(engine.step())
     for rid in ("b1", "b2", "b4"):
-        rec = r.xrange(q.res_key(rid))
+        rec = r.xrange(rk.res_key(rid))
         assert len(rec) == 1 and pb.StepUpdate.FromString(rec[0][1][b"p"]).step == 1
     loop.pub.close()

@@ -9,8 +9,8 @@ from pathlib import Path
 import grpc
 from svc_util import LONG, SHORT, Stream, check_unbroken, wait_for
 
+from dllmserve.broker import redis_keys as rk
 from dllmserve.client import Client
-from dllmserve.scheduler import queue as q
 
 WATCHDOG = ("--stall-floor", "2", "--stall-factor", "10")
 WAIT = ("--worker-wait", "120")  # the requests wait while no worker is ready for a while
@@ -35,13 +35,13 @@ def test_stalled_worker_is_taken_out_and_its_requests_finish_elsewhere(make_clus
     wait_for(lambda: all(s.steps() for s in normal), what="the normal requests running")
     stall = Stream(c.target, "stall-1", SHORT, prompt="this one will STALL the step")
     stall.start()
-    wait_for(lambda: c.req("stall-1").get("status") == q.RUNNING, what="the stall admitted")
+    wait_for(lambda: c.req("stall-1").get("status") == rk.RUNNING, what="the stall admitted")
     # Cancel of a request on the frozen worker: not confirmed in time, so the answer says so;
     # the request still ends cancelled once it is taken back (not re-run as a new attempt).
     with Client(c.target) as cl:
         assert cl.cancel("n2") == "cancelling"
     wait_for(lambda: "stalled" in _log(frozen), 60, what="the watchdog")
-    wait_for(lambda: c.req("n0")["status"] == q.QUEUED, 30, what="work taken back")
+    wait_for(lambda: c.req("n0")["status"] == rk.QUEUED, 30, what="work taken back")
     healthy = c.add_worker()  # no stall hook
     for s in [*normal[:2], stall]:
         s.join(240)
@@ -50,10 +50,10 @@ def test_stalled_worker_is_taken_out_and_its_requests_finish_elsewhere(make_clus
         assert done.attempt == 2 and done.worker_id == healthy.worker_id
     normal[2].join(60)
     assert normal[2].error is not None and normal[2].error.code() == grpc.StatusCode.CANCELLED
-    assert c.req("n2")["status"] == q.CANCELLED
+    assert c.req("n2")["status"] == rk.CANCELLED
     assert frozen.poll() is None, "the frozen worker is out of service, not dead"
-    assert not c.client.exists(q.worker_key(frozen.worker_id))
-    assert c.client.xlen(q.DEAD) == 0
+    assert not c.client.exists(rk.worker_key(frozen.worker_id))
+    assert c.client.xlen(rk.DEAD) == 0
     with Client(c.target) as cl:
         assert [w.worker_id for w in cl.server_info().workers] == [healthy.worker_id]
 
@@ -71,8 +71,8 @@ def test_a_request_that_stalls_every_worker_is_dead_lettered(make_cluster):
     s.join(240)
     assert s.error is not None and s.error.code() == grpc.StatusCode.ABORTED
     assert "dead-letter" in s.error.details()
-    (entry,) = c.client.xrange(q.DEAD)
-    assert q.s(entry[1][b"id"]) == "poison-stall" and q.s(entry[1][b"attempts"]) == "2"
+    (entry,) = c.client.xrange(rk.DEAD)
+    assert rk.text(entry[1][b"id"]) == "poison-stall" and rk.text(entry[1][b"attempts"]) == "2"
     # Both workers stalled once, came back and serve again (stall hook re-armed only by STALL).
     wait_for(lambda: all("rejoins as" in _log(w) for w in (w1, w2)), 60, what="both rejoined")
     with Client(c.target) as cl:
@@ -91,7 +91,7 @@ def test_sigterm_while_a_burst_is_dispatched_loses_nothing(make_cluster):
     first = [Stream(c.target, f"b{i}", sp, prompt=f"burst {i}") for i in range(24)]
     for s in first:
         s.start()
-    wait_for(lambda: int(c.client.get(q.load_key(w1.worker_id)) or 0) > 0, what="w1 taking work")
+    wait_for(lambda: int(c.client.get(rk.load_key(w1.worker_id)) or 0) > 0, what="w1 taking work")
     w1.send_signal(signal.SIGTERM)  # while the dispatcher still hands it batches
     second = [Stream(c.target, f"c{i}", sp, prompt=f"burst {i}") for i in range(24)]
     for s in second:
@@ -102,8 +102,8 @@ def test_sigterm_while_a_burst_is_dispatched_loses_nothing(make_cluster):
         check_unbroken(s, 32)
     lost = [s.args[1] for s in [*first, *second] if s.completed() is None]
     assert lost == []
-    assert not c.client.sismember(q.WORKERS, w1.worker_id)
-    assert c.client.zcard(q.ASSIGNED) == 0  # nothing left held by any worker
+    assert not c.client.sismember(rk.WORKERS, w1.worker_id)
+    assert c.client.zcard(rk.ASSIGNED) == 0  # nothing left held by any worker
     # the same prompt and seed give the same tokens whichever worker ran it
     by_prompt: dict[str, list[int]] = {}
     for s in [*first, *second]:

@@ -1,63 +1,67 @@
 """The hardening pieces on their own, against a real redis-server: the dispatch gate of a
 draining worker, the per-client queue count, tenant-owned ids, the sweep of a vanished worker,
-the fixed-size group key, the wire parser and the watchdog."""
+the wire parser and the watchdog."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import redis.asyncio as aioredis
 from svc_util import enqueue as _enqueue
 from svc_util import lua_assign as _assign
 from svc_util import ready as _ready
 
-from dllmserve.scheduler import queue as q
+from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.scripts import Broker, Cancel, Enqueue, Enqueued, Reclaim
 from dllmserve.v1 import dllm_pb2 as pb
 
 
 def test_assign_refuses_a_worker_that_is_not_ready(r):
     """A draining (or vanished) worker gets no batch: the requests stay queued and pending."""
-    sc = q.register_scripts(r)
+    sc = Broker(r)
     _enqueue(sc, "a")
     _ready(r, "w1")
-    r.hset(q.worker_key("w1"), "state", "draining")
+    r.hset(rk.worker_key("w1"), "state", "draining")
     assert _assign(r, sc, "w1", {"a"}) is None
-    r.delete(q.worker_key("w1"))
-    r.hset(q.worker_key("w1"), "model", "m")  # a hash without a state: not ready either
+    r.delete(rk.worker_key("w1"))
+    r.hset(rk.worker_key("w1"), "model", "m")  # a hash without a state: not ready either
     assert _assign(r, sc, "w1", {"a"}) is None
-    assert r.hget(q.req_key("a"), "status") == b"queued" and r.xlen(q.PENDING) == 1
-    assert not r.exists(q.inbox_key("w1")) and not r.exists(q.load_key("w1"))
-    r.hset(q.worker_key("w1"), "state", "ready")
+    assert r.hget(rk.req_key("a"), "status") == b"queued" and r.xlen(rk.PENDING) == 1
+    assert not r.exists(rk.inbox_key("w1")) and not r.exists(rk.load_key("w1"))
+    r.hset(rk.worker_key("w1"), "state", "ready")
     assert _assign(r, sc, "w1", {"a"}) == ["a"]
-    assert r.zrange(q.ASSIGNED, 0, -1) == [b"a"]
+    assert r.zrange(rk.ASSIGNED, 0, -1) == [b"a"]
 
 
 def test_per_client_queue_cap_counts_only_waiting_requests(r):
-    sc = q.register_scripts(r)
+    sc = Broker(r)
 
     def queued():
-        return {q.s(k): int(v) for k, v in r.hgetall(q.QUEUED_BY_CLIENT).items()}
+        return {rk.text(k): int(v) for k, v in r.hgetall(rk.QUEUED_BY_CLIENT).items()}
 
-    assert [_enqueue(sc, f"a{i}", client="ip:A", per_client=2)[0] for i in range(3)] == [1, 1, -4]
-    assert _enqueue(sc, "b0", client="ip:B", per_client=2)[0] == 1  # another client is not capped
+    got = [_enqueue(sc, f"a{i}", client="ip:A", per_client=2) for i in range(3)]
+    assert [g.outcome for g in got] == [Enqueue.QUEUED, Enqueue.QUEUED, Enqueue.CLIENT_CAP]
+    assert got[2].value == "2"
+    # another client is not capped
+    assert _enqueue(sc, "b0", client="ip:B", per_client=2).outcome is Enqueue.QUEUED
     assert queued() == {"ip:A": 2, "ip:B": 1}
     assert _assign(r, sc, "w1", {"a0"}) == ["a0"]  # dispatched: no longer waiting
-    assert sc.cancel(keys=[q.req_key("a1")], args=["a1", "CANCELLED", "x", 0, 60]) == b"cancelled"
+    assert sc.cancel("a1", code="CANCELLED", msg="x", ttl_s=60) is Cancel.CANCELLED
     assert queued() == {"ip:B": 1}
-    assert _enqueue(sc, "a3", client="ip:A", per_client=2)[0] == 1
+    assert _enqueue(sc, "a3", client="ip:A", per_client=2).outcome is Enqueue.QUEUED
     # a requeued request waits again
-    args = ["w1", 3, time.time(), 60, "a0", "1"]
-    assert sc.reclaim(keys=[q.req_key("a0"), q.PENDING], args=args) == b"requeued"
+    got = sc.reclaim("a0", worker="w1", max_attempts=3, ttl_s=60, charge="1")
+    assert got is Reclaim.REQUEUED
     assert queued() == {"ip:A": 2, "ip:B": 1}
 
 
 def test_enqueue_hides_another_tenants_request_id(r):
-    sc = q.register_scripts(r)
-    assert _enqueue(sc, "x", client="t:alice", owned="1")[0] == 1
-    assert _enqueue(sc, "x", client="t:bob", owned="1") == (-3, "")
-    assert _enqueue(sc, "x", body=b"other", client="t:bob", owned="1") == (-3, "")
-    assert _enqueue(sc, "x", client="t:alice", owned="1") == (0, q.QUEUED)
+    sc = Broker(r)
+    assert _enqueue(sc, "x", client="t:alice", owned=True).outcome is Enqueue.QUEUED
+    assert _enqueue(sc, "x", client="t:bob", owned=True) == Enqueued(Enqueue.NOT_YOURS, "")
+    got = _enqueue(sc, "x", body=b"other", client="t:bob", owned=True)
+    assert got == Enqueued(Enqueue.NOT_YOURS, "")
+    assert _enqueue(sc, "x", client="t:alice", owned=True) == Enqueued(Enqueue.DUPLICATE, "queued")
 
 
 def test_sweep_takes_back_requests_of_a_worker_that_left_without_a_trace(rserver, r):
@@ -65,12 +69,12 @@ def test_sweep_takes_back_requests_of_a_worker_that_left_without_a_trace(rserver
     (so the reaper never looks at it) is queued again by the sweep; one of a live worker stays."""
     from dllmserve.scheduler.dispatcher import Dispatcher
 
-    sc = q.register_scripts(r)
+    sc = Broker(r)
     for rid in ("lost", "kept"):
         _enqueue(sc, rid)
     assert _assign(r, sc, "ghost", {"lost"}) == ["lost"]
     assert _assign(r, sc, "alive", {"kept"}) == ["kept"]
-    r.delete(q.worker_key("ghost"), q.inbox_key("ghost"))  # gone, inbox and all
+    r.delete(rk.worker_key("ghost"), rk.inbox_key("ghost"))  # gone, inbox and all
 
     async def sweep():
         client = aioredis.Redis.from_url(rserver.url)
@@ -80,19 +84,10 @@ def test_sweep_takes_back_requests_of_a_worker_that_left_without_a_trace(rserver
             await client.aclose()
 
     asyncio.run(sweep())
-    assert r.hget(q.req_key("lost"), "status") == b"queued"
-    assert [q.s(f[b"id"]) for _, f in r.xrange(q.PENDING)] == ["lost"]
-    assert r.hget(q.req_key("kept"), "status") == b"dispatched"
-    assert r.zrange(q.ASSIGNED, 0, -1) == [b"kept"]
-
-
-def test_group_key_is_small_whatever_the_config():
-    from dllmserve.scheduler.validation import group_key
-    from dllmserve.sparse.state import SparseConfig
-
-    big = SparseConfig(layer_wise=True, layer_ratios=[0.5] * 1024)
-    keys = {group_key("m", None), group_key("m", big), group_key("n", big)}
-    assert len(keys) == 3 and {len(k) for k in keys} == {24}
+    assert r.hget(rk.req_key("lost"), "status") == b"queued"
+    assert [rk.text(f[b"id"]) for _, f in r.xrange(rk.PENDING)] == ["lost"]
+    assert r.hget(rk.req_key("kept"), "status") == b"dispatched"
+    assert r.zrange(rk.ASSIGNED, 0, -1) == [b"kept"]
 
 
 def test_wire_parser_refuses_garbage_and_mistyped_fields():

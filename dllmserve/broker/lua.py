@@ -1,0 +1,272 @@
+"""The Lua scripts that move a request between states, each atomic on the Redis server.
+
+Every state change that two processes could race on (enqueue vs. dedupe, dispatch vs. cancel,
+finish vs. reclaim) is one script. Only `dllmserve.broker.scripts` calls them: it gives each one
+named arguments and a typed reply.
+"""
+
+from __future__ import annotations
+
+_LUA_HELPERS = """
+local function is_terminal(s)
+  return s == 'done' or s == 'failed' or s == 'cancelled' or s == 'expired' or s == 'dead'
+end
+-- One more (or one less) queued request of the request's client (the per-client cap): its
+-- quota bucket, or its client when it has none.
+local function count_queued(rk, delta)
+  local c = redis.call('HGET', rk, 'quota') or redis.call('HGET', rk, 'client')
+  if not c or c == '' then return end
+  if redis.call('HINCRBY', 'dllm:queued', c, delta) <= 0 then
+    redis.call('HDEL', 'dllm:queued', c)
+  end
+end
+-- The request's own TTL (the scheduler's --result-ttl, stored at enqueue), else `default`.
+local function ttl_of(rk, default)
+  return tonumber(redis.call('HGET', rk, 'ttl') or '') or tonumber(default)
+end
+local function publish_error(rid, attempt, code, msg, now, ttl)
+  local res = 'dllm:res:' .. rid
+  ttl = ttl_of('dllm:req:' .. rid, ttl)
+  redis.call('XADD', res, '*', 'a', attempt, 'k', 'e', 'code', code, 'msg', msg)
+  redis.call('EXPIRE', res, ttl)
+  redis.call('EXPIRE', 'dllm:req:' .. rid, ttl)
+end
+"""
+
+# KEYS: req, pending. ARGV: id, body, max_queue, now, priority, deadline, model, opts, client,
+# max queued per client (0: no cap), its last possible step, owned ("1": another client's id is
+# hidden), the TTL of its records once it ends (every process uses this one), its quota bucket
+# for the per-client cap (default: the client). Replies {outcome, value}: the outcomes are the
+# names of `scripts.Enqueue`.
+ENQUEUE = (
+    _LUA_HELPERS
+    + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st then
+  if ARGV[12] == '1' and redis.call('HGET', KEYS[1], 'client') ~= ARGV[9] then
+    return {'not_yours', ''}
+  end
+  if redis.call('HGET', KEYS[1], 'body') ~= ARGV[2] then return {'conflict', st} end
+  return {'duplicate', st}
+end
+local n = redis.call('XLEN', KEYS[2])
+if n >= tonumber(ARGV[3]) then return {'queue_full', tostring(n)} end
+local bucket = ARGV[14]
+if bucket == '' then bucket = ARGV[9] end
+local mine = tonumber(redis.call('HGET', 'dllm:queued', bucket) or '0')
+if tonumber(ARGV[10]) > 0 and mine >= tonumber(ARGV[10]) then
+  return {'client_cap', tostring(mine)}
+end
+redis.call('HSET', KEYS[1], 'body', ARGV[2], 'status', 'queued', 'attempt', '1',
+  't_enq', ARGV[4], 'priority', ARGV[5], 'deadline', ARGV[6], 'model', ARGV[7],
+  'opts', ARGV[8], 'cancel', '0', 'worker', '', 'client', ARGV[9], 'steps', ARGV[11],
+  'ttl', ARGV[13])
+if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'quota', ARGV[14]) end
+count_queued(KEYS[1], 1)
+redis.call('XADD', KEYS[2], '*', 'id', ARGV[1])
+return {'queued', tostring(n + 1)}
+"""
+)
+
+# KEYS: inbox, load, pending, worker. ARGV: worker, now, isolation tag ("" for a normal
+# batch), then (entry id, request id) pairs.
+# Hands every still-queued request of the pairs to the worker in one inbox entry; acks all.
+# Returns false, touching nothing, unless the worker's heartbeat says "ready" (a worker that
+# started draining, or is gone, never gets a batch it would not read) and isolation allows it:
+# suspects of one tag go only to a worker holding nothing else, and while it holds them it
+# gets nothing else.
+ASSIGN = (
+    _LUA_HELPERS
+    + """
+if redis.call('HGET', KEYS[4], 'state') ~= 'ready' then return false end
+local iso = 'dllm:iso:' .. ARGV[1]
+local busy = tonumber(redis.call('GET', KEYS[2]) or '0') > 0
+local held = redis.call('GET', iso)
+if ARGV[3] ~= '' then
+  if busy and held ~= ARGV[3] then return false end
+  redis.call('SET', iso, ARGV[3])
+elseif held then
+  if busy then return false end
+  redis.call('DEL', iso)
+end
+local ids = {}
+for i = 4, #ARGV, 2 do
+  local eid, rid = ARGV[i], ARGV[i + 1]
+  local rk = 'dllm:req:' .. rid
+  if redis.call('HGET', rk, 'status') == 'queued' then
+    redis.call('HSET', rk, 'status', 'dispatched', 'worker', ARGV[1], 't_disp', ARGV[2])
+    redis.call('ZADD', 'dllm:assigned', ARGV[2], rid)
+    count_queued(rk, -1)
+    ids[#ids + 1] = rid
+  end
+  redis.call('XACK', KEYS[3], 'dispatch', eid)
+  redis.call('XDEL', KEYS[3], eid)
+end
+if #ids > 0 then
+  redis.call('XADD', KEYS[1], '*', 'ids', table.concat(ids, ','))
+  redis.call('INCRBY', KEYS[2], #ids)
+end
+return ids
+"""
+)
+
+# KEYS: pending. ARGV: entry id, request id, status, code, msg, now, ttl.
+# Ends a queued request without running it (expired deadline, cancelled, stale entry).
+DROP_QUEUED = (
+    _LUA_HELPERS
+    + """
+local rk = 'dllm:req:' .. ARGV[2]
+local h = redis.call('HMGET', rk, 'status', 'attempt')
+redis.call('XACK', KEYS[1], 'dispatch', ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+if h[1] ~= 'queued' then return 0 end
+count_queued(rk, -1)
+redis.call('HSET', rk, 'status', ARGV[3], 't_done', ARGV[6])
+publish_error(ARGV[2], h[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+return 1
+"""
+)
+
+# KEYS: req, load. ARGV: worker, now, ttl, request id.
+# The worker takes a dispatched request: returns {attempt, body, t_enq, deadline, opts} or nil.
+START = (
+    _LUA_HELPERS
+    + """
+local h = redis.call('HMGET', KEYS[1], 'status', 'worker', 'cancel', 'attempt', 'body',
+  't_enq', 'deadline', 'opts')
+if h[1] ~= 'dispatched' or h[2] ~= ARGV[1] then return false end
+if h[3] == '1' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 't_done', ARGV[2])
+  redis.call('ZREM', 'dllm:assigned', ARGV[4])
+  publish_error(ARGV[4], h[4], 'CANCELLED', 'cancelled', ARGV[2], ARGV[3])
+  redis.call('DECR', KEYS[2])
+  return false
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 't_start', ARGV[2])
+return {h[4], h[5], h[6], h[7], h[8]}
+"""
+)
+
+# KEYS: req, res, load. ARGV: worker, attempt, status, now, ttl (when the request has none of
+# its own), then record field/value pairs.
+# Publishes the terminal record, fenced: only the worker that owns this attempt may finish it.
+FINISH = (
+    _LUA_HELPERS
+    + """
+local h = redis.call('HMGET', KEYS[1], 'worker', 'attempt', 'status')
+if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] or (h[3] ~= 'running' and h[3] ~= 'dispatched') then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 't_done', ARGV[4])
+redis.call('ZREM', 'dllm:assigned', string.sub(KEYS[1], 10))  -- KEYS[1] is dllm:req:{id}
+local rec = {'a', ARGV[2]}
+for i = 6, #ARGV do rec[#rec + 1] = ARGV[i] end
+redis.call('XADD', KEYS[2], '*', unpack(rec))
+local ttl = ttl_of(KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('DECR', KEYS[3])
+return 1
+"""
+)
+
+# KEYS: req. ARGV: request id, code, msg, now, ttl.
+# Returns "notfound", the terminal status it already had, "cancelled" or "cancelling".
+CANCEL = (
+    _LUA_HELPERS
+    + """
+local h = redis.call('HMGET', KEYS[1], 'status', 'worker', 'attempt')
+if not h[1] then return 'notfound' end
+if is_terminal(h[1]) then return h[1] end
+redis.call('HSET', KEYS[1], 'cancel', '1')
+if h[1] == 'queued' then
+  count_queued(KEYS[1], -1)
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 't_done', ARGV[4])
+  publish_error(ARGV[1], h[3], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+  return 'cancelled'
+end
+redis.call('XADD', 'dllm:ctl:' .. h[2], 'MAXLEN', '~', '10000', '*', 'id', ARGV[1],
+  'code', ARGV[2], 'msg', ARGV[3])
+return 'cancelling'
+"""
+)
+
+# KEYS: req, pending. ARGV: dead worker, max_attempts, now, ttl, request id, charge, tag.
+# Takes a request back from a worker that died or stalled (or handed it back while draining).
+# A request it never started is queued again as is. A running one is queued with attempt + 1
+# and, unless handed back (charge "0"), marked a suspect: `iso` = tag, so it runs isolated
+# (docs/service.md, "Poison isolation"). Charge "1" (it ran alone on the worker that died)
+# also counts a crash against it: at max_attempts crashes it is dead-lettered instead.
+RECLAIM = (
+    _LUA_HELPERS
+    + """
+local h = redis.call('HMGET', KEYS[1], 'status', 'worker', 'attempt', 'cancel')
+if h[2] ~= ARGV[1] then return 'skip' end
+if h[1] ~= 'dispatched' and h[1] ~= 'running' then return 'skip' end
+redis.call('ZREM', 'dllm:assigned', ARGV[5])
+if h[4] == '1' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 't_done', ARGV[3])
+  publish_error(ARGV[5], h[3], 'CANCELLED', 'cancelled', ARGV[3], ARGV[4])
+  return 'cancelled'
+end
+if h[1] == 'running' then
+  local a = tonumber(h[3])
+  if ARGV[6] == '1' then
+    local crashes = redis.call('HINCRBY', KEYS[1], 'crashes', 1)
+    if crashes >= tonumber(ARGV[2]) then
+      redis.call('HSET', KEYS[1], 'status', 'dead', 't_done', ARGV[3])
+      redis.call('XADD', 'dllm:dead', 'MAXLEN', '~', '100000', '*', 'id', ARGV[5],
+        'attempts', h[3], 'crashes', crashes, 'worker', ARGV[1], 't', ARGV[3])
+      publish_error(ARGV[5], h[3], 'ABORTED',
+        'the request crashed or stalled ' .. crashes .. ' workers while running alone and '
+        .. 'was moved to the dead-letter stream', ARGV[3], ARGV[4])
+      return 'dead'
+    end
+  end
+  if ARGV[6] ~= '0' and ARGV[7] then redis.call('HSET', KEYS[1], 'iso', ARGV[7]) end
+  redis.call('HSET', KEYS[1], 'attempt', tostring(a + 1))
+end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'worker', '')
+count_queued(KEYS[1], 1)
+redis.call('XADD', KEYS[2], '*', 'id', ARGV[5])
+return 'requeued'
+"""
+)
+
+# KEYS: lease. ARGV: holder, ttl_ms. Takes or renews the lease; returns 1 when held.
+LEASE_ACQUIRE = """
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: lease. ARGV: holder.
+LEASE_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+# ARGV: now, ttl, then (request id, attempt, block done, first, payload) per step record.
+# All step records of one engine iteration in one call: one round trip and little packing.
+# A request whose record is gone (Redis lost it) gets no record: nothing without a TTL is made.
+PUBLISH_STEPS = """
+for i = 3, #ARGV, 5 do
+  local res = 'dllm:res:' .. ARGV[i]
+  if redis.call('EXISTS', 'dllm:req:' .. ARGV[i]) == 1 then
+    redis.call('XADD', res, '*', 'a', ARGV[i + 1], 'k', 's', 'p', ARGV[i + 4], 'bd', ARGV[i + 2])
+    if ARGV[i + 3] == '1' then
+      redis.call('EXPIRE', res, ARGV[2])
+      redis.call('HSETNX', 'dllm:req:' .. ARGV[i], 't_first', ARGV[1])
+    end
+  end
+end
+return 1
+"""
