@@ -48,7 +48,9 @@ MAX_STOP_CHARS = 256
 MAX_ID = 128  # the scheduler's limit on request ids
 BLOCK = 32  # the default block length of a dense request over HTTP (see above)
 STREAM_MODES = ("text", "denoise")
-_SAMPLING = {f.name: f for f in pb.SamplingParams.DESCRIPTOR.fields}
+# the scalar fields, settable at the top level (structured_output comes from response_format or
+# structured_outputs)
+_SAMPLING = {f.name: f for f in pb.SamplingParams.DESCRIPTOR.fields if f.message_type is None}
 _SPARSE = {f.name: f for f in pb.SparseConfig.DESCRIPTOR.fields}
 _OWN = {"model", "stream", "stream_options", "n", "stop", "stream_mode", "mask_placeholder",
         "sparse_config", "priority", "max_tokens", "user", "provisional", "response_format",

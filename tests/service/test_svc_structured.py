@@ -208,6 +208,7 @@ def test_http_response_format_and_structured_outputs(svc, oai):
         ({"structured_outputs": {"choice": []}}, "structured_outputs.choice", "1 to 1024"),
         ({"structured_outputs": {"grammar": "root ::= x"}}, "structured_outputs.grammar",
          "unknown field"),
+        ({"structured_output": {"regex": "a"}}, "structured_output", "unknown field"),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "t",
           "schema": TOOL_CALL}}, "max_tokens": 8}, "max_tokens", "must be at least"),
     ],
