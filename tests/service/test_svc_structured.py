@@ -220,3 +220,25 @@ def test_http_refusals_name_the_body_field(svc, extra, param, reason):
     err = r.json()["error"]
     assert err["param"] == param, err
     assert err["message"].startswith(f"{param}:") and reason in err["message"], err
+
+
+def test_a_request_cancelled_while_compiling(svc):
+    """Cancelled while its compile is held: the stream ends CANCELLED, the compile that ends
+    later admits nothing, and the worker serves the next constrained request."""
+    svc.gate.unlink()
+    try:
+        sp = {**SP, "structured_output": {"regex": r"gone-[0-9]{2}"}}
+        held = Stream(svc.target, "so-cancelled", sp, prompt="Gone:")
+        held.start()
+        wait_for(lambda: svc.req("so-cancelled").get("worker"), 60, what="the request taken")
+        with Client(svc.target) as c:
+            assert c.cancel("so-cancelled") in ("cancelling", "cancelled")
+        held.join(120)
+        assert held.error is not None and held.error.code() == grpc.StatusCode.CANCELLED
+    finally:
+        svc.gate.touch()
+    with Client(svc.target) as c:
+        text = c.generate_text("Code:", sampling_params={**SP, "structured_output": {
+            "regex": r"gone-[0-9]{2}"}}).text  # fmt: skip
+    assert re.fullmatch(r"gone-[0-9]{2}", text)
+    assert not [e for e in held.events if isinstance(e, StepUpdate)]
