@@ -55,7 +55,8 @@ def loop_moe(x, w_gu, w_d, ids, weights, fp8=None) -> torch.Tensor:
     out = torch.zeros(x.shape[0], x.shape[1], device=x.device, dtype=torch.float32)
     flat = ids.reshape(-1).long()
     order = torch.argsort(flat)
-    counts = torch.bincount(flat, minlength=w_gu.shape[0]).tolist()  # the host sync
+    n_experts = len(fp8[0]) if fp8 is not None else w_gu.shape[0]
+    counts = torch.bincount(flat, minlength=n_experts).tolist()  # the host sync
     start = 0
     for e, c in enumerate(counts):
         if c == 0:
