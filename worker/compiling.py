@@ -6,7 +6,8 @@ yet in the engine, while one thread compiles it (the regex's DFA is built in a c
 the thread mostly waits and the loop keeps stepping the other requests); once compiled, the
 loop hands it to the engine at its next pass (within `idle_block_ms` when nothing else runs),
 whose own compile is then a cache hit (one compile thread, and the loop takes every finished
-compile each pass, so the cache of 64 cannot drop it meanwhile). The requests waiting are
+compile each pass: 64 newer compiles would have to end within one step for the cache to drop
+it, and then the engine would compile it again, bounded). The requests waiting are
 bounded by the worker's slots (the dispatcher gives a worker no more), and a compile that fails
 ends its request with the compiler's error (INVALID_ARGUMENT naming the field).
 
