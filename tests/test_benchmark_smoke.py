@@ -145,3 +145,18 @@ def test_relay_probe_smoke(tmp_path):
         assert 0 < r["relay"]["p50_ms"] <= r["relay"]["max_ms"]
         assert r["admit_to_first"]["p50_ms"] >= r["worker_first"]["p50_ms"] > 0
     assert doc["scheduler_cpu_ms_per_request"] > 0
+
+
+def test_prefix_cache_benchmark_smoke(tmp_path):
+    """benchmarks/prefix_cache.py on the tiny block-diffusion shape: the shared-prompt request
+    hits the prefix cache (the miss does not), and both first updates are timed."""
+    out = tmp_path / "prefix.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "prefix_cache.py"), "--shape", "tiny-llada2",
+           "--device", "cpu", "--smoke", "--json", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert set(doc["first_update_ms_median"]) == {"hit", "miss"}
+    # fill, hit, miss: the hit found the fill's blocks, the others found none
+    assert 0 < doc["prefix_cache_hit_rate"] < 1
