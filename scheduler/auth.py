@@ -54,8 +54,9 @@ def client_of(context: grpc.aio.ServicerContext, authenticated: bool) -> str:
     return "ip:" + (peer.rpartition(":")[0] or peer)
 
 
-def quota_of(context: grpc.aio.ServicerContext, client: str, authenticated: bool,
-             trust_header: bool) -> str:  # fmt: skip
+def quota_of(
+    context: grpc.aio.ServicerContext, client: str, authenticated: bool, trust_header: bool
+) -> str:
     """The per-client queue bucket of a call. A front end (the HTTP gateway) names the user it
     calls for in `x-dllmserve-client`; the header is honoured from an authenticated caller
     (within its tenant's name) or, with auth off, only when the operator trusts every caller

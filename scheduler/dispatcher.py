@@ -15,36 +15,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from collections import defaultdict
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import redis.exceptions
 
 from dllmserve.broker import redis_keys as rk
 from dllmserve.broker.records import QueuedView
+from dllmserve.broker.redis_link import Backoff
 from dllmserve.broker.scripts import AsyncBroker
+from dllmserve.broker.workers import READY, WorkerRecord
 from dllmserve.logs import event
 from dllmserve.scheduler import isolation
+from dllmserve.scheduler.config import SchedulerConfig
+from dllmserve.scheduler.dispatch_state import DispatcherState
 from dllmserve.scheduler.isolation import Candidate
 from dllmserve.scheduler.reclaim import Reclaimer
-from dllmserve.scheduler.redis_link import Backoff
 
 log = logging.getLogger(__name__)
 requests_log = logging.getLogger("dllmserve.scheduler.requests")
-
-
-@dataclass
-class DispatcherConfig:
-    lease_ttl_ms: int = 3000
-    max_batch: int = 32
-    max_attempts: int = 3
-    result_ttl_s: int = 3600
-    reap_interval_s: float = 0.5
-    sweep_interval_s: float = 5.0
-    # a request waits this long for a ready worker of its model, then fails UNAVAILABLE
-    worker_wait_s: float = 10.0
-    read_block_ms: int = 100
 
 
 @dataclass
@@ -53,22 +43,13 @@ class _Entry:
     request_id: str
 
 
-@dataclass
-class DispatcherState:
-    leader: bool = False
-    dispatched: int = 0
-    reclaimed: int = 0
-    dead_lettered: int = 0
-    reaped_workers: deque = field(default_factory=lambda: deque(maxlen=100))
-
-
 class Dispatcher:
     def __init__(
-        self, client: aioredis.Redis, scheduler_id: str, cfg: DispatcherConfig | None = None
+        self, client: aioredis.Redis, scheduler_id: str, cfg: SchedulerConfig | None = None
     ) -> None:
         self._r = client
         self._id = scheduler_id
-        self.cfg = cfg or DispatcherConfig()
+        self.cfg = cfg or SchedulerConfig()
         self._broker = AsyncBroker(client)
         self._buffer: dict[str, _Entry] = {}
         self._last_reap = 0.0
@@ -199,8 +180,12 @@ class Dispatcher:
                 await self._drop(e, rk.EXPIRED, "DEADLINE_EXCEEDED", "deadline exceeded in queue")
             elif self._gave_up(v.model, v.enqueued_at or now, now):
                 wait = self.cfg.worker_wait_s
-                await self._drop(e, rk.FAILED, "UNAVAILABLE", f"no ready worker serves model "
-                                 f"{v.model!r} (waited {wait:g} s); retry later")  # fmt: skip
+                await self._drop(
+                    e,
+                    rk.FAILED,
+                    "UNAVAILABLE",
+                    f"no ready worker serves model {v.model!r} (waited {wait:g} s); retry later",
+                )
             else:
                 g = f"iso:{v.iso}" if v.iso else f"model:{v.model}"
                 groups[g].append((-v.priority, e))
@@ -246,8 +231,9 @@ class Dispatcher:
         w.iso = tag or w.iso
         self.state.dispatched += len(ids)
         for rid in ids:
-            event(requests_log, "dispatched", request_id=rid, worker=w.worker_id,
-                  suspects=tag or None)  # fmt: skip
+            event(
+                requests_log, "dispatched", request_id=rid, worker=w.worker_id, suspects=tag or None
+            )
 
     def _warn_starved(self, model: str, waiting: int, served: bool) -> None:
         """Warn once when requests of a model start waiting for a ready worker (not at every
@@ -257,8 +243,12 @@ class Dispatcher:
             log.info("a ready worker serves %r again", model)
         elif not served and model not in self._starved:
             self._starved[model] = time.monotonic()
-            log.warning("%d request(s) for model %r wait: no ready worker serves it; they fail "
-                        "after %g s", waiting, model, self.cfg.worker_wait_s)  # fmt: skip
+            log.warning(
+                "%d request(s) for model %r wait: no ready worker serves it; they fail after %g s",
+                waiting,
+                model,
+                self.cfg.worker_wait_s,
+            )
 
     def _gave_up(self, model: str, t_enq: float, now: float) -> bool:
         """No ready worker of the model for `worker_wait_s`, and the request waited that long
@@ -268,8 +258,9 @@ class Dispatcher:
         return since is not None and time.monotonic() - since >= wait and now - t_enq >= wait
 
     async def _drop(self, e: _Entry, status: str, code: str, msg: str) -> None:
-        await self._broker.drop_queued(e.entry_id, e.request_id, status=status, code=code,
-                                       msg=msg, ttl_s=self.cfg.result_ttl_s)  # fmt: skip
+        await self._broker.drop_queued(
+            e.entry_id, e.request_id, status=status, code=code, msg=msg, ttl_s=self.cfg.result_ttl_s
+        )
         self._buffer.pop(e.entry_id, None)
 
     async def live_workers(self) -> list[Candidate]:
@@ -278,17 +269,18 @@ class Dispatcher:
             return []
         pipe = self._r.pipeline(transaction=False)
         for w in ids:
-            pipe.hmget(rk.worker_key(w), "model", "slots", "state")
+            WorkerRecord.read(pipe, w)
             pipe.get(rk.load_key(w))
             pipe.get(rk.iso_key(w))
         replies = await pipe.execute()
         out = []
         for i, w in enumerate(ids):
-            (model, slots, state), load, iso = replies[3 * i : 3 * i + 3]
-            if slots is None or rk.text(state) != "ready":
+            reply, load, iso = replies[3 * i : 3 * i + 3]
+            rec = WorkerRecord.parse(reply)
+            if rec.state != READY:
                 continue
             n = int(rk.text(load) or 0)
-            out.append(Candidate(w, rk.text(model), int(rk.text(slots)) - n, n, rk.text(iso)))
+            out.append(Candidate(w, rec.model, rec.slots - n, n, rk.text(iso)))
         return out
 
     async def reap_dead_workers(self) -> None:

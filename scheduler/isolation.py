@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-CHARGED, SUSPECT = "1", "s"  # RECLAIM's charge argument (queue.py); "0" hands back uncharged
+from dllmserve.broker.scripts import CHARGED, HANDED_BACK, SUSPECT
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Verdict:
     tag: str  # the isolation tag it runs under from now on
 
 
-NOT_STARTED = Verdict("0", "")  # handed out but never started: queued again as it was
+NOT_STARTED = Verdict(HANDED_BACK, "")  # handed out but never started: queued again as it was
 
 
 def new_tag() -> str:

@@ -73,10 +73,24 @@ class LocalRedis:
             raise RuntimeError(INSTALL_HINT)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
-            exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-            "--save", "", "--maxmemory-policy", "noeviction", "--protected-mode", "yes",
-            "--daemonize", "no", "--loglevel", "warning",
-        ]  # fmt: skip
+            exe,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ]
         if self.aof:
             args += ["--appendonly", "yes", "--appendfsync", "everysec"]
         if self.password:

@@ -20,11 +20,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.redis_link import connect
+from dllmserve.broker.workers import READY, WorkerRecord
 from dllmserve.errors import ListenError
 from dllmserve.logs import event
 from dllmserve.scheduler.config import SchedulerConfig
 from dllmserve.scheduler.dispatcher import Dispatcher
-from dllmserve.scheduler.redis_link import connect
 
 PREFIX = "dllmserve:"
 log = logging.getLogger("dllmserve.scheduler.requests")
@@ -59,8 +60,9 @@ class SchedulerMetrics:
 
     def on_accepted(self, rid: str, model: str, position: int, priority: int) -> None:
         self.accepted.labels(model).inc()
-        event(log, "accepted", request_id=rid, model=model, queue_position=position,
-              priority=priority)  # fmt: skip
+        event(
+            log, "accepted", request_id=rid, model=model, queue_position=position, priority=priority
+        )
 
     def on_refused(self, rid: str, code: grpc.StatusCode, message: str, rpc: str = "") -> None:
         """Every call that ends with an error status (a bad field, a full queue, Redis down, a
@@ -68,8 +70,15 @@ class SchedulerMetrics:
         traceback."""
         self.refused.labels(code.name).inc()
         level = logging.WARNING if code in _SERVER_SIDE else logging.INFO
-        event(log, "refused", level=level, request_id=rid or None, rpc=rpc or None,
-              code=code.name, error=message)  # fmt: skip
+        event(
+            log,
+            "refused",
+            level=level,
+            request_id=rid or None,
+            rpc=rpc or None,
+            code=code.name,
+            error=message,
+        )
 
 
 # errors of the service rather than of the request: worth an operator's attention
@@ -91,20 +100,34 @@ class _StateCollector(Collector):
 
     def collect(self):
         st = self._dispatcher.state
-        yield _gauge("dispatcher_leader", "1 while this scheduler holds the dispatcher lease.",
-                     1.0 if st.leader else 0.0)  # fmt: skip
-        yield _gauge("open_streams", "Generate/Attach streams open on this scheduler.",
-                     self._open_streams())  # fmt: skip
-        yield _gauge("max_queue", "Queued requests beyond which Generate is refused.",
-                     self._cfg.max_queue)  # fmt: skip
+        yield _gauge(
+            "dispatcher_leader",
+            "1 while this scheduler holds the dispatcher lease.",
+            1.0 if st.leader else 0.0,
+        )
+        yield _gauge(
+            "open_streams", "Generate/Attach streams open on this scheduler.", self._open_streams()
+        )
+        yield _gauge(
+            "max_queue", "Queued requests beyond which Generate is refused.", self._cfg.max_queue
+        )
         for name, doc, value in (
-            ("requests_dispatched", "Requests this scheduler's dispatcher handed to workers.",
-             st.dispatched),
-            ("requests_redelivered", "Requests queued again after their worker died.",
-             st.reclaimed),
-            ("requests_dead_lettered", "Requests moved to dllm:dead after max_attempts.",
-             st.dead_lettered),
-        ):  # fmt: skip
+            (
+                "requests_dispatched",
+                "Requests this scheduler's dispatcher handed to workers.",
+                st.dispatched,
+            ),
+            (
+                "requests_redelivered",
+                "Requests queued again after their worker died.",
+                st.reclaimed,
+            ),
+            (
+                "requests_dead_lettered",
+                "Requests moved to dllm:dead after max_attempts.",
+                st.dead_lettered,
+            ),
+        ):
             c = CounterMetricFamily(PREFIX + name, doc)
             c.add_metric([], value)
             yield c
@@ -120,7 +143,7 @@ class _StateCollector(Collector):
         ids = sorted(rk.text(w) for w in self._r.smembers(rk.WORKERS))
         pipe = self._r.pipeline(transaction=False)
         for w in ids:
-            pipe.hmget(rk.worker_key(w), "model", "state", "t", "slots")
+            WorkerRecord.read(pipe, w)
             pipe.get(rk.load_key(w))
         replies = pipe.execute()
         now = time.time()
@@ -139,14 +162,14 @@ class _StateCollector(Collector):
         counts: dict[tuple[str, str], int] = {}
         slots: dict[str, int] = {}
         for i, w in enumerate(ids):
-            (model, state, t, n_slots), load = replies[2 * i], replies[2 * i + 1]
-            if state is None:  # heartbeat expired: about to be reaped
+            rec, load = WorkerRecord.parse(replies[2 * i]), replies[2 * i + 1]
+            if not rec.state:  # heartbeat expired: about to be reaped
                 continue
-            model, state = rk.text(model), rk.text(state)
+            model, state = rec.model, rec.state
             counts[(model, state)] = counts.get((model, state), 0) + 1
-            age.add_metric([model, w], max(0.0, now - float(rk.text(t) or now)))
-            if state == "ready":
-                left = int(rk.text(n_slots) or 0) - int(rk.text(load) or 0)
+            age.add_metric([model, w], max(0.0, now - (rec.t or now)))
+            if state == READY:
+                left = rec.slots - int(rk.text(load) or 0)
                 slots[model] = slots.get(model, 0) + max(0, left)
         for (model, state), n in sorted(counts.items()):
             workers.add_metric([model, state], n)

@@ -6,17 +6,16 @@ again as it was."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
 from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.records import parse_holder, read_holder
 from dllmserve.broker.scripts import AsyncBroker, Reclaim
 from dllmserve.logs import event
 from dllmserve.scheduler import isolation
-
-if TYPE_CHECKING:  # the dispatcher imports this module
-    from dllmserve.scheduler.dispatcher import DispatcherConfig, DispatcherState
+from dllmserve.scheduler.config import SchedulerConfig
+from dllmserve.scheduler.dispatch_state import DispatcherState
 
 log = logging.getLogger(__name__)
 requests_log = logging.getLogger("dllmserve.scheduler.requests")
@@ -27,7 +26,7 @@ class Reclaimer:
         self,
         client: aioredis.Redis,
         broker: AsyncBroker,
-        cfg: DispatcherConfig,
+        cfg: SchedulerConfig,
         state: DispatcherState,
     ) -> None:
         self._r = client
@@ -63,10 +62,10 @@ class Reclaimer:
             return
         pipe = self._r.pipeline(transaction=False)
         for rid in rids:
-            pipe.hmget(rk.req_key(rid), "status", "worker")
+            read_holder(pipe, rid)
         held = [
-            (rid, rk.text(st), rk.text(w))
-            for rid, (st, w) in zip(rids, await pipe.execute(), strict=True)
+            (rid, *parse_holder(reply))
+            for rid, reply in zip(rids, await pipe.execute(), strict=True)
         ]
         stale = [rid for rid, st, _w in held if st not in (rk.DISPATCHED, rk.RUNNING)]
         if stale:  # ended or expired without a script removing it (e.g. keys lost)
@@ -88,16 +87,19 @@ class Reclaimer:
             return
         pipe = self._r.pipeline(transaction=False)
         for rid in rids:
-            pipe.hmget(rk.req_key(rid), "status", "worker")
+            read_holder(pipe, rid)
         running = [
             rid
-            for rid, (st, w) in zip(rids, await pipe.execute(), strict=True)
-            if rk.text(st) == rk.RUNNING and rk.text(w) == worker_id
+            for rid, reply in zip(rids, await pipe.execute(), strict=True)
+            if parse_holder(reply) == (rk.RUNNING, worker_id)
         ]
         plan = isolation.verdicts(running) if running else {}
         if len(running) > 1:
-            log.warning("worker %s went down running %d requests: they run again isolated, "
-                        "in two halves", worker_id, len(running))  # fmt: skip
+            log.warning(
+                "worker %s went down running %d requests: they run again isolated, in two halves",
+                worker_id,
+                len(running),
+            )
         for rid in rids:
             v = plan.get(rid, isolation.NOT_STARTED)
             await self._reclaim(rid, worker_id, v)
@@ -119,5 +121,12 @@ class Reclaimer:
             name = "redelivered" if res is Reclaim.REQUEUED else "dead_lettered"
             level = logging.INFO if res is Reclaim.REQUEUED else logging.WARNING
             charged = v.charge == isolation.CHARGED
-            event(requests_log, name, level=level, request_id=rid, worker=worker_id,
-                  suspects=v.tag or None, charged=charged or None)  # fmt: skip
+            event(
+                requests_log,
+                name,
+                level=level,
+                request_id=rid,
+                worker=worker_id,
+                suspects=v.tag or None,
+                charged=charged or None,
+            )

@@ -13,7 +13,7 @@ with no gap and no duplicate.
 
 Lost state: when Redis loses the service's state (restarted empty, flushed, failed over to a
 replica without it), no record will ever come for the streams followed across the loss. The
-hub notices the missing epoch marker within `GUARD_S` (scheduler/redis_link.py) and each
+hub notices the missing epoch marker within `GUARD_S` (dllmserve/broker/redis_link.py) and each
 follower checks its request's record every `CHECK_S`; either way the stream ends with
 UNAVAILABLE "request state lost; resubmit" (`LOST_MESSAGE`).
 """
@@ -32,7 +32,8 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from dllmserve.broker import redis_keys as rk
-from dllmserve.scheduler.redis_link import Backoff, Epoch
+from dllmserve.broker.records import read_attempt
+from dllmserve.broker.redis_link import Backoff, Epoch
 from dllmserve.v1 import dllm_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -139,8 +140,11 @@ class ResultHub:
                 lost = False  # unreachable: the read loop waits for it; judge once it is back
             if lost:
                 fs = [f for lst in self._followers.values() for f in lst]
-                log.error("redis lost the service's state (restarted empty, flushed or failed "
-                          "over): ending %d open streams with UNAVAILABLE", len(fs))  # fmt: skip
+                log.error(
+                    "redis lost the service's state (restarted empty, flushed or failed "
+                    "over): ending %d open streams with UNAVAILABLE",
+                    len(fs),
+                )
                 for f in fs:
                     f.lost = True
             await asyncio.sleep(GUARD_S)
@@ -313,8 +317,7 @@ async def follow(
     try:
         # Older attempts than the request's current one, or than the client saw, are moot.
         if not known_attempt:
-            key = rk.req_key(request_id)
-            known_attempt = int(rk.text(await client.hget(key, "attempt")) or 0)
+            known_attempt = int(rk.text(await read_attempt(client, request_id)) or 0)
         floor = max(after_attempt, known_attempt)
         while True:
             if f.lost:

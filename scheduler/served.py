@@ -8,53 +8,24 @@ from Redis at most once per `MAX_AGE_S`, so a burst of requests costs one read.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 
 import grpc
 import redis.asyncio as aioredis
 
 from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.workers import (
+    READY,
+    WorkerRecord,
+    decode_limits,
+    models_seen,
+    read_models,
+)
 from dllmserve.engine.inputs import ModelLimits
 from dllmserve.errors import echo
-from dllmserve.sampling_params import SCHEDULES
 from dllmserve.scheduler import errors
 
 MAX_AGE_S = 1.0  # how stale the served models and their limits may be when a request arrives
-LIMITS_FIELD = "limits"  # the worker hash's field holding its engine's ModelLimits
-_TYPES = {"int": int, "bool": bool, "str": str, "None": type(None)}  # as annotated
-
-
-def _allowed(annotation: object) -> set[type]:
-    """The JSON value types a ModelLimits field may hold (`int | None`: an int or null)."""
-    return {_TYPES[t] for t in str(annotation).split(" | ") if t in _TYPES}
-
-
-def encode_limits(limits: ModelLimits) -> str:
-    return json.dumps(dataclasses.asdict(limits), separators=(",", ":"))
-
-
-def decode_limits(raw: str | bytes | None) -> ModelLimits | None:
-    """The limits a worker registered; None when it registered none (a model-free engine) or
-    ones this scheduler cannot read (another version): the worker alone checks its requests."""
-    try:
-        data = json.loads(raw) if raw else None
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    values = {}
-    for f in dataclasses.fields(ModelLimits):
-        v = data.get(f.name)
-        if type(v) not in _allowed(f.type):
-            return None
-        if type(v) is int and v < (0 if f.name.endswith("_id") else 1):  # ids from 0, counts 1
-            return None
-        if f.name == "default_schedule" and v not in SCHEDULES:
-            return None
-        values[f.name] = v
-    return ModelLimits(**values)
 
 
 def most_generous_first(limits: set[ModelLimits]) -> list[ModelLimits]:
@@ -82,8 +53,7 @@ class ServedModels:
         if time.monotonic() - read_at <= max_age_s:
             return known
         now = time.time()
-        seen = await self._r.hgetall(rk.MODELS)
-        known = [rk.text(m) for m, t in seen.items() if now - float(rk.text(t)) < self._memory_s]
+        known = models_seen(await read_models(self._r), now, self._memory_s)
         self._models = (time.monotonic(), known)
         return known
 
@@ -121,10 +91,11 @@ class ServedModels:
             return {}
         pipe = self._r.pipeline(transaction=False)
         for w in ids:
-            pipe.hmget(rk.worker_key(w), "model", "state", LIMITS_FIELD)
+            WorkerRecord.read(pipe, w)
         found: dict[str, set[ModelLimits]] = {}
-        for model, state, raw in await pipe.execute():
-            limits = decode_limits(raw)
-            if rk.text(state) == "ready" and limits is not None:
-                found.setdefault(rk.text(model), set()).add(limits)
+        for reply in await pipe.execute():
+            rec = WorkerRecord.parse(reply)
+            limits = decode_limits(rec.limits)
+            if rec.state == READY and limits is not None:
+                found.setdefault(rec.model, set()).add(limits)
         return {m: most_generous_first(ls) for m, ls in found.items()}

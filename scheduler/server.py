@@ -30,13 +30,13 @@ import grpc.aio
 import redis.exceptions
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from dllmserve.broker.redis_link import Backoff, connect
 from dllmserve.errors import ListenError
 from dllmserve.logs import ready
 from dllmserve.scheduler import reflection
 from dllmserve.scheduler.auth import BearerTokenInterceptor
 from dllmserve.scheduler.config import SchedulerConfig
-from dllmserve.scheduler.dispatcher import Dispatcher, DispatcherConfig
-from dllmserve.scheduler.redis_link import Backoff, connect
+from dllmserve.scheduler.dispatcher import Dispatcher
 from dllmserve.scheduler.relay import ResultHub
 from dllmserve.scheduler.service import DllmServicer
 from dllmserve.scheduler.wire import add_service
@@ -54,17 +54,7 @@ class Scheduler:
         self.id = cfg.scheduler_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.redis = connect(cfg.redis_url, asyncio=True, health_check_interval=10)
         self.hub = ResultHub(self.redis, hub_id=self.id)
-        self.dispatcher = Dispatcher(
-            self.redis,
-            self.id,
-            DispatcherConfig(
-                lease_ttl_ms=cfg.lease_ttl_ms,
-                max_batch=cfg.max_batch,
-                max_attempts=cfg.max_attempts,
-                result_ttl_s=cfg.result_ttl_s,
-                worker_wait_s=cfg.worker_wait_s,
-            ),
-        )
+        self.dispatcher = Dispatcher(self.redis, self.id, cfg)
         self.servicer = DllmServicer(self.redis, self.hub, self.dispatcher, cfg, self.id)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
@@ -163,8 +153,9 @@ def check_free(listen: str) -> None:
         return
     host = host.strip("[]")
     try:
-        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)  # fmt: skip
+        infos = socket.getaddrinfo(
+            host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except socket.gaierror as e:
         raise ListenError(f"--listen {listen}: {e.strerror}") from None
     for family, kind, proto, _name, addr in infos:

@@ -15,7 +15,9 @@ import redis.exceptions
 
 from dllmserve import tracing
 from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.records import RequestView, read_status, set_traceparent
 from dllmserve.broker.scripts import AsyncBroker, Enqueue, Enqueued, StoredRequest
+from dllmserve.broker.workers import READY, WorkerRecord
 from dllmserve.errors import CapacityError, ValidationError
 from dllmserve.scheduler import errors
 from dllmserve.scheduler.auth import client_of, quota_of
@@ -28,7 +30,7 @@ from dllmserve.scheduler.validation import (
     check_fits,
     check_request_id,
     check_stream_options,
-    to_engine_args,
+    validate_request,
 )
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.v1 import dllm_pb2_grpc
@@ -118,28 +120,26 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         )
         counts: dict[str, int] = {}
         for w in sorted(rk.text(x) for x in await self._r.smembers(rk.WORKERS)):
-            h = {
-                rk.text(k): rk.text(v) for k, v in (await self._r.hgetall(rk.worker_key(w))).items()
-            }
-            if not h:
+            rec = WorkerRecord.parse(await WorkerRecord.read(self._r, w))
+            if not rec.state:
                 continue
             load = int(rk.text(await self._r.get(rk.load_key(w))) or 0)
             wi = pb.WorkerInfo(
                 worker_id=w,
-                model=h.get("model", ""),
-                device=h.get("device", ""),
-                state=h.get("state", ""),
-                running=int(h.get("running", 0)),
-                waiting=int(h.get("waiting", 0)),
+                model=rec.model,
+                device=rec.device,
+                state=rec.state,
+                running=rec.running,
+                waiting=rec.waiting,
                 assigned=load,
-                slots=int(h.get("slots", 0)),
-                free_pages=int(h.get("free_pages", 0)),
-                total_pages=int(h.get("total_pages", 0)),
-                max_num_seqs=int(h.get("max_num_seqs", 0)),
+                slots=rec.slots,
+                free_pages=rec.free_pages,
+                total_pages=rec.total_pages,
+                max_num_seqs=rec.max_num_seqs,
             )
             info.workers.append(wi)
             counts[wi.model] = counts.get(wi.model, 0) + 1
-            if wi.state == "ready":
+            if wi.state == READY:
                 info.free_slots += max(0, wi.slots - load)
         for name in sorted(set(counts) | set(await self._served.known())):
             lengths = [m.max_len for m in await self._served.limits_of(name)]
@@ -158,7 +158,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         if self.draining:
             raise errors.simple(grpc.StatusCode.UNAVAILABLE, "scheduler is draining; retry")
         try:  # every bound, the model's too, before anything is queued
-            args = to_engine_args(request, self._cfg.limits)
+            args = validate_request(request, self._cfg.limits)
             model = await self._served.resolve(request.model)
             check_fits(args, await self._served.limits_of(model))
         except ValidationError as e:
@@ -199,7 +199,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
             self.metrics.on_accepted(rid, model, int(value), request.priority)
             if span is not None:  # the worker's span becomes a child of this one
                 span.set_attributes({"dllmserve.request_id": rid, "dllmserve.model": model})
-                await self._r.hset(rk.req_key(rid), "tp", tracing.traceparent(span))
+                await set_traceparent(self._r, rid, tracing.traceparent(span))
         accepted = pb.GenerateEvent(
             accepted=pb.Accepted(
                 request_id=rid,
@@ -209,8 +209,16 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
             )
         )
         on_disconnect = 0.0 if (created and request.cancel_on_disconnect) else None
-        relay = self._relay(rid, request.stream_options, 0, 0, on_disconnect, accepted, context,
-                            known_attempt=1 if created else 0)  # fmt: skip
+        relay = self._relay(
+            rid,
+            request.stream_options,
+            0,
+            0,
+            on_disconnect,
+            accepted,
+            context,
+            known_attempt=1 if created else 0,
+        )
         async for ev in relay:
             yield ev
 
@@ -224,28 +232,26 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
                 check_stream_options(request.stream_options, self._cfg.limits)
         except ValidationError as e:
             raise errors.invalid_argument(e.field, e.reason) from None
-        status, opts_raw, attempt, steps = await self._visible(
-            rid, context, "status", "opts", "attempt", "steps"
-        )
+        view = await self._visible(rid, context)
         # Past the request's last step or attempt no record will ever come: refuse, don't wait.
         # (Requests queued before `steps` was stored have none: no bound is known.)
         if request.after_step < 0 or request.attempt < 0:
             raise errors.invalid_argument(
                 "after_step" if request.after_step < 0 else "attempt", "must be >= 0"
             )
-        if request.attempt > int(rk.text(attempt) or 0):
+        if request.attempt > view.attempt:
             raise errors.out_of_range(
-                f"attempt {request.attempt} is beyond the request's attempt {rk.text(attempt)}",
+                f"attempt {request.attempt} is beyond the request's attempt {view.attempt}",
             )
-        if steps is not None and request.after_step > int(rk.text(steps)):
+        if view.last_step is not None and request.after_step > view.last_step:
             raise errors.out_of_range(
-                f"after_step {request.after_step} is beyond the request's {rk.text(steps)} steps",
+                f"after_step {request.after_step} is beyond the request's {view.last_step} steps",
             )
         if request.HasField("stream_options"):
             opts = request.stream_options
         else:
-            opts = pb.StreamOptions.FromString(opts_raw or b"")
-        accepted = pb.GenerateEvent(accepted=pb.Accepted(request_id=rid, status=rk.text(status)))
+            opts = pb.StreamOptions.FromString(view.options)
+        accepted = pb.GenerateEvent(accepted=pb.Accepted(request_id=rid, status=view.status))
         relay = self._relay(rid, opts, request.after_step, request.attempt, None, accepted, context)
         async for ev in relay:
             yield ev
@@ -281,9 +287,16 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         await asyncio.shield(self._watch(rid, token, True))
         try:
             yield first
-            events = follow(self._hub, self._r, rid, opts, after_step, after_attempt,
-                            client_gone=lambda: context.cancelled() or context.done(),
-                            known_attempt=known_attempt)  # fmt: skip
+            events = follow(
+                self._hub,
+                self._r,
+                rid,
+                opts,
+                after_step,
+                after_attempt,
+                client_gone=lambda: context.cancelled() or context.done(),
+                known_attempt=known_attempt,
+            )
             async for ev in events:
                 yield ev
             state["finished"] = True
@@ -317,15 +330,14 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
     def _authenticated(self) -> bool:
         return bool(self._cfg.auth_tokens)
 
-    async def _visible(self, rid: str, context: grpc.aio.ServicerContext, *fields: str) -> list:
-        """The request's `fields`; NOT_FOUND when it does not exist or, with auth on, belongs to
+    async def _visible(self, rid: str, context: grpc.aio.ServicerContext) -> RequestView:
+        """The stored request; NOT_FOUND when it does not exist or, with auth on, belongs to
         another tenant (the same answer, so nothing tells one case from the other)."""
-        values = await self._r.hmget(rk.req_key(rid), "status", "client", *fields)
-        status, owner = values[0], rk.text(values[1])
-        mine = not self._authenticated or owner == client_of(context, True)
-        if status is None or not mine:
+        view = RequestView.parse(await RequestView.read(self._r, rid))
+        mine = not self._authenticated or view.client == client_of(context, True)
+        if not view.status or not mine:
             raise errors.simple(grpc.StatusCode.NOT_FOUND, f"no request {rid!r} (or it expired)")
-        return values[2:]
+        return view
 
     async def _cancel_call(self, request: pb.CancelRequest, context) -> str:
         """Cancel for a client: a running request's worker aborts it at its next iteration;
@@ -344,7 +356,7 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         end = time.monotonic() + self._cfg.cancel_wait_s
         while status == "cancelling" and time.monotonic() < end:
             await asyncio.sleep(CANCEL_POLL_S)
-            now = rk.text(await self._r.hget(rk.req_key(rid), "status"))
+            now = rk.text(await read_status(self._r, rid))
             status = now if now in rk.TERMINAL else status
         return status
 

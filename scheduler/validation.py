@@ -11,73 +11,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from dllmserve.broker.convert import Admission, prompt_of, to_sampling_params, to_sparse_config
 from dllmserve.engine.inputs import ModelLimits, resolve_request
 from dllmserve.errors import CapacityError, ValidationError, echo
-from dllmserve.sampling_params import SamplingParams
-from dllmserve.sparse.state import SparseConfig
-from dllmserve.structured.spec import FIELD, MAX_CHOICES, StructuredOutput
+from dllmserve.scheduler.config import Limits
 from dllmserve.v1 import dllm_pb2 as pb
 
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # whole string: used with fullmatch
 MAX_MODEL_NAME = 256
 CHAT_ROLES = ("system", "user", "assistant")
-_SP_FIELDS = [f.name for f in pb.SamplingParams.DESCRIPTOR.fields]
-_SC_SCALARS = [f.name for f in pb.SparseConfig.DESCRIPTOR.fields if f.name != "layer_ratios"]
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Wire-level limits, whatever the model (the model's own come from its workers)."""
-
-    max_prompt_chars: int = 200_000
-    max_prompt_tokens: int = 32_768
-    max_gen_length: int = 8192
-    max_messages: int = 256
-
-
-@dataclass(frozen=True)
-class EngineArgs:
-    prompt: str | list[int] | list[dict]
-    sampling_params: SamplingParams
-    sparse_config: SparseConfig | None
-
-
-def to_sampling_params(msg: pb.SamplingParams) -> SamplingParams:
-    kwargs = {name: getattr(msg, name) for name in _SP_FIELDS if msg.HasField(name)}
-    if "structured_output" in kwargs:
-        kwargs["structured_output"] = to_structured_output(msg.structured_output)
-    return SamplingParams(**kwargs)
-
-
-def to_structured_output(msg: pb.StructuredOutput) -> StructuredOutput:
-    """The wire's StructuredOutput; its model-free checks (valid JSON, a valid schema of the
-    supported keywords) run here, compiling on the worker (docs/structured_outputs.md)."""
-    kind = msg.WhichOneof("kind")
-    if kind is None:
-        raise ValidationError(
-            FIELD, "set one of json_schema, regex, choice, json_object (or leave it unset)"
-        )
-    if kind == "json_object":
-        if not msg.json_object:
-            raise ValidationError(f"{FIELD}.json_object", "must be true when given")
-        return StructuredOutput.json_object()
-    if kind == "choice":
-        if len(msg.choice.choices) > MAX_CHOICES:  # before the list is copied out
-            raise ValidationError(
-                f"{FIELD}.choice", f"must hold 1 to {MAX_CHOICES} strings, got "
-                f"{len(msg.choice.choices)}",
-            )  # fmt: skip
-        return StructuredOutput(choice=tuple(msg.choice.choices))
-    return StructuredOutput(**{kind: getattr(msg, kind)})
-
-
-def to_sparse_config(msg: pb.SparseConfig) -> SparseConfig:
-    kwargs = {name: getattr(msg, name) for name in _SC_SCALARS if msg.HasField(name)}
-    if len(msg.layer_ratios):
-        kwargs["layer_ratios"] = msg.layer_ratios  # its length is checked before it is copied
-    return SparseConfig(**kwargs)
+DEFAULT_LIMITS = Limits()  # the wire-level limits, whatever the model
 
 
 def check_request_id(request_id: str, required: bool) -> None:
@@ -92,18 +36,7 @@ def check_request_id(request_id: str, required: bool) -> None:
         )
 
 
-def prompt_of(req: pb.GenerateRequest) -> str | list[int] | list[dict]:
-    kind = req.WhichOneof("prompt")
-    if kind == "text":
-        return req.text
-    if kind == "token_ids":
-        return list(req.token_ids.ids)
-    if kind == "messages":
-        return [{"role": m.role, "content": m.content} for m in req.messages.messages]
-    raise ValidationError("prompt", "one of text, token_ids or messages is required")
-
-
-def to_engine_args(req: pb.GenerateRequest, limits: Limits = Limits()) -> EngineArgs:
+def validate_request(req: pb.GenerateRequest, limits: Limits = DEFAULT_LIMITS) -> Admission:
     """Validate a request; raises ValidationError naming the first bad field."""
     check_request_id(req.request_id, required=False)
     if len(req.model) > MAX_MODEL_NAME:
@@ -122,10 +55,10 @@ def to_engine_args(req: pb.GenerateRequest, limits: Limits = Limits()) -> Engine
     if not -100 <= req.priority <= 100:
         raise ValidationError("priority", f"must be in [-100, 100], got {req.priority}")
     check_stream_options(req.stream_options, limits)
-    return EngineArgs(prompt=prompt, sampling_params=sp, sparse_config=sc)
+    return Admission(prompt=prompt, sampling_params=sp, sparse_config=sc)
 
 
-def check_fits(args: EngineArgs, workers: Sequence[ModelLimits]) -> None:
+def check_fits(args: Admission, workers: Sequence[ModelLimits]) -> None:
     """Refuse a request that none of `workers` (the limits a model's workers registered) could
     ever run, with the error `resolve_request` gives for the first of them.
 

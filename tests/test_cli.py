@@ -75,6 +75,7 @@ def test_environment_sets_defaults_and_flags_win(monkeypatch):
     ("var", "value", "message"),
     [
         ("DLLMSERVE_MAX_QUEUE", "lots", r"\$DLLMSERVE_MAX_QUEUE='lots': not a valid int"),
+        ("DLLMSERVE_MAX_BATCH", "0", r"--max-batch / DLLMSERVE_MAX_BATCH: must be in \[1, inf\]"),
         ("DLLMSERVE_NO_DISPATCH", "maybe", r"\$DLLMSERVE_NO_DISPATCH='maybe': must be one of"),
         ("DLLMSERVE_LOG_LEVEL", "loud", r"\$DLLMSERVE_LOG_LEVEL='loud': --log-level is one of"),
     ],
@@ -114,3 +115,35 @@ def test_serve_gives_each_cpu_worker_its_share_of_the_cores(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert cpu_threads_each(EngineConfig(), 2) is None  # ... or the environment's
     assert usable_cores() >= 1
+
+
+def test_the_service_flags_are_generated_from_their_configs():
+    """Every settable field of SchedulerConfig and WorkerConfig is a flag with its variable and
+    the field's own default; a flag sets the field (no hand-copied list to drift)."""
+    from dataclasses import fields
+
+    from dllmserve.config_fields import default_of
+    from dllmserve.scheduler.config import SchedulerConfig
+    from dllmserve.worker.config import WorkerConfig
+
+    for cmd, cls in (("scheduler", SchedulerConfig), ("worker", WorkerConfig)):
+        sub = build_parser()._subparsers._group_actions[0].choices[cmd]
+        by_dest = {a.dest: a for a in sub._actions}
+        for f in fields(cls):
+            if not f.metadata.get("cli", True):
+                continue
+            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+            (action,) = [a for a in sub._actions if flag in a.option_strings]
+            assert action.env.startswith("DLLMSERVE_"), flag
+            if action.dest == f.name:
+                assert action.default == default_of(f), flag
+            else:  # a flag that turns a default-on field off
+                assert default_of(f) is True and by_dest[action.dest].default is False, flag
+    from dllmserve.cli.scheduler import scheduler_config
+
+    argv = ["--result-ttl", "60", "--no-dispatch", "--worker-wait", "2.5"]
+    a = build_parser().parse_args(["scheduler", *argv, "--redis-url", "redis://r/0"])
+
+    cfg = scheduler_config(a)
+    assert (cfg.result_ttl_s, cfg.dispatch, cfg.worker_wait_s) == (60, False, 2.5)
+    assert cfg.redis_url == "redis://r/0" and cfg.max_batch == SchedulerConfig().max_batch

@@ -5,6 +5,7 @@ outside benchmarks/ is over 400 lines."""
 
 from __future__ import annotations
 
+import ast
 import graphlib
 import json
 import os
@@ -119,3 +120,57 @@ def test_no_module_outside_benchmarks_is_over_400_lines():
         and (n := len(p.read_text(encoding="utf-8").splitlines())) > 400
     }
     assert long == {}
+
+
+# The product's own code (kernels/ aside where noted): what the service's anatomy rules cover.
+PRODUCT = ("dllmserve", "scheduler", "worker", "kernels")
+HASH_CALLS = ("hget", "hmget", "hset", "hgetall", "hsetnx", "hincrby", "hdel", "hexists")
+
+
+def _product_files(*tops: str):
+    for top in tops or PRODUCT:
+        yield from sorted((ROOT / top).rglob("*.py"))
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+    return out
+
+
+def test_the_worker_and_the_scheduler_meet_only_in_the_contract():
+    """The worker imports nothing of the scheduler (nor the reverse); the contract package
+    (dllmserve.broker) imports neither."""
+    for p in _product_files("worker"):
+        bad = {m for m in _imports(p) if m.startswith("dllmserve.scheduler")}
+        assert not bad, (p, bad)
+    for p in _product_files("scheduler"):
+        bad = {m for m in _imports(p) if m.startswith("dllmserve.worker")}
+        assert not bad, (p, bad)
+    for p in (ROOT / "dllmserve" / "broker").glob("*.py"):
+        bad = {m for m in _imports(p) if m.startswith(("dllmserve.worker", "dllmserve.scheduler"))}
+        assert not bad, (p, bad)
+
+
+def test_redis_hash_fields_are_read_and_written_in_the_contract_only():
+    broker = ROOT / "dllmserve" / "broker"
+    for p in _product_files():
+        if p.parent == broker:
+            continue
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in HASH_CALLS:
+                raise AssertionError(f"{p.relative_to(ROOT)}:{node.lineno} calls .{node.attr}")
+
+
+def test_no_dispatch_grouping_by_sparse_config_and_no_opaque_reply_reader():
+    for p in [*_product_files(), *(ROOT / "tests").rglob("*.py")]:
+        if p == Path(__file__).resolve():
+            continue
+        text = p.read_text(encoding="utf-8")
+        for word in ("match_key", "group_key", "q.s("):
+            assert word not in text, (p.relative_to(ROOT), word)

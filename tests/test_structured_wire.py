@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from dllmserve.broker.convert import to_sampling_params
 from dllmserve.errors import ValidationError
-from dllmserve.scheduler.validation import to_sampling_params
 from dllmserve.structured import StructuredOutput
 from dllmserve.structured.spec import JSON_OBJECT_SCHEMA
 from dllmserve.v1 import dllm_pb2 as pb

@@ -4,8 +4,8 @@ It runs beside the engine loop so that a long step never makes a live worker loo
 also notices when the dispatcher has reaped the worker (it missed heartbeats, e.g. a frozen
 process) and tells the loop to drop the work that was taken back. While the watchdog holds the
 loop for stalled it stays silent, so the worker drops out of the service. Each beat also
-carries the engine's `ModelLimits` (scheduler/served.py): the scheduler checks a request against
-the model before it queues it.
+carries the engine's `ModelLimits` (dllmserve/broker/workers.py): the scheduler checks a
+request against the model before it queues it.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import redis
 import redis.exceptions
 
 from dllmserve.broker import redis_keys as rk
-from dllmserve.scheduler.redis_link import Backoff
-from dllmserve.scheduler.served import LIMITS_FIELD, encode_limits
+from dllmserve.broker.redis_link import Backoff
+from dllmserve.broker.workers import DRAINING, READY, WorkerRecord, encode_limits
 
 log = logging.getLogger(__name__)
 
@@ -45,31 +45,25 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         lp = self.loop
         st = lp.snapshot
-        key = rk.worker_key(lp.id)
         if self._registered_as == lp.id and not self.r.sismember(rk.WORKERS, lp.id):
             lp.reaped.set()
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hset(
-            key,
-            mapping={
-                "model": lp.model_name,
-                "device": self.device,
-                "host": socket.gethostname(),
-                "slots": self.slots,
-                "state": "draining" if lp.stop.is_set() else "ready",
-                "running": st.get("running", 0),
-                "waiting": st.get("waiting", 0),
-                "free_pages": st.get("free_pages", 0),
-                "total_pages": st.get("total_pages", 0),
-                "max_num_seqs": st.get("max_num_seqs", 0),
-                "steps": lp.steps,
-                LIMITS_FIELD: self.limits,
-                "t": repr(time.time()),
-            },
+        record = WorkerRecord(
+            model=lp.model_name,
+            device=self.device,
+            host=socket.gethostname(),
+            slots=self.slots,
+            state=DRAINING if lp.stop.is_set() else READY,
+            running=st.get("running", 0),
+            waiting=st.get("waiting", 0),
+            free_pages=st.get("free_pages", 0),
+            total_pages=st.get("total_pages", 0),
+            max_num_seqs=st.get("max_num_seqs", 0),
+            steps=lp.steps,
+            limits=self.limits,
+            t=time.time(),
         )
-        pipe.pexpire(key, int(lp.cfg.heartbeat_ttl_s * 1000))
-        pipe.sadd(rk.WORKERS, lp.id)
-        pipe.hset(rk.MODELS, lp.model_name, repr(time.time()))
+        pipe = self.r.pipeline(transaction=False)
+        record.write(pipe, lp.id, int(lp.cfg.heartbeat_ttl_s * 1000))
         pipe.execute()
         self._registered_as = lp.id
 

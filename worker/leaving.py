@@ -15,6 +15,8 @@ import logging
 import time
 
 from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.scripts import HANDED_BACK
+from dllmserve.broker.workers import DRAINING, set_state
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,12 @@ class Leaving:
     def _leave_stalled(self, ran_s: float, limit_s: float) -> None:
         """(Watchdog thread.) Heartbeat stopped, key deleted: the dispatcher reaps us at once and
         re-runs our requests with attempt + 1 (dead-letters one that failed too many times)."""
-        log.error("worker %s stalled: an iteration has run %.1f s (limit %.1f s); leaving",
-                  self.id, ran_s, limit_s)  # fmt: skip
+        log.error(
+            "worker %s stalled: an iteration has run %.1f s (limit %.1f s); leaving",
+            self.id,
+            ran_s,
+            limit_s,
+        )
         self.r.delete(rk.worker_key(self.id))
 
     def _rejoin(self) -> None:
@@ -53,7 +59,7 @@ class Leaving:
         the last inbox read (heartbeat stopped) sees every batch we were ever given."""
         log.info("worker %s draining", self.id)
         self.snapshot = {**self.snapshot, "state": "draining"}
-        self.r.hset(rk.worker_key(self.id), "state", "draining")
+        set_state(self.r, self.id, DRAINING)
         self._hand_back_unread()
         deadline = time.monotonic() + self.cfg.drain_timeout_s
         while self.engine.has_unfinished() and time.monotonic() < deadline:
@@ -71,7 +77,7 @@ class Leaving:
         self.pub.close()
         if self.before_leave is not None:
             self.before_leave()
-        self.r.hset(rk.worker_key(self.id), "state", "draining")  # over a beat sent meanwhile
+        set_state(self.r, self.id, DRAINING)  # over a beat sent meanwhile
         self._hand_back_unread()
         pipe = self.r.pipeline(transaction=False)
         pipe.delete(rk.worker_key(self.id), rk.inbox_key(self.id), rk.load_key(self.id))
@@ -93,8 +99,5 @@ class Leaving:
                 self.r.xack(rk.inbox_key(self.id), rk.INBOX_GROUP, entry_id)
 
     def _handback(self, rid: str) -> None:
-        self.scripts.reclaim(
-            keys=[rk.req_key(rid), rk.PENDING],
-            args=[self.id, 0, repr(time.time()), self.cfg.result_ttl_s, rid, "0"],
-        )
+        self.broker.reclaim(rid, worker=self.id, max_attempts=0, charge=HANDED_BACK)
         self.r.decr(rk.load_key(self.id))

@@ -12,18 +12,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 import redis
 import redis.exceptions
 
+from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.convert import admission_of
+from dllmserve.broker.redis_link import Backoff
+from dllmserve.broker.scripts import Broker, Completion, Failure, Started, StepRecord
 from dllmserve.engine.outputs import StepUpdate
 from dllmserve.engine.protocol import StepEngine
 from dllmserve.errors import CapacityError, ValidationError
 from dllmserve.logs import EVENT_ATTR
-from dllmserve.scheduler import queue as q
-from dllmserve.scheduler.redis_link import Backoff
-from dllmserve.scheduler.validation import prompt_of, to_sampling_params, to_sparse_config
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.compiling import Compiles
 from dllmserve.worker.config import WorkerConfig
@@ -32,29 +32,10 @@ from dllmserve.worker.leaving import Leaving
 from dllmserve.worker.observe import Observer
 from dllmserve.worker.publisher import InlinePublisher, Publisher
 from dllmserve.worker.render import CanvasRenderer, provisional_tokens, token_edits
+from dllmserve.worker.running import RunningRequest, completed
 from dllmserve.worker.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
-
-_FINISH_REASON = {
-    "stop": pb.FINISH_REASON_STOP,
-    "length": pb.FINISH_REASON_LENGTH,
-    "abort": pb.FINISH_REASON_ABORT,
-}
-
-
-@dataclass
-class Active:
-    request_id: str
-    attempt: str
-    entry_id: str
-    t_enq: float
-    t_start: float
-    deadline: float
-    canvas: CanvasRenderer | None  # with include_canvas
-    token_texts: bool  # with include_token_texts: each committed token's text too
-    t_first: float = 0.0
-    provisional: bool = False  # with StreamOptions.provisional
 
 
 class WorkerLoop(Leaving):
@@ -67,8 +48,8 @@ class WorkerLoop(Leaving):
         self.id = worker_id
         self._base_id, self._rejoins = worker_id, 0
         self.model_name = cfg.model_name or engine.model_name
-        self.scripts = q.register_scripts(client)
-        self.active: dict[str, Active] = {}
+        self.broker = Broker(client)
+        self.active: dict[str, RunningRequest] = {}
         self.batches: dict[str, set[str]] = {}  # inbox entry id -> its unfinished request ids
         self.stop = threading.Event()  # set by SIGTERM: drain
         self.reaped = threading.Event()  # set by the heartbeat when the dispatcher reaped us
@@ -90,7 +71,7 @@ class WorkerLoop(Leaving):
     # ---- setup and main loop -------------------------------------------------------------
     def ensure_group(self) -> None:
         try:
-            self.r.xgroup_create(q.inbox_key(self.id), q.INBOX_GROUP, id="0", mkstream=True)
+            self.r.xgroup_create(rk.inbox_key(self.id), rk.INBOX_GROUP, id="0", mkstream=True)
         except redis.exceptions.ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
@@ -143,7 +124,7 @@ class WorkerLoop(Leaving):
     def _read_inbox(self, block_ms: int | None) -> None:
         try:
             reply = self.r.xreadgroup(
-                q.INBOX_GROUP, self.id, {q.inbox_key(self.id): ">"}, count=16, block=block_ms
+                rk.INBOX_GROUP, self.id, {rk.inbox_key(self.id): ">"}, count=16, block=block_ms
             )
         except redis.exceptions.ResponseError as e:
             if "NOGROUP" not in str(e):
@@ -153,8 +134,8 @@ class WorkerLoop(Leaving):
         batches = []
         for _key, entries in reply or []:
             for entry_id, fields in entries:
-                eid = q.s(entry_id)
-                ids = [x for x in q.s(fields.get(b"ids")).split(",") if x]
+                eid = rk.text(entry_id)
+                ids = [x for x in rk.text(fields.get(b"ids")).split(",") if x]
                 with self._lock:
                     self.batches[eid] = set()
                 batches.append((eid, ids))
@@ -163,45 +144,39 @@ class WorkerLoop(Leaving):
         # Every request read is taken (START) in one round trip, not one each: a batch of 32
         # reaches its first step that much sooner.
         now = time.time()
-        pipe = self.r.pipeline(transaction=False)
+        batch = self.broker.batch()
         for _eid, ids in batches:
             for rid in ids:
-                self.scripts.start(
-                    keys=[q.req_key(rid), q.load_key(self.id)],
-                    args=[self.id, repr(now), self.cfg.result_ttl_s, rid],
-                    client=pipe,
-                )
-        started = iter(pipe.execute())
+                batch.start(rid, worker=self.id)
+        started = iter(batch.execute())
         for eid, ids in batches:
             for rid in ids:
                 self._admit(eid, rid, next(started), now)
             self.pub.submit(lambda eid=eid: self._maybe_ack(eid))
 
-    def _admit(self, eid: str, rid: str, got, now: float) -> None:
-        """Hand a request to the engine; `got` is what START returned for it (nothing: it was
+    def _admit(self, eid: str, rid: str, got: Started | None, now: float) -> None:
+        """Hand a request to the engine; `got` is what START returned for it (None: it was
         cancelled meanwhile, or is no longer ours)."""
-        if not got:
+        if got is None:
             return
-        attempt, body, t_enq, deadline, opts_raw = (
-            q.s(got[0]),
-            got[1],
-            float(q.s(got[2]) or now),
-            float(q.s(got[3]) or 0),
-            got[4] or b"",
-        )
+        attempt, t_enq, deadline = got.attempt, got.enqueued_at or now, got.deadline
         with self._lock:
             self.batches[eid].add(rid)
-        req = pb.GenerateRequest.FromString(body)
-        opts = pb.StreamOptions.FromString(opts_raw)
+        req = pb.GenerateRequest.FromString(got.body)
+        opts = pb.StreamOptions.FromString(got.options)
         self.faults.on_admit(rid, req)
         compiling = False
         try:  # the scheduler checked the wire fields; the engine checks the rest, once
-            sp = to_sampling_params(req.sampling_params)
-            sc = to_sparse_config(req.sparse_config) if req.HasField("sparse_config") else None
+            adm = admission_of(req)
+            sp = adm.sampling_params
             if self.engine.has_request(rid):
                 self.engine.abort(rid)  # a stale attempt of this request still ran here
-            admission = dict(prompt=prompt_of(req), sampling_params=sp, sparse_config=sc,
-                             provisional=opts.provisional)  # fmt: skip
+            admission = dict(
+                prompt=adm.prompt,
+                sampling_params=sp,
+                sparse_config=adm.sparse_config,
+                provisional=opts.provisional,
+            )
             compiling = self.compiles.wanted(sp)
             if compiling:  # it waits for its automaton; the engine takes it once compiled
                 self.compiles.submit(rid, sp, admission)
@@ -215,10 +190,17 @@ class WorkerLoop(Leaving):
             if opts.include_canvas
             else None
         )
-        self.active[rid] = Active(
-            rid, attempt, eid, t_enq, now, deadline, canvas, opts.include_token_texts,
+        self.active[rid] = RunningRequest(
+            rid,
+            attempt,
+            eid,
+            t_enq,
+            now,
+            deadline,
+            canvas,
+            opts.include_token_texts,
             provisional=opts.provisional,
-        )  # fmt: skip
+        )
         if not compiling:
             self.observe.admitted(rid, attempt, t_enq, now)
 
@@ -238,17 +220,17 @@ class WorkerLoop(Leaving):
                 continue
             self.observe.admitted(rid, a.attempt, a.t_enq, time.time())
 
-    def _refuse(self, rid: str, eid: str, attempt: str, e: Exception) -> None:
+    def _refuse(self, rid: str, eid: str, attempt: int, e: Exception) -> None:
         """End a request its admission refused: INVALID_ARGUMENT naming the field, or
         RESOURCE_EXHAUSTED; anything else is a bug, which must not take the worker down."""
         if isinstance(e, ValidationError):
-            self._fail(rid, eid, attempt, q.FAILED, "INVALID_ARGUMENT", e.reason, e.field)
+            self._fail(rid, eid, attempt, rk.FAILED, "INVALID_ARGUMENT", e.reason, e.field)
         elif isinstance(e, CapacityError):
-            self._fail(rid, eid, attempt, q.FAILED, "RESOURCE_EXHAUSTED", str(e))
+            self._fail(rid, eid, attempt, rk.FAILED, "RESOURCE_EXHAUSTED", str(e))
         else:
             fields = {EVENT_ATTR: {"request_id": rid, "attempt": attempt}}
             log.error("admission failed", extra=fields, exc_info=e)
-            self._fail(rid, eid, attempt, q.FAILED, "INTERNAL", f"admission failed: {e}")
+            self._fail(rid, eid, attempt, rk.FAILED, "INTERNAL", f"admission failed: {e}")
 
     def _maybe_ack(self, eid: str) -> None:
         """Acknowledge and delete a batch whose requests all ended (publisher thread)."""
@@ -257,8 +239,8 @@ class WorkerLoop(Leaving):
                 return
             del self.batches[eid]
         pipe = self.r.pipeline(transaction=False)
-        pipe.xack(q.inbox_key(self.id), q.INBOX_GROUP, eid)
-        pipe.xdel(q.inbox_key(self.id), eid)
+        pipe.xack(rk.inbox_key(self.id), rk.INBOX_GROUP, eid)
+        pipe.xdel(rk.inbox_key(self.id), eid)
         pipe.execute()
 
     def _done(self, rid: str, eid: str) -> None:
@@ -270,41 +252,47 @@ class WorkerLoop(Leaving):
 
     # ---- cancellation and deadlines --------------------------------------------------------
     def _read_ctl(self) -> None:
-        reply = self.r.xread({q.ctl_key(self.id): self._ctl_last}, count=256)
+        reply = self.r.xread({rk.ctl_key(self.id): self._ctl_last}, count=256)
         for _key, entries in reply or []:
             for entry_id, fields in entries:
-                self._ctl_last = q.s(entry_id)
-                rid = q.s(fields.get(b"id"))
+                self._ctl_last = rk.text(entry_id)
+                rid = rk.text(fields.get(b"id"))
                 a = self.active.get(rid)
                 if a is None:
                     continue
                 self.engine.abort(rid)
-                code = q.s(fields.get(b"code")) or "CANCELLED"
-                msg = q.s(fields.get(b"msg")) or "cancelled"
-                self._fail(rid, a.entry_id, a.attempt, q.CANCELLED, code, msg)
+                code = rk.text(fields.get(b"code")) or "CANCELLED"
+                msg = rk.text(fields.get(b"msg")) or "cancelled"
+                self._fail(rid, a.entry_id, a.attempt, rk.CANCELLED, code, msg)
 
     def _check_deadlines(self) -> None:
         now = time.time()
         for a in [a for a in self.active.values() if a.deadline and now > a.deadline]:
             self.engine.abort(a.request_id)
             self._fail(
-                a.request_id, a.entry_id, a.attempt, q.EXPIRED, "DEADLINE_EXCEEDED",
+                a.request_id,
+                a.entry_id,
+                a.attempt,
+                rk.EXPIRED,
+                "DEADLINE_EXCEEDED",
                 "deadline exceeded",
-            )  # fmt: skip
+            )
 
     def _fail(
-        self, rid: str, eid: str, attempt: str, status: str, code: str, msg: str, field: str = ""
+        self, rid: str, eid: str, attempt: int, status: str, code: str, msg: str, field: str = ""
     ) -> None:
         self.active.pop(rid, None)
         self.compiles.drop(rid)
         self.observe.ended(rid, attempt, status, code, msg)
 
         def job() -> None:
-            self.scripts.finish(
-                keys=[q.req_key(rid), q.res_key(rid), q.load_key(self.id)],
-                args=[self.id, attempt, status, repr(time.time()), self.cfg.result_ttl_s,
-                      "k", q.REC_ERROR, "code", code, "msg", msg, "field", field],
-            )  # fmt: skip
+            self.broker.finish(
+                rid,
+                worker=self.id,
+                attempt=attempt,
+                status=status,
+                final=Failure(code, msg, field),
+            )
             self._done(rid, eid)
 
         self.pub.submit(job)
@@ -323,10 +311,10 @@ class WorkerLoop(Leaving):
         if items:
             self.pub.submit(lambda: self._write_steps(items))
 
-    def _write_steps(self, items: list[tuple[Active, StepUpdate]]) -> None:
+    def _write_steps(self, items: list[tuple[RunningRequest, StepUpdate]]) -> None:
         now = time.time()
-        steps: list = [repr(now), max(86400, self.cfg.result_ttl_s)]
-        finished: list[tuple[Active, StepUpdate]] = []
+        steps: list[StepRecord] = []
+        finished: list[tuple[RunningRequest, StepUpdate]] = []
         for a, u in items:
             canvas = a.canvas.apply(u.positions, u.token_ids) if a.canvas is not None else ""
             msg = pb.StepUpdate(
@@ -338,54 +326,39 @@ class WorkerLoop(Leaving):
                 masked_left=u.masked_left,
                 text_delta=u.text_delta,
                 canvas=canvas,
-                attempt=int(a.attempt),
+                attempt=a.attempt,
                 token_texts=[self.engine.decode([t]) for t in u.token_ids] if a.token_texts else [],
                 provisional=provisional_tokens(u.provisional, self.engine.decode, a.token_texts),
                 edits=token_edits(u.edits, self.engine.decode, a.token_texts),
             )
-            bd = "1" if u.block_done else "0"
-            first = "0" if a.t_first else "1"
-            if not a.t_first:
+            first = not a.t_first
+            if first:
                 a.t_first = now
                 self.observe.first_step(a.request_id, a.attempt, a.t_enq, now)
-            steps += [u.request_id, a.attempt, bd, first, msg.SerializeToString()]
+            steps.append(
+                StepRecord(
+                    u.request_id,
+                    a.attempt,
+                    msg.SerializeToString(),
+                    block_done=u.block_done,
+                    first=first,
+                )
+            )
             if u.finished and u.output is not None:
                 finished.append((a, u))
-        pipe = self.r.pipeline(transaction=False)
-        if len(steps) > 2:
-            self.scripts.publish_steps(keys=[], args=steps, client=pipe)
+        batch = self.broker.batch()
+        if steps:
+            batch.publish_steps(steps)
         for a, u in finished:  # after its last step record: the same connection keeps order
-            done = self._completed(a, u, now)
+            done = completed(a, u, now, self.id)
             self.observe.completed(done)
-            self.scripts.finish(
-                keys=[q.req_key(a.request_id), q.res_key(a.request_id), q.load_key(self.id)],
-                args=[self.id, a.attempt, q.DONE, repr(now), self.cfg.result_ttl_s,
-                      "k", q.REC_COMPLETED, "p", done.SerializeToString()],
-                client=pipe,
-            )  # fmt: skip
-        pipe.execute()
+            batch.finish(
+                a.request_id,
+                worker=self.id,
+                attempt=a.attempt,
+                status=rk.DONE,
+                final=Completion(done.SerializeToString()),
+            )
+        batch.execute()
         for a, _u in finished:
             self._done(a.request_id, a.entry_id)
-
-    def _completed(self, a: Active, u: StepUpdate, now: float) -> pb.Completed:
-        out = u.output
-        answer = u.answer_length if u.answer_length is not None else len(out.token_ids)
-        return pb.Completed(
-            request_id=a.request_id,
-            text=out.text,
-            token_ids=out.token_ids,
-            finish_reason=_FINISH_REASON.get(out.finish_reason, pb.FINISH_REASON_UNSPECIFIED),
-            usage=pb.Usage(
-                prompt_tokens=len(out.prompt_token_ids),
-                generated_tokens=answer,
-                steps=out.num_steps,
-                forward_passes=out.num_forward_passes,
-            ),
-            timings=pb.Timings(
-                queued_ms=max(0.0, (a.t_start - a.t_enq) * 1000),
-                first_update_ms=max(0.0, (a.t_first - a.t_enq) * 1000),
-                total_ms=max(0.0, (now - a.t_enq) * 1000),
-            ),
-            attempt=int(a.attempt),
-            worker_id=self.id,
-        )

@@ -9,9 +9,9 @@ import socket
 import time
 import uuid
 
+from dllmserve.broker.redis_link import connect
 from dllmserve.engine.protocol import StepEngine
 from dllmserve.logs import ready
-from dllmserve.scheduler.redis_link import connect
 from dllmserve.worker import http
 from dllmserve.worker.config import WorkerConfig
 from dllmserve.worker.gpu import take_gpu

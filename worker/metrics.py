@@ -40,29 +40,7 @@ class WorkerMetrics:
         r, m = self.registry, ["model_name"]
         self.model_name = model_name
 
-        def gauge(name: str, doc: str, key: str) -> None:
-            g = Gauge(PREFIX + name, doc, m, registry=r).labels(model_name)
-            g.set_function(lambda: float(snapshot().get(key, 0)))
-
-        gauge("num_requests_running", "Requests in the engine's running batch.", "running")
-        gauge("num_requests_waiting", "Requests on this worker waiting for the batch.", "waiting")
-        gauge("cache_pages_capacity", "KV-cache pages of the engine's pool.", "total_pages")
-        gauge(
-            "prefix_cache_hit_rate",
-            "Block-diffusion models: prompt blocks found in the "
-            "prefix cache over those looked up (0 without one).",
-            "prefix_cache_hit_rate",
-        )
-        gauge(
-            "prefix_cache_pages",
-            "Block-diffusion models: KV-cache pages of cached prompt "
-            "blocks (0 without a prefix cache).",
-            "prefix_cached_pages",
-        )
-        used = Gauge(PREFIX + "cache_pages_used", "KV-cache pages held by requests.", m, registry=r)
-        used.labels(model_name).set_function(
-            lambda: float(snapshot().get("total_pages", 0) - snapshot().get("free_pages", 0))
-        )
+        self._gauges(snapshot)
         self.finished = Counter(
             PREFIX + "request_finished",  # exposed as ..._total
             "Requests this worker ended, by reason: stop / length (completed), abort, "
@@ -122,6 +100,34 @@ class WorkerMetrics:
         self._denoise_metrics(m)
         # request id -> (its current block, when that block's first step ended)
         self._block_seen: dict[str, tuple[int, float]] = {}
+
+    def _gauges(self, snapshot: Callable[[], dict]) -> None:
+        """The engine's state, read from its last snapshot at each scrape."""
+        r, m, model_name = self.registry, ["model_name"], self.model_name
+
+        def gauge(name: str, doc: str, key: str) -> None:
+            g = Gauge(PREFIX + name, doc, m, registry=r).labels(model_name)
+            g.set_function(lambda: float(snapshot().get(key, 0)))
+
+        gauge("num_requests_running", "Requests in the engine's running batch.", "running")
+        gauge("num_requests_waiting", "Requests on this worker waiting for the batch.", "waiting")
+        gauge("cache_pages_capacity", "KV-cache pages of the engine's pool.", "total_pages")
+        gauge(
+            "prefix_cache_hit_rate",
+            "Block-diffusion models: prompt blocks found in the "
+            "prefix cache over those looked up (0 without one).",
+            "prefix_cache_hit_rate",
+        )
+        gauge(
+            "prefix_cache_pages",
+            "Block-diffusion models: KV-cache pages of cached prompt "
+            "blocks (0 without a prefix cache).",
+            "prefix_cached_pages",
+        )
+        used = Gauge(PREFIX + "cache_pages_used", "KV-cache pages held by requests.", m, registry=r)
+        used.labels(model_name).set_function(
+            lambda: float(snapshot().get("total_pages", 0) - snapshot().get("free_pages", 0))
+        )
 
     def _denoise_metrics(self, m: list[str]) -> None:
         """The dLLM-native histograms: what parallel decoding buys, per step and per request."""

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from dllmserve import tracing
 from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.records import read_traceparent
 from dllmserve.engine.outputs import StepUpdate
 from dllmserve.logs import event
 from dllmserve.v1 import dllm_pb2 as pb
@@ -43,25 +44,43 @@ class Observer:
         self._spans: dict[str, object] = {}  # request id -> its open `dllmserve.run` span
         self._average_s: dict[str, float] = {}  # phase -> of its recent engine.step() calls
 
-    def admitted(self, rid: str, attempt: str, t_enq: float, now: float) -> None:
+    def admitted(self, rid: str, attempt: int, t_enq: float, now: float) -> None:
         queued = max(0.0, now - t_enq)
         self.metrics.queue_time.observe(queued)
         self.metrics.forget(rid)  # a stale entry of an earlier attempt here
         if tracing.enabled() and self._r is not None:
-            parent = rk.text(self._r.hget(rk.req_key(rid), "tp"))
+            parent = rk.text(read_traceparent(self._r, rid))
             self._spans[rid] = tracing.start(
-                "dllmserve.run", parent, **{"dllmserve.request_id": rid,
-                "dllmserve.attempt": int(attempt), "dllmserve.worker": self.worker_id})  # fmt: skip
-        event(log, "admitted", request_id=rid, worker=self.worker_id, attempt=int(attempt),
-              queued_ms=round(queued * 1000, 3))  # fmt: skip
+                "dllmserve.run",
+                parent,
+                **{
+                    "dllmserve.request_id": rid,
+                    "dllmserve.attempt": int(attempt),
+                    "dllmserve.worker": self.worker_id,
+                },
+            )
+        event(
+            log,
+            "admitted",
+            request_id=rid,
+            worker=self.worker_id,
+            attempt=int(attempt),
+            queued_ms=round(queued * 1000, 3),
+        )
 
-    def first_step(self, rid: str, attempt: str, t_enq: float, now: float) -> None:
+    def first_step(self, rid: str, attempt: int, t_enq: float, now: float) -> None:
         first = max(0.0, now - t_enq)
         self.metrics.time_to_first_step.observe(first)
         if (span := self._spans.get(rid)) is not None:
             span.add_event("first_step")
-        event(log, "first_step", request_id=rid, worker=self.worker_id, attempt=int(attempt),
-              first_update_ms=round(first * 1000, 3))  # fmt: skip
+        event(
+            log,
+            "first_step",
+            request_id=rid,
+            worker=self.worker_id,
+            attempt=int(attempt),
+            first_update_ms=round(first * 1000, 3),
+        )
 
     def step(self, engine) -> list:
         """Run one `engine.step()`, timed and labelled with its phase."""
@@ -81,8 +100,15 @@ class Observer:
             return
         avg = self._average_s.get(phase)
         if avg is not None and seconds > max(SLOW_FLOOR_S, SLOW_FACTOR * avg):
-            event(log, "slow_iteration", worker=self.worker_id, ms=round(seconds * 1000, 1),
-                  average_ms=round(avg * 1000, 1), phase=phase, requests=batch)  # fmt: skip
+            event(
+                log,
+                "slow_iteration",
+                worker=self.worker_id,
+                ms=round(seconds * 1000, 1),
+                average_ms=round(avg * 1000, 1),
+                phase=phase,
+                requests=batch,
+            )
         self._average_s[phase] = seconds if avg is None else avg + AVERAGE_WEIGHT * (seconds - avg)
         iterations = len(request_ids) // batch
         for _ in range(iterations):
@@ -99,22 +125,39 @@ class Observer:
         m.generation_tokens.inc(done.usage.generated_tokens)
         m.e2e_latency.observe(done.timings.total_ms / 1000)
         m.forward_passes.observe(done.usage.forward_passes)
-        tracing.end(self._spans.pop(done.request_id, None), **{
-            "dllmserve.finish_reason": reason, "dllmserve.steps": done.usage.steps})  # fmt: skip
-        event(log, "finished", request_id=done.request_id, worker=self.worker_id,
-              attempt=done.attempt, finish_reason=reason, steps=done.usage.steps,
-              prompt_tokens=done.usage.prompt_tokens,
-              generated_tokens=done.usage.generated_tokens,
-              queued_ms=round(done.timings.queued_ms, 3),
-              first_update_ms=round(done.timings.first_update_ms, 3),
-              total_ms=round(done.timings.total_ms, 3))  # fmt: skip
+        tracing.end(
+            self._spans.pop(done.request_id, None),
+            **{"dllmserve.finish_reason": reason, "dllmserve.steps": done.usage.steps},
+        )
+        event(
+            log,
+            "finished",
+            request_id=done.request_id,
+            worker=self.worker_id,
+            attempt=done.attempt,
+            finish_reason=reason,
+            steps=done.usage.steps,
+            prompt_tokens=done.usage.prompt_tokens,
+            generated_tokens=done.usage.generated_tokens,
+            queued_ms=round(done.timings.queued_ms, 3),
+            first_update_ms=round(done.timings.first_update_ms, 3),
+            total_ms=round(done.timings.total_ms, 3),
+        )
 
-    def ended(self, rid: str, attempt: str, status: str, code: str, message: str) -> None:
+    def ended(self, rid: str, attempt: int, status: str, code: str, message: str) -> None:
         """A request ended without completing: cancelled, past its deadline, or failed."""
         self.metrics.reason(_ENDED_REASON.get(status, "error")).inc()
         self.metrics.forget(rid)
         tracing.end(self._spans.pop(rid, None), **{"dllmserve.code": code})
         name = status if status in _ENDED_REASON else "failed"
         level = logging.WARNING if code == "INTERNAL" else logging.INFO
-        event(log, name, level=level, request_id=rid, worker=self.worker_id,
-              attempt=int(attempt), code=code, error=message)  # fmt: skip
+        event(
+            log,
+            name,
+            level=level,
+            request_id=rid,
+            worker=self.worker_id,
+            attempt=int(attempt),
+            code=code,
+            error=message,
+        )

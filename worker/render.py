@@ -51,7 +51,7 @@ def provisional_tokens(
             token_id=p.token_id,
             confidence=p.confidence,
             text=decode([p.token_id]) if texts else "",
-        )  # fmt: skip
+        )
         for p in proposed
     ]
 
@@ -66,6 +66,6 @@ def token_edits(
             old_token_id=e.old,
             new_token_id=e.new,
             text=decode([e.new]) if texts else "",
-        )  # fmt: skip
+        )
         for e in edits
     ]

@@ -257,16 +257,21 @@ return 0
 # ARGV: now, ttl, then (request id, attempt, block done, first, payload) per step record.
 # All step records of one engine iteration in one call: one round trip and little packing.
 # A request whose record is gone (Redis lost it) gets no record: nothing without a TTL is made.
-PUBLISH_STEPS = """
+# A stream's first record gives it the larger of `ttl` and the request's own TTL (it is still
+# running); the final record sets the request's own.
+PUBLISH_STEPS = (
+    _LUA_HELPERS
+    + """
 for i = 3, #ARGV, 5 do
   local res = 'dllm:res:' .. ARGV[i]
   if redis.call('EXISTS', 'dllm:req:' .. ARGV[i]) == 1 then
     redis.call('XADD', res, '*', 'a', ARGV[i + 1], 'k', 's', 'p', ARGV[i + 4], 'bd', ARGV[i + 2])
     if ARGV[i + 3] == '1' then
-      redis.call('EXPIRE', res, ARGV[2])
+      redis.call('EXPIRE', res, math.max(tonumber(ARGV[2]), ttl_of('dllm:req:' .. ARGV[i], 0)))
       redis.call('HSETNX', 'dllm:req:' .. ARGV[i], 't_first', ARGV[1])
     end
   end
 end
 return 1
 """
+)

@@ -20,6 +20,9 @@ QUEUED, DISPATCHED, RUNNING = "queued", "dispatched", "running"
 DONE, FAILED, CANCELLED, EXPIRED, DEAD_STATUS = "done", "failed", "cancelled", "expired", "dead"
 TERMINAL = frozenset({DONE, FAILED, CANCELLED, EXPIRED, DEAD_STATUS})
 
+RESULT_TTL_S = 3600  # a finished request's records live this long, unless it stored its own
+STEPS_TTL_S = 86400  # a running request's result stream lives at least this long
+
 # Result-stream record kinds (field "k"); every record has the attempt in field "a".
 REC_STEP, REC_COMPLETED, REC_ERROR = "s", "c", "e"
 

@@ -44,6 +44,11 @@ class Cancel(enum.Enum):
     DEAD = "dead"
 
 
+# RECLAIM's charge: CHARGED, it ran alone when its worker went down (a crash counts against
+# it); SUSPECT, one of several (it runs isolated, uncharged); HANDED_BACK by a draining worker.
+CHARGED, SUSPECT, HANDED_BACK = "1", "s", "0"
+
+
 class Reclaim(enum.Enum):
     SKIP = "skip"  # not held by that worker (finished, or reclaimed already)
     REQUEUED = "requeued"
@@ -90,6 +95,29 @@ class StepRecord:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """The final record of a request that ended without an answer (a gRPC status code)."""
+
+    code: str
+    msg: str
+    field: str = ""  # the request field at fault, for INVALID_ARGUMENT
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The final record of a request that ended with its answer."""
+
+    payload: bytes  # a serialized Completed
+
+
+def final_fields(final: Failure | Completion) -> dict[str, Any]:
+    """A final record's stream fields (the relay reads them back)."""
+    if isinstance(final, Completion):
+        return {"k": rk.REC_COMPLETED, "p": final.payload}
+    return {"k": rk.REC_ERROR, "code": final.code, "msg": final.msg, "field": final.field}
+
+
+@dataclass(frozen=True)
 class _Call:
     script: str
     keys: list[str]
@@ -102,11 +130,28 @@ def _now() -> str:
 
 
 def _enqueue(req: StoredRequest, max_queue: int, per_client: int, owned: bool) -> _Call:
-    args = [req.request_id, req.body, max_queue, _now(), req.priority, repr(req.deadline),
-            req.model, req.options, req.client, per_client, req.last_step, "1" if owned else "0",
-            req.ttl_s, req.quota]  # fmt: skip
-    return _Call("enqueue", [rk.req_key(req.request_id), rk.PENDING], args,
-                 lambda r: Enqueued(Enqueue(rk.text(r[0])), rk.text(r[1])))  # fmt: skip
+    args = [
+        req.request_id,
+        req.body,
+        max_queue,
+        _now(),
+        req.priority,
+        repr(req.deadline),
+        req.model,
+        req.options,
+        req.client,
+        per_client,
+        req.last_step,
+        "1" if owned else "0",
+        req.ttl_s,
+        req.quota,
+    ]
+    return _Call(
+        "enqueue",
+        [rk.req_key(req.request_id), rk.PENDING],
+        args,
+        lambda r: Enqueued(Enqueue(rk.text(r[0])), rk.text(r[1])),
+    )
 
 
 def _assign(worker: str, entries: Sequence[tuple[str, str]], tag: str) -> _Call:
@@ -122,34 +167,39 @@ def _drop_queued(entry_id: str, rid: str, status: str, code: str, msg: str, ttl_
     return _Call("drop_queued", [rk.PENDING], args, lambda r: bool(r))
 
 
-def _start(rid: str, worker: str, ttl_s: int) -> _Call:
+def _start(rid: str, worker: str, ttl_s: int, now: str) -> _Call:
     def read(r: Any) -> Started | None:
         if not r:
             return None
         a, body, t_enq, deadline, opts = r
-        return Started(int(rk.text(a)), body or b"", float(rk.text(t_enq) or 0),
-                       float(rk.text(deadline) or 0), opts or b"")  # fmt: skip
+        return Started(
+            int(rk.text(a)),
+            body or b"",
+            float(rk.text(t_enq) or 0),
+            float(rk.text(deadline) or 0),
+            opts or b"",
+        )
 
-    return _Call("start", [rk.req_key(rid), rk.load_key(worker)], [worker, _now(), ttl_s, rid],
-                 read)  # fmt: skip
+    return _Call("start", [rk.req_key(rid), rk.load_key(worker)], [worker, now, ttl_s, rid], read)
 
 
-def _finish(rid: str, worker: str, attempt: int, status: str, ttl_s: int,
-            record: dict[str, Any]) -> _Call:  # fmt: skip
+def _finish(
+    rid: str, worker: str, attempt: int, status: str, ttl_s: int, final: Failure | Completion
+) -> _Call:
     args: list[Any] = [worker, attempt, status, _now(), ttl_s]
-    for k, v in record.items():
+    for k, v in final_fields(final).items():
         args += [k, v]
     keys = [rk.req_key(rid), rk.res_key(rid), rk.load_key(worker)]
     return _Call("finish", keys, args, lambda r: bool(r))
 
 
 def _cancel(rid: str, code: str, msg: str, ttl_s: int) -> _Call:
-    return _Call("cancel", [rk.req_key(rid)], [rid, code, msg, _now(), ttl_s],
-                 lambda r: Cancel(rk.text(r)))  # fmt: skip
+    return _Call(
+        "cancel", [rk.req_key(rid)], [rid, code, msg, _now(), ttl_s], lambda r: Cancel(rk.text(r))
+    )
 
 
-def _reclaim(rid: str, worker: str, max_attempts: int, ttl_s: int, charge: str,
-             tag: str) -> _Call:  # fmt: skip
+def _reclaim(rid: str, worker: str, max_attempts: int, ttl_s: int, charge: str, tag: str) -> _Call:
     args = [worker, max_attempts, _now(), ttl_s, rid, charge, tag]
     return _Call("reclaim", [rk.req_key(rid), rk.PENDING], args, lambda r: Reclaim(rk.text(r)))
 
@@ -176,54 +226,83 @@ def _release(holder: str) -> _Call:
 
 
 _SOURCES = {
-    "enqueue": lua.ENQUEUE, "assign": lua.ASSIGN, "drop_queued": lua.DROP_QUEUED,
-    "start": lua.START, "finish": lua.FINISH, "cancel": lua.CANCEL, "reclaim": lua.RECLAIM,
-    "lease_acquire": lua.LEASE_ACQUIRE, "lease_release": lua.LEASE_RELEASE,
+    "enqueue": lua.ENQUEUE,
+    "assign": lua.ASSIGN,
+    "drop_queued": lua.DROP_QUEUED,
+    "start": lua.START,
+    "finish": lua.FINISH,
+    "cancel": lua.CANCEL,
+    "reclaim": lua.RECLAIM,
+    "lease_acquire": lua.LEASE_ACQUIRE,
+    "lease_release": lua.LEASE_RELEASE,
     "publish_steps": lua.PUBLISH_STEPS,
-}  # fmt: skip
+}
 
 
 class Broker:
     """The scripts on a synchronous Redis client."""
 
     def __init__(self, client: Any) -> None:
+        self._client = client
         self._scripts = {name: client.register_script(src) for name, src in _SOURCES.items()}
+
+    def batch(self) -> Batch:
+        return Batch(self._scripts, self._client.pipeline(transaction=False))
 
     def _run(self, call: _Call) -> Any:
         return call.read(self._scripts[call.script](keys=call.keys, args=call.args))
 
-    def enqueue(self, req: StoredRequest, *, max_queue: int, per_client: int = 0,
-                owned: bool = False) -> Enqueued:  # fmt: skip
+    def enqueue(
+        self, req: StoredRequest, *, max_queue: int, per_client: int = 0, owned: bool = False
+    ) -> Enqueued:
         return self._run(_enqueue(req, max_queue, per_client, owned))
 
-    def assign(self, worker: str, entries: Sequence[tuple[str, str]],
-               tag: str = "") -> list[str] | None:  # fmt: skip
+    def assign(
+        self, worker: str, entries: Sequence[tuple[str, str]], tag: str = ""
+    ) -> list[str] | None:
         """Hands the still-queued requests of (entry id, request id) pairs to a ready worker;
         None (nothing touched) when it is not ready or isolation refuses the batch."""
         return self._run(_assign(worker, entries, tag))
 
-    def drop_queued(self, entry_id: str, rid: str, *, status: str, code: str, msg: str,
-                    ttl_s: int) -> bool:  # fmt: skip
+    def drop_queued(
+        self, entry_id: str, rid: str, *, status: str, code: str, msg: str, ttl_s: int
+    ) -> bool:
         return self._run(_drop_queued(entry_id, rid, status, code, msg, ttl_s))
 
-    def start(self, rid: str, *, worker: str, ttl_s: int) -> Started | None:
+    def start(self, rid: str, *, worker: str, ttl_s: int = rk.RESULT_TTL_S) -> Started | None:
         """Takes a request dispatched to `worker`; None when it is not (any more), or it was
         cancelled meanwhile (then it ends here)."""
-        return self._run(_start(rid, worker, ttl_s))
+        return self._run(_start(rid, worker, ttl_s, _now()))
 
-    def finish(self, rid: str, *, worker: str, attempt: int, status: str, ttl_s: int,
-               record: dict[str, Any]) -> bool:  # fmt: skip
+    def finish(
+        self,
+        rid: str,
+        *,
+        worker: str,
+        attempt: int,
+        status: str,
+        final: Failure | Completion,
+        ttl_s: int = rk.RESULT_TTL_S,
+    ) -> bool:
         """Publishes the final record, fenced: False unless `worker` owns this attempt."""
-        return self._run(_finish(rid, worker, attempt, status, ttl_s, record))
+        return self._run(_finish(rid, worker, attempt, status, ttl_s, final))
 
     def cancel(self, rid: str, *, code: str, msg: str, ttl_s: int) -> Cancel:
         return self._run(_cancel(rid, code, msg, ttl_s))
 
-    def reclaim(self, rid: str, *, worker: str, max_attempts: int, ttl_s: int, charge: str,
-                tag: str = "") -> Reclaim:  # fmt: skip
+    def reclaim(
+        self,
+        rid: str,
+        *,
+        worker: str,
+        max_attempts: int,
+        charge: str,
+        tag: str = "",
+        ttl_s: int = rk.RESULT_TTL_S,
+    ) -> Reclaim:
         return self._run(_reclaim(rid, worker, max_attempts, ttl_s, charge, tag))
 
-    def publish_steps(self, records: Sequence[StepRecord], *, ttl_s: int) -> None:
+    def publish_steps(self, records: Sequence[StepRecord], *, ttl_s: int = rk.STEPS_TTL_S) -> None:
         self._run(_publish_steps(records, ttl_s))
 
     def lease_acquire(self, holder: str, *, ttl_ms: int) -> bool:
@@ -231,6 +310,42 @@ class Broker:
 
     def lease_release(self, holder: str) -> bool:
         return self._run(_release(holder))
+
+
+class Batch:
+    """Calls queued on one pipeline: one round trip, run in order on one connection (a step's
+    records before the final record of the same request). `execute` reads every reply."""
+
+    def __init__(self, scripts: dict[str, Any], pipe: Any) -> None:
+        self._scripts, self._pipe, self._calls = scripts, pipe, []
+        self._now = _now()  # one time for the batch: requests taken together start together
+
+    def _add(self, call: _Call) -> None:
+        self._scripts[call.script](keys=call.keys, args=call.args, client=self._pipe)
+        self._calls.append(call)
+
+    def start(self, rid: str, *, worker: str, ttl_s: int = rk.RESULT_TTL_S) -> None:
+        self._add(_start(rid, worker, ttl_s, self._now))
+
+    def publish_steps(self, records: Sequence[StepRecord], *, ttl_s: int = rk.STEPS_TTL_S) -> None:
+        self._add(_publish_steps(records, ttl_s))
+
+    def finish(
+        self,
+        rid: str,
+        *,
+        worker: str,
+        attempt: int,
+        status: str,
+        final: Failure | Completion,
+        ttl_s: int = rk.RESULT_TTL_S,
+    ) -> None:
+        self._add(_finish(rid, worker, attempt, status, ttl_s, final))
+
+    def execute(self) -> list[Any]:
+        if not self._calls:
+            return []
+        return [c.read(r) for c, r in zip(self._calls, self._pipe.execute(), strict=True)]
 
 
 class AsyncBroker:
@@ -242,23 +357,27 @@ class AsyncBroker:
     async def _run(self, call: _Call) -> Any:
         return call.read(await self._scripts[call.script](keys=call.keys, args=call.args))
 
-    async def enqueue(self, req: StoredRequest, *, max_queue: int, per_client: int = 0,
-                      owned: bool = False) -> Enqueued:  # fmt: skip
+    async def enqueue(
+        self, req: StoredRequest, *, max_queue: int, per_client: int = 0, owned: bool = False
+    ) -> Enqueued:
         return await self._run(_enqueue(req, max_queue, per_client, owned))
 
-    async def assign(self, worker: str, entries: Sequence[tuple[str, str]],
-                     tag: str = "") -> list[str] | None:  # fmt: skip
+    async def assign(
+        self, worker: str, entries: Sequence[tuple[str, str]], tag: str = ""
+    ) -> list[str] | None:
         return await self._run(_assign(worker, entries, tag))
 
-    async def drop_queued(self, entry_id: str, rid: str, *, status: str, code: str, msg: str,
-                          ttl_s: int) -> bool:  # fmt: skip
+    async def drop_queued(
+        self, entry_id: str, rid: str, *, status: str, code: str, msg: str, ttl_s: int
+    ) -> bool:
         return await self._run(_drop_queued(entry_id, rid, status, code, msg, ttl_s))
 
     async def cancel(self, rid: str, *, code: str, msg: str, ttl_s: int) -> Cancel:
         return await self._run(_cancel(rid, code, msg, ttl_s))
 
-    async def reclaim(self, rid: str, *, worker: str, max_attempts: int, ttl_s: int,
-                      charge: str, tag: str = "") -> Reclaim:  # fmt: skip
+    async def reclaim(
+        self, rid: str, *, worker: str, max_attempts: int, ttl_s: int, charge: str, tag: str = ""
+    ) -> Reclaim:
         return await self._run(_reclaim(rid, worker, max_attempts, ttl_s, charge, tag))
 
     async def lease_acquire(self, holder: str, *, ttl_ms: int) -> bool:

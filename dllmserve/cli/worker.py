@@ -35,56 +35,9 @@ examples:
 
 
 def add_worker_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model-name",
-        default="",
-        help="the name clients ask for (none: the checkpoint directory's name)",
-    )
-    p.add_argument(
-        "--gpu-lock-dir",
-        default="",
-        help="a directory shared by the workers of a host that all see its GPUs: each takes the "
-        "first GPU no other holds (none: use the GPU the environment gives)",
-    )
-    p.add_argument(
-        "--slots",
-        type=int,
-        default=0,
-        help="requests accepted at once, running or waiting (0: 2 x --max-num-seqs)",
-    )
-    p.add_argument(
-        "--heartbeat-interval", type=float, default=1.0, help="seconds between heartbeats"
-    )
-    p.add_argument(
-        "--heartbeat-ttl",
-        type=float,
-        default=5.0,
-        help="seconds without a heartbeat after which the worker counts as dead",
-    )
-    p.add_argument(
-        "--stall-factor",
-        type=float,
-        default=20.0,
-        help="watchdog: an iteration this many times the moving average (and over "
-        "--stall-floor) takes the worker out and its requests are re-run elsewhere",
-    )
-    p.add_argument("--stall-floor", type=float, default=60.0, help="watchdog floor, seconds")
-    p.add_argument("--worker-id", default="", help="worker id (none: host-pid-random)")
-    p.add_argument(
-        "--sync-publish", action="store_true", help="publish on the engine's thread (debugging)"
-    )
-    p.add_argument(
-        "--http-port",
-        type=int,
-        default=8081,
-        env="DLLMSERVE_WORKER_HTTP_PORT",
-        help="port of /metrics, /livez and /readyz (0: none)",
-    )
-    p.add_argument(
-        "--http-host",
-        default="0.0.0.0",
-        help="address /metrics, /livez and /readyz listen on (dllmserve serve: 127.0.0.1)",
-    )
+    from dllmserve.worker.config import WorkerConfig
+
+    add_config_args(p, WorkerConfig)
     add_config_args(p, EngineConfig)
 
 
@@ -92,22 +45,13 @@ def worker_config(a: argparse.Namespace):
     from dllmserve.worker.config import WorkerConfig
 
     engine = config_from_args(EngineConfig, a)  # its range errors first: no service needed
-    return WorkerConfig(
+    return config_from_args(
+        WorkerConfig,
+        a,
         redis_url=require_redis_url(a.redis_url),
         model="" if a.random_shape else resolve_model(a.model),
         random_shape=a.random_shape,
-        model_name=a.model_name,
         engine=engine,
-        gpu_lock_dir=a.gpu_lock_dir,
-        slots=a.slots,
-        heartbeat_interval_s=a.heartbeat_interval,
-        heartbeat_ttl_s=a.heartbeat_ttl,
-        stall_factor=a.stall_factor,
-        stall_floor_s=a.stall_floor,
-        worker_id=a.worker_id,
-        async_publish=not a.sync_publish,
-        http_port=a.http_port,
-        http_host=a.http_host,
     )
 
 
@@ -115,7 +59,7 @@ def check_redis(url: str) -> None:
     """Reach Redis before loading a model that can take minutes: a wrong URL is one line."""
     import redis
 
-    from dllmserve.scheduler.redis_link import check_url, connect
+    from dllmserve.broker.redis_link import check_url, connect
 
     try:
         check_url(url)

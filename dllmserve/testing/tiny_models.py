@@ -172,19 +172,46 @@ def write_tiny_checkpoint(
     scales the LM-head rows of EOS and the end-of-turn token, so that a model with it above 1
     really ends its answers (a random one almost never picks those two of ~260 tokens).
     """
+    if arch not in ("llada", "dream"):
+        raise ValueError(f"arch must be 'llada' or 'dream', got {arch!r}")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(seed)
     n_kv = n_kv_heads or n_heads
-    hd = d_model // n_heads
-    specials = LLADA_SPECIALS if arch == "llada" else DREAM_SPECIALS
-    tok, ids = build_byte_tokenizer(specials)
+    tok, ids = build_byte_tokenizer(LLADA_SPECIALS if arch == "llada" else DREAM_SPECIALS)
     vocab = tok.get_vocab_size()
     emb_rows = ((vocab + 63) // 64) * 64  # padded like the real checkpoints' embedding_size
-
-    layer: dict[str, tuple[int, ...]]
+    prefix, layer, top = _tiny_shapes(arch, d_model, n_heads, n_kv, mlp_hidden, emb_rows)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = _tiny_top_weights(top, gen, logit_scale)
+    head = "model.transformer.ff_out.weight" if arch == "llada" else "lm_head.weight"
+    eot = "<|eot_id|>" if arch == "llada" else "<|im_end|>"
+    for stop in (ids["<|endoftext|>"], ids[eot]):
+        tensors[head][stop] *= stop_scale
+    for i in range(n_layers):
+        for name, shape in layer.items():
+            tensors[prefix.format(i=i) + name] = _tiny_layer_weight(name, shape, gen)
+    _save_sharded({k: v.to(dtype) for k, v in tensors.items()}, out, num_shards)
+    sizes = dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
+                 mlp_hidden=mlp_hidden, emb_rows=emb_rows, eos_id=ids["<|endoftext|>"],
+                 max_len=max_len, dtype=dtype)  # fmt: skip
     if arch == "llada":
-        prefix = "model.transformer.blocks.{i}."
+        config = llada_config(**sizes, vocab=vocab, mask_id=ids["<|mdm_mask|>"])
+        tok_cfg = llada_tokenizer_config(max_len)
+    else:
+        config = dream_config(**sizes, mask_id=ids["<|mask|>"])
+        tok_cfg = dream_tokenizer_config(max_len)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
+    return out
+
+
+def _tiny_shapes(
+    arch: str, d_model: int, n_heads: int, n_kv: int, mlp_hidden: int, emb_rows: int
+) -> tuple[str, dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """The checkpoint's tensor names and shapes: (layer prefix, per-layer, top-level)."""
+    hd = d_model // n_heads
+    if arch == "llada":
         layer = {
             "attn_norm.weight": (d_model,),
             "q_proj.weight": (n_heads * hd, d_model),
@@ -201,30 +228,32 @@ def write_tiny_checkpoint(
             "model.transformer.ln_f.weight": (d_model,),
             "model.transformer.ff_out.weight": (emb_rows, d_model),
         }
-    elif arch == "dream":
-        prefix = "model.layers.{i}."
-        layer = {
-            "input_layernorm.weight": (d_model,),
-            "self_attn.q_proj.weight": (n_heads * hd, d_model),
-            "self_attn.q_proj.bias": (n_heads * hd,),
-            "self_attn.k_proj.weight": (n_kv * hd, d_model),
-            "self_attn.k_proj.bias": (n_kv * hd,),
-            "self_attn.v_proj.weight": (n_kv * hd, d_model),
-            "self_attn.v_proj.bias": (n_kv * hd,),
-            "self_attn.o_proj.weight": (d_model, n_heads * hd),
-            "post_attention_layernorm.weight": (d_model,),
-            "mlp.gate_proj.weight": (mlp_hidden, d_model),
-            "mlp.up_proj.weight": (mlp_hidden, d_model),
-            "mlp.down_proj.weight": (d_model, mlp_hidden),
-        }
-        top = {
-            "model.embed_tokens.weight": (emb_rows, d_model),
-            "model.norm.weight": (d_model,),
-            "lm_head.weight": (emb_rows, d_model),
-        }
-    else:
-        raise ValueError(f"arch must be 'llada' or 'dream', got {arch!r}")
+        return "model.transformer.blocks.{i}.", layer, top
+    layer = {
+        "input_layernorm.weight": (d_model,),
+        "self_attn.q_proj.weight": (n_heads * hd, d_model),
+        "self_attn.q_proj.bias": (n_heads * hd,),
+        "self_attn.k_proj.weight": (n_kv * hd, d_model),
+        "self_attn.k_proj.bias": (n_kv * hd,),
+        "self_attn.v_proj.weight": (n_kv * hd, d_model),
+        "self_attn.v_proj.bias": (n_kv * hd,),
+        "self_attn.o_proj.weight": (d_model, n_heads * hd),
+        "post_attention_layernorm.weight": (d_model,),
+        "mlp.gate_proj.weight": (mlp_hidden, d_model),
+        "mlp.up_proj.weight": (mlp_hidden, d_model),
+        "mlp.down_proj.weight": (d_model, mlp_hidden),
+    }
+    top = {
+        "model.embed_tokens.weight": (emb_rows, d_model),
+        "model.norm.weight": (d_model,),
+        "lm_head.weight": (emb_rows, d_model),
+    }
+    return "model.layers.{i}.", layer, top
 
+
+def _tiny_top_weights(
+    top: dict[str, tuple[int, ...]], gen: torch.Generator, logit_scale: float
+) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for name, shape in top.items():
         if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
@@ -233,40 +262,15 @@ def write_tiny_checkpoint(
             tensors[name] = torch.randn(shape, generator=gen)
         else:
             tensors[name] = _init(shape, gen, logit_scale)
-    head = "model.transformer.ff_out.weight" if arch == "llada" else "lm_head.weight"
-    eot = "<|eot_id|>" if arch == "llada" else "<|im_end|>"
-    for stop in (ids["<|endoftext|>"], ids[eot]):
-        tensors[head][stop] *= stop_scale
-    for i in range(n_layers):
-        for name, shape in layer.items():
-            if "norm" in name:
-                t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
-            elif name.endswith("bias"):
-                t = 0.1 * torch.randn(shape, generator=gen)
-            else:
-                t = _init(shape, gen, 1.0)
-            tensors[prefix.format(i=i) + name] = t
-    _save_sharded({k: v.to(dtype) for k, v in tensors.items()}, out, num_shards)
+    return tensors
 
-    if arch == "llada":
-        config = llada_config(
-            d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
-            mlp_hidden=mlp_hidden, vocab=vocab, emb_rows=emb_rows,
-            mask_id=ids["<|mdm_mask|>"], eos_id=ids["<|endoftext|>"], max_len=max_len,
-            dtype=dtype,
-        )  # fmt: skip
-        tok_cfg = llada_tokenizer_config(max_len)
-    else:
-        config = dream_config(
-            d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
-            mlp_hidden=mlp_hidden, emb_rows=emb_rows, mask_id=ids["<|mask|>"],
-            eos_id=ids["<|endoftext|>"], max_len=max_len, dtype=dtype,
-        )  # fmt: skip
-        tok_cfg = dream_tokenizer_config(max_len)
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
-    return out
+
+def _tiny_layer_weight(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    if "norm" in name:
+        return 1.0 + 0.1 * torch.randn(shape, generator=gen)
+    if name.endswith("bias"):
+        return 0.1 * torch.randn(shape, generator=gen)
+    return _init(shape, gen, 1.0)
 
 
 LLADA_MOE_AUTO_MAP = {

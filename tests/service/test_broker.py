@@ -15,6 +15,7 @@ from dllmserve.broker.scripts import (
     AsyncBroker,
     Broker,
     Cancel,
+    Completion,
     Enqueue,
     Enqueued,
     Reclaim,
@@ -91,7 +92,7 @@ def test_cancel_names_every_outcome(r):
     _enqueue(b, "d")
     _assign(r, b, "w1", {"d"})
     b.start("d", worker="w1", ttl_s=60)
-    assert b.finish("d", worker="w1", attempt=1, status=rk.DONE, ttl_s=60, record={"k": "c"})
+    assert b.finish("d", worker="w1", attempt=1, status=rk.DONE, ttl_s=60, final=Completion(b""))
     assert b.cancel("d", code="CANCELLED", msg="x", ttl_s=60) is Cancel.DONE
 
 
@@ -131,9 +132,11 @@ def test_publish_steps_and_finish_write_the_records(r):
     (_, step), = r.xrange(rk.res_key("p"))  # fmt: skip
     assert step == {b"a": b"1", b"k": rk.REC_STEP.encode(), b"p": b"S1", b"bd": b"1"}
     assert r.hexists(rk.req_key("p"), "t_first") and not r.exists(rk.res_key("gone"))
-    assert not b.finish("p", worker="w1", attempt=2, status=rk.DONE, ttl_s=60, record={})
+    assert not b.finish(
+        "p", worker="w1", attempt=2, status=rk.DONE, ttl_s=60, final=Completion(b"")
+    )
     assert b.finish("p", worker="w1", attempt=1, status=rk.DONE, ttl_s=60,
-                    record={"k": rk.REC_COMPLETED, "p": b"F"})  # fmt: skip
+                    final=Completion(b"F"))  # fmt: skip
     assert r.xrange(rk.res_key("p"))[-1][1] == {b"a": b"1", b"k": b"c", b"p": b"F"}
     assert r.get(rk.load_key("w1")) == b"0" and r.zrange(rk.ASSIGNED, 0, -1) == []
 

@@ -19,7 +19,7 @@ from dllmserve import client as dc
 from dllmserve.broker import redis_keys as rk
 from dllmserve.client import Client, build_request
 from dllmserve.errors import ValidationError
-from dllmserve.scheduler.validation import to_engine_args
+from dllmserve.scheduler.validation import validate_request
 from dllmserve.v1 import dllm_pb2 as pb
 
 TOKEN = "s3cret-token"
@@ -79,7 +79,7 @@ def _request(kw: dict) -> pb.GenerateRequest:
 @pytest.mark.parametrize("kw,field", BAD, ids=[f for _, f in BAD])
 def test_validation_names_the_field(kw, field):
     with pytest.raises(ValidationError) as e:
-        to_engine_args(_request(kw))
+        validate_request(_request(kw))
     assert e.value.field == field
 
 

@@ -19,7 +19,7 @@ from svc_util import bad_request_field
 from dllmserve import LLM
 from dllmserve.client import Client, build_request
 from dllmserve.errors import CapacityError, ValidationError
-from dllmserve.scheduler.validation import to_engine_args
+from dllmserve.scheduler.validation import validate_request
 
 SETTINGS = settings(
     max_examples=100,
@@ -159,7 +159,7 @@ def _offline(llm: LLM, req) -> tuple[str, object]:
     """What the offline API says of the request: ("invalid", field), ("capacity", None) or
     ("ok", token ids)."""
     try:
-        args = to_engine_args(req)
+        args = validate_request(req)
         prompt = args.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
             prompt = llm.tokenizer.apply_chat_template(

@@ -76,8 +76,8 @@ def test_sentinel_urls(rserver, tmp_path):
     import subprocess
     from urllib.parse import urlsplit
 
+    from dllmserve.broker.redis_link import connect, parse_sentinel
     from dllmserve.scheduler.local_redis import find_redis_server, free_port
-    from dllmserve.scheduler.redis_link import connect, parse_sentinel
 
     master = urlsplit(rserver.url)
     port = free_port()

@@ -24,12 +24,13 @@ from svc_util import Cluster, bad_request_field, wait_for
 
 from dllmserve import LLM
 from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.workers import decode_limits, encode_limits
 from dllmserve.client import Accepted, Client, build_request
 from dllmserve.engine.engine import Engine
 from dllmserve.engine.inputs import ModelLimits
 from dllmserve.errors import CapacityError, ValidationError
-from dllmserve.scheduler.served import ServedModels, decode_limits, encode_limits
-from dllmserve.scheduler.validation import check_fits, to_engine_args
+from dllmserve.scheduler.served import ServedModels
+from dllmserve.scheduler.validation import check_fits, validate_request
 
 BUDGET = {"max_num_batched_tokens": 600, "num_cache_pages": 40}
 WORKER_FLAGS = ("--max-num-batched-tokens", "600", "--num-cache-pages", "40")
@@ -138,7 +139,7 @@ def _added(c: Cluster) -> int:
 
 def _offline(llm: LLM, req) -> tuple[grpc.StatusCode, str, str]:
     """What LLM.generate answers for the same request: (code, field, message)."""
-    args = to_engine_args(req)
+    args = validate_request(req)
     prompt = args.prompt
     if isinstance(prompt, list) and isinstance(prompt[0], dict):
         prompt = llm.tokenizer.apply_chat_template(prompt, tokenize=False,
@@ -295,7 +296,7 @@ def test_limits_of_a_model_are_its_ready_workers_most_generous_first(rserver, r)
 def test_a_request_is_refused_only_when_no_worker_could_run_it():
     req = build_request(token_ids=[5] * 321, sampling_params=_sp(gen_length=32, steps=2),
                         sparse_config=KEEP_ALL)  # fmt: skip
-    args = to_engine_args(req)
+    args = validate_request(req)
     check_fits(args, [])  # no worker registered: the worker checks
     check_fits(args, [BIG, SMALL])  # fits the big one
     with pytest.raises(CapacityError, match="needs 42 cache pages; the pool holds 40"):
@@ -303,7 +304,7 @@ def test_a_request_is_refused_only_when_no_worker_could_run_it():
     tight = replace(SMALL, num_cache_pages=41)
     with pytest.raises(CapacityError, match="the pool holds 41"):  # the first one's error
         check_fits(args, [tight, SMALL])
-    text = to_engine_args(build_request("a long text", sampling_params={"gen_length": 511,
+    text = validate_request(build_request("a long text", sampling_params={"gen_length": 511,
                                                                         "steps": 1}))  # fmt: skip
     check_fits(text, [SMALL])  # one token as far as the scheduler knows: the worker decides
     with pytest.raises(ValidationError, match="a 1-token prompt"):

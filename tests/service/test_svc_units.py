@@ -12,7 +12,7 @@ from svc_util import lua_assign as _assign
 from svc_util import ready as _ready
 
 from dllmserve.broker import redis_keys as rk
-from dllmserve.broker.scripts import Broker, Cancel, Enqueue, Enqueued, Reclaim
+from dllmserve.broker.scripts import Broker, Cancel, Completion, Enqueue, Enqueued, Reclaim
 from dllmserve.scheduler.relay import Coalescer, RelayError, ResultHub, follow
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.render import CanvasRenderer
@@ -48,7 +48,7 @@ def test_cancel_races_with_dispatch_and_stale_attempts_are_fenced(r):
     assert _assign(r, sc, "w2", {"y"}) == ["y"]
     sc.start("y", worker="w2", ttl_s=60)
     # The zombie w1 may not finish attempt 1; w2 finishes attempt 2.
-    fin = dict(status=rk.DONE, ttl_s=60, record={"k": rk.REC_COMPLETED, "p": b""})
+    fin = dict(status=rk.DONE, ttl_s=60, final=Completion(b""))
     assert sc.finish("y", worker="w1", attempt=1, **fin) is False
     assert sc.finish("y", worker="w2", attempt=2, **fin) is True
     assert r.hget(rk.req_key("y"), "status") == b"done" and r.get(rk.load_key("w2")) == b"0"
@@ -188,12 +188,13 @@ def test_dispatcher_batches_by_model_priority_and_capacity(rserver, r):
 
 
 def _dispatch_once(url: str, max_batch: int = 32) -> None:
-    from dllmserve.scheduler.dispatcher import Dispatcher, DispatcherConfig
+    from dllmserve.scheduler.config import SchedulerConfig
+    from dllmserve.scheduler.dispatcher import Dispatcher
 
     async def one_pass():
         client = aioredis.Redis.from_url(url)
         try:
-            d = Dispatcher(client, "sched-test", DispatcherConfig(max_batch=max_batch))
+            d = Dispatcher(client, "sched-test", SchedulerConfig(max_batch=max_batch))
             await d._tick()
             assert d.is_leader
         finally:

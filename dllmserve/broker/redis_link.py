@@ -107,9 +107,12 @@ class Backoff:
         self.failures += 1
         now = time.monotonic()
         if now >= self._next_warning:
-            self.log.warning("%s: redis unavailable (%s); %d failed tries so far, retrying",
-                             self.what, error or type(error).__name__,
-                             self.failures)  # fmt: skip
+            self.log.warning(
+                "%s: redis unavailable (%s); %d failed tries so far, retrying",
+                self.what,
+                error or type(error).__name__,
+                self.failures,
+            )
             self._next_warning = now + self._warn_every
             self._warn_every = min(self.quiet_s, 2 * self._warn_every)
         wait, self.delay_s = self.delay_s, min(self.max_s, self.delay_s * 2)
@@ -117,8 +120,9 @@ class Backoff:
 
     def ok(self) -> None:
         if self.failures:
-            self.log.info("%s: redis reachable again after %d failed tries", self.what,
-                          self.failures)  # fmt: skip
+            self.log.info(
+                "%s: redis reachable again after %d failed tries", self.what, self.failures
+            )
         self.failures, self.delay_s = 0, self.first_s
         self._warn_every, self._next_warning = 1.0, 0.0
 
