@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,9 @@ def run(code: str, path: Path, ns: dict) -> dict:
     return ns
 
 
-def test_complete_example(llada_dir, capsys):
+def test_complete_example(llada_dir, capsys, monkeypatch):
+    """Its checkpoint is the script's first argument (the demo model without one)."""
+    monkeypatch.setattr(sys, "argv", ["guide.py", str(llada_dir)])
     run(guide_block("def main()"), llada_dir, {"__name__": "__main__"})
     assert capsys.readouterr().out.count("\n") == 1  # one prompt, one printed answer
 
