@@ -140,10 +140,6 @@ def evaluate(
     return results
 
 
-def dense_accuracy(results: dict) -> dict[str, float]:
-    return {name: cell["rows"][0]["accuracy"] for name, cell in results.items()}
-
-
 def markdown(results: dict, meta: dict) -> str:
     """The RESULTS.md table: one row per config, accuracy (agreement) per cell, and the K/V
     cache a request of the last (longest) cell reserved."""

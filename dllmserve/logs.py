@@ -84,14 +84,18 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
 
 
 def emit(
-    message: str, stream: TextIO | None = None, logger: str = "dllmserve", level: str = "INFO",
+    message: str,
+    stream: TextIO | None = None,
+    logger: str = "dllmserve",
+    level: str = "INFO",
     **fields: object,
-) -> None:  # fmt: skip
+) -> None:
     """Print one line whatever the log level, in the process's format: `message k=v ...` in text
     mode, a JSON object (the message, then the fields) in json mode."""
     if _format["name"] == "json":
-        line = json.dumps({**_json_head(time.time(), level, logger, message), **fields},
-                          default=str)  # fmt: skip
+        line = json.dumps(
+            {**_json_head(time.time(), level, logger, message), **fields}, default=str
+        )
     else:
         line = " ".join([message, *(f"{k}={_text_value(v)}" for k, v in fields.items())])
     print(line, file=stream or sys.stdout, flush=True)

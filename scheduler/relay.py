@@ -94,10 +94,6 @@ class ResultHub:
         self._epoch = Epoch(client)
         self._backoff = Backoff(log, "result hub", max_s=2.0)
 
-    @property
-    def following(self) -> int:
-        return sum(len(v) for v in self._followers.values())
-
     def follow(self, key: str, after: str = "0-0") -> _Follower:
         f = _Follower(key, after, self._queue_size)
         self._followers.setdefault(key, []).append(f)

@@ -21,8 +21,6 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from dllmserve.errors import ListenError
 
-PORT_ENV = "DLLMSERVE_WORKER_HTTP_PORT"
-DEFAULT_PORT = 8081
 STALL_S = 60.0  # a loop silent this long is stuck (the longest step of a big batch is seconds)
 
 

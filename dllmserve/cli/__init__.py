@@ -78,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
 def missing_extra(cmd: str, module: str | None) -> str:
     """What to install when the client-only install runs a service command."""
     extra = EXTRAS.get(cmd, "all")
-    return (f"needs the {extra} extra (no module {module!r}): install dllmserve[{extra}] "
-            f"(from a clone of the repository: pip install -e '.[{extra}]')")  # fmt: skip
+    return (
+        f"needs the {extra} extra (no module {module!r}): install dllmserve[{extra}] "
+        f"(from a clone of the repository: pip install -e '.[{extra}]')"
+    )
 
 
 if __name__ == "__main__":

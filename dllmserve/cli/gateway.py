@@ -27,11 +27,21 @@ def cmd_gateway(a: argparse.Namespace) -> int:
     check_listen(a.listen, a.insecure, "the gateway checks no tokens itself")
     targets = [t.strip() for t in a.target.split(",") if t.strip()]
     origins = [o.strip() for o in a.allowed_origins.split(",") if o.strip()]
-    run(GatewayConfig(targets=targets, listen=a.listen, tls=a.tls, ca=a.ca,
-                      max_body_bytes=a.max_body_bytes, retries=a.retries,
-                      rpc_timeout_s=a.rpc_timeout, header_timeout_s=a.header_timeout,
-                      body_timeout_s=a.body_timeout, max_connections=a.max_connections,
-                      allowed_origins=origins))  # fmt: skip
+    run(
+        GatewayConfig(
+            targets=targets,
+            listen=a.listen,
+            tls=a.tls,
+            ca=a.ca,
+            max_body_bytes=a.max_body_bytes,
+            retries=a.retries,
+            rpc_timeout_s=a.rpc_timeout,
+            header_timeout_s=a.header_timeout,
+            body_timeout_s=a.body_timeout,
+            max_connections=a.max_connections,
+            allowed_origins=origins,
+        )
+    )
     return 0
 
 

@@ -25,12 +25,26 @@ examples:
 
 
 def stream(
-    target: str, token: str, prompt: str, *, chat: bool, gen_length: int, steps: int,
-    block_length: int | None, sparse: bool, live: bool, temperature: float = 0.0,
-    model: str = "", tls: bool = False, ca: str = "", as_json: bool = False,
-    progress: bool = True, remasking: str | None = None, schedule: str | None = None,
+    target: str,
+    token: str,
+    prompt: str,
+    *,
+    chat: bool,
+    gen_length: int,
+    steps: int,
+    block_length: int | None,
+    sparse: bool,
+    live: bool,
+    temperature: float = 0.0,
+    model: str = "",
+    tls: bool = False,
+    ca: str = "",
+    as_json: bool = False,
+    progress: bool = True,
+    remasking: str | None = None,
+    schedule: str | None = None,
     extra: dict | None = None,
-) -> int:  # fmt: skip
+) -> int:
     """Stream one generation; `live` draws the canvas in place (a terminal), else plain lines."""
     from dllmserve.cli.live import MASK, LiveView, PlainView
     from dllmserve.client import Client, Completed, ServiceError
@@ -74,17 +88,35 @@ def stream(
 
 def cmd_generate(a: argparse.Namespace) -> int:
     return stream(
-        a.target, a.token, a.prompt, chat=not a.raw, gen_length=a.gen_length, steps=a.steps,
-        block_length=a.block_length, sparse=a.sparse, live=sys.stdout.isatty() and not a.no_live,
-        temperature=a.temperature, model=a.model, tls=a.tls, ca=a.ca, as_json=a.json,
-        progress=not a.no_live, remasking=a.remasking, schedule=a.schedule,
+        a.target,
+        a.token,
+        a.prompt,
+        chat=not a.raw,
+        gen_length=a.gen_length,
+        steps=a.steps,
+        block_length=a.block_length,
+        sparse=a.sparse,
+        live=sys.stdout.isatty() and not a.no_live,
+        temperature=a.temperature,
+        model=a.model,
+        tls=a.tls,
+        ca=a.ca,
+        as_json=a.json,
+        progress=not a.no_live,
+        remasking=a.remasking,
+        schedule=a.schedule,
         extra={name: getattr(a, name) for name in BLOCK_FLAGS},
-    )  # fmt: skip
+    )
 
 
 # LLaDA2's generate arguments (block-diffusion models), as SamplingParams fields
-BLOCK_FLAGS = ("threshold", "steps_per_block", "minimal_topk", "eos_early_stop",
-               "editing_threshold")  # fmt: skip
+BLOCK_FLAGS = (
+    "threshold",
+    "steps_per_block",
+    "minimal_topk",
+    "eos_early_stop",
+    "editing_threshold",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,6 +127,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
     )
     g.add_argument("prompt", help="the prompt (a user message, unless --raw)")
+    _add_connection_args(g)
+    _add_sampling_args(g)
+    g.add_argument("--sparse", action="store_true", help="use the default SparseConfig")
+    g.add_argument("--raw", action="store_true", help="send the prompt as is (no chat template)")
+    g.add_argument(
+        "--no-live",
+        action="store_true",
+        help="no canvas and no progress lines: only the answer (and the summary)",
+    )
+    g.add_argument("--json", action="store_true", help="print the Completed event as JSON")
+    g.set_defaults(fn=cmd_generate)
+
+
+def _add_connection_args(g: argparse.ArgumentParser) -> None:
+    """Where the service is, how to reach it, and which of its models to ask."""
     g.add_argument("--target", default=DEFAULT_TARGET, help="the scheduler's gRPC address")
     g.add_argument(
         "--token",
@@ -110,6 +157,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         env="DLLMSERVE_MODEL_NAME",
         help="the model to ask for, by name (none: the one served)",
     )
+
+
+def _add_sampling_args(g: argparse.ArgumentParser) -> None:
+    """The SamplingParams fields a command line sets (the rest keep the server's defaults)."""
     g.add_argument("--gen-length", type=int, default=64, help="tokens to generate")
     g.add_argument("--steps", type=int, default=32, help="denoising steps")
     g.add_argument(
@@ -161,12 +212,3 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="LLaDA2.1: replace committed tokens of the block above this confidence",
     )
-    g.add_argument("--sparse", action="store_true", help="use the default SparseConfig")
-    g.add_argument("--raw", action="store_true", help="send the prompt as is (no chat template)")
-    g.add_argument(
-        "--no-live",
-        action="store_true",
-        help="no canvas and no progress lines: only the answer (and the summary)",
-    )
-    g.add_argument("--json", action="store_true", help="print the Completed event as JSON")
-    g.set_defaults(fn=cmd_generate)

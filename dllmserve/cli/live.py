@@ -62,8 +62,10 @@ class _View:
         committed = gen_length - upd.masked_left
         rate = committed / max(self.elapsed(), 1e-6)
         retry = f"  attempt {upd.attempt}" if upd.attempt > 1 else ""
-        return (f"step {upd.step}/{upd.total_steps}{retry}  {upd.masked_left} masked  "
-                f"{rate:.1f} tokens/s  {self.elapsed():.1f} s")  # fmt: skip
+        return (
+            f"step {upd.step}/{upd.total_steps}{retry}  {upd.masked_left} masked  "
+            f"{rate:.1f} tokens/s  {self.elapsed():.1f} s"
+        )
 
     def accepted(self, ev: Accepted) -> None:
         self.err.print(f"request {ev.request_id} accepted", markup=False)

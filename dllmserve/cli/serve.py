@@ -112,16 +112,32 @@ def _workers(a, engine: EngineConfig, base: list[str], env: dict[str, str]) -> l
 
 def _start_children(a, engine: EngineConfig, sup: Supervisor) -> str:
     """Scheduler, workers and gateway under `sup`; returns the scheduler's target."""
-    base = [sys.executable, "-m", "dllmserve.cli", "--log-level", a.log_level,
-            "--log-format", a.log_format]  # fmt: skip
+    base = [
+        sys.executable,
+        "-m",
+        "dllmserve.cli",
+        "--log-level",
+        a.log_level,
+        "--log-format",
+        a.log_format,
+    ]
     env = {**os.environ, "DLLMSERVE_REDIS_URL": a.redis_url}  # secrets: never on argv
     if a.auth_token:
         env["DLLMSERVE_AUTH_TOKEN"] = a.auth_token
     insecure = ["--insecure"] if a.insecure else []
     # its own gateway names each HTTP caller (x-dllmserve-client), so HTTP users get a queue
     # bucket each, auth or not
-    sched = base + ["scheduler", "--listen", a.listen, "--metrics-port", str(a.metrics_port),
-                    "--metrics-host", "127.0.0.1", "--trust-client-header", *insecure]  # fmt: skip
+    sched = base + [
+        "scheduler",
+        "--listen",
+        a.listen,
+        "--metrics-port",
+        str(a.metrics_port),
+        "--metrics-host",
+        "127.0.0.1",
+        "--trust-client-header",
+        *insecure,
+    ]
     sup.start(Child("scheduler", lambda: sched, env))
     workers = _workers(a, engine, base, env)
     for w in workers:
@@ -158,8 +174,18 @@ def _demo(a: argparse.Namespace, target: str, token: str) -> None:
     prompt = a.demo_prompt or tasks.demo().question
     say(f"demo request, greedy:\n{prompt}\n")
     as_json = a.log_format == "json"
-    stream(target, token, prompt, chat=True, gen_length=64, steps=32, block_length=None,
-           sparse=False, live=sys.stdout.isatty() and not as_json, as_json=as_json)  # fmt: skip
+    stream(
+        target,
+        token,
+        prompt,
+        chat=True,
+        gen_length=64,
+        steps=32,
+        block_length=None,
+        sparse=False,
+        live=sys.stdout.isatty() and not as_json,
+        as_json=as_json,
+    )
 
 
 class Stopped(Exception):
@@ -203,8 +229,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
             redis = _start_redis(a, Path(tmp))
             target = _start_children(a, engine, sup)
             if not _wait_ready(target, token, sup, timeout_s=a.ready_timeout):
-                emit("dllmserve serve: no worker became ready within --ready-timeout "
-                     f"({a.ready_timeout:.0f} s)", stream=sys.stderr, level="ERROR")  # fmt: skip
+                emit(
+                    "dllmserve serve: no worker became ready within --ready-timeout "
+                    f"({a.ready_timeout:.0f} s)",
+                    stream=sys.stderr,
+                    level="ERROR",
+                )
                 return 1
             say(f"ready. Try: dllmserve generate --target {target} '{TRY_PROMPT}'")
             if a.demo:

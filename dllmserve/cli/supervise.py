@@ -74,8 +74,9 @@ class Supervisor:
             child.argv(), env=child.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         child.started, child.due = time.monotonic(), None
-        relay = threading.Thread(target=self._relay, args=(child.proc,), daemon=True,
-                                 name=f"relay {child.name}")  # fmt: skip
+        relay = threading.Thread(
+            target=self._relay, args=(child.proc,), daemon=True, name=f"relay {child.name}"
+        )
         relay.start()
         child.threads = [relay]
         return child
@@ -118,9 +119,12 @@ class Supervisor:
         delay = min(MAX_BACKOFF_S, 2.0**child.restarts)
         child.restarts += 1
         child.due = now + delay
-        emit(f"dllmserve serve: {child.name} (pid {pid}) {status}; restarting it in {delay:.0f} s "
-             f"(restart {child.restarts} of at most {self.max_restarts})", stream=sys.stderr,
-             level="WARNING")  # fmt: skip
+        emit(
+            f"dllmserve serve: {child.name} (pid {pid}) {status}; restarting it in {delay:.0f} s "
+            f"(restart {child.restarts} of at most {self.max_restarts})",
+            stream=sys.stderr,
+            level="WARNING",
+        )
 
     @contextlib.contextmanager
     def watching(self, interval_s: float = 0.5) -> Iterator[None]:

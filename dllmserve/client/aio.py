@@ -22,9 +22,13 @@ class AsyncClient(Channels):
     channel_api = grpc.aio
 
     async def generate(
-        self, prompt: str | None = None, *, timeout: float | None = None, reattach: bool = True,
+        self,
+        prompt: str | None = None,
+        *,
+        timeout: float | None = None,
+        reattach: bool = True,
         **kwargs,
-    ) -> AsyncIterator[Event]:  # fmt: skip
+    ) -> AsyncIterator[Event]:
         """Stream the events of one generation: Accepted, StepUpdate..., Completed."""
         req = build_request(prompt, **kwargs)
         if not req.request_id:
@@ -33,9 +37,13 @@ class AsyncClient(Channels):
             yield ev
 
     async def stream(
-        self, req: pb.GenerateRequest, *, timeout: float | None = None, reattach: bool = True,
+        self,
+        req: pb.GenerateRequest,
+        *,
+        timeout: float | None = None,
+        reattach: bool = True,
         metadata: Sequence[tuple[str, str]] | None = None,
-    ) -> AsyncIterator[Event]:  # fmt: skip
+    ) -> AsyncIterator[Event]:
         """`generate` for a ready-made GenerateRequest. `metadata` replaces the client's own for
         this call (a gateway forwarding each caller's token over one channel)."""
         md = self._metadata if metadata is None else tuple(metadata)
@@ -74,9 +82,14 @@ class AsyncClient(Channels):
         return last
 
     async def attach(
-        self, request_id: str, after_step: int = 0, attempt: int = 0, *,
-        stream_options: pb.StreamOptions | None = None, timeout: float | None = None,
-    ) -> AsyncIterator[Event]:  # fmt: skip
+        self,
+        request_id: str,
+        after_step: int = 0,
+        attempt: int = 0,
+        *,
+        stream_options: pb.StreamOptions | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Event]:
         req = pb.AttachRequest(request_id=request_id, after_step=after_step, attempt=attempt)
         if stream_options is not None:
             req.stream_options.CopyFrom(stream_options)

@@ -93,8 +93,9 @@ def from_rpc_error(err: grpc.RpcError) -> ServiceError:
     code, message, trailers = err.code(), err.details() or "", _trailers(err)
     details = _rich_details(trailers)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        fields = [v.field for d in details if hasattr(d, "field_violations")
-                  for v in d.field_violations]  # fmt: skip
+        fields = [
+            v.field for d in details if hasattr(d, "field_violations") for v in d.field_violations
+        ]
         field = fields[0] if fields else message.partition(":")[0]
         return ValidationError(code, message, field, trailers)
     if code == grpc.StatusCode.NOT_FOUND:

@@ -19,9 +19,13 @@ class Client(Channels):
     """Synchronous client. `target` may be a list: the others are used to re-attach."""
 
     def generate(
-        self, prompt: str | None = None, *, timeout: float | None = None, reattach: bool = True,
+        self,
+        prompt: str | None = None,
+        *,
+        timeout: float | None = None,
+        reattach: bool = True,
         **kwargs,
-    ) -> Iterator[Event]:  # fmt: skip
+    ) -> Iterator[Event]:
         """Stream the events of one generation: Accepted, StepUpdate..., Completed (see
         `build_request` for the arguments). Errors raise a `ServiceError` subclass."""
         req = build_request(prompt, **kwargs)
@@ -73,9 +77,14 @@ class Client(Channels):
         return last
 
     def attach(
-        self, request_id: str, after_step: int = 0, attempt: int = 0, *,
-        stream_options: pb.StreamOptions | None = None, timeout: float | None = None,
-    ) -> Iterator[Event]:  # fmt: skip
+        self,
+        request_id: str,
+        after_step: int = 0,
+        attempt: int = 0,
+        *,
+        stream_options: pb.StreamOptions | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Event]:
         """Follow a request from after `after_step` of `attempt` (0: from the start)."""
         req = pb.AttachRequest(request_id=request_id, after_step=after_step, attempt=attempt)
         if stream_options is not None:

@@ -234,9 +234,12 @@ def refresh_iteration(
     }
     d = upload(host, device)
     sampling = replace(
-        prev.sampling, eligible=d["eligible"], step=d["step"], k=d["k"],
+        prev.sampling,
+        eligible=d["eligible"],
+        step=d["step"],
+        k=d["k"],
         transfer_prob=d["transfer_prob"],
-    )  # fmt: skip
+    )
     return replace(prev, input_ids=d["input_ids"], sampling=sampling)
 
 

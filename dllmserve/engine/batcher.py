@@ -19,9 +19,12 @@ from dllmserve.engine.request import Request, StepResult
 
 class Batcher:
     def __init__(
-        self, pool: PagePool, max_num_seqs: int, max_num_batched_tokens: int,
+        self,
+        pool: PagePool,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
         prefix_cache: PrefixCache | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.pool = pool
         self.prefix = prefix_cache  # block-diffusion prompts' shared blocks (prefix_cache.py)
         self.max_num_seqs = max_num_seqs

@@ -94,8 +94,13 @@ def _block_rows(reqs: list[BlockRequest], first_rows: list[int], width: int) -> 
             editable[i, :n] = ~eligible[i, :n] & (np.arange(bs, be) >= r.prompt_len)
         current[i, :n] = tokens
     t = torch.from_numpy
-    return {"logit_rows": t(rows), "gen_pos": t(positions), "eligible": t(eligible),
-            "editable": t(editable), "current": t(current)}  # fmt: skip
+    return {
+        "logit_rows": t(rows),
+        "gen_pos": t(positions),
+        "eligible": t(eligible),
+        "editable": t(editable),
+        "current": t(current),
+    }
 
 
 def _settings(reqs: list[BlockRequest]) -> dict[str, torch.Tensor]:
@@ -117,9 +122,13 @@ def _settings(reqs: list[BlockRequest]) -> dict[str, torch.Tensor]:
 
 
 def build_block_iteration(
-    reqs: list[BlockRequest], cache: KVCache, n_layers: int, head_dim: int, page_size: int,
+    reqs: list[BlockRequest],
+    cache: KVCache,
+    n_layers: int,
+    head_dim: int,
+    page_size: int,
     device: torch.device,
-) -> BlockIterationBatch:  # fmt: skip
+) -> BlockIterationBatch:
     lanes, first_rows = _lanes(reqs, n_layers, page_size)
     width = max(r.block_span[1] - r.block_span[0] for r in reqs)
     n_lanes = len(lanes.kept)
@@ -154,34 +163,60 @@ def build_block_iteration(
             edit_threshold=d["edit_threshold"],
             editable=d["editable"],
             current=d["current"],
-        ),  # fmt: skip
+        ),
     )
 
 
 def _attention(d: dict, cache: KVCache, head_dim: int, n_layers: int, widest: int):
     none = torch.zeros(0, dtype=torch.int32, device=d["cu"].device)
     return BlockAttention(
-        cache=cache, scale=head_dim**-0.5, n_dense_tokens=0, cu_dense=none[:0],
-        max_dense=0, n_select=0, n_select_tokens=0, select_q_rows=none.long(), cu_win=none,
-        win_start=none, win_len=none, n_keep=none.view(0, 0), max_keep=[0] * n_layers,
-        head_select=none.bool(), pool_kernel=none, select_pages=none.view(n_layers, 0, 0),
-        n_reuse=d["cu"].numel() - 1, cu_reuse=d["cu"], max_reuse=int(widest),
-        kept_len=d["kept_len"], reuse_pages=d["pages"], write_rows=d["write_rows"],
+        cache=cache,
+        scale=head_dim**-0.5,
+        n_dense_tokens=0,
+        cu_dense=none[:0],
+        max_dense=0,
+        n_select=0,
+        n_select_tokens=0,
+        select_q_rows=none.long(),
+        cu_win=none,
+        win_start=none,
+        win_len=none,
+        n_keep=none.view(0, 0),
+        max_keep=[0] * n_layers,
+        head_select=none.bool(),
+        pool_kernel=none,
+        select_pages=none.view(n_layers, 0, 0),
+        n_reuse=d["cu"].numel() - 1,
+        cu_reuse=d["cu"],
+        max_reuse=int(widest),
+        kept_len=d["kept_len"],
+        reuse_pages=d["pages"],
+        write_rows=d["write_rows"],
         write_slots=d["write_slots"],
-    )  # fmt: skip
+    )
 
 
 def _sampling(d: dict, reqs: list[BlockRequest]) -> SamplingBatch:
     params = [r.params for r in reqs]
     return SamplingBatch(
-        temperature=d["temperature"], seed=d["seed"], step=d["step"], positions=d["gen_pos"],
-        eligible=d["eligible"], k=d["k"], transfer_prob=d["temperature"] * float("nan"),
-        alg_temp=d["temperature"] * 0, threshold=d["threshold"],
-        mode=torch.full_like(d["seed"], MODE_ID["maskgit_plus"]), top_k=d["top_k"],
-        top_p=d["top_p"], logits_eos_inf=d["false"], conf_eos_eot_inf=d["false"],
+        temperature=d["temperature"],
+        seed=d["seed"],
+        step=d["step"],
+        positions=d["gen_pos"],
+        eligible=d["eligible"],
+        k=d["k"],
+        transfer_prob=d["temperature"] * float("nan"),
+        alg_temp=d["temperature"] * 0,
+        threshold=d["threshold"],
+        mode=torch.full_like(d["seed"], MODE_ID["maskgit_plus"]),
+        top_k=d["top_k"],
+        top_p=d["top_p"],
+        logits_eos_inf=d["false"],
+        conf_eos_eot_inf=d["false"],
         modes=frozenset({MODE_ID["maskgit_plus"]}),
         any_noise=any(p.temperature > 0 for p in params),
         any_threshold=any(p.threshold is not None for p in params),
         any_filter=any(p.top_k is not None or p.top_p is not None for p in params),
-        any_alg_temp=False, any_transfer=False,
-    )  # fmt: skip
+        any_alg_temp=False,
+        any_transfer=False,
+    )

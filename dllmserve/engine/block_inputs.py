@@ -62,9 +62,14 @@ def refuse_block_fields(params: SamplingParams) -> None:
 
 
 def block_layout(
-    params: SamplingParams, prompt_len: int | None, *, max_len: int, block_length: int,
-    page_size: int, n_layers: int,
-) -> dict:  # fmt: skip
+    params: SamplingParams,
+    prompt_len: int | None,
+    *,
+    max_len: int,
+    block_length: int,
+    page_size: int,
+    n_layers: int,
+) -> dict:
     """The `ResolvedRequest` fields of a block-diffusion request: its blocks, steps, tokens per
     iteration and pages (`block_length`: the model's, unless the request gives one)."""
     known_len = prompt_len

@@ -69,9 +69,17 @@ def sample_block(
     drawn = None
     if b.any_noise:
         drawn, _ = kernels.sample_tokens(
-            logits, b.temperature, b.seed, b.step, b.positions, b.logits_eos_inf,
-            b.conf_eos_eot_inf, mask_id, eos_id, None,
-        )  # fmt: skip
+            logits,
+            b.temperature,
+            b.seed,
+            b.step,
+            b.positions,
+            b.logits_eos_inf,
+            b.conf_eos_eot_inf,
+            mask_id,
+            eos_id,
+            None,
+        )
     x0, conf = _probabilities(logits, temp, drawn)
     c = torch.where(b.eligible, conf, -torch.inf)
     above = (c > b.threshold.to(torch.float64)[:, None]).sum(dim=-1)  # NaN: none

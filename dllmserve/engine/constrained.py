@@ -82,16 +82,26 @@ class ConstrainedRows:
     fixed: torch.Tensor  # int64 [rows, B]: the block's committed tokens, -1 where masked
 
     def choose(
-        self, logits: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor, prob: torch.Tensor,
-        seed: torch.Tensor, step: torch.Tensor, positions: torch.Tensor,
+        self,
+        logits: torch.Tensor,
+        x0: torch.Tensor,
+        conf: torch.Tensor,
+        prob: torch.Tensor,
+        seed: torch.Tensor,
+        step: torch.Tensor,
+        positions: torch.Tensor,
         special: tuple[int, int, int | None],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x0, conf and prob [R, B] with each constrained row's tokens from the DP, their
         confidences and probabilities (`special`: mask, EOS and EOT ids)."""
         x0, conf, prob = x0.clone(), conf.clone(), prob.clone()
         n = max(self.widths)
-        scores = torch.stack([self._scores(logits[i, :n], j, seed, step, positions, special)
-                              for j, i in enumerate(self.rows)])  # fmt: skip
+        scores = torch.stack(
+            [
+                self._scores(logits[i, :n], j, seed, step, positions, special)
+                for j, i in enumerate(self.rows)
+            ]
+        )
         automata = [c.automaton for c in self.constraints]
         tokens, _ = best_assignments(
             automata, scores, self.fixed[:, :n], self.starts, self.remaining, self.widths

@@ -71,9 +71,13 @@ class Engine:
         self.page_bytes = page_bytes(config.page_size, cfg, model.dtype)
         batched_tokens = config.batched_tokens(self.device.type)
         num_pages = config.num_cache_pages or auto_num_pages(
-            cfg, model.dtype, self.device, self.page_bytes,
-            config.gpu_memory_utilization, batched_tokens,
-        )  # fmt: skip
+            cfg,
+            model.dtype,
+            self.device,
+            self.page_bytes,
+            config.gpu_memory_utilization,
+            batched_tokens,
+        )
         self.limits = ModelLimits(
             max_len=cfg.max_len,
             n_layers=cfg.n_layers,
@@ -160,8 +164,15 @@ class Engine:
         spec = resolve_request(self.limits, params, sparse, prompt_ids=ids, min_gen_length=least)
         seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
         kind = BlockRequest if self.limits.block_diffusion else Request
-        req = kind(request_id, ids, spec, seed=seed, tokens=self.tokens,
-                      shifted=self.limits.shifted_logits, provisional=provisional)  # fmt: skip
+        req = kind(
+            request_id,
+            ids,
+            spec,
+            seed=seed,
+            tokens=self.tokens,
+            shifted=self.limits.shifted_logits,
+            provisional=provisional,
+        )
         if self._decode is not None:
             req.detokenizer = IncrementalDetokenizer(self._decode)
         req.constraint = constraint
@@ -177,8 +188,11 @@ class Engine:
         provisional: bool = False,
     ) -> None:
         """Queue a request; raises ValidationError / CapacityError before touching the batch."""
-        self.add(self.make_request(request_id, prompt, sampling_params, sparse_config,
-                                   provisional=provisional))  # fmt: skip
+        self.add(
+            self.make_request(
+                request_id, prompt, sampling_params, sparse_config, provisional=provisional
+            )
+        )
 
     def add(self, req: Request) -> None:
         """Queue a request built by `make_request` (LLM checks a whole batch before any runs)."""
@@ -203,8 +217,10 @@ class Engine:
         b = self.batcher
         prefix = {}
         if b.prefix is not None:
-            prefix = {"prefix_cache_hit_rate": b.prefix.hit_rate,
-                      "prefix_cached_pages": b.prefix.cached_pages}  # fmt: skip
+            prefix = {
+                "prefix_cache_hit_rate": b.prefix.hit_rate,
+                "prefix_cached_pages": b.prefix.cached_pages,
+            }
         return {
             **prefix,
             "running": len(b.running),
@@ -226,8 +242,7 @@ class Engine:
         for seconds (benchmarks/RESULTS.md, time to first update). The requests carry their
         own seed, so the engine's draws for later requests are those of a cold engine.
         """
-        params = SamplingParams(gen_length=64, steps=64, block_length=32, seed=0,
-                                stop_at_eos=False)  # fmt: skip
+        params = SamplingParams(gen_length=64, steps=64, block_length=32, seed=0, stop_at_eos=False)
         prompt = [t for t in range(1, 20) if t != self.tokens.mask][:16]
         try:  # both checked before either runs
             first, second = (

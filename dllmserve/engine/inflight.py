@@ -24,9 +24,13 @@ class InFlight:
 
     @classmethod
     def start(
-        cls, reqs: list[Request], batch: IterationBatch, x0: torch.Tensor, commit: torch.Tensor,
+        cls,
+        reqs: list[Request],
+        batch: IterationBatch,
+        x0: torch.Tensor,
+        commit: torch.Tensor,
         confidence: torch.Tensor | None = None,
-    ) -> InFlight:  # fmt: skip
+    ) -> InFlight:
         """Queue the one device-to-host copy of the iteration without waiting for it; with
         `confidence` ([R, B] float64), that copy carries it too."""
         rows = [x0, commit.long()]

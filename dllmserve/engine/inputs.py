@@ -105,31 +105,13 @@ def resolve_request(
             f"must be in [1, {limits.vocab_size}] (the vocabulary), got {params.top_k}",
         )
     if limits.block_diffusion:
-        refuse_unsupported(params, sparse)
-        resolved = ResolvedRequest(**block_layout(
-            params, prompt_len, max_len=limits.max_len, page_size=limits.page_size,
-            block_length=limits.default_block_length, n_layers=limits.n_layers,
-        ))  # fmt: skip
-        check_capacity(limits, resolved)
-        return resolved
+        return _resolve_block_diffusion(limits, params, sparse, prompt_len)
     refuse_block_fields(params)
     known_len = prompt_len
     prompt_len = 1 if prompt_len is None else prompt_len
     gen = params.gen_length
-    if gen < min_gen_length:
-        raise ValidationError(
-            "sampling_params.gen_length",
-            f"must be at least {min_gen_length} for this structured_output (its shortest answer "
-            f"is {min_gen_length} tokens), got {gen}",
-        )
-    seq_len = prompt_len + gen
-    if seq_len > limits.max_len:
-        prompt = f"prompt ({prompt_len} tokens)" if known_len is not None else "a 1-token prompt"
-        raise ValidationError(
-            "sampling_params.gen_length",
-            f"{prompt} + gen_length ({gen}) = {seq_len} exceeds the model's maximum length "
-            f"{limits.max_len}",
-        )
+    _check_min_gen(gen, min_gen_length)
+    seq_len = _checked_length(limits, prompt_len, gen, known=known_len is not None)
     active = sparse if sparse is not None and sparse.enabled else None
     block = params.block_length
     if block is None:
@@ -144,26 +126,10 @@ def resolve_request(
             f"must be in [{len(blocks)}, {gen}] (at least one step per block: "
             f"ceil(gen_length / block_length) = {len(blocks)}), got {params.steps}",
         )
-    ratios = (1.0,) * limits.n_layers
+    ratios: tuple[float, ...] = (1.0,) * limits.n_layers
     pages: tuple[int, ...] = ()
     if active is not None:
-        if active.default_block_len > limits.max_len:
-            raise ValidationError(
-                "sparse_config.default_block_len",
-                f"must be in [1, {limits.max_len}] (the model's maximum length), "
-                f"got {active.default_block_len}",
-            )
-        if active.delay_step >= block:
-            raise ValidationError(
-                "sparse_config.delay_step",
-                f"must be in [0, {block - 1}] (below the block length {block}), "
-                f"got {active.delay_step}",
-            )
-        ratios = tuple(active.ratios_for(limits.n_layers))
-        # the most candidates a head ever keeps: at the shortest REUSE window (the last block)
-        window = min(e - s for s, e in blocks) + int(limits.shifted_logits)
-        candidates = seq_len - window
-        pages = tuple(-(-kept_count(candidates, r) // limits.page_size) for r in ratios)
+        ratios, pages = _sparse_pages(limits, active, block, blocks, seq_len)
     lanes = 2 if params.cfg_scale > 0 else 1
     resolved = ResolvedRequest(
         prompt_len=known_len,
@@ -179,6 +145,74 @@ def resolve_request(
     )
     check_capacity(limits, resolved)
     return resolved
+
+
+def _resolve_block_diffusion(
+    limits: ModelLimits, params: SamplingParams, sparse: SparseConfig | None, prompt_len: int | None
+) -> ResolvedRequest:
+    """A block-diffusion model's request (LLaDA2): blocks at absolute positions."""
+    refuse_unsupported(params, sparse)
+    layout = block_layout(
+        params,
+        prompt_len,
+        max_len=limits.max_len,
+        page_size=limits.page_size,
+        block_length=limits.default_block_length,
+        n_layers=limits.n_layers,
+    )
+    resolved = ResolvedRequest(**layout)
+    check_capacity(limits, resolved)
+    return resolved
+
+
+def _check_min_gen(gen: int, min_gen_length: int) -> None:
+    if gen < min_gen_length:
+        raise ValidationError(
+            "sampling_params.gen_length",
+            f"must be at least {min_gen_length} for this structured_output (its shortest answer "
+            f"is {min_gen_length} tokens), got {gen}",
+        )
+
+
+def _checked_length(limits: ModelLimits, prompt_len: int, gen: int, known: bool) -> int:
+    """The sequence's length (prompt + canvas), refused past the model's maximum."""
+    seq_len = prompt_len + gen
+    if seq_len > limits.max_len:
+        prompt = f"prompt ({prompt_len} tokens)" if known else "a 1-token prompt"
+        raise ValidationError(
+            "sampling_params.gen_length",
+            f"{prompt} + gen_length ({gen}) = {seq_len} exceeds the model's maximum length "
+            f"{limits.max_len}",
+        )
+    return seq_len
+
+
+def _sparse_pages(
+    limits: ModelLimits,
+    active: SparseConfig,
+    block: int,
+    blocks: tuple[tuple[int, int], ...],
+    seq_len: int,
+) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """A sparse request's per-layer ratios and the pages each layer's heads ever keep, after
+    the checks that need the model or the block length."""
+    if active.default_block_len > limits.max_len:
+        raise ValidationError(
+            "sparse_config.default_block_len",
+            f"must be in [1, {limits.max_len}] (the model's maximum length), "
+            f"got {active.default_block_len}",
+        )
+    if active.delay_step >= block:
+        raise ValidationError(
+            "sparse_config.delay_step",
+            f"must be in [0, {block - 1}] (below the block length {block}), "
+            f"got {active.delay_step}",
+        )
+    ratios = tuple(active.ratios_for(limits.n_layers))
+    # the most candidates a head ever keeps: at the shortest REUSE window (the last block)
+    window = min(e - s for s, e in blocks) + int(limits.shifted_logits)
+    pages = tuple(-(-kept_count(seq_len - window, r) // limits.page_size) for r in ratios)
+    return ratios, pages
 
 
 def check_capacity(limits: ModelLimits, resolved: ResolvedRequest) -> None:

@@ -64,5 +64,7 @@ class KVCache:
         cls, num_pages: int, page_size: int, cfg: ModelConfig, dtype: torch.dtype, device
     ) -> KVCache:
         shape = (num_pages, page_size, cfg.n_kv_heads, cfg.head_dim)
-        return cls(torch.empty(shape, dtype=dtype, device=device),
-                   torch.empty(shape, dtype=dtype, device=device))  # fmt: skip
+        return cls(
+            torch.empty(shape, dtype=dtype, device=device),
+            torch.empty(shape, dtype=dtype, device=device),
+        )

@@ -49,9 +49,13 @@ class ModelRunner:
         if cfg.block_diffusion:  # block-causal lanes against the exact block K/V cache
             self._cached = None
             return build_block_iteration(
-                reqs, self.cache, cfg.n_layers, cfg.head_dim, self.cache.k.shape[1],
+                reqs,
+                self.cache,
+                cfg.n_layers,
+                cfg.head_dim,
+                self.cache.k.shape[1],
                 self.model.device,
-            )  # fmt: skip
+            )
         signature = tuple((r.request_id, r.block_idx, r.phase) for r in reqs)
         all_reuse = all(r.phase == Phase.REUSE for r in reqs)
         if all_reuse and self._cached is not None and self._cached[0] == signature:

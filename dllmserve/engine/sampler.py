@@ -92,9 +92,17 @@ def sample_scored(
         logits = _filter_top_p_top_k(edited, temp, b.top_k, b.top_p, mask_id)
     # x0 and the low-confidence score: one fused pass over the vocabulary on the GPU
     x0, conf = kernels.sample_tokens(
-        logits, b.temperature, b.seed, b.step, b.positions, b.logits_eos_inf,
-        b.conf_eos_eot_inf, mask_id, eos_id, eot_id,
-    )  # fmt: skip
+        logits,
+        b.temperature,
+        b.seed,
+        b.step,
+        b.positions,
+        b.logits_eos_inf,
+        b.conf_eos_eot_inf,
+        mask_id,
+        eos_id,
+        eot_id,
+    )
     probability = conf
     if b.modes != {LOW_CONFIDENCE}:
         conf = _other_confidences(logits, x0, conf, b, mask_id, eos_id, eot_id)
@@ -141,9 +149,12 @@ def _drawn_keys(conf: torch.Tensor, b: SamplingBatch, n_vocab: int) -> torch.Ten
 
 
 def _edited(
-    logits: torch.Tensor, b: SamplingBatch, mask_id: int, eos_id: int,
+    logits: torch.Tensor,
+    b: SamplingBatch,
+    mask_id: int,
+    eos_id: int,
     eot_id: int | None = None,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """A copy with the EOS options' -inf entries, as the official sampler sets them before the
     argmax (and, with `eot_id`, before its confidence), and the mask token's in LLaDA's modes
     (Dream's keep it: its share counts in their filters and confidences)."""
@@ -162,9 +173,14 @@ def _edited(
 
 
 def _other_confidences(
-    logits: torch.Tensor, x0: torch.Tensor, low_conf: torch.Tensor, b: SamplingBatch,
-    mask_id: int, eos_id: int, eot_id: int | None,
-) -> torch.Tensor:  # fmt: skip
+    logits: torch.Tensor,
+    x0: torch.Tensor,
+    low_conf: torch.Tensor,
+    b: SamplingBatch,
+    mask_id: int,
+    eos_id: int,
+    eot_id: int | None,
+) -> torch.Tensor:
     """Confidence [R, B] float64 of each request's remasking mode, given the low-confidence
     score (softmax of the un-noised logits at x0) for the requests that use it."""
     conf = low_conf
@@ -191,9 +207,12 @@ def _other_confidences(
 
 
 def _filter_top_p_top_k(
-    logits: torch.Tensor, temp: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+    logits: torch.Tensor,
+    temp: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
     mask_id: int,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """-inf outside each row's filters on logits / T, Dream's: the top_p nucleus (where top_p
     < 1; the token that crosses top_p stays), then every token below the top_k-th largest (ties
     stay). The most likely token other than the mask always stays, so a token can be picked."""

@@ -66,10 +66,17 @@ class AccessMiddleware:
             self.metrics.duration.labels(route).observe(seconds)
             if route not in QUIET or status["code"] >= 400:
                 client = scope.get("client")
-                event(log, "http_request", request_id=state["request_id"],
-                      client=f"{client[0]}:{client[1]}" if client else None,
-                      method=scope["method"], path=scope["path"], status=status["code"],
-                      ms=round(seconds * 1000, 3), error=state.get("error"))  # fmt: skip
+                event(
+                    log,
+                    "http_request",
+                    request_id=state["request_id"],
+                    client=f"{client[0]}:{client[1]}" if client else None,
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status["code"],
+                    ms=round(seconds * 1000, 3),
+                    error=state.get("error"),
+                )
 
 
 async def _refuse_id(state: dict, send) -> None:

@@ -105,8 +105,13 @@ class Gateway:
         try:
             found = [m for m in await self._models(request) if m["id"] == name]
             if not found:
-                raise ApiError(404, f"model {name!r} is not served here", type="not_found_error",
-                               param="model", code="model_not_found")  # fmt: skip
+                raise ApiError(
+                    404,
+                    f"model {name!r} is not served here",
+                    type="not_found_error",
+                    param="model",
+                    code="model_not_found",
+                )
         except ApiError as e:
             return error_response(request, e)
         return JSONResponse(found[0])
@@ -117,10 +122,16 @@ class Gateway:
         except grpc.RpcError as e:
             raise from_rpc(e, chat=False) from None
         return [
-            {"id": m.name, "object": "model", "created": self.started, "owned_by": "dllmserve",
-             "workers": m.workers, "max_model_len": m.max_model_len or None}
+            {
+                "id": m.name,
+                "object": "model",
+                "created": self.started,
+                "owned_by": "dllmserve",
+                "workers": m.workers,
+                "max_model_len": m.max_model_len or None,
+            }
             for m in info.models
-        ]  # fmt: skip
+        ]
 
     async def prometheus(self, request: Request) -> Response:
         body = generate_latest(self.metrics.registry)
@@ -190,10 +201,20 @@ def build_app(cfg: GatewayConfig) -> Starlette:
     ]
     middleware = [Middleware(AccessMiddleware, metrics=gw.metrics)]
     if cfg.allowed_origins:  # a playground or app served from another origin
-        middleware.append(Middleware(CORSMiddleware, allow_origins=cfg.allowed_origins,
-                                     allow_methods=["GET", "POST"], allow_headers=["*"],
-                                     expose_headers=["X-Request-Id", "Retry-After"]))  # fmt: skip
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={HTTPException: http_error})  # fmt: skip
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=cfg.allowed_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["*"],
+                expose_headers=["X-Request-Id", "Retry-After"],
+            )
+        )
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error},
+    )
     app.state.gateway = gw
     return app

@@ -24,8 +24,9 @@ async def read_json(request: Request, max_bytes: int, timeout_s: float) -> objec
     try:
         raw = await asyncio.wait_for(_read(request, max_bytes), timeout_s)
     except asyncio.TimeoutError:
-        raise ApiError(408, f"body: not received within {timeout_s:g} s", param="body",
-                       type="timeout") from None  # fmt: skip
+        raise ApiError(
+            408, f"body: not received within {timeout_s:g} s", param="body", type="timeout"
+        ) from None
     try:
         body = json.loads(raw or b"null")
     except RecursionError:
@@ -69,5 +70,7 @@ def _check_text(text: str, path: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise bad_field(path, f"not valid Unicode (a lone surrogate at character {e.start})",
-                        ) from None  # fmt: skip
+        raise bad_field(
+            path,
+            f"not valid Unicode (a lone surrogate at character {e.start})",
+        ) from None

@@ -82,10 +82,13 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
             last["held"] += 1
             return
         exc = context.get("exception")
-        log.error("cannot accept connections: %s (%d more in the last %.0f s); raise the file "
-                  "limit (ulimit -n) or lower --max-connections",
-                  getattr(exc, "strerror", None) or exc, last["held"],
-                  ACCEPT_LOG_INTERVAL_S)  # fmt: skip
+        log.error(
+            "cannot accept connections: %s (%d more in the last %.0f s); raise the file "
+            "limit (ulimit -n) or lower --max-connections",
+            getattr(exc, "strerror", None) or exc,
+            last["held"],
+            ACCEPT_LOG_INTERVAL_S,
+        )
         last["at"], last["held"] = now, 0
 
     loop.set_exception_handler(handler)

@@ -52,9 +52,11 @@ class Generation:
             return error_response(request, e)
         p.model = p.model or await self._served_model(md)  # the labels and bodies name it
         if p.stream:
-            return StreamingResponse(self._stream(request, p, streams, t0),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})  # fmt: skip
+            return StreamingResponse(
+                self._stream(request, p, streams, t0),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
         return await self._complete(request, p, streams)
 
     async def _open(self, p: Plan, md: tuple) -> list[AsyncIterator[Event]]:
@@ -123,13 +125,15 @@ class Generation:
             text, stopped = cut(d.text, p.stop)
             texts.append(text)
             reasons.append(out.finish_reason(d, stopped))
-            returned.append(t.count(text, d.usage.generated_tokens) if stopped
-                            else d.usage.generated_tokens)  # fmt: skip
+            returned.append(
+                t.count(text, d.usage.generated_tokens) if stopped else d.usage.generated_tokens
+            )
             self._count(p, reasons[-1])
         return JSONResponse(out.completion(p, dones, texts, reasons, p.n, returned))
 
-    async def _stream(self, request: Request, p: Plan, streams: list,
-                      t0: float) -> AsyncIterator[bytes]:  # fmt: skip
+    async def _stream(
+        self, request: Request, p: Plan, streams: list, t0: float
+    ) -> AsyncIterator[bytes]:
         """Merge the choices' streams into OpenAI chunks (denoise mode: one per step)."""
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -253,8 +257,9 @@ def metadata(request: Request) -> tuple:
     if not auth:
         return md
     if not auth.isascii() or not auth.isprintable():
-        raise ApiError(401, "the Authorization header must be printable ASCII",
-                       type="authentication_error")  # fmt: skip
+        raise ApiError(
+            401, "the Authorization header must be printable ASCII", type="authentication_error"
+        )
     return (("authorization", auth), *md)
 
 

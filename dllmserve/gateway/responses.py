@@ -41,8 +41,14 @@ def usage(dones: list[Completed], n: int, returned: list[int] | None = None) -> 
     }
 
 
-def completion(plan: Plan, dones: list[Completed], texts: list[str], reasons: list[str],
-               n: int, returned: list[int]) -> dict:  # fmt: skip
+def completion(
+    plan: Plan,
+    dones: list[Completed],
+    texts: list[str],
+    reasons: list[str],
+    n: int,
+    returned: list[int],
+) -> dict:
     choices = []
     for i, (text, reason) in enumerate(zip(texts, reasons, strict=True)):
         c: dict = {"index": i, "finish_reason": reason}
@@ -129,7 +135,7 @@ def denoise(step: StepUpdate) -> dict:
                 "old_token_id": e.old_token_id,
                 "new_token_id": e.new_token_id,
                 "text": e.text,
-            }  # fmt: skip
+            }
             for e in step.edits
         ]
     return d

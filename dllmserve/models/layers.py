@@ -93,9 +93,14 @@ class Rotary:
     (partial rotary: LLaDA-MoE's `partial_rotary_factor`; the rest pass unrotated)."""
 
     def __init__(
-        self, head_dim: int, theta: float, max_len: int, device: torch.device, in_fp32: bool,
+        self,
+        head_dim: int,
+        theta: float,
+        max_len: int,
+        device: torch.device,
+        in_fp32: bool,
         rot_dim: int | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         rot = rot_dim or head_dim
         inv_freq = 1.0 / (theta ** (torch.arange(0, rot, 2, dtype=torch.int64).float() / rot))
         pos = torch.arange(max_len, dtype=torch.float32)
@@ -131,8 +136,9 @@ class Rotary:
         if _fused(qkv) and self.rot_dim == hd:  # the fused kernel rotates whole heads only
             from dllmserve.kernels.elementwise import rope_heads
 
-            qk = rope_heads(qkv, n_heads + n_kv_heads, hd, positions, self.cos, self.sin,
-                            self.in_fp32)  # fmt: skip
+            qk = rope_heads(
+                qkv, n_heads + n_kv_heads, hd, positions, self.cos, self.sin, self.in_fp32
+            )
             return qk[:, :n_heads], qk[:, n_heads:]
         q = qkv[:, : n_heads * hd].view(-1, n_heads, hd)
         k = qkv[:, n_heads * hd : (n_heads + n_kv_heads) * hd].view(-1, n_kv_heads, hd)

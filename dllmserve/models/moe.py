@@ -96,9 +96,14 @@ def experts(
 
         if isinstance(gate_up, Fp8Experts):
             return kernels.fused_moe(
-                x, gate_up.data, down.data, ids, weights,
-                w_gate_up_scale=gate_up.scale, w_down_scale=down.scale,
-            )  # fmt: skip
+                x,
+                gate_up.data,
+                down.data,
+                ids,
+                weights,
+                w_gate_up_scale=gate_up.scale,
+                w_down_scale=down.scale,
+            )
         return kernels.fused_moe(x, gate_up, down, ids, weights)
     return _experts_loop(x, gate_up, down, ids, weights)
 

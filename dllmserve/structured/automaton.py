@@ -69,8 +69,9 @@ def lift(dfa: ByteDFA, tb: TokenBytes, field_name: str, deadline: float) -> Toke
     `field_name` past `deadline` (time.monotonic()) or MAX_PAIRS, or when no answer fits."""
     n_tok, n_states = len(tb.ids), dfa.trans.shape[0]
     everyone = np.arange(n_tok)
-    cls_of_tok, n_cls = _classes(_token_moves(dfa, tb, everyone, field_name, deadline), n_tok,
-                                 n_states)  # fmt: skip
+    cls_of_tok, n_cls = _classes(
+        _token_moves(dfa, tb, everyone, field_name, deadline), n_tok, n_states
+    )
     reps = np.unique(cls_of_tok, return_index=True)[1]  # one token per class carries its edges
     reps = reps[cls_of_tok[reps] >= 0]
     moves = list(_token_moves(dfa, tb, reps, field_name, deadline))
@@ -85,12 +86,14 @@ def lift(dfa: ByteDFA, tb: TokenBytes, field_name: str, deadline: float) -> Toke
     class_of[tb.ids] = cls_of_tok
     class_of[list(tb.stop_ids)] = c_stop
     finals = np.concatenate([acc, [s_done]])
-    return _prune(dfa.start, s_done + 1, n_cls + 1, class_of, e_src, e_cls, e_dst, finals,
-                  field_name)  # fmt: skip
+    return _prune(
+        dfa.start, s_done + 1, n_cls + 1, class_of, e_src, e_cls, e_dst, finals, field_name
+    )
 
 
-def _token_moves(dfa: ByteDFA, tb: TokenBytes, tokens: np.ndarray, field_name: str,
-                 deadline: float):  # fmt: skip
+def _token_moves(
+    dfa: ByteDFA, tb: TokenBytes, tokens: np.ndarray, field_name: str, deadline: float
+):
     """Yields, per token length, every (state, token index, next state) of `tokens` with the
     token's bytes all accepted. A length's tokens walk all their bytes at once through the
     table (a refused byte leads to an absorbing dead row, so no pair is dropped mid-walk), from
@@ -121,7 +124,7 @@ def _check_size(pairs: int, field_name: str) -> None:
         raise ValidationError(
             field_name,
             f"its automaton is too large for this vocabulary ({pairs} state-token "
-            f"pairs, at most {MAX_PAIRS}): simplify it",  # fmt: skip
+            f"pairs, at most {MAX_PAIRS}): simplify it",
         )
 
 
@@ -169,9 +172,15 @@ def _prune(start, n_states, n_cls, class_of, src, cls, dst, finals, field_name):
     src, cls, dst = new[src[live]], cls[live], new[dst[live]]
     order = np.argsort(src * n_cls + cls, kind="stable")
     return TokenAutomaton(
-        n_states=int(keep.sum()), n_classes=n_cls, start=int(new[start]), class_of=class_of,
-        src=src[order], cls=cls[order], dst=dst[order], dist=dist[keep],
-    )  # fmt: skip
+        n_states=int(keep.sum()),
+        n_classes=n_cls,
+        start=int(new[start]),
+        class_of=class_of,
+        src=src[order],
+        cls=cls[order],
+        dst=dst[order],
+        dist=dist[keep],
+    )
 
 
 def _distances(n: int, src, dst, finals) -> np.ndarray:

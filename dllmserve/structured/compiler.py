@@ -69,9 +69,10 @@ def _check_json_safe(pattern: str, field: str, deadline: float) -> None:
     used = {b for b in range(256) if (dfa.trans[:, b] >= 0).any()}
     if used & JSON_UNSAFE:
         raise ValidationError(
-            field, f"pattern {pattern!r} can match a quote, a backslash or a control "
-                   "character, which a JSON string must escape: exclude them from it",
-        )  # fmt: skip
+            field,
+            f"pattern {pattern!r} can match a quote, a backslash or a control "
+            "character, which a JSON string must escape: exclude them from it",
+        )
 
 
 def _literal(text: str) -> str:

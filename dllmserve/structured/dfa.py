@@ -30,9 +30,12 @@ class ByteDFA:
 
 
 def build_byte_dfa(
-    regex: str, field: str, timeout_s: float, max_states: int,
+    regex: str,
+    field: str,
+    timeout_s: float,
+    max_states: int,
     memory_bytes: int = CHILD_MEMORY_BYTES,
-) -> ByteDFA:  # fmt: skip
+) -> ByteDFA:
     """The DFA of `regex` (full-match semantics). Raises ValidationError naming `field` when the
     library cannot compile it, or it takes over `timeout_s`, needs over `memory_bytes` or has
     over `max_states` states."""
@@ -69,8 +72,13 @@ def _child(regex: str, max_states: int, memory_bytes: int, conn) -> None:
         conn.send(("ok", _compile(regex, max_states)))
     except ValueError as e:
         reason = str(e).strip().splitlines()[-1][:300]
-        conn.send(("error", f"cannot be compiled (Rust regex syntax, without look-around or "
-                            f"backreferences): {reason}"))  # fmt: skip
+        conn.send(
+            (
+                "error",
+                f"cannot be compiled (Rust regex syntax, without look-around or "
+                f"backreferences): {reason}",
+            )
+        )
     except _TooLarge as e:
         conn.send(("error", str(e)))
     except MemoryError:

@@ -59,9 +59,13 @@ def best_assignment(
 
 
 def best_assignments(
-    automata: Sequence[TokenAutomaton], scores: torch.Tensor, fixed: torch.Tensor,
-    starts: Sequence[int], remaining: Sequence[int], widths: Sequence[int],
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    automata: Sequence[TokenAutomaton],
+    scores: torch.Tensor,
+    fixed: torch.Tensor,
+    starts: Sequence[int],
+    remaining: Sequence[int],
+    widths: Sequence[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens [R, n] int64, feasible [R] bool) for R rows, each with its automaton: scores
     [R, n, vocab], fixed [R, n] int64 (the committed token, -1 where masked), the state at the
     block's start, the positions left after it and the block's width (columns past it are
@@ -88,8 +92,9 @@ def best_assignments(
     rows = len(automata)
     row_best = torch.full((rows,), -torch.inf, device=dev)
     row_best = row_best.scatter_reduce(0, g.row_of_state, value, "amax")
-    ids = torch.where(value == row_best[g.row_of_state], torch.arange(n_states, device=dev),
-                      n_states)  # fmt: skip
+    ids = torch.where(
+        value == row_best[g.row_of_state], torch.arange(n_states, device=dev), n_states
+    )
     state = (
         torch.full((rows,), n_states, device=dev)
         .scatter_reduce(0, g.row_of_state, ids, "amin")
@@ -149,10 +154,15 @@ def _joined(automata, scores, fixed, widths, dev) -> _Joined:
         offsets.append(s_off)
         s_off, c_off = s_off + S, c_off + C + 1
     return _Joined(
-        best=torch.cat(best, dim=1), arg=torch.cat(arg, dim=1), src=torch.cat(src),
-        cls=torch.cat(cls), dst=torch.cat(dst), dist=torch.cat(dist),
-        row_of_state=torch.cat(row_of), state_offset=torch.tensor(offsets, device=dev),
-    )  # fmt: skip
+        best=torch.cat(best, dim=1),
+        arg=torch.cat(arg, dim=1),
+        src=torch.cat(src),
+        cls=torch.cat(cls),
+        dst=torch.cat(dst),
+        dist=torch.cat(dist),
+        row_of_state=torch.cat(row_of),
+        state_offset=torch.tensor(offsets, device=dev),
+    )
 
 
 def _best_per_class(scores: torch.Tensor, class_of: torch.Tensor, n_classes: int):

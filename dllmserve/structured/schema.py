@@ -16,15 +16,44 @@ import json
 from dllmserve.errors import ValidationError, echo
 from dllmserve.structured.numbers import integer_range_regex
 
-ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$id", "$comment",
-               "deprecated", "readOnly", "writeOnly", "$anchor"}  # fmt: skip
+ANNOTATIONS = {
+    "title",
+    "description",
+    "default",
+    "examples",
+    "$schema",
+    "$id",
+    "$comment",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "$anchor",
+}
 SUPPORTED = ANNOTATIONS | {
-    "type", "enum", "const", "anyOf", "allOf", "$ref", "$defs", "definitions",
-    "properties", "required", "additionalProperties",
-    "items", "prefixItems", "minItems", "maxItems",
-    "minLength", "maxLength", "pattern", "format",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-}  # fmt: skip
+    "type",
+    "enum",
+    "const",
+    "anyOf",
+    "allOf",
+    "$ref",
+    "$defs",
+    "definitions",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "prefixItems",
+    "minItems",
+    "maxItems",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "format",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+}
 # Keywords outlines-core's regex does not enforce, with what to do instead.
 REFUSED = {
     "oneOf": "use anyOf (the branches are not checked to exclude each other)",
@@ -77,8 +106,11 @@ def _walk(node: object, path: str, field: str) -> None:
         elif key in ("items", "additionalProperties") and isinstance(value, (dict, bool)):
             _walk(value, f"{path}/{key}", field)
     if "pattern" in node and ({"minLength", "maxLength"} & node.keys()):
-        raise ValidationError(field, f"pattern at {path} cannot be combined with min/maxLength "
-                                     "(write the length into the pattern)")  # fmt: skip
+        raise ValidationError(
+            field,
+            f"pattern at {path} cannot be combined with min/maxLength "
+            "(write the length into the pattern)",
+        )
     bounded = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"} & node.keys()
     if bounded and node.get("type") != "integer":
         raise ValidationError(

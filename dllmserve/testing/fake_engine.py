@@ -55,8 +55,13 @@ class FakeEngine:
         return bool(self.running)
 
     def stats(self) -> dict[str, int]:
-        return {"running": len(self.running), "waiting": 0, "free_pages": 1, "total_pages": 1,
-                "max_num_seqs": self.max_num_seqs}  # fmt: skip
+        return {
+            "running": len(self.running),
+            "waiting": 0,
+            "free_pages": 1,
+            "total_pages": 1,
+            "max_num_seqs": self.max_num_seqs,
+        }
 
     def decode(self, token_ids: list[int]) -> str:
         return bytes(i % 128 for i in token_ids if i > 0).decode(errors="replace")
@@ -74,9 +79,19 @@ class FakeEngine:
             pos = (k - 1) % gen
             done = k >= total
             token = 65 + pos % 26
-            u = StepUpdate(rid, k, total, block_index=0, phase="FULL", block_length=gen,
-                           positions=[pos], token_ids=[token], masked_left=total - k,
-                           block_done=done, text_delta=chr(token) if k <= gen else "")  # fmt: skip
+            u = StepUpdate(
+                rid,
+                k,
+                total,
+                block_index=0,
+                phase="FULL",
+                block_length=gen,
+                positions=[pos],
+                token_ids=[token],
+                masked_left=total - k,
+                block_done=done,
+                text_delta=chr(token) if k <= gen else "",
+            )
             if done:
                 del self.running[rid]
                 u.finish_reason = "length"

@@ -28,12 +28,27 @@ LLADA2_AUTO_MAP = {
 
 
 def llada2_config(
-    *, d_model: int, n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int,
-    dense_hidden: int, expert_hidden: int, num_experts: int, top_k: int, n_group: int,
-    topk_group: int, shared_experts: int, first_dense: int, routed_scaling: float,
-    partial_rotary_factor: float, vocab: int, eos_id: int, max_len: int,
+    *,
+    d_model: int,
+    n_layers: int,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    dense_hidden: int,
+    expert_hidden: int,
+    num_experts: int,
+    top_k: int,
+    n_group: int,
+    topk_group: int,
+    shared_experts: int,
+    first_dense: int,
+    routed_scaling: float,
+    partial_rotary_factor: float,
+    vocab: int,
+    eos_id: int,
+    max_len: int,
     dtype: torch.dtype = torch.float32,
-) -> dict:  # fmt: skip
+) -> dict:
     """config.json of a LLaDA2 checkpoint with the official keys."""
     return {
         "architectures": ["LLaDA2MoeModelLM"],
@@ -138,13 +153,26 @@ def write_tiny_llada2(
     tok.save(str(out / "tokenizer.json"))
     vocab = ((tok.get_vocab_size() + 63) // 64) * 64
     cfg = llada2_config(
-        d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
-        head_dim=head_dim, dense_hidden=dense_hidden, expert_hidden=expert_hidden,
-        num_experts=num_experts, top_k=top_k, n_group=n_group, topk_group=topk_group,
-        shared_experts=shared_experts, first_dense=first_dense, routed_scaling=routed_scaling,
-        partial_rotary_factor=partial_rotary_factor, vocab=vocab, eos_id=ids["<|endoftext|>"],
-        max_len=max_len, dtype=dtype,
-    )  # fmt: skip
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        head_dim=head_dim,
+        dense_hidden=dense_hidden,
+        expert_hidden=expert_hidden,
+        num_experts=num_experts,
+        top_k=top_k,
+        n_group=n_group,
+        topk_group=topk_group,
+        shared_experts=shared_experts,
+        first_dense=first_dense,
+        routed_scaling=routed_scaling,
+        partial_rotary_factor=partial_rotary_factor,
+        vocab=vocab,
+        eos_id=ids["<|endoftext|>"],
+        max_len=max_len,
+        dtype=dtype,
+    )
     tensors = _tensors(cfg, out, torch.Generator().manual_seed(seed), logit_scale)
     tensors["lm_head.weight"][ids["<|endoftext|>"]] *= eos_scale
     _save({k: v.to(dtype) for k, v in tensors.items()}, out, num_shards)
