@@ -177,7 +177,7 @@ def test_no_dispatch_grouping_by_sparse_config_and_no_opaque_reply_reader():
 
 
 # Functions over 80 lines still to split (each named here, so no new one can join them).
-LONG_FUNCTIONS_LEFT = {"dllmserve/engine/batch.py:build_iteration"}
+LONG_FUNCTIONS_LEFT: set[str] = set()
 
 
 def test_no_product_function_outside_kernels_is_over_80_lines():

@@ -52,45 +52,104 @@ def build_iteration(
     dtype: torch.dtype,
     device: torch.device,
 ) -> IterationBatch:
-    select: list[tuple[Request, int]] = []
-    full: list[tuple[Request, int]] = []
-    reuse: list[tuple[Request, int]] = []
+    select, full, reuse = _lanes_by_phase(reqs)
+    pk = _pack(select, full, reuse)
+    sel = _select_meta(select, reuse, pk, n_layers)
+    width = max(r.block_span[1] - r.block_span[0] for r in reqs)
+    params = [r.params for r in reqs]
+    host = {
+        "input_ids": torch.cat(pk.ids),
+        "positions": torch.cat(pk.pos),
+        "cu_dense": torch.tensor(pk.cu_dense, dtype=torch.int32),
+        **sel.host,
+        "select_pages": _page_tables(select, n_layers),
+        "cu_reuse": torch.tensor(pk.cu_reuse, dtype=torch.int32),
+        "kept_len": torch.tensor(sel.kept_len, dtype=torch.int32).view(n_layers, len(reuse)),
+        "reuse_pages": _page_tables(reuse, n_layers),
+        **_row_tensors(reqs, pk, width),
+        **_sampling_tensors(reqs, params, dtype),
+    }
+    d = upload(host, device)
+    any_cfg = any(r.lanes == 2 for r in reqs)
+    reuse_widths = {b - a for a, b in zip(pk.cu_reuse, pk.cu_reuse[1:], strict=False)}
+    return IterationBatch(
+        input_ids=d["input_ids"],
+        positions=d["positions"],
+        attention=_attention(d, cache, head_dim, pk, sel, select, full, reuse, reuse_widths),
+        logit_rows=d["logit_rows"],
+        uncond_rows=d["uncond_rows"] if any_cfg else None,
+        cfg_scale=d["cfg_scale"] if any_cfg else None,
+        sampling=_sampling_batch(d, reqs, params, width, device),
+        block_width=width,
+        reuse_window=reuse_widths.pop() if len(reuse_widths) == 1 else None,
+    )
+
+
+Lanes = list[tuple[Request, int]]
+
+
+def _lanes_by_phase(reqs: list[Request]) -> tuple[Lanes, Lanes, Lanes]:
+    """Every (request, lane) by its phase: SELECT, FULL, REUSE."""
+    select: Lanes = []
+    full: Lanes = []
+    reuse: Lanes = []
     for r in reqs:
         ph = r.phase
         bucket = select if ph == Phase.SELECT else full if ph == Phase.FULL else reuse
         bucket.extend((r, lane) for lane in range(r.lanes))
+    return select, full, reuse
 
-    ids: list[torch.Tensor] = []
-    pos: list[torch.Tensor] = []
-    offset: dict[tuple[str, int], int] = {}  # (request, lane) -> packed row of position `base`
-    base: dict[str, int] = {}
+
+@dataclass
+class _Packed:
+    """The lanes' tokens packed in one sequence: SELECT and FULL lanes whole, then the REUSE
+    lanes' windows."""
+
+    ids: list[torch.Tensor]
+    pos: list[torch.Tensor]
+    offset: dict[tuple[str, int], int]  # (request, lane) -> packed row of position `base`
+    base: dict[str, int]
+    cu_dense: list[int]
+    cu_reuse: list[int]
+    n_dense: int
+
+
+def _pack(select: Lanes, full: Lanes, reuse: Lanes) -> _Packed:
+    pk = _Packed([], [], {}, {}, [0], [0], 0)
     t = 0
-    cu_dense, cu_reuse = [0], [0]
     for r, lane in select + full:
-        ids.append(torch.from_numpy(r.lane_tokens(lane)))
-        pos.append(torch.arange(r.seq_len))
-        offset[(r.request_id, lane)] = t
-        base[r.request_id] = 0
+        pk.ids.append(torch.from_numpy(r.lane_tokens(lane)))
+        pk.pos.append(torch.arange(r.seq_len))
+        pk.offset[(r.request_id, lane)] = t
+        pk.base[r.request_id] = 0
         t += r.seq_len
-        cu_dense.append(t)
-    n_dense = t
+        pk.cu_dense.append(t)
+    pk.n_dense = t
     for r, lane in reuse:
         ws, we = r.window()
-        ids.append(torch.from_numpy(r.lane_tokens(lane)[ws:we]))
-        pos.append(torch.arange(ws, we))
-        offset[(r.request_id, lane)] = t
-        base[r.request_id] = ws
+        pk.ids.append(torch.from_numpy(r.lane_tokens(lane)[ws:we]))
+        pk.pos.append(torch.arange(ws, we))
+        pk.offset[(r.request_id, lane)] = t
+        pk.base[r.request_id] = ws
         t += we - ws
-        cu_reuse.append(t - n_dense)
+        pk.cu_reuse.append(t - pk.n_dense)
+    return pk
 
-    reuse_widths = {b - a for a, b in zip(cu_reuse, cu_reuse[1:], strict=False)}
 
-    # SELECT metadata
+@dataclass
+class _SelectMeta:
+    host: dict[str, torch.Tensor]  # the SELECT lanes' tensors
+    n_keep: list[list[int]]  # [layer][select lane] entries each head keeps
+    kept_len: list[list[int]]  # [layer][reuse lane] entries each head kept
+
+
+def _select_meta(select: Lanes, reuse: Lanes, pk: _Packed, n_layers: int) -> _SelectMeta:
+    i32 = torch.int32
     q_rows: list[torch.Tensor] = [torch.zeros(0, dtype=torch.long)]
     cu_win, win_start, win_len = [0], [], []
     for r, lane in select:
         ws, we = r.window()
-        q_rows.append(torch.arange(ws, we) + offset[(r.request_id, lane)])
+        q_rows.append(torch.arange(ws, we) + pk.offset[(r.request_id, lane)])
         win_start.append(ws)
         win_len.append(we - ws)
         cu_win.append(cu_win[-1] + we - ws)
@@ -99,9 +158,20 @@ def build_iteration(
     n_keep = [[k[i] for k in sel_kept] for i in range(n_layers)]
     kept_len = [[k[i] for k in reuse_kept] for i in range(n_layers)]
     sparse_sel = [r.sparse for r, _ in select]
+    host = {
+        "select_q_rows": torch.cat(q_rows),
+        "cu_win": torch.tensor(cu_win, dtype=i32),
+        "win_start": torch.tensor(win_start, dtype=i32),
+        "win_len": torch.tensor(win_len, dtype=i32),
+        "n_keep": torch.tensor(n_keep, dtype=i32).view(n_layers, len(select)),
+        "head_select": torch.tensor([s.head_select for s in sparse_sel], dtype=torch.bool),
+        "pool_kernel": torch.tensor([s.pool_kernel for s in sparse_sel], dtype=i32),
+    }
+    return _SelectMeta(host, n_keep, kept_len)
 
-    # LM-head rows and sampling settings, one row per request
-    width = max(r.block_span[1] - r.block_span[0] for r in reqs)
+
+def _row_tensors(reqs: list[Request], pk: _Packed, width: int) -> dict[str, torch.Tensor]:
+    """LM-head rows and block positions, one row per request."""
     R = len(reqs)
     rows = torch.zeros((R, width), dtype=torch.long)
     un_rows = torch.zeros((R, width), dtype=torch.long)
@@ -111,36 +181,21 @@ def build_iteration(
         bs, be = r.block_span
         n = be - bs
         p = torch.arange(bs, be)
-        src = p - int(r.shifted) - base[r.request_id]  # shifted: position p reads row p-1
-        rows[i, :n] = src + offset[(r.request_id, 0)]
-        un_rows[i, :n] = src + offset[(r.request_id, r.lanes - 1)]
+        src = p - int(r.shifted) - pk.base[r.request_id]  # shifted: position p reads row p-1
+        rows[i, :n] = src + pk.offset[(r.request_id, 0)]
+        un_rows[i, :n] = src + pk.offset[(r.request_id, r.lanes - 1)]
         gen_pos[i, :n] = p - r.prompt_len
         eligible[i, :n] = torch.from_numpy(r.canvas[bs:be] == r.tokens.mask)
-    any_cfg = any(r.lanes == 2 for r in reqs)
-    params = [r.params for r in reqs]
-    i32, i64 = torch.int32, torch.long
-    host = {
-        "input_ids": torch.cat(ids),
-        "positions": torch.cat(pos),
-        "cu_dense": torch.tensor(cu_dense, dtype=i32),
-        "select_q_rows": torch.cat(q_rows),
-        "cu_win": torch.tensor(cu_win, dtype=i32),
-        "win_start": torch.tensor(win_start, dtype=i32),
-        "win_len": torch.tensor(win_len, dtype=i32),
-        "n_keep": torch.tensor(n_keep, dtype=i32).view(n_layers, len(select)),
-        "head_select": torch.tensor([s.head_select for s in sparse_sel], dtype=torch.bool),
-        "pool_kernel": torch.tensor([s.pool_kernel for s in sparse_sel], dtype=i32),
-        "select_pages": _page_tables(select, n_layers),
-        "cu_reuse": torch.tensor(cu_reuse, dtype=i32),
-        "kept_len": torch.tensor(kept_len, dtype=i32).view(n_layers, len(reuse)),
-        "reuse_pages": _page_tables(reuse, n_layers),
-        "logit_rows": rows,
-        "uncond_rows": un_rows,
+    return {"logit_rows": rows, "uncond_rows": un_rows, "gen_pos": gen_pos, "eligible": eligible}
+
+
+def _sampling_tensors(reqs: list[Request], params: list, dtype: torch.dtype) -> dict:
+    """The per-request sampling settings, one entry per request."""
+    i64 = torch.long
+    return {
         "temperature": torch.tensor([p.temperature for p in params], dtype=torch.float64),
         "seed": torch.tensor([r.seed for r in reqs], dtype=i64),
         "step": torch.tensor([r.global_step for r in reqs], dtype=i64),
-        "gen_pos": gen_pos,
-        "eligible": eligible,
         **_plan_tensors(reqs, 0),
         "alg_temp": torch.tensor([p.alg_temp for p in params], dtype=torch.float64),
         "threshold": torch.tensor(
@@ -153,21 +208,26 @@ def build_iteration(
         "conf_eos_eot_inf": torch.tensor([p.confidence_eos_eot_inf for p in params]),
         "cfg_scale": torch.tensor([p.cfg_scale for p in params], dtype=dtype),
     }
-    d = upload(host, device)
-    attention = BatchAttention(
+
+
+def _attention(
+    d: dict, cache: KVCache, head_dim: int, pk: _Packed, sel: _SelectMeta, select: Lanes,
+    full: Lanes, reuse: Lanes, reuse_widths: set[int],
+) -> BatchAttention:  # fmt: skip
+    return BatchAttention(
         cache=cache,
         scale=head_dim**-0.5,
-        n_dense_tokens=n_dense,
+        n_dense_tokens=pk.n_dense,
         cu_dense=d["cu_dense"],
         max_dense=max((r.seq_len for r, _ in select + full), default=0),
         n_select=len(select),
-        n_select_tokens=cu_dense[len(select)],
+        n_select_tokens=pk.cu_dense[len(select)],
         select_q_rows=d["select_q_rows"],
         cu_win=d["cu_win"],
         win_start=d["win_start"],
         win_len=d["win_len"],
         n_keep=d["n_keep"],
-        max_keep=[max(row, default=0) for row in n_keep],
+        max_keep=[max(row, default=0) for row in sel.n_keep],
         head_select=d["head_select"],
         pool_kernel=d["pool_kernel"],
         select_pages=d["select_pages"],
@@ -177,7 +237,12 @@ def build_iteration(
         kept_len=d["kept_len"],
         reuse_pages=d["reuse_pages"],
     )
-    sampling = SamplingBatch(
+
+
+def _sampling_batch(
+    d: dict, reqs: list[Request], params: list, width: int, device: torch.device
+) -> SamplingBatch:
+    return SamplingBatch(
         temperature=d["temperature"],
         seed=d["seed"],
         step=d["step"],
@@ -199,17 +264,6 @@ def build_iteration(
         any_alg_temp=any(p.alg_temp > 0 for p in params),
         any_transfer=any(r.independent_commits for r in reqs),
         constraint=constrained_rows(reqs, width, device),
-    )
-    return IterationBatch(
-        input_ids=d["input_ids"],
-        positions=d["positions"],
-        attention=attention,
-        logit_rows=d["logit_rows"],
-        uncond_rows=d["uncond_rows"] if any_cfg else None,
-        cfg_scale=d["cfg_scale"] if any_cfg else None,
-        sampling=sampling,
-        block_width=width,
-        reuse_window=reuse_widths.pop() if len(reuse_widths) == 1 else None,
     )
 
 
