@@ -6,16 +6,11 @@ from __future__ import annotations
 import torch
 
 from dllmserve.models.config import ModelConfig
-from dllmserve.models.moe import MoeWeights
+from dllmserve.models.moe_layout import gate_up, mlp_names, moe_names, stacked_moe
 from dllmserve.models.transformer import LayerWeights, ModelWeights
 
-
-def _mlp(prefix: str, d: int, hidden: int) -> dict[str, tuple[int, ...]]:
-    return {
-        prefix + "gate_proj.weight": (hidden, d),
-        prefix + "up_proj.weight": (hidden, d),
-        prefix + "down_proj.weight": (d, hidden),
-    }
+# where LLaDA2 keeps its router's expert bias (always there) and its shared experts
+BIAS, SHARED = "mlp.gate.expert_bias", "mlp.shared_experts."
 
 
 def _is_moe(cfg: ModelConfig, layer: int) -> bool:
@@ -41,37 +36,14 @@ def llada2_tensors(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         if cfg.qk_norm:
             names[a + "query_layernorm.weight"] = (hd,)
             names[a + "key_layernorm.weight"] = (hd,)
-        if not _is_moe(cfg, i):
-            names.update(_mlp(p + "mlp.", d, cfg.mlp_hidden))
-            continue
-        names[p + "mlp.gate.weight"] = (moe.num_experts, d)
-        names[p + "mlp.gate.expert_bias"] = (moe.num_experts,)
-        for e in range(moe.num_experts):
-            names.update(_mlp(p + f"mlp.experts.{e}.", d, moe.expert_hidden))
-        if moe.shared_hidden:
-            names.update(_mlp(p + "mlp.shared_experts.", d, moe.shared_hidden))
+        if _is_moe(cfg, i):
+            names.update(moe_names(p, d, moe, bias=BIAS, shared=SHARED))
+        else:
+            names.update(mlp_names(p + "mlp.", d, cfg.mlp_hidden))
     names["model.norm.weight"] = (d,)
     if not cfg.tied_head:
         names["lm_head.weight"] = (v, d)
     return names
-
-
-def _gate_up(t: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
-    return torch.cat([t.pop(prefix + "gate_proj.weight"), t.pop(prefix + "up_proj.weight")])
-
-
-def _moe(cfg: ModelConfig, t: dict[str, torch.Tensor], p: str) -> MoeWeights:
-    moe = cfg.moe
-    experts = [f"{p}mlp.experts.{e}." for e in range(moe.num_experts)]
-    shared = p + "mlp.shared_experts."
-    return MoeWeights(
-        router=t.pop(p + "mlp.gate.weight"),
-        expert_bias=t.pop(p + "mlp.gate.expert_bias"),
-        gate_up=torch.stack([_gate_up(t, e) for e in experts]),
-        down=torch.stack([t.pop(e + "down_proj.weight") for e in experts]),
-        shared_gate_up=_gate_up(t, shared) if moe.shared_hidden else None,
-        shared_down=t.pop(shared + "down_proj.weight") if moe.shared_hidden else None,
-    )
 
 
 def assemble_llada2(cfg: ModelConfig, t: dict[str, torch.Tensor]) -> ModelWeights:
@@ -89,9 +61,9 @@ def assemble_llada2(cfg: ModelConfig, t: dict[str, torch.Tensor]) -> ModelWeight
                 qkv_bias=None,
                 o=t.pop(a + "dense.weight"),
                 mlp_norm=t.pop(p + "post_attention_layernorm.weight"),
-                gate_up=None if moe else _gate_up(t, p + "mlp."),
+                gate_up=None if moe else gate_up(t, p + "mlp."),
                 down=None if moe else t.pop(p + "mlp.down_proj.weight"),
-                moe=_moe(cfg, t, p) if moe else None,
+                moe=stacked_moe(t, p, cfg.moe, bias=BIAS, shared=SHARED) if moe else None,
                 q_norm=t.pop(a + "query_layernorm.weight") if cfg.qk_norm else None,
                 k_norm=t.pop(a + "key_layernorm.weight") if cfg.qk_norm else None,
             )
