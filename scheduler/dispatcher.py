@@ -25,6 +25,7 @@ from dllmserve.broker import redis_keys as rk
 from dllmserve.broker.records import QueuedView
 from dllmserve.broker.redis_link import Backoff
 from dllmserve.broker.scripts import AsyncBroker
+from dllmserve.broker.stream_ids import stream_id
 from dllmserve.broker.workers import READY, WorkerRecord
 from dllmserve.logs import event
 from dllmserve.scheduler import isolation
@@ -197,7 +198,7 @@ class Dispatcher:
         ordered = sorted(groups.items(), key=_group_order)
         reserved: set[str] = set()  # workers kept for suspects this pass
         for g, members in ordered:
-            members.sort(key=lambda pe: (pe[0], _id(pe[1].entry_id)))
+            members.sort(key=lambda pe: (pe[0], stream_id(pe[1].entry_id)))
             model, todo = group_model[g], [e for _, e in members]
             fit = [w for w in workers if not model or w.model == model]
             self._warn_starved(model, len(members), bool(fit))
@@ -315,9 +316,4 @@ def _spread(
 
 
 def _group_order(kv: tuple[str, list[tuple[int, _Entry]]]) -> tuple:
-    return (not kv[0].startswith("iso:"), min((p, _id(e.entry_id)) for p, e in kv[1]))
-
-
-def _id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+    return (not kv[0].startswith("iso:"), min((p, stream_id(e.entry_id)) for p, e in kv[1]))

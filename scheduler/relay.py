@@ -34,6 +34,7 @@ import redis.exceptions
 from dllmserve.broker import redis_keys as rk
 from dllmserve.broker.records import read_attempt
 from dllmserve.broker.redis_link import Backoff, Epoch
+from dllmserve.broker.stream_ids import stream_id
 from dllmserve.v1 import dllm_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -46,15 +47,10 @@ CHECK_S = 5.0  # how often a follower checks that its request still exists
 _STEP, _COMPLETED, _ERROR = (k.encode() for k in (rk.REC_STEP, rk.REC_COMPLETED, rk.REC_ERROR))
 
 
-def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
-    ms, _, seq = rk.text(entry_id).partition("-")
-    return int(ms), int(seq or 0)
-
-
 class _Follower:
     def __init__(self, key: str, after: str, maxsize: int) -> None:
         self.key = key
-        self.last = _id_tuple(after)
+        self.last = stream_id(after)
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=maxsize)
         self.paused = False  # left out of a read for a full queue: refresh once it has room
         self.lost = False  # Redis lost the service's state since this follower started
@@ -184,7 +180,7 @@ class ResultHub:
                     continue
                 for f in readers.get(key, []):
                     for entry_id, fields in entries:
-                        eid = _id_tuple(entry_id)
+                        eid = stream_id(entry_id)
                         if eid <= f.last:
                             continue
                         if f.queue.full():
