@@ -4,7 +4,8 @@ The stable prefix is the committed tokens before the first mask, cut at the firs
 (`Request.stable_len`, `Request.answer_length`): it can only grow, so its text is streamed as
 deltas. Decoding happens only when it grows, over the new tokens and a few before them, so a
 step costs O(new tokens), not O(prefix); the last delta comes from decoding the whole answer,
-so the deltas add up to the final text exactly.
+so the deltas add up to the final text, and that decode is the answer's text
+(`RequestOutput.text`): computed here only.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class IncrementalDetokenizer:
         self._decode = decode
         self._done = 0  # prefix tokens whose text was sent
         self._ended = False  # the answer's end was reached: no more text
-        self.text = ""  # the deltas so far
+        self.text = ""  # the deltas so far; once ended, the whole answer's text
 
     def update(self, generated: np.ndarray, end: int, ended: bool) -> str:
         """The new text of `generated[:end]` (the stable prefix; `ended`: cut at the answer's
@@ -50,13 +51,14 @@ class IncrementalDetokenizer:
             # exactly, whatever the tokenizer's clean-up does.
             text = self._decode(generated[:end].tolist())
             delta = text[len(self.text) :] if text.startswith(self.text) else ""
-        else:
-            lo = max(0, self._done - LOOKBACK)
-            old = self._decode(generated[lo : self._done].tolist()) if lo < self._done else ""
-            new = self._decode(generated[lo:end].tolist())
-            if not new.startswith(old) or new.endswith("\ufffd"):
-                return ""  # an incomplete character: wait for the rest of its bytes
-            delta = new[len(old) :]
+            self._done, self.text = end, text
+            return delta
+        lo = max(0, self._done - LOOKBACK)
+        old = self._decode(generated[lo : self._done].tolist()) if lo < self._done else ""
+        new = self._decode(generated[lo:end].tolist())
+        if not new.startswith(old) or new.endswith("\ufffd"):
+            return ""  # an incomplete character: wait for the rest of its bytes
+        delta = new[len(old) :]
         self._done = end
         self.text += delta
         return delta

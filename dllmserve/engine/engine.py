@@ -329,8 +329,7 @@ class Engine:
     ) -> StepUpdate:
         text = ""
         if req.detokenizer is not None:
-            ended = req.answer_length is not None
-            end = req.answer_length if ended else req.stable_len
+            end, ended = _text_end(req)
             text = req.detokenizer.update(req.generated, end, ended)
         return StepUpdate(
             request_id=req.request_id,
@@ -354,12 +353,7 @@ class Engine:
 
     def _output(self, req: Request, now: float) -> RequestOutput:
         gen = req.generated.tolist()
-        end = req.answer_length if req.answer_length is not None else len(gen)
-        text = (
-            self.tokenizer.decode(gen[:end], skip_special_tokens=True)
-            if self.tokenizer is not None
-            else ""
-        )
+        text = req.detokenizer.text if req.detokenizer is not None else ""
         pages = req.spec.cache_pages
         return RequestOutput(
             request_id=req.request_id,
@@ -377,6 +371,17 @@ class Engine:
                 "kv_cache_bytes": pages * self.page_bytes,
             },
         )
+
+
+def _text_end(req: Request) -> tuple[int, bool]:
+    """How much of the answer has text, and whether that is all of it: the stable prefix
+    while the request runs; once it stops, the answer up to its stop token (or the whole
+    canvas), so the detokenizer's text is then the final answer's."""
+    if req.answer_length is not None:
+        return req.answer_length, True
+    if req.finished:
+        return len(req.generated), True
+    return req.stable_len, False
 
 
 def _special_id(tokenizer, token: str) -> int | None:
