@@ -7,12 +7,11 @@ from collections.abc import Sequence
 from types import ModuleType
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 
+from dllmserve.client.errors import status_details
 from dllmserve.v1 import dllm_pb2_grpc
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
-_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def retryable(err: grpc.RpcError) -> bool:
@@ -20,17 +19,7 @@ def retryable(err: grpc.RpcError) -> bool:
     Redis down): retry, or re-attach elsewhere. An UNAVAILABLE carrying the service's
     ErrorInfo is the request's own final status (no ready worker took it in time, its state
     was lost): retrying would only repeat it."""
-    if err.code() not in RETRYABLE:
-        return False
-    try:
-        trailers = tuple(err.trailing_metadata() or ())
-    except Exception:  # an error raised before the call had any
-        return True
-    for key, value in trailers:
-        if key == _DETAILS_KEY:
-            details = status_pb2.Status.FromString(value).details
-            return not any(d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR) for d in details)
-    return True
+    return err.code() in RETRYABLE and not status_details(err).final
 
 
 def backoff_s(tries: int) -> float:

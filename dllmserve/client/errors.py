@@ -9,7 +9,10 @@ have their own class and carry the detail the service sent: the offending field 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 from dllmserve import errors
@@ -66,6 +69,37 @@ class Unavailable(ServiceError):
     """UNAVAILABLE: no scheduler answered (down, draining, or its Redis unreachable); retry."""
 
 
+@dataclass(frozen=True)
+class StatusDetails:
+    """What a failed call's google.rpc rich status says beyond its code and message."""
+
+    field: str = ""  # the offending field of an INVALID_ARGUMENT ("" when none is named)
+    retry_after: float | None = None  # RetryInfo: seconds to wait before retrying
+    final: bool = False  # ErrorInfo: the service's own final status of the request
+
+
+def status_details(err: grpc.RpcError) -> StatusDetails:
+    """The BadRequest field, RetryInfo delay and ErrorInfo presence of a failed call: the one
+    reading of them (this client, its retry rule and the HTTP gateway all use it). Without a
+    BadRequest, an INVALID_ARGUMENT's field is its message's `field:` head (worker checks)."""
+    field, retry, final = "", None, False
+    for d in _details(err):
+        if d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            br = error_details_pb2.BadRequest()
+            d.Unpack(br)
+            field = field or (br.field_violations[0].field if br.field_violations else "")
+        elif d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            ri = error_details_pb2.RetryInfo()
+            d.Unpack(ri)
+            retry = ri.retry_delay.seconds + ri.retry_delay.nanos / 1e9
+        elif d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            final = True
+    if not field and err.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        head = (err.details() or "").split(":", 1)[0]
+        field = head if " " not in head else ""
+    return StatusDetails(field, retry, final)
+
+
 def _trailers(err: grpc.RpcError) -> tuple:
     try:
         return tuple(err.trailing_metadata() or ())
@@ -73,37 +107,27 @@ def _trailers(err: grpc.RpcError) -> tuple:
         return ()
 
 
-def _rich_details(trailers: tuple) -> list:
-    """The google.rpc details of a failed call (BadRequest, RetryInfo), unpacked."""
-    for key, value in trailers:
+def _details(err: grpc.RpcError) -> list:
+    """The packed details of a failed call's status (none when it has none or they do not
+    parse: the plain message remains)."""
+    for key, value in _trailers(err):
         if key == _DETAILS_KEY:
-            out = []
-            for d in status_pb2.Status.FromString(value).details:
-                for cls in (error_details_pb2.BadRequest, error_details_pb2.RetryInfo):
-                    if d.Is(cls.DESCRIPTOR):
-                        m = cls()
-                        d.Unpack(m)
-                        out.append(m)
-            return out
+            try:
+                return list(status_pb2.Status.FromString(value).details)
+            except DecodeError:
+                return []
     return []
 
 
 def from_rpc_error(err: grpc.RpcError) -> ServiceError:
     """The typed error for a failed gRPC call."""
     code, message, trailers = err.code(), err.details() or "", _trailers(err)
-    details = _rich_details(trailers)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        fields = [
-            v.field for d in details if hasattr(d, "field_violations") for v in d.field_violations
-        ]
-        field = fields[0] if fields else message.partition(":")[0]
-        return ValidationError(code, message, field, trailers)
+        return ValidationError(code, message, status_details(err).field, trailers)
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(code, message, trailers)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        delays = [d.retry_delay for d in details if hasattr(d, "retry_delay")]
-        retry = delays[0].seconds + delays[0].nanos / 1e9 if delays else None
-        return Overloaded(code, message, retry, trailers)
+        return Overloaded(code, message, status_details(err).retry_after, trailers)
     if code == grpc.StatusCode.UNAVAILABLE:
         return Unavailable(code, message, trailers)
     return ServiceError(code, message, trailers)

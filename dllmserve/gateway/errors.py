@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+
+from dllmserve.client.errors import status_details
 
 # gRPC status -> (HTTP status, OpenAI error type).
 HTTP_STATUS = {
@@ -101,7 +101,8 @@ def from_rpc(err: grpc.RpcError, chat: bool, renames: Mapping[str, str] = _NONE)
     code = err.code()
     status, kind = HTTP_STATUS.get(code, (500, "server_error"))
     message = err.details() or code.name
-    field, retry = _details(err)
+    details = status_details(err)
+    field, retry = details.field, details.retry_after
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry is None:
         status, kind = 400, "invalid_request_error"  # retrying would not help (too large)
     if code == grpc.StatusCode.UNAVAILABLE:
@@ -114,27 +115,3 @@ def from_rpc(err: grpc.RpcError, chat: bool, renames: Mapping[str, str] = _NONE)
         param = "model"
     code_name = "model_not_found" if param == "model" and status == 404 else code.name.lower()
     return ApiError(status, message, type=kind, param=param, code=code_name, retry_after_s=retry)
-
-
-def _details(err: grpc.RpcError) -> tuple[str, float | None]:
-    """The BadRequest field and the RetryInfo delay of a rich status, when present."""
-    field, retry = "", None
-    try:
-        st = rpc_status.from_call(err)
-    except Exception:  # a status whose details do not parse: the plain message remains
-        st = None
-    for d in st.details if st is not None else ():
-        if d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            br = error_details_pb2.BadRequest()
-            d.Unpack(br)
-            if br.field_violations:
-                field = br.field_violations[0].field
-        elif d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            ri = error_details_pb2.RetryInfo()
-            d.Unpack(ri)
-            retry = ri.retry_delay.seconds + ri.retry_delay.nanos / 1e9
-    if not field and err.code() == grpc.StatusCode.INVALID_ARGUMENT:
-        head = (err.details() or "").split(":", 1)[0]  # "field: reason" (worker-side checks)
-        if head and " " not in head:
-            field = head
-    return field, retry
