@@ -5,6 +5,10 @@ and the one copy of the results back to the host.
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
+
 from dllmserve.engine.batch import (
     IterationBatch,
     build_iteration,
@@ -12,6 +16,7 @@ from dllmserve.engine.batch import (
     refresh_iteration,
 )
 from dllmserve.engine.block_batch import BlockIterationBatch, build_block_iteration
+from dllmserve.engine.block_graphs import BlockGraphs
 from dllmserve.engine.block_sampler import sample_block
 from dllmserve.engine.cuda_graphs import ReuseGraphs
 from dllmserve.engine.dense_graphs import DenseGraphs
@@ -39,12 +44,20 @@ class ModelRunner:
         # CUDA graphs for all-REUSE iterations and for batch-1 FULL / SELECT ones, in one pool
         self.graphs = ReuseGraphs(model, max_lanes) if use_graphs else None
         self.dense_graphs = DenseGraphs(model, self.graphs.mempool) if use_graphs else None
+        # block-diffusion steps, those that store a finished block's K/V included
+        self.block_graphs = None
+        if use_graphs and model.cfg.block_diffusion:
+            self.block_graphs = BlockGraphs(model, max_lanes, self.graphs.mempool)
         self._cached: tuple[tuple, IterationBatch] | None = None
 
     def prepare(self, reqs: list[Request]) -> IterationBatch:
         """The iteration's inputs. Consecutive all-REUSE iterations of the same requests in
         the same blocks share every index tensor, so only the tokens and step counters are
         rebuilt and uploaded."""
+        with profiled("dllm.prepare"):
+            return self._prepare(reqs)
+
+    def _prepare(self, reqs: list[Request]) -> IterationBatch:
         cfg = self.model.cfg
         if cfg.block_diffusion:  # block-causal lanes against the exact block K/V cache
             self._cached = None
@@ -70,12 +83,19 @@ class ModelRunner:
     def chain(self, prev: InFlight, reqs: list[Request]) -> IterationBatch:
         """The all-REUSE iteration after `prev`, built on the device from its sampled tokens."""
         shifted = self.model.cfg.shifted_logits
-        return chain_iteration(prev.batch, prev.x0, prev.commit, reqs, shifted, self.model.device)
+        with profiled("dllm.prepare"):
+            return chain_iteration(
+                prev.batch, prev.x0, prev.commit, reqs, shifted, self.model.device
+            )
 
     def launch(self, reqs: list[Request], batch: IterationBatch) -> InFlight:
         """Queue the forward, the LM head, the sampler and the copy of the results to the host."""
+        with profiled("dllm.launch", reqs):
+            return self._launch(reqs, batch)
+
+    def _launch(self, reqs: list[Request], batch: IterationBatch) -> InFlight:
         hidden = None
-        for graphs in (self.graphs, self.dense_graphs):  # a replay where one fits, else eager
+        for graphs in (self.block_graphs, self.graphs, self.dense_graphs):  # a replay or eager
             key = graphs.key(batch) if graphs is not None else None
             if key is not None:
                 hidden = graphs.forward(batch, key)
@@ -101,4 +121,18 @@ class ModelRunner:
     def graph_captures(self) -> int:
         """CUDA graphs captured so far (a capture inside a timed run would be timed)."""
         reuse = len(self.graphs.graphs) if self.graphs is not None else 0
-        return reuse + (self.dense_graphs.captures if self.dense_graphs is not None else 0)
+        dense = self.dense_graphs.captures if self.dense_graphs is not None else 0
+        return reuse + dense + (self.block_graphs.captures if self.block_graphs else 0)
+
+
+def profiled(name: str, reqs: list[Request] | None = None) -> contextlib.AbstractContextManager:
+    """A profiler range around the iteration's host work, named `name` (and, for a launch, the
+    phase of its requests: "dllm.launch REUSE", MIXED when they differ), for
+    benchmarks/timeline.py; free while no profiler runs."""
+    if not torch.autograd._profiler_enabled():
+        return contextlib.nullcontext()
+    if reqs is not None:
+        phases = {getattr(r, "phase", None) for r in reqs}
+        phase = phases.pop() if len(phases) == 1 else None
+        name += f" {phase.name if phase is not None else 'MIXED'}"
+    return torch.profiler.record_function(name)
