@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from dllmserve import finish_reasons
 from dllmserve.engine.outputs import StepUpdate
 
 PREFIX = "dllmserve:"
@@ -29,7 +30,8 @@ FORWARD_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20,
                   40, 80, 160, 320)  # fmt: skip
 PHASES = ("FULL", "SELECT", "REUSE")
-FINISH_REASONS = ("stop", "length", "abort", "cancelled", "deadline", "error")
+# Completed (the engine's reasons), then ended otherwise (the loop's).
+FINISH_REASONS = (*finish_reasons.TO_PB, "cancelled", "deadline", "error")
 
 
 class WorkerMetrics:
@@ -43,8 +45,8 @@ class WorkerMetrics:
         self._gauges(snapshot)
         self.finished = Counter(
             PREFIX + "request_finished",  # exposed as ..._total
-            "Requests this worker ended, by reason: stop / length (completed), abort, "
-            "cancelled, deadline, error.",
+            "Requests this worker ended, by reason: stop / length (completed), cancelled, "
+            "deadline, error.",
             ["model_name", "finished_reason"],
             registry=r,
         )

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from dllmserve import tracing
+from dllmserve import finish_reasons, tracing
 from dllmserve.broker import redis_keys as rk
 from dllmserve.broker.records import read_traceparent
 from dllmserve.engine.outputs import StepUpdate
@@ -118,9 +118,9 @@ class Observer:
             )
 
     def completed(self, done: pb.Completed) -> None:
-        reason = pb.FinishReason.Name(done.finish_reason).removeprefix("FINISH_REASON_").lower()
+        reason = finish_reasons.from_pb(done.finish_reason)
         m = self.metrics
-        m.reason(reason if reason in ("stop", "length", "abort") else "error").inc()
+        m.reason(reason if reason in finish_reasons.TO_PB else "error").inc()
         m.prompt_tokens.inc(done.usage.prompt_tokens)
         m.generation_tokens.inc(done.usage.generated_tokens)
         m.e2e_latency.observe(done.timings.total_ms / 1000)

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dllmserve import finish_reasons
 from dllmserve.engine.outputs import StepUpdate
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.render import CanvasRenderer
-
-_FINISH_REASON = {
-    "stop": pb.FINISH_REASON_STOP,
-    "length": pb.FINISH_REASON_LENGTH,
-    "abort": pb.FINISH_REASON_ABORT,
-}
 
 
 @dataclass
@@ -39,7 +34,7 @@ def completed(a: RunningRequest, u: StepUpdate, now: float, worker_id: str) -> p
         request_id=a.request_id,
         text=out.text,
         token_ids=out.token_ids,
-        finish_reason=_FINISH_REASON.get(out.finish_reason, pb.FINISH_REASON_UNSPECIFIED),
+        finish_reason=finish_reasons.to_pb(out.finish_reason),
         usage=pb.Usage(
             prompt_tokens=len(out.prompt_token_ids),
             generated_tokens=answer,

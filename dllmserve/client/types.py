@@ -10,6 +10,7 @@ import dataclasses
 import enum
 from typing import Any
 
+from dllmserve import finish_reasons
 from dllmserve.v1 import dllm_pb2 as pb
 
 
@@ -19,14 +20,13 @@ class FinishReason(str, enum.Enum):
     UNSPECIFIED = "unspecified"
     STOP = "stop"  # an EOS/EOT ended the answer
     LENGTH = "length"  # the canvas filled up
-    ABORT = "abort"
 
     def __str__(self) -> str:
         return self.value
 
     @classmethod
     def from_pb(cls, value: int) -> FinishReason:
-        return cls(pb.FinishReason.Name(value).removeprefix("FINISH_REASON_").lower())
+        return cls(finish_reasons.from_pb(value))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ class RequestOutput:
     prompt_token_ids: list[int]
     token_ids: list[int]
     text: str
-    finish_reason: str  # "stop" (an EOS/EOT ended the answer), "length", or "abort"
+    finish_reason: str  # "stop" (an EOS/EOT ended the answer) or "length" (finish_reasons)
     num_steps: int
     num_forward_passes: int
     metrics: dict[str, float] = field(default_factory=dict)
