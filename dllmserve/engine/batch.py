@@ -30,7 +30,6 @@ class IterationBatch:
     uncond_rows: torch.Tensor | None  # [R, B] rows of the cfg lane (own rows where no cfg)
     cfg_scale: torch.Tensor | None  # [R] model dtype, 0 where no cfg
     sampling: SamplingBatch
-    block_width: int  # B
     reuse_window: int | None  # W when every REUSE lane forwards W tokens (a graphable shape)
 
 
@@ -80,7 +79,6 @@ def build_iteration(
         uncond_rows=d["uncond_rows"] if any_cfg else None,
         cfg_scale=d["cfg_scale"] if any_cfg else None,
         sampling=_sampling_batch(d, reqs, params, width, device),
-        block_width=width,
         reuse_window=reuse_widths.pop() if len(reuse_widths) == 1 else None,
     )
 

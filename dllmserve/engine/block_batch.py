@@ -155,7 +155,6 @@ def build_block_iteration(
         uncond_rows=None,
         cfg_scale=None,
         sampling=_sampling(d, reqs),
-        block_width=width,
         # a step of blocks only (nothing to store) has the REUSE graphs' shape: B tokens a lane
         reuse_window=None if lanes.write_rows else width,
         block=BlockSampling(
