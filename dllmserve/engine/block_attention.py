@@ -3,9 +3,13 @@
 Every lane is one block of one request: its queries attend to the request's cached K/V of every
 earlier block (entries 0 .. block start of its pages, entry j being position j) followed by the
 block's own fresh K/V, bidirectionally: exactly `kernels.reuse_attention` with the kept length
-set to the block's start. Lanes that finish a block's K/V (the prompt's full blocks at the first
-step, a block just denoised at the next one's first) store it in the pages before anyone
-attends in that layer, so a later lane of the same forward already reads it.
+set to the block's start. Every lane stores its K/V at its positions in the pages before anyone
+attends in that layer: for the blocks whose K/V is final (the prompt's full blocks at the first
+step, a block just denoised at the next one's first) that is the cache entry, read by a later
+lane of the same forward already; a block still being denoised stores provisional K/V at entries
+nobody reads (attention reads entries below a block's start only) and that its final forward
+overwrites. Storing every row gives each step one shape whatever its blocks, so the steps that
+finish a block replay CUDA graphs too (`block_graphs`).
 """
 
 from __future__ import annotations
@@ -19,15 +23,10 @@ from dllmserve.engine.attention import BatchAttention
 
 @dataclass
 class BlockAttention(BatchAttention):
-    write_rows: torch.Tensor | None = None  # int64 [N]: packed rows whose K/V are final
-    write_slots: torch.Tensor | None = None  # int64 [layers, N]: page * page_size + entry
+    write_slots: torch.Tensor | None = None  # int64 [layers, T]: page * page_size + entry
 
     def select(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store the final K/V of this layer (called before attending)."""
-        if self.write_rows is None or self.write_rows.numel() == 0:
-            return
+        """Store this layer's K/V of every packed row (called before attending)."""
         slots = self.write_slots[layer]
-        kp = self.cache.k.view(-1, *self.cache.k.shape[2:])
-        vp = self.cache.v.view(-1, *self.cache.v.shape[2:])
-        kp[slots] = k[self.write_rows]
-        vp[slots] = v[self.write_rows]
+        self.cache.k.view(-1, *self.cache.k.shape[2:])[slots] = k
+        self.cache.v.view(-1, *self.cache.v.shape[2:])[slots] = v

@@ -1,10 +1,11 @@
 """Build one iteration's packed inputs for block-diffusion requests (docs/design.md §15).
 
 Each request forwards the blocks whose K/V it has not stored yet (the prompt's full blocks at
-its first step, the block it just finished at the next one's first), each one lane that writes
-its K/V, then its current block, one lane whose rows feed the LM head. Every lane is B tokens
-attending to the request's cached entries before its start plus itself (`BlockAttention`), so
-requests at any block and step share one forward.
+its first step, the block it just finished at the next one's first), each one lane whose K/V is
+final, then its current block, one lane whose rows feed the LM head. Every lane is B tokens
+attending to the request's cached entries before its start plus itself and storing its own K/V
+(`BlockAttention`), so requests at any block and step share one forward, and a forward whose
+lanes are all B tokens has the shape of a CUDA graph (`block_graphs`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dllmserve.engine.upload import upload
 @dataclass
 class BlockIterationBatch(IterationBatch):
     block: BlockSampling | None = None
+    lane_width: int | None = None  # B when every lane forwards B tokens (a graphable shape)
 
 
 @dataclass
@@ -37,10 +39,9 @@ class _Lanes:
     cu: list[int]
     kept: list[int]
     tables: list[np.ndarray]
-    write_rows: list[np.ndarray]
     write_slots: list[np.ndarray]  # [layers, n] each
 
-    def add(self, r: BlockRequest, start: int, end: int, write: bool, page_size: int) -> int:
+    def add(self, r: BlockRequest, start: int, end: int, page_size: int) -> int:
         """Append lane [start, end) of `r`; returns its first packed row."""
         row = self.cu[-1]
         self.ids.append(r.canvas[start:end])
@@ -50,20 +51,18 @@ class _Lanes:
         self.kept.append(start)
         table = r.page_tables[0]
         self.tables.append(table)
-        if write:
-            self.write_rows.append(np.arange(row, row + end - start))
-            self.write_slots.append(table[:, pos // page_size] * page_size + pos % page_size)
+        self.write_slots.append(table[:, pos // page_size] * page_size + pos % page_size)
         return row
 
 
-def _lanes(reqs: list[BlockRequest], n_layers: int, page_size: int) -> tuple[_Lanes, list[int]]:
-    lanes = _Lanes([], [], [0], [], [], [], [])
+def _lanes(reqs: list[BlockRequest], page_size: int) -> tuple[_Lanes, list[int]]:
+    lanes = _Lanes([], [], [0], [], [], [])
     first_rows = []
     for r in reqs:
         for s, e in r.write_blocks():
-            lanes.add(r, s, e, True, page_size)
+            lanes.add(r, s, e, page_size)
         bs, be = r.block_span
-        first_rows.append(lanes.add(r, bs, be, False, page_size))
+        first_rows.append(lanes.add(r, bs, be, page_size))
     return lanes, first_rows
 
 
@@ -129,20 +128,17 @@ def build_block_iteration(
     page_size: int,
     device: torch.device,
 ) -> BlockIterationBatch:
-    lanes, first_rows = _lanes(reqs, n_layers, page_size)
+    lanes, first_rows = _lanes(reqs, page_size)
     width = max(r.block_span[1] - r.block_span[0] for r in reqs)
     n_lanes = len(lanes.kept)
-    writes = lanes.write_slots
+    widths = set(np.diff(lanes.cu).tolist())
     host = {
         "input_ids": torch.from_numpy(np.concatenate(lanes.ids)),
         "positions": torch.from_numpy(np.concatenate(lanes.pos)),
         "cu": torch.tensor(lanes.cu, dtype=torch.int32),
         "kept_len": torch.tensor(lanes.kept, dtype=torch.int32).expand(n_layers, n_lanes),
         "pages": _page_tables(lanes.tables, n_layers),
-        "write_rows": torch.from_numpy(np.concatenate(lanes.write_rows or [np.zeros(0, int)])),
-        "write_slots": torch.from_numpy(
-            np.concatenate(writes, axis=1) if writes else np.zeros((n_layers, 0), dtype=np.int64)
-        ).long(),
+        "write_slots": torch.from_numpy(np.concatenate(lanes.write_slots, axis=1)).long(),
         **_block_rows(reqs, first_rows, width),
         **_settings(reqs),
     }
@@ -150,13 +146,13 @@ def build_block_iteration(
     return BlockIterationBatch(
         input_ids=d["input_ids"],
         positions=d["positions"],
-        attention=_attention(d, cache, head_dim, n_layers, max(np.diff(lanes.cu))),
+        attention=_attention(d, cache, head_dim, n_layers, max(widths)),
         logit_rows=d["logit_rows"],
         uncond_rows=None,
         cfg_scale=None,
         sampling=_sampling(d, reqs),
-        # a step of blocks only (nothing to store) has the REUSE graphs' shape: B tokens a lane
-        reuse_window=None if lanes.write_rows else width,
+        reuse_window=None,  # block lanes store K/V: `block_graphs`, not the REUSE graphs
+        lane_width=min(widths) if len(widths) == 1 else None,
         block=BlockSampling(
             k=d["k"],
             edit_threshold=d["edit_threshold"],
@@ -190,7 +186,6 @@ def _attention(d: dict, cache: KVCache, head_dim: int, n_layers: int, widest: in
         max_reuse=int(widest),
         kept_len=d["kept_len"],
         reuse_pages=d["pages"],
-        write_rows=d["write_rows"],
         write_slots=d["write_slots"],
     )
 

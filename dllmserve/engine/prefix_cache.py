@@ -17,6 +17,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from dllmserve.engine.page_pool import PagePool
 
 
@@ -28,17 +30,20 @@ class Entry:
     pages: list[list[int]]  # [layer] -> page ids (block_length // page_size of them)
     refs: int = 0
 
+    @property
+    def n_pages(self) -> int:
+        return sum(len(layer) for layer in self.pages)
+
 
 def block_hashes(prompt: Sequence[int], block_length: int) -> list[bytes]:
-    """The chained hash of each full block of `prompt` (block i: blocks 0..i's tokens)."""
+    """The chained hash of each full block of `prompt` (block i: blocks 0..i's tokens, each
+    as 8 little-endian bytes): one array conversion, not a Python loop over the tokens."""
+    data = np.asarray(prompt, dtype="<i8").tobytes()
+    step = 8 * block_length
     out: list[bytes] = []
     parent = block_length.to_bytes(8, "little")
-    for start in range(0, len(prompt) - block_length + 1, block_length):
-        h = hashlib.sha256(parent)
-        h.update(
-            b"".join(int(t).to_bytes(8, "little") for t in prompt[start : start + block_length])
-        )
-        parent = h.digest()
+    for start in range(0, len(prompt) // block_length * step, step):
+        parent = hashlib.sha256(parent + data[start : start + step]).digest()
         out.append(parent)
     return out
 
@@ -50,10 +55,10 @@ class PrefixCache:
         self._entries: OrderedDict[bytes, Entry] = OrderedDict()  # least recently used first
         self.queried_blocks = 0  # full prompt blocks looked up at admission
         self.hit_blocks = 0  # of which found cached
-
-    @property
-    def cached_pages(self) -> int:
-        return sum(len(layer) for e in self._entries.values() for layer in e.pages)
+        # pages of all entries and of those nobody references, kept as they change: admission
+        # asks at every step while a request waits, and the cache can hold thousands of blocks
+        self.cached_pages = 0
+        self._idle_pages = 0
 
     @property
     def hit_rate(self) -> float:
@@ -71,25 +76,24 @@ class PrefixCache:
 
     def evictable_pages(self, keep: Sequence[Entry] = ()) -> int:
         """Pages that eviction could free now, sparing `keep`."""
-        spared = {id(e) for e in keep}
-        return sum(
-            len(layer)
-            for e in self._entries.values()
-            if e.refs == 0 and id(e) not in spared
-            for layer in e.pages
-        )
+        spared = {id(e): e for e in keep if e.refs == 0}
+        return self._idle_pages - sum(e.n_pages for e in spared.values())
 
     def acquire(self, entries: Sequence[Entry], queried: int) -> None:
         """A request admitted with `entries` (of its `queried` full prompt blocks) holds them."""
         self.queried_blocks += queried
         self.hit_blocks += len(entries)
         for e in entries:
+            if e.refs == 0:
+                self._idle_pages -= e.n_pages
             e.refs += 1
             self._entries.move_to_end(e.key)
 
     def release(self, entries: Sequence[Entry]) -> None:
         for e in entries:
             e.refs -= 1
+            if e.refs == 0:
+                self._idle_pages += e.n_pages
 
     def adopt(self, key: bytes, pages: list[list[int]]) -> Entry | None:
         """Cache a request's stored block (it holds one reference); None when the key is cached
@@ -97,6 +101,7 @@ class PrefixCache:
         if key in self._entries:
             return None
         e = self._entries[key] = Entry(key, pages, refs=1)
+        self.cached_pages += e.n_pages
         return e
 
     def evict(self, pages: int) -> None:
@@ -108,4 +113,6 @@ class PrefixCache:
             e = self._entries.pop(key)
             for layer in e.pages:
                 self.pool.free(layer)
-                freed += len(layer)
+            freed += e.n_pages
+            self.cached_pages -= e.n_pages
+            self._idle_pages -= e.n_pages

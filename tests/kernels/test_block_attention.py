@@ -1,6 +1,7 @@
 """Block-causal attention over the exact block K/V cache (engine.block_attention): lanes that
 store a finished block's K/V in the pages and lanes that attend to the cached blocks plus
-themselves, packed in one call, equal plain attention under the block-causal mask over the whole
+themselves (every lane stores its K/V, a block still denoised at entries nobody reads yet),
+packed in one call, equal plain attention under the block-causal mask over the whole
 sequence. On the Triton REUSE kernel (interpreter on the CPU) and its reference."""
 
 from __future__ import annotations
@@ -25,16 +26,13 @@ def masked(q, k, v):
     return torch.einsum("hqk,khd->qhd", torch.softmax(s, -1), v)
 
 
-def _attention(cache, lanes, tables, writes, n_layers=1):
-    """lanes: (table index, start, end); writes: packed rows and their absolute positions."""
+def _attention(cache, lanes, tables, n_layers=1):
+    """lanes: (table index, start, end), each storing its K/V at its positions."""
     lengths = [e - s for _, s, e in lanes]
     width = max(len(t) for t in tables)
     padded = [torch.cat([t, t.new_zeros(width - len(t))]) for t in tables]
     pages = torch.stack([padded[t] for t, _, _ in lanes])[None].to(DEVICE)
-    rows, slots = [], []
-    for row, (t, pos) in writes:
-        rows.append(row)
-        slots.append(int(tables[t][pos // PS]) * PS + pos % PS)
+    slots = [int(tables[t][p // PS]) * PS + p % PS for t, s, e in lanes for p in range(s, e)]
     z = torch.zeros(0, dtype=torch.int32, device=DEVICE)
     return BlockAttention(
         cache=cache, scale=D**-0.5, n_dense_tokens=0, cu_dense=z, max_dense=0, n_select=0,
@@ -43,7 +41,6 @@ def _attention(cache, lanes, tables, writes, n_layers=1):
         select_pages=z.view(1, 0, 0), n_reuse=len(lanes), cu_reuse=cu(lengths),
         max_reuse=max(lengths), kept_len=torch.tensor([[s for _, s, _ in lanes]],
         dtype=torch.int32, device=DEVICE), reuse_pages=pages,
-        write_rows=torch.tensor(rows, dtype=torch.long, device=DEVICE),
         write_slots=torch.tensor([slots], dtype=torch.long, device=DEVICE),
     )  # fmt: skip
 
@@ -67,12 +64,7 @@ def test_block_lanes_equal_block_causal_attention(dtype):
         cache.k[p, e], cache.v[p, e] = seqs[1][1][pos], seqs[1][2][pos]
     lanes = [(0, 0, 4), (0, 4, 8), (0, 8, 12), (1, 8, 12), (1, 12, 16)]
     packed = [torch.cat([seqs[t][i][s:e] for t, s, e in lanes]) for i in range(3)]
-    writes, row = [], 0
-    for t, s, e in lanes:
-        if (t, s) in ((0, 0), (0, 4), (1, 8)):
-            writes += [(row + j, (t, s + j)) for j in range(e - s)]
-        row += e - s
-    att = _attention(cache, lanes, tables, writes)
+    att = _attention(cache, lanes, tables)
     att.select(0, *packed)
     out = att(0, *packed)
     want = torch.cat([masked(*seqs[0]), masked(*seqs[1])[8:]])

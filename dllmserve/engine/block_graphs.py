@@ -1,0 +1,119 @@
+"""CUDA graphs for block-diffusion steps (docs/design.md §15): every step whose lanes are all B
+tokens, the steps that store a finished block's K/V included.
+
+Every lane stores its K/V (`BlockAttention`), so a step's forward depends only on its lane
+count, B and the page-table width: a request's first step after a prefix-cache hit (the
+uncached prompt blocks and the first denoised block) and the first step of each later block
+(the block just finished and the new one) replay a graph like any other step, instead of
+launching ~50 kernels a layer from Python. The key is (lane bucket, B, page-table width rounded
+up to a power of two), as `ReuseGraphs`' is; padding lanes attend to nothing (kept length 0)
+and store their K/V at the last real row's entry, which belongs to a block still being denoised
+(its K/V is rewritten by its final forward before anyone reads it), so they touch no entry that
+is read. A key is captured on its first use, with that iteration's own inputs loaded, so the
+capture's warm-up run stores exactly what a replay would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from dllmserve.engine.block_batch import BlockIterationBatch
+from dllmserve.engine.cuda_graphs import LANE_BUCKETS, _bucket, _pow2, capture
+from dllmserve.models.transformer import DiffusionTransformer
+
+
+class _Graph:
+    """The static inputs of one key; `fill` loads an iteration's tensors into them."""
+
+    def __init__(self, lanes: int, width: int, pages: int, n_layers: int, dev: torch.device):
+        t = lanes * width
+        self.input_ids = torch.zeros(t, dtype=torch.long, device=dev)
+        self.positions = torch.zeros(t, dtype=torch.long, device=dev)
+        self.kept_len = torch.zeros((n_layers, lanes), dtype=torch.int32, device=dev)
+        self.pages = torch.zeros((n_layers, lanes, pages), dtype=torch.int32, device=dev)
+        self.write_slots = torch.zeros((n_layers, t), dtype=torch.long, device=dev)
+        self.cu = torch.arange(0, t + 1, width, dtype=torch.int32, device=dev)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.hidden: torch.Tensor | None = None
+
+    def fill(self, batch: BlockIterationBatch) -> None:
+        """Copy the iteration's inputs in (on the current stream); padding rows store at the
+        last real row's entry."""
+        a = batch.attention
+        n, t, w = a.n_reuse, batch.input_ids.numel(), a.reuse_pages.shape[-1]
+        self.input_ids[:t].copy_(batch.input_ids)
+        self.positions[:t].copy_(batch.positions)
+        self.kept_len.zero_()
+        self.kept_len[:, :n].copy_(a.kept_len)
+        self.pages[:, :n, :w].copy_(a.reuse_pages)
+        self.write_slots[:, :t].copy_(a.write_slots)
+        self.write_slots[:, t:].copy_(a.write_slots[:, t - 1 :])
+
+
+class BlockGraphs:
+    """Captures lazily, one graph per (lane bucket, B, page-table width) key.
+
+    `captures` and `replays` count what happened (tests and benchmarks check that the steps
+    which store K/V replay graphs too)."""
+
+    def __init__(self, model: DiffusionTransformer, max_lanes: int, mempool: tuple) -> None:
+        self.model = model
+        self.buckets = tuple(b for b in LANE_BUCKETS if b < max_lanes) + (
+            _bucket(max_lanes, LANE_BUCKETS) or max_lanes,
+        )
+        self.mempool = mempool
+        self.graphs: dict[tuple[int, int, int], _Graph] = {}
+        self.captures = 0
+        self.replays = 0
+        # False: steps that store a finished block's K/V run eagerly, as before these graphs
+        # (benchmarks/prefix_cache.py --eager-store-steps measures the difference)
+        self.graph_store_steps = True
+
+    def key(self, batch: object) -> tuple[int, int, int] | None:
+        """The graph key of a block-diffusion batch of uniform lanes, else None."""
+        if not isinstance(batch, BlockIterationBatch) or batch.lane_width is None:
+            return None
+        stores = batch.attention.n_reuse > batch.logit_rows.shape[0]  # lanes beyond the blocks
+        if stores and not self.graph_store_steps:
+            return None
+        lanes = _bucket(batch.attention.n_reuse, self.buckets)
+        if lanes is None:  # a first step of many prompt blocks: compute-bound, run eagerly
+            return None
+        return lanes, batch.lane_width, _pow2(batch.attention.reuse_pages.shape[-1])
+
+    def forward(self, batch: BlockIterationBatch, key: tuple[int, int, int]) -> torch.Tensor:
+        """The final hidden states [T, d], valid until the next replay of the memory pool."""
+        g = self.graphs.get(key)
+        if g is None:
+            g = self._capture(key, batch)
+        else:
+            g.fill(batch)
+        g.graph.replay()
+        self.replays += 1
+        return g.hidden[: batch.input_ids.numel()]
+
+    def _capture(self, key: tuple[int, int, int], batch: BlockIterationBatch) -> _Graph:
+        lanes, width, pages = key
+        g = _Graph(lanes, width, pages, self.model.cfg.n_layers, self.model.device)
+        g.fill(batch)  # the capture's warm-up run stores this iteration's own K/V
+        g.graph = torch.cuda.CUDAGraph()
+        attention = replace(
+            batch.attention,
+            n_reuse=lanes,
+            cu_reuse=g.cu,
+            max_reuse=width,
+            kept_len=g.kept_len,
+            reuse_pages=g.pages,
+            write_slots=g.write_slots,
+        )
+        g.hidden = capture(
+            g.graph,
+            self.mempool,
+            lambda: self.model.forward(g.input_ids, g.positions, attention),
+            f"block step, {lanes} lanes of {width}, {pages} pages",
+        )
+        self.graphs[key] = g
+        self.captures += 1
+        return g

@@ -1,0 +1,42 @@
+"""Block-diffusion steps on the CPU, without a model: every lane stores its K/V at its own
+positions, a step whose lanes are all B tokens carries that width (the CUDA graphs' key), and a
+graph's padding lanes attend to nothing and store at the last real row's entry, an entry of a
+block still being denoised (block_graphs.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from dllmserve.engine.block_batch import build_block_iteration
+from dllmserve.engine.block_graphs import _Graph
+from dllmserve.engine.kv_cache import KVCache
+from tests.test_prefix_cache import LAYERS, PAGE, PROMPT, make, setup
+
+HKV, D = 2, 4
+
+
+def test_every_lane_stores_and_graph_padding_stores_into_the_denoised_block():
+    batcher, _ = setup(64)
+    reqs = [make("a", PROMPT), make("b", PROMPT[:12])]
+    for r in reqs:
+        batcher.add(r)
+    batcher.admit()
+    cache = KVCache(torch.zeros(64, PAGE, HKV, D), torch.zeros(64, PAGE, HKV, D))
+    batch = build_block_iteration(reqs, cache, LAYERS, D, PAGE, torch.device("cpu"))
+    a = batch.attention
+    # a: prompt blocks 0 and 1, then block 2; b: prompt block 0, then block 1 (8 tokens each)
+    assert a.n_reuse == 5 and batch.lane_width == 8 and a.kept_len[0].tolist() == [0, 8, 16, 0, 8]
+    table = {r.request_id: r.page_tables[0] for r in reqs}
+    rows = [("a", p) for p in range(24)] + [("b", p) for p in range(16)]
+    want = [[int(table[r][layer, p // PAGE]) * PAGE + p % PAGE for r, p in rows]
+            for layer in range(LAYERS)]  # fmt: skip
+    assert a.write_slots.tolist() == want
+    g = _Graph(lanes=8, width=8, pages=8, n_layers=LAYERS, dev=torch.device("cpu"))
+    g.kept_len.fill_(5)  # left by an earlier, wider step
+    g.fill(batch)
+    t = batch.input_ids.numel()
+    assert g.kept_len[:, 5:].eq(0).all() and g.kept_len[:, :5].equal(a.kept_len)
+    assert g.write_slots[:, :t].equal(a.write_slots)
+    last = a.write_slots[:, t - 1 : t]  # b's last position, in its block being denoised
+    assert g.write_slots[:, t:].eq(last).all()
+    assert g.input_ids[:t].equal(batch.input_ids)
