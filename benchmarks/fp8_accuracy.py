@@ -17,22 +17,11 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from dllmserve import LLM, SamplingParams
 from dllmserve.assets import default_model_path, tasks
+from dllmserve.evaluation import OneSequenceAttention
 from dllmserve.models.shapes import SHAPES, random_model
-
-
-class OneSequence:
-    """Bidirectional attention over the one sequence of the forward (no cache, no selection)."""
-
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        q, k, v = (t.transpose(0, 1)[None] for t in (q, k, v))
-        return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)[0].transpose(0, 1)
-
-    def select(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        return None
 
 
 def tiny_agreement(n: int) -> dict:
@@ -71,7 +60,7 @@ def logits_error(shape: str, tokens: int = 384, rows: int = 32) -> dict:
     out = {}
     for name, quant in (("bf16", None), ("fp8", "fp8")):
         model = random_model(cfg, torch.bfloat16, dev, seed=0, quantization=quant)
-        hidden = model.forward(ids, pos, OneSequence())
+        hidden = model.forward(ids, pos, OneSequenceAttention())
         out[name] = model.logits(hidden[-rows:]).float()
         del model
         torch.cuda.empty_cache()

@@ -31,7 +31,7 @@ import torch
 
 from dllmserve import LLM, SamplingParams
 from dllmserve.assets import default_model_path, tasks
-from dllmserve.assets.evaluation import answer_format_ok, ci_metrics, masked_loss
+from dllmserve.evaluation import answer_format_ok, ci_metrics, masked_loss
 from dllmserve.sparse.state import SparseConfig
 
 RATIOS = (1.0, 0.7, 0.5, 0.3)

@@ -15,7 +15,7 @@ import pytest
 
 from dllmserve import LLM
 from dllmserve.assets import default_model_path, tasks
-from dllmserve.assets.evaluation import CI_LOSS_TOLERANCE, CI_TOLERANCE, ci_metrics
+from dllmserve.evaluation import CI_LOSS_TOLERANCE, CI_TOLERANCE, ci_metrics
 
 
 @pytest.fixture(scope="module")

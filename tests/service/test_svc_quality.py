@@ -11,8 +11,8 @@ from svc_util import Cluster
 
 from dllmserve import LLM
 from dllmserve.assets import default_model_path, tasks
-from dllmserve.assets.evaluation import CI_PARAMS, CI_TOLERANCE, answer_format_ok, ci_examples
 from dllmserve.client import AsyncClient
+from dllmserve.evaluation import CI_PARAMS, CI_TOLERANCE, answer_format_ok, ci_examples
 
 
 def test_service_matches_offline_on_the_shipped_model(tmp_path):

@@ -1,4 +1,5 @@
-"""Scoring helpers shared by benchmarks/quality.py and the CI test of the shipped model."""
+"""Scoring a model on the shipped tasks (`dllmserve.assets.tasks`): the helpers of
+benchmarks/quality.py and the CI check of the shipped tiny model."""
 
 from __future__ import annotations
 
@@ -11,17 +12,13 @@ from dllmserve.assets import tasks
 MASK_RATIOS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
-class _DenseAttention:
-    """Plain bidirectional attention of one sequence (the masked-loss forward)."""
+class OneSequenceAttention:
+    """Plain bidirectional attention over the one sequence of a forward (no cache, no
+    selection): the reference forward of the masked loss and of benchmarks/fp8_accuracy.py."""
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        o = F.scaled_dot_product_attention(
-            q.transpose(0, 1)[None],
-            k.transpose(0, 1)[None],
-            v.transpose(0, 1)[None],
-            enable_gqa=True,
-        )
-        return o[0].transpose(0, 1)
+        q, k, v = (t.transpose(0, 1)[None] for t in (q, k, v))
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)[0].transpose(0, 1)
 
     def select(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         return None
@@ -47,7 +44,7 @@ def masked_loss(llm: LLM, examples: list[tasks.Example], seed: int = 0) -> float
             x = ids.clone()
             x[len(p) :][m] = eng.tokens.mask
             pos = torch.arange(len(ids))
-            h = model.forward(x.to(dev), pos.to(dev), _DenseAttention())
+            h = model.forward(x.to(dev), pos.to(dev), OneSequenceAttention())
             logits = model.logits(h[len(p) :][m.to(dev)]).float()
             total += F.cross_entropy(logits, torch.tensor(a)[m].to(dev), reduction="sum").item()
             count += int(m.sum())
