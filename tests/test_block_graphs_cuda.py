@@ -40,3 +40,21 @@ def test_store_steps_replay_graphs_and_a_hit_changes_no_token(tmp_path):
     assert graphs.replays - replays == second["num_steps"]
     assert any(lanes >= 2 for lanes, _, _ in graphs.graphs)
     assert [first["token_ids"], second["token_ids"]] == want
+
+
+def test_warm_up_captures_a_hits_graphs_before_traffic(tmp_path):
+    """After `Engine.warm_up`, a request alone that hits the prefix cache captures nothing:
+    its first step (a stored block and its first denoised one), its later steps and its next
+    block's first step replay graphs captured before traffic (the model's block length, 32)."""
+    path = write_tiny_llada2(tmp_path / "l2", seed=2, logit_scale=12.0)
+    llm = LLM(path, device="cuda", dtype=torch.float32, num_cache_pages=512, page_size=8)
+    runner = llm.engine.runner
+    llm.engine.warm_up()
+    shared = [(7 * i) % 200 + 3 for i in range(64)]  # two full blocks of 32
+    params = SamplingParams(gen_length=40, steps_per_block=4, threshold=0.9)
+    llm.generate([shared + [5, 6, 7]], params, use_tqdm=False)
+    captures, hits = runner.graph_captures(), llm.engine.batcher.prefix.hit_blocks
+    own = [(11 * i) % 200 + 3 for i in range(35)]  # a third full block, then a tail
+    llm.generate([shared + own], params, use_tqdm=False)
+    assert llm.engine.batcher.prefix.hit_blocks == hits + 2
+    assert runner.graph_captures() == captures

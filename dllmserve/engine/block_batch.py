@@ -146,7 +146,7 @@ def build_block_iteration(
     return BlockIterationBatch(
         input_ids=d["input_ids"],
         positions=d["positions"],
-        attention=_attention(d, cache, head_dim, n_layers, max(widths)),
+        attention=lanes_attention(d, cache, head_dim, n_layers, max(widths)),
         logit_rows=d["logit_rows"],
         uncond_rows=None,
         cfg_scale=None,
@@ -162,7 +162,11 @@ def build_block_iteration(
     )
 
 
-def _attention(d: dict, cache: KVCache, head_dim: int, n_layers: int, widest: int):
+def lanes_attention(
+    d: dict[str, torch.Tensor], cache: KVCache, head_dim: int, n_layers: int, widest: int
+) -> BlockAttention:
+    """The `BlockAttention` of lanes given by the device tensors cu, kept_len, pages and
+    write_slots (the widest lane `widest` tokens)."""
     none = torch.zeros(0, dtype=torch.int32, device=d["cu"].device)
     return BlockAttention(
         cache=cache,

@@ -10,7 +10,9 @@ up to a power of two), as `ReuseGraphs`' is; padding lanes attend to nothing (ke
 and store their K/V at the last real row's entry, which belongs to a block still being denoised
 (its K/V is rewritten by its final forward before anyone reads it), so they touch no entry that
 is read. A key is captured on its first use, with that iteration's own inputs loaded, so the
-capture's warm-up run stores exactly what a replay would.
+capture's warm-up run stores exactly what a replay would; `capture_idle` captures the keys of a
+request alone (one lane, or two in a step that stores a block) at every page-table width before
+any traffic, so that a request's first step after a prefix-cache hit does not wait on a capture.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from dataclasses import replace
 
 import torch
 
-from dllmserve.engine.block_batch import BlockIterationBatch
+from dllmserve.engine.block_attention import BlockAttention
+from dllmserve.engine.block_batch import BlockIterationBatch, lanes_attention
 from dllmserve.engine.cuda_graphs import LANE_BUCKETS, _bucket, _pow2, capture
+from dllmserve.engine.kv_cache import KVCache
 from dllmserve.models.transformer import DiffusionTransformer
 
 
@@ -87,20 +91,44 @@ class BlockGraphs:
         """The final hidden states [T, d], valid until the next replay of the memory pool."""
         g = self.graphs.get(key)
         if g is None:
-            g = self._capture(key, batch)
+            g = self._new(key)
+            g.fill(batch)  # the capture's warm-up run stores this iteration's own K/V
+            self._capture(key, g, batch.attention)
         else:
             g.fill(batch)
         g.graph.replay()
         self.replays += 1
         return g.hidden[: batch.input_ids.numel()]
 
-    def _capture(self, key: tuple[int, int, int], batch: BlockIterationBatch) -> _Graph:
+    def capture_idle(self, cache: KVCache, width: int, max_pages: int) -> None:
+        """Capture the keys of one and two lanes of `width` at every page-table width up to
+        `max_pages`' power of two. Only while no page is in use: the captures' forwards store
+        their dummy K/V at pages 0, 1, ... (a padding lane's rule would need a real row)."""
+        cfg = self.model.cfg
+        for n in sorted({_bucket(1, self.buckets), _bucket(2, self.buckets)} - {None}):
+            for p in (1 << i for i in range(_pow2(max_pages).bit_length())):
+                key = (n, width, p)
+                if key in self.graphs:
+                    continue
+                g = self._new(key)
+                entries = cache.k.shape[0] * cache.k.shape[1]
+                g.write_slots.copy_(torch.arange(n * width, device=g.write_slots.device) % entries)
+                tensors = {"cu": g.cu, "kept_len": g.kept_len, "pages": g.pages,
+                           "write_slots": g.write_slots}  # fmt: skip
+                self._capture(
+                    key, g, lanes_attention(tensors, cache, cfg.head_dim, cfg.n_layers, width)
+                )
+
+    def _new(self, key: tuple[int, int, int]) -> _Graph:
         lanes, width, pages = key
-        g = _Graph(lanes, width, pages, self.model.cfg.n_layers, self.model.device)
-        g.fill(batch)  # the capture's warm-up run stores this iteration's own K/V
+        return _Graph(lanes, width, pages, self.model.cfg.n_layers, self.model.device)
+
+    def _capture(self, key: tuple[int, int, int], g: _Graph, like: BlockAttention) -> None:
+        """Capture the forward of `g`'s static inputs (already loaded) into a new graph."""
+        lanes, width, pages = key
         g.graph = torch.cuda.CUDAGraph()
         attention = replace(
-            batch.attention,
+            like,
             n_reuse=lanes,
             cu_reuse=g.cu,
             max_reuse=width,
@@ -116,4 +144,3 @@ class BlockGraphs:
         )
         self.graphs[key] = g
         self.captures += 1
-        return g

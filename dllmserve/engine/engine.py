@@ -33,6 +33,7 @@ from dllmserve.engine.prefix_cache import PrefixCache
 from dllmserve.engine.protocol import Prompt
 from dllmserve.engine.request import Request, SpecialTokens, StepResult
 from dllmserve.errors import CapacityError, ValidationError
+from dllmserve.models import skinny
 from dllmserve.models.transformer import DiffusionTransformer
 from dllmserve.sampling_params import SamplingParams
 from dllmserve.sparse.state import SparseConfig
@@ -99,6 +100,7 @@ class Engine:
             use_graphs=self.device.type == "cuda" and not config.enforce_eager,
             max_lanes=config.max_num_seqs * 2,
         )
+        skinny.enabled = self.device.type == "cuda" and config.skinny_gemm
         pool = PagePool(num_pages)
         prefix = None
         if cfg.block_diffusion and config.enable_prefix_caching:
@@ -241,7 +243,13 @@ class Engine:
         kernels and captures CUDA graphs, which held the first real requests of a fresh worker
         for seconds (benchmarks/RESULTS.md, time to first update). The requests carry their
         own seed, so the engine's draws for later requests are those of a cold engine.
+        A block-diffusion model first captures the graphs of a request alone at every page-table
+        width (one lane, or two in a step that stores a block, as a prefix-cache hit's first).
         """
+        runner, pool, lim = self.runner, self.batcher.pool, self.limits
+        if runner.block_graphs is not None and pool.num_free == pool.num_pages:
+            pages = -(-lim.max_len // lim.page_size)
+            runner.block_graphs.capture_idle(runner.cache, lim.default_block_length, pages)
         params = SamplingParams(gen_length=64, steps=64, block_length=32, seed=0, stop_at_eos=False)
         prompt = [t for t in range(1, 20) if t != self.tokens.mask][:16]
         try:  # both checked before either runs
