@@ -18,11 +18,11 @@ from dllmserve.engine.batch import (
 from dllmserve.engine.block_batch import BlockIterationBatch, build_block_iteration
 from dllmserve.engine.block_graphs import BlockGraphs
 from dllmserve.engine.block_sampler import sample_block
-from dllmserve.engine.cuda_graphs import ReuseGraphs
 from dllmserve.engine.dense_graphs import DenseGraphs
 from dllmserve.engine.inflight import InFlight
 from dllmserve.engine.kv_cache import KVCache
 from dllmserve.engine.request import Request, SpecialTokens
+from dllmserve.engine.reuse_graphs import ReuseGraphs
 from dllmserve.engine.sampler import sample_scored
 from dllmserve.models.transformer import DiffusionTransformer
 from dllmserve.sparse.state import Phase
