@@ -37,9 +37,9 @@ from dllmserve.scheduler import reflection
 from dllmserve.scheduler.auth import BearerTokenInterceptor
 from dllmserve.scheduler.config import SchedulerConfig
 from dllmserve.scheduler.dispatcher import Dispatcher
+from dllmserve.scheduler.registration import add_service
 from dllmserve.scheduler.relay import ResultHub
 from dllmserve.scheduler.service import DllmServicer
-from dllmserve.scheduler.wire import add_service
 from dllmserve.v1 import dllm_pb2
 
 log = logging.getLogger(__name__)

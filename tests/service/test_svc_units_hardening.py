@@ -91,7 +91,7 @@ def test_sweep_takes_back_requests_of_a_worker_that_left_without_a_trace(rserver
 
 
 def test_wire_parser_refuses_garbage_and_mistyped_fields():
-    from dllmserve.scheduler.wire import Malformed, parser
+    from dllmserve.scheduler.registration import Malformed, parser
 
     parse = parser(pb.GenerateRequest)
     assert parse(b"\xff\xff\xff") == Malformed(
