@@ -20,7 +20,7 @@ from dllmserve.broker import redis_keys as rk
 from dllmserve.broker.convert import admission_of
 from dllmserve.broker.redis_link import Backoff
 from dllmserve.broker.scripts import Broker, Completion, Failure, Started, StepRecord
-from dllmserve.engine.outputs import StepUpdate
+from dllmserve.engine.outputs import StepOutput
 from dllmserve.engine.protocol import StepEngine
 from dllmserve.errors import CapacityError, ValidationError
 from dllmserve.logs import EVENT_ATTR
@@ -110,7 +110,7 @@ class WorkerLoop(Leaving):
             self._publish(updates)
         self.update_snapshot()
 
-    def _step(self) -> list[StepUpdate]:
+    def _step(self) -> list[StepOutput]:
         with self.watchdog.iteration():
             self.faults.before_step()
             return self.observe.step(self.engine)
@@ -298,7 +298,7 @@ class WorkerLoop(Leaving):
         self.pub.submit(job)
 
     # ---- results ---------------------------------------------------------------------------
-    def _publish(self, updates: list[StepUpdate]) -> None:
+    def _publish(self, updates: list[StepOutput]) -> None:
         """Hand an iteration's updates to the publisher; finished requests leave `active` now."""
         items = []
         for u in updates:
@@ -311,10 +311,10 @@ class WorkerLoop(Leaving):
         if items:
             self.pub.submit(lambda: self._write_steps(items))
 
-    def _write_steps(self, items: list[tuple[RunningRequest, StepUpdate]]) -> None:
+    def _write_steps(self, items: list[tuple[RunningRequest, StepOutput]]) -> None:
         now = time.time()
         steps: list[StepRecord] = []
-        finished: list[tuple[RunningRequest, StepUpdate]] = []
+        finished: list[tuple[RunningRequest, StepOutput]] = []
         for a, u in items:
             canvas = a.canvas.apply(u.positions, u.token_ids) if a.canvas is not None else ""
             msg = pb.StepUpdate(

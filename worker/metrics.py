@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dllmserve import finish_reasons
-from dllmserve.engine.outputs import StepUpdate
+from dllmserve.engine.outputs import StepOutput
 
 PREFIX = "dllmserve:"
 # Request latencies: from tens of milliseconds (tiny model) to minutes (long 8B generations).
@@ -161,7 +161,7 @@ class WorkerMetrics:
     def reason(self, reason: str):
         return self.finished.labels(self.model_name, reason)
 
-    def denoised(self, updates: Sequence[StepUpdate], now: float) -> None:
+    def denoised(self, updates: Sequence[StepOutput], now: float) -> None:
         """Observe the steps one engine iteration returned, `now` (a monotonic time) being when
         it returned them: tokens per forward, and each committed position's time to commit."""
         for u in updates:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dllmserve import finish_reasons, tracing
 from dllmserve.broker import redis_keys as rk
 from dllmserve.broker.records import read_traceparent
-from dllmserve.engine.outputs import StepUpdate
+from dllmserve.engine.outputs import StepOutput
 from dllmserve.logs import event
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.metrics import WorkerMetrics
@@ -29,7 +29,7 @@ SLOW_FACTOR, SLOW_FLOOR_S, AVERAGE_WEIGHT = 10.0, 0.25, 0.1
 _ENDED_REASON = {"cancelled": "cancelled", "expired": "deadline"}
 
 
-def iteration_phase(updates: Sequence[StepUpdate]) -> str:
+def iteration_phase(updates: Sequence[StepOutput]) -> str:
     """The costliest phase the engine ran for these updates (REUSE when there are none)."""
     return max((u.phase for u in updates), key=_PHASE_COST.__getitem__, default="REUSE")
 

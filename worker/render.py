@@ -1,6 +1,6 @@
 """The canvas of one request as text, with a placeholder for each masked position (what a
 stream with `include_canvas` carries), and a step's provisional tokens and edits as wire
-messages. The text delta and everything else a step decided come from the engine's StepUpdate;
+messages. The text delta and everything else a step decided come from the engine's StepOutput;
 rendering is the worker's only text work."""
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dllmserve import finish_reasons
-from dllmserve.engine.outputs import StepUpdate
+from dllmserve.engine.outputs import StepOutput
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.render import CanvasRenderer
 
@@ -26,7 +26,7 @@ class RunningRequest:
     provisional: bool = False  # with StreamOptions.provisional
 
 
-def completed(a: RunningRequest, u: StepUpdate, now: float, worker_id: str) -> pb.Completed:
+def completed(a: RunningRequest, u: StepOutput, now: float, worker_id: str) -> pb.Completed:
     """The final record of a request the engine finished: its answer, usage and timings."""
     out = u.output
     answer = u.answer_length if u.answer_length is not None else len(out.token_ids)

@@ -27,7 +27,7 @@ from dllmserve.engine.inputs import ModelLimits, resolve_request, vocabulary
 from dllmserve.engine.kv_cache import KVCache, auto_num_pages, page_bytes
 from dllmserve.engine.loading import load_checkpoint, load_random_shape
 from dllmserve.engine.model_runner import ModelRunner
-from dllmserve.engine.outputs import Provisional, RequestOutput, StepUpdate
+from dllmserve.engine.outputs import Provisional, RequestOutput, StepOutput
 from dllmserve.engine.page_pool import PagePool
 from dllmserve.engine.prefix_cache import PrefixCache
 from dllmserve.engine.protocol import Prompt
@@ -274,7 +274,7 @@ class Engine:
 
     # ---- the step --------------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self) -> list[StepUpdate]:
+    def step(self) -> list[StepOutput]:
         """Run one iteration and return the step updates that are ready.
 
         Inside a block, an all-REUSE iteration that ends no request's block does not decide
@@ -318,7 +318,7 @@ class Engine:
             return False
         return all(running.get(r.request_id) is r and r.in_reuse_mid_block() for r in fl.reqs)
 
-    def _collect(self, fl: InFlight) -> list[StepUpdate]:
+    def _collect(self, fl: InFlight) -> list[StepOutput]:
         """Apply an iteration's results on the host and say what each request's step did."""
         x0, commit, confidence = fl.wait()
         now = time.monotonic()
@@ -329,17 +329,17 @@ class Engine:
         }
         done = self.batcher.update(fl.reqs, x0, commit, now)
         return [
-            self._step_update(req, res, now, proposed.get(req.request_id, [])) for req, res in done
+            self._step_output(req, res, now, proposed.get(req.request_id, [])) for req, res in done
         ]
 
-    def _step_update(
+    def _step_output(
         self, req: Request, res: StepResult, now: float, provisional: list[Provisional]
-    ) -> StepUpdate:
+    ) -> StepOutput:
         text = ""
         if req.detokenizer is not None:
             end, ended = _text_end(req)
             text = req.detokenizer.update(req.generated, end, ended)
-        return StepUpdate(
+        return StepOutput(
             request_id=req.request_id,
             step=req.global_step,
             total_steps=req.total_steps,

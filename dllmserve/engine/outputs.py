@@ -55,7 +55,7 @@ class Edit(NamedTuple):
 
 
 @dataclass
-class StepUpdate:
+class StepOutput:
     """What one denoising step of one request committed, and what the engine decided with it.
 
     ``positions`` are offsets into the generated canvas (0 .. gen_length-1), ``token_ids`` the

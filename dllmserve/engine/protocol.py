@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from dllmserve.engine.inputs import ModelLimits
-from dllmserve.engine.outputs import StepUpdate
+from dllmserve.engine.outputs import StepOutput
 from dllmserve.sampling_params import SamplingParams
 from dllmserve.sparse.state import SparseConfig
 
@@ -39,7 +39,7 @@ class StepEngine(Protocol):
         provisional: bool = False,
     ) -> None:
         """Queue a request, or raise ValidationError / CapacityError (nothing queued).
-        `provisional`: its updates carry the steps' provisional tokens (StepUpdate)."""
+        `provisional`: its updates carry the steps' provisional tokens (StepOutput)."""
         ...
 
     def has_request(self, request_id: str) -> bool:
@@ -54,7 +54,7 @@ class StepEngine(Protocol):
         """Whether a `step()` has work: a request waits, runs, or has results on the way."""
         ...
 
-    def step(self) -> list[StepUpdate]:
+    def step(self) -> list[StepOutput]:
         """One iteration: the updates of every request that took a step."""
         ...
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from dllmserve.engine.outputs import RequestOutput, StepUpdate
+from dllmserve.engine.outputs import RequestOutput, StepOutput
 from dllmserve.engine.protocol import Prompt
 from dllmserve.sampling_params import SamplingParams
 from dllmserve.sparse.state import SparseConfig
@@ -69,7 +69,7 @@ class FakeEngine:
     def warm_up(self) -> None:
         """Nothing to compile or capture."""
 
-    def step(self) -> list[StepUpdate]:
+    def step(self) -> list[StepOutput]:
         if self.step_s:
             time.sleep(self.step_s)
         out = []
@@ -79,7 +79,7 @@ class FakeEngine:
             pos = (k - 1) % gen
             done = k >= total
             token = 65 + pos % 26
-            u = StepUpdate(
+            u = StepOutput(
                 rid,
                 k,
                 total,

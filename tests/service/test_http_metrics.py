@@ -53,7 +53,7 @@ def _scrapes(svc) -> tuple[dict, dict, dict]:
 
 def test_step_time_is_labelled_with_the_phase_the_engine_ran(svc):
     """A sparse request of 2 blocks of 8 steps with delay 1: per block one FULL step, one
-    SELECT and six REUSE (the engine's own StepUpdate.phase, not a guess of the worker's)."""
+    SELECT and six REUSE (the engine's own StepOutput.phase, not a guess of the worker's)."""
     w0 = scrape(f"http://127.0.0.1:{svc.http_port}/metrics")
     oai = openai.OpenAI(base_url=svc.base + "/v1", api_key="x", max_retries=0)
     sparse = {"retention_ratio": 0.5, "delay_step": 1, "default_block_len": 8}
