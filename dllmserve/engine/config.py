@@ -76,6 +76,14 @@ class EngineConfig:
         ),
     )
     enforce_eager: bool = field(default=False, metadata=_help("no CUDA graphs"))
+    skinny_gemm: bool = field(
+        default=False,
+        metadata=_help(
+            "on a GPU, run each linear layer of at most 64 rows (REUSE steps at small batch) "
+            "by the skinny Triton GEMM (kernels/skinny_gemm.py) where, measured at its first "
+            "use, it beats cuBLAS / _scaled_mm; off: always the library's GEMM"
+        ),
+    )
     seed: int = field(default=0, metadata=_help("seeds the draws of requests that have none"))
     tensor_parallel_size: int = field(default=1, metadata=_help("GPUs per engine (only 1)"))
     enable_prefix_caching: bool = field(
@@ -121,7 +129,7 @@ class EngineConfig:
                 "quantization",
                 f"must be one of {list(QUANTIZATIONS)} or None, got {self.quantization!r}",
             )
-        for name in ("enforce_eager", "enable_prefix_caching"):
+        for name in ("enforce_eager", "enable_prefix_caching", "skinny_gemm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValidationError(name, f"must be a bool, got {getattr(self, name)!r}")
         if self.tensor_parallel_size != 1:

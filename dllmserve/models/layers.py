@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dllmserve.models.fp8 import Fp8Rows, Fp8Weight, dequantized_operands, fp8_linear
+from dllmserve.models.fp8 import Fp8Rows, Fp8Weight, dequantized_operands
+from dllmserve.models.skinny import gpu_linear
 
 # On the CPU a GEMM's rounding depends on how many rows it has (the BLAS picks its kernel by
 # shape), so a request's result would depend on its batch. Feeding the GEMM fixed-size row
@@ -29,13 +30,11 @@ def _fused(x: torch.Tensor) -> bool:
 def linear(
     x: torch.Tensor | Fp8Rows, w: torch.Tensor | Fp8Weight, b: torch.Tensor | None = None
 ) -> torch.Tensor:
+    if x.device.type != "cpu":
+        return gpu_linear(x, w, b)  # cuBLAS / _scaled_mm, or the skinny kernel where faster
     if isinstance(w, Fp8Weight):
-        if x.device.type != "cpu":
-            return fp8_linear(x, w, b)
         xd, wd, dtype = dequantized_operands(x, w)
         return linear(xd, wd, None if b is None else b.float()).to(dtype)
-    if x.device.type != "cpu":
-        return F.linear(x, w, b)
     n = x.shape[0]
     pad = (-n) % _CPU_ROW_CHUNK
     if pad:
