@@ -272,7 +272,7 @@ def print_table(runs: list[dict]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--shape", default="llada-8b", choices=sorted(SHAPES))
+    ap.add_argument("--shape", default=None, choices=sorted(SHAPES), help="default llada-8b")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--prompt", type=int, default=128)
@@ -288,7 +288,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     if a.smoke:
-        a.shape, a.device, a.batches, a.prompt, a.gen, a.block = "tiny", "cpu", [1, 2], 8, 16, 8
+        a.device, a.batches, a.prompt, a.gen, a.block = "cpu", [1, 2], 8, 16, 8
+    a.shape = a.shape or ("tiny" if a.smoke else "llada-8b")
     a.steps = a.steps or a.gen
     a.skip = a.block if a.skip is None else a.skip
     a.iters = 2 * a.block + 1 if a.iters is None else a.iters

@@ -63,9 +63,13 @@ def test_gpu_trace_split_by_iteration():
     assert [k["name"] for k in phases["FULL"]["top_kernels"]] == ["gemm", "rope"]
 
 
-def test_timeline_smoke(tmp_path):
+@pytest.mark.parametrize("shape", ["tiny", "tiny-llada2"])
+def test_timeline_smoke(tmp_path, shape):
+    """The sparse shape's window is its second block: FULL, SELECT, then REUSE steps; the
+    block-diffusion shape's steps are all full forwards of their block."""
     out = tmp_path / "timeline.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "timeline.py"), "--smoke", "--json", str(out)]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "timeline.py"), "--smoke", "--shape", shape,
+           "--json", str(out)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -73,9 +77,12 @@ def test_timeline_smoke(tmp_path):
     runs = json.loads(out.read_text())["runs"]
     assert [r["batch"] for r in runs] == [1, 2]
     for run in runs:
-        # the window is the second block: FULL, SELECT, then REUSE steps
-        assert [i["phase"] for i in run["iterations"][:3]] == ["FULL", "SELECT", "REUSE"]
-        assert set(run["phases"]) == {"FULL", "SELECT", "REUSE"}
+        phases = [i["phase"] for i in run["iterations"]]
+        if shape == "tiny":
+            assert phases[:3] == ["FULL", "SELECT", "REUSE"]
+            assert set(run["phases"]) == {"FULL", "SELECT", "REUSE"}
+        else:
+            assert set(phases) == {"FULL"} and run["mode"] == "dense"
         for it in run["iterations"]:
             assert 0 < it["busy_us"] <= it["wall_us"] + 1e-6
             assert it["kernels"] > 0 and it["host_us"] > 0
