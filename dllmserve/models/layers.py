@@ -128,19 +128,30 @@ class Rotary:
         return x * cos + _rotate_half(x) * sin
 
     def qk(
-        self, qkv: torch.Tensor, n_heads: int, n_kv_heads: int, positions: torch.Tensor
+        self,
+        qkv: torch.Tensor,
+        n_heads: int,
+        n_kv_heads: int,
+        positions: torch.Tensor,
+        norms: tuple[torch.Tensor, torch.Tensor, float] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotated q [T, H, D] and k [T, Hkv, D] from the fused projection's leading columns."""
+        """Rotated q [T, H, D] and k [T, Hkv, D] from the fused projection's leading columns;
+        `norms` = (q weight, k weight, eps): each head RMS-normed first (`rms_norm`)."""
         hd = self.head_dim
-        if _fused(qkv) and self.rot_dim == hd:  # the fused kernel rotates whole heads only
+        if _fused(qkv):  # one launch reads the q and k columns once and writes them once
             from dllmserve.kernels.elementwise import rope_heads
 
+            heads = (*norms[:2], n_heads, norms[2]) if norms is not None else None
             qk = rope_heads(
-                qkv, n_heads + n_kv_heads, hd, positions, self.cos, self.sin, self.in_fp32
+                qkv, n_heads + n_kv_heads, hd, positions, self.cos, self.sin, self.in_fp32, heads
             )
             return qk[:, :n_heads], qk[:, n_heads:]
         q = qkv[:, : n_heads * hd].view(-1, n_heads, hd)
         k = qkv[:, n_heads * hd : (n_heads + n_kv_heads) * hd].view(-1, n_kv_heads, hd)
+        if norms is not None:
+            q_w, k_w, eps = norms
+            q = rms_norm(q.reshape(-1, hd), q_w, eps).view(q.shape)
+            k = rms_norm(k.reshape(-1, hd), k_w, eps).view(k.shape)
         return self(q, positions), self(k, positions)
 
 

@@ -78,11 +78,12 @@ class DiffusionTransformer:
         h = rms_norm(x, layers[0].attn_norm, cfg.rms_eps, fp8)
         for i, lw in enumerate(layers):
             qkv = linear(h, lw.qkv, lw.qkv_bias)
-            if lw.q_norm is None and cfg.clip_qkv is None:
-                q, k = self.rotary.qk(qkv, nh, nkv, positions)
+            if cfg.clip_qkv is None:  # q/k norm and RoPE in one pass over the q, k columns
+                norms = None if lw.q_norm is None else (lw.q_norm, lw.k_norm, cfg.rms_eps)
+                q, k = self.rotary.qk(qkv, nh, nkv, positions, norms)
                 v = qkv[:, (nh + nkv) * hd :].reshape(-1, nkv, hd)
             else:
-                q, k, v = self._normed_qkv(qkv, lw, positions)
+                q, k, v = self._clipped_qkv(qkv, lw, positions)
             attention.select(i, q, k, v)
             att = attention(i, q, k, v)
             o = linear(att.reshape(-1, nh * hd), lw.o)
@@ -98,11 +99,11 @@ class DiffusionTransformer:
             progress.tick()  # the worker's watchdog: a slow forward still moves
         return h
 
-    def _normed_qkv(
+    def _clipped_qkv(
         self, qkv: torch.Tensor, lw: LayerWeights, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """LLaDA-MoE's attention inputs: per-head RMSNorm of q and k, then the clip of q, k
-        and v, then RoPE (in the official order)."""
+        """The attention inputs of a checkpoint with `clip_qkv`: per-head RMSNorm of q and k
+        (where it has one), then the clip of q, k and v, then RoPE (in the official order)."""
         cfg = self.cfg
         hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
         q, k, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testlib import ATOL, DEVICE, DTYPES, randn
+from kernel_testlib import ATOL, DEVICE, DTYPES, ON_GPU, randn
 
 import dllmserve.models.layers as layers
 from dllmserve.kernels import elementwise, quantize_rows
@@ -42,6 +42,34 @@ def test_rope_on_fused_qkv_columns(dtype, in_fp32, nh, nkv, hd):
     rot = layers.Rotary(hd, 10000.0, 512, DEVICE, in_fp32)
     want_q, want_k = rot.qk(qkv, nh, nkv, positions)
     qk = elementwise.rope_heads(qkv, nh + nkv, hd, positions, rot.cos, rot.sin, in_fp32)
+    tol = ATOL[dtype] * 4
+    torch.testing.assert_close(qk[:, :nh], want_q, atol=tol, rtol=tol)
+    torch.testing.assert_close(qk[:, nh:], want_k, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("in_fp32", [True, False])
+@pytest.mark.parametrize("normed", [True, False])
+@pytest.mark.parametrize("nh,nkv,hd,rot", [(4, 2, 16, 8), (16, 4, 128, 64), (3, 1, 64, 48)])
+def test_qk_norm_and_partial_rope_in_one_launch(dtype, in_fp32, normed, nh, nkv, hd, rot):
+    """LLaDA-MoE's and LLaDA2's attention inputs: the per-head RMSNorm of q and k (each its own
+    weight), then RoPE over the first `rot` dims, against the unfused PyTorch path."""
+    g = torch.Generator().manual_seed(nh * hd + rot)
+    T = 5
+    qkv = randn(g, T, (nh + 2 * nkv) * hd, dtype=dtype) * 3
+    positions = torch.randint(0, 500, (T,), generator=g).to(DEVICE)
+    rotary = layers.Rotary(hd, 10000.0, 512, DEVICE, in_fp32, rot)
+    norms = (1 + 0.1 * randn(g, hd, dtype=dtype), 1 + 0.1 * randn(g, hd, dtype=dtype), 1e-6)
+    norms = norms if normed else None
+    want_q, want_k = rotary.qk(qkv, nh, nkv, positions, norms)
+    heads = (*norms[:2], nh, norms[2]) if normed else None
+    qk = elementwise.rope_heads(
+        qkv, nh + nkv, hd, positions, rotary.cos, rotary.sin, in_fp32, heads
+    )
+    if not normed and not ON_GPU:  # the same rounding steps: bit-exact
+        assert torch.equal(qk[:, :nh], want_q) and torch.equal(qk[:, nh:], want_k)
+    # the norm's fp32 sum of squares adds in another order (and the GPU's reference rounds its
+    # own way): the rms_norm kernel's tolerance
     tol = ATOL[dtype] * 4
     torch.testing.assert_close(qk[:, :nh], want_q, atol=tol, rtol=tol)
     torch.testing.assert_close(qk[:, nh:], want_k, atol=tol, rtol=tol)
