@@ -20,10 +20,22 @@ against one worker's. The measured phases are preceded by unmeasured warm-up wav
 the highest finite rate, one burst), so no timing includes kernel compilation or CUDA-graph
 capture of the shapes it runs.
 
+With `--failover N` (at least two workers: the phase with the most of them runs it), N
+requests with fixed seeds run at once fault-free, then again while the worker holding the most
+of them is killed with SIGKILL once every request has streamed a step update. Reported: whether
+every request finished, whether each one's tokens equal its fault-free tokens, how many were
+re-delivered (attempt > 1) and to which workers, and per re-delivered request the recovery
+time, from the last update of the killed attempt to the first update of the re-run (p50/p99).
+The recovery includes the worker's heartbeat TTL (5 s), the dispatcher's reaping and the
+poison isolation of the killed worker's running requests (two halves, each waiting for a worker
+that holds nothing else: docs/service.md, "Poison isolation"). `dllmserve serve` restarts the
+killed worker; a half may run on it once it is ready. The benchmark exits non-zero when a
+request did not finish, tokens differ, or no request was re-delivered (the kill came too late).
+
     python benchmarks/serving.py                                  # CPU, the shipped tiny model
     python benchmarks/serving.py --random-shape llada-8b --prompt-tokens 128 --gen 256 \\
         --steps 256 --block 32 --rates 1 2 4 --num-requests 32 --saturation-requests 32 \\
-        --scale-workers 2 --json out.json --log-dir logs/            # GPUs (serving_gpu.sh)
+        --scale-workers 2 --failover 64 --json out.json --log-dir logs/   # GPUs (serving_gpu.sh)
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import provenance
@@ -194,6 +207,8 @@ class Service:
             "--max-num-seqs",
             str(args.max_num_seqs),
             "--no-gateway",  # measured over gRPC; a GPU image may lack the HTTP stack
+            "--metrics-port",
+            "0",  # unread here; a fixed port would clash with any other service on the host
         ]
         cmd += (
             ["--random-shape", args.random_shape] if args.random_shape else ["--model", args.model]
@@ -315,10 +330,158 @@ async def run_rate(
     }
 
 
+# ---- failover under load ---------------------------------------------------------------------
+FAILOVER_SEED = 1000  # request i of the failover phase has seed FAILOVER_SEED + i in both runs
+
+
+def failover_sampling(args, i: int) -> dict:
+    """Temperature 1 and a seed per request: the sampler's draws are a function of (seed, step,
+    position), whatever the batch, so equal tokens show that the re-run started over from the
+    request's own seed (at temperature 0 the seed is never used, and equality would only show
+    that greedy decoding is deterministic)."""
+    return sampling(args) | {"temperature": 1.0, "seed": FAILOVER_SEED + i}
+
+
+@dataclass(eq=False)
+class Trace:
+    """One failover request as its client saw it."""
+
+    updates: list[tuple[float, int]] = field(default_factory=list)  # (arrival, attempt)
+    done: Completed | None = None
+    error: str = ""
+
+
+async def traced(client: AsyncClient, prompt: list[int], args, i: int, trace: Trace) -> None:
+    try:
+        async for ev in client.generate(
+            token_ids=prompt,
+            sampling_params=failover_sampling(args, i),
+            sparse_config=sparse(args),
+            request_id=f"fo{i}-{random.getrandbits(64):016x}",
+        ):
+            if isinstance(ev, StepUpdate):
+                trace.updates.append((time.perf_counter(), ev.attempt))
+            elif isinstance(ev, Completed):
+                trace.done = ev
+    except Exception as e:  # noqa: BLE001 - a failed stream is a result of the phase
+        trace.error = f"{type(e).__name__}: {e}"
+
+
+def worker_pid(worker_id: str) -> int:
+    """The pid of a worker of this machine, from its id ('<host>-<pid>-<random>', as
+    worker/main.py names a worker without --worker-id)."""
+    host, pid, _ = worker_id.rsplit("-", 2)
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if (
+        host != socket.gethostname()
+        or not pid.isdigit()
+        or (cmdline.exists() and b"worker" not in cmdline.read_bytes())
+    ):
+        raise SystemExit(f"worker {worker_id} is no worker process of this machine")
+    return int(pid)
+
+
+async def kill_busiest(client: AsyncClient, traces: list[Trace]) -> tuple[dict, float]:
+    """Once every request has streamed an update, kill -9 the worker holding the most of them;
+    returns the victim and the time of the kill."""
+    while not all(t.updates or t.done or t.error for t in traces):
+        await asyncio.sleep(0.002)
+    info = await client.server_info()
+    victim = max(info.workers, key=lambda w: w.assigned)
+    pid = worker_pid(victim.worker_id)
+    killed = time.perf_counter()
+    os.kill(pid, signal.SIGKILL)
+    log(f"failover: killed worker {victim.worker_id} (pid {pid}, {victim.assigned} requests)")
+    return {"worker": victim.worker_id, "assigned": victim.assigned}, killed
+
+
+def recovery_s(trace: Trace, killed: float) -> float:
+    """Last update of the killed attempt (the kill, if it streamed none) -> first of the re-run."""
+    final = trace.done.attempt
+    before = [t for t, a in trace.updates if a < final]
+    return min(t for t, a in trace.updates if a == final) - (max(before) if before else killed)
+
+
+async def failover_phase(client: AsyncClient, prompts_n: int, args) -> dict:
+    """The requests fault-free, then again with the busiest worker killed mid-stream."""
+    prompts = make_prompts(prompts_n, args.prompt_tokens, seed=2)
+
+    async def run(kill: bool) -> tuple[list[Trace], dict, float, float]:
+        traces = [Trace() for _ in prompts]
+        start = time.perf_counter()
+        jobs = [traced(client, p, args, i, traces[i]) for i, p in enumerate(prompts)]
+        victim, killed = {}, 0.0
+        if kill:
+            (victim, killed), *_ = await asyncio.gather(kill_busiest(client, traces), *jobs)
+        else:
+            await asyncio.gather(*jobs)
+        return traces, victim, killed, time.perf_counter() - start
+
+    log(f"failover: {prompts_n} requests fault-free ...")
+    ref, _, _, ref_wall = await run(kill=False)
+    log(f"failover: the same {prompts_n} requests, one worker killed ...")
+    runs, victim, killed, wall = await run(kill=True)
+    finished = [t.done is not None for t in runs]
+    same = [
+        r.done is not None and t.done is not None and r.done.token_ids == t.done.token_ids
+        for r, t in zip(ref, runs, strict=True)
+    ]
+    moved = [i for i, t in enumerate(runs) if t.done is not None and t.done.attempt > 1]
+    rec = [recovery_s(runs[i], killed) for i in moved]
+    res = {
+        "requests": prompts_n,
+        "temperature": 1.0,
+        "seeds": [FAILOVER_SEED, FAILOVER_SEED + prompts_n - 1],
+        "killed": victim,
+        "reference_finished": sum(r.done is not None for r in ref),
+        "finished": sum(finished),
+        "errors": [t.error for t in ref + runs if t.error],
+        "identical": sum(same),
+        "not_identical": [i for i, ok in enumerate(same) if not ok],
+        # of a request with tokens in both runs: how many canvas positions differ (batch
+        # composition, not the failover, would show in requests that were not re-delivered too)
+        "differing_positions": {
+            i: sum(a != b for a, b in zip(r.done.token_ids, t.done.token_ids, strict=False))
+            for i, (r, t) in enumerate(zip(ref, runs, strict=True))
+            if not same[i] and r.done is not None and t.done is not None
+        },
+        "redelivered": len(moved),
+        "redelivered_identical": sum(same[i] for i in moved),
+        "rerun_on": dict(Counter(runs[i].done.worker_id for i in moved)),
+        "recovery_p50_s": pct(rec, 0.5),
+        "recovery_p99_s": pct(rec, 0.99),
+        "recovery_max_s": max(rec, default=float("nan")),
+        "recovery_s": sorted(round(x, 4) for x in rec),
+        "reference_wall_s": ref_wall,
+        "failover_wall_s": wall,
+    }
+    log(json.dumps({k: v for k, v in res.items() if k != "recovery_s"}))
+    return res
+
+
+def failover_failures(res: dict) -> list[str]:
+    """What the failover phase must show and did not (empty: all shown)."""
+    n = res["requests"]
+    checks = [
+        (res["reference_finished"] == n, f"{res['reference_finished']}/{n} fault-free finished"),
+        (res["finished"] == n, f"{res['finished']}/{n} finished after the kill"),
+        (res["identical"] == n, f"tokens differ from the fault-free run: {res['not_identical']}"),
+        (res["redelivered"] > 0, "no request was re-delivered (the kill came too late?)"),
+    ]
+    return [msg for ok, msg in checks if not ok]
+
+
 def serve_phase(
-    args, workers: int, rates: list[float], log_dir: Path | None, doc: dict, key: str
+    args,
+    workers: int,
+    rates: list[float],
+    log_dir: Path | None,
+    doc: dict,
+    key: str,
+    failover: int = 0,
 ) -> list[dict]:
-    """Start a service of `workers` workers, warm it up, run the rates, stop it."""
+    """Start a service of `workers` workers, warm it up, run the rates (then, with
+    `failover`, the failover phase), stop it."""
     log(f"starting the service with {workers} worker(s) ...")
     svc = Service(args, workers, log_dir / f"service-{workers}w.log" if log_dir else None)
     results: list[dict] = []
@@ -348,6 +511,9 @@ def serve_phase(
                 doc[key] = results
                 write(args, doc)
                 log(json.dumps(r))
+            if failover:
+                doc["failover"] = await failover_phase(client, prompts_n=failover, args=args)
+                write(args, doc)
 
     try:
         ws = svc.wait_ready(args.ready_timeout)
@@ -406,6 +572,12 @@ def main() -> None:
     ap.add_argument("--slo-s", type=float, default=30.0)
     ap.add_argument("--ready-timeout", type=float, default=600.0)
     ap.add_argument("--no-offline", action="store_true", help="skip the offline engine run")
+    ap.add_argument(
+        "--failover",
+        type=int,
+        default=0,
+        help="then N requests fault-free and again with one worker killed (needs >= 2 workers)",
+    )
     ap.add_argument("--json", type=Path)
     ap.add_argument("--log-dir", type=Path, help="service and offline logs (default: none)")
     ap.add_argument("--offline-child", help=argparse.SUPPRESS)
@@ -422,6 +594,9 @@ def main() -> None:
     if args.offline_child:
         offline_child(args)
         return
+    most = max(args.workers, args.scale_workers)
+    if args.failover < 0 or (args.failover and most < 2):
+        ap.error("--failover: N >= 1 requests, with --workers or --scale-workers >= 2")
     if args.log_dir:
         args.log_dir.mkdir(parents=True, exist_ok=True)
     rates = [r for r in args.rates if r != INF] + [INF]
@@ -436,10 +611,14 @@ def main() -> None:
             f"offline: {offline['tokens_per_s']:.1f} tok/s on {offline['card']}, "
             f"{offline['mean_iteration_s'] * 1000:.1f} ms per iteration"
         )
-    base = serve_phase(args, args.workers, rates, args.log_dir, doc, "results")
+    scale = args.scale_workers and args.scale_workers != args.workers
+    # the failover runs in the phase with the most workers
+    base_fo = args.failover if args.workers == most else 0
+    base = serve_phase(args, args.workers, rates, args.log_dir, doc, "results", base_fo)
     scaled = []
-    if args.scale_workers and args.scale_workers != args.workers:
-        scaled = serve_phase(args, args.scale_workers, [INF], args.log_dir, doc, "scaled")
+    if scale:
+        fo = args.failover - base_fo
+        scaled = serve_phase(args, args.scale_workers, [INF], args.log_dir, doc, "scaled", fo)
     sat = base[-1]
     summary: dict = {"service_saturation_tokens_per_s": sat["tokens_per_s"]}
     if offline:
@@ -450,9 +629,21 @@ def main() -> None:
         summary["scaled_tokens_per_s"] = scaled[-1]["tokens_per_s"]
         summary["scaled_vs_base"] = scaled[-1]["tokens_per_s"] / sat["tokens_per_s"]
         summary["scaled_requests_per_worker"] = scaled[-1]["requests_per_worker"]
+    failures = failover_failures(doc["failover"]) if args.failover else []
+    if args.failover:
+        fo = doc["failover"]
+        summary |= {
+            "failover_finished": fo["finished"] == fo["requests"],
+            "failover_identical": fo["identical"] == fo["requests"],
+            "failover_redelivered": fo["redelivered"],
+            "failover_recovery_p50_s": fo["recovery_p50_s"],
+            "failover_recovery_p99_s": fo["recovery_p99_s"],
+        }
     doc["summary"] = summary
     write(args, doc)
     print_report(args, doc)
+    if failures:
+        raise SystemExit("failover: " + "; ".join(failures))
 
 
 def print_report(args, doc: dict) -> None:
@@ -475,6 +666,15 @@ def print_report(args, doc: dict) -> None:
             f"{s['scaled_workers']} workers at saturation: {s['scaled_tokens_per_s']:.1f} tok/s "
             f"= {s['scaled_vs_base']:.2f}x one worker (target >= 1.8x); requests per worker "
             f"{s['scaled_requests_per_worker']}"
+        )
+    if "failover" in doc:
+        fo = doc["failover"]
+        print(
+            f"failover ({fo['requests']} requests, worker {fo['killed']['worker']} killed with "
+            f"{fo['killed']['assigned']}): {fo['finished']}/{fo['requests']} finished, "
+            f"{fo['identical']}/{fo['requests']} with the fault-free tokens, "
+            f"{fo['redelivered']} re-delivered (to {fo['rerun_on']}), recovery "
+            f"p50 {fo['recovery_p50_s']:.3f} s / p99 {fo['recovery_p99_s']:.3f} s"
         )
     print(
         f"\n{'wk':>2} {'rate':>5} {'n':>4} {'req/s':>6} {'tok/s':>8} {'goodput':>7} "

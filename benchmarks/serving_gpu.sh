@@ -3,12 +3,23 @@
 #   1. the offline engine on the saturation requests (LLaDA-8B shape, random bf16 weights, GPU 0);
 #   2. the whole service (private redis-server, scheduler, ONE worker on GPU 0): a warm-up wave,
 #      gamma arrivals at each of $RATES req/s, then saturation (all at once);
-#   3. a fresh service with $SCALE workers (one process per GPU): warm-up, saturation.
+#   3. a fresh service with $SCALE workers (one process per GPU): warm-up, saturation; then,
+#      with FAILOVER=N, failover under load: N requests with fixed seeds (temperature 1) run
+#      fault-free, then again while the worker holding the most of them is killed with SIGKILL;
+#      every request must finish with its fault-free tokens (the script fails otherwise), and
+#      the JSON has the re-delivered count and the recovery time per re-delivered request (last
+#      update of the killed attempt -> first update of the re-run), p50/p99.
 # JSON, logs and the report land in $OUT (default /tmp/out).
 #
 #   bash benchmarks/serving_gpu.sh                    # repo root; defaults below
-#   SHAPE=tiny DEVICE=cpu PROMPT=32 GEN=32 STEPS=32 BLOCK=16 RATES=4 NUM=8 SAT=8 \
-#       bash benchmarks/serving_gpu.sh                # the same run scaled down, on a CPU
+#   SHAPE=tiny DEVICE=cpu PROMPT=32 GEN=32 STEPS=32 BLOCK=16 RATES=4 NUM=8 SAT=8 SCALE=2 \
+#       FAILOVER=8 bash benchmarks/serving_gpu.sh     # the same run scaled down, on a CPU
+#
+# Issue 28 (scaling and failover) on a multi-GPU host, one device call each, .whl/ carried (the
+# wheel of scripts/gpu_wheel.sh and the dependencies' wheels, below); RATES=inf: the one-worker
+# service runs saturation only (the baseline of the ratio), the finite rates are issue 5's run:
+#   x2: DLLMSERVE_COMMIT=<sha> OUT=$OUT SCALE=2 FAILOVER=64 RATES=inf bash benchmarks/serving_gpu.sh
+#   x4: DLLMSERVE_COMMIT=<sha> OUT=$OUT SCALE=4 FAILOVER=64 RATES=inf bash benchmarks/serving_gpu.sh
 #
 # Python packages the machine lacks (grpcio, protobuf, redis, ... and dLLM-Serve's own wheel from
 # scripts/gpu_wheel.sh) come as wheels in .whl/, installed into /tmp/site when one of them does
@@ -29,6 +40,7 @@ RATES=${RATES:-1 2 4}
 NUM=${NUM:-32}      # requests per finite rate
 SAT=${SAT:-32}      # requests per worker at saturation (also the warm-up wave)
 SCALE=${SCALE:-2}   # workers of the scaling run (0: skip it)
+FAILOVER=${FAILOVER:-0}  # requests of the failover phase in the scaling run (0: skip it)
 BUDGET_S=${BUDGET_S:-560}  # the benchmark is stopped after this long (its JSON is kept)
 export PYTHONUNBUFFERED=1
 # The checkout's dllmserve/ lacks the subpackages that pyproject maps in (kernels/, scheduler/,
@@ -40,7 +52,8 @@ mkdir -p "$OUT/logs"
 exec > >(tee "$OUT/serving.log") 2>&1
 
 echo "== $(date -u +%FT%TZ) serving benchmark: shape $SHAPE on $DEVICE, prompt $PROMPT, gen $GEN," \
-  "steps $STEPS, block $BLOCK, r $RATIO, rates [$RATES] x $NUM, saturation $SAT/worker, scale $SCALE"
+  "steps $STEPS, block $BLOCK, r $RATIO, rates [$RATES] x $NUM, saturation $SAT/worker, scale $SCALE," \
+  "failover $FAILOVER"
 
 if ! "$PY" -c "import grpc, redis, google.protobuf, grpc_health, grpc_reflection, grpc_status
 import dllmserve.worker.loop" 2>/dev/null; then
@@ -86,12 +99,17 @@ if [ "$DEVICE" = cuda ] && [ "$SCALE" -gt 1 ]; then
     SCALE=0
   fi
 fi
+if [ "$FAILOVER" -gt 0 ] && [ "$SCALE" -lt 2 ]; then
+  echo "the failover phase needs SCALE >= 2 workers: skipping it"
+  FAILOVER=0
+fi
 
 # shellcheck disable=SC2086  # RATES is a list
 timeout --signal=TERM --kill-after=30 "$BUDGET_S" "$PY" benchmarks/serving.py \
   --random-shape "$SHAPE" --device "$DEVICE" --prompt-tokens "$PROMPT" --gen "$GEN" \
   --steps "$STEPS" --block "$BLOCK" --ratio "$RATIO" --delay 1 --rates $RATES \
   --num-requests "$NUM" --saturation-requests "$SAT" --scale-workers "$SCALE" \
+  --failover "$FAILOVER" \
   --json "$OUT/serving.json" --log-dir "$OUT/logs" ${EXTRA:-}
 rc=$?
 echo "== serving.py exited with $rc at $(date -u +%FT%TZ); files in $OUT:"
