@@ -205,13 +205,17 @@ def bench_shape(shape: str, a, dev: torch.device, ceilings: Ceilings | None):
                 if not block_diffusion  # sparse attention is refused there (design.md §15)
             ]
             for sp in modes:
-                iters = a.baseline_iters if sp is None else None
+                # a block-diffusion run is whole generations, as its roofline is: over the
+                # first --baseline-iters steps its prompt's prefill weighed 16x too much
+                whole = sp is not None or block_diffusion
+                iters = None if whole else a.baseline_iters
                 # warm-up on the same shapes (so the same page-table width and graph keys):
                 # two blocks compile the Triton kernels and capture this batch's CUDA graphs
                 # (REUSE, and at batch 1 also FULL and SELECT, whose keys hold the prompt
-                # length and repeat in every block), so no capture falls in the timed run; the
-                # dense baseline repeats one shape, which a few iterations cover
-                warm = 2 * a.block if sp is not None else 4
+                # length and repeat in every block; a block-diffusion model's block steps and
+                # the next block's first), so no capture falls in the timed run; the dense
+                # baseline repeats one shape, which a few iterations cover
+                warm = 2 * a.block if whole else 4
                 run_one(engine, shape, prompt, b, sp, a.gen, a.steps, a.block, warm, 0)
                 if a.profile and sp is not None:
                     profile(engine, shape, prompt, b, sp, a)
