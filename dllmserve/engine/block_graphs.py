@@ -72,7 +72,7 @@ class BlockGraphs:
         self.captures = 0
         self.replays = 0
         # False: steps that store a finished block's K/V run eagerly, as before these graphs
-        # (benchmarks/prefix_cache.py --eager-store-steps measures the difference)
+        # (benchmarks/prefix_cache.py --compare-eager-store-steps measures the difference)
         self.graph_store_steps = True
 
     def key(self, batch: object) -> tuple[int, int, int] | None:
