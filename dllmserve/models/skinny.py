@@ -17,8 +17,8 @@ cuBLAS's own choice of kernel by M does: results on the GPU are not batch invari
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +51,8 @@ def gpu_linear(
         return _library(x, w, b)
     key = (sg.bucket(m), *w.shape, "w8a8" if fp8 else "16bit")
     if key not in FASTER:
-        FASTER[key] = not torch.cuda.is_current_stream_capturing() and _measure(key, w, b, x.dtype)
+        capturing = torch.cuda.is_current_stream_capturing()
+        FASTER[key] = not capturing and _measure(key, w, b, x.dtype, x.device)
     return _kernel(x, w, b) if FASTER[key] else _library(x, w, b)
 
 
@@ -65,17 +66,16 @@ def _kernel(x: torch.Tensor | Fp8Rows, w: torch.Tensor | Fp8Weight, b) -> torch.
     if not isinstance(w, Fp8Weight):
         return skinny_linear(x, w, b)
     r = x if isinstance(x, Fp8Rows) else Fp8Rows.of(x)
-    return skinny_linear(
-        r.data, w.data, b, x_scale=r.scale, w_scale=w.scale, out_dtype=r.dtype
-    )  # fmt: skip
+    return skinny_linear(r.data, w.data, b, x_scale=r.scale, w_scale=w.scale, out_dtype=r.dtype)
 
 
-def _measure(key: tuple, w: torch.Tensor | Fp8Weight, b, dtype: torch.dtype) -> bool:
+def _measure(
+    key: tuple, w: torch.Tensor | Fp8Weight, b, dtype: torch.dtype, device: torch.device
+) -> bool:
     """Tune the kernel for `key` and time the library on the same random operands."""
     from dllmserve.kernels import skinny_gemm as sg
 
-    rows, n, k, kind = key
-    device = b.device if b is not None else (w.data if isinstance(w, Fp8Weight) else w).device
+    rows, _, k, _ = key
     x = torch.randn(rows, k, device=device, dtype=dtype)
     probe = Fp8Rows.of(x) if isinstance(w, Fp8Weight) else x
     flush = sg.l2_flush(device)
@@ -84,7 +84,6 @@ def _measure(key: tuple, w: torch.Tensor | Fp8Weight, b, dtype: torch.dtype) -> 
         _, kernel_ms = sg.tune(probe.data, w.data, b, flush=flush, **kw)
     else:
         _, kernel_ms = sg.tune(x, w, b, flush=flush)
-    library: Callable[[], object] = lambda: _library(probe, w, b)  # noqa: E731
-    library_ms = sg.median_ms(library, 5, flush)
+    library_ms = sg.median_ms(functools.partial(_library, probe, w, b), 5, flush)
     log.info("GEMM %s: skinny kernel %.4f ms, library %.4f ms", key, kernel_ms, library_ms)
     return kernel_ms < library_ms
