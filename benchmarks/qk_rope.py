@@ -1,16 +1,18 @@
 """The attention inputs after the qkv GEMM: the per-head q/k RMSNorm and (partial) RoPE in one
 launch (`rope_heads` with norms) against the unfused path the model ran before (a copy of q and
 of k, the norm kernel on each, then the PyTorch rotary), at the shapes of the models that have
-a q/k norm (LLaDA2.0-mini, LLaDA-MoE) and, without the norm, LLaDA-8B's.
+a q/k norm (LLaDA2.0-mini, LLaDA-MoE) and, without the norm, LLaDA-8B's (which already ran the
+RoPE kernel: its "unfused" is the PyTorch rotary, its point the kernel's tiling and bandwidth).
 
     python benchmarks/qk_rope.py --json out.json    # on the GPU
     python benchmarks/qk_rope.py --smoke            # tiny shapes on CPU (Triton interpreter)
 
 For each (model, tokens T) it reports microseconds per layer of both paths (medians of
 triton.testing.do_bench: launches included, as an eager forward pays them; and of
-do_bench_cudagraph: GPU time only, as a graph replay pays it), the fused kernel's bytes (q and k
-read from the qkv output once and written once) and bandwidth, and the largest difference
-between the two paths' outputs.
+do_bench_cudagraph: GPU time only, as a graph replay pays it), the fused kernel's GPU time at
+each tiling (heads per program; the engine uses the default), its bytes (q and k read from the
+qkv output once and written once) and bandwidth, and the largest difference between the two
+paths' outputs.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import triton.testing  # noqa: E402
 from dllmserve.kernels.elementwise import rope_heads  # noqa: E402
 from dllmserve.models.layers import Rotary, rms_norm  # noqa: E402
 from dllmserve.models.shapes import SHAPES  # noqa: E402
+
+HEADS_SWEEP = (1, 2, 4, 8, 16)
 
 
 def unfused(qkv, pos, rotary: Rotary, nh: int, nkv: int, norms):
@@ -58,14 +62,18 @@ def case(shape: str, T: int, dev: torch.device, dtype: torch.dtype, smoke: bool)
     if cfg.qk_norm:
         w = torch.rand(2, hd, generator=g).to(dev, dtype) + 0.5
         norms = (w[0], w[1], cfg.rms_eps)
-    heads = None if norms is None else (norms[0], norms[1], nh, norms[2])
+    qk_norms = None if norms is None else (norms[0], norms[1], nh, norms[2])
 
     def old():
         return unfused(qkv, pos, rotary, nh, nkv, norms)
 
     def new():
-        qk = rope_heads(qkv, nh + nkv, hd, pos, rotary.cos, rotary.sin, rotary.in_fp32, heads)
+        qk = rope_heads(qkv, nh + nkv, hd, pos, rotary.cos, rotary.sin, rotary.in_fp32, qk_norms)
         return qk[:, :nh], qk[:, nh:]
+
+    def tiled(heads: int):
+        return rope_heads(qkv, nh + nkv, hd, pos, rotary.cos, rotary.sin, rotary.in_fp32,
+                          qk_norms, heads_per_program=heads)  # fmt: skip
 
     (oq, ok), (nq, nk) = old(), new()
     diff = max(
@@ -80,6 +88,9 @@ def case(shape: str, T: int, dev: torch.device, dtype: torch.dtype, smoke: bool)
         row[f"{name}_us"] = 1e3 * triton.testing.do_bench(fn, return_mode="median")
         graph_ms = triton.testing.do_bench_cudagraph(fn, return_mode="median")
         row[f"{name}_graph_us"] = 1e3 * graph_ms
+    for heads in HEADS_SWEEP:  # the kernel's tiling, GPU time only
+        ms = triton.testing.do_bench_cudagraph(lambda h=heads: tiled(h), return_mode="median")
+        row[f"fused_graph_us_heads{heads}"] = 1e3 * ms
     row["fused_bytes"] = fused_bytes
     row["fused_gb_s"] = fused_bytes / row["fused_graph_us"] / 1e3
     row["speedup_graph"] = row["unfused_graph_us"] / row["fused_graph_us"]

@@ -74,9 +74,11 @@ class Iteration:
         return total
 
 
-def iterations(trace: dict, on_gpu: bool) -> tuple[list[Iteration], int]:
-    """The trace's iterations in launch order (those that ran device ops), and the count of
-    device ops no iteration launched."""
+def iterations(trace: dict, on_gpu: bool) -> tuple[list[Iteration], dict[str, int]]:
+    """The trace's iterations in launch order (those that ran device ops), and counts of the
+    device ops no iteration launched ("unattributed") and of those whose launch the trace
+    lacks, given to the iteration of the device op before them ("inferred": one stream runs
+    its ops in launch order)."""
     events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
     marks = sorted(
         (e for e in events if e.get("cat") == "user_annotation" and e["name"].startswith("dllm.")),
@@ -97,15 +99,18 @@ def iterations(trace: dict, on_gpu: bool) -> tuple[list[Iteration], int]:
         i = bisect.bisect_right(starts, ts) - 1
         return its[i] if i >= 0 and ts <= its[i].cpu_spans[-1][1] else None
 
-    unowned = 0
-    for e, launched_at in _device_ops(events, on_gpu):
-        it = owner(launched_at) if launched_at is not None else None
+    counts = {"unattributed": 0, "inferred": 0}
+    last: Iteration | None = None
+    for e, launched_at in sorted(_device_ops(events, on_gpu), key=lambda p: p[0]["ts"]):
+        it = owner(launched_at) if launched_at is not None else last
         if it is None:
-            unowned += 1
+            counts["unattributed"] += 1
             continue
+        counts["inferred"] += launched_at is None
         kernel = e.get("cat") in ("kernel", "cpu_op")
         it.ops.append((e["ts"], e["ts"] + e["dur"], e["name"][:NAME_WIDTH], kernel))
-    return [it for it in its if it.ops], unowned
+        last = it
+    return [it for it in its if it.ops], counts
 
 
 def _device_ops(events: list[dict], on_gpu: bool):
@@ -205,7 +210,7 @@ def record(engine: Engine, shape: str, batch: int, a) -> dict:
         path = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(path))
         trace = json.loads(path.read_text())
-    its, unowned = iterations(trace, engine.device.type == "cuda")
+    its, counts = iterations(trace, engine.device.type == "cuda")
     rows = per_iteration(its)
     span = sum(r["wall_us"] for r in rows)
     busy = sum(r["busy_us"] for r in rows)
@@ -219,7 +224,8 @@ def record(engine: Engine, shape: str, batch: int, a) -> dict:
         # wall per engine step of the window with and without the profiler: its own cost
         "step_us": unprofiled,
         "profiled_step_us": profiled,
-        "unattributed_ops": unowned,
+        "unattributed_ops": counts["unattributed"],
+        "inferred_ops": counts["inferred"],
         "phases": by_phase(rows),
         "iterations": [{k: v for k, v in r.items() if k != "kernel_us"} for r in rows],
     }

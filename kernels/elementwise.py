@@ -91,41 +91,41 @@ def add_rms_norm(
 def _rope_kernel(
     src_ptr, src_row_stride, pos_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, out_ptr, n_heads,
     n_q_heads, eps, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr,
-    REST: tl.constexpr, BLOCK_REST: tl.constexpr, NORM: tl.constexpr, IN_FP32: tl.constexpr,
+    REST: tl.constexpr, BLOCK_REST: tl.constexpr, HEADS: tl.constexpr, NORM: tl.constexpr,
+    IN_FP32: tl.constexpr,
 ):  # fmt: skip
-    """One head of one row: [x1 | x2 | rest] with x1, x2 the rotated halves (HALF each) and
+    """HEADS heads of one row, each [x1 | x2 | rest]: x1, x2 the rotated halves (HALF each),
     `rest` the REST unrotated dims of a partial rotary; NORM first applies the per-head RMSNorm
     (q's weight for the first n_q_heads heads, k's after)."""
     row = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1)
+    heads = tl.program_id(1) * HEADS + tl.arange(0, HEADS)
     d = tl.arange(0, BLOCK_HALF)
-    mh = d < HALF
     r = tl.arange(0, BLOCK_REST)
-    mr = r < REST
+    mh = (heads < n_heads)[:, None]
+    m1 = mh & (d < HALF)[None, :]
+    mr = mh & (r < REST)[None, :]
     pos = tl.load(pos_ptr + row)
-    base = src_ptr + row * src_row_stride + head * HEAD_DIM
-    x1 = tl.load(base + d, mask=mh, other=0.0)
-    x2 = tl.load(base + HALF + d, mask=mh, other=0.0)
-    xr = tl.load(base + 2 * HALF + r, mask=mr, other=0.0)
+    base = src_ptr + row * src_row_stride + heads[:, None] * HEAD_DIM
+    x1 = tl.load(base + d[None, :], mask=m1, other=0.0)
+    x2 = tl.load(base + HALF + d[None, :], mask=m1, other=0.0)
+    xr = tl.load(base + 2 * HALF + r[None, :], mask=mr, other=0.0)
     dt = out_ptr.dtype.element_ty
-    if NORM:  # rms_norm of the whole head: fp32 statistics, rounded, then the weight, rounded
+    if NORM:  # rms_norm of each head: fp32 statistics, rounded, then the weight, rounded
         x1f, x2f, xrf = x1.to(tl.float32), x2.to(tl.float32), xr.to(tl.float32)
-        ss = tl.sum(x1f * x1f, axis=0) + tl.sum(x2f * x2f, axis=0) + tl.sum(xrf * xrf, axis=0)
-        rstd = 1.0 / tl.sqrt(ss / HEAD_DIM + eps)
-        is_k = head >= n_q_heads
-        w1 = tl.where(is_k, tl.load(kw_ptr + d, mask=mh), tl.load(qw_ptr + d, mask=mh))
-        w2 = tl.where(
-            is_k, tl.load(kw_ptr + HALF + d, mask=mh), tl.load(qw_ptr + HALF + d, mask=mh)
-        )
-        wr_k = tl.load(kw_ptr + 2 * HALF + r, mask=mr)
-        wr = tl.where(is_k, wr_k, tl.load(qw_ptr + 2 * HALF + r, mask=mr))
+        ss = tl.sum(x1f * x1f, axis=1) + tl.sum(x2f * x2f, axis=1) + tl.sum(xrf * xrf, axis=1)
+        rstd = (1.0 / tl.sqrt(ss / HEAD_DIM + eps))[:, None]
+        is_k = (heads >= n_q_heads)[:, None]
+        w1 = _qk_weight(qw_ptr, kw_ptr, d, HALF, is_k)
+        w2 = _qk_weight(qw_ptr + HALF, kw_ptr + HALF, d, HALF, is_k)
+        wr = _qk_weight(qw_ptr + 2 * HALF, kw_ptr + 2 * HALF, r, REST, is_k)
         x1 = (w1.to(tl.float32) * (x1f * rstd).to(dt).to(tl.float32)).to(dt)
         x2 = (w2.to(tl.float32) * (x2f * rstd).to(dt).to(tl.float32)).to(dt)
         xr = (wr.to(tl.float32) * (xrf * rstd).to(dt).to(tl.float32)).to(dt)
-    c1 = tl.load(cos_ptr + pos * 2 * HALF + d, mask=mh)  # cat(freqs, freqs): shared angles
-    s1 = tl.load(sin_ptr + pos * 2 * HALF + d, mask=mh)
-    c2 = tl.load(cos_ptr + pos * 2 * HALF + HALF + d, mask=mh)
-    s2 = tl.load(sin_ptr + pos * 2 * HALF + HALF + d, mask=mh)
+    md = d < HALF
+    c1 = tl.load(cos_ptr + pos * 2 * HALF + d, mask=md)[None, :]  # cat(freqs, freqs)
+    s1 = tl.load(sin_ptr + pos * 2 * HALF + d, mask=md)[None, :]
+    c2 = tl.load(cos_ptr + pos * 2 * HALF + HALF + d, mask=md)[None, :]
+    s2 = tl.load(sin_ptr + pos * 2 * HALF + HALF + d, mask=md)[None, :]
     if IN_FP32:  # LLaDA: rotate in fp32, round once
         o1 = x1.to(tl.float32) * c1 - x2.to(tl.float32) * s1
         o2 = x2.to(tl.float32) * c2 + x1.to(tl.float32) * s2
@@ -133,23 +133,34 @@ def _rope_kernel(
         c1, s1, c2, s2 = c1.to(dt), s1.to(dt), c2.to(dt), s2.to(dt)
         o1 = (x1 * c1).to(dt).to(tl.float32) + (-x2 * s1).to(dt).to(tl.float32)
         o2 = (x2 * c2).to(dt).to(tl.float32) + (x1 * s2).to(dt).to(tl.float32)
-    out = out_ptr + (row * n_heads + head) * HEAD_DIM
-    tl.store(out + d, o1.to(dt), mask=mh)
-    tl.store(out + HALF + d, o2.to(dt), mask=mh)
-    tl.store(out + 2 * HALF + r, xr.to(dt), mask=mr)
+    out = out_ptr + (row * n_heads + heads[:, None]) * HEAD_DIM
+    tl.store(out + d[None, :], o1.to(dt), mask=m1)
+    tl.store(out + HALF + d[None, :], o2.to(dt), mask=m1)
+    tl.store(out + 2 * HALF + r[None, :], xr.to(dt), mask=mr)
+
+
+@triton.jit
+def _qk_weight(qw_ptr, kw_ptr, cols, N: tl.constexpr, is_k):
+    """[heads, cols] norm weights: k's on the k heads' rows, q's on the others."""
+    m = cols < N
+    return tl.where(
+        is_k, tl.load(kw_ptr + cols, mask=m)[None, :], tl.load(qw_ptr + cols, mask=m)[None, :]
+    )
 
 
 def rope_heads(
     src: torch.Tensor, n_heads: int, head_dim: int, positions: torch.Tensor,
     cos: torch.Tensor, sin: torch.Tensor, in_fp32: bool,
     norms: tuple[torch.Tensor, torch.Tensor, int, float] | None = None,
+    heads_per_program: int | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Rotate the first `n_heads` heads of each row of src [T, >= n_heads * head_dim] (rows may
     be strided, e.g. the q and k columns of a fused qkv output); returns [T, n_heads, D].
     The tables' width is the rotated dims (the rest of each head passes unrotated).
     `norms` = (q weight [D], k weight [D], number of q heads, eps): each head's RMSNorm first
     (LLaDA-MoE's and LLaDA2's q/k norm), in the same launch: the q and k columns are read once
-    and written once, instead of a copy, a norm and a dozen elementwise passes each."""
+    and written once, instead of a copy, a norm and a dozen elementwise passes each.
+    `heads_per_program` (a power of two; default about 1024 elements a program) is for tuning."""
     T = src.shape[0]
     assert src.dim() == 2 and src.stride(1) == 1 and src.shape[1] >= n_heads * head_dim
     rot = cos.shape[1]
@@ -159,13 +170,15 @@ def rope_heads(
     qw, kw, n_q, eps = norms if norms is not None else (cos, cos, n_heads, 0.0)
     if norms is not None:
         assert qw.shape == kw.shape == (head_dim,) and 0 < n_q < n_heads
+    heads = heads_per_program or min(triton.next_power_of_2(n_heads), max(1, 1024 // head_dim))
+    assert heads & (heads - 1) == 0, f"heads_per_program={heads} must be a power of two"
     if T:
         rest = head_dim - rot
-        _rope_kernel[(T, n_heads)](
+        _rope_kernel[(T, triton.cdiv(n_heads, heads))](
             src, src.stride(0), positions, cos, sin, qw, kw, out, n_heads, n_q, eps,
             HEAD_DIM=head_dim, HALF=rot // 2, BLOCK_HALF=triton.next_power_of_2(rot // 2),
-            REST=rest, BLOCK_REST=triton.next_power_of_2(max(rest, 1)), NORM=norms is not None,
-            IN_FP32=in_fp32,
+            REST=rest, BLOCK_REST=triton.next_power_of_2(max(rest, 1)), HEADS=heads,
+            NORM=norms is not None, IN_FP32=in_fp32,
         )  # fmt: skip
     return out
 

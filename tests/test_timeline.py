@@ -23,8 +23,9 @@ def _x(cat: str, name: str, ts: float, dur: float, corr: int | None = None) -> d
 
 
 def _gpu_trace() -> dict:
-    """Two iterations: a FULL one (prepare uploads, two overlapping-free kernels with a 5 us
-    bubble, the result copy) and a REUSE one launched by a graph; one stray kernel."""
+    """Two iterations: a FULL one (prepare's upload, two kernels with a 5 us bubble) and a
+    REUSE one launched by a graph; a kernel launched outside both; one whose launch the trace
+    lacks (it follows REUSE's kernels on the stream); one that ran before them all."""
     return {
         "traceEvents": [
             _x("user_annotation", "dllm.prepare", 0, 10),
@@ -42,14 +43,17 @@ def _gpu_trace() -> dict:
             _x("kernel", "graph_gemm", 100, 40, corr=4),
             _x("kernel", "graph_attn", 140, 20, corr=4),
             _x("kernel", "stray", 210, 1, corr=9),
+            _x("kernel", "unlaunched", 160, 2, corr=7),  # its launch is not in the trace
+            _x("kernel", "before_window", 1, 1, corr=6),  # ran before any iteration's op
         ]
     }
 
 
 def test_gpu_trace_split_by_iteration():
-    its, unowned = timeline.iterations(_gpu_trace(), on_gpu=True)
+    its, counts = timeline.iterations(_gpu_trace(), on_gpu=True)
     assert [it.phase for it in its] == ["FULL", "REUSE"]
-    assert unowned == 1
+    assert counts == {"unattributed": 2, "inferred": 1}  # stray, before_window; unlaunched
+    assert [o[2] for o in its[1].ops] == ["graph_gemm", "graph_attn", "unlaunched"]
     (full,) = timeline.per_iteration(its)  # the last iteration has no next: left out
     assert full["wall_us"] == 100 - 20  # first op of FULL to the first of REUSE
     assert full["busy_us"] == 5 + 30 + 10  # the copy, then the kernels (one 5 us bubble)

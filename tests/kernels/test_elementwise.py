@@ -75,6 +75,22 @@ def test_qk_norm_and_partial_rope_in_one_launch(dtype, in_fp32, normed, nh, nkv,
     torch.testing.assert_close(qk[:, nh:], want_k, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("normed", [True, False])
+def test_rope_tiling_does_not_change_results(normed):
+    """Heads per program (6 heads: the last program's tile runs past them) only tiles the
+    work: each head's result is the same bits."""
+    g = torch.Generator().manual_seed(6)
+    nh, nkv, hd, T = 4, 2, 16, 3
+    qkv = randn(g, T, (nh + 2 * nkv) * hd, dtype=torch.float32)
+    positions = torch.randint(0, 500, (T,), generator=g).to(DEVICE)
+    rotary = layers.Rotary(hd, 10000.0, 512, DEVICE, False, 8)
+    norms = (randn(g, hd, dtype=torch.float32), randn(g, hd, dtype=torch.float32), nh, 1e-6)
+    args = (qkv, nh + nkv, hd, positions, rotary.cos, rotary.sin, False, norms if normed else None)
+    want = elementwise.rope_heads(*args, heads_per_program=1)
+    for heads in (2, 4, 8):
+        assert torch.equal(elementwise.rope_heads(*args, heads_per_program=heads), want)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows,m", [(1, 48), (5, 1500)])
 def test_silu_mul(dtype, rows, m):
