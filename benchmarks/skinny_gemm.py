@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -39,7 +40,13 @@ def gpu_rows(n: int, k: int, tokens: list[int], ceil, flush: torch.Tensor) -> li
     copies = max(2, -(-2 * L2_BYTES // (n * k * 2)))
     ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5 for _ in range(copies)]
     qs = [quantize_weight(w) for w in ws]
-    return [gpu_row(m, ws, qs, ceil, flush) for m in tokens]
+    out = []
+    for m in tokens:
+        try:
+            out.append(gpu_row(m, ws, qs, ceil, flush))
+        except Exception as e:  # one device call measures everything: note it and go on
+            out.append({"n": n, "k": k, "m": m, "error": repr(e)[:1000]})
+    return out
 
 
 def gpu_row(m: int, ws: list, qs: list, ceil, flush: torch.Tensor) -> dict:
@@ -121,13 +128,23 @@ def smoke_rows(n: int, k: int, tokens: list[int]) -> list[dict]:
 
 
 def summary(rows: list[dict]) -> dict:
-    """Per variant: the geometric-mean speedup over the library and the layers it wins."""
-    out = {}
+    """Per variant, over all rows and per M: the geometric-mean speedup over the library, the
+    layers the kernel wins, and the mean share of the byte roofline; and the rows that failed."""
+    ok = [r for r in rows if "error" not in r]
+    by_m = {f"m={m}": [r for r in ok if r["m"] == m] for m in sorted({r["m"] for r in ok})}
+    out: dict = {"errors": len(rows) - len(ok)}
     for key in ("bf16_speedup", "w8a8_speedup", "w8_speedup_vs_scaled_mm"):
-        vals = [r[key] for r in rows]
-        gm = float(torch.tensor(vals).log().mean().exp())
-        out[key] = {"geomean": gm, "wins": sum(v > 1 for v in vals), "of": len(vals)}
+        out[key] = {name: _geomean([r[key] for r in g]) for name, g in {"all": ok, **by_m}.items()}
+    pct = [key for key in (ok[0] if ok else {}) if key.endswith("_pct_roofline")]
+    out["mean_pct_roofline"] = {
+        key: {name: sum(r[key] for r in g) / len(g) for name, g in by_m.items()} for key in pct
+    }
     return out
+
+
+def _geomean(vals: list[float]) -> dict:
+    gm = float(torch.tensor(vals).log().mean().exp())
+    return {"geomean": gm, "wins": sum(v > 1 for v in vals), "of": len(vals)}
 
 
 def main() -> None:
@@ -170,11 +187,13 @@ def gpu_run(shapes: list[str], tokens: list[int], doc: dict) -> list[dict]:
     print(f"{doc['card']}: copy {ceil.copy_tbs:.2f} TB/s", file=sys.stderr, flush=True)
     flush = l2_flush(dev)
     rows = []
+    start = time.perf_counter()
     for s in shapes:
         for name, (n, k) in linear_shapes(SHAPES[s]).items():
             if name in LAYERS:
                 for r in gpu_rows(n, k, tokens, ceil, flush):
-                    rows.append({"shape": s, "layer": name, **r})
+                    elapsed = round(time.perf_counter() - start, 1)
+                    rows.append({"shape": s, "layer": name, **r, "elapsed_s": elapsed})
                     print(json.dumps(rows[-1]), flush=True)
     return rows
 
