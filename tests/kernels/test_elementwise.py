@@ -146,3 +146,26 @@ def test_layers_hand_fp8_rows_to_the_gemm_on_the_cpu_too():
     want = Fp8Rows.of(layers.rms_norm(x, w, 1e-5))
     assert torch.equal(rows.data.view(torch.uint8), want.data.view(torch.uint8))
     assert torch.equal(rows.scale, want.scale)
+
+
+@pytest.mark.parametrize("shape", ["tiny", "tiny-moe", "tiny-llada2"])
+def test_model_forward_on_the_fused_kernels(monkeypatch, shape):
+    """The whole forward of the dense, LLaDA-MoE-like (q/k norm, partial RoPE) and LLaDA2-like
+    tiny shapes with every fused kernel of the layers (the interpreter on the CPU) equals the
+    PyTorch path: the kernels are wired where the model uses them."""
+    from dllmserve.kernels import reference
+    from dllmserve.models.shapes import SHAPES, random_model
+
+    def attention(layer, q, k, v):
+        cu = torch.tensor([0, q.shape[0]], dtype=torch.int32, device=DEVICE)
+        return reference.varlen_attention(q, k, v, cu, q.shape[0], q.shape[-1] ** -0.5)
+
+    attention.select = lambda *args: None
+    torch.manual_seed(0)
+    model = random_model(SHAPES[shape], torch.float32, DEVICE)
+    ids, positions = torch.randint(0, 250, (11,), device=DEVICE), torch.arange(11, device=DEVICE)
+    want = model.forward(ids, positions, attention)
+    monkeypatch.setattr(layers, "use_fused_kernels", True)
+    monkeypatch.setattr(layers, "_fused", lambda x: layers.use_fused_kernels)  # CPU tensors too
+    got = model.forward(ids, positions, attention)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
