@@ -45,10 +45,15 @@ _ROWS = 8
 
 def _probabilities(logits: torch.Tensor, temp: torch.Tensor, drawn: torch.Tensor | None):
     """x0 and its probability in softmax(logits / T) over the whole vocabulary (fp32), a few
-    requests at a time; x0 is the argmax of the probabilities, or `drawn` where T > 0."""
+    requests at a time; x0 is the argmax of the probabilities, or `drawn` where T > 0. With
+    nothing drawn every T is 0: the logits are used as they are (`_over_temperature` would
+    copy them twice, a third of this function's bytes at batch 64, to return them unchanged)."""
     x0s, confs = [], []
     for i in range(0, logits.shape[0], _ROWS):
-        p = torch.softmax(_over_temperature(logits[i : i + _ROWS], temp[i : i + _ROWS]).float(), -1)
+        chunk = logits[i : i + _ROWS]
+        if drawn is not None:
+            chunk = _over_temperature(chunk, temp[i : i + _ROWS])
+        p = torch.softmax(chunk.float(), -1)
         x0 = p.argmax(dim=-1)  # the official argmax, the mask token included
         if drawn is not None:
             x0 = torch.where(temp[i : i + _ROWS, :, 0] > 0, drawn[i : i + _ROWS], x0)
