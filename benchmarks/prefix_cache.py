@@ -93,7 +93,7 @@ def profile_summary(prof: profile, wall_s: float) -> dict:
         "gpu_busy_ms": busy / 1000,
         "gpu_idle_ms": (hi - lo - busy) / 1000,
         "kernels": len(kernels),
-        "graph_launches": counts.get("cudaGraphLaunch", 0),
+        "graph_launches": sum(n for k, n in counts.items() if "GraphLaunch" in k),
         "kernel_launches": sum(n for k, n in counts.items() if "LaunchKernel" in k),
         "host_syncs": sum(n for k, n in counts.items() if "Synchronize" in k),
         "ranges_ms": ranges,
