@@ -158,7 +158,7 @@ def per_iteration(its: list[Iteration]) -> list[dict]:
 
 
 def by_phase(rows: list[dict]) -> dict[str, dict]:
-    """Mean numbers per phase and its top kernels (mean us per iteration, share of busy)."""
+    """Mean numbers per phase and its top kernels (mean us per iteration)."""
     out = {}
     for phase in sorted({r["phase"] for r in rows}):
         rs = [r for r in rows if r["phase"] == phase]
@@ -244,7 +244,8 @@ def window(
     for i in range(batch):
         ids = [rng.randrange(vocab) for _ in range(a.prompt)]
         engine.add_request(f"t{i}", [t if t != mask else t - 1 for t in ids], params, sparse)
-    steps = [engine.step() for _ in range(a.skip) if engine.has_unfinished()]
+    for _ in range(a.skip):
+        engine.step()
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else lambda: None
     sync()
     if prof is not None:
