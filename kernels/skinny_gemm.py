@@ -220,12 +220,9 @@ def _tiles(fp8_w: bool) -> list[tuple[int, int, int, int]]:
     ]
 
 
-def candidates(m: int, n: int, k: int, fp8_w: bool, device: torch.device) -> list[SkinnyConfig]:
-    """The configs `tune` times: each tile with every split of K that gives between half and
-    eight times as many programs as the device has SMs (one split if none does)."""
-    if _INTERPRET or device.type != "cuda":
-        return [SkinnyConfig(16, 32, s, 4, 2) for s in (1, 3)]
-    sms = num_sms(device)
+def candidates(n: int, k: int, fp8_w: bool, sms: int) -> list[SkinnyConfig]:
+    """The configs `tune` times on a device of `sms` SMs: each tile with every split of K that
+    gives between half and eight times as many programs as SMs (one split if none does)."""
     out = []
     for bn, bk, warps, stages in _tiles(fp8_w):
         tiles = triton.cdiv(n, bn)
@@ -289,7 +286,7 @@ def tune(
     flush = flush if flush is not None else l2_flush(x.device)
     kw = {"x_scale": x_scale, "w_scale": w_scale, "out_dtype": out_dtype}
     timed = {}
-    for cfg in candidates(m, n, k, w.dtype == _FP8, x.device):
+    for cfg in candidates(n, k, w.dtype == _FP8, num_sms(x.device)):
         try:
             run = functools.partial(skinny_linear, x, w, bias, config=cfg, **kw)
             timed[cfg] = median_ms(run, reps, flush)

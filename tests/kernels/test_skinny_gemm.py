@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_testlib import ATOL, DEVICE, DTYPES, ON_GPU, randn
+from kernel_testlib import ATOL, DTYPES, ON_GPU, randn
 
 from dllmserve.kernels.skinny_gemm import (
     MAX_ROWS,
@@ -98,10 +98,19 @@ def test_bad_operands_are_refused():
         skinny_linear(x, w, w.new_zeros(N + 1))
 
 
-def test_every_candidate_split_is_valid():
-    """The tuning candidates on a real shape: splits never exceed half the K steps."""
-    for cfg in candidates(32, 4096, 4096, False, DEVICE):
-        assert cfg.split_k == 1 or cfg.split_k <= (4096 // cfg.block_k) // 2
+@pytest.mark.parametrize("fp8_w", [False, True])
+@pytest.mark.parametrize("n,k", [(4096, 4096), (24576, 4096), (3584, 18944), (64, 64)])
+def test_tuning_candidates_fill_the_sms(n, k, fp8_w):
+    """On a 132-SM card: every tile is tried; a split leaves each program at least two K
+    steps and gives between 66 and 1056 programs, unless no split can (one split then)."""
+    sms = 132
+    cands = candidates(n, k, fp8_w, sms)
+    assert len({(c.block_n, c.block_k) for c in cands}) == 5
+    for c in cands:
+        programs = -(-n // c.block_n) * c.split_k
+        assert c.split_k == 1 or c.split_k <= -(-k // c.block_k) // 2
+        assert sms // 2 <= programs <= 8 * sms or c.split_k == 1
+    assert any(c.split_k > 1 for c in cands) == (k > 64)  # K = 64: one K step, nothing to split
 
 
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
