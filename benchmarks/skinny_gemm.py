@@ -37,7 +37,7 @@ def gpu_rows(n: int, k: int, tokens: list[int], ceil, flush: torch.Tensor) -> li
     """Every variant at each M of one [N, K] layer, on the same weight copies."""
     from dllmserve.models.fp8 import quantize_weight
 
-    copies = max(2, -(-2 * L2_BYTES // (n * k * 2)))
+    copies = max(2, -(-2 * L2_BYTES // (n * k)))  # even the e4m3 copies: twice the L2
     ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5 for _ in range(copies)]
     qs = [quantize_weight(w) for w in ws]
     out = []
