@@ -104,3 +104,39 @@ def test_blocks_straddling_pages_are_not_cached():
     batcher.admit()
     step(batcher, [a])
     assert cache.cached_pages == 0 and cache.queried_blocks == 0
+
+
+def test_page_counts_follow_every_change():
+    """cached_pages and evictable_pages are kept as entries are adopted, shared, released and
+    evicted; they equal the sums over the entries at every point."""
+    batcher, cache = setup(32)  # a request needs 2 layers x 8 pages
+
+    def check() -> None:
+        entries = list(cache._entries.values())
+        assert cache.cached_pages == sum(e.n_pages for e in entries)
+        idle = [e for e in entries if e.refs == 0]
+        assert cache.evictable_pages() == sum(e.n_pages for e in idle)
+        assert cache.evictable_pages(idle[:1]) == sum(e.n_pages for e in idle[1:])
+
+    a, b = make("a", PROMPT), make("b", PROMPT)  # the same blocks: b's stay private
+    for r in (a, b):
+        batcher.add(r)
+    batcher.admit()
+    step(batcher, [a, b])
+    check()
+    batcher.abort("b")
+    c = make("c", PROMPT[:16] + [1, 2])  # shares a's two blocks
+    batcher.add(c)
+    batcher.admit()
+    assert c.request_id in batcher.running
+    check()
+    for rid in ("a", "c"):
+        batcher.abort(rid)
+        check()
+    assert cache.cached_pages == 8 and batcher.pool.num_free == 24
+    for rid, tok in (("d", 5), ("e", 6)):  # e needs 16 pages: 8 free, 8 evicted
+        batcher.add(make(rid, [tok] * 20))
+        batcher.admit()
+        assert rid in batcher.running
+        check()
+    assert cache.cached_pages == 0
