@@ -23,7 +23,7 @@ import torch
 
 from dllmserve.engine.block_attention import BlockAttention
 from dllmserve.engine.block_batch import BlockIterationBatch, lanes_attention
-from dllmserve.engine.cuda_graphs import LANE_BUCKETS, _bucket, _pow2, capture
+from dllmserve.engine.cuda_graphs import LANE_BUCKETS, capture, next_pow2, smallest_bucket
 from dllmserve.engine.kv_cache import KVCache
 from dllmserve.models.transformer import DiffusionTransformer
 
@@ -65,7 +65,7 @@ class BlockGraphs:
     def __init__(self, model: DiffusionTransformer, max_lanes: int, mempool: tuple) -> None:
         self.model = model
         self.buckets = tuple(b for b in LANE_BUCKETS if b < max_lanes) + (
-            _bucket(max_lanes, LANE_BUCKETS) or max_lanes,
+            smallest_bucket(max_lanes, LANE_BUCKETS) or max_lanes,
         )
         self.mempool = mempool
         self.graphs: dict[tuple[int, int, int], _Graph] = {}
@@ -82,10 +82,10 @@ class BlockGraphs:
         stores = batch.attention.n_reuse > batch.logit_rows.shape[0]  # lanes beyond the blocks
         if stores and not self.graph_store_steps:
             return None
-        lanes = _bucket(batch.attention.n_reuse, self.buckets)
+        lanes = smallest_bucket(batch.attention.n_reuse, self.buckets)
         if lanes is None:  # a first step of many prompt blocks: compute-bound, run eagerly
             return None
-        return lanes, batch.lane_width, _pow2(batch.attention.reuse_pages.shape[-1])
+        return lanes, batch.lane_width, next_pow2(batch.attention.reuse_pages.shape[-1])
 
     def forward(self, batch: BlockIterationBatch, key: tuple[int, int, int]) -> torch.Tensor:
         """The final hidden states [T, d], valid until the next replay of the memory pool."""
@@ -105,8 +105,10 @@ class BlockGraphs:
         `max_pages`' power of two. Only while no page is in use: the captures' forwards store
         their dummy K/V at pages 0, 1, ... (a padding lane's rule would need a real row)."""
         cfg = self.model.cfg
-        for n in sorted({_bucket(1, self.buckets), _bucket(2, self.buckets)} - {None}):
-            for p in (1 << i for i in range(_pow2(max_pages).bit_length())):
+        for n in sorted(
+            {smallest_bucket(1, self.buckets), smallest_bucket(2, self.buckets)} - {None}
+        ):
+            for p in (1 << i for i in range(next_pow2(max_pages).bit_length())):
                 key = (n, width, p)
                 if key in self.graphs:
                     continue

@@ -21,11 +21,15 @@ LANE_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 log = logging.getLogger(__name__)
 
 
-def _bucket(n: int, buckets: tuple[int, ...]) -> int | None:
+def smallest_bucket(n: int, buckets: tuple[int, ...]) -> int | None:
+    """The smallest of the (ascending) `buckets` that holds `n`, None past the largest: a graph
+    is captured per bucket, so nearby sizes share one."""
     return next((b for b in buckets if b >= n), None)
 
 
-def _pow2(n: int) -> int:
+def next_pow2(n: int) -> int:
+    """`n` (>= 1) rounded up to a power of two: graphs are keyed by the page-table width so
+    rounded, so a growing sequence needs a new graph only at each doubling."""
     return 1 << max(0, (n - 1).bit_length())
 
 

@@ -14,7 +14,7 @@ import torch
 
 from dllmserve.engine.attention import BatchAttention
 from dllmserve.engine.batch import IterationBatch
-from dllmserve.engine.cuda_graphs import LANE_BUCKETS, _bucket, _pow2, capture
+from dllmserve.engine.cuda_graphs import LANE_BUCKETS, capture, next_pow2, smallest_bucket
 from dllmserve.models.transformer import DiffusionTransformer
 
 
@@ -36,7 +36,7 @@ class ReuseGraphs:
     def __init__(self, model: DiffusionTransformer, max_lanes: int) -> None:
         self.model = model
         self.buckets = tuple(b for b in LANE_BUCKETS if b < max_lanes) + (
-            _bucket(max_lanes, LANE_BUCKETS) or max_lanes,
+            smallest_bucket(max_lanes, LANE_BUCKETS) or max_lanes,
         )
         self.graphs: dict[tuple[int, int, int], _Graph] = {}
         self.mempool = torch.cuda.graph_pool_handle()
@@ -46,10 +46,10 @@ class ReuseGraphs:
         a = batch.attention
         if a.n_dense_tokens or a.n_reuse == 0 or batch.reuse_window is None:
             return None
-        lanes = _bucket(a.n_reuse, self.buckets)
+        lanes = smallest_bucket(a.n_reuse, self.buckets)
         if lanes is None:
             return None
-        return lanes, batch.reuse_window, _pow2(a.reuse_pages.shape[-1])
+        return lanes, batch.reuse_window, next_pow2(a.reuse_pages.shape[-1])
 
     def forward(self, batch: IterationBatch, key: tuple[int, int, int]) -> torch.Tensor:
         g = self.graphs.get(key)
