@@ -5,6 +5,10 @@ images install nothing but the lock; and CI runs inside the same bounds."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -120,3 +124,32 @@ def test_every_place_that_names_the_release_names_the_packages_version():
     for image in IMAGES:
         text = (ROOT / "deploy" / f"{image}.Dockerfile").read_text()
         assert f"ARG VERSION={__version__}\n" in text, image
+
+
+def test_wheel_ships_every_source_file_and_the_build_warns_of_no_package(tmp_path):
+    """A wheel built from the package folders holds each of their files (the playground's static
+    page, the tiny checkpoint, every module), and setuptools names no folder it would leave out.
+    Built from a copy, so the checkout's build/ is left alone."""
+    src = tmp_path / "src"
+    junk = shutil.ignore_patterns("__pycache__", "*.pyc")
+    setuptools_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {"dllmserve": "dllmserve", **setuptools_cfg["package-dir"]}
+    for folder in folders.values():
+        shutil.copytree(ROOT / folder, src / folder, ignore=junk)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation"]
+        + ["-w", str(tmp_path / "out"), str(src)],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    assert "absent from the `packages` configuration" not in build.stdout + build.stderr
+    (wheel,) = (tmp_path / "out").glob("dllmserve-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    for package, folder in folders.items():
+        for path in (src / folder).rglob("*"):
+            if path.is_file():
+                name = "/".join([*package.split("."), *path.relative_to(src / folder).parts])
+                assert name in shipped, f"the wheel lacks {name}"
