@@ -5,6 +5,7 @@ Runs the engine on random weights of named shapes (speed depends only on shapes)
 
     python benchmarks/offline.py --json results.json            # LLaDA-8B and Dream-7B shapes
     python benchmarks/offline.py --quantization fp8 --shapes llada-8b --batches 1 32
+    python benchmarks/offline.py --shapes llada-8b --batches 1 4 --skinny-gemm both
     python benchmarks/offline.py --shapes tiny --device cpu --smoke     # CI smoke run
 
 For every (shape, prompt length, batch, mode) it reports tokens/s, mean step time per phase
@@ -15,6 +16,8 @@ constant). An MoE shape also runs "official": that baseline with the official pe
 in its MoE layers (`official_moe.py`) instead of the fused kernel, the cost of the official
 model and `generate`. `--steps` below `--gen` commits several tokens per step. At prompts of
 2048 it also counts how many requests a fixed pool runs at once per retention ratio.
+`--skinny-gemm both` runs every configuration with the library's GEMMs, then with the skinny
+Triton GEMM (EngineConfig.skinny_gemm), each row naming its setting and the table the ratio.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ from dllmserve.engine.engine import Engine
 from dllmserve.models.shapes import SHAPES, random_model
 from dllmserve.sparse.state import Phase
 
+# --skinny-gemm: the engine settings run, in order ("both": the library's GEMMs, then the kernel,
+# each over every configuration, so one run compares them)
+SKINNY_GEMM = {"off": (False,), "on": (True,), "both": (False, True)}
+
 
 @dataclass
 class Result:
@@ -60,6 +67,7 @@ class Result:
     ceiling_tokens_per_s: float | None = None
     pct_of_ceiling: float | None = None
     graph_captures: int = 0  # CUDA graphs captured during the run: 0 after a warm-up
+    skinny_gemm: bool = False  # the engine's setting (the GPU's few-row GEMMs; off the GPU a no-op)
 
 
 def run_one(
@@ -139,6 +147,7 @@ def run_one(
         ceiling_tokens_per_s=ceil,
         pct_of_ceiling=100 * tokens_per_s / ceil if ceil else None,
         graph_captures=captured,
+        skinny_gemm=engine.config.skinny_gemm,
     )
 
 
@@ -179,7 +188,8 @@ def profile(
 
 
 def bench_shape(shape: str, a, dev: torch.device, ceilings: Ceilings | None):
-    """Every (prompt, batch, mode) of one shape, then the pool-capacity probe at prompt 2048."""
+    """Every (prompt, batch, mode) of one shape per GEMM setting, then the pool-capacity probe
+    at prompt 2048."""
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     print(f"building random {shape} on {dev} ...", flush=True)
     model = random_model(SHAPES[shape], dtype, dev, quantization=a.quantization)
@@ -192,10 +202,26 @@ def bench_shape(shape: str, a, dev: torch.device, ceilings: Ceilings | None):
         quantization=a.quantization,
     )
     results: list[Result] = []
-    block_diffusion = model.cfg.block_diffusion
     if model.cfg.moe is not None and a.quantization is None:
         results += official_baseline(model, shape, config, a)
-    engine = Engine(model, None, config, model_name=shape)
+    probe = dev.type == "cuda" and 2048 in a.prompts and not model.cfg.block_diffusion
+    pool_pages = 0
+    for skinny_gemm in SKINNY_GEMM[a.skinny_gemm]:
+        engine = Engine(model, None, replace(config, skinny_gemm=skinny_gemm), model_name=shape)
+        results += sweep(engine, shape, a, ceilings)
+        if probe:  # a pool that holds 8 dual-cache prompt-2048 requests
+            pool_pages = 8 * dual_cache_pages(engine, 2048, a)
+        # one engine at a time: each one's page pool takes most of the free memory
+        del engine
+        release_memory()
+    cap = pool_capacity(model, shape, config, pool_pages, a) if probe else {}
+    return results, cap
+
+
+def sweep(engine: Engine, shape: str, a, ceilings: Ceilings | None) -> list[Result]:
+    """Every (prompt, batch, mode) on one engine, each after a warm-up on its shapes."""
+    block_diffusion = engine.model.cfg.block_diffusion
+    results = []
     for prompt in a.prompts:
         batches = a.batches if prompt < 1024 else a.long_prompt_batches
         for b in batches:
@@ -210,11 +236,12 @@ def bench_shape(shape: str, a, dev: torch.device, ceilings: Ceilings | None):
                 whole = sp is not None or block_diffusion
                 iters = None if whole else a.baseline_iters
                 # warm-up on the same shapes (so the same page-table width and graph keys):
-                # two blocks compile the Triton kernels and capture this batch's CUDA graphs
-                # (REUSE, and at batch 1 also FULL and SELECT, whose keys hold the prompt
-                # length and repeat in every block; a block-diffusion model's block steps and
-                # the next block's first), so no capture falls in the timed run; the dense
-                # baseline repeats one shape, which a few iterations cover
+                # two blocks compile the Triton kernels, tune the skinny GEMM's shapes (when
+                # on) and capture this batch's CUDA graphs (REUSE, and at batch 1 also FULL
+                # and SELECT, whose keys hold the prompt length and repeat in every block; a
+                # block-diffusion model's block steps and the next block's first), so no
+                # capture falls in the timed run; the dense baseline repeats one shape, which
+                # a few iterations cover
                 warm = 2 * a.block if whole else 4
                 run_one(engine, shape, prompt, b, sp, a.gen, a.steps, a.block, warm, 0)
                 if a.profile and sp is not None:
@@ -223,28 +250,38 @@ def bench_shape(shape: str, a, dev: torch.device, ceilings: Ceilings | None):
                               seed=b, ceilings=ceilings)  # fmt: skip
                 results.append(res)
                 print(json.dumps(asdict(res)), flush=True)
-    cap = {}
-    if dev.type == "cuda" and 2048 in a.prompts and not block_diffusion:
-        probe = engine.make_request(
-            "probe",
-            [1] * 2048,
-            SamplingParams(gen_length=a.gen, steps=a.gen),
-            SparseConfig(retention_ratio=1.0, default_block_len=a.block),
-        )
-        pool_pages = 8 * probe.spec.cache_pages  # a pool that holds 8 dual-cache requests
-        # the benchmark engine's pool took most of the free memory: give it back first
-        del engine
-        gc.collect()
+    return results
+
+
+def dual_cache_pages(engine: Engine, prompt_len: int, a) -> int:
+    """The cache pages of one dual-cache (sparse) request of `prompt_len` tokens."""
+    probe = engine.make_request(
+        "probe",
+        [1] * prompt_len,
+        SamplingParams(gen_length=a.gen, steps=a.gen),
+        SparseConfig(retention_ratio=1.0, default_block_len=a.block),
+    )
+    return probe.spec.cache_pages
+
+
+def pool_capacity(model, shape: str, config: EngineConfig, pool_pages: int, a) -> dict[str, int]:
+    """How many prompt-2048 requests a pool of `pool_pages` runs at once, per retention ratio."""
+    small = Engine(
+        model,
+        None,
+        replace(config, max_num_seqs=64, max_num_batched_tokens=64 * (2048 + a.gen),
+                num_cache_pages=pool_pages, enforce_eager=True),
+    )  # fmt: skip
+    cap = {str(r): capacity(small, 2048, a.gen, a.block, r, 40) for r in (1.0, 0.5, 0.3)}
+    print(f"{shape}: concurrent prompt-2048 requests in a pool of {pool_pages} pages: {cap}")
+    return cap
+
+
+def release_memory() -> None:
+    """Give a dropped engine's memory back before the next one sizes its page pool."""
+    gc.collect()
+    if torch.cuda.is_available():
         torch.cuda.empty_cache()
-        small = Engine(
-            model,
-            None,
-            replace(config, max_num_seqs=64, max_num_batched_tokens=64 * (2048 + a.gen),
-                    num_cache_pages=pool_pages, enforce_eager=True),
-        )  # fmt: skip
-        cap = {str(r): capacity(small, 2048, a.gen, a.block, r, 40) for r in (1.0, 0.5, 0.3)}
-        print(f"{shape}: concurrent prompt-2048 requests in a pool of {pool_pages} pages: {cap}")
-    return results, cap
 
 
 def official_baseline(model, shape: str, config: EngineConfig, a) -> list[Result]:
@@ -269,9 +306,7 @@ def official_baseline(model, shape: str, config: EngineConfig, a) -> list[Result
                 results.append(res)
                 print(json.dumps(asdict(res)), flush=True)
     del engine
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    release_memory()
     return results
 
 
@@ -297,6 +332,13 @@ def main() -> None:
     ap.add_argument("--baseline-iters", type=int, default=16)
     ap.add_argument("--quantization", choices=["fp8"], default=None, help="FP8 linear weights")
     ap.add_argument("--eager", action="store_true", help="no CUDA graphs")
+    ap.add_argument(
+        "--skinny-gemm",
+        choices=sorted(SKINNY_GEMM),
+        default="off",
+        help="EngineConfig.skinny_gemm: the skinny Triton GEMM for few-row linear layers where "
+        "faster; both: every configuration with the library's GEMMs, then with it",
+    )
     ap.add_argument("--profile", action="store_true", help="print a kernel profile per config")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes for a quick CPU check")
     ap.add_argument("--json", type=Path)
@@ -315,9 +357,7 @@ def main() -> None:
         res, cap = bench_shape(shape, a, dev, ceilings)
         results += res
         capacity_by_shape[shape] = cap
-        gc.collect()  # the shape's model and engine go before the next shape's
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
+        release_memory()  # the shape's model and engine go before the next shape's
     print_table(results)
     if a.json:
         card = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
@@ -337,26 +377,29 @@ def main() -> None:
 
 
 def print_table(results: list[Result]) -> None:
-    base = {(r.shape, r.prompt, r.batch): r.tokens_per_s for r in results if r.mode == "dense"}
-    official = {
-        (r.shape, r.prompt, r.batch): r.tokens_per_s for r in results if r.mode == "official"
-    }
+    """One row per result; "x naive" is over the dense row of the same GEMM setting, "x lib" (a
+    skinny-GEMM row) over the same configuration with the library's GEMMs."""
+    tps = {(r.shape, r.prompt, r.batch, r.mode, r.skinny_gemm): r.tokens_per_s for r in results}
     print(
-        f"\n{'shape':>12} {'prompt':>6} {'batch':>5} {'mode':>8} {'tok/s':>9} {'x naive':>7} "
-        f"{'x offic':>7} {'ceiling':>8} {'%ceil':>6} {'FULL ms':>8} {'SELECT ms':>9} "
-        f"{'REUSE ms':>8} {'peak GiB':>8} {'pages':>7}"
+        f"\n{'shape':>12} {'prompt':>6} {'batch':>5} {'mode':>8} {'gemm':>6} {'tok/s':>9} "
+        f"{'x naive':>7} {'x offic':>7} {'x lib':>6} {'ceiling':>8} {'%ceil':>6} {'FULL ms':>8} "
+        f"{'SELECT ms':>9} {'REUSE ms':>8} {'peak GiB':>8} {'pages':>7}"
     )
     for r in results:
-        naive = base.get((r.shape, r.prompt, r.batch))
-        ratio = r.tokens_per_s / naive if naive else 0
-        off = official.get((r.shape, r.prompt, r.batch))
+        config = (r.shape, r.prompt, r.batch)
+        naive = tps.get((*config, "dense", r.skinny_gemm))
+        off = tps.get((*config, "official", False))
+        lib = tps.get((*config, r.mode, False)) if r.skinny_gemm else None
         x_off = f"{r.tokens_per_s / off:.2f}" if off else "-"
+        x_lib = f"{r.tokens_per_s / lib:.2f}" if lib else "-"
         ceil = f"{r.ceiling_tokens_per_s:.0f}" if r.ceiling_tokens_per_s else "-"
         pct = f"{r.pct_of_ceiling:.0f}%" if r.pct_of_ceiling else "-"
         ms = [f"{r.step_ms.get(p, 0):.2f}" for p in ("FULL", "SELECT", "REUSE")]
+        gemm = "skinny" if r.skinny_gemm else "lib"
         print(
-            f"{r.shape:>12} {r.prompt:>6} {r.batch:>5} {r.mode:>8} {r.tokens_per_s:>9.1f} "
-            f"{ratio:>7.2f} {x_off:>7} {ceil:>8} {pct:>6} {ms[0]:>8} {ms[1]:>9} {ms[2]:>8} "
+            f"{r.shape:>12} {r.prompt:>6} {r.batch:>5} {r.mode:>8} {gemm:>6} "
+            f"{r.tokens_per_s:>9.1f} {r.tokens_per_s / naive if naive else 0:>7.2f} {x_off:>7} "
+            f"{x_lib:>6} {ceil:>8} {pct:>6} {ms[0]:>8} {ms[1]:>9} {ms[2]:>8} "
             f"{r.peak_gpu_gib:>8.1f} {r.max_pages_used:>7}"
         )
 

@@ -14,9 +14,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("extra", [[], ["--steps", "8", "--quantization", "fp8"]])
+@pytest.mark.parametrize(
+    "extra", [[], ["--steps", "8", "--quantization", "fp8"], ["--skinny-gemm", "both"]]
+)
 def test_offline_benchmark_smoke(tmp_path, extra):
-    """Also with several tokens per step (--steps below --gen) and FP8 weights."""
+    """Also with several tokens per step (--steps below --gen) and FP8 weights, and with every
+    configuration run with the library's GEMMs, then the skinny GEMM (on the CPU the setting
+    changes nothing, but each row records it)."""
     out = tmp_path / "offline.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "offline.py"), "--shapes", "tiny",
            "--device", "cpu", "--smoke", "--json", str(out), *extra]  # fmt: skip
@@ -28,9 +32,19 @@ def test_offline_benchmark_smoke(tmp_path, extra):
     sparse = [r for r in doc["results"] if r["mode"] != "dense"]
     assert all(r["committed_tokens"] == r["batch"] * 16 for r in sparse)  # every token decided
     assert all(set(r["step_ms"]) == {"FULL", "SELECT", "REUSE"} for r in sparse)
-    assert "x naive" in proc.stdout
-    assert doc["args"]["steps"] == (8 if extra else 16)
-    assert doc["args"]["quantization"] == ("fp8" if extra else None)
+    assert "x naive" in proc.stdout and "x lib" in proc.stdout
+    assert doc["args"]["steps"] == (8 if "--steps" in extra else 16)
+    assert doc["args"]["quantization"] == ("fp8" if "--quantization" in extra else None)
+    # --skinny-gemm both: every configuration with the library's GEMMs, then again with the kernel
+    settings = [False, True] if "both" in extra else [False]
+    assert doc["args"]["skinny_gemm"] == ("both" if "both" in extra else "off")
+    n = len(doc["results"]) // len(settings)
+    first = [(r["batch"], r["mode"]) for r in doc["results"][:n]]
+    for i, setting in enumerate(settings):
+        part = doc["results"][i * n : (i + 1) * n]
+        assert [(r["batch"], r["mode"]) for r in part] == first
+        assert all(r["skinny_gemm"] is setting for r in part)
+    assert (" skinny " in proc.stdout) == ("both" in extra)  # the table's GEMM column
 
 
 def test_serving_benchmark_script_smoke(tmp_path):
