@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 import redis.exceptions
@@ -28,55 +29,59 @@ from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.compiling import Compiles
 from dllmserve.worker.config import WorkerConfig
 from dllmserve.worker.faults import Faults
-from dllmserve.worker.leaving import Leaving
+from dllmserve.worker.inbox import OpenEntries, read_entries
+from dllmserve.worker.membership import Membership
 from dllmserve.worker.observe import Observer
 from dllmserve.worker.publisher import InlinePublisher, Publisher
 from dllmserve.worker.render import CanvasRenderer, provisional_tokens, token_edits
 from dllmserve.worker.running import RunningRequest, completed
+from dllmserve.worker.snapshot import Snapshot
 from dllmserve.worker.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
 
-class WorkerLoop(Leaving):
+class WorkerLoop:
+    """The engine's thread. It alone touches the engine, `active` and the control cursor;
+    the publisher's jobs alone touch `entries`; the other threads read `snapshot` (replaced
+    whole), `last_iteration` and the events (docs/service.md, "The worker's threads")."""
+
     def __init__(
         self, engine: StepEngine, client: redis.Redis, cfg: WorkerConfig, worker_id: str
     ) -> None:
         self.engine = engine
         self.r = client
         self.cfg = cfg
-        self.id = worker_id
-        self._base_id, self._rejoins = worker_id, 0
+        self.membership = Membership(client, worker_id, cfg.drain_timeout_s)
         self.model_name = cfg.model_name or engine.model_name
         self.broker = Broker(client)
         self.active: dict[str, RunningRequest] = {}
-        self.batches: dict[str, set[str]] = {}  # inbox entry id -> its unfinished request ids
+        self.entries = OpenEntries(client)  # the inbox entries to acknowledge (publisher jobs)
         self.stop = threading.Event()  # set by SIGTERM: drain
         self.reaped = threading.Event()  # set by the heartbeat when the dispatcher reaped us
-        self.snapshot: dict = {}
+        self.snapshot = Snapshot(worker_id)
         self._ctl_last = "0-0"
         self.faults = Faults()
-        self.watchdog = Watchdog(cfg.stall_factor, cfg.stall_floor_s, self._leave_stalled)
+        self.watchdog = Watchdog(cfg.stall_factor, cfg.stall_floor_s, self.membership.withdraw)
         self.steps = 0
         self.last_iteration = time.monotonic()  # read by the /livez probe
-        self.observe = Observer(self.model_name, lambda: self.snapshot, worker_id, client)
-        self.before_leave = None  # called before the worker deregisters (stops the heartbeat)
-        # `active` belongs to this (the engine's) thread; `batches` is shared with the
-        # publisher, which acknowledges a batch once its last request's record is written.
-        self._lock = threading.Lock()
+        self.observe = Observer(self.model_name, lambda: self.snapshot.stats, worker_id, client)
         self.pub = Publisher() if cfg.async_publish else InlinePublisher()
         self.pub.start()
         self.compiles = Compiles(engine)  # structured outputs compile off this loop
 
+    @property
+    def id(self) -> str:
+        """The id the worker serves under (its membership's; a rejoin changes it)."""
+        return self.membership.id
+
     # ---- setup and main loop -------------------------------------------------------------
     def ensure_group(self) -> None:
-        try:
-            self.r.xgroup_create(rk.inbox_key(self.id), rk.INBOX_GROUP, id="0", mkstream=True)
-        except redis.exceptions.ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
+        self.membership.ensure_group()
 
-    def run(self) -> None:
+    def run(self, before_leave: Callable[[], None] = lambda: None) -> None:
+        """Serve until `stop` is set, then drain; `before_leave` (stopping the heartbeat) runs
+        before the worker deregisters."""
         self.ensure_group()
         self.update_snapshot()
         self.watchdog.start()
@@ -87,13 +92,13 @@ class WorkerLoop(Leaving):
                 backoff.ok()
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
                 time.sleep(backoff.failed(e))
-        self.drain()
+        self.membership.drain(self._finish_running, before_leave)
         self.watchdog.halt.set()
 
     def iterate(self) -> None:
         self.last_iteration = time.monotonic()
         if self.reaped.is_set():
-            self._forget_all()
+            self._forget_all("was reaped")
             self.ensure_group()
             self.reaped.clear()
         self._read_ctl()
@@ -116,29 +121,55 @@ class WorkerLoop(Leaving):
             return self.observe.step(self.engine)
 
     def update_snapshot(self) -> None:
-        st = self.engine.stats()
-        st["active"] = len(self.active)
-        self.snapshot = st
+        stats = {**self.engine.stats(), "active": len(self.active)}
+        self.snapshot = Snapshot(self.id, self.steps, stats)
+
+    # ---- leaving and coming back (dllmserve.worker.membership) -----------------------------
+    def _forget_all(self, why: str) -> None:
+        """The dispatcher took our work back (we missed heartbeats, or stalled): drop it."""
+        log.warning("worker %s %s; dropping %d requests", self.id, why, len(self.active))
+        self.pub.submit(self.entries.clear)
+        self.pub.flush()
+        for rid in list(self.active):
+            self.engine.abort(rid)
+        self.active.clear()
+
+    def _rejoin(self) -> None:
+        """The stalled step came back; its requests are other attempts' now. Drop them and
+        serve again under a fresh id (published before the heartbeat beats again)."""
+        self._forget_all("stalled")
+        self.membership.rejoin()
+        self._ctl_last = "0-0"
+        self.update_snapshot()
+        self.watchdog.reset()
+
+    def _finish_running(self, deadline: float) -> list[str]:
+        """(Drain.) Step until the engine's requests end or `deadline` (time.monotonic()),
+        then abort those left and stop the publisher; returns their ids, to hand back."""
+        while self.engine.has_unfinished() and time.monotonic() < deadline:
+            self._read_ctl()
+            self._check_deadlines()
+            updates = self._step()
+            if self.watchdog.tripped.is_set():
+                break  # the dispatcher takes these back
+            self._publish(updates)
+        self.pub.flush()
+        left = list(self.active)
+        for rid in left:
+            self.engine.abort(rid)
+        self.active.clear()
+        self.pub.close()
+        return left
 
     # ---- inbox ---------------------------------------------------------------------------
     def _read_inbox(self, block_ms: int | None) -> None:
         try:
-            reply = self.r.xreadgroup(
-                rk.INBOX_GROUP, self.id, {rk.inbox_key(self.id): ">"}, count=16, block=block_ms
-            )
+            batches = read_entries(self.r, self.id, count=16, block_ms=block_ms)
         except redis.exceptions.ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
             self.ensure_group()
             return
-        batches = []
-        for _key, entries in reply or []:
-            for entry_id, fields in entries:
-                eid = rk.text(entry_id)
-                ids = [x for x in rk.text(fields.get(b"ids")).split(",") if x]
-                with self._lock:
-                    self.batches[eid] = set()
-                batches.append((eid, ids))
         if not batches:
             return
         # Every request read is taken (START) in one round trip, not one each: a batch of 32
@@ -150,9 +181,11 @@ class WorkerLoop(Leaving):
                 batch.start(rid, worker=self.id)
         started = iter(batch.execute())
         for eid, ids in batches:
-            for rid in ids:
-                self._admit(eid, rid, next(started), now)
-            self.pub.submit(lambda eid=eid: self._maybe_ack(eid))
+            got = [(rid, next(started)) for rid in ids]
+            taken = [rid for rid, g in got if g is not None]
+            self.pub.submit(lambda e=eid, t=taken, w=self.id: self.entries.opened(w, e, t))
+            for rid, g in got:
+                self._admit(eid, rid, g, now)
 
     def _admit(self, eid: str, rid: str, got: Started | None, now: float) -> None:
         """Hand a request to the engine; `got` is what START returned for it (None: it was
@@ -160,8 +193,6 @@ class WorkerLoop(Leaving):
         if got is None:
             return
         attempt, t_enq, deadline = got.attempt, got.enqueued_at or now, got.deadline
-        with self._lock:
-            self.batches[eid].add(rid)
         req = pb.GenerateRequest.FromString(got.body)
         opts = pb.StreamOptions.FromString(got.options)
         self.faults.on_admit(rid, req)
@@ -232,24 +263,6 @@ class WorkerLoop(Leaving):
             log.error("admission failed", extra=fields, exc_info=e)
             self._fail(rid, eid, attempt, rk.FAILED, "INTERNAL", f"admission failed: {e}")
 
-    def _maybe_ack(self, eid: str) -> None:
-        """Acknowledge and delete a batch whose requests all ended (publisher thread)."""
-        with self._lock:
-            if eid not in self.batches or self.batches[eid]:
-                return
-            del self.batches[eid]
-        pipe = self.r.pipeline(transaction=False)
-        pipe.xack(rk.inbox_key(self.id), rk.INBOX_GROUP, eid)
-        pipe.xdel(rk.inbox_key(self.id), eid)
-        pipe.execute()
-
-    def _done(self, rid: str, eid: str) -> None:
-        """A request's terminal record is written (publisher thread)."""
-        with self._lock:
-            if eid in self.batches:
-                self.batches[eid].discard(rid)
-        self._maybe_ack(eid)
-
     # ---- cancellation and deadlines --------------------------------------------------------
     def _read_ctl(self) -> None:
         reply = self.r.xread({rk.ctl_key(self.id): self._ctl_last}, count=256)
@@ -284,16 +297,17 @@ class WorkerLoop(Leaving):
         self.active.pop(rid, None)
         self.compiles.drop(rid)
         self.observe.ended(rid, attempt, status, code, msg)
+        worker = self.id
 
         def job() -> None:
             self.broker.finish(
                 rid,
-                worker=self.id,
+                worker=worker,
                 attempt=attempt,
                 status=status,
                 final=Failure(code, msg, field),
             )
-            self._done(rid, eid)
+            self.entries.ended(eid, rid)
 
         self.pub.submit(job)
 
@@ -361,4 +375,4 @@ class WorkerLoop(Leaving):
             )
         batch.execute()
         for a, _u in finished:
-            self._done(a.request_id, a.entry_id)
+            self.entries.ended(a.entry_id, a.request_id)

@@ -15,7 +15,7 @@ from dllmserve.logs import ready
 from dllmserve.worker import http
 from dllmserve.worker.config import WorkerConfig
 from dllmserve.worker.gpu import take_gpu
-from dllmserve.worker.heartbeat import Heartbeat
+from dllmserve.worker.heartbeat import Heartbeat, fixed_record
 from dllmserve.worker.loop import WorkerLoop
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,16 @@ def run(cfg: WorkerConfig, engine: StepEngine | None = None) -> None:
     loop.ensure_group()
     loop.update_snapshot()
     slots = cfg.slots or 2 * engine.max_num_seqs
-    hb = Heartbeat(loop, client, str(engine.device), slots)
+    fixed = fixed_record(loop.model_name, str(engine.device), slots, engine.limits)
+    hb = Heartbeat(
+        client,
+        cfg,
+        fixed,
+        lambda: loop.snapshot,
+        draining=loop.stop,
+        paused=loop.watchdog.tripped,
+        reaped=loop.reaped,
+    )
     hb.beat()
     hb.start()
     probes.registry = loop.observe.metrics.registry
@@ -59,8 +68,6 @@ def run(cfg: WorkerConfig, engine: StepEngine | None = None) -> None:
     def stop_heartbeat() -> None:
         hb.halt.set()
         hb.join(timeout=10)
-
-    loop.before_leave = stop_heartbeat
 
     def on_term(signum, frame):
         loop.stop.set()
@@ -72,7 +79,7 @@ def run(cfg: WorkerConfig, engine: StepEngine | None = None) -> None:
     port = server.server_port if server is not None else 0
     ready(READY_LINE, id=worker_id, model=loop.model_name, http_port=port)
     try:
-        loop.run()
+        loop.run(before_leave=stop_heartbeat)
     finally:
         hb.halt.set()
         if server is not None:

@@ -2,12 +2,16 @@
 event (admitted, first_step, finished / cancelled / expired / failed) and the matching metrics.
 
 The loop calls these hooks where the facts arise; keeping them here leaves the loop about
-scheduling and publishing only.
+scheduling and publishing only. Two threads call them: the loop's (`admitted`, `step`,
+`ended`) and the publisher's (`first_step`, `completed`). What both touch is the open spans,
+behind the one lock of `_Spans`; the metrics are Prometheus' (thread-safe); the rest (the
+phase averages, the metrics' per-request block times) only the loop's thread touches.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -34,6 +38,27 @@ def iteration_phase(updates: Sequence[StepOutput]) -> str:
     return max((u.phase for u in updates), key=_PHASE_COST.__getitem__, default="REUSE")
 
 
+class _Spans:
+    """The open `dllmserve.run` span of each request, by request id: opened and ended on the
+    loop's thread, marked and ended on the publisher's, under one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[str, object] = {}
+
+    def open(self, rid: str, span: object) -> None:
+        with self._lock:
+            self._open[rid] = span
+
+    def get(self, rid: str) -> object | None:
+        with self._lock:
+            return self._open.get(rid)
+
+    def pop(self, rid: str) -> object | None:
+        with self._lock:
+            return self._open.pop(rid, None)
+
+
 class Observer:
     def __init__(
         self, model_name: str, snapshot: Callable[[], dict], worker_id: str, client=None
@@ -41,7 +66,7 @@ class Observer:
         self.metrics = WorkerMetrics(model_name, snapshot)
         self.worker_id = worker_id
         self._r = client  # reads a request's traceparent when tracing is on
-        self._spans: dict[str, object] = {}  # request id -> its open `dllmserve.run` span
+        self._spans = _Spans()
         self._average_s: dict[str, float] = {}  # phase -> of its recent engine.step() calls
 
     def admitted(self, rid: str, attempt: int, t_enq: float, now: float) -> None:
@@ -50,15 +75,12 @@ class Observer:
         self.metrics.forget(rid)  # a stale entry of an earlier attempt here
         if tracing.enabled() and self._r is not None:
             parent = rk.text(read_traceparent(self._r, rid))
-            self._spans[rid] = tracing.start(
-                "dllmserve.run",
-                parent,
-                **{
-                    "dllmserve.request_id": rid,
-                    "dllmserve.attempt": int(attempt),
-                    "dllmserve.worker": self.worker_id,
-                },
-            )
+            attrs = {
+                "dllmserve.request_id": rid,
+                "dllmserve.attempt": int(attempt),
+                "dllmserve.worker": self.worker_id,
+            }
+            self._spans.open(rid, tracing.start("dllmserve.run", parent, **attrs))
         event(
             log,
             "admitted",
@@ -126,7 +148,7 @@ class Observer:
         m.e2e_latency.observe(done.timings.total_ms / 1000)
         m.forward_passes.observe(done.usage.forward_passes)
         tracing.end(
-            self._spans.pop(done.request_id, None),
+            self._spans.pop(done.request_id),
             **{"dllmserve.finish_reason": reason, "dllmserve.steps": done.usage.steps},
         )
         event(
@@ -148,7 +170,7 @@ class Observer:
         """A request ended without completing: cancelled, past its deadline, or failed."""
         self.metrics.reason(_ENDED_REASON.get(status, "error")).inc()
         self.metrics.forget(rid)
-        tracing.end(self._spans.pop(rid, None), **{"dllmserve.code": code})
+        tracing.end(self._spans.pop(rid), **{"dllmserve.code": code})
         name = status if status in _ENDED_REASON else "failed"
         level = logging.WARNING if code == "INTERNAL" else logging.INFO
         event(

@@ -12,7 +12,9 @@ from dllmserve.worker.render import CanvasRenderer
 
 @dataclass
 class RunningRequest:
-    """The loop's record of a request its engine runs (owned by the loop's thread)."""
+    """The loop's record of a request its engine runs. The loop's thread creates it and reads
+    only the fields fixed at admission; what publishing changes (the canvas, `t_first`) only
+    the publisher's jobs touch, one at a time."""
 
     request_id: str
     attempt: int

@@ -13,7 +13,9 @@ once: `on_stall` runs (on the watchdog's thread) and `tripped` stays set until t
 loop, its step back, has dropped its work and `reset` it. The average is an exponential one
 (weight `ALPHA` for the newest iteration) and leaves out the iteration that tripped; the floor
 covers the first iterations (kernel compilation, CUDA graph capture) and short bursts of long
-full-forward steps among cheap ones.
+full-forward steps among cheap ones. The loop's thread alone writes the iteration's start and
+the average (each one reference, replaced whole); the watchdog's thread only reads them and
+sets `tripped`, which the loop clears (`reset`).
 """
 
 from __future__ import annotations
