@@ -250,7 +250,7 @@ class Coalescer:
     def reset(self) -> None:
         self._acc = None
 
-    def add(self, upd: pb.StepUpdate, block_done: bool) -> pb.StepUpdate | None:
+    def add(self, upd: pb.StepUpdate) -> pb.StepUpdate | None:
         if self.mode == pb.STREAM_MODE_FINAL_ONLY:
             return None
         if self._acc is None:
@@ -267,11 +267,12 @@ class Coalescer:
             acc.canvas = upd.canvas
             acc.step, acc.total_steps = upd.step, upd.total_steps
             acc.block_index, acc.masked_left = upd.block_index, upd.masked_left
+            acc.block_done = upd.block_done
             self._acc.count += 1
         if (
             self.mode == pb.STREAM_MODE_EVERY_STEP
             or (self.mode == pb.STREAM_MODE_EVERY_K_STEPS and self._acc.count >= self.k)
-            or (self.mode == pb.STREAM_MODE_BLOCKS and block_done)
+            or (self.mode == pb.STREAM_MODE_BLOCKS and self._acc.upd.block_done)
         ):
             return self.flush()
         return None
@@ -341,7 +342,7 @@ async def follow(
                 upd = pb.StepUpdate.FromString(fields[b"p"])
                 if attempt == after_attempt and upd.step <= after_step:
                     continue
-                out = coalescer.add(upd, fields.get(b"bd") == b"1")
+                out = coalescer.add(upd)
                 if out is not None:
                     yield pb.GenerateEvent(step=out)
             elif kind == _COMPLETED:

@@ -158,32 +158,27 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         if self.draining:
             raise errors.simple(grpc.StatusCode.UNAVAILABLE, "scheduler is draining; retry")
         try:  # every bound, the model's too, before anything is queued
-            args = validate_request(request, self._cfg.limits)
+            admission = validate_request(request, self._cfg.limits)
             model = await self._served.resolve(request.model)
-            check_fits(args, await self._served.limits_of(model))
+            check_fits(admission, await self._served.limits_of(model))
         except ValidationError as e:
             raise errors.invalid_argument(e.field, e.reason) from None
         except CapacityError as e:  # it could never run, however long it waited: no RetryInfo
             raise errors.resource_exhausted(str(e), retry_after_s=None) from None
         client = client_of(context, self._authenticated)
         rid = request.request_id or uuid.uuid4().hex
-        stored = pb.GenerateRequest()
-        stored.CopyFrom(request)
-        stored.request_id, stored.model = rid, model
-        stored.ClearField("stream_options")
-        stored.cancel_on_disconnect = False
         remaining = context.time_remaining()
         deadline = time.time() + remaining if remaining is not None else 0.0
         stored_request = StoredRequest(
             request_id=rid,
-            body=stored.SerializeToString(deterministic=True),
+            admission=admission,
             model=model,
             priority=request.priority,
             deadline=deadline,
             options=request.stream_options.SerializeToString(),
             client=client,
             quota=quota_of(context, client, self._authenticated, self._cfg.trust_client_header),
-            last_step=args.sampling_params.max_steps,
+            last_step=admission.sampling_params.max_steps,
             ttl_s=self._cfg.result_ttl_s,
         )
         got = await self._broker.enqueue(

@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from dllmserve.broker.convert import Admission, prompt_of, to_sampling_params, to_sparse_config
+from dllmserve.broker.admission import Admission
+from dllmserve.broker.convert import prompt_of, to_sampling_params, to_sparse_config
 from dllmserve.engine.inputs import ModelLimits, resolve_request
 from dllmserve.errors import CapacityError, ValidationError, echo
 from dllmserve.scheduler.config import Limits
@@ -58,18 +59,19 @@ def validate_request(req: pb.GenerateRequest, limits: Limits = DEFAULT_LIMITS) -
     return Admission(prompt=prompt, sampling_params=sp, sparse_config=sc)
 
 
-def check_fits(args: Admission, workers: Sequence[ModelLimits]) -> None:
+def check_fits(admission: Admission, workers: Sequence[ModelLimits]) -> None:
     """Refuse a request that none of `workers` (the limits a model's workers registered) could
     ever run, with the error `resolve_request` gives for the first of them.
 
     A token-id prompt is checked exactly (its length, its ids against the vocabulary); text and
     chat messages are not tokenized here and count as one token, so what is refused would be
     refused whatever the prompt. Without workers (none registered yet) nothing is checked."""
-    ids = args.prompt if args.prompt and isinstance(args.prompt[0], int) else None
+    prompt, sp, sc = admission.prompt, admission.sampling_params, admission.sparse_config
+    ids = prompt if prompt and isinstance(prompt[0], int) else None
     first: ValidationError | CapacityError | None = None
     for limits in workers:
         try:
-            resolve_request(limits, args.sampling_params, args.sparse_config, prompt_ids=ids)
+            resolve_request(limits, sp, sc, prompt_ids=ids)
             return
         except (ValidationError, CapacityError) as e:
             first = first or e

@@ -19,7 +19,6 @@ from collections.abc import Mapping
 
 from dllmserve.logs import EVENT_ATTR
 from dllmserve.models import progress
-from dllmserve.v1 import dllm_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +39,18 @@ class Faults:
         self.slow_layer_s = float(env.get(SLOW_LAYER_S_ENV, "1"))
         self._slow_next = False
 
-    def on_admit(self, request_id: str, req: pb.GenerateRequest) -> None:
-        if req.WhichOneof("prompt") != "text":
+    def on_admit(self, request_id: str, prompt: object) -> None:
+        """Acts on a text prompt (token ids and chat messages are never faults)."""
+        if not isinstance(prompt, str):
             return
-        if self.crash_on and self.crash_on in req.text:
+        if self.crash_on and self.crash_on in prompt:
             log.error("fault injection: crashing", extra={EVENT_ATTR: {"request_id": request_id}})
             os._exit(17)
-        if self.stall_on and self.stall_on in req.text:
+        if self.stall_on and self.stall_on in prompt:
             fields = {EVENT_ATTR: {"request_id": request_id}}
             log.error("fault injection: the next step stalls", extra=fields)
             self._stall_next = True
-        if self.slow_on and self.slow_on in req.text:
+        if self.slow_on and self.slow_on in prompt:
             fields = {EVENT_ATTR: {"request_id": request_id}}
             log.error("fault injection: the next step is slow", extra=fields)
             self._slow_next = True

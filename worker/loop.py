@@ -18,7 +18,6 @@ import redis
 import redis.exceptions
 
 from dllmserve.broker import redis_keys as rk
-from dllmserve.broker.convert import admission_of
 from dllmserve.broker.redis_link import Backoff
 from dllmserve.broker.scripts import Broker, Completion, Failure, Started, StepRecord
 from dllmserve.engine.outputs import StepOutput
@@ -193,12 +192,13 @@ class WorkerLoop:
         if got is None:
             return
         attempt, t_enq, deadline = got.attempt, got.enqueued_at or now, got.deadline
-        req = pb.GenerateRequest.FromString(got.body)
         opts = pb.StreamOptions.FromString(got.options)
-        self.faults.on_admit(rid, req)
         compiling = False
-        try:  # the scheduler checked the wire fields; the engine checks the rest, once
-            adm = admission_of(req)
+        try:  # as the scheduler validated it; the engine checks what needs the model, once
+            adm = got.admission
+            if adm is None:
+                raise ValueError("the stored request holds no admission this worker can read")
+            self.faults.on_admit(rid, adm.prompt)
             sp = adm.sampling_params
             if self.engine.has_request(rid):
                 self.engine.abort(rid)  # a stale attempt of this request still ran here
@@ -344,20 +344,13 @@ class WorkerLoop:
                 token_texts=[self.engine.decode([t]) for t in u.token_ids] if a.token_texts else [],
                 provisional=provisional_tokens(u.provisional, self.engine.decode, a.token_texts),
                 edits=token_edits(u.edits, self.engine.decode, a.token_texts),
+                block_done=u.block_done,
             )
             first = not a.t_first
             if first:
                 a.t_first = now
                 self.observe.first_step(a.request_id, a.attempt, a.t_enq, now)
-            steps.append(
-                StepRecord(
-                    u.request_id,
-                    a.attempt,
-                    msg.SerializeToString(),
-                    block_done=u.block_done,
-                    first=first,
-                )
-            )
+            steps.append(StepRecord(u.request_id, a.attempt, msg.SerializeToString(), first=first))
             if u.finished and u.output is not None:
                 finished.append((a, u))
         batch = self.broker.batch()

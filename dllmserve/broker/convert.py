@@ -1,10 +1,9 @@
-"""The protobuf <-> domain conversions both processes use: a GenerateRequest's prompt,
+"""The protobuf -> domain conversions of the scheduler's validation: a GenerateRequest's prompt,
 SamplingParams, SparseConfig and StructuredOutput as the engine's own types. Building those
-types runs their checks, so a bad field gets the offline API's ValidationError, by name."""
+types runs their checks, so a bad field gets the offline API's ValidationError, by name. They
+run once per request: the worker gets their result as the stored `Admission`."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from dllmserve.errors import ValidationError
 from dllmserve.sampling_params import SamplingParams
@@ -14,15 +13,6 @@ from dllmserve.v1 import dllm_pb2 as pb
 
 _SP_FIELDS = [f.name for f in pb.SamplingParams.DESCRIPTOR.fields]
 _SC_SCALARS = [f.name for f in pb.SparseConfig.DESCRIPTOR.fields if f.name != "layer_ratios"]
-
-
-@dataclass(frozen=True)
-class Admission:
-    """A request as the engine's add_request takes it (the scheduler's checks passed)."""
-
-    prompt: str | list[int] | list[dict]
-    sampling_params: SamplingParams
-    sparse_config: SparseConfig | None
 
 
 def to_sampling_params(msg: pb.SamplingParams) -> SamplingParams:
@@ -70,9 +60,3 @@ def prompt_of(req: pb.GenerateRequest) -> str | list[int] | list[dict]:
     if kind == "messages":
         return [{"role": m.role, "content": m.content} for m in req.messages.messages]
     raise ValidationError("prompt", "one of text, token_ids or messages is required")
-
-
-def admission_of(req: pb.GenerateRequest) -> Admission:
-    """The engine's view of a stored request (the scheduler validated it before queueing)."""
-    sc = to_sparse_config(req.sparse_config) if req.HasField("sparse_config") else None
-    return Admission(prompt_of(req), to_sampling_params(req.sampling_params), sc)

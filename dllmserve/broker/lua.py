@@ -33,35 +33,36 @@ local function publish_error(rid, attempt, code, msg, now, ttl)
 end
 """
 
-# KEYS: req, pending. ARGV: id, body, max_queue, now, priority, deadline, model, opts, client,
-# max queued per client (0: no cap), its last possible step, owned ("1": another client's id is
-# hidden), the TTL of its records once it ends (every process uses this one), its quota bucket
-# for the per-client cap (default: the client). Replies {outcome, value}: the outcomes are the
-# names of `scripts.Enqueue`.
+# KEYS: req, pending. ARGV: request id, max_queue, max queued per client (0: no cap), owned
+# ("1": another client's id is hidden), now, then the stored request's hash fields as name/value
+# pairs (`scripts.StoredRequest.hash_fields`). The same id with another admission, model or
+# priority is a conflict. Replies {outcome, value}: the outcomes are the names of
+# `scripts.Enqueue`.
 ENQUEUE = (
     _LUA_HELPERS
     + """
+local rec = {}
+for i = 6, #ARGV, 2 do rec[ARGV[i]] = ARGV[i + 1] end
 local st = redis.call('HGET', KEYS[1], 'status')
 if st then
-  if ARGV[12] == '1' and redis.call('HGET', KEYS[1], 'client') ~= ARGV[9] then
+  if ARGV[4] == '1' and redis.call('HGET', KEYS[1], 'client') ~= rec.client then
     return {'not_yours', ''}
   end
-  if redis.call('HGET', KEYS[1], 'body') ~= ARGV[2] then return {'conflict', st} end
+  local h = redis.call('HMGET', KEYS[1], 'admission', 'model', 'priority')
+  if h[1] ~= rec.admission or h[2] ~= rec.model or h[3] ~= rec.priority then
+    return {'conflict', st}
+  end
   return {'duplicate', st}
 end
 local n = redis.call('XLEN', KEYS[2])
-if n >= tonumber(ARGV[3]) then return {'queue_full', tostring(n)} end
-local bucket = ARGV[14]
-if bucket == '' then bucket = ARGV[9] end
-local mine = tonumber(redis.call('HGET', 'dllm:queued', bucket) or '0')
-if tonumber(ARGV[10]) > 0 and mine >= tonumber(ARGV[10]) then
+if n >= tonumber(ARGV[2]) then return {'queue_full', tostring(n)} end
+local mine = tonumber(redis.call('HGET', 'dllm:queued', rec.quota or rec.client) or '0')
+if tonumber(ARGV[3]) > 0 and mine >= tonumber(ARGV[3]) then
   return {'client_cap', tostring(mine)}
 end
-redis.call('HSET', KEYS[1], 'body', ARGV[2], 'status', 'queued', 'attempt', '1',
-  't_enq', ARGV[4], 'priority', ARGV[5], 'deadline', ARGV[6], 'model', ARGV[7],
-  'opts', ARGV[8], 'cancel', '0', 'worker', '', 'client', ARGV[9], 'steps', ARGV[11],
-  'ttl', ARGV[13])
-if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'quota', ARGV[14]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], 'status', 'queued', 'attempt', '1', 't_enq', ARGV[5], 'cancel', '0',
+  'worker', '')
 count_queued(KEYS[1], 1)
 redis.call('XADD', KEYS[2], '*', 'id', ARGV[1])
 return {'queued', tostring(n + 1)}
@@ -127,13 +128,13 @@ return 1
 """
 )
 
-# KEYS: req, load. ARGV: worker, now, ttl, request id.
-# The worker takes a dispatched request: returns {attempt, body, t_enq, deadline, opts} or nil.
+# KEYS: req, load. ARGV: worker, now, ttl, request id, then the fields to read
+# (`scripts.Started.FIELDS`). The worker takes a dispatched request: replies those fields'
+# values in the order asked, or nil.
 START = (
     _LUA_HELPERS
     + """
-local h = redis.call('HMGET', KEYS[1], 'status', 'worker', 'cancel', 'attempt', 'body',
-  't_enq', 'deadline', 'opts')
+local h = redis.call('HMGET', KEYS[1], 'status', 'worker', 'cancel', 'attempt')
 if h[1] ~= 'dispatched' or h[2] ~= ARGV[1] then return false end
 if h[3] == '1' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 't_done', ARGV[2])
@@ -143,7 +144,7 @@ if h[3] == '1' then
   return false
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 't_start', ARGV[2])
-return {h[4], h[5], h[6], h[7], h[8]}
+return redis.call('HMGET', KEYS[1], unpack(ARGV, 5))
 """
 )
 
@@ -254,7 +255,7 @@ return 0
 """
 
 
-# ARGV: now, ttl, then (request id, attempt, block done, first, payload) per step record.
+# ARGV: now, ttl, then (request id, attempt, first, payload) per step record.
 # All step records of one engine iteration in one call: one round trip and little packing.
 # A request whose record is gone (Redis lost it) gets no record: nothing without a TTL is made.
 # A stream's first record gives it the larger of `ttl` and the request's own TTL (it is still
@@ -262,11 +263,11 @@ return 0
 PUBLISH_STEPS = (
     _LUA_HELPERS
     + """
-for i = 3, #ARGV, 5 do
+for i = 3, #ARGV, 4 do
   local res = 'dllm:res:' .. ARGV[i]
   if redis.call('EXISTS', 'dllm:req:' .. ARGV[i]) == 1 then
-    redis.call('XADD', res, '*', 'a', ARGV[i + 1], 'k', 's', 'p', ARGV[i + 4], 'bd', ARGV[i + 2])
-    if ARGV[i + 3] == '1' then
+    redis.call('XADD', res, '*', 'a', ARGV[i + 1], 'k', 's', 'p', ARGV[i + 3])
+    if ARGV[i + 2] == '1' then
       redis.call('EXPIRE', res, math.max(tonumber(ARGV[2]), ttl_of('dllm:req:' .. ARGV[i], 0)))
       redis.call('HSETNX', 'dllm:req:' .. ARGV[i], 't_first', ARGV[1])
     end

@@ -15,6 +15,7 @@ from typing import Any
 
 from dllmserve.broker import lua
 from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.admission import Admission
 
 
 class Enqueue(enum.Enum):
@@ -61,7 +62,7 @@ class StoredRequest:
     """What the scheduler stores of an accepted request (the fields of `dllm:req:{id}`)."""
 
     request_id: str
-    body: bytes  # the GenerateRequest, serialized deterministically (dedupe compares it)
+    admission: Admission  # what the scheduler validated: the worker runs exactly this
     model: str
     priority: int
     deadline: float  # unix seconds; 0: none
@@ -71,16 +72,52 @@ class StoredRequest:
     last_step: int  # the largest step it can take (Attach refuses later ones)
     ttl_s: int  # how long its records live once it ends (every process uses this one)
 
+    def hash_fields(self) -> dict[str, Any]:
+        """Its fields in the request hash, by name (ENQUEUE writes them as they are). The same
+        id with another admission, model or priority is another request (a conflict)."""
+        stored: dict[str, Any] = {
+            "admission": self.admission.encode(),
+            "model": self.model,
+            "priority": self.priority,
+            "deadline": repr(self.deadline),
+            "opts": self.options,
+            "client": self.client,
+            "steps": self.last_step,
+            "ttl": self.ttl_s,
+        }
+        if self.quota:
+            stored["quota"] = self.quota
+        return stored
+
 
 @dataclass(frozen=True)
 class Started:
-    """A dispatched request a worker took (`start`)."""
+    """A dispatched request a worker took (`start`), read from the request hash by name."""
 
     attempt: int
-    body: bytes
+    admission: Admission | None  # None: the hash holds none this worker can read
     enqueued_at: float
     deadline: float  # unix seconds; 0: none
     options: bytes
+
+    FIELDS = ("attempt", "admission", "t_enq", "deadline", "opts")
+
+    @classmethod
+    def parse(cls, reply: Any) -> Started | None:
+        if not reply:
+            return None
+        got = dict(zip(cls.FIELDS, reply, strict=True))
+        try:
+            admission = Admission.decode(got["admission"])
+        except (ValueError, KeyError, TypeError):
+            admission = None
+        return cls(
+            attempt=int(rk.text(got["attempt"])),
+            admission=admission,
+            enqueued_at=float(rk.text(got["t_enq"]) or 0),
+            deadline=float(rk.text(got["deadline"]) or 0),
+            options=got["opts"] or b"",
+        )
 
 
 @dataclass(frozen=True)
@@ -89,8 +126,7 @@ class StepRecord:
 
     request_id: str
     attempt: int
-    payload: bytes  # a serialized StepUpdate
-    block_done: bool  # the step finished a block (the relay's provisional view resets)
+    payload: bytes  # a serialized StepUpdate (block_done included)
     first: bool  # its first record: the stream gets its TTL and the request its t_first
 
 
@@ -130,22 +166,9 @@ def _now() -> str:
 
 
 def _enqueue(req: StoredRequest, max_queue: int, per_client: int, owned: bool) -> _Call:
-    args = [
-        req.request_id,
-        req.body,
-        max_queue,
-        _now(),
-        req.priority,
-        repr(req.deadline),
-        req.model,
-        req.options,
-        req.client,
-        per_client,
-        req.last_step,
-        "1" if owned else "0",
-        req.ttl_s,
-        req.quota,
-    ]
+    args: list[Any] = [req.request_id, max_queue, per_client, "1" if owned else "0", _now()]
+    for name, value in req.hash_fields().items():
+        args += [name, value]
     return _Call(
         "enqueue",
         [rk.req_key(req.request_id), rk.PENDING],
@@ -168,19 +191,8 @@ def _drop_queued(entry_id: str, rid: str, status: str, code: str, msg: str, ttl_
 
 
 def _start(rid: str, worker: str, ttl_s: int, now: str) -> _Call:
-    def read(r: Any) -> Started | None:
-        if not r:
-            return None
-        a, body, t_enq, deadline, opts = r
-        return Started(
-            int(rk.text(a)),
-            body or b"",
-            float(rk.text(t_enq) or 0),
-            float(rk.text(deadline) or 0),
-            opts or b"",
-        )
-
-    return _Call("start", [rk.req_key(rid), rk.load_key(worker)], [worker, now, ttl_s, rid], read)
+    keys = [rk.req_key(rid), rk.load_key(worker)]
+    return _Call("start", keys, [worker, now, ttl_s, rid, *Started.FIELDS], Started.parse)
 
 
 def _finish(
@@ -207,13 +219,7 @@ def _reclaim(rid: str, worker: str, max_attempts: int, ttl_s: int, charge: str, 
 def _publish_steps(records: Sequence[StepRecord], ttl_s: int) -> _Call:
     args: list[Any] = [_now(), ttl_s]
     for rec in records:
-        args += [
-            rec.request_id,
-            rec.attempt,
-            "1" if rec.block_done else "0",
-            "1" if rec.first else "0",
-            rec.payload,
-        ]
+        args += [rec.request_id, rec.attempt, "1" if rec.first else "0", rec.payload]
     return _Call("publish_steps", [], args, lambda r: None)
 
 

@@ -69,6 +69,7 @@ class StepUpdate:
     token_texts: tuple[str, ...]  # with include_token_texts: the text of each committed token
     provisional: tuple[ProvisionalToken, ...]  # with StreamOptions.provisional
     edits: tuple[TokenEdit, ...] = ()  # block-diffusion models with editing_threshold
+    block_done: bool = False  # this step ended its block (STREAM_MODE_BLOCKS sends here)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -210,7 +210,7 @@ class Accepted(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., queue_position: _Optional[int] = ..., duplicate: _Optional[bool] = ..., status: _Optional[str] = ...) -> None: ...
 
 class StepUpdate(_message.Message):
-    __slots__ = ("step", "total_steps", "block_index", "positions", "token_ids", "masked_left", "text_delta", "canvas", "attempt", "token_texts", "provisional", "edits")
+    __slots__ = ("step", "total_steps", "block_index", "positions", "token_ids", "masked_left", "text_delta", "canvas", "attempt", "token_texts", "provisional", "edits", "block_done")
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     BLOCK_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +223,7 @@ class StepUpdate(_message.Message):
     TOKEN_TEXTS_FIELD_NUMBER: _ClassVar[int]
     PROVISIONAL_FIELD_NUMBER: _ClassVar[int]
     EDITS_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_DONE_FIELD_NUMBER: _ClassVar[int]
     step: int
     total_steps: int
     block_index: int
@@ -235,7 +236,8 @@ class StepUpdate(_message.Message):
     token_texts: _containers.RepeatedScalarFieldContainer[str]
     provisional: _containers.RepeatedCompositeFieldContainer[ProvisionalToken]
     edits: _containers.RepeatedCompositeFieldContainer[TokenEdit]
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., block_index: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., masked_left: _Optional[int] = ..., text_delta: _Optional[str] = ..., canvas: _Optional[str] = ..., attempt: _Optional[int] = ..., token_texts: _Optional[_Iterable[str]] = ..., provisional: _Optional[_Iterable[_Union[ProvisionalToken, _Mapping]]] = ..., edits: _Optional[_Iterable[_Union[TokenEdit, _Mapping]]] = ...) -> None: ...
+    block_done: bool
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., block_index: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., masked_left: _Optional[int] = ..., text_delta: _Optional[str] = ..., canvas: _Optional[str] = ..., attempt: _Optional[int] = ..., token_texts: _Optional[_Iterable[str]] = ..., provisional: _Optional[_Iterable[_Union[ProvisionalToken, _Mapping]]] = ..., edits: _Optional[_Iterable[_Union[TokenEdit, _Mapping]]] = ..., block_done: _Optional[bool] = ...) -> None: ...
 
 class TokenEdit(_message.Message):
     __slots__ = ("position", "old_token_id", "new_token_id", "text")

@@ -17,8 +17,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.admission import Admission
 from dllmserve.broker.scripts import Enqueued, StoredRequest
 from dllmserve.client import Canvas, Client, Completed, StepUpdate
+from dllmserve.sampling_params import SamplingParams
 from dllmserve.scheduler.local_redis import LocalRedis, free_port
 
 
@@ -110,7 +112,7 @@ class Cluster:
 
     def req(self, request_id: str) -> dict[str, str]:
         h = self.client.hgetall(rk.req_key(request_id))
-        return {rk.text(k): rk.text(v) for k, v in h.items() if k != b"body"}
+        return {rk.text(k): rk.text(v) for k, v in h.items() if k != b"admission"}
 
     def kill(self, p: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         if p.poll() is None:
@@ -177,9 +179,11 @@ def check_unbroken(stream: Stream, gen_length: int) -> None:
     assert canvas.text == done.text
 
 
-def enqueue(broker, rid, body=b"body", max_queue=10, prio=0, model="m", client="ip:c",
+def enqueue(broker, rid, prompt="body", max_queue=10, prio=0, model="m", client="ip:c",
             per_client=0, owned=False) -> Enqueued:  # fmt: skip
-    req = StoredRequest(request_id=rid, body=body, model=model, priority=prio, deadline=0.0,
+    """Enqueue a request whose admission is `prompt` with the default sampling."""
+    adm = Admission(prompt, SamplingParams(gen_length=8, steps=8), None)
+    req = StoredRequest(request_id=rid, admission=adm, model=model, priority=prio, deadline=0.0,
                         options=b"", client=client, quota="", last_step=8, ttl_s=60)  # fmt: skip
     return broker.enqueue(req, max_queue=max_queue, per_client=per_client, owned=owned)
 

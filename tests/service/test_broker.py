@@ -10,6 +10,7 @@ from svc_util import enqueue as _enqueue
 from svc_util import lua_assign as _assign
 
 from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.admission import Admission
 from dllmserve.broker.records import QueuedView
 from dllmserve.broker.scripts import (
     AsyncBroker,
@@ -23,23 +24,28 @@ from dllmserve.broker.scripts import (
     StepRecord,
     StoredRequest,
 )
+from dllmserve.sampling_params import SamplingParams
+
+ADM = Admission([5, 6, 7], SamplingParams(gen_length=16, steps=8, seed=3), None)
 
 
 def test_enqueue_stores_the_named_fields_and_names_every_outcome(r):
     b = Broker(r)
-    req = StoredRequest(request_id="a", body=b"\x00body", model="m", priority=3, deadline=12.5,
+    req = StoredRequest(request_id="a", admission=ADM, model="m", priority=3, deadline=12.5,
                         options=b"opts", client="ip:c", quota="ip:c|c:x", last_step=40,
                         ttl_s=90)  # fmt: skip
     assert b.enqueue(req, max_queue=10, per_client=2) == Enqueued(Enqueue.QUEUED, "1")
     h = r.hgetall(rk.req_key("a"))
-    assert h[b"body"] == b"\x00body" and h[b"model"] == b"m" and h[b"priority"] == b"3"
+    assert h[b"admission"] == ADM.encode() and h[b"model"] == b"m" and h[b"priority"] == b"3"
     assert float(h[b"deadline"]) == 12.5 and h[b"opts"] == b"opts" and h[b"steps"] == b"40"
     assert h[b"ttl"] == b"90" and h[b"quota"] == b"ip:c|c:x" and h[b"status"] == b"queued"
-    assert b"group" not in h  # dispatch groups by model only
+    assert b"group" not in h and b"body" not in h  # no wire bytes: the admission is the request
     assert r.hgetall(rk.QUEUED_BY_CLIENT) == {b"ip:c|c:x": b"1"}
     assert b.enqueue(req, max_queue=10) == Enqueued(Enqueue.DUPLICATE, "queued")
-    other = StoredRequest(**{**req.__dict__, "body": b"other"})
-    assert b.enqueue(other, max_queue=10) == Enqueued(Enqueue.CONFLICT, "queued")
+    other_sampling = Admission(ADM.prompt, SamplingParams(gen_length=16, steps=8, seed=4), None)
+    for change in ({"admission": other_sampling}, {"model": "m2"}, {"priority": 4}):
+        other = StoredRequest(**{**req.__dict__, **change})
+        assert b.enqueue(other, max_queue=10) == Enqueued(Enqueue.CONFLICT, "queued"), change
     assert _enqueue(b, "z", max_queue=1) == Enqueued(Enqueue.QUEUE_FULL, "1")
     assert _enqueue(b, "a", client="t:other", owned=True) == Enqueued(Enqueue.NOT_YOURS, "")
     assert _enqueue(b, "q1", client="ip:d", per_client=1).outcome is Enqueue.QUEUED
@@ -61,12 +67,13 @@ def test_the_dispatcher_view_of_a_queued_request(r):
 
 def test_start_names_its_reply_and_refuses_what_is_not_dispatched_to_it(r):
     b = Broker(r)
-    _enqueue(b, "s", body=b"B")
+    _enqueue(b, "s", prompt="B")
     assert b.start("s", worker="w1", ttl_s=60) is None  # queued, not dispatched
     assert _assign(r, b, "w1", {"s"}) == ["s"]
     assert b.start("s", worker="w2", ttl_s=60) is None  # another worker's
     got = b.start("s", worker="w1", ttl_s=60)
-    assert isinstance(got, Started) and (got.attempt, got.body, got.deadline) == (1, b"B", 0.0)
+    assert isinstance(got, Started) and (got.attempt, got.deadline) == (1, 0.0)
+    assert got.admission == Admission("B", SamplingParams(gen_length=8, steps=8), None)
     assert got.enqueued_at > 0 and got.options == b""
     assert r.hget(rk.req_key("s"), "status") == b"running"
     # cancelled between dispatch and start: start ends it and answers None
@@ -126,11 +133,10 @@ def test_publish_steps_and_finish_write_the_records(r):
     _enqueue(b, "p")
     _assign(r, b, "w1", {"p"})
     b.start("p", worker="w1", ttl_s=60)
-    b.publish_steps([StepRecord("p", 1, b"S1", block_done=True, first=True),
-                     StepRecord("gone", 1, b"S", block_done=False, first=True)],
-                    ttl_s=60)  # fmt: skip
+    b.publish_steps([StepRecord("p", 1, b"S1", first=True),
+                     StepRecord("gone", 1, b"S", first=True)], ttl_s=60)  # fmt: skip
     (_, step), = r.xrange(rk.res_key("p"))  # fmt: skip
-    assert step == {b"a": b"1", b"k": rk.REC_STEP.encode(), b"p": b"S1", b"bd": b"1"}
+    assert step == {b"a": b"1", b"k": rk.REC_STEP.encode(), b"p": b"S1"}  # block_done: in p
     assert r.hexists(rk.req_key("p"), "t_first") and not r.exists(rk.res_key("gone"))
     assert not b.finish(
         "p", worker="w1", attempt=2, status=rk.DONE, ttl_s=60, final=Completion(b"")
@@ -146,7 +152,7 @@ def test_the_asyncio_broker_makes_the_same_calls(rserver, r):
         client = aioredis.Redis.from_url(rserver.url)
         try:
             b = AsyncBroker(client)
-            req = StoredRequest("as", b"b", "m", 0, 0.0, b"", "ip:c", "", 8, 60)
+            req = StoredRequest("as", ADM, "m", 0, 0.0, b"", "ip:c", "", 8, 60)
             got = await b.enqueue(req, max_queue=5)
             held = await b.lease_acquire("s1", ttl_ms=5000)
             other = await b.lease_acquire("s2", ttl_ms=5000)

@@ -13,6 +13,8 @@ import time
 import redis.asyncio as aioredis
 
 from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.admission import Admission
+from dllmserve.sampling_params import SamplingParams
 from dllmserve.scheduler.relay import ResultHub, follow
 from dllmserve.testing.fake_engine import FakeEngine
 from dllmserve.v1 import dllm_pb2 as pb
@@ -96,7 +98,7 @@ def test_a_full_follower_resumes_at_once_and_in_order(rserver, r):
     read again at once, not after the blocked read of the other streams times out."""
     r.hset(rk.req_key("z"), mapping={"status": "running", "attempt": "1"})
     for n in range(1, 8):
-        r.xadd(rk.res_key("z"), {"a": 1, "k": rk.REC_STEP, "p": _step(n), "bd": "0"})
+        r.xadd(rk.res_key("z"), {"a": 1, "k": rk.REC_STEP, "p": _step(n)})
     r.xadd(
         rk.res_key("z"), {"a": 1, "k": rk.REC_COMPLETED, "p": pb.Completed().SerializeToString()}
     )
@@ -131,10 +133,9 @@ def test_a_full_follower_resumes_at_once_and_in_order(rserver, r):
 def test_worker_takes_a_whole_batch_in_one_round_trip(r):
     """The worker STARTs every request of the batches it read in one pipeline: the cancelled
     one ends CANCELLED without reaching the engine, the others run, in batch order."""
-    body = pb.GenerateRequest(token_ids=pb.TokenIds(ids=[5, 6, 7]))
-    body.sampling_params.gen_length, body.sampling_params.steps = 4, 4
+    adm = Admission([5, 6, 7], SamplingParams(gen_length=4, steps=4), None)
     for rid in ("b1", "b2", "b3", "b4"):
-        r.hset(rk.req_key(rid), mapping={"body": body.SerializeToString(), "status": "dispatched",
+        r.hset(rk.req_key(rid), mapping={"admission": adm.encode(), "status": "dispatched",
                                         "worker": "w", "attempt": "1", "cancel": "0",
                                         "t_enq": repr(time.time()), "opts": b""})  # fmt: skip
     r.hset(rk.req_key("b3"), "cancel", "1")  # cancelled after dispatch, before the worker took it

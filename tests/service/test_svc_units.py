@@ -24,7 +24,7 @@ def test_enqueue_is_idempotent_and_bounded(r):
     # the same request again: a duplicate
     assert _enqueue(sc, "a") == Enqueued(Enqueue.DUPLICATE, rk.QUEUED)
     # the same id, another request
-    assert _enqueue(sc, "a", body=b"other") == Enqueued(Enqueue.CONFLICT, rk.QUEUED)
+    assert _enqueue(sc, "a", prompt="other") == Enqueued(Enqueue.CONFLICT, rk.QUEUED)
     assert _enqueue(sc, "b", max_queue=2) == Enqueued(Enqueue.QUEUED, "2")
     assert _enqueue(sc, "c", max_queue=2) == Enqueued(Enqueue.QUEUE_FULL, "2")
     assert r.xlen(rk.PENDING) == 2 and not r.exists(rk.req_key("c"))
@@ -39,7 +39,7 @@ def test_cancel_races_with_dispatch_and_stale_attempts_are_fenced(r):
     assert _assign(r, sc, "w1", {"x", "y"}) == ["y"]
     assert int(r.get(rk.load_key("w1"))) == 1
     got = sc.start("y", worker="w1", ttl_s=60)
-    assert got is not None and got.attempt == 1 and got.body == b"body"
+    assert got is not None and got.attempt == 1 and got.admission.prompt == "body"
     assert sc.start("y", worker="w1", ttl_s=60) is None  # running already
     # w1 dies; the request is retried as attempt 2 on w2.
     got = sc.reclaim("y", worker="w1", max_attempts=3, ttl_s=60, charge="1")
@@ -66,9 +66,9 @@ def test_reclaim_dead_letters_after_max_attempts(r):
     assert rec[b"k"] == b"e" and rec[b"code"] == b"ABORTED"
 
 
-def _step(step, positions, tokens, attempt=1, delta=""):
+def _step(step, positions, tokens, attempt=1, delta="", block_done=False):
     return pb.StepUpdate(step=step, total_steps=4, positions=positions, token_ids=tokens,
-                         attempt=attempt, text_delta=delta)  # fmt: skip
+                         attempt=attempt, text_delta=delta, block_done=block_done)  # fmt: skip
 
 
 def test_relay_follows_the_latest_attempt_and_resumes_after_a_step(rserver, r):
@@ -127,17 +127,18 @@ def test_relay_follows_the_latest_attempt_and_resumes_after_a_step(rserver, r):
 
 def test_coalescer_merges_in_order():
     c = Coalescer(pb.StreamOptions(mode=pb.STREAM_MODE_EVERY_K_STEPS, every_k=2))
-    assert c.add(_step(1, [0], [5], delta="a"), False) is None
-    merged = c.add(_step(2, [3], [6], delta="b"), False)
+    assert c.add(_step(1, [0], [5], delta="a")) is None
+    merged = c.add(_step(2, [3], [6], delta="b"))
     assert list(merged.positions) == [0, 3] and list(merged.token_ids) == [5, 6]
     assert merged.step == 2 and merged.text_delta == "ab"
-    assert c.add(_step(3, [1], [7]), False) is None
+    assert c.add(_step(3, [1], [7])) is None
     assert c.flush().step == 3 and c.flush() is None
-    b = Coalescer(pb.StreamOptions(mode=pb.STREAM_MODE_BLOCKS))
-    assert b.add(_step(1, [0], [5]), False) is None
-    assert list(b.add(_step(2, [1], [6]), True).positions) == [0, 1]
+    b = Coalescer(pb.StreamOptions(mode=pb.STREAM_MODE_BLOCKS))  # the step's own block_done
+    assert b.add(_step(1, [0], [5])) is None
+    merged = b.add(_step(2, [1], [6], block_done=True))
+    assert list(merged.positions) == [0, 1] and merged.block_done
     f = Coalescer(pb.StreamOptions(mode=pb.STREAM_MODE_FINAL_ONLY))
-    assert f.add(_step(1, [0], [5]), True) is None and f.flush() is None
+    assert f.add(_step(1, [0], [5], block_done=True)) is None and f.flush() is None
 
 
 def test_canvas_renderer_shows_masks_with_the_placeholder():
@@ -158,7 +159,7 @@ def test_dispatcher_batches_by_model_priority_and_capacity(rserver, r):
     plan = [("d1", 0), ("s1", 0), ("d2", 0), ("s2", 5), ("d3", 0), ("o1", 0)]
     for rid, prio in plan:
         model = "other" if rid == "o1" else "m"
-        _enqueue(sc, rid, rid.encode(), 100, prio, model)
+        _enqueue(sc, rid, rid, 100, prio, model)
     for wid, slots in (("wa", 3), ("wb", 2)):
         _ready(r, wid, slots)
         r.sadd(rk.WORKERS, wid)
@@ -211,7 +212,7 @@ def test_dispatcher_shares_a_burst_evenly_over_idle_workers(rserver, r):
 
     def enqueue(rids):
         for rid in rids:
-            _enqueue(sc, rid, rid.encode(), 1000)
+            _enqueue(sc, rid, rid, 1000)
 
     for wid in ("wa", "wb"):
         _ready(r, wid, 128)

@@ -59,7 +59,7 @@ def test_enqueue_hides_another_tenants_request_id(r):
     sc = Broker(r)
     assert _enqueue(sc, "x", client="t:alice", owned=True).outcome is Enqueue.QUEUED
     assert _enqueue(sc, "x", client="t:bob", owned=True) == Enqueued(Enqueue.NOT_YOURS, "")
-    got = _enqueue(sc, "x", body=b"other", client="t:bob", owned=True)
+    got = _enqueue(sc, "x", prompt="other", client="t:bob", owned=True)
     assert got == Enqueued(Enqueue.NOT_YOURS, "")
     assert _enqueue(sc, "x", client="t:alice", owned=True) == Enqueued(Enqueue.DUPLICATE, "queued")
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 from svc_util import lua_assign
 
 from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.admission import Admission
 from dllmserve.broker.scripts import Broker, StoredRequest
+from dllmserve.sampling_params import SamplingParams
 from dllmserve.testing.fake_engine import FakeEngine
 from dllmserve.v1 import dllm_pb2 as pb
 from dllmserve.worker.config import WorkerConfig
@@ -19,9 +21,8 @@ STEPS = 4
 
 
 def _enqueue(b: Broker, rid: str) -> None:
-    body = pb.GenerateRequest(token_ids=pb.TokenIds(ids=[5, 6, 7]))
-    body.sampling_params.gen_length, body.sampling_params.steps = STEPS, STEPS
-    req = StoredRequest(request_id=rid, body=body.SerializeToString(), model="m", priority=0,
+    adm = Admission([5, 6, 7], SamplingParams(gen_length=STEPS, steps=STEPS), None)
+    req = StoredRequest(request_id=rid, admission=adm, model="m", priority=0,
                         deadline=0.0, options=b"", client="ip:c", quota="", last_step=STEPS,
                         ttl_s=60)  # fmt: skip
     b.enqueue(req, max_queue=100)
