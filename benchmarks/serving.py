@@ -14,11 +14,12 @@ scheduler's queued time), against one step time + 20 ms.
 
 Before the service starts, the offline engine — built exactly as a worker builds it, in a child
 process on the first worker's GPU — runs the saturation requests at once: the service's
-saturation throughput is reported against it. With `--scale-workers N`, a fresh service with
-N workers (one per GPU) then runs saturation with N × `--saturation-requests` requests, reported
-against one worker's. The measured phases are preceded by unmeasured warm-up waves (one at
-the highest finite rate, one burst), so no timing includes kernel compilation or CUDA-graph
-capture of the shapes it runs.
+saturation throughput is reported against it. With `--scale-workers N [M ...]`, a fresh service
+with N workers (one per GPU) then runs saturation with N × `--saturation-requests` requests, then
+one with M workers, ... (ascending): each count's tokens/s is reported against the `--workers`
+(one) worker service's, as a speedup and per worker. The measured phases are preceded by
+unmeasured warm-up waves (one at the highest finite rate, one burst), so no timing includes
+kernel compilation or CUDA-graph capture of the shapes it runs.
 
 With `--failover N` (at least two workers: the phase with the most of them runs it), N
 requests with fixed seeds run at once fault-free, then again while the worker holding the most
@@ -35,7 +36,7 @@ request did not finish, tokens differ, or no request was re-delivered (the kill 
     python benchmarks/serving.py                                  # CPU, the shipped tiny model
     python benchmarks/serving.py --random-shape llada-8b --prompt-tokens 128 --gen 256 \\
         --steps 256 --block 32 --rates 1 2 4 --num-requests 32 --saturation-requests 32 \\
-        --scale-workers 2 --failover 64 --json out.json --log-dir logs/   # GPUs (serving_gpu.sh)
+        --scale-workers 2 4 --failover 64 --json out.json --log-dir logs/   # GPUs (serving_gpu.sh)
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from dllmserve.client import Accepted, AsyncClient, Client, Completed, StepUpdat
 
 ROOT = Path(__file__).resolve().parents[1]
 INF = float("inf")
+SCALING_TARGET = {2: 1.9, 4: 3.7}  # issue 28: saturation tokens/s over one worker's
 T0 = time.perf_counter()
 
 
@@ -508,7 +510,7 @@ def serve_phase(
                 r = await run_rate(client, prompts, rate, args, f"r{rate}w{workers}")
                 r["workers"] = workers
                 results.append(r)
-                doc[key] = results
+                doc.setdefault(key, []).append(r)  # the scaling phases share one list
                 write(args, doc)
                 log(json.dumps(r))
             if failover:
@@ -522,6 +524,19 @@ def serve_phase(
     finally:
         svc.stop()
     return results
+
+
+def scaling_row(run: dict, base: dict) -> dict:
+    """A saturation run against the base service's (`--workers`): the speedup, and the
+    efficiency (tokens/s per worker over the base's per worker: 1.0 is linear scaling)."""
+    speedup = run["tokens_per_s"] / base["tokens_per_s"]
+    return {
+        "workers": run["workers"],
+        "tokens_per_s": run["tokens_per_s"],
+        "speedup": speedup,
+        "efficiency": speedup * base["workers"] / run["workers"],
+        "requests_per_worker": run["requests_per_worker"],
+    }
 
 
 def write(args, doc: dict) -> None:
@@ -538,8 +553,9 @@ def main() -> None:
     ap.add_argument(
         "--scale-workers",
         type=int,
-        default=0,
-        help="then saturation with this many workers, against --workers",
+        nargs="+",
+        default=[],
+        help="then saturation with each of these many workers, against --workers (0: none)",
     )
     ap.add_argument(
         "--rates",
@@ -594,7 +610,10 @@ def main() -> None:
     if args.offline_child:
         offline_child(args)
         return
-    most = max(args.workers, args.scale_workers)
+    if any(n < 0 for n in args.scale_workers):
+        ap.error(f"--scale-workers: worker counts >= 0 (0: none), got {args.scale_workers}")
+    args.scale_workers = sorted(set(args.scale_workers) - {0, args.workers})
+    most = max([args.workers, *args.scale_workers])
     if args.failover < 0 or (args.failover and most < 2):
         ap.error("--failover: N >= 1 requests, with --workers or --scale-workers >= 2")
     if args.log_dir:
@@ -611,24 +630,19 @@ def main() -> None:
             f"offline: {offline['tokens_per_s']:.1f} tok/s on {offline['card']}, "
             f"{offline['mean_iteration_s'] * 1000:.1f} ms per iteration"
         )
-    scale = args.scale_workers and args.scale_workers != args.workers
     # the failover runs in the phase with the most workers
     base_fo = args.failover if args.workers == most else 0
     base = serve_phase(args, args.workers, rates, args.log_dir, doc, "results", base_fo)
-    scaled = []
-    if scale:
-        fo = args.failover - base_fo
-        scaled = serve_phase(args, args.scale_workers, [INF], args.log_dir, doc, "scaled", fo)
+    for n in args.scale_workers:
+        fo = args.failover if n == most else 0
+        serve_phase(args, n, [INF], args.log_dir, doc, "scaled", fo)
     sat = base[-1]
     summary: dict = {"service_saturation_tokens_per_s": sat["tokens_per_s"]}
     if offline:
         summary["offline_tokens_per_s"] = offline["tokens_per_s"]
         summary["service_vs_offline"] = sat["tokens_per_s"] / offline["tokens_per_s"]
-    if scaled:
-        summary["scaled_workers"] = args.scale_workers
-        summary["scaled_tokens_per_s"] = scaled[-1]["tokens_per_s"]
-        summary["scaled_vs_base"] = scaled[-1]["tokens_per_s"] / sat["tokens_per_s"]
-        summary["scaled_requests_per_worker"] = scaled[-1]["requests_per_worker"]
+    if args.scale_workers:
+        summary["scaling"] = [scaling_row(r, sat) for r in [sat, *doc["scaled"]]]
     failures = failover_failures(doc["failover"]) if args.failover else []
     if args.failover:
         fo = doc["failover"]
@@ -661,11 +675,15 @@ def print_report(args, doc: dict) -> None:
             f"{s['service_saturation_tokens_per_s']:.1f} tok/s = "
             f"{100 * s['service_vs_offline']:.0f}% of the offline engine (target >= 90%)"
         )
-    if "scaled_vs_base" in s:
+    base = "one worker" if args.workers == 1 else f"{args.workers} workers"
+    for row in s.get("scaling", [])[1:]:
+        target = SCALING_TARGET.get(row["workers"]) if args.workers == 1 else None
         print(
-            f"{s['scaled_workers']} workers at saturation: {s['scaled_tokens_per_s']:.1f} tok/s "
-            f"= {s['scaled_vs_base']:.2f}x one worker (target >= 1.8x); requests per worker "
-            f"{s['scaled_requests_per_worker']}"
+            f"{row['workers']} workers at saturation: {row['tokens_per_s']:.1f} tok/s "
+            f"= {row['speedup']:.2f}x {base}"
+            + (f" (target >= {target}x)" if target else "")
+            + f", {100 * row['efficiency']:.0f}% per worker; requests per worker "
+            f"{row['requests_per_worker']}"
         )
     if "failover" in doc:
         fo = doc["failover"]

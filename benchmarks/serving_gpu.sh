@@ -3,8 +3,10 @@
 #   1. the offline engine on the saturation requests (LLaDA-8B shape, random bf16 weights, GPU 0);
 #   2. the whole service (private redis-server, scheduler, ONE worker on GPU 0): a warm-up wave,
 #      gamma arrivals at each of $RATES req/s, then saturation (all at once);
-#   3. a fresh service with $SCALE workers (one process per GPU): warm-up, saturation; then,
-#      with FAILOVER=N, failover under load: N requests with fixed seeds (temperature 1) run
+#   3. for each worker count in $SCALE (a list: SCALE="2 4"), a fresh service with that many
+#      workers (one process per GPU): warm-up, saturation; the report gives each count's tokens/s
+#      and its ratio to one worker's. Then, in the service with the most workers, with
+#      FAILOVER=N, failover under load: N requests with fixed seeds (temperature 1) run
 #      fault-free, then again while the worker holding the most of them is killed with SIGKILL;
 #      every request must finish with its fault-free tokens (the script fails otherwise), and
 #      the JSON has the re-delivered count and the recovery time per re-delivered request (last
@@ -15,11 +17,12 @@
 #   SHAPE=tiny DEVICE=cpu PROMPT=32 GEN=32 STEPS=32 BLOCK=16 RATES=4 NUM=8 SAT=8 SCALE=2 \
 #       FAILOVER=8 bash benchmarks/serving_gpu.sh     # the same run scaled down, on a CPU
 #
-# Issue 28 (scaling and failover) on a multi-GPU host, one device call each, .whl/ carried (the
+# Issue 28 (scaling and failover) on a multi-GPU host in one device call, .whl/ carried (the
 # wheel of scripts/gpu_wheel.sh and the dependencies' wheels, below); RATES=inf: the one-worker
-# service runs saturation only (the baseline of the ratio), the finite rates are issue 5's run:
+# service runs saturation only (the baseline of the ratios), the finite rates are issue 5's run.
+# On x4, 1, 2 and 4 workers, the failover with 4:
+#   x4: DLLMSERVE_COMMIT=<sha> OUT=$OUT SCALE="2 4" FAILOVER=64 RATES=inf bash benchmarks/serving_gpu.sh
 #   x2: DLLMSERVE_COMMIT=<sha> OUT=$OUT SCALE=2 FAILOVER=64 RATES=inf bash benchmarks/serving_gpu.sh
-#   x4: DLLMSERVE_COMMIT=<sha> OUT=$OUT SCALE=4 FAILOVER=64 RATES=inf bash benchmarks/serving_gpu.sh
 #
 # Python packages the machine lacks (grpcio, protobuf, redis, ... and dLLM-Serve's own wheel from
 # scripts/gpu_wheel.sh) come as wheels in .whl/, installed into /tmp/site when one of them does
@@ -39,9 +42,14 @@ RATIO=${RATIO:-0.5}
 RATES=${RATES:-1 2 4}
 NUM=${NUM:-32}      # requests per finite rate
 SAT=${SAT:-32}      # requests per worker at saturation (also the warm-up wave)
-SCALE=${SCALE:-2}   # workers of the scaling run (0: skip it)
-FAILOVER=${FAILOVER:-0}  # requests of the failover phase in the scaling run (0: skip it)
+SCALE=${SCALE:-2}   # worker counts of the scaling runs, a list: "2 4" (0: none)
+FAILOVER=${FAILOVER:-0}  # requests of the failover phase, run with the most workers (0: skip it)
 BUDGET_S=${BUDGET_S:-560}  # the benchmark is stopped after this long (its JSON is kept)
+for n in $SCALE; do
+  case $n in
+    '' | *[!0-9]*) echo "SCALE: worker counts, whole numbers (\"2 4\"), got '$n'" >&2; exit 2 ;;
+  esac
+done
 export PYTHONUNBUFFERED=1
 # The checkout's dllmserve/ lacks the subpackages that pyproject maps in (kernels/, scheduler/,
 # worker/): keep the working directory off sys.path so the installed package is the one imported;
@@ -52,7 +60,7 @@ mkdir -p "$OUT/logs"
 exec > >(tee "$OUT/serving.log") 2>&1
 
 echo "== $(date -u +%FT%TZ) serving benchmark: shape $SHAPE on $DEVICE, prompt $PROMPT, gen $GEN," \
-  "steps $STEPS, block $BLOCK, r $RATIO, rates [$RATES] x $NUM, saturation $SAT/worker, scale $SCALE," \
+  "steps $STEPS, block $BLOCK, r $RATIO, rates [$RATES] x $NUM, saturation $SAT/worker, scale [$SCALE]," \
   "failover $FAILOVER"
 
 if ! "$PY" -c "import grpc, redis, google.protobuf, grpc_health, grpc_reflection, grpc_status
@@ -92,23 +100,30 @@ print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torc
       'transformers', t.__version__)"
 } 2>&1 | tee "$OUT/env.txt"
 
-if [ "$DEVICE" = cuda ] && [ "$SCALE" -gt 1 ]; then
+gpus=""  # on a CPU: any count (processes)
+if [ "$DEVICE" = cuda ]; then
   gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())")
-  if [ "$gpus" -lt "$SCALE" ]; then
-    echo "only $gpus GPU(s): skipping the $SCALE-worker run"
-    SCALE=0
-  fi
 fi
-if [ "$FAILOVER" -gt 0 ] && [ "$SCALE" -lt 2 ]; then
-  echo "the failover phase needs SCALE >= 2 workers: skipping it"
+kept="" most=1
+for n in $SCALE; do
+  if [ -n "$gpus" ] && [ "$n" -gt "$gpus" ]; then
+    echo "only $gpus GPU(s): skipping the $n-worker run"
+  elif [ "$n" -gt 0 ]; then
+    kept="$kept $n"
+    most=$((n > most ? n : most))
+  fi
+done
+SCALE=${kept:-0}
+if [ "$FAILOVER" -gt 0 ] && [ "$most" -lt 2 ]; then
+  echo "the failover phase needs a SCALE of >= 2 workers: skipping it"
   FAILOVER=0
 fi
 
-# shellcheck disable=SC2086  # RATES is a list
+# shellcheck disable=SC2086  # RATES and SCALE are lists
 timeout --signal=TERM --kill-after=30 "$BUDGET_S" "$PY" benchmarks/serving.py \
   --random-shape "$SHAPE" --device "$DEVICE" --prompt-tokens "$PROMPT" --gen "$GEN" \
   --steps "$STEPS" --block "$BLOCK" --ratio "$RATIO" --delay 1 --rates $RATES \
-  --num-requests "$NUM" --saturation-requests "$SAT" --scale-workers "$SCALE" \
+  --num-requests "$NUM" --saturation-requests "$SAT" --scale-workers $SCALE \
   --failover "$FAILOVER" \
   --json "$OUT/serving.json" --log-dir "$OUT/logs" ${EXTRA:-}
 rc=$?

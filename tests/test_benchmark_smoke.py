@@ -47,9 +47,11 @@ def test_offline_benchmark_smoke(tmp_path, extra):
     assert (" skinny " in proc.stdout) == ("both" in extra)  # the table's GEMM column
 
 
-def test_serving_benchmark_script_smoke(tmp_path):
+@pytest.mark.parametrize("scale, counts", [("2", [2]), ("3 2", [2, 3])])
+def test_serving_benchmark_script_smoke(tmp_path, scale, counts):
     """benchmarks/serving_gpu.sh scaled down to the tiny shape on the CPU: offline engine, one
-    worker at a rate and at saturation, then two workers at saturation, all written to $OUT."""
+    worker at a rate and at saturation, then each SCALE worker count (ascending) at
+    saturation, each against one worker, all written to $OUT."""
     pytest.importorskip("grpc")
     pytest.importorskip("redis")
     from dllmserve.scheduler.local_redis import find_redis_server
@@ -58,7 +60,7 @@ def test_serving_benchmark_script_smoke(tmp_path):
         pytest.skip("no redis-server")
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "SHAPE": "tiny",
            "DEVICE": "cpu", "PROMPT": "16", "GEN": "16", "STEPS": "16", "BLOCK": "8",
-           "RATES": "8", "NUM": "6", "SAT": "4", "SCALE": "2", "OMP_NUM_THREADS": "1",
+           "RATES": "8", "NUM": "6", "SAT": "4", "SCALE": scale, "OMP_NUM_THREADS": "1",
            "DLLMSERVE_COMMIT": "c0ffee1"}  # fmt: skip
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "serving_gpu.sh")], env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -68,17 +70,27 @@ def test_serving_benchmark_script_smoke(tmp_path):
     assert "commit: c0ffee1" in (tmp_path / "env.txt").read_text()
     assert [r["rate"] for r in doc["results"]] == [8.0, float("inf")]
     assert doc["results"][0]["requests"] == 6 and doc["results"][1]["requests"] == 4
-    (scaled,) = doc["scaled"]
-    assert scaled["requests"] == 8 and len(scaled["requests_per_worker"]) == 2  # both served
+    assert [r["workers"] for r in doc["scaled"]] == counts
+    for r in doc["scaled"]:  # every worker served
+        assert r["requests"] == 4 * r["workers"] == sum(r["requests_per_worker"])
+        assert len(r["requests_per_worker"]) == r["workers"]
     assert doc["offline"]["tokens_per_s"] > 0 and doc["offline"]["requests"] == 4
     s = doc["summary"]
-    assert s["service_vs_offline"] > 0 and s["scaled_vs_base"] > 0
+    assert s["service_vs_offline"] > 0
+    scaling = s["scaling"]  # one worker, then each count, against one worker
+    assert [row["workers"] for row in scaling] == [1, *counts]
+    assert scaling[0]["speedup"] == scaling[0]["efficiency"] == 1.0
+    for row, run in zip(scaling[1:], doc["scaled"], strict=True):
+        assert row["tokens_per_s"] == run["tokens_per_s"]
+        assert row["speedup"] == pytest.approx(run["tokens_per_s"] / scaling[0]["tokens_per_s"])
+        assert row["efficiency"] == pytest.approx(row["speedup"] / row["workers"])
+        assert f"{row['workers']} workers at saturation" in proc.stdout
     for r in doc["results"] + doc["scaled"]:
         assert r["step_p50_s"] > 0 and 0 <= r["within_step_plus_20ms"] <= 1
         assert 0 < r["accept_p50_s"] <= r["ttfu_p50_s"]
     assert "x one worker" in proc.stdout and "of the offline engine" in proc.stdout
     logs = {p.name for p in (tmp_path / "logs").iterdir()}
-    assert logs == {"offline.log", "service-1w.log", "service-2w.log"}
+    assert logs == {"offline.log", "service-1w.log", *(f"service-{n}w.log" for n in counts)}
     assert (tmp_path / "serving.log").is_file() and (tmp_path / "env.txt").is_file()
 
 
