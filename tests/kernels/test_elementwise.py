@@ -78,7 +78,9 @@ def test_qk_norm_and_partial_rope_in_one_launch(dtype, in_fp32, normed, nh, nkv,
 @pytest.mark.parametrize("normed", [True, False])
 def test_rope_tiling_does_not_change_results(normed):
     """Heads per program (6 heads: the last program's tile runs past them) only tiles the
-    work: each head's result is the same bits."""
+    work: each head's result is the same bits, except that on a GPU the QK norm's sum of
+    squares may add in another order for another tile shape (seen on an H100): there, the
+    norm kernel's tolerance. A model's tiling is fixed by its head count and size."""
     g = torch.Generator().manual_seed(6)
     nh, nkv, hd, T = 4, 2, 16, 3
     qkv = randn(g, T, (nh + 2 * nkv) * hd, dtype=torch.float32)
@@ -88,7 +90,12 @@ def test_rope_tiling_does_not_change_results(normed):
     args = (qkv, nh + nkv, hd, positions, rotary.cos, rotary.sin, False, norms if normed else None)
     want = elementwise.rope_heads(*args, heads_per_program=1)
     for heads in (2, 4, 8):
-        assert torch.equal(elementwise.rope_heads(*args, heads_per_program=heads), want)
+        got = elementwise.rope_heads(*args, heads_per_program=heads)
+        if normed and got.is_cuda:
+            tol = ATOL[torch.float32] * 4
+            torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+        else:
+            assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -67,7 +67,10 @@ def test_matches_reference(m, dtype, kind, cfg):
     out = skinny_linear(x, w, b, config=cfg, **kw)
     assert out.shape == (m, N) and out.dtype == dtype
     ref = skinny_linear_reference(x, w, b, **kw)
-    torch.testing.assert_close(out, ref, atol=2 * ATOL[dtype], rtol=1e-2)
+    # Hopper's e4m3 MMA accumulates with fewer bits than fp32: near-zero outputs of the w8a8
+    # kind were measured 7e-5 off the fp32 reference on an H100 (outputs are of order 1)
+    atol = 5e-4 if kind == "w8a8" and x.is_cuda else 2 * ATOL[dtype]
+    torch.testing.assert_close(out, ref, atol=atol, rtol=1e-2)
 
 
 @pytest.mark.parametrize("kind", ["16bit", "w8a8"])
