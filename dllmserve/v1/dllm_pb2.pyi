@@ -20,7 +20,6 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
     FINISH_REASON_STOP: _ClassVar[FinishReason]
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
-    FINISH_REASON_ABORT: _ClassVar[FinishReason]
 STREAM_MODE_UNSPECIFIED: StreamMode
 STREAM_MODE_EVERY_STEP: StreamMode
 STREAM_MODE_EVERY_K_STEPS: StreamMode
@@ -29,7 +28,6 @@ STREAM_MODE_FINAL_ONLY: StreamMode
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
-FINISH_REASON_ABORT: FinishReason
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
