@@ -10,6 +10,7 @@ import logging
 import redis.asyncio as aioredis
 
 from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.inbox_entry import decode_all, read_all
 from dllmserve.broker.records import parse_holder, read_holder
 from dllmserve.broker.scripts import AsyncBroker, Reclaim
 from dllmserve.logs import event
@@ -43,11 +44,10 @@ class Reclaimer:
 
     async def reclaim_worker(self, worker_id: str) -> None:
         """Take back everything a worker that went down held (its inbox lists it)."""
-        inbox = rk.inbox_key(worker_id)
-        entries = await self._r.xrange(inbox, "-", "+")
-        rids = [rid for _eid, f in entries for rid in rk.text(f.get(b"ids")).split(",") if rid]
+        entries = decode_all(await read_all(self._r, worker_id))
+        rids = [rid for entry in entries for rid in entry.request_ids]
         await self._reclaim_all(rids, worker_id)
-        await self._r.delete(inbox, rk.load_key(worker_id), rk.ctl_key(worker_id))
+        await self._r.delete(rk.inbox_key(worker_id), rk.load_key(worker_id), rk.ctl_key(worker_id))
         await self._r.delete(rk.iso_key(worker_id))
         await self._r.srem(rk.WORKERS, worker_id)
         self.state.reaped_workers.append(worker_id)

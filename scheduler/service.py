@@ -181,15 +181,15 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
             last_step=admission.sampling_params.max_steps,
             ttl_s=self._cfg.result_ttl_s,
         )
-        got = await self._broker.enqueue(
+        enqueued = await self._broker.enqueue(
             stored_request,
             max_queue=self._cfg.max_queue,
             per_client=self._cfg.max_queue_per_client,
             owned=self._authenticated,
         )
-        _raise_refusal(got, rid, self._cfg.retry_after_s)
-        value = got.value
-        created = got.outcome is Enqueue.QUEUED
+        _raise_refusal(enqueued, rid, self._cfg.retry_after_s)
+        value = enqueued.value
+        created = enqueued.outcome is Enqueue.QUEUED
         if created:
             self.metrics.on_accepted(rid, model, int(value), request.priority)
             if span is not None:  # the worker's span becomes a child of this one
@@ -356,8 +356,8 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         return status
 
     async def _cancel(self, rid: str, code: str, msg: str) -> str:
-        got = await self._broker.cancel(rid, code=code, msg=msg, ttl_s=self._cfg.result_ttl_s)
-        return got.value
+        outcome = await self._broker.cancel(rid, code=code, msg=msg, ttl_s=self._cfg.result_ttl_s)
+        return outcome.value
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -365,24 +365,24 @@ class DllmServicer(dllm_pb2_grpc.DllmServiceServicer):
         task.add_done_callback(self._background.discard)
 
 
-def _raise_refusal(got: Enqueued, rid: str, retry_after_s: float) -> None:
+def _raise_refusal(enqueued: Enqueued, rid: str, retry_after_s: float) -> None:
     """The gRPC error of an enqueue the queue refused (nothing when it queued or deduplicated)."""
-    if got.outcome is Enqueue.QUEUE_FULL:
+    if enqueued.outcome is Enqueue.QUEUE_FULL:
         raise errors.resource_exhausted(
-            f"the queue is full ({got.value} requests waiting); retry later", retry_after_s
+            f"the queue is full ({enqueued.value} requests waiting); retry later", retry_after_s
         )
-    if got.outcome is Enqueue.NOT_YOURS:
+    if enqueued.outcome is Enqueue.NOT_YOURS:
         raise errors.simple(
             grpc.StatusCode.NOT_FOUND,
             f"request_id {rid!r} is not available to this client; choose another",
         )
-    if got.outcome is Enqueue.CLIENT_CAP:
+    if enqueued.outcome is Enqueue.CLIENT_CAP:
         raise errors.resource_exhausted(
-            f"this client already has {got.value} requests waiting in the queue (the cap per "
+            f"this client already has {enqueued.value} requests waiting in the queue (the cap per "
             "client); retry later",
             retry_after_s,
         )
-    if got.outcome is Enqueue.CONFLICT:
+    if enqueued.outcome is Enqueue.CONFLICT:
         raise errors.simple(
             grpc.StatusCode.ALREADY_EXISTS,
             f"request_id {rid!r} is already used by a different request",

@@ -12,19 +12,16 @@ from __future__ import annotations
 import redis
 
 from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.inbox_entry import InboxEntry, decode_all
 
 
 def read_entries(
     client: redis.Redis, worker_id: str, *, count: int, block_ms: int | None = None
-) -> list[tuple[str, list[str]]]:
-    """The next unread entries of the worker's inbox: (entry id, its request ids)."""
+) -> list[InboxEntry]:
+    """The next unread entries of the worker's inbox."""
     key = rk.inbox_key(worker_id)
     reply = client.xreadgroup(rk.INBOX_GROUP, worker_id, {key: ">"}, count=count, block=block_ms)
-    return [
-        (rk.text(entry_id), [rid for rid in rk.text(fields.get(b"ids")).split(",") if rid])
-        for _key, entries in reply or []
-        for entry_id, fields in entries
-    ]
+    return [entry for _key, entries in reply or [] for entry in decode_all(entries)]
 
 
 class OpenEntries:

@@ -175,27 +175,28 @@ class WorkerLoop:
         # reaches its first step that much sooner.
         now = time.time()
         batch = self.broker.batch()
-        for _eid, ids in batches:
-            for rid in ids:
+        for entry in batches:
+            for rid in entry.request_ids:
                 batch.start(rid, worker=self.id)
         started = iter(batch.execute())
-        for eid, ids in batches:
-            got = [(rid, next(started)) for rid in ids]
-            taken = [rid for rid, g in got if g is not None]
+        for entry in batches:
+            eid = entry.entry_id
+            starts = [(rid, next(started)) for rid in entry.request_ids]
+            taken = [rid for rid, st in starts if st is not None]
             self.pub.submit(lambda e=eid, t=taken, w=self.id: self.entries.opened(w, e, t))
-            for rid, g in got:
-                self._admit(eid, rid, g, now)
+            for rid, st in starts:
+                self._admit(eid, rid, st, now)
 
-    def _admit(self, eid: str, rid: str, got: Started | None, now: float) -> None:
-        """Hand a request to the engine; `got` is what START returned for it (None: it was
+    def _admit(self, eid: str, rid: str, started: Started | None, now: float) -> None:
+        """Hand a request to the engine; `started` is what START returned for it (None: it was
         cancelled meanwhile, or is no longer ours)."""
-        if got is None:
+        if started is None:
             return
-        attempt, t_enq, deadline = got.attempt, got.enqueued_at or now, got.deadline
-        opts = pb.StreamOptions.FromString(got.options)
+        attempt, t_enq, deadline = started.attempt, started.enqueued_at or now, started.deadline
+        opts = pb.StreamOptions.FromString(started.options)
         compiling = False
         try:  # as the scheduler validated it; the engine checks what needs the model, once
-            adm = got.admission
+            adm = started.admission
             if adm is None:
                 raise ValueError("the stored request holds no admission this worker can read")
             self.faults.on_admit(rid, adm.prompt)

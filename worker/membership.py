@@ -90,10 +90,10 @@ class Membership:
     def hand_back_unread(self) -> None:
         """Every batch of the inbox not read yet goes back to the queue untouched."""
         while entries := read_entries(self.r, self.id, count=64):
-            for entry_id, rids in entries:
-                for rid in rids:
+            for entry in entries:
+                for rid in entry.request_ids:
                     self.hand_back(rid)
-                self.r.xack(rk.inbox_key(self.id), rk.INBOX_GROUP, entry_id)
+                self.r.xack(rk.inbox_key(self.id), rk.INBOX_GROUP, entry.entry_id)
 
     def hand_back(self, rid: str) -> None:
         """A request we hold goes back to the queue, its attempt not charged."""

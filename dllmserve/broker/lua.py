@@ -7,6 +7,8 @@ named arguments and a typed reply.
 
 from __future__ import annotations
 
+from dllmserve.broker.inbox_entry import IDS_FIELD, SEPARATOR
+
 _LUA_HELPERS = """
 local function is_terminal(s)
   return s == 'done' or s == 'failed' or s == 'cancelled' or s == 'expired' or s == 'dead'
@@ -69,15 +71,20 @@ return {'queued', tostring(n + 1)}
 """
 )
 
+# The inbox entry's field and separator, as `inbox_entry.InboxEntry` reads them.
+_INBOX_ENTRY = f"local INBOX_IDS, INBOX_SEP = '{IDS_FIELD}', '{SEPARATOR}'\n"
+
 # KEYS: inbox, load, pending, worker. ARGV: worker, now, isolation tag ("" for a normal
 # batch), then (entry id, request id) pairs.
-# Hands every still-queued request of the pairs to the worker in one inbox entry; acks all.
+# Hands every still-queued request of the pairs to the worker in one inbox entry (an
+# `inbox_entry.InboxEntry`); acks all.
 # Returns false, touching nothing, unless the worker's heartbeat says "ready" (a worker that
 # started draining, or is gone, never gets a batch it would not read) and isolation allows it:
 # suspects of one tag go only to a worker holding nothing else, and while it holds them it
 # gets nothing else.
 ASSIGN = (
     _LUA_HELPERS
+    + _INBOX_ENTRY
     + """
 if redis.call('HGET', KEYS[4], 'state') ~= 'ready' then return false end
 local iso = 'dllm:iso:' .. ARGV[1]
@@ -104,7 +111,7 @@ for i = 4, #ARGV, 2 do
   redis.call('XDEL', KEYS[3], eid)
 end
 if #ids > 0 then
-  redis.call('XADD', KEYS[1], '*', 'ids', table.concat(ids, ','))
+  redis.call('XADD', KEYS[1], '*', INBOX_IDS, table.concat(ids, INBOX_SEP))
   redis.call('INCRBY', KEYS[2], #ids)
 end
 return ids

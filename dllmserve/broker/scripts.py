@@ -106,17 +106,17 @@ class Started:
     def parse(cls, reply: Any) -> Started | None:
         if not reply:
             return None
-        got = dict(zip(cls.FIELDS, reply, strict=True))
+        fields = dict(zip(cls.FIELDS, reply, strict=True))
         try:
-            admission = Admission.decode(got["admission"])
+            admission = Admission.decode(fields["admission"])
         except (ValueError, KeyError, TypeError):
             admission = None
         return cls(
-            attempt=int(rk.text(got["attempt"])),
+            attempt=int(rk.text(fields["attempt"])),
             admission=admission,
-            enqueued_at=float(rk.text(got["t_enq"]) or 0),
-            deadline=float(rk.text(got["deadline"]) or 0),
-            options=got["opts"] or b"",
+            enqueued_at=float(rk.text(fields["t_enq"]) or 0),
+            deadline=float(rk.text(fields["deadline"]) or 0),
+            options=fields["opts"] or b"",
         )
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import redis.asyncio as aioredis
 from svc_util import enqueue as _enqueue
 from svc_util import lua_assign as _assign
 
 from dllmserve.broker import redis_keys as rk
 from dllmserve.broker.admission import Admission
+from dllmserve.broker.inbox_entry import InboxEntry, decode_all, read_all
 from dllmserve.broker.records import QueuedView
 from dllmserve.broker.scripts import (
     AsyncBroker,
@@ -165,3 +167,34 @@ def test_the_asyncio_broker_makes_the_same_calls(rserver, r):
     got, held, other, released, cancelled = asyncio.run(run())
     assert got == Enqueued(Enqueue.QUEUED, "1") and cancelled is Cancel.CANCELLED
     assert held and not other and released and not r.exists(rk.LEASE)
+
+
+def test_an_inbox_entry_is_what_assign_writes_and_every_reader_decodes(rserver, r):
+    b = Broker(r)
+    for rid in ("i1", "i2", "i3"):
+        _enqueue(b, rid)
+    b.cancel("i2", code="CANCELLED", msg="x", ttl_s=60)  # no longer queued: left out
+    assert _assign(r, b, "w1", {"i1", "i2", "i3"}) == ["i1", "i3"]
+    (written,) = decode_all(read_all(r, "w1"))
+    assert written.request_ids == ("i1", "i3") and written.entry_id == rk.text(
+        r.xrange(rk.inbox_key("w1"))[0][0]
+    )
+    assert written.fields() == {
+        k.decode(): v.decode() for k, v in r.xrange(rk.inbox_key("w1"))[0][1].items()
+    }
+    eid = rk.text(r.xadd(rk.inbox_key("w1"), InboxEntry("", ("a.1", "b:2")).fields()))
+    r.xadd(rk.inbox_key("w1"), {"other": "x"})  # no ids: an entry holding none
+
+    async def read_async() -> list[InboxEntry]:
+        client = aioredis.Redis.from_url(rserver.url)
+        try:
+            return decode_all(await read_all(client, "w1"))
+        finally:
+            await client.aclose()
+
+    entries = asyncio.run(read_async())
+    assert entries[:2] == [written, InboxEntry(eid, ("a.1", "b:2"))]
+    assert entries[2].request_ids == () and decode_all(read_all(r, "nobody")) == []
+    for bad in (("a,b",), ("",)):
+        with pytest.raises(ValueError, match="inbox entry"):
+            InboxEntry("", bad).fields()

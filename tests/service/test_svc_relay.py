@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from dllmserve.broker import redis_keys as rk
 from dllmserve.broker.admission import Admission
+from dllmserve.broker.inbox_entry import InboxEntry
 from dllmserve.sampling_params import SamplingParams
 from dllmserve.scheduler.relay import ResultHub, follow
 from dllmserve.testing.fake_engine import FakeEngine
@@ -143,8 +144,8 @@ def test_worker_takes_a_whole_batch_in_one_round_trip(r):
     engine = FakeEngine()
     loop = WorkerLoop(engine, r, WorkerConfig(async_publish=False), "w")
     loop.ensure_group()
-    r.xadd(rk.inbox_key("w"), {"ids": "b1,b2"})
-    r.xadd(rk.inbox_key("w"), {"ids": "b3,b4"})
+    r.xadd(rk.inbox_key("w"), InboxEntry("", ("b1", "b2")).fields())
+    r.xadd(rk.inbox_key("w"), InboxEntry("", ("b3", "b4")).fields())
     calls = []
     real_pipeline = r.pipeline
 

@@ -12,6 +12,7 @@ from svc_util import lua_assign as _assign
 from svc_util import ready as _ready
 
 from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.inbox_entry import decode_all, read_all
 from dllmserve.broker.scripts import Broker, Cancel, Completion, Enqueue, Enqueued, Reclaim
 from dllmserve.scheduler.relay import Coalescer, RelayError, ResultHub, follow
 from dllmserve.v1 import dllm_pb2 as pb
@@ -176,7 +177,7 @@ def test_dispatcher_batches_by_model_priority_and_capacity(rserver, r):
     assert asyncio.run(one_pass())
     batches = {}
     for wid in ("wa", "wb"):
-        batches[wid] = [rk.text(f[b"ids"]).split(",") for _, f in r.xrange(rk.inbox_key(wid))]
+        batches[wid] = [list(e.request_ids) for e in decode_all(read_all(r, wid))]
     # s2 (priority 5) first, then by age (d1 s1 d2 d3); each request to the worker with the
     # most free slots at that point (wa: 3, wb: 2), a tie to the one already taking part.
     assert batches["wa"] == [["s2", "d1", "d2"]]
@@ -219,7 +220,7 @@ def test_dispatcher_shares_a_burst_evenly_over_idle_workers(rserver, r):
         r.sadd(rk.WORKERS, wid)
 
     def batches(wid):
-        return [rk.text(f[b"ids"]).split(",") for _, f in r.xrange(rk.inbox_key(wid))]
+        return [list(e.request_ids) for e in decode_all(read_all(r, wid))]
 
     burst = [f"r{i:02d}" for i in range(40)]
     enqueue(burst)

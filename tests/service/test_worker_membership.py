@@ -12,6 +12,7 @@ import time
 from svc_util import enqueue, lua_assign
 
 from dllmserve.broker import redis_keys as rk
+from dllmserve.broker.inbox_entry import InboxEntry
 from dllmserve.broker.scripts import Broker
 from dllmserve.broker.workers import WorkerRecord
 from dllmserve.worker.config import WorkerConfig
@@ -43,8 +44,8 @@ def test_a_drain_hands_back_every_request_it_holds_and_deregisters(r):
     m.ensure_group()
     _register(r, "w")
     lua_assign(r, b, "w", {"run"})
-    [(_entry, ids)] = read_entries(r, "w", count=1)  # the loop read this one and runs it
-    assert ids == ["run"] and b.start("run", worker="w") is not None
+    [entry] = read_entries(r, "w", count=1)  # the loop read this one and runs it
+    assert entry.request_ids == ("run",) and b.start("run", worker="w") is not None
     lua_assign(r, b, "w", {"u1", "u2"})  # two batches never read
     lua_assign(r, b, "w", {"u3"})
     seen = []
@@ -98,9 +99,11 @@ def test_a_stall_withdraws_the_registration_and_a_rejoin_takes_a_fresh_id(r):
 
 def test_an_inbox_entry_is_acknowledged_with_its_last_request(r):
     Membership(r, "w", drain_timeout_s=30).ensure_group()
-    for ids in ("a,b", "c", "d"):
-        r.xadd(rk.inbox_key("w"), {"ids": ids})
-    (e1, ab), (e2, c), (e3, d) = read_entries(r, "w", count=16)
+    for ids in (("a", "b"), ("c",), ("d",)):
+        r.xadd(rk.inbox_key("w"), InboxEntry("", ids).fields())
+    (e1, ab), (e2, c), (e3, d) = (
+        (e.entry_id, list(e.request_ids)) for e in read_entries(r, "w", count=16)
+    )
     assert (ab, c, d) == (["a", "b"], ["c"], ["d"])
     entries = OpenEntries(r)
 
