@@ -307,27 +307,27 @@ class Engine:
             return updates
         return updates + self._collect(cur)
 
-    def _chainable(self, fl: InFlight) -> bool:
-        """Whether the iteration after `fl` can be launched before `fl`'s results are read:
+    def _chainable(self, flight: InFlight) -> bool:
+        """Whether the iteration after `flight` can be launched before `flight`'s results are read:
         the same requests, all in REUSE mid-block without a threshold (the host state is the
-        one before `fl`'s step), and no waiting request that would join."""
-        if fl.batch.reuse_window is None or fl.batch.attention.n_dense_tokens:
+        one before `flight`'s step), and no waiting request that would join."""
+        if flight.batch.reuse_window is None or flight.batch.attention.n_dense_tokens:
             return False
         running = self.batcher.running
-        if len(running) != len(fl.reqs) or self.batcher.next_fits():
+        if len(running) != len(flight.reqs) or self.batcher.next_fits():
             return False
-        return all(running.get(r.request_id) is r and r.in_reuse_mid_block() for r in fl.reqs)
+        return all(running.get(r.request_id) is r and r.in_reuse_mid_block() for r in flight.reqs)
 
-    def _collect(self, fl: InFlight) -> list[StepOutput]:
+    def _collect(self, flight: InFlight) -> list[StepOutput]:
         """Apply an iteration's results on the host and say what each request's step did."""
-        x0, commit, confidence = fl.wait()
+        x0, commit, confidence = flight.wait()
         now = time.monotonic()
         proposed = {  # read before the commits change the canvas and the block
             r.request_id: r.provisional_tokens(x0[i], confidence[i])
-            for i, r in enumerate(fl.reqs)
+            for i, r in enumerate(flight.reqs)
             if r.provisional and confidence is not None
         }
-        done = self.batcher.update(fl.reqs, x0, commit, now)
+        done = self.batcher.update(flight.reqs, x0, commit, now)
         return [
             self._step_output(req, res, now, proposed.get(req.request_id, [])) for req, res in done
         ]
