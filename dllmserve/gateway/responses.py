@@ -3,7 +3,8 @@
 Chat and text completions differ only in their object names and where the text goes (`message` /
 `delta` with a role, or `text`); everything else is shared. A denoise-mode chunk carries the
 ordinary text delta plus a `denoise` object per choice: the step's committed positions, their
-token ids and texts, the masked count and the rendered canvas; with `provisional`, also the
+token ids and texts, the masked count, the rendered canvas and whether the step ended its
+block; with `provisional`, also the
 step's proposed token, confidence and text at each masked position of its block.
 """
 
@@ -117,6 +118,7 @@ def denoise(step: StepUpdate) -> dict:
         "masked_left": step.masked_left,
         "canvas": step.canvas,
         "attempt": step.attempt,
+        "block_done": step.block_done,
     }
     if step.provisional:  # the request asked with "provisional": true
         d["provisional"] = [

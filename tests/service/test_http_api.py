@@ -104,6 +104,10 @@ def test_denoise_stream_mode_carries_every_step(svc, oai, grpc_client):
         assert d["masked_left"] == canvas.count(-1)
     assert canvas == list(want.token_ids)
     assert "_" in steps[0]["canvas"] and "_" not in steps[-1]["canvas"]
+    # block_done marks each block's last step (two blocks of 16 here), and only that one.
+    last_of_block = {d["block_index"]: d["step"] for d in steps}
+    assert sorted(last_of_block) == [0, 1]
+    assert [d["step"] for d in steps if d["block_done"]] == sorted(last_of_block.values())
     # The ordinary text deltas ride along, so a plain client sees a normal stream.
     assert "".join(c.choices[0].text for c in chunks) == want.text
 
