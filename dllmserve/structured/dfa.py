@@ -1,5 +1,9 @@
 """A regex's byte-level DFA, built by outlines-core in a child process with a time and memory
 limit (a regex's DFA can be exponential in its length, and the library cannot be interrupted).
+The child is a fresh interpreter that imports only this module: a fork of the server (threads,
+CUDA) is unsafe, and multiprocessing's spawn and forkserver children re-import the parent's
+main script (seconds of torch imports for an engine's script, and an error for one without a
+`__main__` guard).
 
 outlines-core's `Index` over single-byte tokens is the DFA. Its index drops a token that ends
 one byte past a match unless the text is a match again (so `(ab)+` would refuse "abab"); the
@@ -10,9 +14,12 @@ an answer (`TokenBytes` drops tokens that hold it).
 
 from __future__ import annotations
 
-import multiprocessing
+import pickle
 import resource
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +27,11 @@ from dllmserve.errors import ValidationError
 
 TERMINATOR = 256  # the NUL terminator's token id in the child's single-byte vocabulary
 CHILD_MEMORY_BYTES = 4 << 30
+ROOT = Path(__file__).resolve().parents[2]  # the folder holding the dllmserve package
+CHILD = (
+    "import sys; sys.path.insert(0, {root!r}); "
+    "from dllmserve.structured.dfa import serve_one; serve_one()"
+)
 
 
 @dataclass(frozen=True)
@@ -39,52 +51,48 @@ def build_byte_dfa(
     """The DFA of `regex` (full-match semantics). Raises ValidationError naming `field` when the
     library cannot compile it, or it takes over `timeout_s`, needs over `memory_bytes` or has
     over `max_states` states."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])  # the children fork with numpy already imported
-    recv, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child, args=(regex, max_states, memory_bytes, send), daemon=True)
-    child.start()
-    send.close()
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD.format(root=str(ROOT))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        if not recv.poll(timeout_s):
-            raise ValidationError(
-                field, f"compiling it took over the time limit ({timeout_s:.3g} s): simplify it"
-            )
-        kind, payload = recv.recv()
-    except EOFError:
-        raise ValidationError(field, "compiling it ran out of memory: simplify it") from None
-    finally:
-        recv.close()
-        if child.is_alive():
-            child.kill()
-        child.join()
+        out, _ = child.communicate(pickle.dumps((regex, max_states, memory_bytes)), timeout_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+        raise ValidationError(
+            field, f"compiling it took over the time limit ({timeout_s:.3g} s): simplify it"
+        ) from None
+    if not out:  # the child died: past its memory limit
+        raise ValidationError(field, "compiling it ran out of memory: simplify it")
+    kind, payload = pickle.loads(out)
     if kind == "error":
         raise ValidationError(field, payload)
     trans, start, accepting = payload
     return ByteDFA(trans, start, accepting)
 
 
-def _child(regex: str, max_states: int, memory_bytes: int, conn) -> None:
-    """Runs in the child: compile, then send ("ok", (trans, start, accepting)) or ("error",
-    reason)."""
+def serve_one() -> None:
+    """The child's main: (regex, max_states, memory_bytes) pickled on stdin; ("ok", (trans,
+    start, accepting)) or ("error", reason) pickled on stdout."""
+    regex, max_states, memory_bytes = pickle.load(sys.stdin.buffer)
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     try:
-        conn.send(("ok", _compile(regex, max_states)))
+        result = ("ok", _compile(regex, max_states))
     except ValueError as e:
         reason = str(e).strip().splitlines()[-1][:300]
-        conn.send(
-            (
-                "error",
-                f"cannot be compiled (Rust regex syntax, without look-around or "
-                f"backreferences): {reason}",
-            )
+        result = (
+            "error",
+            "cannot be compiled (Rust regex syntax, without look-around or "
+            f"backreferences): {reason}",
         )
     except _TooLarge as e:
-        conn.send(("error", str(e)))
+        result = ("error", str(e))
     except MemoryError:
-        conn.send(("error", "compiling it ran out of memory: simplify it"))
-    finally:
-        conn.close()
+        result = ("error", "compiling it ran out of memory: simplify it")
+    sys.stdout.buffer.write(pickle.dumps(result))
 
 
 class _TooLarge(Exception):
