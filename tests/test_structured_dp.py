@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import itertools
 import re
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,7 +17,12 @@ import torch
 from tokenizers import decoders
 
 from dllmserve import SamplingParams
-from dllmserve.engine.constrained import RequestConstraint, request_constraint
+from dllmserve.engine.constrained import (
+    ROWS_PER_PASS,
+    RequestConstraint,
+    constrained_rows,
+    request_constraint,
+)
 from dllmserve.errors import ValidationError
 from dllmserve.structured import automaton
 from dllmserve.structured.compiler import cache_clear, compile_constraint
@@ -195,3 +203,70 @@ def test_rows_side_by_side_get_what_each_gets_alone():
         w = widths[r]
         alone, ok_r = best_assignment(a, scores[r, :w], fixed[r, :w], starts[r], lefts[r])
         assert bool(ok[r]) == bool(ok_r) and together[r, :w].tolist() == alone.tolist()
+
+
+def test_a_compile_from_a_script_without_a_main_guard(tmp_path):
+    """The compile child is a fresh interpreter: it does not re-run the caller's main script
+    (multiprocessing's children do, which fails without a `__main__` guard)."""
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {str(root)!r})\n"
+        "from dllmserve.structured.dfa import build_byte_dfa\n"
+        "dfa = build_byte_dfa('(ab)+', 'f.regex', 60.0, 100)\n"
+        "for text in (b'abab', b'aba'):\n"
+        "    s = dfa.start\n"
+        "    for byte in text:\n"
+        "        s = dfa.trans[s, byte]\n"
+        "    print(bool(dfa.accepting[s]))\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True", "False"]
+
+
+def _request(a, mask: int, temperature: float, remasking: str, committed: dict[int, int]):
+    """An engine request's fields that `constrained_rows` reads: a 4-token prompt, a block of
+    4 of the 8 answer positions, `committed` {offset: token} in it."""
+    canvas = np.full(12, mask, dtype=np.int64)
+    for offset, token in committed.items():
+        canvas[4 + offset] = token
+    return SimpleNamespace(
+        constraint=RequestConstraint(a), block_span=(4, 8), canvas=canvas,
+        tokens=SimpleNamespace(mask=mask), generated=canvas[4:], prompt_len=4, gen_length=8,
+        params=SimpleNamespace(temperature=temperature, remasking=remasking,
+                               logits_eos_inf=temperature > 0, confidence_eos_eot_inf=True),
+    )  # fmt: skip
+
+
+def test_constrained_rows_over_several_passes_get_what_each_gets_alone():
+    """`ConstrainedRows.choose` handles its rows together, a few per pass over the vocabulary:
+    each row's tokens, confidences and probabilities are those it gets alone in its batch."""
+    vocab = tiny_vocab()
+    automata = [compile_constraint(StructuredOutput(regex=r), vocab) for r in ("(ab)+c?", "a*b")]
+    mask, width = EOS + 1, 4
+    modes = ("low_confidence", "maskgit_plus", "random")
+    reqs = [
+        _request(automata[j % 2], mask, (0.0, 0.7)[j % 2], modes[j % 3], {0: 0} if j % 4 else {})
+        for j in range(2 * ROWS_PER_PASS + 1)
+    ]
+    batch = [None, *reqs[:5], None, *reqs[5:]]  # unconstrained rows in between
+    R = len(batch)
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn((R, width, mask + 1), generator=gen) * 3
+    x0, conf = logits.argmax(-1), torch.rand((R, width), generator=gen, dtype=torch.float64)
+    seed, step = torch.arange(R) + 3, torch.full((R,), 2)
+    positions = torch.arange(width).expand(R, width) + 4
+    special = (mask, EOS, None)
+
+    def choose(rows_of, i):
+        rows = constrained_rows(rows_of, width, torch.device("cpu"))
+        return rows.choose(logits[i], x0[i], conf[i], conf[i], seed[i], step[i], positions[i],
+                           special)  # fmt: skip
+
+    together = choose(batch, slice(None))
+    for i, r in enumerate(batch):
+        if r is not None:
+            alone = choose([r], slice(i, i + 1))
+            for t, a in zip(together, alone, strict=True):
+                assert torch.equal(t[i], a[0])

@@ -38,7 +38,6 @@ class TokenAutomaton:
     cls: np.ndarray  # int64 [E]
     dst: np.ndarray  # int64 [E]
     dist: np.ndarray  # int64 [S]: fewest tokens to an accepting state
-    device_tables: dict = field(default_factory=dict, repr=False)  # the DP's, per device
     keys: np.ndarray = field(init=False, repr=False)  # src * n_classes + cls, sorted
 
     def __post_init__(self) -> None:

@@ -8,14 +8,18 @@ maximal total score whose state after the block can still reach an accepting sta
 positions left (`dist <= remaining`; the last block: accepting or DONE). Tokens of one class
 act alike, so each position first keeps its best token per class, and the recurrence runs over
 the automaton's (state, class) -> state edges: O(block * (vocab + edges)), vectorised over the
-vocabulary and the edges, one short loop over the block's positions.
+rows, the vocabulary and the edges, one short loop over the block's positions. Nothing here
+waits for the device: the rows' joined graph is built once per set of automata (cached) and
+every per-step input arrives as a device tensor.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from dllmserve.structured.automaton import TokenAutomaton
@@ -26,26 +30,69 @@ from dllmserve.structured.automaton import TokenAutomaton
 SCORE_FLOOR = -1e4
 
 
+GRAPHS_KEPT = 16  # joined graphs cached (a batch's set of constrained requests changes slowly)
+_graphs: OrderedDict[tuple, Graph] = OrderedDict()
+
+
 @dataclass(frozen=True)
-class DeviceTables:
-    class_of: torch.Tensor  # int64 [vocab]: class per token id; never-allowed ids: n_classes
-    src: torch.Tensor  # int64 [E]
-    cls: torch.Tensor  # int64 [E]
-    dst: torch.Tensor  # int64 [E]
+class Graph:
+    """Rows' automata side by side: row r's class c is global class r * width + c (its column
+    n_cls[r] collects the never-allowed ids and is the PAD class, whose edges keep every
+    state); states are numbered row after row."""
+
+    automata: tuple[TokenAutomaton, ...]  # held: the cache key is their identities
+    class_of: torch.Tensor  # int64 [R, vocab]: each row's class per token id
+    n_cls: torch.Tensor  # int64 [R]: each row's never-allowed / PAD column
+    width: int  # classes per row, padded: max n_classes + 1
+    src: torch.Tensor  # int64 [E]: global states / classes
+    cls: torch.Tensor
+    dst: torch.Tensor
     dist: torch.Tensor  # int64 [S]
+    row_of_state: torch.Tensor  # int64 [S]
+    state_offset: torch.Tensor  # int64 [R]: each row's first global state
 
 
-def device_tables(a: TokenAutomaton, device: torch.device) -> DeviceTables:
-    """The automaton's tables on `device` (kept with the automaton)."""
-    key = str(device)
-    if key not in a.device_tables:
-        class_of = torch.from_numpy(a.class_of.copy())
-        class_of[class_of < 0] = a.n_classes
-        a.device_tables[key] = DeviceTables(
-            *(t.to(device) for t in (class_of, *map(torch.from_numpy, (a.src, a.cls, a.dst)))),
-            dist=torch.from_numpy(a.dist).to(device),
-        )
-    return a.device_tables[key]
+def graph(automata: Sequence[TokenAutomaton], vocab: int, device: torch.device) -> Graph:
+    """The joined graph of `automata` over a logit width `vocab` on `device` (cached)."""
+    key = (tuple(map(id, automata)), vocab, str(device))
+    g = _graphs.get(key)
+    if g is not None and all(x is y for x, y in zip(g.automata, automata, strict=True)):
+        _graphs.move_to_end(key)
+        return g
+    g = _build_graph(tuple(automata), vocab, device)
+    _graphs[key] = g
+    while len(_graphs) > GRAPHS_KEPT:
+        _graphs.popitem(last=False)
+    return g
+
+
+def _build_graph(automata: tuple[TokenAutomaton, ...], vocab: int, device) -> Graph:
+    width = max(a.n_classes for a in automata) + 1
+    class_of = np.empty((len(automata), vocab), dtype=np.int64)
+    src, cls, dst, row_of, offsets, s_off = [], [], [], [], [], 0
+    for r, a in enumerate(automata):
+        C, S = a.n_classes, a.n_states
+        known = a.class_of[:vocab]  # logit rows past the vocabulary (padded embeddings): C
+        class_of[r] = C
+        class_of[r, : len(known)] = np.where(known < 0, C, known)
+        every = np.arange(S)
+        src.append(np.concatenate([a.src, every]) + s_off)
+        cls.append(np.concatenate([a.cls, np.full(S, C)]) + r * width)
+        dst.append(np.concatenate([a.dst, every]) + s_off)
+        row_of.append(np.full(S, r))
+        offsets.append(s_off)
+        s_off += S
+    edges = [np.concatenate(x) for x in (src, cls, dst)]
+    dist = np.concatenate([a.dist for a in automata])
+    n_cls = np.array([a.n_classes for a in automata])
+    host = [class_of, n_cls, *edges, dist, np.concatenate(row_of), np.array(offsets)]
+    class_of_d, n_cls, *rest = (_to_device(x.astype(np.int64), device) for x in host)
+    return Graph(automata, class_of_d, n_cls, width, *rest)
+
+
+def _to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(x)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
 
 def best_assignment(
@@ -62,120 +109,97 @@ def best_assignments(
     automata: Sequence[TokenAutomaton],
     scores: torch.Tensor,
     fixed: torch.Tensor,
-    starts: Sequence[int],
-    remaining: Sequence[int],
-    widths: Sequence[int],
+    starts: Sequence[int] | torch.Tensor,
+    remaining: Sequence[int] | torch.Tensor,
+    widths: Sequence[int] | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens [R, n] int64, feasible [R] bool) for R rows, each with its automaton: scores
     [R, n, vocab], fixed [R, n] int64 (the committed token, -1 where masked), the state at the
     block's start, the positions left after it and the block's width (columns past it are
     padding). Committed tokens are kept; masked positions get the best assignment after which
     the canvas stays completable. One DP over the rows' automata side by side, so the loop over
-    positions is shared. No host sync; where `feasible` is False (committed tokens already broke
-    the constraint) the row's tokens are meaningless."""
+    positions is shared. Where `feasible` is False (committed tokens already broke the
+    constraint) the row's tokens are meaningless."""
     dev = scores.device
-    n = scores.shape[1]
-    g = _joined(automata, scores, fixed, widths, dev)
-    edge_scores = g.best[:, g.cls]  # [n, E]
+    g = graph(automata, scores.shape[-1], dev)
+    rows = torch.arange(len(automata), device=dev)
+    widths = torch.as_tensor(widths, device=dev)
+    best, arg = class_scores(g, rows, scores, fixed, widths)
+    return viterbi(g, best, arg, fixed, torch.as_tensor(starts, device=dev),
+                   torch.as_tensor(remaining, device=dev))  # fmt: skip
+
+
+def class_scores(
+    g: Graph, rows: torch.Tensor, scores: torch.Tensor, fixed: torch.Tensor, widths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the graph's `rows` (scores [k, n, vocab], fixed [k, n], widths [k]): per position
+    and class, the best score of a token of that class and the lowest token id reaching it
+    ([k, n, width] each). A committed position scores 0 for its token's class only, a padding
+    column 0 for the PAD class only."""
+    k, n, vocab = scores.shape
+    dev = scores.device
+    class_of, n_cls = g.class_of[rows], g.n_cls[rows, None, None]
+    s = scores.float().clamp(min=SCORE_FLOOR)
+    idx = class_of[:, None, :].expand(k, n, vocab)
+    best = torch.full((k, n, g.width), -torch.inf, device=dev)
+    best = best.scatter_reduce(2, idx, s, "amax")
+    ids = torch.arange(vocab, device=dev, dtype=torch.int32).expand(k, n, vocab)
+    hit = torch.where(s == best.gather(2, idx), ids, vocab)
+    arg = torch.full((k, n, g.width), vocab, dtype=torch.int32, device=dev)
+    arg = arg.scatter_reduce(2, idx, hit, "amin").long()
+    column_ids = torch.arange(g.width, device=dev)
+    best = best.masked_fill(column_ids == n_cls, -torch.inf)
+    pad = torch.arange(n, device=dev) >= widths[:, None]
+    given = (fixed >= 0) & ~pad
+    column = torch.where(pad, n_cls[:, :, 0], class_of.gather(1, fixed.clamp(min=0)))
+    only = column_ids == column[..., None]
+    only &= ~(given & (column == n_cls[:, :, 0]))[..., None]  # a committed never-allowed token
+    zero = torch.zeros((), device=dev)
+    best = torch.where((given | pad)[..., None], torch.where(only, zero, -torch.inf), best)
+    return best, arg
+
+
+def viterbi(
+    g: Graph,
+    best: torch.Tensor,
+    arg: torch.Tensor,
+    fixed: torch.Tensor,
+    starts: torch.Tensor,
+    remaining: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DP over the joined graph for every row's `class_scores` (best, arg [R, n, width]):
+    (tokens [R, n], feasible [R])."""
+    R, n, _ = best.shape
+    dev = best.device
+    edge_scores = best.transpose(0, 1).reshape(n, -1)[:, g.cls]  # [n, E]
     n_states, n_edges = g.row_of_state.numel(), g.src.numel()
     edge_ids = torch.arange(n_edges, device=dev)
-    value = torch.full((n_states,), -torch.inf, device=dev)
-    value[torch.tensor(starts, device=dev) + g.state_offset] = 0.0
-    back = torch.empty((n, n_states), dtype=torch.long, device=dev)
-    for p in range(n):
-        cand = value[g.src] + edge_scores[p]
-        value = torch.full_like(value, -torch.inf).scatter_reduce(0, g.dst, cand, "amax")
-        hit = torch.where(cand == value[g.dst], edge_ids, n_edges)
-        back[p] = torch.full((n_states,), n_edges, device=dev).scatter_reduce(0, g.dst, hit, "amin")
-    left = torch.tensor(remaining, device=dev)[g.row_of_state]
-    value = torch.where(g.dist <= left, value, -torch.inf)
-    rows = len(automata)
-    row_best = torch.full((rows,), -torch.inf, device=dev)
+    unset = torch.full((n_states,), -torch.inf, device=dev)
+    value = unset.index_fill(0, starts + g.state_offset, 0.0)
+    values = [value]
+    for p in range(n):  # only the scores in the loop; the ways in are found after it
+        value = unset.scatter_reduce(0, g.dst, value[g.src] + edge_scores[p], "amax")
+        values.append(value)
+    seen = torch.stack(values)  # [n + 1, S]: the best score after each position
+    cand = seen[:-1, g.src] + edge_scores  # the loop's candidates, bit for bit
+    hit = torch.where(cand == seen[1:, g.dst], edge_ids, n_edges)
+    edge = torch.full((n, n_states), n_edges, device=dev)
+    edge = edge.scatter_reduce(1, g.dst.expand(n, -1), hit, "amin").clamp(max=n_edges - 1)
+    prev = g.src[edge]  # [n, S]: each state's best way in, per position
+    token = arg.transpose(0, 1).reshape(n, -1).gather(1, g.cls[edge])
+    value = torch.where(g.dist <= remaining[g.row_of_state], value, -torch.inf)
+    row_best = torch.full((R,), -torch.inf, device=dev)
     row_best = row_best.scatter_reduce(0, g.row_of_state, value, "amax")
     ids = torch.where(
         value == row_best[g.row_of_state], torch.arange(n_states, device=dev), n_states
     )
     state = (
-        torch.full((rows,), n_states, device=dev)
+        torch.full((R,), n_states, device=dev)
         .scatter_reduce(0, g.row_of_state, ids, "amin")
         .clamp(max=n_states - 1)
     )
-    tokens = torch.empty((rows, n), dtype=torch.long, device=dev)
-    for p in range(n - 1, -1, -1):
-        e = back[p, state].clamp(max=n_edges - 1)
-        tokens[:, p] = g.arg[p, g.cls[e]]
-        state = g.src[e]
+    after = [state] * n  # each row's state after each position
+    for p in range(n - 1, 0, -1):
+        after[p - 1] = prev[p, after[p]]
+    tokens = token.gather(1, torch.stack(after)).T
     return torch.where(fixed >= 0, fixed, tokens), row_best > -torch.inf
-
-
-@dataclass(frozen=True)
-class _Joined:
-    """The rows' automata side by side: global state and class numbers, one edge list."""
-
-    best: torch.Tensor  # [n, classes]: each position's best score per (row, class)
-    arg: torch.Tensor  # [n, classes]: the token reaching it
-    src: torch.Tensor  # [E] global states / classes
-    cls: torch.Tensor
-    dst: torch.Tensor
-    dist: torch.Tensor  # [states]
-    row_of_state: torch.Tensor  # [states]
-    state_offset: torch.Tensor  # [R]: each row's first global state
-
-
-def _joined(automata, scores, fixed, widths, dev) -> _Joined:
-    """Each row's per-class scores (a committed position: 0 for its token's class; a padding
-    column: 0 for the row's PAD class, whose edges keep every state) and its edges, renumbered
-    into one graph."""
-    n, vocab = scores.shape[1:]
-    best, arg, src, cls, dst, dist, row_of = [], [], [], [], [], [], []
-    offsets, s_off, c_off = [], 0, 0
-    for r, a in enumerate(automata):
-        t = device_tables(a, dev)
-        C, S = a.n_classes, a.n_states  # column C: never-allowed tokens, reused as PAD
-        class_of = t.class_of[:vocab]
-        if class_of.numel() < vocab:  # logit rows past the vocabulary (padded embeddings)
-            class_of = torch.nn.functional.pad(class_of, (0, vocab - class_of.numel()), value=C)
-        b, g = _best_per_class(scores[r], class_of, C)
-        pad = torch.arange(n, device=dev) >= widths[r]
-        given = (fixed[r] >= 0) & ~pad
-        column = torch.where(pad, C, class_of[fixed[r].clamp(min=0)])
-        only = torch.arange(C + 1, device=dev) == column[:, None]
-        only &= ~(given & (column == C))[:, None]  # a committed never-allowed token: no way on
-        zero = torch.zeros((), device=dev)
-        b = torch.where((given | pad)[:, None], torch.where(only, zero, -torch.inf), b)
-        every = torch.arange(S, device=dev)
-        best.append(b)
-        arg.append(g)
-        src.append(torch.cat([t.src, every]) + s_off)
-        cls.append(torch.cat([t.cls, torch.full_like(every, C)]) + c_off)
-        dst.append(torch.cat([t.dst, every]) + s_off)
-        dist.append(t.dist)
-        row_of.append(torch.full((S,), r, device=dev))
-        offsets.append(s_off)
-        s_off, c_off = s_off + S, c_off + C + 1
-    return _Joined(
-        best=torch.cat(best, dim=1),
-        arg=torch.cat(arg, dim=1),
-        src=torch.cat(src),
-        cls=torch.cat(cls),
-        dst=torch.cat(dst),
-        dist=torch.cat(dist),
-        row_of_state=torch.cat(row_of),
-        state_offset=torch.tensor(offsets, device=dev),
-    )
-
-
-def _best_per_class(scores: torch.Tensor, class_of: torch.Tensor, n_classes: int):
-    """Per position and class: the best score of a token of that class, and the lowest token id
-    reaching it ([n, n_classes + 1] each; the last column collects never-allowed ids)."""
-    n, vocab = scores.shape
-    s = scores.float().clamp(min=SCORE_FLOOR)
-    idx = class_of.expand(n, vocab)
-    best = torch.full((n, n_classes + 1), -torch.inf, device=s.device)
-    best = best.scatter_reduce(1, idx, s, "amax")
-    ids = torch.arange(vocab, device=s.device).expand(n, vocab)
-    hit = torch.where(s == best.gather(1, idx), ids, vocab)
-    arg = torch.full((n, n_classes + 1), vocab, dtype=torch.long, device=s.device)
-    arg = arg.scatter_reduce(1, idx, hit, "amin")
-    best[:, n_classes] = -torch.inf
-    return best, arg
