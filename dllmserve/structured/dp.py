@@ -174,13 +174,12 @@ def viterbi(
     edge_scores = best.transpose(0, 1).reshape(n, -1)[:, g.cls]  # [n, E]
     n_states, n_edges = g.row_of_state.numel(), g.src.numel()
     edge_ids = torch.arange(n_edges, device=dev)
-    unset = torch.full((n_states,), -torch.inf, device=dev)
-    value = unset.index_fill(0, starts + g.state_offset, 0.0)
-    values = [value]
-    for p in range(n):  # only the scores in the loop; the ways in are found after it
-        value = unset.scatter_reduce(0, g.dst, value[g.src] + edge_scores[p], "amax")
-        values.append(value)
-    seen = torch.stack(values)  # [n + 1, S]: the best score after each position
+    seen = torch.full((n + 1, n_states), -torch.inf, device=dev)  # the best after each position
+    after, edge_rows = seen.unbind(), edge_scores.unbind()
+    after[0].index_fill_(0, starts + g.state_offset, 0.0)
+    for p in range(n):  # only the scores in the loop (three kernels); the ways in come after it
+        after[p + 1].scatter_reduce_(0, g.dst, after[p][g.src] + edge_rows[p], "amax")
+    value = seen[n]
     cand = seen[:-1, g.src] + edge_scores  # the loop's candidates, bit for bit
     hit = torch.where(cand == seen[1:, g.dst], edge_ids, n_edges)
     edge = torch.full((n, n_states), n_edges, device=dev)
@@ -198,8 +197,8 @@ def viterbi(
         .scatter_reduce(0, g.row_of_state, ids, "amin")
         .clamp(max=n_states - 1)
     )
-    after = [state] * n  # each row's state after each position
+    states, prev = [state] * n, prev.unbind()  # each row's state after each position
     for p in range(n - 1, 0, -1):
-        after[p - 1] = prev[p, after[p]]
-    tokens = token.gather(1, torch.stack(after)).T
+        states[p - 1] = prev[p][states[p]]
+    tokens = token.gather(1, torch.stack(states)).T
     return torch.where(fixed >= 0, fixed, tokens), row_best > -torch.inf
