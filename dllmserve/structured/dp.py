@@ -41,7 +41,8 @@ class Graph:
     state); states are numbered row after row."""
 
     automata: tuple[TokenAutomaton, ...]  # held: the cache key is their identities
-    class_of: torch.Tensor  # int64 [R, vocab]: each row's class per token id
+    class_of: torch.Tensor  # int64 [distinct automata, vocab]: the class per token id
+    table: torch.Tensor  # int64 [R]: each row's class_of row (rows of one schema share it)
     n_cls: torch.Tensor  # int64 [R]: each row's never-allowed / PAD column
     width: int  # classes per row, padded: max n_classes + 1
     src: torch.Tensor  # int64 [E]: global states / classes
@@ -68,13 +69,16 @@ def graph(automata: Sequence[TokenAutomaton], vocab: int, device: torch.device) 
 
 def _build_graph(automata: tuple[TokenAutomaton, ...], vocab: int, device) -> Graph:
     width = max(a.n_classes for a in automata) + 1
-    class_of = np.empty((len(automata), vocab), dtype=np.int64)
+    distinct = list({id(a): a for a in automata}.values())
+    table = np.array([next(i for i, d in enumerate(distinct) if d is a) for a in automata])
+    class_of = np.empty((len(distinct), vocab), dtype=np.int64)
+    for i, a in enumerate(distinct):
+        known = a.class_of[:vocab]  # logit rows past the vocabulary (padded embeddings): C
+        class_of[i] = a.n_classes
+        class_of[i, : len(known)] = np.where(known < 0, a.n_classes, known)
     src, cls, dst, row_of, offsets, s_off = [], [], [], [], [], 0
     for r, a in enumerate(automata):
         C, S = a.n_classes, a.n_states
-        known = a.class_of[:vocab]  # logit rows past the vocabulary (padded embeddings): C
-        class_of[r] = C
-        class_of[r, : len(known)] = np.where(known < 0, C, known)
         every = np.arange(S)
         src.append(np.concatenate([a.src, every]) + s_off)
         cls.append(np.concatenate([a.cls, np.full(S, C)]) + r * width)
@@ -85,9 +89,9 @@ def _build_graph(automata: tuple[TokenAutomaton, ...], vocab: int, device) -> Gr
     edges = [np.concatenate(x) for x in (src, cls, dst)]
     dist = np.concatenate([a.dist for a in automata])
     n_cls = np.array([a.n_classes for a in automata])
-    host = [class_of, n_cls, *edges, dist, np.concatenate(row_of), np.array(offsets)]
-    class_of_d, n_cls, *rest = (_to_device(x.astype(np.int64), device) for x in host)
-    return Graph(automata, class_of_d, n_cls, width, *rest)
+    host = [class_of, table, n_cls, *edges, dist, np.concatenate(row_of), np.array(offsets)]
+    class_of_d, table, n_cls, *rest = (_to_device(x.astype(np.int64), device) for x in host)
+    return Graph(automata, class_of_d, table, n_cls, width, *rest)
 
 
 def _to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -138,7 +142,7 @@ def class_scores(
     column 0 for the PAD class only."""
     k, n, vocab = scores.shape
     dev = scores.device
-    class_of, n_cls = g.class_of[rows], g.n_cls[rows, None, None]
+    class_of, n_cls = g.class_of[g.table[rows]], g.n_cls[rows, None, None]
     s = scores.float().clamp(min=SCORE_FLOOR)
     idx = class_of[:, None, :].expand(k, n, vocab)
     best = torch.full((k, n, g.width), -torch.inf, device=dev)
