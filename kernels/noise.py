@@ -33,10 +33,16 @@ def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def uniform64(
-    seed: torch.Tensor, step: torch.Tensor, position: torch.Tensor, vocab_id: torch.Tensor
+    seed: torch.Tensor, step: torch.Tensor, position: torch.Tensor, vocab_id: torch.Tensor | int
 ) -> torch.Tensor:
-    """Uniform float64 in (0, 1) for broadcastable int64 coordinates."""
-    x = seed * _i64(_K1) + step * _i64(_K2) + position * _i64(_K3) + vocab_id * _i64(_K4)
+    """Uniform float64 in (0, 1) for broadcastable int64 coordinates. A plain-int `vocab_id`
+    (one coordinate for every element) adds its product as a host constant, the same bits
+    without uploading a tensor in the middle of a step."""
+    if isinstance(vocab_id, int):
+        term = _i64((vocab_id * _K4) % (1 << 64))
+    else:
+        term = vocab_id * _i64(_K4)
+    x = seed * _i64(_K1) + step * _i64(_K2) + position * _i64(_K3) + term
     x = (x ^ _shr(x, 30)) * _i64(_M1)
     x = (x ^ _shr(x, 27)) * _i64(_M2)
     x = x ^ _shr(x, 31)

@@ -164,3 +164,14 @@ def test_alg_temp_draws_positions_from_softmax_of_confidence():
     drawn = sample(lg, hot, 1, 2, 3)[1]
     assert torch.equal(drawn, sample(lg, hot, 1, 2, 3)[1]) and (drawn.sum(-1) == 2).all()
     assert drawn.any(0).all() and not torch.equal(drawn, top)
+
+
+def test_uniform64_takes_a_plain_int_coordinate():
+    """A plain-int vocabulary coordinate (what the sampler passes, instead of uploading a
+    tensor mid-step) gives the same bits as the tensor, also where the product wraps."""
+    seed = torch.tensor([[0], [7], [2**62]])
+    step = torch.tensor([[0], [3], [255]])
+    positions = torch.arange(5).expand(3, 5)
+    for coordinate in (0, 1, 126464, 126465, 2**40 + 3):
+        want = uniform64(seed, step, positions, torch.tensor(coordinate))
+        assert torch.equal(uniform64(seed, step, positions, coordinate), want)

@@ -135,8 +135,7 @@ def sample_scored(
 def _position_uniform(b: SamplingBatch, coordinate: int) -> torch.Tensor:
     """U(0, 1) float64 [R, B] per position from the request's own stream, at a vocabulary
     coordinate past the real ids (V for a position's uniform, V + 1 for alg_temp's keys)."""
-    vocab = torch.tensor(coordinate, device=b.seed.device)
-    return uniform64(b.seed[:, None], b.step[:, None], b.positions, vocab)
+    return uniform64(b.seed[:, None], b.step[:, None], b.positions, coordinate)
 
 
 def _drawn_keys(conf: torch.Tensor, b: SamplingBatch, n_vocab: int) -> torch.Tensor:
