@@ -1,10 +1,10 @@
 """Serving benchmark: the whole service (Redis, scheduler, workers) under a request stream.
 
 Requests arrive with gamma-distributed gaps (shape `--burstiness`; 1.0 is Poisson) at each rate
-in `--rates` (req/s), `--num-requests` per rate, as vLLM's serving benchmark does; then the
-saturation run sends `--saturation-requests` per worker all at once (rate `inf`). Every request
-runs all its steps (no early stop) on a prompt of `--prompt-tokens` random token ids below 256
-(valid in every supported vocabulary), so every side does the same work.
+in `--rates` (req/s), `--num-requests` per worker and rate, as vLLM's serving benchmark does;
+then the saturation run sends `--saturation-requests` per worker all at once (rate `inf`). Every
+request runs all its steps (no early stop) on a prompt of `--prompt-tokens` random token ids
+below 256 (valid in every supported vocabulary), so every side does the same work.
 
 For each rate it reports the time to the first step update (client side), the time to
 completion p50/p99, request and token throughput, goodput (requests completing within
@@ -15,11 +15,14 @@ scheduler's queued time), against one step time + 20 ms.
 Before the service starts, the offline engine — built exactly as a worker builds it, in a child
 process on the first worker's GPU — runs the saturation requests at once: the service's
 saturation throughput is reported against it. With `--scale-workers N [M ...]`, a fresh service
-with N workers (one per GPU) then runs saturation with N × `--saturation-requests` requests, then
-one with M workers, ... (ascending): each count's tokens/s is reported against the `--workers`
-(one) worker service's, as a speedup and per worker. The measured phases are preceded by
-unmeasured warm-up waves (one at the highest finite rate, one burst), so no timing includes
-kernel compilation or CUDA-graph capture of the shapes it runs.
+with N workers (one per GPU) then runs arrivals at N × `--scale-rate-per-worker` req/s (N ×
+`--num-requests` of them; the share of first updates within step + 20 ms with several workers)
+and saturation with N × `--saturation-requests` requests, then one with M workers, ...
+(ascending): each count's saturation tokens/s is reported against the `--workers` (one) worker
+service's, as a speedup and per worker, beside its rate phase (and the base service's, where
+`--rates` has its rate). The measured phases are preceded by unmeasured warm-up waves (one at
+the highest finite rate, one burst), so no timing includes kernel compilation or CUDA-graph
+capture of the shapes it runs.
 
 With `--failover N` (at least two workers: the phase with the most of them runs it), N
 requests with fixed seeds run at once fault-free, then again while the worker holding the most
@@ -36,7 +39,8 @@ request did not finish, tokens differ, or no request was re-delivered (the kill 
     python benchmarks/serving.py                                  # CPU, the shipped tiny model
     python benchmarks/serving.py --random-shape llada-8b --prompt-tokens 128 --gen 256 \\
         --steps 256 --block 32 --rates 1 2 4 --num-requests 32 --saturation-requests 32 \\
-        --scale-workers 2 4 --failover 64 --json out.json --log-dir logs/   # GPUs (serving_gpu.sh)
+        --scale-workers 2 4 --scale-rate-per-worker 2 --failover 64 --json out.json \\
+        --log-dir logs/                                               # GPUs (serving_gpu.sh)
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from dllmserve.client import Accepted, AsyncClient, Client, Completed, StepUpdat
 ROOT = Path(__file__).resolve().parents[1]
 INF = float("inf")
 SCALING_TARGET = {2: 1.9, 4: 3.7}  # issue 28: saturation tokens/s over one worker's
+WITHIN_TARGET = (2.0, 0.9)  # issue 28: at 2 req/s per worker, >= 90 % within step + 20 ms
 T0 = time.perf_counter()
 
 
@@ -505,7 +510,8 @@ def serve_phase(
                     f"{w['requests_per_worker']}"
                 )
             for rate in rates:
-                n = args.num_requests if rate != INF else args.saturation_requests * workers
+                per_worker = args.num_requests if rate != INF else args.saturation_requests
+                n = per_worker * workers
                 prompts = make_prompts(n, args.prompt_tokens)
                 r = await run_rate(client, prompts, rate, args, f"r{rate}w{workers}")
                 r["workers"] = workers
@@ -526,17 +532,47 @@ def serve_phase(
     return results
 
 
-def scaling_row(run: dict, base: dict) -> dict:
+def scale_rate(args, workers: int) -> float:
+    """The arrival rate of a scaling service's rate phase: `--scale-rate-per-worker` per worker."""
+    return args.scale_rate_per_worker * workers
+
+
+def scaling_row(run: dict, base: dict, poisson: dict | None) -> dict:
     """A saturation run against the base service's (`--workers`): the speedup, and the
-    efficiency (tokens/s per worker over the base's per worker: 1.0 is linear scaling)."""
+    efficiency (tokens/s per worker over the base's per worker: 1.0 is linear scaling); with
+    the same service's run at `scale_rate` (if it ran one), its first-update figures."""
     speedup = run["tokens_per_s"] / base["tokens_per_s"]
-    return {
+    row = {
         "workers": run["workers"],
         "tokens_per_s": run["tokens_per_s"],
         "speedup": speedup,
         "efficiency": speedup * base["workers"] / run["workers"],
         "requests_per_worker": run["requests_per_worker"],
     }
+    if poisson:
+        keys = (
+            "rate",
+            "requests",
+            "within_step_plus_20ms",
+            "ttfu_p50_s",
+            "ttfu_p99_s",
+            "tokens_per_s",
+        )
+        row["poisson"] = {k: poisson[k] for k in keys}
+    return row
+
+
+def scaling_rows(args, runs: list[dict]) -> list[dict]:
+    """One row per worker count, the base service's first."""
+
+    def run_at(workers: int, rate: float) -> dict | None:
+        return next((r for r in runs if r["workers"] == workers and r["rate"] == rate), None)
+
+    base = run_at(args.workers, INF)
+    return [
+        scaling_row(run_at(n, INF), base, run_at(n, scale_rate(args, n)))
+        for n in [args.workers, *args.scale_workers]
+    ]
 
 
 def write(args, doc: dict) -> None:
@@ -564,7 +600,16 @@ def main() -> None:
         default=[1.0, 4.0],
         help="req/s; saturation (inf) always runs last",
     )
-    ap.add_argument("--num-requests", type=int, default=32, help="requests per finite rate")
+    ap.add_argument(
+        "--num-requests", type=int, default=32, help="requests per worker at each finite rate"
+    )
+    ap.add_argument(
+        "--scale-rate-per-worker",
+        type=float,
+        default=2.0,
+        help="each --scale-workers service first runs arrivals at this many req/s per worker "
+        "(0: saturation only)",
+    )
     ap.add_argument(
         "--saturation-requests",
         type=int,
@@ -613,6 +658,9 @@ def main() -> None:
     if any(n < 0 for n in args.scale_workers):
         ap.error(f"--scale-workers: worker counts >= 0 (0: none), got {args.scale_workers}")
     args.scale_workers = sorted(set(args.scale_workers) - {0, args.workers})
+    if not 0 <= args.scale_rate_per_worker < INF:
+        rate = args.scale_rate_per_worker
+        ap.error(f"--scale-rate-per-worker: a finite req/s >= 0 (0: none), got {rate}")
     most = max([args.workers, *args.scale_workers])
     if args.failover < 0 or (args.failover and most < 2):
         ap.error("--failover: N >= 1 requests, with --workers or --scale-workers >= 2")
@@ -635,14 +683,15 @@ def main() -> None:
     base = serve_phase(args, args.workers, rates, args.log_dir, doc, "results", base_fo)
     for n in args.scale_workers:
         fo = args.failover if n == most else 0
-        serve_phase(args, n, [INF], args.log_dir, doc, "scaled", fo)
+        rates_n = [scale_rate(args, n)] if args.scale_rate_per_worker else []
+        serve_phase(args, n, [*rates_n, INF], args.log_dir, doc, "scaled", fo)
     sat = base[-1]
     summary: dict = {"service_saturation_tokens_per_s": sat["tokens_per_s"]}
     if offline:
         summary["offline_tokens_per_s"] = offline["tokens_per_s"]
         summary["service_vs_offline"] = sat["tokens_per_s"] / offline["tokens_per_s"]
     if args.scale_workers:
-        summary["scaling"] = [scaling_row(r, sat) for r in [sat, *doc["scaled"]]]
+        summary["scaling"] = scaling_rows(args, base + doc["scaled"])
     failures = failover_failures(doc["failover"]) if args.failover else []
     if args.failover:
         fo = doc["failover"]
@@ -658,6 +707,19 @@ def main() -> None:
     print_report(args, doc)
     if failures:
         raise SystemExit("failover: " + "; ".join(failures))
+
+
+def print_poisson(workers: int, p: dict) -> None:
+    """A scaling row's rate phase: the share of first updates within step + 20 ms."""
+    per_worker, share = WITHIN_TARGET
+    target = p["rate"] == per_worker * workers
+    print(
+        f"{workers} worker(s) at {p['rate']:g} req/s ({p['requests']} requests): "
+        f"{100 * p['within_step_plus_20ms']:.0f}% of first updates within step + 20 ms"
+        + (f" (target >= {100 * share:.0f}%)" if target else "")
+        + f", TTFU p50 {p['ttfu_p50_s']:.3f} s / p99 {p['ttfu_p99_s']:.3f} s, "
+        f"{p['tokens_per_s']:.1f} tok/s"
+    )
 
 
 def print_report(args, doc: dict) -> None:
@@ -676,15 +738,18 @@ def print_report(args, doc: dict) -> None:
             f"{100 * s['service_vs_offline']:.0f}% of the offline engine (target >= 90%)"
         )
     base = "one worker" if args.workers == 1 else f"{args.workers} workers"
-    for row in s.get("scaling", [])[1:]:
+    for row in s.get("scaling", []):
         target = SCALING_TARGET.get(row["workers"]) if args.workers == 1 else None
-        print(
-            f"{row['workers']} workers at saturation: {row['tokens_per_s']:.1f} tok/s "
-            f"= {row['speedup']:.2f}x {base}"
-            + (f" (target >= {target}x)" if target else "")
-            + f", {100 * row['efficiency']:.0f}% per worker; requests per worker "
-            f"{row['requests_per_worker']}"
-        )
+        if row["workers"] != args.workers:
+            print(
+                f"{row['workers']} workers at saturation: {row['tokens_per_s']:.1f} tok/s "
+                f"= {row['speedup']:.2f}x {base}"
+                + (f" (target >= {target}x)" if target else "")
+                + f", {100 * row['efficiency']:.0f}% per worker; requests per worker "
+                f"{row['requests_per_worker']}"
+            )
+        if "poisson" in row:
+            print_poisson(row["workers"], row["poisson"])
     if "failover" in doc:
         fo = doc["failover"]
         print(

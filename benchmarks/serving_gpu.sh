@@ -3,26 +3,41 @@
 #   1. the offline engine on the saturation requests (LLaDA-8B shape, random bf16 weights, GPU 0);
 #   2. the whole service (private redis-server, scheduler, ONE worker on GPU 0): a warm-up wave,
 #      gamma arrivals at each of $RATES req/s, then saturation (all at once);
-#   3. for each worker count in $SCALE (a list: SCALE="2 4"), a fresh service with that many
-#      workers (one process per GPU): warm-up, saturation; the report gives each count's tokens/s
-#      and its ratio to one worker's. Then, in the service with the most workers, with
-#      FAILOVER=N, failover under load: N requests with fixed seeds (temperature 1) run
-#      fault-free, then again while the worker holding the most of them is killed with SIGKILL;
-#      every request must finish with its fault-free tokens (the script fails otherwise), and
-#      the JSON has the re-delivered count and the recovery time per re-delivered request (last
-#      update of the killed attempt -> first update of the re-run), p50/p99.
+#   3. for each worker count N in $SCALE (a list: SCALE="2 4"), a fresh service with N workers
+#      (one process per GPU): warm-up, Poisson arrivals at N x $SCALE_RATE req/s (N x $NUM
+#      requests: the share of first updates within step + 20 ms with N workers; SCALE_RATE=0
+#      skips it), saturation; the report (summary.scaling) gives each count's saturation
+#      tokens/s, its ratio to one worker's, and its rate phase. Then, in the service with the
+#      most workers, with FAILOVER=N, failover under load: N requests with fixed seeds
+#      (temperature 1) run fault-free, then again while the worker holding the most of them is
+#      killed with SIGKILL; every request must finish with its fault-free tokens (the script
+#      fails otherwise), and the JSON has the re-delivered count and the recovery time per
+#      re-delivered request (last update of the killed attempt -> first update of the re-run),
+#      p50/p99.
 # JSON, logs and the report land in $OUT (default /tmp/out).
 #
 #   bash benchmarks/serving_gpu.sh                    # repo root; defaults below
 #   SHAPE=tiny DEVICE=cpu PROMPT=32 GEN=32 STEPS=32 BLOCK=16 RATES=4 NUM=8 SAT=8 SCALE=2 \
 #       FAILOVER=8 bash benchmarks/serving_gpu.sh     # the same run scaled down, on a CPU
 #
-# Issue 28 (scaling and failover) on a multi-GPU host in one device call, .whl/ carried (the
-# wheel of scripts/gpu_wheel.sh and the dependencies' wheels, below); RATES=inf: the one-worker
-# service runs saturation only (the baseline of the ratios), the finite rates are issue 5's run.
-# On x4, 1, 2 and 4 workers, the failover with 4:
+# Issue 28 (scaling, first updates at 2 req/s per worker, failover) on a multi-GPU host in one
+# device call, .whl/ carried (the wheel of scripts/gpu_wheel.sh and the dependencies' wheels,
+# below). On x4: 1, 2 and 4 workers at saturation, 2 and 4 also at 4 and 8 req/s, the failover
+# with 4; RATES=inf: the one-worker service runs saturation only (the baseline of the ratios; its
+# 2 req/s is issue 5's run). On x2 there is time for the one worker's 2 req/s too (RATES=2):
 #   x4: DLLMSERVE_COMMIT=<sha> OUT=$OUT SCALE="2 4" FAILOVER=64 RATES=inf bash benchmarks/serving_gpu.sh
-#   x2: DLLMSERVE_COMMIT=<sha> OUT=$OUT SCALE=2 FAILOVER=64 RATES=inf bash benchmarks/serving_gpu.sh
+#   x2: DLLMSERVE_COMMIT=<sha> OUT=$OUT SCALE=2 FAILOVER=64 RATES=2 bash benchmarks/serving_gpu.sh
+#
+# Time (estimated from benchmarks/RESULTS.md's serving sections, LLaDA-8B shape, H100/H200: a
+# wave of 32 requests at 2 req/s per worker takes 22 s, a burst of 32 per worker 11-12 s at
+# any worker count, the offline engine 10 s to build and 12 + 11 s for its two waves, a worker's
+# warm-up 11 s before it registers; a service start taken as 45 s, the failover as 40 s): setup
+# 15 s, offline 45 s, one worker 75 s (115 s with RATES=2), each scaled service 45 s start +
+# 2 x 20 s at the rate (warm-up and measured) + 2 x 12 s of bursts + 5 s stop = 115 s, the
+# failover 40 s. x4 as above: ~405 s; with RATES=2: ~445 s; x2 with RATES=2: ~330 s; all under
+# BUDGET_S=560 (the device's 600 s per call, less the stop). Over budget, EXTRA="--warmup 16"
+# halves the warm-up waves (about 10 s less per rate phase, 6 s per burst), SCALE_RATE=0 drops
+# the rate phases (40 s per scaled service).
 #
 # Python packages the machine lacks (grpcio, protobuf, redis, ... and dLLM-Serve's own wheel from
 # scripts/gpu_wheel.sh) come as wheels in .whl/, installed into /tmp/site when one of them does
@@ -40,9 +55,10 @@ STEPS=${STEPS:-256}
 BLOCK=${BLOCK:-32}
 RATIO=${RATIO:-0.5}
 RATES=${RATES:-1 2 4}
-NUM=${NUM:-32}      # requests per finite rate
+NUM=${NUM:-32}      # requests per worker at each finite rate (also the SCALE rate phases)
 SAT=${SAT:-32}      # requests per worker at saturation (also the warm-up wave)
 SCALE=${SCALE:-2}   # worker counts of the scaling runs, a list: "2 4" (0: none)
+SCALE_RATE=${SCALE_RATE:-2}  # req/s per worker of each scaling run's rate phase (0: skip it)
 FAILOVER=${FAILOVER:-0}  # requests of the failover phase, run with the most workers (0: skip it)
 BUDGET_S=${BUDGET_S:-560}  # the benchmark is stopped after this long (its JSON is kept)
 for n in $SCALE; do
@@ -60,8 +76,8 @@ mkdir -p "$OUT/logs"
 exec > >(tee "$OUT/serving.log") 2>&1
 
 echo "== $(date -u +%FT%TZ) serving benchmark: shape $SHAPE on $DEVICE, prompt $PROMPT, gen $GEN," \
-  "steps $STEPS, block $BLOCK, r $RATIO, rates [$RATES] x $NUM, saturation $SAT/worker, scale [$SCALE]," \
-  "failover $FAILOVER"
+  "steps $STEPS, block $BLOCK, r $RATIO, rates [$RATES] x $NUM/worker, saturation $SAT/worker," \
+  "scale [$SCALE] at $SCALE_RATE req/s per worker, failover $FAILOVER"
 
 if ! "$PY" -c "import grpc, redis, google.protobuf, grpc_health, grpc_reflection, grpc_status
 import dllmserve.worker.loop" 2>/dev/null; then
@@ -124,6 +140,7 @@ timeout --signal=TERM --kill-after=30 "$BUDGET_S" "$PY" benchmarks/serving.py \
   --random-shape "$SHAPE" --device "$DEVICE" --prompt-tokens "$PROMPT" --gen "$GEN" \
   --steps "$STEPS" --block "$BLOCK" --ratio "$RATIO" --delay 1 --rates $RATES \
   --num-requests "$NUM" --saturation-requests "$SAT" --scale-workers $SCALE \
+  --scale-rate-per-worker "$SCALE_RATE" \
   --failover "$FAILOVER" \
   --json "$OUT/serving.json" --log-dir "$OUT/logs" ${EXTRA:-}
 rc=$?

@@ -50,8 +50,9 @@ def test_offline_benchmark_smoke(tmp_path, extra):
 @pytest.mark.parametrize("scale, counts", [("2", [2]), ("3 2", [2, 3])])
 def test_serving_benchmark_script_smoke(tmp_path, scale, counts):
     """benchmarks/serving_gpu.sh scaled down to the tiny shape on the CPU: offline engine, one
-    worker at a rate and at saturation, then each SCALE worker count (ascending) at
-    saturation, each against one worker, all written to $OUT."""
+    worker at a rate and at saturation, then each SCALE worker count (ascending) at 2 req/s per
+    worker and at saturation, each against one worker, all written to $OUT. RATES=2 is the one
+    worker's 2 req/s, so its scaling row carries a rate phase too."""
     pytest.importorskip("grpc")
     pytest.importorskip("redis")
     from dllmserve.scheduler.local_redis import find_redis_server
@@ -60,7 +61,7 @@ def test_serving_benchmark_script_smoke(tmp_path, scale, counts):
         pytest.skip("no redis-server")
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "SHAPE": "tiny",
            "DEVICE": "cpu", "PROMPT": "16", "GEN": "16", "STEPS": "16", "BLOCK": "8",
-           "RATES": "8", "NUM": "6", "SAT": "4", "SCALE": scale, "OMP_NUM_THREADS": "1",
+           "RATES": "2", "NUM": "3", "SAT": "4", "SCALE": scale, "OMP_NUM_THREADS": "1",
            "DLLMSERVE_COMMIT": "c0ffee1"}  # fmt: skip
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "serving_gpu.sh")], env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -68,11 +69,17 @@ def test_serving_benchmark_script_smoke(tmp_path, scale, counts):
     doc = json.loads((tmp_path / "serving.json").read_text())
     assert doc["commit"] == "c0ffee1"  # named where the tree's .git may be stale
     assert "commit: c0ffee1" in (tmp_path / "env.txt").read_text()
-    assert [r["rate"] for r in doc["results"]] == [8.0, float("inf")]
-    assert doc["results"][0]["requests"] == 6 and doc["results"][1]["requests"] == 4
-    assert [r["workers"] for r in doc["scaled"]] == counts
-    for r in doc["scaled"]:  # every worker served
-        assert r["requests"] == 4 * r["workers"] == sum(r["requests_per_worker"])
+    assert [r["rate"] for r in doc["results"]] == [2.0, float("inf")]
+    assert doc["results"][0]["requests"] == 3 and doc["results"][1]["requests"] == 4
+    # each count: arrivals at 2 req/s per worker (NUM per worker), then saturation (SAT per worker)
+    inf = float("inf")
+    assert [(r["workers"], r["rate"]) for r in doc["scaled"]] == [
+        (n, rate) for n in counts for rate in (2.0 * n, inf)
+    ]
+    for r in doc["scaled"]:
+        per_worker = 4 if r["rate"] == inf else 3
+        assert r["requests"] == per_worker * r["workers"] == sum(r["requests_per_worker"])
+    for r in doc["scaled"][1::2]:  # every worker served at saturation
         assert len(r["requests_per_worker"]) == r["workers"]
     assert doc["offline"]["tokens_per_s"] > 0 and doc["offline"]["requests"] == 4
     s = doc["summary"]
@@ -80,11 +87,22 @@ def test_serving_benchmark_script_smoke(tmp_path, scale, counts):
     scaling = s["scaling"]  # one worker, then each count, against one worker
     assert [row["workers"] for row in scaling] == [1, *counts]
     assert scaling[0]["speedup"] == scaling[0]["efficiency"] == 1.0
-    for row, run in zip(scaling[1:], doc["scaled"], strict=True):
+    for row, run in zip(scaling[1:], doc["scaled"][1::2], strict=True):
         assert row["tokens_per_s"] == run["tokens_per_s"]
         assert row["speedup"] == pytest.approx(run["tokens_per_s"] / scaling[0]["tokens_per_s"])
         assert row["efficiency"] == pytest.approx(row["speedup"] / row["workers"])
         assert f"{row['workers']} workers at saturation" in proc.stdout
+    # each row's rate phase (the one worker's from RATES=2): its own run's figures, sane
+    for row, run in zip(scaling, [doc["results"][0], *doc["scaled"][::2]], strict=True):
+        p = row["poisson"]
+        assert p["rate"] == run["rate"] == 2.0 * row["workers"]
+        assert p["requests"] == 3 * row["workers"]
+        assert p["within_step_plus_20ms"] == run["within_step_plus_20ms"]
+        assert 0 <= p["within_step_plus_20ms"] <= 1
+        assert 0 < p["ttfu_p50_s"] <= p["ttfu_p99_s"] and p["tokens_per_s"] > 0
+        assert (p["ttfu_p50_s"], p["tokens_per_s"]) == (run["ttfu_p50_s"], run["tokens_per_s"])
+        line = f"{row['workers']} worker(s) at {p['rate']:g} req/s ({p['requests']} requests): "
+        assert line + f"{100 * p['within_step_plus_20ms']:.0f}% of first updates" in proc.stdout
     for r in doc["results"] + doc["scaled"]:
         assert r["step_p50_s"] > 0 and 0 <= r["within_step_plus_20ms"] <= 1
         assert 0 < r["accept_p50_s"] <= r["ttfu_p50_s"]

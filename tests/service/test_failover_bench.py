@@ -24,6 +24,7 @@ def test_failover_phase_redelivers_with_identical_tokens(tmp_path, workers, kill
     out = tmp_path / "serving.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "serving.py"), "--random-shape", "tiny",
            "--device", "cpu", *workers, "--rates", "inf", "--saturation-requests", "1",
+           "--num-requests", "1",
            "--warmup", "0", "--no-offline", "--prompt-tokens", "16", "--gen", "64", "--steps",
            "64", "--block", "32", "--failover", "4", "--json", str(out),
            "--log-dir", str(tmp_path / "logs")]  # fmt: skip
@@ -48,4 +49,16 @@ def test_failover_phase_redelivers_with_identical_tokens(tmp_path, workers, kill
     assert {name for name, text in logs.items() if "killed by SIGKILL" in text} == {
         f"service-{killed_in}w.log"
     }
-    assert [r["workers"] for r in doc.get("scaled", [])] == ([2, 3] if killed_in == 3 else [])
+    # each scaling service: one request per worker at 2 req/s per worker, then saturation
+    counts = [2, 3] if killed_in == 3 else []
+    runs = [(r["workers"], r["rate"], r["requests"]) for r in doc.get("scaled", [])]
+    assert runs == [(n, rate, n) for n in counts for rate in (2.0 * n, float("inf"))]
+    rows = doc["summary"].get("scaling", [])
+    assert [(row["workers"], "poisson" in row) for row in rows] == (
+        [(1, False), (2, True), (3, True)] if counts else []
+    )
+    for row in rows[1:]:
+        p = row["poisson"]
+        assert (p["rate"], p["requests"]) == (2.0 * row["workers"], row["workers"])
+        assert 0 <= p["within_step_plus_20ms"] <= 1 and p["tokens_per_s"] > 0
+        assert 0 < p["ttfu_p50_s"] <= p["ttfu_p99_s"]
