@@ -40,3 +40,16 @@ def test_every_lane_stores_and_graph_padding_stores_into_the_denoised_block():
     last = a.write_slots[:, t - 1 : t]  # b's last position, in its block being denoised
     assert g.write_slots[:, t:].eq(last).all()
     assert g.input_ids[:t].equal(batch.input_ids)
+
+
+def test_lane_buckets_end_at_the_bucket_that_holds_the_engine_s_lanes():
+    """Both graph kinds key on these: every lane count up to max_lanes has a bucket."""
+    from dllmserve.engine.cuda_graphs import lane_buckets, smallest_bucket
+
+    assert lane_buckets(1) == (1,)
+    assert lane_buckets(10) == (1, 2, 4, 8, 12)
+    assert lane_buckets(12) == (1, 2, 4, 8, 12)
+    assert lane_buckets(300)[-1] == 300
+    for max_lanes in (1, 3, 10, 64, 100, 300):
+        buckets = lane_buckets(max_lanes)
+        assert all(smallest_bucket(n, buckets) is not None for n in range(1, max_lanes + 1))

@@ -23,7 +23,7 @@ import torch
 
 from dllmserve.engine.block_attention import BlockAttention
 from dllmserve.engine.block_batch import BlockIterationBatch, lanes_attention
-from dllmserve.engine.cuda_graphs import LANE_BUCKETS, capture, next_pow2, smallest_bucket
+from dllmserve.engine.cuda_graphs import capture, lane_buckets, next_pow2, smallest_bucket
 from dllmserve.engine.kv_cache import KVCache
 from dllmserve.models.transformer import DiffusionTransformer
 
@@ -64,9 +64,7 @@ class BlockGraphs:
 
     def __init__(self, model: DiffusionTransformer, max_lanes: int, mempool: tuple) -> None:
         self.model = model
-        self.buckets = tuple(b for b in LANE_BUCKETS if b < max_lanes) + (
-            smallest_bucket(max_lanes, LANE_BUCKETS) or max_lanes,
-        )
+        self.buckets = lane_buckets(max_lanes)
         self.mempool = mempool
         self.graphs: dict[tuple[int, int, int], _Graph] = {}
         self.captures = 0

@@ -27,6 +27,13 @@ def smallest_bucket(n: int, buckets: tuple[int, ...]) -> int | None:
     return next((b for b in buckets if b >= n), None)
 
 
+def lane_buckets(max_lanes: int) -> tuple[int, ...]:
+    """The lane buckets of an engine running at most `max_lanes` lanes: those below it, then
+    the smallest that holds it (or `max_lanes` itself past the largest)."""
+    below = tuple(b for b in LANE_BUCKETS if b < max_lanes)
+    return below + (smallest_bucket(max_lanes, LANE_BUCKETS) or max_lanes,)
+
+
 def next_pow2(n: int) -> int:
     """`n` (>= 1) rounded up to a power of two: graphs are keyed by the page-table width so
     rounded, so a growing sequence needs a new graph only at each doubling."""

@@ -14,7 +14,7 @@ import torch
 
 from dllmserve.engine.attention import BatchAttention
 from dllmserve.engine.batch import IterationBatch
-from dllmserve.engine.cuda_graphs import LANE_BUCKETS, capture, next_pow2, smallest_bucket
+from dllmserve.engine.cuda_graphs import capture, lane_buckets, next_pow2, smallest_bucket
 from dllmserve.models.transformer import DiffusionTransformer
 
 
@@ -35,9 +35,7 @@ class ReuseGraphs:
 
     def __init__(self, model: DiffusionTransformer, max_lanes: int) -> None:
         self.model = model
-        self.buckets = tuple(b for b in LANE_BUCKETS if b < max_lanes) + (
-            smallest_bucket(max_lanes, LANE_BUCKETS) or max_lanes,
-        )
+        self.buckets = lane_buckets(max_lanes)
         self.graphs: dict[tuple[int, int, int], _Graph] = {}
         self.mempool = torch.cuda.graph_pool_handle()
 
