@@ -170,15 +170,17 @@ def abort_all(engine: Engine) -> None:
 
 
 def profile(
-    engine: Engine, shape: str, prompt_len: int, batch: int, sparse: SparseConfig, a
+    engine: Engine, shape: str, prompt_len: int, batch: int, sparse: SparseConfig | None, a
 ) -> None:
-    """The top kernels and host ops of one block (FULL, SELECT and REUSE steps)."""
+    """The top kernels and host ops of one block (FULL, SELECT and REUSE steps; a
+    block-diffusion model's block steps)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         run_one(engine, shape, prompt_len, batch, sparse, a.block, a.block, a.block, None, 1)
-    print(f"--- profile: prompt {prompt_len}, batch {batch}, r={sparse.retention_ratio}")
+    mode = f"r={sparse.retention_ratio}" if sparse is not None else "dense"
+    print(f"--- profile: prompt {prompt_len}, batch {batch}, {mode}")
     print(
         prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60)
     )
@@ -244,7 +246,7 @@ def sweep(engine: Engine, shape: str, a, ceilings: Ceilings | None) -> list[Resu
                 # a few iterations cover
                 warm = 2 * a.block if whole else 4
                 run_one(engine, shape, prompt, b, sp, a.gen, a.steps, a.block, warm, 0)
-                if a.profile and sp is not None:
+                if a.profile and (sp is not None or block_diffusion):
                     profile(engine, shape, prompt, b, sp, a)
                 res = run_one(engine, shape, prompt, b, sp, a.gen, a.steps, a.block, iters,
                               seed=b, ceilings=ceilings)  # fmt: skip
