@@ -117,6 +117,19 @@ def fused_moe(
                 w_gate_up_scale=w_gate_up_scale, w_down_scale=w_down_scale)  # fmt: skip
 
 
+def segment_argmax(
+    scores: torch.Tensor,
+    order: torch.Tensor,
+    bounds: torch.Tensor,
+    table: torch.Tensor,
+    floor: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each (row, position, segment)'s best floored score over its ids and the lowest id
+    reaching it (structured outputs' per-class scores; `segment_max`)."""
+    impl = _impl("segment_max", "segment_argmax", scores)
+    return impl(scores, order, bounds, table, floor)
+
+
 __all__ = [
     "SelectionArgs",
     "force_triton",
@@ -125,6 +138,7 @@ __all__ = [
     "reference",
     "reuse_attention",
     "sample_tokens",
+    "segment_argmax",
     "select_and_store",
     "varlen_attention",
 ]

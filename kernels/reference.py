@@ -227,3 +227,38 @@ def fused_moe(
         y = _fp32_operand(h, w_down_scale) @ w_d[e].T
         contrib[tok, j] = (topk_weights[tok, j, None] * y).to(x.dtype).float()
     return contrib.sum(dim=1).to(x.dtype)
+
+
+def segment_argmax(
+    scores: torch.Tensor,
+    order: torch.Tensor,
+    bounds: torch.Tensor,
+    table: torch.Tensor,
+    floor: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row r, position p and segment t of layout d = table[r]: the max of
+    max(scores[r, p, id], floor) over the ids order[d, lo:hi] ([lo, hi) = bounds[d, t]) and
+    the lowest id reaching it; an empty segment gives -inf and V. ([k, n, n_seg] fp32 and
+    int32; segments must not overlap.)"""
+    k, n, vocab = scores.shape
+    n_layouts, n_seg, _ = bounds.shape
+    dev = scores.device
+    segment_of = torch.full((n_layouts, vocab), n_seg, dtype=torch.long, device=dev)
+    for d in range(n_layouts):
+        lo, hi = bounds[d, :, 0].long(), bounds[d, :, 1].long()
+        lengths = (hi - lo).clamp(min=0)
+        seg = torch.repeat_interleave(torch.arange(n_seg, device=dev), lengths)
+        first = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+        places = (
+            torch.repeat_interleave(lo, lengths) + torch.arange(seg.numel(), device=dev) - first
+        )
+        segment_of[d, places] = seg
+    ids = order[table.long()].long()[:, None, :].expand(k, n, vocab)
+    s = scores.float().gather(2, ids).clamp(min=floor)
+    seg = segment_of[table.long()][:, None, :].expand(k, n, vocab)
+    best = torch.full((k, n, n_seg + 1), -torch.inf, device=dev).scatter_reduce(2, seg, s, "amax")
+    hit = torch.where(s == best.gather(2, seg), ids, vocab)
+    arg = torch.full((k, n, n_seg + 1), vocab, dtype=torch.long, device=dev)
+    arg = arg.scatter_reduce(2, seg, hit, "amin")
+    return best[..., :n_seg], arg[..., :n_seg].to(torch.int32)
+

@@ -8,7 +8,10 @@ maximal total score whose state after the block can still reach an accepting sta
 positions left (`dist <= remaining`; the last block: accepting or DONE). Tokens of one class
 act alike, so each position first keeps its best token per class, and the recurrence runs over
 the automaton's (state, class) -> state edges: O(block * (vocab + edges)), vectorised over the
-rows, the vocabulary and the edges, one short loop over the block's positions. Nothing here
+rows, the vocabulary and the edges, one short loop over the block's positions. The per-class
+best is a segmented max over the vocabulary laid out in class order (`kernels.segment_argmax`:
+a Triton kernel on the GPU), not a scatter over classes, whose atomics serialise on the large
+classes. Nothing here
 waits for the device: the rows' joined graph is built once per set of automata (cached) and
 every per-step input arrives as a device tensor.
 """
@@ -22,12 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dllmserve import kernels
 from dllmserve.structured.automaton import TokenAutomaton
 
 # Scores are floored here: a token the sampler forbids (-inf: EOS under logits_eos_inf, a top-k
 # or top-p filter) stays usable when the constraint leaves nothing else, at a cost no allowed
 # token reaches.
 SCORE_FLOOR = -1e4
+SEGMENT = 4096  # ids per segment of the class-ordered vocabulary: bounds one program's loop
 
 
 GRAPHS_KEPT = 16  # joined graphs cached (a batch's set of constrained requests changes slowly)
@@ -43,6 +48,9 @@ class Graph:
     automata: tuple[TokenAutomaton, ...]  # held: the cache key is their identities
     class_of: torch.Tensor  # int64 [distinct automata, vocab]: the class per token id
     table: torch.Tensor  # int64 [R]: each row's class_of row (rows of one schema share it)
+    order: torch.Tensor  # int32 [distinct, vocab]: the ids by class, ascending within one
+    bounds: torch.Tensor  # int32 [distinct, n_seg, 2]: [lo, hi) in order of each segment
+    segment_class: torch.Tensor  # int64 [distinct, n_seg]: the class of each segment
     n_cls: torch.Tensor  # int64 [R]: each row's never-allowed / PAD column
     width: int  # classes per row, padded: max n_classes + 1
     src: torch.Tensor  # int64 [E]: global states / classes
@@ -89,9 +97,33 @@ def _build_graph(automata: tuple[TokenAutomaton, ...], vocab: int, device) -> Gr
     edges = [np.concatenate(x) for x in (src, cls, dst)]
     dist = np.concatenate([a.dist for a in automata])
     n_cls = np.array([a.n_classes for a in automata])
+    layout = [_to_device(x, device) for x in _segments(class_of, width)]
     host = [class_of, table, n_cls, *edges, dist, np.concatenate(row_of), np.array(offsets)]
     class_of_d, table, n_cls, *rest = (_to_device(x.astype(np.int64), device) for x in host)
-    return Graph(automata, class_of_d, table, n_cls, width, *rest)
+    return Graph(automata, class_of_d, table, *layout, n_cls, width, *rest)
+
+
+def _segments(class_of: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each distinct automaton's ids in class order (ascending within a class) and that order
+    cut into segments of at most SEGMENT ids, none spanning two classes; layouts with fewer
+    segments are padded with empty ones (of class 0, which they leave unchanged)."""
+    vocab = class_of.shape[1]
+    per = []
+    for row in class_of:
+        counts = np.bincount(row, minlength=width)
+        pieces = -(-counts // SEGMENT)  # segments per class, 0 for an empty one
+        seg_cls = np.repeat(np.arange(width), pieces)
+        nth = np.arange(len(seg_cls)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+        lo = (np.cumsum(counts) - counts)[seg_cls] + nth * SEGMENT
+        hi = np.minimum(lo + SEGMENT, np.cumsum(counts)[seg_cls])
+        per.append((np.argsort(row, kind="stable"), np.stack([lo, hi], 1), seg_cls))
+    n_seg = max(len(c) for _, _, c in per)
+    order = np.stack([o for o, _, _ in per]).astype(np.int32)
+    bounds = np.full((len(per), n_seg, 2), vocab, dtype=np.int32)
+    segment_class = np.zeros((len(per), n_seg), dtype=np.int64)
+    for i, (_, b, c) in enumerate(per):
+        bounds[i, : len(c)], segment_class[i, : len(c)] = b, c
+    return order, bounds, segment_class
 
 
 def _to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -142,13 +174,15 @@ def class_scores(
     column 0 for the PAD class only."""
     k, n, vocab = scores.shape
     dev = scores.device
-    class_of, n_cls = g.class_of[g.table[rows]], g.n_cls[rows, None, None]
-    s = scores.float().clamp(min=SCORE_FLOOR)
-    idx = class_of[:, None, :].expand(k, n, vocab)
+    layouts = g.table[rows]
+    class_of, n_cls = g.class_of[layouts], g.n_cls[rows, None, None]
+    seg_best, seg_arg = kernels.segment_argmax(
+        scores.float(), g.order, g.bounds, layouts, SCORE_FLOOR
+    )
+    idx = g.segment_class[layouts][:, None, :].expand(k, n, -1)  # a class's segments -> it
     best = torch.full((k, n, g.width), -torch.inf, device=dev)
-    best = best.scatter_reduce(2, idx, s, "amax")
-    ids = torch.arange(vocab, device=dev, dtype=torch.int32).expand(k, n, vocab)
-    hit = torch.where(s == best.gather(2, idx), ids, vocab)
+    best = best.scatter_reduce(2, idx, seg_best, "amax")
+    hit = torch.where(seg_best == best.gather(2, idx), seg_arg, vocab)
     arg = torch.full((k, n, g.width), vocab, dtype=torch.int32, device=dev)
     arg = arg.scatter_reduce(2, idx, hit, "amin").long()
     column_ids = torch.arange(g.width, device=dev)
