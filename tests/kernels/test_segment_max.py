@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from kernel_testlib import DEVICE
 
 from dllmserve import kernels
 from dllmserve.kernels import reference
@@ -41,10 +42,11 @@ def test_kernel_matches_reference(monkeypatch, segment):
     order, bounds, _ = layout(np.stack([big, small]), width)
     table = torch.tensor([0, 1, 0])
     s = scores_with_ties(3, 4, vocab, seed=segment)
-    best, arg = kernels.segment_argmax(s, order, bounds, table, FLOOR)
+    on = [x.to(DEVICE) for x in (s, order, bounds, table)]
+    best, arg = kernels.segment_argmax(*on, FLOOR)
     ref_best, ref_arg = reference.segment_argmax(s, order, bounds, table, FLOOR)
     assert best.dtype == torch.float32 and arg.dtype == torch.int32
-    assert torch.equal(best, ref_best) and torch.equal(arg, ref_arg)
+    assert torch.equal(best.cpu(), ref_best) and torch.equal(arg.cpu(), ref_arg)
 
 
 def test_reference_is_the_per_class_max():
@@ -88,23 +90,23 @@ def test_layout_cuts_classes_into_segments(monkeypatch):
 
 
 def test_class_scores_same_with_kernel_and_reference(monkeypatch):
-    """The DP's per-class scores through the Triton kernel equal those through the reference."""
+    """The DP's per-class scores through the Triton kernel (on the GPU where there is one)
+    equal those through the reference."""
     from dllmserve.structured.automaton import TokenAutomaton
 
     monkeypatch.setattr(dp, "SEGMENT", 7)
     vocab = 40
     rng = np.random.default_rng(5)
     automata = [_automaton(TokenAutomaton, rng, vocab, n_classes=c) for c in (3, 5)]
-    g = dp.graph(automata, vocab, torch.device("cpu"))
     s = scores_with_ties(2, 6, vocab, seed=7)
     fixed = torch.tensor([[-1, 4, -1, -1, -1, -1], [-1, -1, -1, 2, -1, -1]])
-    widths = torch.tensor([6, 4])
-    rows = torch.arange(2)
-    with_kernel = dp.class_scores(g, rows, s, fixed, widths)
+    args = (torch.arange(2), s, fixed, torch.tensor([6, 4]))
+    on_device = [x.to(DEVICE) for x in args]
+    with_kernel = dp.class_scores(dp.graph(automata, vocab, DEVICE), *on_device)
     monkeypatch.setattr(kernels, "force_triton", False)
-    with_reference = dp.class_scores(g, rows, s, fixed, widths)
+    with_reference = dp.class_scores(dp.graph(automata, vocab, torch.device("cpu")), *args)
     for a, b in zip(with_kernel, with_reference, strict=True):
-        assert torch.equal(a, b)
+        assert torch.equal(a.cpu(), b)
 
 
 def _automaton(cls, rng, vocab: int, n_classes: int):
