@@ -169,11 +169,14 @@ def main() -> None:
         action="store_true",
         help="measure again with the steps that store K/V run eagerly (as before)",
     )
+    ap.add_argument("--quantization", choices=["fp8"], default=None, help="FP8 linear weights")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     if a.smoke:
         a.system, a.question, a.gen, a.reps = 64, 8, 8, 1
-    engine = Engine.from_random_shape(a.shape, device=a.device, max_num_seqs=4)
+    engine = Engine.from_random_shape(
+        a.shape, device=a.device, max_num_seqs=4, quantization=a.quantization
+    )
     out = {"card": torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu",
            "commit": provenance.commit(), "args": vars(a) | {"json": str(a.json)},
            **run(engine, a, seed=0)}  # fmt: skip
