@@ -130,6 +130,32 @@ def segment_argmax(
     return impl(scores, order, bounds, table, floor)
 
 
+def route_experts(
+    logits: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    router: str,
+    top_k: int,
+    n_group: int = 1,
+    topk_group: int = 1,
+    routed_scaling: float = 1.0,
+    round_to: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """topk_ids [T, k] int32 and topk_weights [T, k] fp32 of fp32 router logits [T, E]: the MoE
+    routers ("softmax", "sigmoid_group") after the router GEMM in one launch (`routing`)."""
+    impl = _impl("routing", "route_experts", logits)
+    return impl(
+        logits,
+        bias,
+        router=router,
+        top_k=top_k,
+        n_group=n_group,
+        topk_group=topk_group,
+        routed_scaling=routed_scaling,
+        round_to=round_to,
+    )
+
+
 __all__ = [
     "SelectionArgs",
     "force_triton",
@@ -137,6 +163,7 @@ __all__ = [
     "quantize_rows",
     "reference",
     "reuse_attention",
+    "route_experts",
     "sample_tokens",
     "segment_argmax",
     "select_and_store",

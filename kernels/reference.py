@@ -262,3 +262,86 @@ def segment_argmax(
     arg = arg.scatter_reduce(2, seg, hit, "amin")
     return best[..., :n_seg], arg[..., :n_seg].to(torch.int32)
 
+
+ROUTERS = ("softmax", "sigmoid_group")
+ROUTE_MAX_EXPERTS = 1024  # the kernel holds a token's logits in registers
+
+
+def check_route_args(
+    logits: torch.Tensor,
+    bias: torch.Tensor | None,
+    router: str,
+    top_k: int,
+    n_group: int,
+    topk_group: int,
+    round_to: torch.dtype | None,
+) -> None:
+    """ValueError naming the argument, shared by both paths so they refuse the same inputs."""
+    if logits.dim() != 2 or logits.dtype != torch.float32:
+        got = f"{logits.dtype} {tuple(logits.shape)}"
+        raise ValueError(f"route_experts: logits must be [T, E] fp32, got {got}")
+    e = logits.shape[1]
+    if not 1 <= e <= ROUTE_MAX_EXPERTS:
+        raise ValueError(f"route_experts: logits must have 1..{ROUTE_MAX_EXPERTS} experts, got {e}")
+    if bias is not None and (tuple(bias.shape) != (e,) or not bias.is_floating_point()):
+        got = f"{bias.dtype} {tuple(bias.shape)}"
+        raise ValueError(f"route_experts: bias must be a float [E={e}], got {got}")
+    if bias is not None and bias.device != logits.device:
+        raise ValueError(f"route_experts: bias must be on logits' device ({logits.device})")
+    if router not in ROUTERS:
+        raise ValueError(f"route_experts: router must be one of {ROUTERS}, got {router!r}")
+    if not 1 <= top_k <= e:
+        raise ValueError(f"route_experts: top_k must be in [1, E={e}], got {top_k}")
+    if router == "sigmoid_group":
+        # a group scores its two best experts, and the kept groups must hold top_k experts
+        ok = n_group >= 1 and e % n_group == 0 and e // n_group >= 2
+        if not ok:
+            raise ValueError(f"route_experts: n_group must divide E={e} in groups of >= 2")
+        if not 1 <= topk_group <= n_group or top_k > topk_group * (e // n_group):
+            raise ValueError(f"route_experts: topk_group={topk_group} can't hold top_k={top_k}")
+    if round_to not in (None, torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"route_experts: round_to must be None or fp32/fp16/bf16, got {round_to}")
+
+
+def top_k_stable(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest along the last dim, descending, the lowest index first among equals
+    (torch.topk leaves the order of ties unspecified; the kernel's argmax rounds fix it)."""
+    values, ids = torch.sort(x, dim=-1, descending=True, stable=True)
+    return values[..., :k], ids[..., :k]
+
+
+def route_experts(
+    logits: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    router: str,
+    top_k: int,
+    n_group: int = 1,
+    topk_group: int = 1,
+    routed_scaling: float = 1.0,
+    round_to: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """topk_ids [T, k] int32 and topk_weights [T, k] fp32 of fp32 router logits [T, E]; the
+    routers of `dllmserve.models.moe` (its docstring), with stable ties. The weights are
+    rounded to `round_to` and back to fp32 when it is given (LLaDA-MoE's official rounding)."""
+    check_route_args(logits, bias, router, top_k, n_group, topk_group, round_to)
+    b = None if bias is None else bias.float()
+    if router == "softmax":
+        probs = torch.softmax(logits, dim=-1)
+        weights, ids = top_k_stable(probs if b is None else probs + b, top_k)
+    else:
+        scores = torch.sigmoid(logits)
+        biased = scores if b is None else scores + b
+        t, e = biased.shape
+        group_scores = top_k_stable(biased.view(t, n_group, e // n_group), 2)[0].sum(dim=-1)
+        kept = top_k_stable(group_scores, topk_group)[1]
+        keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, kept, True)
+        masked = biased.masked_fill(~keep.repeat_interleave(e // n_group, dim=1), -torch.inf)
+        ids = top_k_stable(masked, top_k)[1]
+        weights = scores.gather(1, ids)
+        if top_k > 1:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        weights = weights * routed_scaling
+    if round_to is not None:
+        weights = weights.to(round_to).float()
+    return ids.to(torch.int32), weights

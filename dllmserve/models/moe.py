@@ -37,40 +37,29 @@ class MoeWeights:
 
 
 def route(h: torch.Tensor, w: MoeWeights, cfg: MoeConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """topk_ids [T, k] int32 and topk_weights [T, k] fp32 of the tokens h [T, d]."""
+    """topk_ids [T, k] int32 and topk_weights [T, k] fp32 of the tokens h [T, d]. The router
+    GEMM is a torch linear; the rest is `kernels.route_experts`: one launch on CUDA instead of
+    about 13 (torch.topk's sorts among them), torch's routing with stable ties on the CPU."""
+    from dllmserve import kernels
+
     if cfg.router == "softmax":
-        return _route_softmax(h, w, cfg.top_k)
-    if cfg.router == "sigmoid_group":
-        return _route_sigmoid_group(h, w, cfg)
-    raise ValueError(f"unknown MoE router {cfg.router!r}")
-
-
-def _route_softmax(h: torch.Tensor, w: MoeWeights, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = linear(h, w.router)  # in the model dtype, as the official nn.Linear gate
-    probs = torch.softmax(logits.float(), dim=-1)
-    if w.expert_bias is not None:
-        probs = probs + w.expert_bias.float()
-    weights, ids = torch.topk(probs, k, dim=-1)
-    # the official layer rounds the weights to the model dtype before scaling expert outputs
-    return ids.to(torch.int32), weights.to(h.dtype).float()
-
-
-def _route_sigmoid_group(
-    h: torch.Tensor, w: MoeWeights, cfg: MoeConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    scores = torch.sigmoid(linear(h.float(), w.router.float()))  # fp32 logits and scores
-    biased = scores if w.expert_bias is None else scores + w.expert_bias.float()
-    t, e = biased.shape
-    groups = biased.view(t, cfg.n_group, e // cfg.n_group)
-    group_scores = groups.topk(2, dim=-1).values.sum(dim=-1)
-    kept = torch.topk(group_scores, cfg.topk_group, dim=-1).indices
-    keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, kept, True)
-    masked = biased.masked_fill(~keep.repeat_interleave(e // cfg.n_group, dim=1), -torch.inf)
-    ids = torch.topk(masked, cfg.top_k, dim=-1).indices
-    weights = scores.gather(1, ids)
-    if cfg.top_k > 1:
-        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-    return ids.to(torch.int32), weights * cfg.routed_scaling
+        logits = linear(h, w.router).float()  # in the model dtype, as the official nn.Linear gate
+        round_to = h.dtype  # the official layer rounds the weights to the model dtype
+    elif cfg.router == "sigmoid_group":
+        logits = linear(h.float(), w.router.float())  # fp32, as the official gate
+        round_to = None
+    else:
+        raise ValueError(f"unknown MoE router {cfg.router!r}")
+    return kernels.route_experts(
+        logits,
+        w.expert_bias,
+        router=cfg.router,
+        top_k=cfg.top_k,
+        n_group=cfg.n_group,
+        topk_group=cfg.topk_group,
+        routed_scaling=cfg.routed_scaling,
+        round_to=round_to,
+    )
 
 
 def moe_ffn(h: torch.Tensor, w: MoeWeights, cfg: MoeConfig) -> torch.Tensor:
