@@ -10,7 +10,7 @@ lanes are all B tokens has the shape of a CUDA graph (`block_graphs`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -74,31 +74,49 @@ def _page_tables(tables: list[np.ndarray], n_layers: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def _spans(reqs: list[BlockRequest], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each request's block start [R, 1] and which of the `width` columns its block fills."""
+    spans = np.array([r.block_span for r in reqs], dtype=np.int64).reshape(len(reqs), 2)
+    return spans[:, :1], np.arange(width) < spans[:, 1:] - spans[:, :1]
+
+
 def _block_rows(reqs: list[BlockRequest], first_rows: list[int], width: int) -> dict:
-    """The LM-head rows and the per-position sampling inputs of each request's block."""
-    R = len(reqs)
-    rows = np.zeros((R, width), dtype=np.int64)
-    positions = np.zeros((R, width), dtype=np.int64)
-    eligible = np.zeros((R, width), dtype=bool)
-    editable = np.zeros((R, width), dtype=bool)
-    current = np.zeros((R, width), dtype=np.int64)
-    for i, (r, row) in enumerate(zip(reqs, first_rows, strict=True)):
+    """The LM-head rows and the random stream's coordinates of each request's block: fixed
+    while the requests and their lanes are (`refresh_block_iteration` keeps them)."""
+    start, valid = _spans(reqs, width)
+    col = np.arange(width)
+    rows = np.where(valid, np.array(first_rows, dtype=np.int64)[:, None] + col, 0)
+    positions = np.where(valid, start + col, 0)  # the random stream's coordinate: absolute
+    return {"logit_rows": torch.from_numpy(rows), "gen_pos": torch.from_numpy(positions)}
+
+
+def _block_state(reqs: list[BlockRequest], width: int) -> dict[str, torch.Tensor]:
+    """What a step changes in each request's block: its tokens (`current`, 0 past a shorter
+    block), its masks (`eligible`) and, with LLaDA2.1's edits, its committed generated
+    positions (`editable`); `input_ids`, the blocks' tokens packed, when no lane stores K/V."""
+    start, valid = _spans(reqs, width)
+    current = np.zeros((len(reqs), width), dtype=np.int64)
+    for i, r in enumerate(reqs):
         bs, be = r.block_span
-        n = be - bs
-        tokens = r.canvas[bs:be]
-        rows[i, :n] = np.arange(row, row + n)
-        positions[i, :n] = np.arange(bs, be)  # the random stream's coordinate: absolute
-        eligible[i, :n] = tokens == r.tokens.mask
-        if r.editing:
-            editable[i, :n] = ~eligible[i, :n] & (np.arange(bs, be) >= r.prompt_len)
-        current[i, :n] = tokens
+        current[i, : be - bs] = r.canvas[bs:be]
+    masks = np.array([[r.tokens.mask] for r in reqs], dtype=np.int64)
+    eligible = valid & (current == masks)
+    generated = start + np.arange(width) >= np.array([[r.prompt_len] for r in reqs])
+    editing = np.array([[r.editing] for r in reqs], dtype=bool)
     t = torch.from_numpy
     return {
-        "logit_rows": t(rows),
-        "gen_pos": t(positions),
+        "input_ids": t(current.reshape(-1) if valid.all() else current[valid]),
         "eligible": t(eligible),
-        "editable": t(editable),
+        "editable": t(valid & ~eligible & generated & editing),
         "current": t(current),
+    }
+
+
+def _counters(reqs: list[BlockRequest]) -> dict[str, torch.Tensor]:
+    """Each request's step counter (its random stream's) and the step's scheduled commits."""
+    return {
+        "step": torch.tensor([r.global_step for r in reqs], dtype=torch.long),
+        "k": torch.tensor([r.commit_mask_k() for r in reqs], dtype=torch.long),
     }
 
 
@@ -108,8 +126,7 @@ def _settings(reqs: list[BlockRequest]) -> dict[str, torch.Tensor]:
     return {
         "temperature": torch.tensor([p.temperature for p in params], dtype=torch.float64),
         "seed": torch.tensor([r.seed for r in reqs], dtype=torch.long),
-        "step": torch.tensor([r.global_step for r in reqs], dtype=torch.long),
-        "k": torch.tensor([r.commit_mask_k() for r in reqs], dtype=torch.long),
+        **_counters(reqs),
         "threshold": torch.tensor([nan if p.threshold is None else p.threshold for p in params]),
         "edit_threshold": torch.tensor(
             [nan if p.editing_threshold is None else p.editing_threshold for p in params]
@@ -133,6 +150,7 @@ def build_block_iteration(
     n_lanes = len(lanes.kept)
     widths = set(np.diff(lanes.cu).tolist())
     host = {
+        **_block_state(reqs, width),  # its input_ids (the blocks alone) replaced by the lanes'
         "input_ids": torch.from_numpy(np.concatenate(lanes.ids)),
         "positions": torch.from_numpy(np.concatenate(lanes.pos)),
         "cu": torch.tensor(lanes.cu, dtype=torch.int32),
@@ -160,6 +178,47 @@ def build_block_iteration(
             current=d["current"],
         ),
     )
+
+
+BlockSignature = tuple[tuple[BlockRequest, int, np.ndarray], ...]
+
+
+def block_signature(reqs: list[BlockRequest]) -> BlockSignature | None:
+    """What decides an iteration's lanes when none stores K/V (None when some request forwards
+    a block to store it): each request, its block and its page table, in order."""
+    if any(r.write_blocks() for r in reqs):
+        return None
+    return tuple((r, r.block_idx, r.page_tables[0]) for r in reqs)
+
+
+def same_lanes(a: BlockSignature | None, b: BlockSignature | None) -> bool:
+    """Whether two iterations have the same lanes, neither storing K/V: the same request
+    objects in the same order, each in the same block with the same page-table array (a
+    request re-admitted gets a new one from `set_pages`, which never edits one in place)."""
+    if a is None or b is None or len(a) != len(b):
+        return False
+    return all(
+        r is q and blk == qb and t is qt for (r, blk, t), (q, qb, qt) in zip(a, b, strict=True)
+    )
+
+
+def refresh_block_iteration(
+    prev: BlockIterationBatch, reqs: list[BlockRequest], device: torch.device
+) -> BlockIterationBatch:
+    """`prev` for the next step of the same lanes (`same_lanes` of their signatures: the same
+    requests in the same blocks and pages, no lane storing K/V in either step).
+
+    Lanes, positions, page tables, write slots, cu lens, kept lengths, LM-head rows, the random
+    stream's coordinates and every per-request setting depend only on those, so their device
+    tensors are kept; what a step changes is uploaded: the blocks' tokens (`input_ids`,
+    `current`), their masks (`eligible`), LLaDA2.1's `editable`, the step counters and the
+    scheduled commits `k`. The result equals `build_block_iteration` of the same step, tensor
+    for tensor (tests/test_block_refresh.py)."""
+    host = {**_block_state(reqs, prev.logit_rows.shape[1]), **_counters(reqs)}
+    d = upload(host, device)
+    sampling = replace(prev.sampling, step=d["step"], eligible=d["eligible"], k=d["k"])
+    block = replace(prev.block, k=d["k"], editable=d["editable"], current=d["current"])
+    return replace(prev, input_ids=d["input_ids"], sampling=sampling, block=block)
 
 
 def lanes_attention(

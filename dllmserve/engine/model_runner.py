@@ -15,7 +15,14 @@ from dllmserve.engine.batch import (
     chain_iteration,
     refresh_iteration,
 )
-from dllmserve.engine.block_batch import BlockIterationBatch, build_block_iteration
+from dllmserve.engine.block_batch import (
+    BlockIterationBatch,
+    BlockSignature,
+    block_signature,
+    build_block_iteration,
+    refresh_block_iteration,
+    same_lanes,
+)
 from dllmserve.engine.block_graphs import BlockGraphs
 from dllmserve.engine.block_sampler import sample_block
 from dllmserve.engine.dense_graphs import DenseGraphs
@@ -49,6 +56,10 @@ class ModelRunner:
         if use_graphs and model.cfg.block_diffusion:
             self.block_graphs = BlockGraphs(model, max_lanes, self.graphs.mempool)
         self._cached: tuple[tuple, IterationBatch] | None = None
+        # block diffusion: the last iteration, when no lane of it stored K/V
+        self._block_cached: tuple[BlockSignature, BlockIterationBatch] | None = None
+        # False: every block-diffusion step rebuilds its batch (tests compare the two)
+        self.refresh_blocks = True
 
     def prepare(self, reqs: list[Request]) -> IterationBatch:
         """The iteration's inputs. Consecutive all-REUSE iterations of the same requests in
@@ -60,15 +71,7 @@ class ModelRunner:
     def _prepare(self, reqs: list[Request]) -> IterationBatch:
         cfg = self.model.cfg
         if cfg.block_diffusion:  # block-causal lanes against the exact block K/V cache
-            self._cached = None
-            return build_block_iteration(
-                reqs,
-                self.cache,
-                cfg.n_layers,
-                cfg.head_dim,
-                self.cache.k.shape[1],
-                self.model.device,
-            )
+            return self._prepare_blocks(reqs)
         signature = tuple((r.request_id, r.block_idx, r.phase) for r in reqs)
         all_reuse = all(r.phase == Phase.REUSE for r in reqs)
         if all_reuse and self._cached is not None and self._cached[0] == signature:
@@ -78,6 +81,28 @@ class ModelRunner:
                 reqs, self.cache, cfg.n_layers, cfg.head_dim, self.model.dtype, self.model.device
             )
         self._cached = (signature, batch) if all_reuse else None
+        return batch
+
+    def _prepare_blocks(self, reqs: list[Request]) -> BlockIterationBatch:
+        """A block-diffusion step. Mid-block, a step with the lanes of the one before (the same
+        requests in the same order and blocks, neither step storing K/V: `same_lanes`) keeps
+        that one's index tensors and uploads only the blocks' tokens and step counters
+        (`refresh_block_iteration`); any other step is built whole and restarts the chain."""
+        cfg = self.model.cfg
+        key = block_signature(reqs)
+        cached = self._block_cached
+        if self.refresh_blocks and cached is not None and same_lanes(cached[0], key):
+            batch = refresh_block_iteration(cached[1], reqs, self.model.device)
+        else:
+            batch = build_block_iteration(
+                reqs,
+                self.cache,
+                cfg.n_layers,
+                cfg.head_dim,
+                self.cache.k.shape[1],
+                self.model.device,
+            )
+        self._block_cached = (key, batch) if key is not None else None
         return batch
 
     def chain(self, prev: InFlight, reqs: list[Request]) -> IterationBatch:
