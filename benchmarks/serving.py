@@ -627,7 +627,12 @@ def main() -> None:
     ap.add_argument("--gen", type=int, default=32)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--block", type=int, default=16)
-    ap.add_argument("--ratio", type=float, default=0.5, help="sparse retention (omit: 0.5)")
+    ap.add_argument(
+        "--ratio",
+        type=lambda v: None if v == "none" else float(v),
+        default=0.5,
+        help="sparse retention (omit: 0.5; none: dense, as block-diffusion models run)",
+    )
     ap.add_argument("--delay", type=int, default=1)
     ap.add_argument("--max-num-seqs", type=int, default=64)
     ap.add_argument("--slo-s", type=float, default=30.0)

@@ -27,6 +27,8 @@
 # 2 req/s is issue 5's run). On x2 there is time for the one worker's 2 req/s too (RATES=2):
 #   x4: DLLMSERVE_COMMIT=<sha> OUT=$OUT SCALE="2 4" FAILOVER=64 RATES=inf bash benchmarks/serving_gpu.sh
 #   x2: DLLMSERVE_COMMIT=<sha> OUT=$OUT SCALE=2 FAILOVER=64 RATES=2 bash benchmarks/serving_gpu.sh
+# Run 3 (LLaDA2.0-mini, block diffusion: dense, so RATIO=none; its step is about half of
+# LLaDA-8B's at batch 1): add SHAPE=llada2-mini RATIO=none to either line.
 #
 # Time (estimated from benchmarks/RESULTS.md's serving sections, LLaDA-8B shape, H100/H200: a
 # wave of 32 requests at 2 req/s per worker takes 22 s, a burst of 32 per worker 11-12 s at
@@ -53,7 +55,7 @@ PROMPT=${PROMPT:-128}
 GEN=${GEN:-256}
 STEPS=${STEPS:-256}
 BLOCK=${BLOCK:-32}
-RATIO=${RATIO:-0.5}
+RATIO=${RATIO:-0.5}  # none: dense (block-diffusion shapes refuse sparse attention)
 RATES=${RATES:-1 2 4}
 NUM=${NUM:-32}      # requests per worker at each finite rate (also the SCALE rate phases)
 SAT=${SAT:-32}      # requests per worker at saturation (also the warm-up wave)

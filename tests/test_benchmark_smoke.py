@@ -47,27 +47,32 @@ def test_offline_benchmark_smoke(tmp_path, extra):
     assert (" skinny " in proc.stdout) == ("both" in extra)  # the table's GEMM column
 
 
-@pytest.mark.parametrize("scale, counts", [("2", [2]), ("3 2", [2, 3])])
-def test_serving_benchmark_script_smoke(tmp_path, scale, counts):
+@pytest.mark.parametrize(
+    "scale, counts, shape, ratio",
+    [("2", [2], "tiny", "0.5"), ("3 2", [2, 3], "tiny", "0.5"), ("2", [2], "tiny-llada2", "none")],
+)
+def test_serving_benchmark_script_smoke(tmp_path, scale, counts, shape, ratio):
     """benchmarks/serving_gpu.sh scaled down to the tiny shape on the CPU: offline engine, one
     worker at a rate and at saturation, then each SCALE worker count (ascending) at 2 req/s per
     worker and at saturation, each against one worker, all written to $OUT. RATES=2 is the one
-    worker's 2 req/s, so its scaling row carries a rate phase too."""
+    worker's 2 req/s, so its scaling row carries a rate phase too. The block-diffusion shape runs
+    dense (RATIO=none), as issue 28's LLaDA2.0-mini run does."""
     pytest.importorskip("grpc")
     pytest.importorskip("redis")
     from dllmserve.scheduler.local_redis import find_redis_server
 
     if find_redis_server() is None and not os.environ.get("CI"):
         pytest.skip("no redis-server")
-    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "SHAPE": "tiny",
-           "DEVICE": "cpu", "PROMPT": "16", "GEN": "16", "STEPS": "16", "BLOCK": "8",
-           "RATES": "2", "NUM": "3", "SAT": "4", "SCALE": scale, "OMP_NUM_THREADS": "1",
-           "DLLMSERVE_COMMIT": "c0ffee1"}  # fmt: skip
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "SHAPE": shape,
+           "RATIO": ratio, "DEVICE": "cpu", "PROMPT": "16", "GEN": "16", "STEPS": "16",
+           "BLOCK": "8", "RATES": "2", "NUM": "3", "SAT": "4", "SCALE": scale,
+           "OMP_NUM_THREADS": "1", "DLLMSERVE_COMMIT": "c0ffee1"}  # fmt: skip
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "serving_gpu.sh")], env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     doc = json.loads((tmp_path / "serving.json").read_text())
     assert doc["commit"] == "c0ffee1"  # named where the tree's .git may be stale
+    assert doc["args"]["ratio"] == str(None if ratio == "none" else float(ratio))
     assert "commit: c0ffee1" in (tmp_path / "env.txt").read_text()
     assert [r["rate"] for r in doc["results"]] == [2.0, float("inf")]
     assert doc["results"][0]["requests"] == 3 and doc["results"][1]["requests"] == 4
