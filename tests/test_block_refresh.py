@@ -1,7 +1,8 @@
 """Mid-block block-diffusion steps refresh the previous iteration's batch instead of rebuilding
 it (`refresh_block_iteration`): over whole generations (threshold and not, LLaDA2.1's edits,
-sampling above zero, mixed block lengths, a request joining mid-way and one finishing early),
-every refreshed batch equals `build_block_iteration` of the same step field by field, the
+sampling above zero, mixed block lengths, a request joining mid-way and one finishing early,
+structured outputs beside free requests), every refreshed batch (the structured outputs' rows
+included) equals `build_block_iteration` of the same step field by field, the
 engine's tokens equal those of an engine that rebuilds every step, and any change of lanes
 (another request, block, page table or a lane storing K/V) rebuilds."""
 
@@ -20,6 +21,7 @@ from dllmserve.engine.block_batch import (
     same_lanes,
 )
 from dllmserve.engine.kv_cache import KVCache
+from dllmserve.structured import StructuredOutput
 from dllmserve.testing.tiny_llada2 import write_tiny_llada2
 from tests.test_prefix_cache import PROMPT, make, setup, step
 
@@ -45,6 +47,10 @@ def assert_same(a: object, b: object, where: str = "batch") -> None:
         assert torch.equal(a, b), where
     elif isinstance(a, KVCache):
         assert a is b, where
+    elif isinstance(a, dict):  # ConstrainedRows.on: device tensors by name
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}[{k}]")
     elif dataclasses.is_dataclass(a) and not isinstance(a, type):
         assert type(a) is type(b), where
         for f in dataclasses.fields(a):
@@ -98,6 +104,10 @@ T = dict(gen_length=16, block_length=4, steps_per_block=4, threshold=0.6)
 # prompts of 8 and 16 tokens start their blocks together: with a block's steps fixed (no
 # threshold) their steps share lanes, and refresh batched
 S8 = dict(gen_length=24, block_length=8, steps_per_block=8, threshold=None)
+REGEX = StructuredOutput(regex="[a-z]{2,5}-[0-9]{2}")
+CHOICE = StructuredOutput(choice=["yes", "no", "maybe"])
+DIGITS = StructuredOutput(json_schema={"type": "array", "items": {"type": "integer",
+                          "minimum": 0, "maximum": 9}})  # fmt: skip
 PLANS = {
     "threshold, none, a joiner, an early finish": [
         (0, "a", EDGE, dict(S8, steps_per_block=5)),  # 2, 2, 2, 1, 1 commits a block
@@ -116,6 +126,12 @@ PLANS = {
         (0, "b", EDGE + EDGE, dict(S8, temperature=0.5, seed=4)),
         (0, "c", MID, dict(T, block_length=8, steps_per_block=8, threshold=None)),
         (2, "d", EDGE + MID, dict(T, gen_length=24, steps_per_block=8, seed=5, temperature=0.5)),
+    ],
+    "structured outputs and free": [
+        (0, "a", EDGE, dict(S8, structured_output=REGEX)),
+        (0, "b", EDGE + EDGE, dict(S8, temperature=0.7, seed=3, structured_output=CHOICE)),
+        (0, "c", EDGE[::-1], S8),
+        (2, "d", MID, dict(T, structured_output=DIGITS)),  # the first block: 3 prompt columns
     ],
 }
 

@@ -1,7 +1,8 @@
 """The block-diffusion sampling fields and their resolution, without a model: SamplingParams
 checks each field with its name and range; `resolve_request` aligns blocks to absolute positions,
 caps the steps at gen_length // minimal_topk, sizes the pages and the token budget, refuses what
-LLaDA2's sampler has no counterpart for (sparse attention among them) and the block fields on
+LLaDA2's sampler has no counterpart for (sparse attention among them; a structured output with
+LLaDA2.1's edits, or on a canvas shorter than its shortest answer) and the block fields on
 other models; `steps_per_block` on LLaDA is steps = steps_per_block x blocks."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import pytest
 from dllmserve import SamplingParams, SparseConfig
 from dllmserve.engine.inputs import ModelLimits, resolve_request
 from dllmserve.errors import CapacityError, ValidationError
+from dllmserve.structured import StructuredOutput
 
 MASK = 299
 
@@ -77,6 +79,22 @@ def test_unsupported_options_refused_by_name(kw, field):
     with pytest.raises(ValidationError) as e:
         resolve_request(limits(), SamplingParams(gen_length=16, steps=16, **kw), prompt_ids=[1])
     assert e.value.field == f"sampling_params.{field}"
+
+
+def test_structured_output_runs_but_not_with_edits_nor_on_a_short_canvas():
+    so = StructuredOutput(choice=["yes", "no"])
+    spec = resolve_request(limits(), SamplingParams(gen_length=16, steps=16, structured_output=so),
+                           prompt_ids=[1] * 5, min_gen_length=3)  # fmt: skip
+    assert spec.params.structured_output == so and spec.blocks[0] == (-5, 27)
+    edit = SamplingParams(gen_length=16, steps=16, structured_output=so, editing_threshold=0.5)
+    with pytest.raises(ValidationError) as e:
+        resolve_request(limits(), edit, prompt_ids=[1])
+    assert e.value.field == "sampling_params.structured_output"
+    assert "editing_threshold" in e.value.reason
+    short = SamplingParams(gen_length=16, steps=16, structured_output=so)
+    with pytest.raises(ValidationError) as e:
+        resolve_request(limits(), short, prompt_ids=[1], min_gen_length=17)
+    assert e.value.field == "sampling_params.gen_length" and "at least 17" in e.value.reason
 
 
 def test_sparse_attention_refused_by_name():

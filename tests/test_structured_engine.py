@@ -174,9 +174,10 @@ def test_every_step_leaves_a_completable_canvas_and_streams_a_prefix(llada_dir):
 
 
 def test_block_diffusion_and_editing_are_refused_by_name(llm, tmp_path):
-    """LLaDA2's block sampler (and LLaDA2.1's editing, which rewrites committed tokens) has no
-    constrained counterpart: structured_output is refused there, and editing_threshold (a
-    block-diffusion field) on the other models, by name."""
+    """LLaDA2.1's editing rewrites committed tokens, which a constrained canvas never does:
+    structured_output with editing_threshold is refused on block-diffusion models, and
+    editing_threshold (a block-diffusion field) on the other models, by name (LLaDA2 runs
+    structured outputs without edits: tests/test_structured_block.py)."""
     from dllmserve.testing.tiny_llada2 import write_tiny_llada2
 
     so = StructuredOutput(choice=["yes", "no"])
@@ -184,9 +185,8 @@ def test_block_diffusion_and_editing_are_refused_by_name(llm, tmp_path):
         llm.generate([PROMPT], params(structured_output=so, editing_threshold=0.5))
     assert e.value.field == "sampling_params.editing_threshold"
     l2 = LLM(write_tiny_llada2(tmp_path / "l2", seed=2), num_cache_pages=64, page_size=4)
-    for extra in ({}, {"editing_threshold": 0.5}):
-        sp = SamplingParams(gen_length=32, steps=32, structured_output=so, **extra)
-        with pytest.raises(ValidationError) as e:
-            l2.generate([PROMPT], sp)
-        assert e.value.field == "sampling_params.structured_output"
-        assert "block-diffusion" in e.value.reason
+    sp = SamplingParams(gen_length=32, steps=32, structured_output=so, editing_threshold=0.5)
+    with pytest.raises(ValidationError) as e:
+        l2.generate([PROMPT], sp)
+    assert e.value.field == "sampling_params.structured_output"
+    assert "block-diffusion" in e.value.reason

@@ -19,6 +19,7 @@ from dllmserve.engine.batch import IterationBatch
 from dllmserve.engine.block_attention import BlockAttention
 from dllmserve.engine.block_request import BlockRequest
 from dllmserve.engine.block_sampler import BlockSampling
+from dllmserve.engine.constrained import ConstrainedRows, constrained_rows
 from dllmserve.engine.kv_cache import KVCache
 from dllmserve.engine.sampler import MODE_ID, SamplingBatch
 from dllmserve.engine.upload import upload
@@ -168,7 +169,7 @@ def build_block_iteration(
         logit_rows=d["logit_rows"],
         uncond_rows=None,
         cfg_scale=None,
-        sampling=_sampling(d, reqs),
+        sampling=_sampling(d, reqs, _constraint(reqs, width, device)),
         reuse_window=None,  # block lanes store K/V: `block_graphs`, not the REUSE graphs
         lane_width=min(widths) if len(widths) == 1 else None,
         block=BlockSampling(
@@ -212,11 +213,15 @@ def refresh_block_iteration(
     stream's coordinates and every per-request setting depend only on those, so their device
     tensors are kept; what a step changes is uploaded: the blocks' tokens (`input_ids`,
     `current`), their masks (`eligible`), LLaDA2.1's `editable`, the step counters and the
-    scheduled commits `k`. The result equals `build_block_iteration` of the same step, tensor
-    for tensor (tests/test_block_refresh.py)."""
-    host = {**_block_state(reqs, prev.logit_rows.shape[1]), **_counters(reqs)}
+    scheduled commits `k`; the structured outputs' rows are rebuilt (their blocks' committed
+    tokens and settings, a small upload, only in a batch that has them). The result equals
+    `build_block_iteration` of the same step, tensor for tensor (tests/test_block_refresh.py)."""
+    width = prev.logit_rows.shape[1]
+    host = {**_block_state(reqs, width), **_counters(reqs)}
     d = upload(host, device)
     sampling = replace(prev.sampling, step=d["step"], eligible=d["eligible"], k=d["k"])
+    if prev.sampling.constraint is not None:
+        sampling.constraint = _constraint(reqs, width, device)
     block = replace(prev.block, k=d["k"], editable=d["editable"], current=d["current"])
     return replace(prev, input_ids=d["input_ids"], sampling=sampling, block=block)
 
@@ -253,7 +258,17 @@ def lanes_attention(
     )
 
 
-def _sampling(d: dict, reqs: list[BlockRequest]) -> SamplingBatch:
+def _constraint(
+    reqs: list[BlockRequest], width: int, device: torch.device
+) -> ConstrainedRows | None:
+    """The structured outputs' rows: each one's answer window of its block (the prompt's tail
+    and the positions past gen_length stay free; docs/structured_outputs.md)."""
+    return constrained_rows(reqs, width, device, block=True)
+
+
+def _sampling(
+    d: dict, reqs: list[BlockRequest], constraint: ConstrainedRows | None
+) -> SamplingBatch:
     params = [r.params for r in reqs]
     return SamplingBatch(
         temperature=d["temperature"],
@@ -276,4 +291,5 @@ def _sampling(d: dict, reqs: list[BlockRequest]) -> SamplingBatch:
         any_filter=any(p.top_k is not None or p.top_p is not None for p in params),
         any_alg_temp=False,
         any_transfer=False,
+        constraint=constraint,
     )

@@ -34,7 +34,6 @@ def refuse_unsupported(params: SamplingParams, sparse: SparseConfig | None) -> N
         "alg_temp": params.alg_temp > 0,
         "logits_eos_inf": params.logits_eos_inf,
         "confidence_eos_eot_inf": params.confidence_eos_eot_inf,
-        "structured_output": params.structured_output is not None,
     }
     for name, bad in refused.items():
         if bad:
@@ -42,8 +41,15 @@ def refuse_unsupported(params: SamplingParams, sparse: SparseConfig | None) -> N
                 f"sampling_params.{name}",
                 f"is not supported on block-diffusion models (got {getattr(params, name)!r}); "
                 "LLaDA2's sampler takes temperature, top_p, top_k, threshold, steps_per_block, "
-                "minimal_topk, eos_early_stop and editing_threshold",
+                "minimal_topk, eos_early_stop, editing_threshold and structured_output",
             )
+    if params.structured_output is not None and params.editing_threshold is not None:
+        raise ValidationError(
+            "sampling_params.structured_output",
+            "is not supported with editing_threshold on block-diffusion models: LLaDA2.1's "
+            "edits rewrite committed tokens, and a constrained canvas keeps every committed "
+            "token (docs/structured_outputs.md)",
+        )
 
 
 def refuse_block_fields(params: SamplingParams) -> None:

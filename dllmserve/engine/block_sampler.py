@@ -10,7 +10,13 @@
 - commits: at the block's masks, every one above `threshold` when at least the step's scheduled
   count are, else the most confident min(scheduled, masks) (ties to the lower position);
 - LLaDA2.1's edits: a committed non-prompt position of the block whose x0 differs from its token
-  and whose confidence exceeds `editing_threshold`.
+  and whose confidence exceeds `editing_threshold`;
+- structured outputs (`engine/constrained.py`): a constrained request's x0 over its answer
+  window (the block's positions in [P, P + gen_length)) is the DP's most probable completable
+  assignment, scored by the log-probabilities of the same filtered logits with the mask banned
+  plus the same Gumbel noise (the DP's argmax is the free draw wherever the constraint allows
+  it), and its confidence that token's probability in the same softmax; the commits then rank
+  as above. The prompt's tail and the last block's positions past the answer stay free.
 """
 
 from __future__ import annotations
@@ -86,6 +92,11 @@ def sample_block(
             None,
         )
     x0, conf = _probabilities(logits, temp, drawn)
+    if b.constraint is not None:  # structured outputs: their answer windows from the DP
+        special = (mask_id, eos_id, None)
+        x0, conf, _ = b.constraint.choose(
+            logits, x0, conf, conf, b.seed, b.step, b.positions, special
+        )
     c = torch.where(b.eligible, conf, -torch.inf)
     above = (c > b.threshold.to(torch.float64)[:, None]).sum(dim=-1)  # NaN: none
     k = torch.minimum(torch.maximum(above, e.k), b.eligible.sum(dim=-1))
@@ -93,6 +104,8 @@ def sample_block(
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(B, device=logits.device).expand(R, B))
     commit = (rank < k[:, None]) & b.eligible
+    if b.constraint is not None:  # no edits there: editing_threshold is refused with it
+        b.constraint.observe(x0, commit)
     edit_thr = e.edit_threshold.to(torch.float64)[:, None]
     edits = e.editable & (conf > edit_thr) & (x0 != e.current)
     return Sampled(x0, commit | edits, conf)

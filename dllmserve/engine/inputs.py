@@ -105,6 +105,7 @@ def resolve_request(
             f"must be in [1, {limits.vocab_size}] (the vocabulary), got {params.top_k}",
         )
     if limits.block_diffusion:
+        _check_min_gen(params.gen_length, min_gen_length)  # the answer: gen_length positions
         return _resolve_block_diffusion(limits, params, sparse, prompt_len)
     refuse_block_fields(params)
     known_len = prompt_len
