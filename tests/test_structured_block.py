@@ -71,7 +71,8 @@ def check(text: str, spec: StructuredOutput) -> None:
 @pytest.mark.parametrize(
     "kw",
     [{}, {"threshold": 0.5}, {"temperature": 1.0}, {"temperature": 1.0, "threshold": 0.3},
-     {"temperature": 0.8, "top_k": 5, "top_p": 0.9, "steps_per_block": 3}],
+     {"temperature": 0.8, "top_k": 5, "top_p": 0.9, "steps_per_block": 3},
+     {"eos_early_stop": True, "threshold": 0.5, "minimal_topk": 8}],
 )  # fmt: skip
 def test_answers_validate(llm, kw):
     prompts = [PROMPTS[i % 2] for i in range(len(SPECS))]
