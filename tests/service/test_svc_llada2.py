@@ -135,3 +135,30 @@ def test_prefix_cache_metrics(l2_svc):
     m = scrape(f"http://127.0.0.1:{l2_svc.http_port}/metrics")
     assert total(m, "dllmserve:prefix_cache_hit_rate") > 0
     assert total(m, "dllmserve:prefix_cache_pages") > 0
+
+
+MOOD = {
+    "type": "object",
+    "properties": {"mood": {"enum": ["up", "down"]}, "n": {"type": "integer", "minimum": 0}},
+    "required": ["mood", "n"],
+}
+
+
+def test_structured_outputs_over_grpc_and_the_openai_sdk(l2_svc):
+    """A JSON schema on the block-diffusion model, through the scheduler (gRPC) and the
+    gateway (`openai`'s response_format): the answers validate."""
+    import jsonschema
+    import openai
+
+    sp = {**SP, "gen_length": 40, "structured_output": {"json_schema": MOOD}}
+    with Client(l2_svc.target) as cl:
+        for seed in (1, 2):
+            done = cl.generate_text(messages=MESSAGES, sampling_params={**sp, "seed": seed})
+            jsonschema.validate(json.loads(done.text), MOOD)
+    oai = openai.OpenAI(base_url=l2_svc.base + "/v1", api_key="unused", max_retries=0)
+    rf = {"type": "json_schema", "json_schema": {"name": "mood", "schema": MOOD, "strict": True}}
+    blocks = {"block_length": 8, "steps_per_block": 4}
+    got = oai.chat.completions.create(model="llada2-tiny", messages=MESSAGES, max_tokens=40,
+                                      response_format=rf, temperature=0.8, seed=4,
+                                      extra_body=blocks)  # fmt: skip
+    jsonschema.validate(json.loads(got.choices[0].message.content), MOOD)
