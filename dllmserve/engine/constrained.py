@@ -165,21 +165,23 @@ class ConstrainedRows:
         """Rows `sl`: the model's probability of each chosen token (LLaDA's low-confidence
         score, the confidence of low_confidence); if a row uses Dream's maskgit_plus, that
         probability at the row's temperature (its confidence); if a row is a block-diffusion
-        one, that in the block sampler's softmax(logits / T), mask included (its confidence;
-        else the first again). The other modes score positions, not tokens, and keep theirs."""
-        edited = self._edited(self._window(logits, sl), sl, special, True)
+        one, that in the block sampler's softmax(logits / T), mask included (the only one
+        its rows use: all three are it; else the first again). The other modes score
+        positions, not tokens, and keep theirs."""
         at = tokens[sl].clamp(max=logits.shape[-1] - 1)[..., None]  # padding columns: unused
-        p = torch.softmax(edited.float(), dim=-1).gather(-1, at)[..., 0]
-        p_conf = p_block = p
-        if any(m in DREAM_PROB_MODES for m in self.remasking):
-            t = self.on["temperature"][sl, None, None].float()
-            scaled = (edited.float() / torch.where(t > 0, t, 1.0)).to(edited.dtype)
-            p_conf = torch.softmax(scaled.float(), dim=-1).gather(-1, at)[..., 0]
         if self.block:
             rows = self._window(logits, sl)
             t = self.on["temperature"][sl, None, None].to(rows.dtype)
             p_block = torch.softmax(_over_temperature(rows, t).float(), -1).gather(-1, at)[..., 0]
-        return p, p_conf, p_block
+            return p_block, p_block, p_block
+        edited = self._edited(self._window(logits, sl), sl, special, True)
+        p = torch.softmax(edited.float(), dim=-1).gather(-1, at)[..., 0]
+        p_conf = p
+        if any(m in DREAM_PROB_MODES for m in self.remasking):
+            t = self.on["temperature"][sl, None, None].float()
+            scaled = (edited.float() / torch.where(t > 0, t, 1.0)).to(edited.dtype)
+            p_conf = torch.softmax(scaled.float(), dim=-1).gather(-1, at)[..., 0]
+        return p, p_conf, p
 
     def observe(self, x0: torch.Tensor, commit: torch.Tensor) -> None:
         """Record the step's commits of the constrained rows (in place)."""
