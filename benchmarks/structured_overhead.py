@@ -10,6 +10,7 @@ automaton of the real size (hundreds of states and token classes, thousands of e
 full logit width. Prints one JSON line per (batch, mode) and a table with the overhead.
 
     python benchmarks/structured_overhead.py                           # GPU, LLaDA-8B shape
+    python benchmarks/structured_overhead.py --shape llada2-mini       # GPU, block diffusion
     python benchmarks/structured_overhead.py --shape tiny --device cpu --smoke   # CPU check
 """
 

@@ -1,6 +1,6 @@
-"""benchmarks/structured_overhead.py runs end to end on the tiny shape on the CPU (the GPU run
-at LLaDA-8B's shape is the one that counts): both modes at each batch, in one run, and every
-constrained answer is accepted by the schema's automaton."""
+"""benchmarks/structured_overhead.py runs end to end on the tiny shapes on the CPU (the GPU runs
+at LLaDA-8B's and LLaDA2.0-mini's shapes are the ones that count): both modes at each batch, in
+one run, and every constrained answer is accepted by the schema's automaton."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_structured_overhead_smoke():
+@pytest.mark.parametrize("shape", ["tiny", "tiny-llada2"])
+def test_structured_overhead_smoke(shape):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "structured_overhead.py"), "--shape",
-           "tiny", "--device", "cpu", "--smoke"]  # fmt: skip
+           shape, "--device", "cpu", "--smoke"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
