@@ -26,12 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from dllmserve import kernels
-from dllmserve.engine.sampler import (
-    Sampled,
-    SamplingBatch,
-    _filter_top_p_top_k,
-    _over_temperature,
-)
+from dllmserve.engine.sampler import Sampled, SamplingBatch, _filter_top_p_top_k
+from dllmserve.engine.temperature import over_temperature
 
 
 @dataclass
@@ -52,13 +48,13 @@ _ROWS = 8
 def _probabilities(logits: torch.Tensor, temp: torch.Tensor, drawn: torch.Tensor | None):
     """x0 and its probability in softmax(logits / T) over the whole vocabulary (fp32), a few
     requests at a time; x0 is the argmax of the probabilities, or `drawn` where T > 0. With
-    nothing drawn every T is 0: the logits are used as they are (`_over_temperature` would
+    nothing drawn every T is 0: the logits are used as they are (`over_temperature` would
     copy them twice, a third of this function's bytes at batch 64, to return them unchanged)."""
     x0s, confs = [], []
     for i in range(0, logits.shape[0], _ROWS):
         chunk = logits[i : i + _ROWS]
         if drawn is not None:
-            chunk = _over_temperature(chunk, temp[i : i + _ROWS])
+            chunk = over_temperature(chunk, temp[i : i + _ROWS])
         p = torch.softmax(chunk.float(), -1)
         x0 = p.argmax(dim=-1)  # the official argmax, the mask token included
         if drawn is not None:

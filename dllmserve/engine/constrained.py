@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dllmserve.engine.sampler import _over_temperature
+from dllmserve.engine.temperature import over_temperature
 from dllmserve.engine.upload import upload
 from dllmserve.errors import ValidationError
 from dllmserve.kernels.noise import uniform64
@@ -172,7 +172,7 @@ class ConstrainedRows:
         if self.block:
             rows = self._window(logits, sl)
             t = self.on["temperature"][sl, None, None].to(rows.dtype)
-            p_block = torch.softmax(_over_temperature(rows, t).float(), -1).gather(-1, at)[..., 0]
+            p_block = torch.softmax(over_temperature(rows, t).float(), -1).gather(-1, at)[..., 0]
             return p_block, p_block, p_block
         edited = self._edited(self._window(logits, sl), sl, special, True)
         p = torch.softmax(edited.float(), dim=-1).gather(-1, at)[..., 0]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 from dllmserve import kernels
+from dllmserve.engine.temperature import over_temperature
 from dllmserve.kernels.noise import uniform64
 from dllmserve.sampling_params import LLADA_REMASKING, REMASKING_MODES
 
@@ -190,7 +191,7 @@ def _other_confidences(
     if b.modes & {MASKGIT_PLUS, TOPK_MARGIN, ENTROPY}:  # Dream: probs of logits / temperature
         edited = _edited(logits, b, mask_id, eos_id, eot_id)
         temp = b.temperature.to(logits.dtype)[:, None, None]
-        scaled = _over_temperature(edited, temp)
+        scaled = over_temperature(edited, temp)
         p = torch.softmax(scaled.float(), dim=-1)
         if MASKGIT_PLUS in b.modes:
             c = p.gather(-1, x0[..., None])[..., 0].to(torch.float64)
@@ -216,7 +217,7 @@ def _filter_top_p_top_k(
     < 1; the token that crosses top_p stays), then every token below the top_k-th largest (ties
     stay). The most likely token other than the mask always stays, so a token can be picked."""
     R, B, V = logits.shape
-    scaled = _over_temperature(logits, temp)
+    scaled = over_temperature(logits, temp)
     sorted_l, idx = torch.sort(scaled, dim=-1, descending=True, stable=True)
     cum = torch.softmax(sorted_l.float(), dim=-1).cumsum(dim=-1)
     beyond = cum > top_p[:, None, None]
@@ -231,8 +232,3 @@ def _filter_top_p_top_k(
     remove.scatter_(-1, best_other, False)
     mask = torch.zeros_like(remove).scatter(-1, idx, remove)
     return logits.masked_fill(mask, -torch.inf)
-
-
-def _over_temperature(logits: torch.Tensor, temp: torch.Tensor) -> torch.Tensor:
-    """logits / T per request, unchanged where T = 0 (greedy requests)."""
-    return torch.where(temp > 0, logits / torch.where(temp > 0, temp, 1), logits)
