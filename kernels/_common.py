@@ -44,3 +44,10 @@ def dim_mask(ok, d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
     if BLOCK_D != HEAD_DIM:
         m = m & (d[None, :] < HEAD_DIM)
     return m
+
+
+def require(kernel: str, ok: bool, name: str, want: str, got: torch.Tensor) -> None:
+    """A launcher's argument check: ValueError naming the kernel, the argument, what it must be
+    and what it got."""
+    if not ok:
+        raise ValueError(f"{kernel}: {name} must be {want}, got {got.dtype} {tuple(got.shape)}")

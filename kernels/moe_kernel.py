@@ -24,13 +24,14 @@ epilogue. Reference:
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import dot_precision, rows
+from ._common import dot_precision, require, rows
 from .fp8_quant import quantize_rows
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -263,9 +264,7 @@ def _launch(kernel, grid_m: int, n: int, block_m: int, mode: str, *args) -> None
     _TUNERS[key][lambda meta: (grid_m, triton.cdiv(n, meta["BLOCK_N"]))](*args)
 
 
-def _require(ok: bool, name: str, want: str, got: torch.Tensor) -> None:
-    if not ok:
-        raise ValueError(f"fused_moe: {name} must be {want}, got {got.dtype} {tuple(got.shape)}")
+_require = functools.partial(require, "fused_moe")
 
 
 def _check(x, w_gate_up, w_down, topk_ids, topk_weights, s_gate_up, s_down) -> bool:

@@ -13,9 +13,13 @@ rows of 32 positions over a 126k vocabulary on an H100.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
+
+from ._common import require
 
 _BLOCK = 1024
 
@@ -48,11 +52,7 @@ def _segment_argmax_kernel(
     tl.store(ARG + out, arg)
 
 
-def _require(ok: bool, name: str, want: str, got: torch.Tensor) -> None:
-    if not ok:
-        raise ValueError(
-            f"segment_argmax: {name} must be {want}, got {got.dtype} {tuple(got.shape)}"
-        )
+_require = functools.partial(require, "segment_argmax")
 
 
 def segment_argmax(
