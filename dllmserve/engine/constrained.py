@@ -95,9 +95,9 @@ class ConstrainedRows:
     # column: lead + j, clamped), win [rows, B] (the block columns in the window) and src
     # [rows, B] (each block column's DP column, clamped), temperature, eos_inf
     # (logits_eos_inf), eos_conf and eot_conf (EOS / EOT out of the confidence:
-    # confidence_eos_eot_inf, EOS also under logits_eos_inf), use_prob, use_dream and use_block
-    # (the confidence is the token's probability: at temperature 1 with the sampler's bans /
-    # at the row's temperature / in the block sampler's softmax(logits / T), mask included)
+    # confidence_eos_eot_inf, EOS also under logits_eos_inf), use_prob and use_dream (the
+    # confidence is the token's probability as `_probabilities` gives it / at the row's
+    # temperature)
     on: dict[str, torch.Tensor]
     fixed: torch.Tensor  # int64 [rows, B]: the block's committed tokens, -1 where masked
 
@@ -122,7 +122,7 @@ class ConstrainedRows:
         best, arg = (torch.cat(x) for x in zip(*parts, strict=True))
         tokens, _ = viterbi(g, best, arg, fixed, on["starts"], on["remaining"])
         probs = [self._probabilities(logits, tokens, sl, special) for sl in self._passes()]
-        p, p_conf, p_block = (torch.cat(x) for x in zip(*probs, strict=True))
+        p, p_conf = (torch.cat(x) for x in zip(*probs, strict=True))
         idx, win, src = on["index"], on["win"], on["src"]
 
         def put(into: torch.Tensor, values: torch.Tensor) -> None:  # the window's columns
@@ -132,8 +132,7 @@ class ConstrainedRows:
         put(x0, tokens)
         put(prob, p)
         mine = torch.where(on["use_prob"][:, None], p, conf[idx].gather(1, on["cols"]))
-        mine = torch.where(on["use_dream"][:, None], p_conf, mine)
-        put(conf, torch.where(on["use_block"][:, None], p_block, mine))
+        put(conf, torch.where(on["use_dream"][:, None], p_conf, mine))
         return x0, conf, prob
 
     def _passes(self) -> list[slice]:
@@ -164,16 +163,16 @@ class ConstrainedRows:
     def _probabilities(self, logits, tokens, sl: slice, special):
         """Rows `sl`: the model's probability of each chosen token (LLaDA's low-confidence
         score, the confidence of low_confidence); if a row uses Dream's maskgit_plus, that
-        probability at the row's temperature (its confidence); if a row is a block-diffusion
-        one, that in the block sampler's softmax(logits / T), mask included (the only one
-        its rows use: all three are it; else the first again). The other modes score
-        positions, not tokens, and keep theirs."""
+        probability at the row's temperature (its confidence; else the first again). Block-
+        diffusion rows (all low_confidence) get the probability in their sampler's
+        softmax(logits / T), mask included, for both. The other modes score positions, not
+        tokens, and keep theirs."""
         at = tokens[sl].clamp(max=logits.shape[-1] - 1)[..., None]  # padding columns: unused
         if self.block:
             rows = self._window(logits, sl)
             t = self.on["temperature"][sl, None, None].to(rows.dtype)
-            p_block = torch.softmax(over_temperature(rows, t).float(), -1).gather(-1, at)[..., 0]
-            return p_block, p_block, p_block
+            p = torch.softmax(over_temperature(rows, t).float(), -1).gather(-1, at)[..., 0]
+            return p, p
         edited = self._edited(self._window(logits, sl), sl, special, True)
         p = torch.softmax(edited.float(), dim=-1).gather(-1, at)[..., 0]
         p_conf = p
@@ -181,7 +180,7 @@ class ConstrainedRows:
             t = self.on["temperature"][sl, None, None].float()
             scaled = (edited.float() / torch.where(t > 0, t, 1.0)).to(edited.dtype)
             p_conf = torch.softmax(scaled.float(), dim=-1).gather(-1, at)[..., 0]
-        return p, p_conf, p
+        return p, p_conf
 
     def observe(self, x0: torch.Tensor, commit: torch.Tensor) -> None:
         """Record the step's commits of the constrained rows (in place)."""
@@ -259,7 +258,6 @@ def constrained_rows(
         "eot_conf": conf_inf,
         "use_prob": torch.tensor([p.remasking == "low_confidence" for p in params]),
         "use_dream": torch.tensor([p.remasking in DREAM_PROB_MODES for p in params]),
-        "use_block": torch.full((len(picked),), block),
     }
     on = upload(host, device)
     return ConstrainedRows(
