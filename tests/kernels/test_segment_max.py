@@ -126,10 +126,10 @@ def _automaton(cls, rng, vocab: int, n_classes: int):
 
 
 def test_bad_inputs_name_the_argument():
-    s = torch.zeros(1, 2, 10)
-    order = torch.arange(10, dtype=torch.int32)[None]
-    bounds = torch.tensor([[[0, 10]]], dtype=torch.int32)
-    table = torch.tensor([0])
+    s = torch.zeros(1, 2, 10, device=DEVICE)
+    order = torch.arange(10, dtype=torch.int32, device=DEVICE)[None]
+    bounds = torch.tensor([[[0, 10]]], dtype=torch.int32, device=DEVICE)
+    table = torch.tensor([0], device=DEVICE)
     with pytest.raises(ValueError, match="scores"):
         kernels.segment_argmax(s.double(), order, bounds, table, FLOOR)
     with pytest.raises(ValueError, match="order"):
@@ -137,4 +137,4 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match="bounds"):
         kernels.segment_argmax(s, order, bounds[..., :1], table, FLOOR)
     with pytest.raises(ValueError, match="table"):
-        kernels.segment_argmax(s, order, bounds, torch.tensor([0, 0]), FLOOR)
+        kernels.segment_argmax(s, order, bounds, torch.tensor([0, 0], device=DEVICE), FLOOR)
