@@ -67,7 +67,8 @@ def moe_ffn(h: torch.Tensor, w: MoeWeights, cfg: MoeConfig) -> torch.Tensor:
     ids, weights = route(h, w, cfg)
     out = experts(h, w.gate_up, w.down, ids, weights)
     if w.shared_gate_up is not None:
-        out = out + linear(silu_mul(linear(h, w.shared_gate_up)), w.shared_down)
+        fp8 = isinstance(w.shared_down, Fp8Weight)  # SiLU hands the FP8 GEMM its rows directly
+        out = out + linear(silu_mul(linear(h, w.shared_gate_up), fp8), w.shared_down)
     return out
 
 
