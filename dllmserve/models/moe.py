@@ -28,7 +28,7 @@ from dllmserve.models.layers import linear, silu_mul
 
 @dataclass
 class MoeWeights:
-    router: torch.Tensor  # [E, d] model dtype (never quantized)
+    router: torch.Tensor  # [E, d] model dtype (fp32 for sigmoid_group's gate), never quantized
     expert_bias: torch.Tensor | None  # [E], affects the choice (and, for softmax, the weight)
     gate_up: torch.Tensor | Fp8Experts  # [E, 2I, d]: each expert's gate rows, then its up rows
     down: torch.Tensor | Fp8Experts  # [E, d, I]

@@ -58,6 +58,10 @@ class DiffusionTransformer:
     def __init__(self, cfg: ModelConfig, weights: ModelWeights, device: torch.device) -> None:
         self.cfg = cfg
         self.w = weights
+        if cfg.moe is not None and cfg.moe.router == "sigmoid_group":
+            for lw in weights.layers:  # the gate's GEMM is fp32: one copy now, not a cast a call
+                if lw.moe is not None:
+                    lw.moe.router = lw.moe.router.float()
         self.device = device
         self.dtype = weights.embed.dtype
         self.rotary = Rotary(
