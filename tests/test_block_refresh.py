@@ -80,11 +80,14 @@ def checked(llm, monkeypatch):
     return done
 
 
-def run(llm: LLM, plan: list[tuple[int, str, list[int], dict]], refresh: bool) -> dict:
+def run(
+    llm: LLM, plan: list[tuple[int, str, list[int], dict]], refresh: bool, chain: bool = False
+) -> dict:
     """Generate: each (engine step, id, prompt, params) is added before that step; returns the
-    token ids by request id."""
+    token ids by request id. Chained steps (tests/test_block_chain.py) are off unless asked
+    for: a chained step is neither refreshed nor built."""
     eng = llm.engine
-    eng.runner.refresh_blocks = refresh
+    eng.runner.refresh_blocks, eng.runner.chain_blocks = refresh, chain
     tag, outs, n = f"-{refresh}-{id(plan)}", {}, 0
     try:
         while n == 0 or eng.has_unfinished() or any(at >= n for at, *_ in plan):
@@ -96,7 +99,7 @@ def run(llm: LLM, plan: list[tuple[int, str, list[int], dict]], refresh: bool) -
                     outs[u.request_id[: -len(tag)]] = list(u.output.token_ids)
             n += 1
     finally:
-        eng.runner.refresh_blocks = True
+        eng.runner.refresh_blocks = eng.runner.chain_blocks = True
     return outs
 
 

@@ -20,12 +20,14 @@ TOKENS = SpecialTokens(mask=MASK, eos=EOS, eot=None)
 LAYERS, PAGE, B = 2, 4, 8
 
 
-def make(rid: str, prompt: list[int], block: int = B) -> BlockRequest:
+def make(
+    rid: str, prompt: list[int], block: int = B, params: SamplingParams | None = None
+) -> BlockRequest:
     lim = ModelLimits(max_len=512, n_layers=LAYERS, vocab_size=300, mask_token_id=MASK,
                       shifted_logits=False, default_schedule="blocks",
                       max_num_batched_tokens=4096, page_size=PAGE, num_cache_pages=1000,
                       block_diffusion=True, default_block_length=block)  # fmt: skip
-    params = SamplingParams(gen_length=8, steps_per_block=8, stop_at_eos=False)
+    params = params or SamplingParams(gen_length=8, steps_per_block=8, stop_at_eos=False)
     return BlockRequest(rid, prompt, resolve_request(lim, params, prompt_ids=prompt), seed=0,
                         tokens=TOKENS, shifted=False)  # fmt: skip
 

@@ -30,6 +30,12 @@ class BlockIterationBatch(IterationBatch):
     block: BlockSampling | None = None
     lane_width: int | None = None  # B when every lane forwards B tokens (a graphable shape)
 
+    @property
+    def stores_blocks(self) -> bool:
+        """Whether some lane forwards a finished block to store its K/V (more lanes than the
+        requests' current blocks)."""
+        return self.attention.n_reuse > self.logit_rows.shape[0]
+
 
 @dataclass
 class _Lanes:
@@ -224,6 +230,32 @@ def refresh_block_iteration(
         sampling.constraint = _constraint(reqs, width, device)
     block = replace(prev.block, k=d["k"], editable=d["editable"], current=d["current"])
     return replace(prev, input_ids=d["input_ids"], sampling=sampling, block=block)
+
+
+def chain_block_iteration(
+    b: BlockIterationBatch,
+    x0: torch.Tensor,
+    commit: torch.Tensor,
+    reqs: list[BlockRequest],
+    device: torch.device,
+) -> BlockIterationBatch:
+    """The next step of batch `b`'s lanes (mid-block, none storing K/V, no edits), built on
+    the device from its sampled tokens without reading them back: committed tokens replace
+    the blocks' tokens (`current`, and `input_ids` through each position's LM-head row, which
+    is its packed row), positions whose token changed leave `eligible` (a mask committed stays
+    a mask), steps count up; only the scheduled commits come from the host. The result equals
+    `refresh_block_iteration` of that step once `b`'s results are applied
+    (tests/test_block_chain.py)."""
+    current = torch.where(commit, x0, b.block.current)
+    n = b.input_ids.numel()
+    ids = torch.cat([b.input_ids, b.input_ids.new_zeros(1)])  # row n takes the uncommitted
+    ids.scatter_(0, torch.where(commit, b.logit_rows, n).view(-1), x0.view(-1))
+    ahead = torch.tensor([r.commits_at(r.step_in_block + 1) for r in reqs], dtype=torch.long)
+    k = upload({"k": ahead}, device)["k"]
+    eligible = b.sampling.eligible & (current == b.block.current)
+    sampling = replace(b.sampling, step=b.sampling.step + 1, eligible=eligible, k=k)
+    block = replace(b.block, k=k, current=current)
+    return replace(b, input_ids=ids[:n], sampling=sampling, block=block)
 
 
 def lanes_attention(

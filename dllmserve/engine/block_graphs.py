@@ -77,8 +77,7 @@ class BlockGraphs:
         """The graph key of a block-diffusion batch of uniform lanes, else None."""
         if not isinstance(batch, BlockIterationBatch) or batch.lane_width is None:
             return None
-        stores = batch.attention.n_reuse > batch.logit_rows.shape[0]  # lanes beyond the blocks
-        if stores and not self.graph_store_steps:
+        if batch.stores_blocks and not self.graph_store_steps:
             return None
         lanes = smallest_bucket(batch.attention.n_reuse, self.buckets)
         if lanes is None:  # a first step of many prompt blocks: compute-bound, run eagerly

@@ -76,6 +76,19 @@ class BlockRequest(Request):
         b = self.spec.block_length
         return [(s, s + b) for s in range(self.kv_upto, bs, b)]
 
+    def next_step_planned(self) -> bool:
+        """Whether the step after the one now running is this block's next with a commit count
+        known now: no threshold, edit, early stop or structured output (the tokens decide
+        those), the running step not the block's last by its schedule, and masks left after
+        it (a step commits at most its scheduled count; a mask committed stays a mask)."""
+        p = self.params
+        if p.threshold is not None or self.editing or p.eos_early_stop or self.recompute_prefix:
+            return False
+        if p.structured_output is not None:
+            return False
+        s = self.step_in_block
+        return s + 1 < self.spec.block_steps[0] and self.block_masked() > self.commits_at(s)
+
     def commit_mask_k(self) -> int:
         """The step's scheduled commit count (LLaDA2.1: one)."""
         return 1 if self.editing else self.commits_at(self.step_in_block)

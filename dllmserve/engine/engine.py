@@ -277,9 +277,10 @@ class Engine:
     def step(self) -> list[StepOutput]:
         """Run one iteration and return the step updates that are ready.
 
-        Inside a block, an all-REUSE iteration that ends no request's block does not decide
-        anything the next iteration needs from the host: the next one is chained on the device
-        (its tokens are scattered in there) and launched before this one's results are read
+        Inside a block, an iteration that ends no request's block and whose next step's plan
+        needs none of its tokens (all-REUSE; a block-diffusion step with a fixed commit count)
+        decides nothing the next iteration needs from the host: the next one is chained on the
+        device (its tokens are scattered in there) and launched before this one's results are read
         back, so the host's bookkeeping overlaps the GPU's work. Its updates then come out of
         the following call.
         """
@@ -309,14 +310,15 @@ class Engine:
 
     def _chainable(self, flight: InFlight) -> bool:
         """Whether the iteration after `flight` can be launched before `flight`'s results are read:
-        the same requests, all in REUSE mid-block without a threshold (the host state is the
-        one before `flight`'s step), and no waiting request that would join."""
-        if flight.batch.reuse_window is None or flight.batch.attention.n_dense_tokens:
+        the same lanes (`ModelRunner.chainable`), the same requests, each planning its next step
+        without `flight`'s tokens (the host state is the one before `flight`'s step), and no
+        waiting request that would join."""
+        if not self.runner.chainable(flight.batch):
             return False
         running = self.batcher.running
         if len(running) != len(flight.reqs) or self.batcher.next_fits():
             return False
-        return all(running.get(r.request_id) is r and r.in_reuse_mid_block() for r in flight.reqs)
+        return all(running.get(r.request_id) is r and r.next_step_planned() for r in flight.reqs)
 
     def _collect(self, flight: InFlight) -> list[StepOutput]:
         """Apply an iteration's results on the host and say what each request's step did."""

@@ -20,6 +20,7 @@ from dllmserve.engine.block_batch import (
     BlockSignature,
     block_signature,
     build_block_iteration,
+    chain_block_iteration,
     refresh_block_iteration,
     same_lanes,
 )
@@ -60,6 +61,8 @@ class ModelRunner:
         self._block_cached: tuple[BlockSignature, BlockIterationBatch] | None = None
         # False: every block-diffusion step rebuilds its batch (tests compare the two)
         self.refresh_blocks = True
+        # False: no block-diffusion step is chained on the device (tests compare the two)
+        self.chain_blocks = True
 
     def prepare(self, reqs: list[Request]) -> IterationBatch:
         """The iteration's inputs. Consecutive all-REUSE iterations of the same requests in
@@ -105,13 +108,22 @@ class ModelRunner:
         self._block_cached = (key, batch) if key is not None else None
         return batch
 
+    def chainable(self, batch: IterationBatch) -> bool:
+        """Whether the iteration after `batch` keeps its lanes, so that it can be built on the
+        device (`chain`) where its requests plan it without its tokens: all-REUSE with no dense
+        token, or a block-diffusion step that stores no block."""
+        if isinstance(batch, BlockIterationBatch):
+            return self.chain_blocks and not batch.stores_blocks
+        return batch.reuse_window is not None and not batch.attention.n_dense_tokens
+
     def chain(self, prev: InFlight, reqs: list[Request]) -> IterationBatch:
-        """The all-REUSE iteration after `prev`, built on the device from its sampled tokens."""
-        shifted = self.model.cfg.shifted_logits
+        """The iteration after `prev`, built on the device from its sampled tokens."""
+        dev = self.model.device
         with profiled("dllm.prepare"):
-            return chain_iteration(
-                prev.batch, prev.x0, prev.commit, reqs, shifted, self.model.device
-            )
+            if isinstance(prev.batch, BlockIterationBatch):
+                return chain_block_iteration(prev.batch, prev.x0, prev.commit, reqs, dev)
+            shifted = self.model.cfg.shifted_logits
+            return chain_iteration(prev.batch, prev.x0, prev.commit, reqs, shifted, dev)
 
     def launch(self, reqs: list[Request], batch: IterationBatch) -> InFlight:
         """Queue the forward, the LM head, the sampler and the copy of the results to the host."""

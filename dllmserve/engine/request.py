@@ -151,9 +151,10 @@ class Request:
             return Phase.FULL
         return self.sparse.phase(self.step_in_block)
 
-    def in_reuse_mid_block(self) -> bool:
-        """REUSE without a threshold, and the step now running is not the block's last: the step
-        after it is planned without reading this one's tokens (the engine may chain it)."""
+    def next_step_planned(self) -> bool:
+        """Whether the step after the one now running is planned without reading this one's
+        tokens (the engine may chain it): REUSE without a threshold, the running step not the
+        block's last."""
         return (
             self.phase == Phase.REUSE
             and self.params.threshold is None
