@@ -277,12 +277,10 @@ class Engine:
     def step(self) -> list[StepOutput]:
         """Run one iteration and return the step updates that are ready.
 
-        Inside a block, an iteration that ends no request's block and whose next step's plan
-        needs none of its tokens (all-REUSE; a block-diffusion step with a fixed commit count)
-        decides nothing the next iteration needs from the host: the next one is chained on the
-        device (its tokens are scattered in there) and launched before this one's results are read
-        back, so the host's bookkeeping overlaps the GPU's work. Its updates then come out of
-        the following call.
+        Inside a block, an iteration whose next step's plan needs none of its tokens (all-REUSE;
+        a block-diffusion step with fixed commit counts) is followed by one chained on the device
+        (its tokens scattered in there), launched before its results are read back, so the
+        host's bookkeeping overlaps the GPU's work. Its updates come out of the following call.
         """
         self.batcher.admit()
         prev, self._inflight = self._inflight, None
