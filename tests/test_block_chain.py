@@ -15,8 +15,9 @@ from dllmserve.engine.block_batch import BlockIterationBatch, build_block_iterat
 from dllmserve.engine.block_request import BlockRequest
 from dllmserve.structured import StructuredOutput
 from dllmserve.testing.tiny_llada2 import write_tiny_llada2
-from tests.test_block_refresh import EDGE, MID, PLANS, S8, assert_same, run
-from tests.test_prefix_cache import TOKENS, make
+from tests.test_block_refresh import EDGE, MID, S8, assert_same, run
+from tests.test_block_refresh import PLANS as REFRESH_PLANS
+from tests.test_prefix_cache import make
 
 PLANS = {
     "fixed commits: aligned, sampled, a joiner, an early finish": [
@@ -26,7 +27,7 @@ PLANS = {
         (0, "d", EDGE + EDGE, dict(S8, gen_length=8)),  # finishes first
         (5, "e", MID, dict(S8, temperature=0.5, seed=4)),  # joins mid-way
     ],
-    **PLANS,  # thresholds, edits, structured outputs: chained only where none is in the batch
+    **REFRESH_PLANS,  # thresholds, edits, structured outputs: chained only where none is in a batch
 }
 
 
@@ -126,4 +127,3 @@ def test_a_block_with_no_mask_left_after_the_step_is_not_planned():
     assert r.next_step_planned()
     r.canvas[be - 3] = 5  # 2 masks left: this step commits both
     assert not r.next_step_planned()
-    assert TOKENS.mask not in r.canvas[bs : be - 2]
