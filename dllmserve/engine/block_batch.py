@@ -250,7 +250,7 @@ def chain_block_iteration(
     n = b.input_ids.numel()
     ids = torch.cat([b.input_ids, b.input_ids.new_zeros(1)])  # row n takes the uncommitted
     ids.scatter_(0, torch.where(commit, b.logit_rows, n).view(-1), x0.view(-1))
-    ahead = torch.tensor([r.commits_at(r.step_in_block + 1) for r in reqs], dtype=torch.long)
+    ahead = torch.tensor([r.commit_mask_k(ahead=1) for r in reqs], dtype=torch.long)
     k = upload({"k": ahead}, device)["k"]
     eligible = b.sampling.eligible & (current == b.block.current)
     sampling = replace(b.sampling, step=b.sampling.step + 1, eligible=eligible, k=k)

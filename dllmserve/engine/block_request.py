@@ -86,12 +86,13 @@ class BlockRequest(Request):
             return False
         if p.structured_output is not None:
             return False
-        s = self.step_in_block
-        return s + 1 < self.spec.block_steps[0] and self.block_masked() > self.commits_at(s)
+        last = self.step_in_block + 1 >= self.spec.block_steps[0]
+        return not last and self.block_masked() > self.commit_mask_k()
 
-    def commit_mask_k(self) -> int:
-        """The step's scheduled commit count (LLaDA2.1: one)."""
-        return 1 if self.editing else self.commits_at(self.step_in_block)
+    def commit_mask_k(self, ahead: int = 0) -> int:
+        """The scheduled commit count of the step `ahead` steps past the current one (LLaDA2.1:
+        one)."""
+        return 1 if self.editing else self.commits_at(self.step_in_block + ahead)
 
     def provisional_tokens(self, x0: np.ndarray, confidence: np.ndarray):
         return [p for p in super().provisional_tokens(x0, confidence) if p[0] < self.gen_length]
