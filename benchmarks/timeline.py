@@ -182,12 +182,13 @@ def by_phase(rows: list[dict]) -> dict[str, dict]:
 def build_engine(shape: str, batches: list[int], a, dev: torch.device) -> Engine:
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     print(f"building random {shape} on {dev} ...", flush=True)
-    model = random_model(SHAPES[shape], dtype, dev)
+    model = random_model(SHAPES[shape], dtype, dev, quantization=a.quantization)
     config = EngineConfig(
         max_num_seqs=max(batches),
         max_num_batched_tokens=max(batches) * (a.prompt + a.gen),
         enforce_eager=a.eager,
         num_cache_pages=None if dev.type == "cuda" else 4096,
+        quantization=a.quantization,
     )
     return Engine(model, None, config, model_name=shape)
 
@@ -291,6 +292,7 @@ def main() -> None:
     ap.add_argument("--skip", type=int, default=None, help="steps before the window (one block)")
     ap.add_argument("--iters", type=int, default=None, help="steps profiled (two blocks + 1)")
     ap.add_argument("--eager", action="store_true", help="no CUDA graphs")
+    ap.add_argument("--quantization", choices=["fp8"], default=None, help="FP8 linear weights")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes for a quick CPU check")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
