@@ -107,14 +107,16 @@ def fused_moe(
     *,
     w_gate_up_scale: torch.Tensor | None = None,
     w_down_scale: torch.Tensor | None = None,
+    x_fp8: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Mixture-of-experts MLP of x [T, d]: out[t] = sum_j topk_weights[t, j] *
     down_e(silu(gate_e x_t) * up_e x_t), e = topk_ids[t, j] (int32 [T, k]); w_gate_up
     [E, 2I, d] (I gate rows, then I up rows), w_down [E, d, I]. FP8 when the per-row fp32
-    scales ([E, 2I], [E, d]) of e4m3 weights are given. Roundings: the ``moe_kernel`` module."""
+    scales ([E, 2I], [E, d]) of e4m3 weights are given; `x_fp8`: x's rows already quantized
+    (`quantize_rows(x)`). Roundings: the ``moe_kernel`` module."""
     impl = _impl("moe_kernel", "fused_moe", x)
-    return impl(x, w_gate_up, w_down, topk_ids, topk_weights,
-                w_gate_up_scale=w_gate_up_scale, w_down_scale=w_down_scale)  # fmt: skip
+    return impl(x, w_gate_up, w_down, topk_ids, topk_weights, w_gate_up_scale=w_gate_up_scale,
+                w_down_scale=w_down_scale, x_fp8=x_fp8)  # fmt: skip
 
 
 def segment_argmax(

@@ -30,8 +30,8 @@ def _quantized_outputs(rows: int, cols: int, device: torch.device):
 
 @triton.jit
 def _add_rms_norm_kernel(
-    x_ptr, add_ptr, w_ptr, x_out_ptr, h_ptr, s_ptr, D, eps,
-    HAS_ADD: tl.constexpr, QUANT: tl.constexpr, E4M3_MAX: tl.constexpr,
+    x_ptr, add_ptr, w_ptr, x_out_ptr, h_ptr, s_ptr, kept_ptr, D, eps,
+    HAS_ADD: tl.constexpr, QUANT: tl.constexpr, KEEP: tl.constexpr, E4M3_MAX: tl.constexpr,
     MIN_SCALE: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
@@ -52,22 +52,29 @@ def _add_rms_norm_kernel(
         scale = row_scale(tl.max(tl.abs(hf), axis=0), E4M3_MAX, MIN_SCALE)
         tl.store(h_ptr + row * D + cols, quantize(hf, scale, E4M3_MAX), mask=m)
         tl.store(s_ptr + row, scale)
+        if KEEP:  # the unquantized rows too (an MoE router reads them)
+            tl.store(kept_ptr + row * D + cols, h, mask=m)
     else:
         tl.store(h_ptr + row * D + cols, h, mask=m)
 
 
-def _norm_launch(x, add, weight, eps, quantize: bool):
-    """(x + add or None, h or (q, scales)) of one fused launch over x's rows."""
+def _norm_launch(x, add, weight, eps, quantize: bool, keep: bool = False):
+    """(x + add or None, h or (q, scales), or (q, scales, h) with `keep`) of one fused launch
+    over x's rows."""
     T, D = x.shape
     x_out = torch.empty_like(x) if add is not None else None
     h, scales = _quantized_outputs(T, D, x.device) if quantize else (torch.empty_like(x), x)
+    kept = torch.empty_like(x) if quantize and keep else None
     if T:
         _add_rms_norm_kernel[(T,)](
-            x, x if add is None else add, weight, x if x_out is None else x_out, h, scales, D,
-            eps, HAS_ADD=add is not None, QUANT=quantize, E4M3_MAX=E4M3_MAX,
-            MIN_SCALE=FP8_MIN_SCALE, BLOCK=triton.next_power_of_2(D),
+            x, x if add is None else add, weight, x if x_out is None else x_out, h, scales,
+            x if kept is None else kept, D, eps, HAS_ADD=add is not None, QUANT=quantize,
+            KEEP=kept is not None, E4M3_MAX=E4M3_MAX, MIN_SCALE=FP8_MIN_SCALE,
+            BLOCK=triton.next_power_of_2(D),
         )  # fmt: skip
-    return x_out, (h, scales) if quantize else h
+    if not quantize:
+        return x_out, h
+    return x_out, (h, scales) if kept is None else (h, scales, kept)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, quantize: bool = False):
@@ -78,13 +85,18 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, quantize: bool =
 
 
 def add_rms_norm(
-    x: torch.Tensor, add: torch.Tensor, weight: torch.Tensor, eps: float, quantize: bool = False
+    x: torch.Tensor,
+    add: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    quantize: bool = False,
+    keep: bool = False,
 ):
     """(x + add, rms_norm(x + add)): the residual update and the next sublayer's input (as
-    e4m3 rows and scales with `quantize`)."""
+    e4m3 rows and scales with `quantize`; with `keep` too, the rows in x's dtype after them)."""
     assert x.dim() == 2 and x.is_contiguous() and add.is_contiguous() and add.shape == x.shape
     assert weight.shape == (x.shape[1],)
-    return _norm_launch(x, add, weight, eps, quantize)
+    return _norm_launch(x, add, weight, eps, quantize, keep)
 
 
 @triton.jit

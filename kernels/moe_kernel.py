@@ -300,6 +300,17 @@ def _check(x, w_gate_up, w_down, topk_ids, topk_weights, s_gate_up, s_down) -> b
     return fp8
 
 
+def _check_rows(x: torch.Tensor, x_fp8: tuple[torch.Tensor, torch.Tensor], fp8: bool) -> None:
+    """x_fp8 must be x's per-row quantization for FP8 weights: (e4m3 [T, d], fp32 [T, 1])."""
+    if not fp8:
+        raise ValueError("fused_moe: x_fp8 is for FP8 weights (give w_gate_up_scale)")
+    data, scale = x_fp8
+    ok = data.shape == x.shape and data.dtype == torch.float8_e4m3fn and data.device == x.device
+    _require(ok, "x_fp8", f"(e4m3 {tuple(x.shape)}, fp32 [T, 1]) on x's device", data)
+    ok = tuple(scale.shape) == (x.shape[0], 1) and scale.dtype == torch.float32
+    _require(ok and scale.device == x.device, "x_fp8", f"scales fp32 [{x.shape[0]}, 1]", scale)
+
+
 def fused_moe(
     x: torch.Tensor,
     w_gate_up: torch.Tensor,
@@ -309,11 +320,15 @@ def fused_moe(
     *,
     w_gate_up_scale: torch.Tensor | None = None,
     w_down_scale: torch.Tensor | None = None,
+    x_fp8: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """out[t] = sum_j topk_weights[t, j] * down_e(silu(gate_e x_t) * up_e x_t), e = topk_ids[t, j]
     (x [T, d]; w_gate_up [E, 2I, d]: I gate rows then I up rows; w_down [E, d, I]); the ids must
-    lie in [0, E) (not checked: that would sync with the host). Returns [T, d] in x's dtype."""
+    lie in [0, E) (not checked: that would sync with the host). Returns [T, d] in x's dtype.
+    `x_fp8`: `quantize_rows(x)` made already (FP8 weights only), used instead of quantizing x."""
     fp8 = _check(x, w_gate_up, w_down, topk_ids, topk_weights, w_gate_up_scale, w_down_scale)
+    if x_fp8 is not None:
+        _check_rows(x, x_fp8, fp8)
     t, d = x.shape
     n_exp, i = w_gate_up.shape[0], w_gate_up.shape[1] // 2
     k = topk_ids.shape[1]
@@ -327,7 +342,7 @@ def fused_moe(
     x, w_gate_up, w_down = rows(x), rows(w_gate_up), rows(w_down)
     s_gu = rows(w_gate_up_scale) if fp8 else x
     s_d = rows(w_down_scale) if fp8 else x
-    xa, xs = quantize_rows(x) if fp8 else (x, x)
+    xa, xs = (x_fp8 or quantize_rows(x)) if fp8 else (x, x)
     prec = dot_precision(x.dtype)
     mode = "fp8" if fp8 else "fp32" if x.dtype == torch.float32 else "16bit"
     h = torch.empty((n, i), dtype=x.dtype, device=x.device)

@@ -206,17 +206,19 @@ def fused_moe(
     *,
     w_gate_up_scale: torch.Tensor | None = None,
     w_down_scale: torch.Tensor | None = None,
+    x_fp8: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The mixture-of-experts MLP, one expert at a time, with the kernel's roundings: fp32
     products, silu(gate) * up rounded to x's dtype, each (token, j) contribution times its
     routing weight rounded to x's dtype, the k contributions summed in fp32. FP8 (scales
-    given): both operands quantized as on the GPU, then dequantized to fp32."""
+    given): both operands quantized as on the GPU (x's rows as given in `x_fp8`), then
+    dequantized to fp32."""
     t, d = x.shape
     n_exp, i = w_gate_up.shape[0], w_gate_up.shape[1] // 2
     w_gu, w_d = w_gate_up.float(), w_down.float()
     if w_gate_up_scale is not None:
         w_gu, w_d = w_gu * w_gate_up_scale[..., None], w_d * w_down_scale[..., None]
-    xf = _fp32_operand(x, w_gate_up_scale)
+    xf = _fp32_operand(x, w_gate_up_scale) if x_fp8 is None else x_fp8[0].float() * x_fp8[1]
     contrib = torch.zeros(t, topk_ids.shape[1], d, device=x.device)
     for e in range(n_exp):
         tok, j = (topk_ids == e).nonzero(as_tuple=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dllmserve.models.config import MoeConfig
-from dllmserve.models.fp8 import Fp8Experts, quantize_experts, quantize_weight
+from dllmserve.models.fp8 import Fp8Experts, Fp8Rows, quantize_experts, quantize_weight
 from dllmserve.models.moe import MoeWeights, moe_ffn, route
 from tests.plain_moe import Llada2Layer, llada2_moe_layer, random_llada2_layer
 
@@ -131,6 +131,20 @@ def test_fp8_experts_approximate_the_full_precision_layer():
     approx = moe_ffn(h, w, cfg)
     assert not torch.equal(approx, full)
     assert (approx - full).norm() / full.norm() < 0.05
+
+
+def test_fp8_rows_quantized_once_give_the_layer_quantizing_for_each_reader():
+    """With FP8 weights the model hands the layer its input quantized once, with the values
+    the router reads: the result of the layer quantizing h for its experts and its shared
+    expert separately, to the bit."""
+    m = random_llada2_layer(D, INTER, seed=13, **LLADA2_CASES["groups-4-keep-2"])
+    w, cfg = engine_layer(m)
+    w.gate_up, w.down = quantize_experts(w.gate_up), quantize_experts(w.down)
+    w.shared_gate_up = quantize_weight(w.shared_gate_up)
+    w.shared_down = quantize_weight(w.shared_down)
+    h = tokens(9, seed=9)
+    once = moe_ffn(Fp8Rows.of(h, keep=True), w, cfg)
+    assert torch.equal(once, moe_ffn(h, w, cfg))
 
 
 def test_a_tokens_result_does_not_depend_on_its_batch():

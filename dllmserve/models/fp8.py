@@ -44,14 +44,17 @@ class Fp8Rows:
     data: torch.Tensor  # [M, K] float8_e4m3fn
     scale: torch.Tensor  # [M, 1] fp32
     dtype: torch.dtype
+    # the rows before quantization (model dtype), where a reader needs both: an MoE layer's
+    # router reads them while its experts and shared expert take the FP8 rows
+    values: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
         return self.data.device
 
     @classmethod
-    def of(cls, x: torch.Tensor) -> Fp8Rows:
-        return cls(*kernels.quantize_rows(x), x.dtype)
+    def of(cls, x: torch.Tensor, keep: bool = False) -> Fp8Rows:
+        return cls(*kernels.quantize_rows(x), x.dtype, x if keep else None)
 
 
 @dataclass(frozen=True)

@@ -59,16 +59,23 @@ def rms_norm(
 
 
 def add_rms_norm(
-    x: torch.Tensor, add: torch.Tensor, weight: torch.Tensor, eps: float, quantize: bool = False
+    x: torch.Tensor,
+    add: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    quantize: bool = False,
+    keep: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | Fp8Rows]:
-    """The residual update x + add (in the model dtype) and its RMSNorm (see `rms_norm`)."""
+    """The residual update x + add (in the model dtype) and its RMSNorm (see `rms_norm`);
+    `keep`: quantized rows that carry their unquantized `values` too (one launch for both)."""
     if _fused(x):
         from dllmserve.kernels.elementwise import add_rms_norm as fused
 
-        x_out, h = fused(x, add, weight, eps, quantize)
+        x_out, h = fused(x, add, weight, eps, quantize, keep)
         return x_out, _rows(h, x.dtype)
     x = x + add
-    return x, rms_norm(x, weight, eps, quantize)
+    h = rms_norm(x, weight, eps)
+    return x, Fp8Rows.of(h, keep) if quantize else h
 
 
 def silu_mul(gate_up: torch.Tensor, quantize: bool = False) -> torch.Tensor | Fp8Rows:
@@ -83,8 +90,12 @@ def silu_mul(gate_up: torch.Tensor, quantize: bool = False) -> torch.Tensor | Fp
 
 
 def _rows(out, dtype: torch.dtype) -> torch.Tensor | Fp8Rows:
-    """A fused kernel's result: a tensor, or (FP8 data, scales) when it quantized."""
-    return Fp8Rows(*out, dtype) if isinstance(out, tuple) else out
+    """A fused kernel's result: a tensor, or (FP8 data, scales[, kept values]) when it
+    quantized."""
+    if not isinstance(out, tuple):
+        return out
+    data, scale, *kept = out
+    return Fp8Rows(data, scale, dtype, *kept)
 
 
 class Rotary:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from dllmserve.models.config import MoeConfig
-from dllmserve.models.fp8 import Fp8Experts, Fp8Weight
+from dllmserve.models.fp8 import Fp8Experts, Fp8Rows, Fp8Weight
 from dllmserve.models.layers import linear, silu_mul
 
 
@@ -62,9 +62,11 @@ def route(h: torch.Tensor, w: MoeWeights, cfg: MoeConfig) -> tuple[torch.Tensor,
     )
 
 
-def moe_ffn(h: torch.Tensor, w: MoeWeights, cfg: MoeConfig) -> torch.Tensor:
-    """The MoE FFN of the normed hidden states h [T, d] (model dtype): routed + shared."""
-    ids, weights = route(h, w, cfg)
+def moe_ffn(h: torch.Tensor | Fp8Rows, w: MoeWeights, cfg: MoeConfig) -> torch.Tensor:
+    """The MoE FFN of the normed hidden states h [T, d]: routed + shared. With FP8 weights h
+    comes quantized once, with its `values` for the router, instead of once per reader."""
+    values = h.values if isinstance(h, Fp8Rows) else h
+    ids, weights = route(values, w, cfg)
     out = experts(h, w.gate_up, w.down, ids, weights)
     if w.shared_gate_up is not None:
         fp8 = isinstance(w.shared_down, Fp8Weight)  # SiLU hands the FP8 GEMM its rows directly
@@ -73,14 +75,16 @@ def moe_ffn(h: torch.Tensor, w: MoeWeights, cfg: MoeConfig) -> torch.Tensor:
 
 
 def experts(
-    x: torch.Tensor,
+    x: torch.Tensor | Fp8Rows,
     gate_up: torch.Tensor | Fp8Experts,
     down: torch.Tensor | Fp8Experts,
     ids: torch.Tensor,
     weights: torch.Tensor,
 ) -> torch.Tensor:
     """out[t] = sum_j weights[t, j] * down_e(silu(gate_e x_t) * up_e x_t), e = ids[t, j],
-    accumulated in fp32 and returned in x's dtype."""
+    accumulated in fp32 and returned in x's dtype (x: rows, or FP8 rows with their values)."""
+    rows = x if isinstance(x, Fp8Rows) else None
+    x = x.values if rows is not None else x
     if x.is_cuda:
         from dllmserve import kernels
 
@@ -93,8 +97,10 @@ def experts(
                 weights,
                 w_gate_up_scale=gate_up.scale,
                 w_down_scale=down.scale,
+                x_fp8=None if rows is None else (rows.data, rows.scale),
             )
         return kernels.fused_moe(x, gate_up, down, ids, weights)
+    # per-row quantization: quantizing x[tok] is slicing the quantized rows
     return _experts_loop(x, gate_up, down, ids, weights)
 
 

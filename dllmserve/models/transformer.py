@@ -91,8 +91,8 @@ class DiffusionTransformer:
             attention.select(i, q, k, v)
             att = attention(i, q, k, v)
             o = linear(att.reshape(-1, nh * hd), lw.o)
-            # the router reads the norm's output unquantized; the experts quantize their own
-            x, h = add_rms_norm(x, o, lw.mlp_norm, cfg.rms_eps, fp8 and lw.moe is None)
+            # an MoE layer's router reads the norm's output unquantized, its experts the FP8 rows
+            x, h = add_rms_norm(x, o, lw.mlp_norm, cfg.rms_eps, fp8, keep=lw.moe is not None)
             if lw.moe is None:
                 mlp = linear(silu_mul(linear(h, lw.gate_up), fp8), lw.down)
             else:

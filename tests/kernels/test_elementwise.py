@@ -134,6 +134,9 @@ def test_norms_quantize_their_rows_in_the_same_launch(dtype, rows, d):
     x_quant, rows_q = elementwise.add_rms_norm(x, a, w, 1e-6, quantize=True)
     assert torch.equal(x_quant, x_new)
     _same_rows(rows_q, h)
+    x_kept, (q, scale, kept) = elementwise.add_rms_norm(x, a, w, 1e-6, quantize=True, keep=True)
+    assert torch.equal(x_kept, x_new) and torch.equal(kept, h)  # the MoE router's rows
+    _same_rows((q, scale), h)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -153,6 +156,10 @@ def test_layers_hand_fp8_rows_to_the_gemm_on_the_cpu_too():
     want = Fp8Rows.of(layers.rms_norm(x, w, 1e-5))
     assert torch.equal(rows.data.view(torch.uint8), want.data.view(torch.uint8))
     assert torch.equal(rows.scale, want.scale)
+    _, kept = layers.add_rms_norm(x, x, w, 1e-5, quantize=True, keep=True)
+    _, plain = layers.add_rms_norm(x, x, w, 1e-5)
+    assert torch.equal(kept.values, plain) and kept.values.dtype == torch.float32
+    assert torch.equal(kept.data.view(torch.uint8), Fp8Rows.of(plain).data.view(torch.uint8))
 
 
 @pytest.mark.parametrize("shape", ["tiny", "tiny-moe", "tiny-llada2"])

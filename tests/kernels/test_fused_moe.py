@@ -77,6 +77,25 @@ def test_fused_moe_fp8_matches_reference(dtype, case):
     assert (out.float() - exact).norm() < 0.1 * exact.norm()  # FP8's error, not a wrong sum
 
 
+def test_fp8_rows_made_before_give_the_same_result():
+    """An MoE layer hands the kernel x's FP8 rows made by its norm (`x_fp8`): the same bits as
+    the kernel quantizing x itself."""
+    from dllmserve.kernels import quantize_rows
+
+    t, d, i, e, k, unused = CASES[2]
+    gen = torch.Generator().manual_seed(31)
+    x = randn(gen, t, d, dtype=DTYPES[0])
+    w_gate_up, w_down = _weights(gen, e, d, i, torch.float32)
+    (q_gu, s_gu), (q_d, s_d) = _fp8(w_gate_up), _fp8(w_down)
+    ids, weights = _routing(gen, t, e, k, unused)
+    kw = {"w_gate_up_scale": s_gu, "w_down_scale": s_d}
+    own = fused_moe(x, q_gu, q_d, ids, weights, **kw)
+    given = fused_moe(x, q_gu, q_d, ids, weights, **kw, x_fp8=quantize_rows(x))
+    assert torch.equal(given, own)
+    ref = reference.fused_moe(x, q_gu, q_d, ids, weights, **kw, x_fp8=quantize_rows(x))
+    assert torch.equal(ref, reference.fused_moe(x, q_gu, q_d, ids, weights, **kw))
+
+
 def test_reference_equals_dense_formula():
     """The per-expert loop against every expert applied to every token, masked by routing."""
     gen = torch.Generator().manual_seed(11)
@@ -154,3 +173,12 @@ def test_launcher_refuses_bad_arguments():
     with pytest.raises(ValueError, match="w_gate_up must be torch.float8_e4m3fn"):
         scales = {"w_gate_up_scale": torch.ones(3, 32), "w_down_scale": torch.ones(3, 32)}
         launcher(x, w_gate_up, w_down, ids, weights, **scales)
+    rows = (x.to(torch.float8_e4m3fn), torch.ones(2, 1, device=x.device))
+    with pytest.raises(ValueError, match="x_fp8 is for FP8 weights"):
+        launcher(x, w_gate_up, w_down, ids, weights, x_fp8=rows)
+    (q_gu, s_gu), (q_d, s_d) = _fp8(w_gate_up.float()), _fp8(w_down.float())
+    fp8 = {"w_gate_up_scale": s_gu, "w_down_scale": s_d}
+    with pytest.raises(ValueError, match="x_fp8 must be"):
+        launcher(x, q_gu, q_d, ids, weights, **fp8, x_fp8=(rows[0][:1], rows[1]))
+    with pytest.raises(ValueError, match="x_fp8 must be .*scales fp32"):
+        launcher(x, q_gu, q_d, ids, weights, **fp8, x_fp8=(rows[0], rows[1].double()))
