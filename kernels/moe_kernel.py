@@ -342,7 +342,10 @@ def fused_moe(
     x, w_gate_up, w_down = rows(x), rows(w_gate_up), rows(w_down)
     s_gu = rows(w_gate_up_scale) if fp8 else x
     s_d = rows(w_down_scale) if fp8 else x
-    xa, xs = (x_fp8 or quantize_rows(x)) if fp8 else (x, x)
+    if not fp8:
+        xa, xs = x, x
+    else:  # the scales are read one per row: [T, 1] contiguous
+        xa, xs = (rows(x_fp8[0]), x_fp8[1].contiguous()) if x_fp8 else quantize_rows(x)
     prec = dot_precision(x.dtype)
     mode = "fp8" if fp8 else "fp32" if x.dtype == torch.float32 else "16bit"
     h = torch.empty((n, i), dtype=x.dtype, device=x.device)
