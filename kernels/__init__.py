@@ -3,11 +3,11 @@
 Layouts: tensors are packed ("varlen") along dim 0; index tensors are int32 on the tensors'
 device; GQA query head h reads KV head h // (H // Hkv); outputs have q's dtype and are
 accumulated in fp32. Each function below runs the Triton launcher of its kernel module
-(`varlen_kernel`, `reuse_kernel`, `selection`, `sampling`, `fp8_quant`, `moe_kernel`: each holds its
-kernel, its launcher with the shape and stride checks, and names its reference) for CUDA
-tensors, and the function of the same name in `reference` otherwise. Triton is imported only
-on that path, so the package imports on machines without it. docs/design.md §11 has the
-algorithms.
+(`varlen_kernel`, `reuse_kernel`, `selection`, `sampling`, `block_probs`, `fp8_quant`,
+`moe_kernel`: each holds its kernel, its launcher with the shape and stride checks, and names
+its reference) for CUDA tensors, and the function of the same name in `reference` otherwise.
+Triton is imported only on that path, so the package imports on machines without it.
+docs/design.md §11 has the algorithms.
 """
 
 from __future__ import annotations
@@ -93,6 +93,15 @@ def sample_tokens(
                 mask_id, eos_id, eot_id)  # fmt: skip
 
 
+def block_probabilities(
+    logits: torch.Tensor, temperature: torch.Tensor, drawn: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x0 [R,B] int64 and its probability [R,B] float64 in softmax(logits / T) of logits
+    [R,B,V]: the block-diffusion sampler's argmax, or `drawn` where T > 0 (``block_probs``;
+    see ``reference.block_probabilities``)."""
+    return _impl("block_probs", "block_probabilities", logits)(logits, temperature, drawn)
+
+
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token e4m3 quantization of x [M, K]: (q, scale [M, 1] fp32) with x ≈ q * scale."""
     return _impl("fp8_quant", "quantize_rows", x)(x)
@@ -160,6 +169,7 @@ def route_experts(
 
 __all__ = [
     "SelectionArgs",
+    "block_probabilities",
     "force_triton",
     "fused_moe",
     "quantize_rows",

@@ -173,6 +173,24 @@ def sample_tokens(
     return x0, p.gather(-1, x0[..., None])[..., 0].to(torch.float64)
 
 
+def block_probabilities(
+    logits: torch.Tensor, temperature: torch.Tensor, drawn: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x0 [R,B] int64 and its probability [R,B] float64 in softmax(logits / T) over the whole
+    vocabulary in fp32, for logits [R,B,V], temperature [R] (0: greedy) and drawn [R,B] or
+    None: the block-diffusion sampler's (engine/block_sampler.py). x0 is the argmax of the
+    probabilities (the mask token included), or `drawn` where T > 0. T is rounded to the
+    logits' dtype first; with nothing drawn the logits are used as they are."""
+    temp = temperature.to(logits.dtype)[:, None, None]
+    if drawn is not None:  # engine/temperature.py's over_temperature
+        logits = torch.where(temp > 0, logits / torch.where(temp > 0, temp, 1), logits)
+    p = torch.softmax(logits.float(), -1)
+    x0 = p.argmax(dim=-1)
+    if drawn is not None:
+        x0 = torch.where(temp[:, :, 0] > 0, drawn, x0)
+    return x0, p.gather(-1, x0[..., None])[..., 0].to(torch.float64)
+
+
 E4M3_MAX = 448.0  # the largest finite float8_e4m3fn value
 FP8_MIN_SCALE = 1e-12  # an all-zero row keeps a finite scale
 

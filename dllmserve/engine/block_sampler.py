@@ -27,7 +27,6 @@ import torch
 
 from dllmserve import kernels
 from dllmserve.engine.sampler import Sampled, SamplingBatch, _filter_top_p_top_k
-from dllmserve.engine.temperature import over_temperature
 
 
 @dataclass
@@ -40,37 +39,13 @@ class BlockSampling:
     current: torch.Tensor  # [R, B] int64: the block's tokens before the step
 
 
-# Requests whose fp32 probabilities are formed at once: 8 x 32 positions x a 157k vocabulary
-# is 160 MB, where the whole batch at once would be over a GB at batch 64
-_ROWS = 8
-
-
-def _probabilities(logits: torch.Tensor, temp: torch.Tensor, drawn: torch.Tensor | None):
-    """x0 and its probability in softmax(logits / T) over the whole vocabulary (fp32), a few
-    requests at a time; x0 is the argmax of the probabilities, or `drawn` where T > 0. With
-    nothing drawn every T is 0: the logits are used as they are (`over_temperature` would
-    copy them twice, a third of this function's bytes at batch 64, to return them unchanged)."""
-    x0s, confs = [], []
-    for i in range(0, logits.shape[0], _ROWS):
-        chunk = logits[i : i + _ROWS]
-        if drawn is not None:
-            chunk = over_temperature(chunk, temp[i : i + _ROWS])
-        p = torch.softmax(chunk.float(), -1)
-        x0 = p.argmax(dim=-1)  # the official argmax, the mask token included
-        if drawn is not None:
-            x0 = torch.where(temp[i : i + _ROWS, :, 0] > 0, drawn[i : i + _ROWS], x0)
-        x0s.append(x0)
-        confs.append(p.gather(-1, x0[..., None])[..., 0].to(torch.float64))
-    return torch.cat(x0s), torch.cat(confs)
-
-
 def sample_block(
     logits: torch.Tensor, b: SamplingBatch, e: BlockSampling, mask_id: int, eos_id: int
 ) -> Sampled:
     """(x0, commit | edits, confidence) of logits [R, B, V]."""
     R, B, _ = logits.shape
-    temp = b.temperature.to(logits.dtype)[:, None, None]
     if b.any_filter:
+        temp = b.temperature.to(logits.dtype)[:, None, None]
         filtered = _filter_top_p_top_k(logits, temp, b.top_k, b.top_p, mask_id)
         logits = torch.where(temp > 0, filtered, logits)
     drawn = None
@@ -87,7 +62,9 @@ def sample_block(
             eos_id,
             None,
         )
-    x0, conf = _probabilities(logits, temp, drawn)
+    # x0 (the argmax, or the draw where T > 0) and its probability in softmax(logits / T), in
+    # one fused kernel on CUDA: the fp32 probabilities of the whole slab are never formed
+    x0, conf = kernels.block_probabilities(logits, b.temperature, drawn)
     if b.constraint is not None:  # structured outputs: their answer windows from the DP
         special = (mask_id, eos_id, None)
         x0, conf, _ = b.constraint.choose(
