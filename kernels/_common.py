@@ -51,3 +51,12 @@ def require(kernel: str, ok: bool, name: str, want: str, got: torch.Tensor) -> N
     and what it got."""
     if not ok:
         raise ValueError(f"{kernel}: {name} must be {want}, got {got.dtype} {tuple(got.shape)}")
+
+
+@triton.jit
+def position_logits(L, block, stride_lr, stride_lb):
+    """A sampler program's position (one per row of a [R, B, V] logits slab): its packed row
+    r * B + b, its request r, and the pointer to its logits."""
+    row = tl.program_id(0)
+    r = row // block
+    return row, r, L + r.to(tl.int64) * stride_lr + (row % block).to(tl.int64) * stride_lb

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from ._common import require
+from ._common import position_logits, require
 
 BLOCK_V = 4096
 
@@ -72,9 +72,7 @@ def _block_probs(
     BF16: tl.constexpr,
     LIBDEVICE: tl.constexpr,
 ):
-    row = tl.program_id(0)
-    r = row // block
-    base = L + r.to(tl.int64) * stride_lr + (row % block).to(tl.int64) * stride_lb
+    row, r, base = position_logits(L, block, stride_lr, stride_lb)
     t = tl.load(TEMP + r)
     scaled = t > 0  # a drawn row: v is logit / T, x0 the drawn token
     lanes = tl.arange(0, BLOCK_V)

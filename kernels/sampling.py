@@ -25,6 +25,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from ._common import position_logits
+
 
 @triton.jit
 def _hash(h, vocab):
@@ -75,9 +77,7 @@ def _sample(
     BLOCK_V: tl.constexpr,
     LIBDEVICE: tl.constexpr,
 ):
-    row = tl.program_id(0)
-    r = row // block
-    base = L + r.to(tl.int64) * stride_lr + (row % block).to(tl.int64) * stride_lb
+    row, r, base = position_logits(L, block, stride_lr, stride_lb)
     t = tl.load(TEMP + r)
     t32 = t.to(tl.float32)
     seed = tl.load(SEED + r).to(tl.uint64, bitcast=True)
