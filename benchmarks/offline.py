@@ -43,6 +43,7 @@ from roofline import (
 from dllmserve import SamplingParams, SparseConfig
 from dllmserve.engine.config import EngineConfig
 from dllmserve.engine.engine import Engine
+from dllmserve.models.config import QUANTIZATION_HELP, QUANTIZATIONS
 from dllmserve.models.shapes import SHAPES, random_model
 from dllmserve.sparse.state import Phase
 
@@ -121,13 +122,13 @@ def run_one(
     if sparse is None and ceilings is not None and engine.model.cfg.block_diffusion:
         ceil = block_ceiling_tokens_per_s(
             engine.model.cfg, ceilings, batch=batch, prompt=prompt_len, gen=gen, steps=steps,
-            block=block, fp8=engine.config.quantization == "fp8",
+            block=block, quantization=engine.config.quantization,
         )  # fmt: skip
     if sparse is not None and ceilings is not None:
         ceil = ceiling_tokens_per_s(
             engine.model.cfg, ceilings, batch=batch, prompt=prompt_len, gen=gen, steps=steps,
             block=block, delay=sparse.delay_step, retention=sparse.retention_ratio,
-            fp8=engine.config.quantization == "fp8",
+            quantization=engine.config.quantization,
         )  # fmt: skip
     tokens_per_s = committed / elapsed
     return Result(
@@ -332,7 +333,7 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=32)
     ap.add_argument("--delay", type=int, default=1)
     ap.add_argument("--baseline-iters", type=int, default=16)
-    ap.add_argument("--quantization", choices=["fp8"], default=None, help="FP8 linear weights")
+    ap.add_argument("--quantization", choices=QUANTIZATIONS, default=None, help=QUANTIZATION_HELP)
     ap.add_argument("--eager", action="store_true", help="no CUDA graphs")
     ap.add_argument(
         "--skinny-gemm",

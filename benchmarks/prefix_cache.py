@@ -29,6 +29,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from dllmserve import SamplingParams
 from dllmserve.engine.engine import Engine
+from dllmserve.models.config import QUANTIZATION_HELP, QUANTIZATIONS
 
 TOP = 15
 
@@ -169,7 +170,7 @@ def main() -> None:
         action="store_true",
         help="measure again with the steps that store K/V run eagerly (as before)",
     )
-    ap.add_argument("--quantization", choices=["fp8"], default=None, help="FP8 linear weights")
+    ap.add_argument("--quantization", choices=QUANTIZATIONS, default=None, help=QUANTIZATION_HELP)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     if a.smoke:

@@ -93,14 +93,26 @@ def linear_shapes(cfg) -> dict[str, tuple[int, int]]:
     }
 
 
+Precision = tuple[int, float]
+"""Bytes per weight and the tensor cores' rate (TFLOP/s) of one kind of GEMM."""
+
+
+def precisions(c: Ceilings, quantization: str | None) -> tuple[Precision, Precision]:
+    """(dense linears, routed experts) of a model stored in `quantization`
+    (EngineConfig.quantization: "fp8" both in FP8, "fp8-experts" the experts only)."""
+    bf16, fp8 = (2, c.bf16_tflops), (1, c.fp8_tflops)
+    return (fp8 if quantization == "fp8" else bf16), (bf16 if quantization is None else fp8)
+
+
 def forward_ms(
-    cfg, c: Ceilings, tokens: int, logit_rows: int, attn_pairs: int, fp8: bool = False
-) -> float:
+    cfg, c: Ceilings, tokens: int, logit_rows: int, attn_pairs: int,
+    quantization: str | None = None,
+) -> float:  # fmt: skip
     """The least time of one forward of `tokens` packed tokens whose attention spans
     `attn_pairs` (query, key) pairs in all, deciding `logit_rows` positions."""
     shapes = linear_shapes(cfg)
     head = shapes.pop("lm_head")
-    w_bytes, rate = (1, c.fp8_tflops) if fp8 else (2, c.bf16_tflops)
+    (w_bytes, rate), experts = precisions(c, quantization)
 
     def gemm(m: int, n: int, k: int, elem: int, tflops: float) -> float:
         return max(n * k * elem / (c.copy_tbs * 1e9), 2 * m * n * k / (tflops * 1e9))
@@ -114,12 +126,12 @@ def forward_ms(
     return (
         cfg.n_layers * (layers + attention)
         + (cfg.n_layers - n_moe) * dense
-        + n_moe * (moe_ms(cfg, c, tokens, w_bytes, rate) if n_moe else 0.0)
+        + n_moe * (moe_ms(cfg, c, tokens, experts, (w_bytes, rate)) if n_moe else 0.0)
         + gemm(logit_rows, *head, 2, c.bf16_tflops)
     )
 
 
-def moe_ms(cfg, c: Ceilings, tokens: int, w_bytes: int, rate: float) -> float:
+def moe_ms(cfg, c: Ceilings, tokens: int, experts: Precision, shared: Precision) -> float:
     """The least time of one MoE FFN over `tokens` tokens: the router, the shared expert and
     the routed experts, whose bytes are those of the experts the tokens touch (expected under
     uniform routing: E (1 - (1 - k/E)^tokens)) and whose FLOPs are k experts a token."""
@@ -128,33 +140,37 @@ def moe_ms(cfg, c: Ceilings, tokens: int, w_bytes: int, rate: float) -> float:
     touched = e * (1 - (1 - k / e) ** tokens)
     per_expert = 3 * i * d  # gate, up and down
     routed = max(
-        touched * per_expert * w_bytes / (c.copy_tbs * 1e9),
-        2 * tokens * k * per_expert / (rate * 1e9),
+        touched * per_expert * experts[0] / (c.copy_tbs * 1e9),
+        2 * tokens * k * per_expert / (experts[1] * 1e9),
     )
-    shared = max(3 * s * d * w_bytes / (c.copy_tbs * 1e9), 2 * tokens * 3 * s * d / (rate * 1e9))
+    shared_ms = max(
+        3 * s * d * shared[0] / (c.copy_tbs * 1e9), 2 * tokens * 3 * s * d / (shared[1] * 1e9)
+    )
     router = max(e * d * 2 / (c.copy_tbs * 1e9), 2 * tokens * e * d / (c.bf16_tflops * 1e9))
-    return router + shared + routed
+    return router + shared_ms + routed
 
 
 def ceiling_tokens_per_s(
     cfg, c: Ceilings, *, batch: int, prompt: int, gen: int, steps: int, block: int,
-    delay: int, retention: float, fp8: bool = False,
+    delay: int, retention: float, quantization: str | None = None,
 ) -> float:  # fmt: skip
     """Tokens/s of the sparse algorithm at its roofline: per block, `delay` FULL and one SELECT
     forward over whole sequences, then REUSE forwards over the block against the kept K/V."""
     n_blocks = -(-gen // block)
     s = steps // n_blocks
     seq = prompt + gen
-    full = forward_ms(cfg, c, batch * seq, batch * block, batch * seq * seq, fp8)
+    full = forward_ms(cfg, c, batch * seq, batch * block, batch * seq * seq, quantization)
     kept = int(retention * (seq - block))
-    reuse = forward_ms(cfg, c, batch * block, batch * block, batch * block * (kept + block), fp8)
+    reuse = forward_ms(
+        cfg, c, batch * block, batch * block, batch * block * (kept + block), quantization
+    )
     per_block = (delay + 1) * full + (s - delay - 1) * reuse
     return 1000 * batch * gen / (n_blocks * per_block)
 
 
 def block_ceiling_tokens_per_s(
     cfg, c: Ceilings, *, batch: int, prompt: int, gen: int, steps: int, block: int,
-    fp8: bool = False,
+    quantization: str | None = None,
 ) -> float:  # fmt: skip
     """Tokens/s of a block-diffusion model (LLaDA2) at its roofline, as the engine runs it: per
     block, its steps forward the b·B block tokens against the cached K/V of everything before
@@ -163,8 +179,8 @@ def block_ceiling_tokens_per_s(
     first = prompt // block
     n_blocks = -(-(prompt + gen) // block) - first
     s = min(max(1, steps // n_blocks), gen)
-    elem = 1 if fp8 else 2
-    kv_entry = cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * elem  # K and V, every layer
+    # K and V of every layer, in the model dtype (bf16) whatever the weights are stored in
+    kv_entry = cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * 2
     total = 0.0
     for j in range(n_blocks):
         start = (first + j) * block
@@ -173,10 +189,10 @@ def block_ceiling_tokens_per_s(
         stored_pairs = block * block * first * (first + 1) // 2 if j == 0 else block * start
         pairs = batch * block * (start + block)
         kv_ms = batch * start * kv_entry / (c.copy_tbs * 1e9)
-        step = forward_ms(cfg, c, batch * block, batch * block, pairs, fp8) + kv_ms
+        step = forward_ms(cfg, c, batch * block, batch * block, pairs, quantization) + kv_ms
         first_step = forward_ms(
             cfg, c, batch * (block + stored), batch * block,
-            pairs + batch * stored_pairs, fp8,
+            pairs + batch * stored_pairs, quantization,
         ) + kv_ms  # fmt: skip
         total += first_step + (s - 1) * step
     return 1000 * batch * gen / total

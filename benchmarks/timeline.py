@@ -42,6 +42,7 @@ from torch.profiler import ProfilerActivity, profile
 from dllmserve import SamplingParams, SparseConfig
 from dllmserve.engine.config import EngineConfig
 from dllmserve.engine.engine import Engine
+from dllmserve.models.config import QUANTIZATION_HELP, QUANTIZATIONS
 from dllmserve.models.shapes import SHAPES, random_model
 
 DEVICE_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}
@@ -292,7 +293,7 @@ def main() -> None:
     ap.add_argument("--skip", type=int, default=None, help="steps before the window (one block)")
     ap.add_argument("--iters", type=int, default=None, help="steps profiled (two blocks + 1)")
     ap.add_argument("--eager", action="store_true", help="no CUDA graphs")
-    ap.add_argument("--quantization", choices=["fp8"], default=None, help="FP8 linear weights")
+    ap.add_argument("--quantization", choices=QUANTIZATIONS, default=None, help=QUANTIZATION_HELP)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes for a quick CPU check")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()

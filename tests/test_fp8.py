@@ -66,15 +66,36 @@ def test_load_model_quantizes_linear_layers_only(llada_dir):
 
 
 def test_unknown_quantization_is_named(llada_dir):
-    with pytest.raises(ValidationError, match="quantization: must be one of \\['fp8'\\]"):
+    with pytest.raises(ValidationError, match="quantization: must be one of \\['fp8', 'fp8-exp"):
         load_model(llada_dir, torch.float32, torch.device("cpu"), quantization="int4")
+
+
+def test_fp8_experts_on_a_dense_model_is_refused_before_any_weight_is_read(llada_dir, tmp_path):
+    """The check runs on config.json alone: a checkpoint without its weights is refused the same."""
+    import shutil
+
+    from dllmserve.models.shapes import SHAPES, random_model
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(llada_dir / "config.json", bare / "config.json")
+    match = "quantization: 'fp8-experts' needs a mixture-of-experts model"
+    for build in (
+        lambda: load_model(bare, torch.float32, torch.device("cpu"), quantization="fp8-experts"),
+        lambda: random_model(
+            SHAPES["tiny"], torch.float32, torch.device("cpu"), quantization="fp8-experts"
+        ),
+    ):
+        with pytest.raises(ValidationError, match=match):
+            build()
 
 
 def test_engine_option_is_checked_and_named():
     from dllmserve.engine.config import EngineConfig
 
     assert EngineConfig(quantization="fp8").quantization == "fp8"
-    with pytest.raises(ValidationError, match="quantization: must be one of \\['fp8'\\] or None"):
+    assert EngineConfig(quantization="fp8-experts").quantization == "fp8-experts"
+    with pytest.raises(ValidationError, match="quantization: must be one of .* got 'int8'"):
         EngineConfig(quantization="int8")
 
 

@@ -52,3 +52,22 @@ def test_fp8_engine_graphs_equal_eager_and_finish(llada_dir):
     _, eager = _generate(llada_dir, enforce_eager=True)
     assert graphs == eager
     assert all(len(t) == 32 and llm.engine.tokens.mask not in t for t in graphs)
+
+
+@pytest.mark.parametrize("quantization", ["fp8", "fp8-experts"])
+def test_fp8_block_diffusion_graphs_equal_eager_and_finish(tmp_path, quantization):
+    """LLaDA2 (shared expert, dense first layer) with every linear or only the routed experts in
+    FP8: the fused MoE takes the norm's FP8 rows, the shared expert the kept bf16 ones."""
+    from dllmserve.testing.tiny_llada2 import write_tiny_llada2
+
+    path = write_tiny_llada2(tmp_path / "l2", seed=2, logit_scale=12.0, dtype=torch.bfloat16)
+    params = SamplingParams(gen_length=16, block_length=8, steps_per_block=4, temperature=0.5,
+                            seed=3, stop_at_eos=False)  # fmt: skip
+    tokens = []
+    for eager in (False, True):
+        llm = LLM(path, device="cuda", quantization=quantization, num_cache_pages=512,
+                  page_size=8, enforce_eager=eager)  # fmt: skip
+        outs = llm.generate([list(range(3, 14)), [5, 6, 7, 8]], params, use_tqdm=False)
+        tokens.append([o["token_ids"] for o in outs])
+    assert tokens[0] == tokens[1]
+    assert all(len(t) == 16 and llm.engine.tokens.mask not in t for t in tokens[0])

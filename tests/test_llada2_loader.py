@@ -132,3 +132,55 @@ def test_forward_equals_the_official_model(l2_dir):
     ref = PlainLlada2(l2_dir).forward(ids, 8)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
     assert torch.equal(ours.argmax(-1), ref.argmax(-1))
+
+
+def test_fp8_experts_quantizes_the_routed_experts_and_nothing_else(l2_dir, monkeypatch):
+    """quantization="fp8-experts": the forward equals the exact model's with only the routed
+    experts' weights quantized (attention, shared expert, dense layer and router untouched),
+    and the norm before each MoE layer hands the experts FP8 rows with their values (one
+    quantization for both readers; the shared expert reads the values)."""
+    from dllmserve.models import moe
+    from dllmserve.models.fp8 import Fp8Experts, Fp8Rows, quantize_experts
+
+    cpu = torch.device("cpu")
+    model = load_model(l2_dir, torch.float32, cpu, quantization="fp8-experts")
+    layers = model.w.layers
+    assert [lw.moe is None for lw in layers] == [True, False, False]
+    for lw in layers:
+        assert all(isinstance(t, torch.Tensor) for t in (lw.qkv, lw.o))
+        if lw.moe is not None:
+            m = lw.moe
+            assert isinstance(m.gate_up, Fp8Experts) and isinstance(m.down, Fp8Experts)
+            assert all(isinstance(t, torch.Tensor) for t in (m.shared_gate_up, m.shared_down))
+    ids = torch.randint(0, 256, (21,), generator=torch.Generator().manual_seed(4))
+    pos = torch.arange(21)
+    seen = []
+    real = moe.experts
+    monkeypatch.setattr(moe, "experts", lambda x, *a: seen.append(x) or real(x, *a))
+    got = model.logits(model.forward(ids, pos, _BlockCausal(8, 4, 2)))
+    assert len(seen) == 2 and all(isinstance(x, Fp8Rows) and x.values is not None for x in seen)
+
+    def experts_in_fp8(x, gate_up, down, *rest):  # the exact model, its experts quantized
+        return real(x, quantize_experts(gate_up), quantize_experts(down), *rest)
+
+    exact = load_model(l2_dir, torch.float32, cpu)
+    want_exact = exact.logits(exact.forward(ids, pos, _BlockCausal(8, 4, 2)))
+    monkeypatch.setattr(moe, "experts", experts_in_fp8)
+    want = exact.logits(exact.forward(ids, pos, _BlockCausal(8, 4, 2)))
+    assert torch.equal(got, want)
+    assert not torch.equal(got, want_exact)  # the experts really are quantized
+
+
+def test_fp8_experts_generates_batch_invariant_tokens(l2_dir):
+    from dllmserve import LLM, SamplingParams
+
+    llm = LLM(l2_dir, quantization="fp8-experts")
+    params = SamplingParams(
+        gen_length=12, block_length=4, steps_per_block=2, temperature=0.7, seed=3,
+        stop_at_eos=False,
+    )  # fmt: skip
+    prompts = [[10, 20, 30], list(range(40, 61)), [5, 6]]
+    alone = llm.generate(prompts[:1], params, use_tqdm=False)[0]["token_ids"]
+    mixed = llm.generate(prompts, params, use_tqdm=False)
+    assert len(alone) == 12 and llm.engine.tokens.mask not in alone
+    assert mixed[0]["token_ids"] == alone

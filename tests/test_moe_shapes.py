@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from dllmserve import SamplingParams
@@ -52,20 +53,29 @@ def test_random_moe_engine_generates():
     assert engine.tokens.mask not in done[0].output.token_ids
 
 
-def test_offline_benchmark_runs_the_moe_shape(tmp_path):
-    """Also its 'official' mode: the dense baseline with the official per-expert loop."""
+@pytest.mark.parametrize("quantization", [None, "fp8-experts"])
+def test_offline_benchmark_runs_the_moe_shape(tmp_path, quantization):
+    """Also its 'official' mode: the dense baseline with the official per-expert loop (bf16
+    only: the official code has no FP8); and with the experts alone in FP8."""
     out = tmp_path / "offline.json"
+    quant = ["--quantization", quantization] if quantization else []
     cmd = [sys.executable, str(ROOT / "benchmarks" / "offline.py"), "--shapes", "tiny-moe",
-           "--device", "cpu", "--smoke", "--json", str(out)]  # fmt: skip
+           "--device", "cpu", "--smoke", "--json", str(out), *quant]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    results = json.loads(out.read_text())["results"]
+    doc = json.loads(out.read_text())
+    results = doc["results"]
+    assert doc["args"]["quantization"] == quantization
     assert {r["shape"] for r in results} == {"tiny-moe"}
     sparse = [r for r in results if r["mode"].startswith("r=")]
     assert sparse and all(r["committed_tokens"] == r["batch"] * 16 for r in sparse)
     for batch in (1, 2):
         modes = {r["mode"]: r for r in results if r["batch"] == batch}
-        assert modes["official"]["committed_tokens"] == modes["dense"]["committed_tokens"] > 0
+        assert modes["dense"]["committed_tokens"] > 0
+        if quantization is None:
+            assert modes["official"]["committed_tokens"] == modes["dense"]["committed_tokens"]
+        else:
+            assert "official" not in modes
     assert "x offic" in proc.stdout
 
 
@@ -97,3 +107,24 @@ def test_roofline_counts_the_experts_the_tokens_touch():
     # one token reads 8 experts a layer; 64 tokens nearly all 64 (the weights dominate both)
     assert one * 3e9 > cfg.n_layers * 8 * expert_bytes
     assert forward_ms(cfg, c, 64, 1, 64) * 3e9 > cfg.n_layers * 60 * expert_bytes > one * 3e9
+
+
+def test_roofline_counts_fp8_bytes_only_for_the_weights_stored_in_fp8():
+    """ "fp8-experts" halves the routed experts' bytes only; "fp8" the dense linears' too (the
+    attention, the shared expert, the dense first layer); the LM head stays bf16 in both."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from roofline import Ceilings, forward_ms
+
+    c = Ceilings(copy_tbs=3.0, bf16_tflops=700.0, fp8_tflops=1400.0)
+    cfg = SHAPES["llada2-mini"]
+    moe, d, hd = cfg.moe, cfg.d_model, cfg.head_dim
+    n_moe = sum(moe.moe_layers)
+    dense_params = (
+        cfg.n_layers * ((cfg.n_heads + 2 * cfg.n_kv_heads) * hd * d + d * cfg.n_heads * hd)
+        + n_moe * 3 * moe.shared_hidden * d
+        + (cfg.n_layers - n_moe) * 3 * cfg.mlp_hidden * d
+    )
+    times = {q: forward_ms(cfg, c, 32, 32, 32 * 544, q) for q in (None, "fp8-experts", "fp8")}
+    saved_by_dense = (times["fp8-experts"] - times["fp8"]) * 3e9  # ms at 3 TB/s -> bytes
+    assert abs(saved_by_dense - dense_params) < 1e-6 * dense_params  # 2 bytes -> 1 a weight
+    assert times[None] > times["fp8-experts"] > times["fp8"]

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field, fields, replace
 
 from dllmserve.errors import ValidationError
-from dllmserve.models.config import QUANTIZATIONS
+from dllmserve.models.config import QUANTIZATION_HELP, QUANTIZATIONS
 
 # dtype names accepted, and the canonical name each stands for
 DTYPES = {
@@ -70,9 +70,8 @@ class EngineConfig:
     quantization: str | None = field(
         default=None,
         metadata=_help(
-            "fp8: the layers' linear weights in float8 e4m3 with per-channel scales, multiplied "
-            "on FP8 tensor cores: half the weight bytes, approximate (docs/design.md §14); "
-            "default: the model dtype, exact"
+            f"{QUANTIZATION_HELP}: half those weights' bytes, approximate (docs/design.md "
+            "§14); default: the model dtype, exact"
         ),
     )
     enforce_eager: bool = field(default=False, metadata=_help("no CUDA graphs"))

@@ -14,7 +14,11 @@ from dllmserve.models.llada2_config import LLADA2_ARCHS, read_llada2
 from dllmserve.models.model_config import ModelConfig, MoeConfig
 
 # How the linear layers' weights may be stored besides the model dtype (dllmserve.models.fp8)
-QUANTIZATIONS = ("fp8",)
+QUANTIZATIONS = ("fp8", "fp8-experts")
+QUANTIZATION_HELP = (
+    "fp8: every linear layer's weights in float8 e4m3 (per-channel scales, FP8 tensor cores); "
+    "fp8-experts: only a mixture-of-experts model's routed experts"
+)
 
 DREAM_CONTEXT_LIMIT = 2048  # the Dream README's supported context
 

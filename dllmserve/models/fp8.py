@@ -95,13 +95,13 @@ def quantize_experts(w: torch.Tensor) -> Fp8Experts:
     return Fp8Experts(data=data, scale=scale[..., 0].contiguous())
 
 
-def check_fp8_support(device: torch.device) -> None:
+def check_fp8_support(device: torch.device, quantization: str = "fp8") -> None:
     """FP8 tensor cores need compute capability 8.9 (Ada) or 9.0 (Hopper); the CPU simulates."""
     if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
         name = torch.cuda.get_device_name(device)
         raise ValidationError(
             "quantization",
-            f"'fp8' needs a GPU with FP8 tensor cores (compute capability >= 8.9); "
+            f"{quantization!r} needs a GPU with FP8 tensor cores (compute capability >= 8.9); "
             f"{name} has {torch.cuda.get_device_capability(device)}",
         )
 

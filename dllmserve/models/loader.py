@@ -177,27 +177,40 @@ def _assemble(cfg: ModelConfig, t: dict[str, torch.Tensor]) -> ModelWeights:
     return ModelWeights(embed=embed, layers=layers, final_norm=final, lm_head=head)
 
 
-def quantize_linear_layers(
-    weights: ModelWeights, quantization: str | None, device: torch.device
-) -> ModelWeights:
-    """Store the layers' linear weights (q/k/v, o, gate/up, down, every expert's) in
-    `quantization` (None: as loaded), one layer at a time so the bf16 and FP8 copies of the
-    whole model never coexist."""
+def check_quantization(cfg: ModelConfig, quantization: str | None, device: torch.device) -> None:
+    """Refuse, before any weight is read, a quantization this model or device cannot take."""
     if quantization is None:
-        return weights
+        return
     if quantization not in QUANTIZATIONS:
         raise ValidationError(
             "quantization", f"must be one of {list(QUANTIZATIONS)} or None, got {quantization!r}"
         )
-    check_fp8_support(device)
+    if quantization == "fp8-experts" and cfg.moe is None:
+        raise ValidationError(
+            "quantization", "'fp8-experts' needs a mixture-of-experts model; this one has none"
+        )
+    check_fp8_support(device, quantization)
+
+
+def quantize_linear_layers(weights: ModelWeights, quantization: str | None) -> ModelWeights:
+    """Store linear weights in `quantization` (None: as loaded; checked by `check_quantization`),
+    one layer at a time so the bf16 and FP8 copies of the whole model never coexist: "fp8"
+    every layer's (q/k/v, o, gate/up, down, every expert's, the shared expert's), "fp8-experts"
+    the routed experts' only (the bulk of an MoE model's bytes; its few-row dense GEMMs stay on
+    bf16 tensor cores)."""
+    if quantization is None:
+        return weights
+    experts_only = quantization == "fp8-experts"
     for lw in weights.layers:
-        lw.qkv, lw.o = quantize_weight(lw.qkv), quantize_weight(lw.o)
-        if lw.moe is None:
-            lw.gate_up, lw.down = quantize_weight(lw.gate_up), quantize_weight(lw.down)
+        m = lw.moe  # the router stays unquantized: it decides, it is not a GEMM of note
+        if m is not None:
+            m.gate_up, m.down = quantize_experts(m.gate_up), quantize_experts(m.down)
+        if experts_only:
             continue
-        m = lw.moe  # the router stays in the model dtype: it decides, it is not a GEMM of note
-        m.gate_up, m.down = quantize_experts(m.gate_up), quantize_experts(m.down)
-        if m.shared_gate_up is not None:
+        lw.qkv, lw.o = quantize_weight(lw.qkv), quantize_weight(lw.o)
+        if m is None:
+            lw.gate_up, lw.down = quantize_weight(lw.gate_up), quantize_weight(lw.down)
+        elif m.shared_gate_up is not None:
             m.shared_gate_up = quantize_weight(m.shared_gate_up)
             m.shared_down = quantize_weight(m.shared_down)
     return weights
@@ -210,5 +223,6 @@ def load_model(
     quantization: str | None = None,
 ) -> DiffusionTransformer:
     cfg = load_config(model_dir)
+    check_quantization(cfg, quantization, device)
     weights = load_weights(model_dir, cfg, dtype, device)
-    return DiffusionTransformer(cfg, quantize_linear_layers(weights, quantization, device), device)
+    return DiffusionTransformer(cfg, quantize_linear_layers(weights, quantization), device)

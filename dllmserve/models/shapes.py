@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from dllmserve.models.config import ModelConfig, MoeConfig
-from dllmserve.models.loader import quantize_linear_layers
+from dllmserve.models.loader import check_quantization, quantize_linear_layers
 from dllmserve.models.moe import MoeWeights
 from dllmserve.models.transformer import DiffusionTransformer, LayerWeights, ModelWeights
 
@@ -224,6 +224,7 @@ def random_model(
     quantization: str | None = None,
 ) -> DiffusionTransformer:
     """A model of `cfg`'s shape with scaled Gaussian weights, generated on the device."""
+    check_quantization(cfg, quantization, device)
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def w(*shape: int) -> torch.Tensor:
@@ -273,7 +274,7 @@ def random_model(
         final_norm=ones(d),
         lm_head=w(cfg.vocab_size, d),
     )
-    return DiffusionTransformer(cfg, quantize_linear_layers(weights, quantization, device), device)
+    return DiffusionTransformer(cfg, quantize_linear_layers(weights, quantization), device)
 
 
 def shape_tokenizer(cfg: ModelConfig):

@@ -16,7 +16,7 @@ import torch
 
 from dllmserve.models import progress
 from dllmserve.models.config import ModelConfig
-from dllmserve.models.fp8 import Fp8Weight
+from dllmserve.models.fp8 import Fp8Experts, Fp8Weight
 from dllmserve.models.layers import Rotary, add_rms_norm, linear, rms_norm, silu_mul
 from dllmserve.models.moe import MoeWeights, moe_ffn
 
@@ -77,7 +77,7 @@ class DiffusionTransformer:
         hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
         layers = self.w.layers
         # FP8 weights: the norms and SiLU that feed a GEMM hand it per-token FP8 rows directly
-        fp8 = isinstance(layers[0].qkv, Fp8Weight)
+        fp8 = isinstance(layers[0].qkv, Fp8Weight)  # the attention's (all but "fp8-experts")
         x = self.w.embed[input_ids]
         h = rms_norm(x, layers[0].attn_norm, cfg.rms_eps, fp8)
         for i, lw in enumerate(layers):
@@ -92,7 +92,9 @@ class DiffusionTransformer:
             att = attention(i, q, k, v)
             o = linear(att.reshape(-1, nh * hd), lw.o)
             # an MoE layer's router reads the norm's output unquantized, its experts the FP8 rows
-            x, h = add_rms_norm(x, o, lw.mlp_norm, cfg.rms_eps, fp8, keep=lw.moe is not None)
+            x, h = add_rms_norm(
+                x, o, lw.mlp_norm, cfg.rms_eps, _ffn_takes_fp8(lw), keep=lw.moe is not None
+            )
             if lw.moe is None:
                 mlp = linear(silu_mul(linear(h, lw.gate_up), fp8), lw.down)
             else:
@@ -123,3 +125,11 @@ class DiffusionTransformer:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head on the given rows only (the positions being decided)."""
         return linear(hidden, self.w.lm_head)
+
+
+def _ffn_takes_fp8(lw: LayerWeights) -> bool:
+    """Whether the layer's FFN multiplies on FP8 tensor cores: its dense gate/up, or its routed
+    experts (FP8 under "fp8-experts" too, while the rest of the layer stays in the model dtype)."""
+    if lw.moe is not None:
+        return isinstance(lw.moe.gate_up, Fp8Experts)
+    return isinstance(lw.gate_up, Fp8Weight)
