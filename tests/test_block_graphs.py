@@ -10,7 +10,7 @@ import torch
 from dllmserve.engine.block_batch import build_block_iteration
 from dllmserve.engine.block_graphs import _Graph
 from dllmserve.engine.kv_cache import KVCache
-from tests.test_prefix_cache import LAYERS, PAGE, PROMPT, make, setup
+from tests.test_prefix_cache import LAYERS, PAGE, PROMPT, make, setup, step
 
 HKV, D = 2, 4
 
@@ -53,3 +53,32 @@ def test_lane_buckets_end_at_the_bucket_that_holds_the_engine_s_lanes():
     for max_lanes in (1, 3, 10, 64, 100, 300):
         buckets = lane_buckets(max_lanes)
         assert all(smallest_bucket(n, buckets) is not None for n in range(1, max_lanes + 1))
+
+
+def test_a_refreshed_step_copies_only_its_tokens_into_the_graph():
+    """A refreshed (or chained) step keeps the index tensors of the one before, so its replay
+    loads only the tokens; a step with new lanes loads everything again."""
+    from dllmserve.engine.block_batch import refresh_block_iteration
+
+    batcher, _ = setup(64)
+    reqs = [make("a", PROMPT), make("b", PROMPT[:12])]
+    for r in reqs:
+        batcher.add(r)
+    batcher.admit()
+    step(batcher, reqs)  # the first step stored the prompts' blocks: the next lanes stay
+    cache = KVCache(torch.zeros(64, PAGE, HKV, D), torch.zeros(64, PAGE, HKV, D))
+    cpu = torch.device("cpu")
+    first = build_block_iteration(reqs, cache, LAYERS, D, PAGE, cpu)
+    assert not first.stores_blocks
+    g = _Graph(lanes=8, width=8, pages=8, n_layers=LAYERS, dev=cpu)
+    g.fill(first)
+    t = first.input_ids.numel()
+    g.positions.fill_(-1)  # stands for indices that must not be copied again
+    refreshed = refresh_block_iteration(first, reqs, cpu)
+    refreshed.input_ids = refreshed.input_ids + 1  # the step's new tokens
+    g.fill(refreshed)
+    assert g.input_ids[:t].equal(refreshed.input_ids) and g.positions.eq(-1).all()
+    rebuilt = build_block_iteration(reqs, cache, LAYERS, D, PAGE, cpu)  # new index tensors
+    g.fill(rebuilt)
+    assert g.positions[:t].equal(rebuilt.positions)
+    assert g.write_slots[:, :t].equal(rebuilt.attention.write_slots)

@@ -41,13 +41,19 @@ class _Graph:
         self.cu = torch.arange(0, t + 1, width, dtype=torch.int32, device=dev)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.hidden: torch.Tensor | None = None
+        self._loaded: tuple[torch.Tensor, ...] = ()  # the index tensors the buffers hold now
 
     def fill(self, batch: BlockIterationBatch) -> None:
         """Copy the iteration's inputs in (on the current stream); padding rows store at the
-        last real row's entry."""
+        last real row's entry. A refreshed or chained step keeps its predecessor's index
+        tensors (the same objects, never written in place): then only its tokens are copied."""
         a = batch.attention
         n, t, w = a.n_reuse, batch.input_ids.numel(), a.reuse_pages.shape[-1]
         self.input_ids[:t].copy_(batch.input_ids)
+        indices = (batch.positions, a.kept_len, a.reuse_pages, a.write_slots)
+        if self._loaded and all(x is y for x, y in zip(indices, self._loaded, strict=True)):
+            return
+        self._loaded = indices  # held, so no other tensor can take their identity
         self.positions[:t].copy_(batch.positions)
         self.kept_len.zero_()
         self.kept_len[:, :n].copy_(a.kept_len)
