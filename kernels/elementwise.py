@@ -30,9 +30,9 @@ def _quantized_outputs(rows: int, cols: int, device: torch.device):
 
 @triton.jit
 def _add_rms_norm_kernel(
-    x_ptr, add_ptr, w_ptr, x_out_ptr, h_ptr, s_ptr, kept_ptr, D, eps,
-    HAS_ADD: tl.constexpr, QUANT: tl.constexpr, KEEP: tl.constexpr, E4M3_MAX: tl.constexpr,
-    MIN_SCALE: tl.constexpr, BLOCK: tl.constexpr,
+    x_ptr, add_ptr, second_ptr, w_ptr, x_out_ptr, h_ptr, s_ptr, kept_ptr, D, eps,
+    HAS_ADD: tl.constexpr, HAS_SECOND: tl.constexpr, QUANT: tl.constexpr, KEEP: tl.constexpr,
+    E4M3_MAX: tl.constexpr, MIN_SCALE: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -40,6 +40,9 @@ def _add_rms_norm_kernel(
     x = tl.load(x_ptr + row * D + cols, mask=m, other=0.0)
     if HAS_ADD:
         a = tl.load(add_ptr + row * D + cols, mask=m, other=0.0)
+        if HAS_SECOND:  # add + second, rounded to the model dtype as their own sum would be
+            b = tl.load(second_ptr + row * D + cols, mask=m, other=0.0)
+            a = (a.to(tl.float32) + b.to(tl.float32)).to(x_ptr.dtype.element_ty)
         x = (x.to(tl.float32) + a.to(tl.float32)).to(x_ptr.dtype.element_ty)
         tl.store(x_out_ptr + row * D + cols, x, mask=m)
     xf = x.to(tl.float32)
@@ -58,17 +61,18 @@ def _add_rms_norm_kernel(
         tl.store(h_ptr + row * D + cols, h, mask=m)
 
 
-def _norm_launch(x, add, weight, eps, quantize: bool, keep: bool = False):
-    """(x + add or None, h or (q, scales), or (q, scales, h) with `keep`) of one fused launch
-    over x's rows."""
+def _norm_launch(x, add, weight, eps, quantize: bool, keep: bool = False, second=None):
+    """(x + add (+ second) or None, h or (q, scales), or (q, scales, h) with `keep`) of one
+    fused launch over x's rows."""
     T, D = x.shape
     x_out = torch.empty_like(x) if add is not None else None
     h, scales = _quantized_outputs(T, D, x.device) if quantize else (torch.empty_like(x), x)
     kept = torch.empty_like(x) if quantize and keep else None
     if T:
         _add_rms_norm_kernel[(T,)](
-            x, x if add is None else add, weight, x if x_out is None else x_out, h, scales,
-            x if kept is None else kept, D, eps, HAS_ADD=add is not None, QUANT=quantize,
+            x, x if add is None else add, x if second is None else second, weight,
+            x if x_out is None else x_out, h, scales, x if kept is None else kept, D, eps,
+            HAS_ADD=add is not None, HAS_SECOND=second is not None, QUANT=quantize,
             KEEP=kept is not None, E4M3_MAX=E4M3_MAX, MIN_SCALE=FP8_MIN_SCALE,
             BLOCK=triton.next_power_of_2(D),
         )  # fmt: skip
@@ -91,12 +95,15 @@ def add_rms_norm(
     eps: float,
     quantize: bool = False,
     keep: bool = False,
+    second: torch.Tensor | None = None,
 ):
     """(x + add, rms_norm(x + add)): the residual update and the next sublayer's input (as
-    e4m3 rows and scales with `quantize`; with `keep` too, the rows in x's dtype after them)."""
+    e4m3 rows and scales with `quantize`; with `keep` too, the rows in x's dtype after them).
+    `second`: added to `add` first, their sum rounded (an MoE layer's routed + shared)."""
     assert x.dim() == 2 and x.is_contiguous() and add.is_contiguous() and add.shape == x.shape
+    assert second is None or (second.is_contiguous() and second.shape == x.shape)
     assert weight.shape == (x.shape[1],)
-    return _norm_launch(x, add, weight, eps, quantize, keep)
+    return _norm_launch(x, add, weight, eps, quantize, keep, second)
 
 
 @triton.jit

@@ -9,7 +9,7 @@ import torch
 
 from dllmserve.models.config import MoeConfig
 from dllmserve.models.fp8 import Fp8Experts, Fp8Rows, quantize_experts, quantize_weight
-from dllmserve.models.moe import MoeWeights, moe_ffn, route
+from dllmserve.models.moe import MoeWeights, moe_parts, route
 from tests.plain_moe import Llada2Layer, llada2_moe_layer, random_llada2_layer
 
 D, INTER = 32, 16
@@ -35,6 +35,13 @@ def engine_layer(m: Llada2Layer) -> tuple[MoeWeights, MoeConfig]:
         routed_scaling=m.routed_scaling_factor,
     )  # fmt: skip
     return w, cfg
+
+
+def moe_ffn(h, w: MoeWeights, cfg) -> torch.Tensor:
+    """The layer's output as the official layer returns it: routed + shared, in the model dtype
+    (the engine sums them in the residual add's launch)."""
+    routed, shared = moe_parts(h, w, cfg)
+    return routed if shared is None else routed + shared
 
 
 def tokens(n: int, seed: int = 0) -> torch.Tensor:

@@ -65,15 +65,18 @@ def add_rms_norm(
     eps: float,
     quantize: bool = False,
     keep: bool = False,
+    second: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | Fp8Rows]:
     """The residual update x + add (in the model dtype) and its RMSNorm (see `rms_norm`);
-    `keep`: quantized rows that carry their unquantized `values` too (one launch for both)."""
+    `keep`: quantized rows that carry their unquantized `values` too (one launch for both);
+    `second`: a second addend, x + (add + second) with their sum rounded first (an MoE layer's
+    routed and shared outputs, summed in the same launch)."""
     if _fused(x):
         from dllmserve.kernels.elementwise import add_rms_norm as fused
 
-        x_out, h = fused(x, add, weight, eps, quantize, keep)
+        x_out, h = fused(x, add, weight, eps, quantize, keep, second)
         return x_out, _rows(h, x.dtype)
-    x = x + add
+    x = x + (add if second is None else add + second)
     h = rms_norm(x, weight, eps)
     return x, Fp8Rows.of(h, keep) if quantize else h
 

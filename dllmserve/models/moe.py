@@ -62,17 +62,21 @@ def route(h: torch.Tensor, w: MoeWeights, cfg: MoeConfig) -> tuple[torch.Tensor,
     )
 
 
-def moe_ffn(h: torch.Tensor | Fp8Rows, w: MoeWeights, cfg: MoeConfig) -> torch.Tensor:
-    """The MoE FFN of the normed hidden states h [T, d]: routed + shared. With FP8 experts h
-    comes quantized once, with its `values` for the router, instead of once per reader."""
+def moe_parts(
+    h: torch.Tensor | Fp8Rows, w: MoeWeights, cfg: MoeConfig
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The MoE FFN of the normed hidden states h [T, d]: the routed experts' output and the
+    shared expert's (None without one), which the model sums in the residual add's launch.
+    With FP8 experts h comes quantized once, with its `values` for the router, instead of
+    once per reader."""
     values = h.values if isinstance(h, Fp8Rows) else h
     ids, weights = route(values, w, cfg)
-    out = experts(h, w.gate_up, w.down, ids, weights)
-    if w.shared_gate_up is not None:
-        fp8 = isinstance(w.shared_down, Fp8Weight)  # SiLU hands the FP8 GEMM its rows directly
-        x = h if fp8 else values  # "fp8-experts": the shared expert stays in the model dtype
-        out = out + linear(silu_mul(linear(x, w.shared_gate_up), fp8), w.shared_down)
-    return out
+    routed = experts(h, w.gate_up, w.down, ids, weights)
+    if w.shared_gate_up is None:
+        return routed, None
+    fp8 = isinstance(w.shared_down, Fp8Weight)  # SiLU hands the FP8 GEMM its rows directly
+    x = h if fp8 else values  # "fp8-experts": the shared expert stays in the model dtype
+    return routed, linear(silu_mul(linear(x, w.shared_gate_up), fp8), w.shared_down)
 
 
 def experts(

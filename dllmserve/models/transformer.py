@@ -18,7 +18,7 @@ from dllmserve.models import progress
 from dllmserve.models.config import ModelConfig
 from dllmserve.models.fp8 import Fp8Experts, Fp8Weight
 from dllmserve.models.layers import Rotary, add_rms_norm, linear, rms_norm, silu_mul
-from dllmserve.models.moe import MoeWeights, moe_ffn
+from dllmserve.models.moe import MoeWeights, moe_parts
 
 
 class Attention(Protocol):
@@ -96,12 +96,12 @@ class DiffusionTransformer:
                 x, o, lw.mlp_norm, cfg.rms_eps, _ffn_takes_fp8(lw), keep=lw.moe is not None
             )
             if lw.moe is None:
-                mlp = linear(silu_mul(linear(h, lw.gate_up), fp8), lw.down)
-            else:
-                mlp = moe_ffn(h, lw.moe, cfg.moe)
+                mlp, shared = linear(silu_mul(linear(h, lw.gate_up), fp8), lw.down), None
+            else:  # the routed and shared experts' outputs are summed by the residual add
+                mlp, shared = moe_parts(h, lw.moe, cfg.moe)
             last = i + 1 == len(layers)  # the final norm feeds the LM head, which stays unquantized
             after = self.w.final_norm if last else layers[i + 1].attn_norm
-            x, h = add_rms_norm(x, mlp, after, cfg.rms_eps, fp8 and not last)
+            x, h = add_rms_norm(x, mlp, after, cfg.rms_eps, fp8 and not last, second=shared)
             progress.tick()  # the worker's watchdog: a slow forward still moves
         return h
 

@@ -32,6 +32,29 @@ def test_rms_norm_and_residual_add(dtype, rows, d):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("quantize", [False, True])
+def test_residual_add_of_two_addends_rounds_their_sum_first(dtype, quantize):
+    """An MoE layer's routed and shared outputs, summed in the residual add's launch: x +
+    (routed + shared) with the inner sum rounded to the model dtype, bit for bit the two adds
+    PyTorch would run (a kernel adding all three in fp32 would differ)."""
+    g = torch.Generator().manual_seed(11)
+    x, a, b = (randn(g, 13, 192, dtype=dtype) * s for s in (1.0, 3.0, 3.0))
+    w = 1 + 0.1 * randn(g, 192, dtype=dtype)
+    x_new, h = elementwise.add_rms_norm(x, a, w, 1e-6, quantize, second=b)
+    want_x, want_h = layers.add_rms_norm(x, a + b, w, 1e-6)
+    assert torch.equal(x_new, want_x)
+    assert torch.equal(layers.add_rms_norm(x, a, w, 1e-6, second=b)[0], want_x)  # the reference
+    if dtype != torch.float32:
+        unrounded = (x.float() + a.float() + b.float()).to(dtype)
+        assert not torch.equal(want_x, unrounded)  # the inner rounding is observable here
+    if quantize:
+        _same_rows(h, elementwise.add_rms_norm(x, a + b, w, 1e-6)[1])
+    else:
+        torch.testing.assert_close(h, want_h, atol=ATOL[dtype] * 4, rtol=ATOL[dtype] * 4)
+        assert torch.equal(h, elementwise.add_rms_norm(x, a + b, w, 1e-6)[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("in_fp32", [True, False])
 @pytest.mark.parametrize("nh,nkv,hd", [(4, 4, 16), (7, 1, 64), (2, 1, 128)])
 def test_rope_on_fused_qkv_columns(dtype, in_fp32, nh, nkv, hd):
