@@ -33,7 +33,7 @@ import provenance  # noqa: E402
 from roofline import Ceilings, eager_ms, measure_ceilings, timed  # noqa: E402
 
 from dllmserve import kernels  # noqa: E402
-from dllmserve.kernels.moe_kernel import align_rows  # noqa: E402
+from dllmserve.kernels.moe_align import align_rows  # noqa: E402
 from dllmserve.models.fp8 import Fp8Weight, fp8_linear, quantize_experts  # noqa: E402
 
 # (hidden d, expert intermediate I, experts E, top-k)

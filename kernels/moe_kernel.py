@@ -1,8 +1,8 @@
 """Fused mixture-of-experts MLP: tokens sorted by expert, two grouped GEMMs, a fixed-order sum.
 
-Row p = t * k + j of the routing stands for token t's j-th expert. `align_rows` sorts the rows
-by expert (a counting sort in small Triton kernels, no host sync: the grid is an upper bound,
-so it can be captured in a CUDA graph) and pads each expert's rows to a multiple of BLOCK_M;
+Row p = t * k + j of the routing stands for token t's j-th expert. `align_rows` (`moe_align`)
+sorts the rows by expert (a counting sort, no host sync: the grid is an upper bound, so it can
+be captured in a CUDA graph) and pads each expert's rows to a multiple of BLOCK_M;
 every M-block of the padded order then belongs to one expert. The gate/up GEMM gathers the
 rows' tokens, multiplies them by their expert's gate and up rows in one program (two
 accumulators) and writes silu(gate) * up; the down GEMM multiplies that by the expert's down
@@ -33,6 +33,7 @@ import triton.language as tl
 
 from ._common import dot_precision, require, rows
 from .fp8_quant import quantize_rows
+from .moe_align import align_rows
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -43,70 +44,6 @@ def block_m_for(n_rows: int, n_experts: int) -> int:
     batch gets tensor-core-sized tiles."""
     avg = n_rows / n_experts
     return 16 if avg <= 16 else 32 if avg <= 48 else 64 if avg <= 192 else 128
-
-
-@triton.jit
-def _count_kernel(IDS, HIST, n, E, CHUNK: tl.constexpr, E_P2: tl.constexpr):
-    """HIST[c, e] = how many of chunk c's rows go to expert e (bin E collects the padding)."""
-    c = tl.program_id(0)
-    r = c * CHUNK + tl.arange(0, CHUNK)
-    ids = tl.load(IDS + r, mask=r < n, other=E)
-    tl.store(HIST + c * E_P2 + tl.arange(0, E_P2), tl.histogram(ids, E_P2))
-
-
-@triton.jit
-def _scatter_kernel(
-    IDS, HIST, CUM, ROWS, BLOCK_EXPERT, n, E, n_chunks, n_blocks,
-    BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, E_P2: tl.constexpr, NB: tl.constexpr,
-):  # fmt: skip
-    """Chunk c's rows to their places: expert e's padded start, plus its rows in the chunks
-    before c (CUM is HIST's inclusive prefix sum over chunks), plus the row's rank among the
-    chunk's rows of e, so (t, j) order is kept. The programs also share out the M-blocks'
-    experts."""
-    c = tl.program_id(0)
-    bins = tl.arange(0, E_P2)
-    total = tl.load(CUM + (n_chunks - 1) * E_P2 + bins)
-    padded = tl.where(bins < E, (total + BLOCK_M - 1) // BLOCK_M * BLOCK_M, 0)
-    pad_end = tl.cumsum(padded, 0)
-    row_c = c * E_P2 + bins
-    cursor = pad_end - padded + tl.load(CUM + row_c) - tl.load(HIST + row_c)
-    i = tl.arange(0, CHUNK)
-    r = c * CHUNK + i
-    ok = r < n
-    ids = tl.load(IDS + r, mask=ok, other=E)
-    base = tl.gather(cursor, ids, 0)
-    earlier = (ids[:, None] == ids[None, :]) & (i[None, :] < i[:, None])
-    rank = tl.sum(earlier.to(tl.int32), axis=1)
-    tl.store(ROWS + base + rank, r, mask=ok)
-    for b0 in range(c * NB, n_blocks, n_chunks * NB):
-        b = b0 + tl.arange(0, NB)
-        done = tl.sum((pad_end[None, :] <= b[:, None] * BLOCK_M).to(tl.int32), axis=1)
-        tl.store(BLOCK_EXPERT + b, tl.where(done < E, done, -1), mask=b < n_blocks)
-
-
-def align_rows(topk_ids: torch.Tensor, n_experts: int, block_m: int, chunk: int = 64):
-    """(rows, block_expert): rows [n_blocks * block_m] int32 holds the routing rows (t * k + j)
-    grouped by expert, in (t, j) order within one, each expert's run padded with T * k to a
-    multiple of block_m; block_expert [n_blocks] int32 is each M-block's expert, -1 past the
-    last. n_blocks = cdiv(T * k, block_m) + min(E, T * k) bounds the padded count for any
-    routing, so the shapes depend only on T, k and E. Four launches (a fill, per-chunk
-    histograms, their prefix sum, the scatter), none of which syncs with the host."""
-    flat = topk_ids.reshape(-1)
-    n = flat.numel()
-    dev = flat.device
-    n_blocks = triton.cdiv(n, block_m) + min(n_experts, n)
-    n_chunks = triton.cdiv(n, chunk)
-    e_p2 = triton.next_power_of_2(n_experts + 1)
-    rows_ = torch.full((n_blocks * block_m,), n, dtype=torch.int32, device=dev)
-    block_expert = torch.empty(n_blocks, dtype=torch.int32, device=dev)
-    hist = torch.empty((n_chunks, e_p2), dtype=torch.int32, device=dev)
-    _count_kernel[(n_chunks,)](flat, hist, n, n_experts, CHUNK=chunk, E_P2=e_p2)
-    cum = torch.cumsum(hist, 0, dtype=torch.int32)
-    _scatter_kernel[(n_chunks,)](
-        flat, hist, cum, rows_, block_expert, n, n_experts, n_chunks, n_blocks,
-        BLOCK_M=block_m, CHUNK=chunk, E_P2=e_p2, NB=max(1, 4096 // e_p2),
-    )  # fmt: skip
-    return rows_, block_expert
 
 
 @triton.jit

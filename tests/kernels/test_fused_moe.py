@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from kernel_testlib import ATOL, DEVICE, DTYPES, randn
 
 from dllmserve.kernels import fused_moe, reference
-from dllmserve.kernels.moe_kernel import align_rows
+from dllmserve.kernels.moe_align import align_rows
 from dllmserve.models.fp8 import quantize_experts
 
 
@@ -113,11 +113,12 @@ def test_reference_equals_dense_formula():
 
 @pytest.mark.parametrize("chunk", [16, 128])  # several chunks, one chunk
 @pytest.mark.parametrize("bm", [16, 32])
-def test_align_rows_groups_rows_by_expert(chunk, bm):
+@pytest.mark.parametrize("one_program", [True, False])
+def test_align_rows_groups_rows_by_expert(chunk, bm, one_program):
     gen = torch.Generator().manual_seed(5)
     t, e, k = 9, 6, 3
     ids, _ = _routing(gen, t, e, k, (1,))
-    rows, block_expert = align_rows(ids, e, bm, chunk)
+    rows, block_expert = align_rows(ids, e, bm, chunk, one_program_rows=t * k if one_program else 0)
     n = t * k
     assert rows.numel() == block_expert.numel() * bm == (-(-n // bm) + min(e, n)) * bm
     flat = ids.reshape(-1).cpu()
@@ -133,6 +134,22 @@ def test_align_rows_groups_rows_by_expert(chunk, bm):
         seen += real.tolist()
     assert sorted(seen) == list(range(n))  # every row exactly once
     assert 1 not in block_expert.tolist()  # the unused expert owns no block
+
+
+@pytest.mark.parametrize("t,e,k", [(32, 256, 8), (5, 64, 8), (33, 8, 2), (1, 4, 1)])
+def test_one_program_align_equals_the_parallel_one(t, e, k):
+    """A decode step's align (one launch walking the chunks) gives the large batches' (four
+    launches, parallel chunks) exactly, rows and block experts; a skewed routing too, where
+    one expert takes most rows across several chunks."""
+    gen = torch.Generator().manual_seed(t * e + k)
+    for skew in (False, True):
+        ids, _ = _routing(gen, t, e, k)
+        if skew:
+            ids = torch.where(ids % 3 == 0, torch.zeros_like(ids), ids)
+        bm = 16
+        one = align_rows(ids, e, bm, one_program_rows=t * k)
+        parallel = align_rows(ids, e, bm, one_program_rows=0)
+        assert torch.equal(one[0], parallel[0]) and torch.equal(one[1], parallel[1])
 
 
 def test_a_token_does_not_depend_on_its_batch():
