@@ -49,12 +49,7 @@ class BatchAttention:
         nd = self.n_dense_tokens
         if self.n_reuse == 0:
             return kernels.varlen_attention(q, k, v, self.cu_dense, self.max_dense, self.scale)
-        out = torch.empty_like(q)
-        if nd:
-            out[:nd] = kernels.varlen_attention(
-                q[:nd], k[:nd], v[:nd], self.cu_dense, self.max_dense, self.scale
-            )
-        out[nd:] = kernels.reuse_attention(
+        reuse = kernels.reuse_attention(
             q[nd:],
             k[nd:],
             v[nd:],
@@ -66,6 +61,13 @@ class BatchAttention:
             self.kept_len[layer],
             self.scale,
         )
+        if nd == 0:  # all REUSE (every block-diffusion step): no copy into a packed output
+            return reuse
+        out = torch.empty_like(q)
+        out[:nd] = kernels.varlen_attention(
+            q[:nd], k[:nd], v[:nd], self.cu_dense, self.max_dense, self.scale
+        )
+        out[nd:] = reuse
         return out
 
     def select(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
