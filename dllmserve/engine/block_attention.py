@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dllmserve import kernels
 from dllmserve.engine.attention import BatchAttention
 
 
@@ -27,6 +28,4 @@ class BlockAttention(BatchAttention):
 
     def select(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store this layer's K/V of every packed row (called before attending)."""
-        slots = self.write_slots[layer]
-        self.cache.k.view(-1, *self.cache.k.shape[2:])[slots] = k
-        self.cache.v.view(-1, *self.cache.v.shape[2:])[slots] = v
+        kernels.store_kv(k, v, self.cache.k, self.cache.v, self.write_slots[layer])
