@@ -1,11 +1,14 @@
-"""Mid-block block-diffusion steps whose commit count is known in advance (no threshold, edits,
-early stop or structured output) are chained: the next step is built on the device from the
-one in flight (`chain_block_iteration`) and launched before that one is read back, so the
-host's bookkeeping overlaps the forward. Every chained batch equals the full build of its step
-once the step before it is applied, the tokens equal those of an engine that never chains, and
-aborting a request while a chained step is in flight leaves the others' tokens alone."""
+"""Mid-block block-diffusion steps whose commit count is known in advance (no threshold, edits
+or early stop; structured outputs included) are chained: the next step is built on the device
+from the one in flight (`chain_block_iteration`) and launched before that one is read back, so
+the host's bookkeeping overlaps the forward. Every chained batch equals the full build of its
+step once the step before it is applied, the tokens equal those of an engine that never
+chains, and aborting a request while a chained step is in flight leaves the others' tokens
+alone."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 
@@ -40,24 +43,35 @@ def llm(tmp_path_factory):
 @pytest.fixture
 def checked(llm, monkeypatch):
     """Each chained batch, when its results are read back (the host state then is the one
-    before its step), is checked against a full build of that step; the list counts them."""
+    before its step), is checked against a full build of that step; the list counts them. A
+    structured output's committed tokens are compared as the chained step found them (its
+    own sampling has recorded its commits in them since)."""
     eng, runner = llm.engine, llm.engine.runner
-    made: list[BlockIterationBatch] = []
+    made: list[tuple[BlockIterationBatch, object]] = []
     done: list[int] = []
     real_chain, real_collect = model_runner.chain_block_iteration, eng._collect
 
     def chain(*args):
-        made.append(real_chain(*args))
-        return made[-1]
+        batch = real_chain(*args)
+        constraint = batch.sampling.constraint
+        made.append((batch, None if constraint is None else constraint.fixed))
+        return batch
 
     def collect(flight):
-        if any(flight.batch is b for b in made):
+        for batch, fixed in made:
+            if flight.batch is not batch:
+                continue
             cfg = runner.model.cfg
             want = build_block_iteration(
                 flight.reqs, runner.cache, cfg.n_layers, cfg.head_dim, runner.cache.k.shape[1],
                 runner.model.device,
             )  # fmt: skip
-            assert_same(flight.batch, want)
+            got = batch
+            if fixed is not None:
+                sampling = replace(batch.sampling, constraint=replace(
+                    batch.sampling.constraint, fixed=fixed))  # fmt: skip
+                got = replace(batch, sampling=sampling)
+            assert_same(got, want)
             done.append(len(flight.reqs))
         return real_collect(flight)
 
@@ -75,6 +89,8 @@ def test_chained_batches_equal_full_builds_and_tokens_are_unchanged(llm, checked
     assert chained == plain and set(plain) == {rid for _, rid, _, _ in plan}
     if name.startswith("fixed commits"):
         assert len(checked) >= 10 and max(checked) >= 4  # chained often, batched steps too
+    if name.startswith("structured"):
+        assert checked  # constrained rows chain too, beside free ones
 
 
 def test_abort_while_a_chained_step_is_in_flight(llm):
@@ -111,7 +127,8 @@ def planned(**kw) -> BlockRequest:
         ({"threshold": 0.9}, False),  # the tokens decide how many commit
         ({"editing_threshold": 0.5, "threshold": 0.9}, False),
         ({"eos_early_stop": True}, False),  # the tokens decide when it ends
-        ({"structured_output": StructuredOutput(regex="[a-z]{3}")}, False),
+        ({"structured_output": StructuredOutput(regex="[a-z]{3}")}, True),  # the DP picks
+        # which tokens, not how many
         ({"steps_per_block": 1}, False),  # the running step is the block's last
     ],
 )

@@ -78,13 +78,13 @@ class BlockRequest(Request):
 
     def next_step_planned(self) -> bool:
         """Whether the step after the one now running is this block's next with a commit count
-        known now: no threshold, edit, early stop or structured output (the tokens decide
-        those), the running step not the block's last by its schedule, and masks left after
-        it (a step commits at most its scheduled count; a mask committed stays a mask)."""
+        known now: no threshold, edit or early stop (the tokens decide those), the running step
+        not the block's last by its schedule, and masks left after it (a step commits at most
+        its scheduled count; a mask committed stays a mask). A structured output may chain: its
+        DP picks which tokens, not how many, and its committed tokens follow on the device
+        (`ConstrainedRows.observe`)."""
         p = self.params
         if p.threshold is not None or self.editing or p.eos_early_stop or self.recompute_prefix:
-            return False
-        if p.structured_output is not None:
             return False
         last = self.step_in_block + 1 >= self.spec.block_steps[0]
         return not last and self.block_masked() > self.commit_mask_k()
