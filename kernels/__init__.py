@@ -103,6 +103,15 @@ def block_probabilities(
     return _impl("block_probs", "block_probabilities", logits)(logits, temperature, drawn)
 
 
+def token_probabilities(
+    logits: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, temperature: torch.Tensor
+) -> torch.Tensor:
+    """[k,B] float64: the probability of tokens[i, b] at logits[rows[i], b] in the softmax
+    `block_probabilities` forms (its same bits for its own x0; ``block_probs``)."""
+    impl = _impl("block_probs", "token_probabilities", logits)
+    return impl(logits, rows, tokens, temperature)
+
+
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token e4m3 quantization of x [M, K]: (q, scale [M, 1] fp32) with x ≈ q * scale."""
     return _impl("fp8_quant", "quantize_rows", x)(x)
@@ -192,5 +201,6 @@ __all__ = [
     "segment_argmax",
     "select_and_store",
     "store_kv",
+    "token_probabilities",
     "varlen_attention",
 ]

@@ -11,7 +11,9 @@ calls) and the divisions are round-to-nearest, so the argmax is torch's: the pro
 tie exactly where their exps do, except where the division by s itself merges two adjacent
 exps (logits within ~1e-7 of each other; torch's sum order decides those, which no other
 order reproduces). The confidence differs from torch's only in the order of the fp32 sum.
-Reference: ``reference.block_probabilities``.
+`token_probabilities` runs the same program for given tokens of given rows (a structured
+output's DP picks: x0 is the token at any T), so their confidences come from the same sum.
+Reference: ``reference.block_probabilities``, ``reference.token_probabilities``.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def _block_probs(
     DRAWN,
     X0,
     CONF,
+    ROWS,
     n_vocab,
     block,
     stride_lr,
@@ -71,8 +74,12 @@ def _block_probs(
     BLOCK_V: tl.constexpr,
     BF16: tl.constexpr,
     LIBDEVICE: tl.constexpr,
+    FORCED: tl.constexpr,
 ):
     row, r, base = position_logits(L, block, stride_lr, stride_lb)
+    if FORCED:  # position (r, b) reads logits row ROWS[r]; x0 is always the given token
+        src = tl.load(ROWS + r).to(tl.int64)
+        base = L + src * stride_lr + (row % block).to(tl.int64) * stride_lb
     t = tl.load(TEMP + r)
     scaled = t > 0  # a drawn row: v is logit / T, x0 the drawn token
     lanes = tl.arange(0, BLOCK_V)
@@ -94,7 +101,7 @@ def _block_probs(
         best_i = tl.where(take, v, best_i)
     top = tl.max(best, 0)
     x0 = tl.min(tl.where(best == top, best_i, n_vocab), 0)
-    if scaled:
+    if FORCED or scaled:
         x0 = tl.load(DRAWN + row).to(tl.int32)
     total = tl.sum(s, 0)
     e0 = _exp(_values(L, base, x0, n_vocab, t, scaled, BF16, LIBDEVICE) - m_all, LIBDEVICE)
@@ -104,6 +111,46 @@ def _block_probs(
 
 
 _require = functools.partial(require, "block_probabilities")
+
+
+def _check(logits: torch.Tensor, temperature: torch.Tensor, drawn, n_rows: int) -> None:
+    _require(logits.dim() == 3 and logits.is_floating_point(), "logits", "float [R, B, V]",
+             logits)  # fmt: skip
+    block = logits.shape[1]
+    _require(temperature.shape == (n_rows,) and temperature.is_floating_point(), "temperature",
+             f"float [R={n_rows}]", temperature)  # fmt: skip
+    if drawn is not None:
+        _require(drawn.shape == (n_rows, block) and drawn.dtype == torch.int64, "drawn",
+                 f"int64 [R={n_rows}, B={block}]", drawn)  # fmt: skip
+
+
+def _launch(logits, temp, drawn, rows, n_rows: int, block_v: int):
+    """x0 [n_rows, B] int64 and its confidence float64 from one program per position."""
+    block, n_vocab = logits.shape[1:]
+    if logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    x0 = torch.empty((n_rows, block), dtype=torch.int64, device=logits.device)
+    conf = torch.empty((n_rows, block), dtype=torch.float64, device=logits.device)
+    if n_rows * block == 0:
+        return x0, conf
+    _block_probs[(n_rows * block,)](
+        logits,
+        temp,
+        x0 if drawn is None else drawn.contiguous(),  # unread: every T is 0 then
+        x0,
+        conf,
+        x0 if rows is None else rows,  # unread unless FORCED
+        n_vocab,
+        block,
+        logits.stride(0),
+        logits.stride(1),
+        BLOCK_V=block_v,
+        BF16=logits.dtype == torch.bfloat16,
+        LIBDEVICE=logits.is_cuda,
+        FORCED=rows is not None,
+        num_warps=8,
+    )
+    return x0, conf
 
 
 def block_probabilities(
@@ -116,37 +163,26 @@ def block_probabilities(
     """Triton version of ``reference.block_probabilities``: (x0 [R, B] int64, confidence
     [R, B] float64) of logits [R, B, V], temperature [R] and drawn [R, B] int64 or None
     (drawn ids must lie in [0, V): they are read unchecked, with no host sync)."""
-    _require(logits.dim() == 3 and logits.is_floating_point(), "logits", "float [R, B, V]",
-             logits)  # fmt: skip
-    n_req, block, n_vocab = logits.shape
-    _require(temperature.shape == (n_req,) and temperature.is_floating_point(), "temperature",
-             f"float [R={n_req}]", temperature)  # fmt: skip
-    if drawn is not None:
-        _require(drawn.shape == (n_req, block) and drawn.dtype == torch.int64, "drawn",
-                 f"int64 [R={n_req}, B={block}]", drawn)  # fmt: skip
-    if logits.stride(-1) != 1:
-        logits = logits.contiguous()
-    x0 = torch.empty((n_req, block), dtype=torch.int64, device=logits.device)
-    conf = torch.empty((n_req, block), dtype=torch.float64, device=logits.device)
-    if n_req * block == 0:
-        return x0, conf
+    _check(logits, temperature, drawn, logits.shape[0])
     # T as the sampler has it, in the logits' dtype; nothing drawn: every row greedy, unscaled
     temp = temperature.to(logits.dtype).float()
     if drawn is None:
         temp = torch.zeros_like(temp)
-    _block_probs[(n_req * block,)](
-        logits,
-        temp,
-        x0 if drawn is None else drawn.contiguous(),  # unread: every T is 0 then
-        x0,
-        conf,
-        n_vocab,
-        block,
-        logits.stride(0),
-        logits.stride(1),
-        BLOCK_V=block_v,
-        BF16=logits.dtype == torch.bfloat16,
-        LIBDEVICE=logits.is_cuda,
-        num_warps=8,
-    )
-    return x0, conf
+    return _launch(logits, temp, drawn, None, logits.shape[0], block_v)
+
+
+def token_probabilities(
+    logits: torch.Tensor,
+    rows: torch.Tensor,
+    tokens: torch.Tensor,
+    temperature: torch.Tensor,
+    *,
+    block_v: int = BLOCK_V,
+) -> torch.Tensor:
+    """Triton version of ``reference.token_probabilities``: [k, B] float64, the probability
+    of tokens[i, b] at logits[rows[i], b] in the same softmax as `block_probabilities` (rows
+    and tokens are read unchecked, with no host sync)."""
+    _check(logits, temperature, tokens, rows.shape[0])
+    _require(rows.dim() == 1 and not rows.is_floating_point(), "rows", "integer [k]", rows)
+    temp = temperature.to(logits.dtype).float()
+    return _launch(logits, temp, tokens, rows.contiguous(), rows.shape[0], block_v)[1]

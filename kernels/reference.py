@@ -193,14 +193,30 @@ def block_probabilities(
     None: the block-diffusion sampler's (engine/block_sampler.py). x0 is the argmax of the
     probabilities (the mask token included), or `drawn` where T > 0. T is rounded to the
     logits' dtype first; with nothing drawn the logits are used as they are."""
-    temp = temperature.to(logits.dtype)[:, None, None]
-    if drawn is not None:  # engine/temperature.py's over_temperature
-        logits = torch.where(temp > 0, logits / torch.where(temp > 0, temp, 1), logits)
-    p = torch.softmax(logits.float(), -1)
+    p = _block_softmax(logits, temperature, drawn is not None)
     x0 = p.argmax(dim=-1)
     if drawn is not None:
-        x0 = torch.where(temp[:, :, 0] > 0, drawn, x0)
+        x0 = torch.where(temperature.to(logits.dtype)[:, None] > 0, drawn, x0)
     return x0, p.gather(-1, x0[..., None])[..., 0].to(torch.float64)
+
+
+def token_probabilities(
+    logits: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, temperature: torch.Tensor
+) -> torch.Tensor:
+    """[k,B] float64: the probability of tokens[i, b] at logits[rows[i], b] in the softmax
+    `block_probabilities` forms for that row at temperature[i] (the same bits for the same
+    token)."""
+    p = _block_softmax(logits[rows], temperature, True)
+    return p.gather(-1, tokens[..., None])[..., 0].to(torch.float64)
+
+
+def _block_softmax(logits: torch.Tensor, temperature: torch.Tensor, scale: bool) -> torch.Tensor:
+    """softmax in fp32 of the logits, divided by T (rounded to their dtype) where `scale` and
+    T > 0, as engine/temperature.py's over_temperature."""
+    temp = temperature.to(logits.dtype)[:, None, None]
+    if scale:
+        logits = torch.where(temp > 0, logits / torch.where(temp > 0, temp, 1), logits)
+    return torch.softmax(logits.float(), -1)
 
 
 E4M3_MAX = 448.0  # the largest finite float8_e4m3fn value

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dllmserve.engine.temperature import over_temperature
+from dllmserve import kernels
 from dllmserve.engine.upload import upload
 from dllmserve.errors import ValidationError
 from dllmserve.kernels.noise import uniform64
@@ -121,14 +121,20 @@ class ConstrainedRows:
         parts = [self._class_scores(g, logits, sl, noise, special, fixed) for sl in self._passes()]
         best, arg = (torch.cat(x) for x in zip(*parts, strict=True))
         tokens, _ = viterbi(g, best, arg, fixed, on["starts"], on["remaining"])
+        idx, win, src = on["index"], on["win"], on["src"]
+        x0, conf, prob = x0.clone(), conf.clone(), prob.clone()
+        if self.block:  # the block sampler's own softmax, the free rows' very sum
+            tokens = tokens.clamp(max=logits.shape[-1] - 1)  # padding columns: unused
+            chosen = torch.where(win, tokens.gather(1, src), x0[idx])
+            p = kernels.token_probabilities(logits, idx, chosen, on["temperature"])
+            x0[idx], conf[idx] = chosen, torch.where(win, p, conf[idx])
+            return x0, conf, conf
         probs = [self._probabilities(logits, tokens, sl, special) for sl in self._passes()]
         p, p_conf = (torch.cat(x) for x in zip(*probs, strict=True))
-        idx, win, src = on["index"], on["win"], on["src"]
 
         def put(into: torch.Tensor, values: torch.Tensor) -> None:  # the window's columns
             into[idx] = torch.where(win, values.to(into.dtype).gather(1, src), into[idx])
 
-        x0, conf, prob = x0.clone(), conf.clone(), prob.clone()
         put(x0, tokens)
         put(prob, p)
         mine = torch.where(on["use_prob"][:, None], p, conf[idx].gather(1, on["cols"]))
@@ -161,18 +167,11 @@ class ConstrainedRows:
         return class_scores(g, rows, scores, fixed[sl], on["in_block"][sl].sum(1))
 
     def _probabilities(self, logits, tokens, sl: slice, special):
-        """Rows `sl`: the model's probability of each chosen token (LLaDA's low-confidence
-        score, the confidence of low_confidence); if a row uses Dream's maskgit_plus, that
-        probability at the row's temperature (its confidence; else the first again). Block-
-        diffusion rows (all low_confidence) get the probability in their sampler's
-        softmax(logits / T), mask included, for both. The other modes score positions, not
-        tokens, and keep theirs."""
+        """Rows `sl` (LLaDA, Dream): the model's probability of each chosen token (LLaDA's
+        low-confidence score, the confidence of low_confidence); if a row uses Dream's
+        maskgit_plus, that probability at the row's temperature (its confidence; else the
+        first again). The other modes score positions, not tokens, and keep theirs."""
         at = tokens[sl].clamp(max=logits.shape[-1] - 1)[..., None]  # padding columns: unused
-        if self.block:
-            rows = self._window(logits, sl)
-            t = self.on["temperature"][sl, None, None].to(rows.dtype)
-            p = torch.softmax(over_temperature(rows, t).float(), -1).gather(-1, at)[..., 0]
-            return p, p
         edited = self._edited(self._window(logits, sl), sl, special, True)
         p = torch.softmax(edited.float(), dim=-1).gather(-1, at)[..., 0]
         p_conf = p

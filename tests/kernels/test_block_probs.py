@@ -158,3 +158,38 @@ def test_reference_is_the_sampler_softmax():
 def test_bad_inputs_name_the_argument(logits, temperature, drawn, name):
     with pytest.raises(ValueError, match=f"block_probabilities: {name} must be"):
         K.block_probabilities(logits.to(DEVICE), temperature.to(DEVICE), drawn)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_token_probabilities_of_given_rows_and_tokens(dtype):
+    """A structured output's DP picks: any token of any row, greedy or at T > 0, from the same
+    softmax as the block sampler's; at the sampler's own x0 the very confidence it gave."""
+    logits, drawn = slab(4, 3, 1037, dtype, seed=9)
+    t = temps(4, 2)
+    x0, conf = K.block_probabilities(logits, t, drawn)
+    rows = torch.tensor([2, 0, 3], device=DEVICE)  # a subset, out of order
+    picks = torch.randint(0, 1037, (3, 3), generator=torch.Generator().manual_seed(1))
+    picks = picks.to(DEVICE)
+    picks[0, 1] = 5  # a masked token: probability 0
+    got = K.token_probabilities(logits, rows, picks, t[rows])
+    want = reference.token_probabilities(logits, rows, picks, t[rows])
+    torch.testing.assert_close(got, want, **CONF_TOL)
+    assert got[0, 1] == 0 and got.dtype == torch.float64
+    # the sampler's own tokens: the same bits as its confidence, kernel and reference alike
+    assert torch.equal(K.token_probabilities(logits, rows, x0[rows], t[rows]), conf[rows])
+    ref_x0, ref_conf = reference.block_probabilities(logits, t, drawn)
+    same = reference.token_probabilities(logits, rows, ref_x0[rows], t[rows])
+    assert torch.equal(same, ref_conf[rows])
+
+
+def test_token_probabilities_names_bad_rows_and_tokens():
+    from dllmserve.kernels import block_probs
+
+    logits = torch.zeros(2, 3, 100, device=DEVICE)
+    ok = torch.zeros(1, 3, dtype=torch.int64, device=DEVICE)
+    with pytest.raises(ValueError, match="block_probabilities: rows must be integer"):
+        block_probs.token_probabilities(logits, torch.zeros(1, device=DEVICE), ok,
+                                        torch.zeros(1, device=DEVICE))  # fmt: skip
+    with pytest.raises(ValueError, match="block_probabilities: drawn must be int64"):
+        block_probs.token_probabilities(logits, torch.zeros(1, dtype=torch.long, device=DEVICE),
+                                        ok[:, :2], torch.zeros(1, device=DEVICE))  # fmt: skip
