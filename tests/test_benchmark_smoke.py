@@ -117,6 +117,37 @@ def test_serving_benchmark_script_smoke(tmp_path, scale, counts, shape, ratio):
     assert (tmp_path / "serving.log").is_file() and (tmp_path / "env.txt").is_file()
 
 
+def test_block_diffusion_script_runs_each_measurement_and_reports_a_failure(tmp_path):
+    """benchmarks/block_diffusion_gpu.sh at the tiny LLaDA2 on the CPU: every script it runs
+    writes its log (and JSON) under $OUT with the asked quantization; one that fails (the
+    prefix-cache run here, through a PYTHON that refuses it) is named, the rest still run, and
+    the exit status is 1."""
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *prefix_cache.py*) exit 3 ;; esac\n'
+                       f'exec {sys.executable} "$@"\n')  # fmt: skip
+    wrapper.chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": str(wrapper), "SHAPE": "tiny-llada2",
+           "DEVICE": "cpu", "SMOKE": "--smoke", "QUANTS": "bf16 fp8-experts",
+           "PREFIX_QUANTS": "bf16", "TIMELINE_QUANTS": "fp8-experts", "TAG": "_x",
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    script = str(ROOT / "benchmarks" / "block_diffusion_gpu.sh")
+    proc = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "!! prefix_cache_bf16_x: exit 3" in proc.stdout
+    assert "== failed: prefix_cache_bf16_x" in proc.stdout
+    for name, quant, rows in [("offline_b1_bf16", None, "results"),
+                              ("offline_b1_fp8-experts", "fp8-experts", "results"),
+                              ("offline_b64", None, "results"),
+                              ("timeline_fp8-experts", "fp8-experts", "runs")]:  # fmt: skip
+        doc = json.loads((out / f"{name}_x.json").read_text())
+        assert doc["args"]["quantization"] == quant and doc[rows], name
+    assert '"mode": "tool-call schema"' in (out / "structured_x.log").read_text()
+    env["QUANTS"] = "int4"
+    bad = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "QUANTS: bf16, fp8 or fp8-experts, got 'int4'" in bad.stderr
+
+
 def test_train_tiny_smoke(tmp_path):
     """benchmarks/train_tiny.py --smoke trains a few steps, continues from its own output
     (--init) and writes a checkpoint that the engine loads and generates with."""
