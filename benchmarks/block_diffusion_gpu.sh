@@ -15,8 +15,10 @@
 #   bash benchmarks/block_diffusion_gpu.sh                         # repo root, on the GPU
 #   SHAPE=tiny-llada2 DEVICE=cpu SMOKE=--smoke bash benchmarks/block_diffusion_gpu.sh   # CPU check
 #
-# A/B of two builds in one device call: run it once per build with TAG naming it, e.g.
-#   PYTHONPATH=/tmp/old:... TAG=_old QUANTS="bf16 fp8" bash benchmarks/block_diffusion_gpu.sh
+# A/B of two builds in one device call: run it once per build with TAG naming it and BENCH the
+# benchmark scripts of that build (an older build's package lacks what newer scripts import):
+#   PYTHONPATH=/tmp/old:... BENCH=/tmp/oldtree/benchmarks TAG=_old QUANTS="bf16 fp8" \
+#       PREFIX_QUANTS=bf16 TIMELINE_QUANTS=bf16 bash benchmarks/block_diffusion_gpu.sh
 # Time on an H100 at LLaDA2.0-mini (benchmarks/RESULTS.md: building the random model ~20 s, the
 # official baseline ~2 s an iteration, a batch-1 run ~10 s, batch 64 ~60 s): about 4 minutes in
 # all with the defaults.
@@ -32,6 +34,7 @@ TIMELINE_QUANTS=${TIMELINE_QUANTS:-bf16 fp8-experts}
 SMOKE=${SMOKE:-}     # --smoke: every script at its tiny sizes
 ITEM_S=${ITEM_S:-300}
 TAG=${TAG:-}         # appended to every file name
+BENCH=${BENCH:-$PWD/benchmarks}  # the benchmark scripts run
 for q in $QUANTS $PREFIX_QUANTS $TIMELINE_QUANTS; do
   case $q in
     bf16 | fp8 | fp8-experts) ;;
@@ -42,7 +45,7 @@ export PYTHONUNBUFFERED=1
 # the installed package, not the checkout's dllmserve/ (see serving_gpu.sh); benchmarks/ on the
 # path for the scripts' shared helpers
 export PYTHONSAFEPATH=1
-export PYTHONPATH=$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$BENCH${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p "$OUT"
 
 failed=()
@@ -66,24 +69,24 @@ common=(--device "$DEVICE" $SMOKE)
 # (the official sampler's baseline runs with bf16 weights only: the official code has no FP8)
 for q in $QUANTS; do
   # shellcheck disable=SC2046
-  run "offline_b1_$q" benchmarks/offline.py --shapes "$SHAPE" "${common[@]}" --batches 1 \
+  run "offline_b1_$q" "$BENCH/offline.py" --shapes "$SHAPE" "${common[@]}" --batches 1 \
     --prompts 512 --long-prompt-batches 1 --gen 64 --baseline-iters 2 $(quantization "$q") \
     --json "$OUT/offline_b1_$q$TAG.json"
 done
-run offline_b64 benchmarks/offline.py --shapes "$SHAPE" "${common[@]}" --batches 64 \
+run offline_b64 "$BENCH/offline.py" --shapes "$SHAPE" "${common[@]}" --batches 64 \
   --prompts 512 --long-prompt-batches 64 --gen 64 --baseline-iters 1 --profile \
   --json "$OUT/offline_b64$TAG.json"
 for q in $PREFIX_QUANTS; do
   # shellcheck disable=SC2046
-  run "prefix_cache_$q" benchmarks/prefix_cache.py --shape "$SHAPE" "${common[@]}" \
+  run "prefix_cache_$q" "$BENCH/prefix_cache.py" --shape "$SHAPE" "${common[@]}" \
     $(quantization "$q") --json "$OUT/prefix_cache_$q$TAG.json"
 done
 for q in $TIMELINE_QUANTS; do
   # shellcheck disable=SC2046
-  run "timeline_$q" benchmarks/timeline.py --shape "$SHAPE" "${common[@]}" --batches 1 \
+  run "timeline_$q" "$BENCH/timeline.py" --shape "$SHAPE" "${common[@]}" --batches 1 \
     --prompt 512 --gen 64 $(quantization "$q") --json "$OUT/timeline_$q$TAG.json"
 done
-run structured benchmarks/structured_overhead.py --shape "$SHAPE" "${common[@]}" --batches 1 32
+run structured "$BENCH/structured_overhead.py" --shape "$SHAPE" "${common[@]}" --batches 1 32
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo "== failed: ${failed[*]}"
