@@ -122,13 +122,14 @@ class ConstrainedRows:
         best, arg = (torch.cat(x) for x in zip(*parts, strict=True))
         tokens, _ = viterbi(g, best, arg, fixed, on["starts"], on["remaining"])
         idx, win, src = on["index"], on["win"], on["src"]
-        x0, conf, prob = x0.clone(), conf.clone(), prob.clone()
+        x0, conf = x0.clone(), conf.clone()
         if self.block:  # the block sampler's own softmax, the free rows' very sum
             tokens = tokens.clamp(max=logits.shape[-1] - 1)  # padding columns: unused
             chosen = torch.where(win, tokens.gather(1, src), x0[idx])
             p = kernels.token_probabilities(logits, idx, chosen, on["temperature"])
             x0[idx], conf[idx] = chosen, torch.where(win, p, conf[idx])
             return x0, conf, conf
+        prob = prob.clone()
         probs = [self._probabilities(logits, tokens, sl, special) for sl in self._passes()]
         p, p_conf = (torch.cat(x) for x in zip(*probs, strict=True))
 
