@@ -10,7 +10,7 @@ import sys
 
 from dllmserve import __version__
 from dllmserve.cli import gateway, generate, scheduler, serve, worker
-from dllmserve.cli.common import EXTRA_MODULES, EXTRAS, OperatorError
+from dllmserve.cli.common import EXTRA_MODULES, EXTRAS, OPERATOR_EXIT, OperatorError
 from dllmserve.cli.options import Parser
 from dllmserve.errors import CheckpointError, ListenError, UnsupportedModelError
 from dllmserve.logs import configure
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(a.fn(a) or 0)
     except (OperatorError, ListenError, CheckpointError, UnsupportedModelError) as e:
         print(f"dllmserve {a.cmd}: {e}", file=sys.stderr)  # one line: what and what to do
-        return 2
+        return OPERATOR_EXIT
     except KeyboardInterrupt:  # Ctrl-C (generate, a command still starting): no traceback
         print(f"dllmserve {a.cmd}: interrupted", file=sys.stderr)
         return 130
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if (e.name or "").partition(".")[0] not in EXTRA_MODULES:
             raise  # not a missing extra: a bug, with its traceback
         print(f"dllmserve {a.cmd}: {missing_extra(a.cmd, e.name)}", file=sys.stderr)
-        return 2
+        return OPERATOR_EXIT
 
 
 def missing_extra(cmd: str, module: str | None) -> str:

@@ -36,9 +36,13 @@ EXTRA_MODULES = {
 }
 
 
+OPERATOR_EXIT = 2
+"""The exit status of a command that refused how it was started (`OperatorError` and kin)."""
+
+
 class OperatorError(Exception):
     """A mistake in how a command was started (a flag, a file, a missing service): the CLI
-    prints the message as one line, without a traceback, and exits with status 2."""
+    prints the message as one line, without a traceback, and exits with `OPERATOR_EXIT`."""
 
 
 def demo_model_dir() -> Path:

@@ -3,8 +3,10 @@
 A worker that dies (the OOM killer, a crashing request) is restarted after a back-off of 1 s,
 doubling up to 30 s; the scheduler re-delivers its requests once its heartbeat expires, as in a
 cluster. A worker that dies again within `STABLE_S` of its start is crash-looping: after
-`max_restarts` restarts in a row, serve gives up. The scheduler and the gateway are not restarted:
-their death ends serve. Every death is one line naming the child and its exit status.
+`max_restarts` restarts in a row, serve gives up. A worker that exits with `OPERATOR_EXIT`
+refused how it was started (its own line says which setting): it would refuse again, so serve
+stops at once. The scheduler and the gateway are not restarted: their death ends serve. Every
+death is one line naming the child and its exit status.
 
 Each child's output (its log lines and ready marker) is relayed line by line to a log file, or to
 this process's `sys.stderr`, looked up at every line: while the live view is up that is rich's
@@ -23,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
+from dllmserve.cli.common import OPERATOR_EXIT
 from dllmserve.logs import emit
 
 STABLE_S = 60.0  # a worker up this long was not crash-looping: its restart count starts over
@@ -109,6 +112,11 @@ class Supervisor:
         pid, status = child.proc.pid, exit_status(code)
         if not child.restart:
             raise ChildFailed(f"the {child.name} (pid {pid}) {status}; stopping")
+        if code == OPERATOR_EXIT:
+            raise ChildFailed(
+                f"{child.name} (pid {pid}) {status}: it refused how it was started (its own "
+                "log line says why); a restart would refuse again, stopping"
+            )
         if now - child.started >= STABLE_S:
             child.restarts = 0
         if child.restarts >= self.max_restarts:

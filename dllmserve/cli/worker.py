@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from dllmserve.cli.common import (
+    OPERATOR_EXIT,
     OperatorError,
     add_model_args,
     add_redis_arg,
@@ -84,9 +85,12 @@ def cmd_worker(a: argparse.Namespace) -> int:
         cfg = worker_config(a)
     except ValidationError as e:
         print(f"dllmserve worker: {e}", file=sys.stderr)
-        return 2
+        return OPERATOR_EXIT
     check_redis(cfg.redis_url)
-    run(cfg)
+    try:
+        run(cfg)
+    except ValidationError as e:  # a setting the model refuses at load (fp8-experts, dense)
+        raise OperatorError(f"--{e.field.replace('_', '-')}: {e.reason}") from None
     return 0
 
 

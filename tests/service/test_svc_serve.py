@@ -1,7 +1,8 @@
 """`dllmserve serve` supervises its children: a worker killed with SIGKILL is restarted and the
 stream it was running completes (re-run, as in a cluster); a worker that keeps dying makes serve
-give up with one line naming it and its exit status; the scheduler's metrics and the workers'
-probes listen on 127.0.0.1 only; in json mode every line serve and its children write is JSON."""
+give up with one line naming it and its exit status, and one that refuses its settings stops
+serve at once; the scheduler's metrics and the workers' probes listen on 127.0.0.1 only; in
+json mode every line serve and its children write is JSON."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from svc_util import LONG, Stream, check_unbroken, wait_for
@@ -109,23 +111,64 @@ def test_a_killed_worker_is_restarted_and_its_stream_completes(tmp_path):
 
 
 def test_a_worker_that_keeps_dying_makes_serve_give_up_in_one_line(tmp_path):
+    """A crash loop (each worker killed with SIGKILL soon after its start, as an OOM killer
+    would): restarted --worker-restarts times, then serve gives up in one line."""
     log = tmp_path / "serve.log"
-    # A variable only the worker's parser reads, with a bad value: every start exits with 2.
-    children = tmp_path / "children.log"  # --log-file: the children's lines, not serve's
     serve = _serve(log, ["--log-level", "WARNING"], "--no-gateway", "--metrics-port", "0",
-                   "--worker-restarts", "2", "--log-file", str(children),
-                   env={"DLLMSERVE_STALL_FLOOR": "soon"})  # fmt: skip
-    assert serve.wait(300) == 1, log.read_text()
+                   "--worker-restarts", "2")  # fmt: skip
+    try:
+        killed: set[int] = set()
+        while serve.poll() is None and len(killed) < 3:
+            fresh = [p for p in _workers(serve) if p not in killed]
+            for pid in fresh:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            time.sleep(0.05)
+        assert serve.wait(300) == 1, log.read_text()
+    finally:
+        _stop(serve)
     text = log.read_text()
-    restarts = re.findall(r"dllmserve serve: worker 1 \(pid \d+\) exited with status 2; "
+    restarts = re.findall(r"dllmserve serve: worker 1 \(pid \d+\) was killed by SIGKILL; "
                           r"restarting it in \d+ s", text)  # fmt: skip
     assert len(restarts) == 2, text
     (last,) = [line for line in text.splitlines() if "giving up" in line]
-    assert re.fullmatch(r"dllmserve serve: worker 1 \(pid \d+\) exited with status 2 after 2 "
+    assert re.fullmatch(r"dllmserve serve: worker 1 \(pid \d+\) was killed by SIGKILL after 2 "
                         r"restarts in a row; giving up", last)  # fmt: skip
+    assert "Traceback" not in text
+
+
+def test_a_worker_that_refuses_its_settings_stops_serve_at_once(tmp_path):
+    """A worker that exits with the operator-mistake status would refuse every restart the
+    same way: serve stops after the first, its reason in one line, without a traceback."""
+    log = tmp_path / "serve.log"
+    # A variable only the worker's parser reads, with a bad value: the worker exits with 2.
+    children = tmp_path / "children.log"  # --log-file: the children's lines, not serve's
+    serve = _serve(log, ["--log-level", "WARNING"], "--no-gateway", "--metrics-port", "0",
+                   "--log-file", str(children), env={"DLLMSERVE_STALL_FLOOR": "soon"})  # fmt: skip
+    assert serve.wait(300) == 1, log.read_text()
+    text = log.read_text()
+    assert "restarting" not in text, text
+    (last,) = [line for line in text.splitlines() if "refused how it was started" in line]
+    assert re.fullmatch(r"dllmserve serve: worker 1 \(pid \d+\) exited with status 2: it refused "
+                        r"how it was started \(its own log line says why\); a restart would "
+                        r"refuse again, stopping", last)  # fmt: skip
     reason = "$DLLMSERVE_STALL_FLOOR='soon'"  # the worker's own reason, in --log-file
-    assert children.read_text().count(reason) == 3 and reason not in text
+    assert children.read_text().count(reason) == 1 and reason not in text
     assert "Traceback" not in text + children.read_text()
+
+
+def test_a_setting_the_model_refuses_at_load_is_one_line(rserver):
+    """fp8-experts on a dense checkpoint is refused by the loader, after the flags parsed: the
+    worker still says so in one line, naming the flag, and exits with 2."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "dllmserve.cli", "worker", "--model", "demo", "--device", "cpu",
+         "--quantization", "fp8-experts", "--redis-url", rserver.url, "--http-port", "0"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert ("dllmserve worker: --quantization: 'fp8-experts' needs a mixture-of-experts model"
+            in proc.stderr)  # fmt: skip
+    assert "Traceback" not in proc.stderr
 
 
 def test_json_mode_every_line_of_serve_and_its_children_is_json(tmp_path):
