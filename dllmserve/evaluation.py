@@ -23,6 +23,9 @@ class OneSequenceAttention:
     def select(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         return None
 
+    def kv_target(self, layer: int) -> None:
+        return None
+
 
 def masked_loss(llm: LLM, examples: list[tasks.Example], seed: int = 0) -> float:
     """Mean cross-entropy (nats) per masked answer token over `MASK_RATIOS`, dense attention.

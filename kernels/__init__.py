@@ -4,8 +4,8 @@ Layouts: tensors are packed ("varlen") along dim 0; index tensors are int32 on t
 device; GQA query head h reads KV head h // (H // Hkv); outputs have q's dtype and are
 accumulated in fp32. Each function below runs the Triton launcher of its kernel module
 (`varlen_kernel`, `reuse_kernel`, `selection`, `sampling`, `block_probs`, `fp8_quant`,
-`moe_kernel`, `kv_store`, ...: each holds its kernel, its launcher with the shape and stride
-checks, and names its reference) for CUDA tensors, and the function of the same name in
+`moe_kernel`, ...: each holds its kernel, its launcher with the shape and stride checks, and
+names its reference) for CUDA tensors, and the function of the same name in
 `reference` otherwise. Triton is imported only on that path, so the package imports on
 machines without it.
 docs/design.md §11 has the algorithms.
@@ -138,17 +138,6 @@ def fused_moe(
                 w_down_scale=w_down_scale, x_fp8=x_fp8)  # fmt: skip
 
 
-def store_kv(
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_pool: torch.Tensor,
-    v_pool: torch.Tensor,
-    slots: torch.Tensor,
-) -> None:
-    """k_pool.view(-1, Hkv, D)[slots] = k and the same for v, in one launch (`kv_store`)."""
-    _impl("kv_store", "store_kv", k)(k, v, k_pool, v_pool, slots)
-
-
 def segment_argmax(
     scores: torch.Tensor,
     order: torch.Tensor,
@@ -200,7 +189,6 @@ __all__ = [
     "sample_tokens",
     "segment_argmax",
     "select_and_store",
-    "store_kv",
     "token_probabilities",
     "varlen_attention",
 ]

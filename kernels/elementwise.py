@@ -109,13 +109,14 @@ def add_rms_norm(
 @triton.jit
 def _rope_kernel(
     src_ptr, src_row_stride, pos_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, out_ptr, n_heads,
-    n_q_heads, eps, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr,
-    REST: tl.constexpr, BLOCK_REST: tl.constexpr, HEADS: tl.constexpr, NORM: tl.constexpr,
-    IN_FP32: tl.constexpr,
+    n_q_heads, eps, k_pool, v_pool, slots_ptr, HEAD_DIM: tl.constexpr, HALF: tl.constexpr,
+    BLOCK_HALF: tl.constexpr, REST: tl.constexpr, BLOCK_REST: tl.constexpr, HEADS: tl.constexpr,
+    NORM: tl.constexpr, IN_FP32: tl.constexpr, STORE: tl.constexpr,
 ):  # fmt: skip
     """HEADS heads of one row, each [x1 | x2 | rest]: x1, x2 the rotated halves (HALF each),
     `rest` the REST unrotated dims of a partial rotary; NORM first applies the per-head RMSNorm
-    (q's weight for the first n_q_heads heads, k's after)."""
+    (q's weight for the first n_q_heads heads, k's after). STORE: the k heads' results and the
+    v heads after them in src (as many) also go to entry slots[row] of the K/V pools."""
     row = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * HEADS + tl.arange(0, HEADS)
     d = tl.arange(0, BLOCK_HALF)
@@ -153,9 +154,28 @@ def _rope_kernel(
         o1 = (x1 * c1).to(dt).to(tl.float32) + (-x2 * s1).to(dt).to(tl.float32)
         o2 = (x2 * c2).to(dt).to(tl.float32) + (x1 * s2).to(dt).to(tl.float32)
     out = out_ptr + (row * n_heads + heads[:, None]) * HEAD_DIM
-    tl.store(out + d[None, :], o1.to(dt), mask=m1)
-    tl.store(out + HALF + d[None, :], o2.to(dt), mask=m1)
-    tl.store(out + 2 * HALF + r[None, :], xr.to(dt), mask=mr)
+    _store_head(out, o1.to(dt), o2.to(dt), xr.to(dt), d, r, m1, mr, HALF)
+    if STORE:  # the block lanes' K/V into their cache entry, v copied from its columns
+        n_kv = n_heads - n_q_heads
+        kv = (heads - n_q_heads)[:, None]
+        is_k = (heads >= n_q_heads)[:, None]
+        entry = tl.load(slots_ptr + row) * n_kv
+        k_dst = k_pool + (entry + kv) * HEAD_DIM
+        _store_head(k_dst, o1.to(dt), o2.to(dt), xr.to(dt), d, r, m1 & is_k, mr & is_k, HALF)
+        v_src = src_ptr + row * src_row_stride + (n_heads + kv) * HEAD_DIM
+        v1 = tl.load(v_src + d[None, :], mask=m1 & is_k)
+        v2 = tl.load(v_src + HALF + d[None, :], mask=m1 & is_k)
+        vr = tl.load(v_src + 2 * HALF + r[None, :], mask=mr & is_k)
+        v_dst = v_pool + (entry + kv) * HEAD_DIM
+        _store_head(v_dst, v1, v2, vr, d, r, m1 & is_k, mr & is_k, HALF)
+
+
+@triton.jit
+def _store_head(dst, a, b, rest, d, r, m, mr, HALF: tl.constexpr):
+    """A head's [x1 | x2 | rest] parts at dst (rows: heads)."""
+    tl.store(dst + d[None, :], a, mask=m)
+    tl.store(dst + HALF + d[None, :], b, mask=m)
+    tl.store(dst + 2 * HALF + r[None, :], rest, mask=mr)
 
 
 @triton.jit
@@ -172,6 +192,7 @@ def rope_heads(
     cos: torch.Tensor, sin: torch.Tensor, in_fp32: bool,
     norms: tuple[torch.Tensor, torch.Tensor, int, float] | None = None,
     heads_per_program: int | None = None,
+    store: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Rotate the first `n_heads` heads of each row of src [T, >= n_heads * head_dim] (rows may
     be strided, e.g. the q and k columns of a fused qkv output); returns [T, n_heads, D].
@@ -179,6 +200,10 @@ def rope_heads(
     `norms` = (q weight [D], k weight [D], number of q heads, eps): each head's RMSNorm first
     (LLaDA-MoE's and LLaDA2's q/k norm), in the same launch: the q and k columns are read once
     and written once, instead of a copy, a norm and a dozen elementwise passes each.
+    `store` = (k pool, v pool [pages, page_size, Hkv, D] contiguous, slots int64 [T], number of
+    q heads): the heads after the q heads are k, followed in src by as many v heads; row t's k
+    (as returned) and v also go to entry slots[t] of the pools (`layers.store_kv`), in the
+    same launch: the K/V page write of a block-diffusion lane.
     `heads_per_program` (a power of two; default about 1024 elements a program) is for tuning."""
     T = src.shape[0]
     assert src.dim() == 2 and src.stride(1) == 1 and src.shape[1] >= n_heads * head_dim
@@ -189,15 +214,26 @@ def rope_heads(
     qw, kw, n_q, eps = norms if norms is not None else (cos, cos, n_heads, 0.0)
     if norms is not None:
         assert qw.shape == kw.shape == (head_dim,) and 0 < n_q < n_heads
+    k_pool, v_pool, slots, n_q_store = store if store is not None else (src, src, positions, 0)
+    if store is not None:
+        n_kv = n_heads - n_q_store
+        assert norms is None or norms[2] == n_q_store
+        assert 0 < n_q_store < n_heads and src.shape[1] >= (n_heads + n_kv) * head_dim
+        for pool in (k_pool, v_pool):
+            assert pool.is_contiguous() and pool.shape[2:] == (n_kv, head_dim)
+            assert pool.dtype == src.dtype
+        assert slots.shape == (T,) and slots.dtype == torch.int64
+        n_q = n_q_store
     heads = heads_per_program or min(triton.next_power_of_2(n_heads), max(1, 1024 // head_dim))
     assert heads & (heads - 1) == 0, f"heads_per_program={heads} must be a power of two"
     if T:
         rest = head_dim - rot
         _rope_kernel[(T, triton.cdiv(n_heads, heads))](
             src, src.stride(0), positions, cos, sin, qw, kw, out, n_heads, n_q, eps,
+            k_pool, v_pool, slots,
             HEAD_DIM=head_dim, HALF=rot // 2, BLOCK_HALF=triton.next_power_of_2(rot // 2),
             REST=rest, BLOCK_REST=triton.next_power_of_2(max(rest, 1)), HEADS=heads,
-            NORM=norms is not None, IN_FP32=in_fp32,
+            NORM=norms is not None, IN_FP32=in_fp32, STORE=store is not None,
         )  # fmt: skip
     return out
 

@@ -74,18 +74,6 @@ def reuse_attention(
     return out
 
 
-def store_kv(
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_pool: torch.Tensor,
-    v_pool: torch.Tensor,
-    slots: torch.Tensor,
-) -> None:
-    """Row t of k and v [T, Hkv, D] into entry slots[t] of the flattened pools, in place."""
-    k_pool.view(-1, *k_pool.shape[2:])[slots] = k
-    v_pool.view(-1, *v_pool.shape[2:])[slots] = v
-
-
 def candidate_positions(seq_len: int, win_start: int, win_len: int, device=None) -> torch.Tensor:
     """Sequence positions of the candidates (everything outside the window), in order."""
     c = torch.arange(seq_len - win_len, device=device)

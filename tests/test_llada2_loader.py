@@ -114,6 +114,9 @@ class _BlockCausal:
     def select(self, layer, q, k, v) -> None:
         return None
 
+    def kv_target(self, layer) -> None:
+        return None
+
     def __call__(self, layer, q, k, v):
         L, hd = q.shape[0], q.shape[-1]
         blk = torch.arange(L) // self.block

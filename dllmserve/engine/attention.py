@@ -70,6 +70,10 @@ class BatchAttention:
         out[nd:] = reuse
         return out
 
+    def kv_target(self, layer: int) -> None:
+        """Dense and REUSE lanes write no K/V of their own (SELECT's kept K/V: `select`)."""
+        return None
+
     def select(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store the kept K/V of the SELECT lanes for this layer (called before attending)."""
         if self.n_select == 0:

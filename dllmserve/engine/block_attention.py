@@ -18,14 +18,14 @@ from dataclasses import dataclass
 
 import torch
 
-from dllmserve import kernels
 from dllmserve.engine.attention import BatchAttention
+from dllmserve.models.layers import KVTarget
 
 
 @dataclass
 class BlockAttention(BatchAttention):
     write_slots: torch.Tensor | None = None  # int64 [layers, T]: page * page_size + entry
 
-    def select(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store this layer's K/V of every packed row (called before attending)."""
-        kernels.store_kv(k, v, self.cache.k, self.cache.v, self.write_slots[layer])
+    def kv_target(self, layer: int) -> KVTarget:
+        """Every packed row's K/V goes to its cache entry, written with RoPE before attending."""
+        return self.cache.k, self.cache.v, self.write_slots[layer]

@@ -19,6 +19,10 @@ from dllmserve.models.skinny import gpu_linear
 # chunks makes every row see the same kernel: tokens depend only on the request itself.
 _CPU_ROW_CHUNK = 32
 
+KVTarget = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""(K pool, V pool [pages, page_size, Hkv, D], int64 entry of each packed row [T]): where a
+layer's fresh K/V is written (a block-diffusion lane's cache entries)."""
+
 use_fused_kernels = True
 """Run the fused Triton kernels on CUDA tensors (tests switch it off to compare)."""
 
@@ -148,17 +152,20 @@ class Rotary:
         n_kv_heads: int,
         positions: torch.Tensor,
         norms: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+        store: KVTarget | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotated q [T, H, D] and k [T, Hkv, D] from the fused projection's leading columns;
-        `norms` = (q weight, k weight, eps): each head RMS-normed first (`rms_norm`)."""
+        `norms` = (q weight, k weight, eps): each head RMS-normed first (`rms_norm`); `store`:
+        k and the v columns after it also written to the given cache entries."""
         hd = self.head_dim
         if _fused(qkv):  # one launch reads the q and k columns once and writes them once
             from dllmserve.kernels.elementwise import rope_heads
 
             heads = (*norms[:2], n_heads, norms[2]) if norms is not None else None
             qk = rope_heads(
-                qkv, n_heads + n_kv_heads, hd, positions, self.cos, self.sin, self.in_fp32, heads
-            )
+                qkv, n_heads + n_kv_heads, hd, positions, self.cos, self.sin, self.in_fp32, heads,
+                store=None if store is None else (*store, n_heads),
+            )  # fmt: skip
             return qk[:, :n_heads], qk[:, n_heads:]
         q = qkv[:, : n_heads * hd].view(-1, n_heads, hd)
         k = qkv[:, n_heads * hd : (n_heads + n_kv_heads) * hd].view(-1, n_kv_heads, hd)
@@ -166,7 +173,18 @@ class Rotary:
             q_w, k_w, eps = norms
             q = rms_norm(q.reshape(-1, hd), q_w, eps).view(q.shape)
             k = rms_norm(k.reshape(-1, hd), k_w, eps).view(k.shape)
-        return self(q, positions), self(k, positions)
+        q, k = self(q, positions), self(k, positions)
+        if store is not None:
+            store_kv(k, qkv[:, (n_heads + n_kv_heads) * hd :].reshape(-1, n_kv_heads, hd), store)
+        return q, k
+
+
+def store_kv(k: torch.Tensor, v: torch.Tensor, target: KVTarget) -> None:
+    """Row t of k and v [T, Hkv, D] into entry t of `target`'s pools (the fused RoPE launch
+    writes them itself: `Rotary.qk`)."""
+    k_pool, v_pool, entries = target
+    k_pool.view(-1, *k_pool.shape[2:])[entries] = k
+    v_pool.view(-1, *v_pool.shape[2:])[entries] = v
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

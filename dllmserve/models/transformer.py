@@ -17,7 +17,15 @@ import torch
 from dllmserve.models import progress
 from dllmserve.models.config import ModelConfig
 from dllmserve.models.fp8 import Fp8Experts, Fp8Weight
-from dllmserve.models.layers import Rotary, add_rms_norm, linear, rms_norm, silu_mul
+from dllmserve.models.layers import (
+    KVTarget,
+    Rotary,
+    add_rms_norm,
+    linear,
+    rms_norm,
+    silu_mul,
+    store_kv,
+)
 from dllmserve.models.moe import MoeWeights, moe_parts
 
 
@@ -30,6 +38,10 @@ class Attention(Protocol):
 
     def select(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Keep what later steps need of this layer's K/V (sparse SELECT); may do nothing."""
+
+    def kv_target(self, layer: int) -> KVTarget | None:
+        """Where every packed row's fresh K/V of this layer goes before anyone attends (block
+        diffusion: each row's cache entry), written by the RoPE launch; None: nowhere."""
 
 
 @dataclass
@@ -82,12 +94,15 @@ class DiffusionTransformer:
         h = rms_norm(x, layers[0].attn_norm, cfg.rms_eps, fp8)
         for i, lw in enumerate(layers):
             qkv = linear(h, lw.qkv, lw.qkv_bias)
-            if cfg.clip_qkv is None:  # q/k norm and RoPE in one pass over the q, k columns
+            store = attention.kv_target(i)
+            if cfg.clip_qkv is None:  # q/k norm, RoPE and the K/V write in one pass
                 norms = None if lw.q_norm is None else (lw.q_norm, lw.k_norm, cfg.rms_eps)
-                q, k = self.rotary.qk(qkv, nh, nkv, positions, norms)
+                q, k = self.rotary.qk(qkv, nh, nkv, positions, norms, store)
                 v = qkv[:, (nh + nkv) * hd :].reshape(-1, nkv, hd)
             else:
                 q, k, v = self._clipped_qkv(qkv, lw, positions)
+                if store is not None:
+                    store_kv(k, v, store)
             attention.select(i, q, k, v)
             att = attention(i, q, k, v)
             o = linear(att.reshape(-1, nh * hd), lw.o)

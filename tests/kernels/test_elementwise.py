@@ -98,6 +98,58 @@ def test_qk_norm_and_partial_rope_in_one_launch(dtype, in_fp32, normed, nh, nkv,
     torch.testing.assert_close(qk[:, nh:], want_k, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("normed", [True, False])
+@pytest.mark.parametrize("nh,nkv,hd,rot,heads", [(4, 2, 16, 8, None), (8, 2, 32, 32, 2),
+                                                 (3, 1, 64, 48, None)])  # fmt: skip
+def test_rope_writes_the_k_v_cache_entries_in_the_same_launch(dtype, normed, nh, nkv, hd, rot,
+                                                              heads):  # fmt: skip
+    """A block-diffusion lane's K/V page write inside the RoPE launch: q and k as without it,
+    and the pools as `layers.store_kv` of that k and the v columns leaves them (rows at their
+    entries, every other entry untouched), the last tile running past the heads too."""
+    g = torch.Generator().manual_seed(nh * hd + rot)
+    T, pages, page = 7, 5, 4
+    qkv = randn(g, T, (nh + 2 * nkv) * hd, dtype=dtype) * 3
+    positions = torch.randint(0, 500, (T,), generator=g).to(DEVICE)
+    rotary = layers.Rotary(hd, 10000.0, 512, DEVICE, True, rot)
+    norms = (1 + 0.1 * randn(g, hd, dtype=dtype), 1 + 0.1 * randn(g, hd, dtype=dtype), nh, 1e-6)
+    norms = norms if normed else None
+    slots = torch.randperm(pages * page, generator=g)[:T].to(DEVICE)
+    before = [randn(g, pages, page, nkv, hd, dtype=dtype) for _ in range(2)]
+    got = [t.clone() for t in before]
+    args = (qkv, nh + nkv, hd, positions, rotary.cos, rotary.sin, True, norms)
+    qk = elementwise.rope_heads(*args, heads_per_program=heads, store=(*got, slots, nh))
+    plain = elementwise.rope_heads(*args, heads_per_program=heads)
+    assert torch.equal(qk, plain)
+    want = [t.clone() for t in before]
+    v = qkv[:, (nh + nkv) * hd :].reshape(T, nkv, hd)
+    layers.store_kv(plain[:, nh:], v, (*want, slots))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_rotary_qk_writes_the_same_entries_on_both_paths(monkeypatch):
+    """`Rotary.qk(..., store)`: the fused launch (interpreter) and the CPU path (RoPE, then
+    `layers.store_kv`) leave the same pools."""
+    monkeypatch.setattr(layers, "_fused", lambda x: layers.use_fused_kernels)  # CPU tensors too
+    g = torch.Generator().manual_seed(3)
+    nh, nkv, hd, T = 4, 2, 16, 6
+    qkv = randn(g, T, (nh + 2 * nkv) * hd, dtype=torch.float32)
+    positions = torch.randint(0, 500, (T,), generator=g).to(DEVICE)
+    rotary = layers.Rotary(hd, 10000.0, 512, DEVICE, True, 8)
+    slots = torch.tensor([9, 0, 4, 13, 2, 7], device=DEVICE)
+    pools = {}
+    for fused in (True, False):
+        pools[fused] = [torch.zeros(4, 4, nkv, hd, device=DEVICE) for _ in range(2)]
+        layers.use_fused_kernels = fused
+        try:
+            rotary.qk(qkv, nh, nkv, positions, None, (*pools[fused], slots))
+        finally:
+            layers.use_fused_kernels = False
+    for a, b in zip(pools[True], pools[False], strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL[torch.float32] * 4, rtol=1e-5)
+        assert a.view(-1, nkv, hd)[slots].abs().sum() > 0  # the rows' entries written
+
+
 @pytest.mark.parametrize("normed", [True, False])
 def test_rope_tiling_does_not_change_results(normed):
     """Heads per program (6 heads: the last program's tile runs past them) only tiles the
@@ -197,12 +249,25 @@ def test_model_forward_on_the_fused_kernels(monkeypatch, shape):
         cu = torch.tensor([0, q.shape[0]], dtype=torch.int32, device=DEVICE)
         return reference.varlen_attention(q, k, v, cu, q.shape[0], q.shape[-1] ** -0.5)
 
+    cfg = SHAPES[shape]
+    pools = []  # each forward's K/V written with RoPE (a block-diffusion lane's, `kv_target`)
+
+    def kv_target(layer):
+        if layer == 0:
+            shape = (3, 4, cfg.n_kv_heads, cfg.head_dim)
+            pools.append([torch.zeros(shape, device=DEVICE) for _ in range(2)])
+        return (*pools[-1], torch.arange(11, device=DEVICE) + layer % 2)
+
     attention.select = lambda *args: None
+    attention.kv_target = kv_target
     torch.manual_seed(0)
-    model = random_model(SHAPES[shape], torch.float32, DEVICE)
+    model = random_model(cfg, torch.float32, DEVICE)
     ids, positions = torch.randint(0, 250, (11,), device=DEVICE), torch.arange(11, device=DEVICE)
     want = model.forward(ids, positions, attention)
     monkeypatch.setattr(layers, "use_fused_kernels", True)
     monkeypatch.setattr(layers, "_fused", lambda x: layers.use_fused_kernels)  # CPU tensors too
     got = model.forward(ids, positions, attention)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for fused, plain in zip(pools[1], pools[0], strict=True):
+        torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+        assert plain.abs().sum() > 0
