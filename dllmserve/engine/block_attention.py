@@ -4,12 +4,13 @@ Every lane is one block of one request: its queries attend to the request's cach
 earlier block (entries 0 .. block start of its pages, entry j being position j) followed by the
 block's own fresh K/V, bidirectionally: exactly `kernels.reuse_attention` with the kept length
 set to the block's start. Every lane stores its K/V at its positions in the pages before anyone
-attends in that layer (`kv_target`: the RoPE launch writes them): for the blocks whose K/V is final (the prompt's full blocks at the first
-step, a block just denoised at the next one's first) that is the cache entry, read by a later
-lane of the same forward already; a block still being denoised stores provisional K/V at entries
-nobody reads (attention reads entries below a block's start only) and that its final forward
-overwrites. Storing every row gives each step one shape whatever its blocks, so the steps that
-finish a block replay CUDA graphs too (`block_graphs`).
+attends in that layer (`kv_target`: the RoPE launch writes them): for the blocks whose K/V is
+final (the prompt's full blocks at the first step, a block just denoised at the next one's
+first) that is the cache entry, read by a later lane of the same forward already; a block still
+being denoised stores provisional K/V at entries nobody reads (attention reads entries below a
+block's start only) and that its final forward overwrites. Storing every row gives each step
+one shape whatever its blocks, so the steps that finish a block replay CUDA graphs too
+(`block_graphs`).
 """
 
 from __future__ import annotations
