@@ -153,15 +153,16 @@ def _rope_kernel(
         c1, s1, c2, s2 = c1.to(dt), s1.to(dt), c2.to(dt), s2.to(dt)
         o1 = (x1 * c1).to(dt).to(tl.float32) + (-x2 * s1).to(dt).to(tl.float32)
         o2 = (x2 * c2).to(dt).to(tl.float32) + (x1 * s2).to(dt).to(tl.float32)
+    o1, o2, xr = o1.to(dt), o2.to(dt), xr.to(dt)
     out = out_ptr + (row * n_heads + heads[:, None]) * HEAD_DIM
-    _store_head(out, o1.to(dt), o2.to(dt), xr.to(dt), d, r, m1, mr, HALF)
+    _store_head(out, o1, o2, xr, d, r, m1, mr, HALF)
     if STORE:  # the block lanes' K/V into their cache entry, v copied from its columns
         n_kv = n_heads - n_q_heads
         kv = (heads - n_q_heads)[:, None]
         is_k = (heads >= n_q_heads)[:, None]
         entry = tl.load(slots_ptr + row) * n_kv
         k_dst = k_pool + (entry + kv) * HEAD_DIM
-        _store_head(k_dst, o1.to(dt), o2.to(dt), xr.to(dt), d, r, m1 & is_k, mr & is_k, HALF)
+        _store_head(k_dst, o1, o2, xr, d, r, m1 & is_k, mr & is_k, HALF)
         v_src = src_ptr + row * src_row_stride + (n_heads + kv) * HEAD_DIM
         v1 = tl.load(v_src + d[None, :], mask=m1 & is_k)
         v2 = tl.load(v_src + HALF + d[None, :], mask=m1 & is_k)
